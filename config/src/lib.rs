@@ -1,0 +1,18 @@
+//! Rosetta's configuration: the typed schema, loading from YAML with precise errors,
+//! validation, and the JSON Schema that `rosetta config schema` prints.
+//!
+//! Every field a user may leave out has a default here, so a config names only what differs.
+
+mod error;
+mod load;
+mod schema;
+
+pub use error::{ConfigError, ValidationIssue};
+pub use load::{embedded_default, load_file, parse_str};
+pub use schema::*;
+
+/// The JSON Schema of the config file, as pretty-printed JSON.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Config);
+    serde_json::to_string_pretty(&schema).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}

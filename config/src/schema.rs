@@ -1,0 +1,261 @@
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::ValidationIssue;
+
+/// A Rosetta config file.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HTTP server settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Where generated demo models are kept. Default: the user's cache folder
+    /// (`$XDG_CACHE_HOME/rosetta` or `~/.cache/rosetta`).
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// The models this server serves; at least one.
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address and port to listen on.
+    #[serde(default = "default_listen")]
+    #[schemars(with = "String")]
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_max_body_bytes() -> usize {
+    4 * 1024 * 1024
+}
+
+/// One served model. Exactly one of `path` (a Hugging Face model folder) or `demo`
+/// (a generated random-weight model) says where its weights come from.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The name clients use in the `model` field.
+    pub id: String,
+    /// A Hugging Face model folder: config.json, tokenizer.json, tokenizer_config.json,
+    /// *.safetensors. Relative paths are resolved against the config file's folder.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// A demo model generated on first start into the cache folder, then reused.
+    #[serde(default)]
+    pub demo: Option<DemoModel>,
+    /// The model's licence id, for example `apache-2.0` or `llama3.1`.
+    pub licence: String,
+    /// Languages this model serves well, as ISO 639-1 codes (used by routing).
+    #[serde(default)]
+    pub languages: Vec<String>,
+    /// Weight dtype in memory; `auto` keeps bf16 files as bf16 and everything else f32.
+    #[serde(default)]
+    pub dtype: Dtype,
+    /// Longest prompt plus completion, in tokens. Default: the model's
+    /// `max_position_embeddings`.
+    #[serde(default)]
+    pub max_context: Option<usize>,
+    /// Engine settings for this model.
+    #[serde(default)]
+    pub engine: EngineSettings,
+}
+
+/// Where a model's weights come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSource {
+    Path(PathBuf),
+    Demo(DemoModel),
+}
+
+impl ModelConfig {
+    /// The model's source; `None` only for an unvalidated config naming neither.
+    pub fn source(&self) -> Option<ModelSource> {
+        match (&self.path, &self.demo) {
+            (Some(p), _) => Some(ModelSource::Path(p.clone())),
+            (None, Some(d)) => Some(ModelSource::Demo(d.clone())),
+            (None, None) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+}
+
+/// A generated random-weight model in Hugging Face format.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct DemoModel {
+    #[serde(default)]
+    pub arch: Arch,
+    #[serde(default)]
+    pub size: Size,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// Architectures the demo generator can write.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    #[default]
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 4] = [Arch::Llama, Arch::Mistral, Arch::Qwen2, Arch::Qwen3];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Mistral => "mistral",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+        }
+    }
+}
+
+/// Demo model sizes: `tiny` for tests, `small` with SmolLM2-135M's exact shape for benchmarks.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Size {
+    Tiny,
+    #[default]
+    Small,
+}
+
+impl Size {
+    pub fn name(self) -> &'static str {
+        match self {
+            Size::Tiny => "tiny",
+            Size::Small => "small",
+        }
+    }
+}
+
+/// How the engine runs a model.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSettings {
+    /// Tokens per KV cache block.
+    #[serde(default = "default_kv_block_size")]
+    pub kv_block_size: usize,
+    /// Memory for the KV cache, in bytes. It must hold at least one full context.
+    #[serde(default = "default_kv_cache_bytes")]
+    pub kv_cache_bytes: u64,
+    /// Most sequences running at once.
+    #[serde(default = "default_max_num_seqs")]
+    pub max_num_seqs: usize,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            kv_block_size: default_kv_block_size(),
+            kv_cache_bytes: default_kv_cache_bytes(),
+            max_num_seqs: default_max_num_seqs(),
+        }
+    }
+}
+
+fn default_kv_block_size() -> usize {
+    16
+}
+
+fn default_kv_cache_bytes() -> u64 {
+    1 << 30
+}
+
+fn default_max_num_seqs() -> usize {
+    64
+}
+
+impl Config {
+    /// Checks what types alone cannot: ids unique, exactly one source per model, sane numbers.
+    pub fn validate(&self) -> Vec<ValidationIssue> {
+        let mut issues = Vec::new();
+        let mut issue = |key: String, message: String| issues.push(ValidationIssue { key, message });
+        if self.models.is_empty() {
+            issue("models".into(), "at least one model is required".into());
+        }
+        let mut seen = HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            let key = |k: &str| format!("models[{i}].{k}");
+            if m.id.is_empty()
+                || !m
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c))
+            {
+                issue(
+                    key("id"),
+                    format!("`{}` is not a valid model id: use letters, digits and - _ . : /", m.id),
+                );
+            }
+            if !seen.insert(m.id.as_str()) {
+                issue(key("id"), format!("model id `{}` is used twice", m.id));
+            }
+            match (&m.path, &m.demo) {
+                (Some(_), Some(_)) => issue(key("path"), "give either `path` or `demo`, not both".into()),
+                (None, None) => issue(key("path"), "give `path` (a Hugging Face model folder) or `demo`".into()),
+                _ => {}
+            }
+            if m.licence.trim().is_empty() {
+                issue(key("licence"), "a licence id is required".into());
+            }
+            for lang in &m.languages {
+                let ok = (2..=3).contains(&lang.len()) && lang.chars().all(|c| c.is_ascii_lowercase());
+                if !ok {
+                    issue(key("languages"), format!("`{lang}` is not an ISO 639 code like `en` or `swh`"));
+                }
+            }
+            if m.max_context == Some(0) {
+                issue(key("max_context"), "must be at least 1".into());
+            }
+            let bs = m.engine.kv_block_size;
+            if !(1..=256).contains(&bs) || !bs.is_power_of_two() {
+                issue(key("engine.kv_block_size"), format!("{bs} is not a power of two between 1 and 256"));
+            }
+            if m.engine.max_num_seqs == 0 {
+                issue(key("engine.max_num_seqs"), "must be at least 1".into());
+            }
+            if m.engine.kv_cache_bytes == 0 {
+                issue(key("engine.kv_cache_bytes"), "must be more than 0".into());
+            }
+        }
+        if self.server.max_body_bytes == 0 {
+            issue("server.max_body_bytes".into(), "must be more than 0".into());
+        }
+        issues
+    }
+}

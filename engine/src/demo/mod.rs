@@ -1,0 +1,94 @@
+//! Writes complete Hugging Face model folders with random weights and a real byte-level BPE
+//! tokenizer trained on the multilingual corpus the repo ships, so that tests, benchmarks and
+//! the demo run without any network. The same spec and seed give the same bytes.
+
+mod corpus;
+mod shapes;
+mod tokenizer;
+mod weights;
+
+use std::path::Path;
+
+pub use rosetta_config::{Arch, Size};
+pub use shapes::DemoShape;
+
+use crate::EngineError;
+
+/// Stored weight precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoredDtype {
+    #[default]
+    F32,
+    Bf16,
+}
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DemoSpec {
+    pub arch: Arch,
+    pub size: Size,
+    pub seed: u64,
+    pub dtype: StoredDtype,
+    /// Split the weights over this many files with an index (1 = a single model.safetensors).
+    pub shards: usize,
+}
+
+impl DemoSpec {
+    pub fn new(arch: Arch, size: Size, seed: u64) -> Self {
+        Self {
+            arch,
+            size,
+            seed,
+            dtype: StoredDtype::F32,
+            shards: 1,
+        }
+    }
+
+    /// A folder name that identifies the spec, for caches.
+    pub fn slug(&self) -> String {
+        let dtype = match self.dtype {
+            StoredDtype::F32 => "f32",
+            StoredDtype::Bf16 => "bf16",
+        };
+        format!("{}-{}-seed{}-{dtype}-{}shard", self.arch.name(), self.size.name(), self.seed, self.shards)
+    }
+}
+
+/// Languages in the shipped corpus, as ISO 639 codes.
+pub fn corpus_languages() -> Vec<&'static str> {
+    corpus::CORPUS.iter().map(|(code, _)| *code).collect()
+}
+
+/// Generates the model folder. `progress(done, total)` is called as weight bytes are written.
+/// The folder is written under a temporary name and renamed at the end, so an interrupted
+/// run never leaves a half-written model that looks complete.
+pub fn generate(dir: &Path, spec: &DemoSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<(), EngineError> {
+    if spec.shards == 0 {
+        return Err(EngineError::InvalidRequest("shards must be at least 1".into()));
+    }
+    let shape = DemoShape::new(spec.arch, spec.size);
+    let io = |e: std::io::Error| EngineError::Internal(format!("cannot write the demo model to {}: {e}", dir.display()));
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io)?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("model");
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io)?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io)?;
+    let write = |file: &str, json: &serde_json::Value| -> Result<(), EngineError> {
+        let text = serde_json::to_string_pretty(json).map_err(|e| EngineError::Internal(e.to_string()))?;
+        std::fs::write(tmp.join(file), text + "\n").map_err(io)
+    };
+    let tok = tokenizer::train(spec.arch, shape.vocab_size)?;
+    std::fs::write(tmp.join("tokenizer.json"), &tok.tokenizer_json).map_err(io)?;
+    write("tokenizer_config.json", &tok.tokenizer_config)?;
+    write("generation_config.json", &tok.generation_config)?;
+    write("config.json", &shape.config_json(spec, &tok))?;
+    weights::write(&tmp, &shape, spec, progress)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io)?;
+    }
+    std::fs::rename(&tmp, dir).map_err(io)?;
+    Ok(())
+}

@@ -1,0 +1,139 @@
+use rosetta_config::{Arch, Size};
+use serde_json::json;
+
+use super::tokenizer::TrainedTokenizer;
+use super::{DemoSpec, StoredDtype};
+
+/// The decoder shape of a demo model.
+#[derive(Debug, Clone)]
+pub struct DemoShape {
+    pub arch: Arch,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub max_positions: usize,
+    pub tied: bool,
+}
+
+impl DemoShape {
+    pub fn new(arch: Arch, size: Size) -> Self {
+        match size {
+            // Small enough to load and answer in milliseconds; still GQA, multi-layer.
+            Size::Tiny => Self {
+                arch,
+                hidden: 64,
+                intermediate: 128,
+                layers: 2,
+                heads: 4,
+                kv_heads: 2,
+                // Qwen3 declares head_dim explicitly; make it differ from hidden / heads.
+                head_dim: if arch == Arch::Qwen3 { 32 } else { 16 },
+                vocab_size: 2048,
+                max_positions: 2048,
+                // Cover both tied and separate output heads across architectures.
+                tied: matches!(arch, Arch::Llama | Arch::Qwen3),
+            },
+            // SmolLM2-135M's exact shape.
+            Size::Small => Self {
+                arch,
+                hidden: 576,
+                intermediate: 1536,
+                layers: 30,
+                heads: 9,
+                kv_heads: 3,
+                head_dim: 64,
+                vocab_size: 49152,
+                max_positions: 8192,
+                tied: true,
+            },
+        }
+    }
+
+    pub fn is_tiny(&self) -> bool {
+        self.hidden == 64
+    }
+
+    pub fn config_json(&self, spec: &DemoSpec, tok: &TrainedTokenizer) -> serde_json::Value {
+        let (model_type, arch_class) = match self.arch {
+            Arch::Llama => ("llama", "LlamaForCausalLM"),
+            Arch::Mistral => ("mistral", "MistralForCausalLM"),
+            Arch::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
+            Arch::Qwen3 => ("qwen3", "Qwen3ForCausalLM"),
+        };
+        let mut c = json!({
+            "architectures": [arch_class],
+            "model_type": model_type,
+            "hidden_size": self.hidden,
+            "intermediate_size": self.intermediate,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab_size,
+            "max_position_embeddings": self.max_positions,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": if self.is_tiny() { 10000.0 } else { 100000.0 },
+            "hidden_act": "silu",
+            "tie_word_embeddings": self.tied,
+            "bos_token_id": tok.bos_id,
+            "eos_token_id": tok.eos_id,
+            "torch_dtype": match spec.dtype { StoredDtype::F32 => "float32", StoredDtype::Bf16 => "bfloat16" },
+            "rosetta_demo": { "arch": self.arch.name(), "size": spec.size.name(), "seed": spec.seed },
+        });
+        let extra = match self.arch {
+            // The tiny Llama exercises Llama 3.1's rope scaling.
+            Arch::Llama if self.is_tiny() => json!({
+                "attention_bias": false,
+                "mlp_bias": false,
+                "rope_scaling": { "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 64 },
+            }),
+            Arch::Llama => json!({ "attention_bias": false, "mlp_bias": false, "rope_scaling": null }),
+            // The tiny Mistral exercises Mistral v0.1's sliding window.
+            Arch::Mistral => json!({ "sliding_window": if self.is_tiny() { json!(16) } else { json!(null) } }),
+            Arch::Qwen2 => json!({ "use_sliding_window": false, "sliding_window": 4096, "max_window_layers": 21 }),
+            Arch::Qwen3 => json!({ "attention_bias": false, "use_sliding_window": false, "sliding_window": null }),
+        };
+        if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+            c.extend(extra.clone());
+        }
+        c
+    }
+
+    /// Every tensor of the checkpoint as (name, shape), in a fixed order.
+    pub fn tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, hd, i) = (self.hidden, self.head_dim, self.intermediate);
+        let (qd, kvd) = (self.heads * hd, self.kv_heads * hd);
+        let mut t = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h])];
+        for l in 0..self.layers {
+            let p = format!("model.layers.{l}");
+            t.push((format!("{p}.input_layernorm.weight"), vec![h]));
+            t.push((format!("{p}.self_attn.q_proj.weight"), vec![qd, h]));
+            t.push((format!("{p}.self_attn.k_proj.weight"), vec![kvd, h]));
+            t.push((format!("{p}.self_attn.v_proj.weight"), vec![kvd, h]));
+            if self.arch == Arch::Qwen2 {
+                t.push((format!("{p}.self_attn.q_proj.bias"), vec![qd]));
+                t.push((format!("{p}.self_attn.k_proj.bias"), vec![kvd]));
+                t.push((format!("{p}.self_attn.v_proj.bias"), vec![kvd]));
+            }
+            if self.arch == Arch::Qwen3 {
+                t.push((format!("{p}.self_attn.q_norm.weight"), vec![hd]));
+                t.push((format!("{p}.self_attn.k_norm.weight"), vec![hd]));
+            }
+            t.push((format!("{p}.self_attn.o_proj.weight"), vec![h, qd]));
+            t.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+            t.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
+            t.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
+            t.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+        }
+        t.push(("model.norm.weight".to_string(), vec![h]));
+        if !self.tied {
+            t.push(("lm_head.weight".to_string(), vec![self.vocab_size, h]));
+        }
+        t
+    }
+}

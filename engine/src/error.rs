@@ -1,0 +1,33 @@
+/// What can go wrong in the engine. The gateway maps each kind to an HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// A model folder could not be loaded: missing file or tensor, unsupported architecture.
+    #[error("{0}")]
+    Load(String),
+    /// The request cannot be served as asked (for example it does not fit the context).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The engine could not take the request right now.
+    #[error("{0}")]
+    Overloaded(String),
+    /// A failure inside the engine while generating.
+    #[error("engine failure: {0}")]
+    Internal(String),
+    /// The engine loop has stopped.
+    #[error("the engine has shut down")]
+    Shutdown,
+}
+
+impl EngineError {
+    pub fn load(msg: impl Into<String>) -> Self {
+        Self::Load(msg.into())
+    }
+}
+
+impl From<candle_core::Error> for EngineError {
+    fn from(e: candle_core::Error) -> Self {
+        // candle appends a backtrace when RUST_BACKTRACE is set; keep the message only.
+        let text = e.to_string();
+        Self::Internal(text.lines().next().unwrap_or_default().to_string())
+    }
+}

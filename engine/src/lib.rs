@@ -1,0 +1,20 @@
+//! Rosetta's native inference engine: the Llama-family decoder on candle, a paged KV cache,
+//! the sampler, tokenization and chat templates, the engine loop, and the demo-model generator.
+
+pub mod demo;
+mod engine;
+mod error;
+pub mod kv;
+pub mod model;
+mod native;
+mod request;
+mod sampler;
+pub mod text;
+
+pub use engine::{Engine, EventStream};
+pub use error::EngineError;
+pub use native::{NativeEngine, NativeEngineConfig};
+pub use request::{
+    ChoiceDelta, EngineLoad, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, Usage,
+};
+pub use sampler::{argmax, SampledToken, Sampler, SamplingParams};

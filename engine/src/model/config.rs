@@ -1,0 +1,233 @@
+//! The parts of a Hugging Face `config.json` the Llama-family decoder needs.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::EngineError;
+
+/// Which decoder variant a config.json describes; they differ in biases, norms and windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RawConfig {
+    #[serde(default)]
+    model_type: Option<String>,
+    #[serde(default)]
+    architectures: Vec<String>,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    #[serde(default)]
+    num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    head_dim: Option<usize>,
+    vocab_size: usize,
+    #[serde(default = "default_eps")]
+    rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    rope_theta: f64,
+    #[serde(default)]
+    rope_scaling: Option<serde_json::Value>,
+    #[serde(default = "default_max_pos")]
+    max_position_embeddings: usize,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    #[serde(default)]
+    attention_bias: Option<bool>,
+    #[serde(default)]
+    mlp_bias: bool,
+    #[serde(default)]
+    sliding_window: Option<usize>,
+    #[serde(default)]
+    use_sliding_window: Option<bool>,
+    #[serde(default)]
+    max_window_layers: Option<usize>,
+    #[serde(default)]
+    layer_types: Option<Vec<String>>,
+    #[serde(default)]
+    hidden_act: Option<String>,
+    #[serde(default)]
+    torch_dtype: Option<String>,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_theta() -> f64 {
+    10_000.0
+}
+fn default_max_pos() -> usize {
+    4096
+}
+
+/// RoPE frequency scaling, as in transformers' `ROPE_INIT_FUNCTIONS`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    Linear {
+        factor: f64,
+    },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// A validated decoder shape.
+#[derive(Debug, Clone)]
+pub struct ModelShape {
+    pub family: Family,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections carry a bias (Qwen2 always; Llama when `attention_bias`).
+    pub qkv_bias: bool,
+    /// o_proj carries a bias (Llama with `attention_bias`).
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    /// Per-head RMSNorm on q and k before RoPE (Qwen3).
+    pub qk_norm: bool,
+    /// Per layer: attend only to this many most recent positions (Mistral v0.1; Qwen layers
+    /// past `max_window_layers` when `use_sliding_window`).
+    pub layer_windows: Vec<Option<usize>>,
+    /// The dtype the checkpoint was saved in, when it says.
+    pub torch_dtype: Option<String>,
+}
+
+impl ModelShape {
+    pub fn from_file(path: &Path) -> Result<Self, EngineError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| EngineError::load(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_json(&text).map_err(|e| EngineError::load(format!("{}: {e}", path.display())))
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let raw: RawConfig = serde_json::from_str(text).map_err(|e| format!("invalid config.json: {e}"))?;
+        let kind = raw
+            .model_type
+            .clone()
+            .or_else(|| raw.architectures.first().cloned())
+            .unwrap_or_default();
+        let family = match kind.as_str() {
+            "llama" | "LlamaForCausalLM" => Family::Llama,
+            "mistral" | "MistralForCausalLM" => Family::Mistral,
+            "qwen2" | "Qwen2ForCausalLM" => Family::Qwen2,
+            "qwen3" | "Qwen3ForCausalLM" => Family::Qwen3,
+            other => {
+                return Err(format!(
+                    "unsupported architecture `{other}`: the native engine supports llama, mistral, qwen2 and qwen3"
+                ))
+            }
+        };
+        if let Some(act) = raw.hidden_act.as_deref() {
+            if act != "silu" && act != "swish" {
+                return Err(format!("unsupported hidden_act `{act}`: only silu is supported"));
+            }
+        }
+        if raw.num_attention_heads == 0 || raw.hidden_size == 0 || raw.num_hidden_layers == 0 {
+            return Err("hidden_size, num_attention_heads and num_hidden_layers must be positive".into());
+        }
+        let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
+        if num_kv_heads == 0 || raw.num_attention_heads % num_kv_heads != 0 {
+            return Err(format!(
+                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({num_kv_heads})",
+                raw.num_attention_heads
+            ));
+        }
+        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads);
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(format!("head_dim {head_dim} must be even and positive"));
+        }
+        let rope_scaling = parse_rope_scaling(raw.rope_scaling.as_ref())?;
+        let attention_bias = raw.attention_bias.unwrap_or(false);
+        let (qkv_bias, o_bias) = match family {
+            Family::Qwen2 => (true, false),
+            Family::Llama | Family::Mistral | Family::Qwen3 => (attention_bias, attention_bias),
+        };
+        let layer_windows = (0..raw.num_hidden_layers)
+            .map(|layer| match (&raw.layer_types, family) {
+                (Some(types), _) => raw
+                    .sliding_window
+                    .filter(|_| types.get(layer).is_some_and(|t| t == "sliding_attention")),
+                (None, Family::Mistral | Family::Llama) => raw.sliding_window,
+                // Qwen configs carry a window that is off unless use_sliding_window says so,
+                // and then only from layer max_window_layers on, as in transformers.
+                (None, Family::Qwen2 | Family::Qwen3) => raw.sliding_window.filter(|_| {
+                    raw.use_sliding_window == Some(true) && layer >= raw.max_window_layers.unwrap_or(28)
+                }),
+            })
+            .collect();
+        Ok(Self {
+            family,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_layers: raw.num_hidden_layers,
+            num_heads: raw.num_attention_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size: raw.vocab_size,
+            rms_norm_eps: raw.rms_norm_eps,
+            rope_theta: raw.rope_theta,
+            rope_scaling,
+            max_position_embeddings: raw.max_position_embeddings,
+            tie_word_embeddings: raw.tie_word_embeddings,
+            qkv_bias,
+            o_bias,
+            mlp_bias: raw.mlp_bias,
+            qk_norm: family == Family::Qwen3,
+            layer_windows,
+            torch_dtype: raw.torch_dtype,
+        })
+    }
+
+    /// Bytes of K and V one token occupies across all layers, in f32.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * self.num_layers * self.num_kv_heads * self.head_dim * std::mem::size_of::<f32>()
+    }
+}
+
+fn parse_rope_scaling(v: Option<&serde_json::Value>) -> Result<RopeScaling, String> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(RopeScaling::None);
+    };
+    let kind = v
+        .get("rope_type")
+        .or_else(|| v.get("type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("default");
+    let num = |k: &str| -> Result<f64, String> {
+        v.get(k)
+            .and_then(|x| x.as_f64())
+            .ok_or_else(|| format!("rope_scaling of type {kind} needs a number `{k}`"))
+    };
+    match kind {
+        "default" => Ok(RopeScaling::None),
+        "linear" => Ok(RopeScaling::Linear { factor: num("factor")? }),
+        "llama3" => Ok(RopeScaling::Llama3 {
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
+        }),
+        other => Err(format!("unsupported rope_scaling type `{other}`")),
+    }
+}

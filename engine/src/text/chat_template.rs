@@ -1,0 +1,199 @@
+//! Chat templates from tokenizer_config.json, rendered with minijinja the way Hugging Face's
+//! `apply_chat_template` renders them with Jinja2.
+
+use minijinja::{Environment, Error, ErrorKind, Value};
+use serde::Serialize;
+
+use crate::EngineError;
+
+/// A part of a multi-part message content.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+impl MessageContent {
+    /// The text parts joined by newlines, the way templates that expect a string see them.
+    pub fn joined(&self) -> String {
+        match self {
+            Self::Text(t) => t.clone(),
+            Self::Parts(parts) => parts.iter().map(|p| p.text.as_str()).collect::<Vec<_>>().join("\n"),
+        }
+    }
+}
+
+/// One message as a template sees it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChatMessage {
+    pub role: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<MessageContent>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    /// Whether the template reads content parts itself (`content[...]['type']`); otherwise
+    /// multi-part content is flattened to a string, as vLLM does for string-only templates.
+    accepts_parts: bool,
+}
+
+impl ChatTemplate {
+    pub fn new(source: &str, bos_token: Option<String>, eos_token: Option<String>) -> Result<Self, EngineError> {
+        let mut env = Environment::new();
+        // Hugging Face compiles templates with trim_blocks and lstrip_blocks.
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        // Python string and dict methods (.strip(), .startswith(), .items(), ...).
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| EngineError::load(format!("invalid chat template: {e}")))?;
+        let accepts_parts = source.contains("['type']") || source.contains(".type") || source.contains("is string");
+        Ok(Self {
+            env,
+            bos_token,
+            eos_token,
+            accepts_parts,
+        })
+    }
+
+    /// Renders the conversation. A template's `raise_exception` becomes an InvalidRequest.
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, EngineError> {
+        let messages: Vec<ChatMessage> = if self.accepts_parts {
+            messages.to_vec()
+        } else {
+            messages
+                .iter()
+                .map(|m| ChatMessage {
+                    content: m.content.as_ref().map(|c| MessageContent::Text(c.joined())),
+                    ..m.clone()
+                })
+                .collect()
+        };
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let ctx = minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token.clone().unwrap_or_default(),
+            eos_token => self.eos_token.clone().unwrap_or_default(),
+            tools => Value::from(()),
+        };
+        tmpl.render(ctx).map_err(|e| {
+            let mut msg = e.detail().map(str::to_string).unwrap_or_else(|| e.to_string());
+            if e.kind() != ErrorKind::InvalidOperation {
+                msg = format!("cannot render the chat template: {msg}");
+            }
+            EngineError::InvalidRequest(msg)
+        })
+    }
+}
+
+fn raise_exception(message: String) -> Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, message))
+}
+
+/// `strftime_now(fmt)` as Llama 3.1+ templates call it; supports the common date codes.
+fn strftime_now(format: String) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    const MONTHS: [&str; 12] = [
+        "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+        "November", "December",
+    ];
+    let month = MONTHS[(m - 1) as usize];
+    format
+        .replace("%d", &format!("{d:02}"))
+        .replace("%m", &format!("{m:02}"))
+        .replace("%Y", &y.to_string())
+        .replace("%B", month)
+        .replace("%b", &month[..3])
+}
+
+/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(role: &str, text: &str) -> ChatMessage {
+        ChatMessage {
+            role: role.into(),
+            content: Some(MessageContent::Text(text.into())),
+            name: None,
+        }
+    }
+
+    const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn renders_chatml_with_generation_prompt() {
+        let t = ChatTemplate::new(CHATML, None, None).unwrap();
+        let out = t.render(&[msg("system", "Be brief."), msg("user", "Hi")], true).unwrap();
+        assert_eq!(out, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn llama3_style_template_uses_bos_strip_and_raise_exception() {
+        let src = "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('tool messages are not supported') }}{% endif %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}";
+        let t = ChatTemplate::new(src, Some("<|begin_of_text|>".into()), Some("<|eot_id|>".into())).unwrap();
+        let out = t.render(&[msg("user", "  Hola  ")], true).unwrap();
+        assert_eq!(out, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHola<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+        let err = t.render(&[msg("tool", "x")], true).unwrap_err();
+        assert_eq!(err, EngineError::InvalidRequest("tool messages are not supported".into()));
+    }
+
+    #[test]
+    fn multi_part_content_is_joined_for_string_templates() {
+        let t = ChatTemplate::new(CHATML, None, None).unwrap();
+        let parts = MessageContent::Parts(vec![
+            ContentPart { kind: "text".into(), text: "one".into() },
+            ContentPart { kind: "text".into(), text: "two".into() },
+        ]);
+        let m = ChatMessage { role: "user".into(), content: Some(parts), name: None };
+        assert_eq!(t.render(&[m], false).unwrap(), "<|im_start|>user\none\ntwo<|im_end|>\n");
+    }
+
+    #[test]
+    fn python_string_methods_work() {
+        let t = ChatTemplate::new("{{ messages[0]['content'].strip().upper() }}", None, None).unwrap();
+        assert_eq!(t.render(&[msg("user", " hi ")], false).unwrap(), "HI");
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_792), (2026, 12, 5));
+    }
+}

@@ -1,0 +1,741 @@
+//! An independent reference forward pass for the Llama-family decoders the engine serves
+//! (Llama 2/3, Mistral, Qwen2, Qwen3), used by the integration tests to check the engine's logits.
+//!
+//! It is deliberately naive: every weight is converted to `f32` on load and held in a plain
+//! row-major `Vec<f32>`, every operation is a visible loop, and nothing is shared with the engine
+//! (no candle, no engine code). It follows Hugging Face transformers' modelling code, so a
+//! disagreement with the engine points at the engine (or at this file, which is short enough to
+//! read against the Python).
+//!
+//! Precision: values are stored in `f32`, as transformers does with an `f32` model. Dot products
+//! and the reductions in RMSNorm and softmax accumulate in `f64`, so this file is, if anything,
+//! closer to the exact result than an `f32` implementation; RoPE angles are also computed in `f64`.
+//! The differences this causes are far below any sensible test tolerance.
+//!
+//! Usage from a test: `mod reference;` then
+//! `reference::ReferenceModel::load(dir).logits(&tokens)`.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------------------------
+
+/// How RoPE frequencies are adjusted for long contexts (`rope_scaling` in config.json).
+#[derive(Debug, Clone)]
+enum RopeScaling {
+    None,
+    /// Position interpolation: positions divided by `factor` (same as `inv_freq / factor`).
+    Linear {
+        factor: f64,
+    },
+    /// Llama 3.1's frequency-dependent scaling (`_compute_llama3_parameters` in transformers).
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+/// The parts of config.json this reference needs, with transformers' defaults filled in.
+#[derive(Debug, Clone)]
+struct Config {
+    model_type: String,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: usize,
+    head_dim: usize,
+    rms_norm_eps: f64,
+    rope_theta: f64,
+    vocab_size: usize,
+    tie_word_embeddings: bool,
+    /// Whether the config says q/k/v (and, for Llama, o) projections carry a bias. Used only to
+    /// reject checkpoints that lack a bias the config demands; presence is decided by the tensors.
+    config_attention_bias: bool,
+    rope_scaling: RopeScaling,
+    /// Per layer: the sliding attention window, if that layer uses one.
+    sliding_window_per_layer: Vec<Option<usize>>,
+}
+
+/// Reads a key, treating JSON `null` the same as an absent key (transformers configs use both).
+fn get<'a>(json: &'a Value, key: &str) -> Option<&'a Value> {
+    json.get(key).filter(|v| !v.is_null())
+}
+
+fn get_usize(json: &Value, key: &str) -> Option<usize> {
+    get(json, key).map(|v| {
+        v.as_u64().unwrap_or_else(|| {
+            panic!("config.json: `{key}` should be a non-negative integer, got {v}")
+        }) as usize
+    })
+}
+
+fn get_f64(json: &Value, key: &str) -> Option<f64> {
+    get(json, key).map(|v| {
+        v.as_f64()
+            .unwrap_or_else(|| panic!("config.json: `{key}` should be a number, got {v}"))
+    })
+}
+
+fn get_bool(json: &Value, key: &str) -> Option<bool> {
+    get(json, key).map(|v| {
+        v.as_bool()
+            .unwrap_or_else(|| panic!("config.json: `{key}` should be a boolean, got {v}"))
+    })
+}
+
+fn require_usize(json: &Value, key: &str) -> usize {
+    get_usize(json, key).unwrap_or_else(|| panic!("config.json: missing required key `{key}`"))
+}
+
+fn require_f64(json: &Value, key: &str) -> f64 {
+    get_f64(json, key).unwrap_or_else(|| panic!("config.json: missing required key `{key}`"))
+}
+
+impl Config {
+    fn parse(json: &Value) -> Config {
+        let model_type = get(json, "model_type")
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("config.json: missing string key `model_type`"))
+            .to_string();
+        if !matches!(model_type.as_str(), "llama" | "mistral" | "qwen2" | "qwen3") {
+            panic!("reference model: unsupported model_type {model_type:?} (llama, mistral, qwen2, qwen3)");
+        }
+
+        let hidden_size = require_usize(json, "hidden_size");
+        let num_attention_heads = require_usize(json, "num_attention_heads");
+        let num_key_value_heads =
+            get_usize(json, "num_key_value_heads").unwrap_or(num_attention_heads);
+        let num_hidden_layers = require_usize(json, "num_hidden_layers");
+        // Qwen3 (and some Mistral/Llama checkpoints) set head_dim explicitly and it need not equal
+        // hidden_size / num_attention_heads.
+        let head_dim = get_usize(json, "head_dim").unwrap_or(hidden_size / num_attention_heads);
+        assert!(
+            num_key_value_heads > 0 && num_attention_heads.is_multiple_of(num_key_value_heads),
+            "config.json: num_attention_heads ({num_attention_heads}) must be a multiple of \
+             num_key_value_heads ({num_key_value_heads})"
+        );
+        assert!(
+            head_dim.is_multiple_of(2),
+            "config.json: head_dim ({head_dim}) must be even for RoPE"
+        );
+
+        // Newer transformers releases nest theta and scaling under `rope_parameters`; accept it as a
+        // fallback so such configs are not silently read with the default theta.
+        let rope_parameters = get(json, "rope_parameters");
+        let rope_theta = get_f64(json, "rope_theta")
+            .or_else(|| rope_parameters.and_then(|p| get_f64(p, "rope_theta")))
+            .unwrap_or(10000.0);
+        let rope_scaling = parse_rope_scaling(get(json, "rope_scaling").or(rope_parameters));
+
+        let config_attention_bias = match model_type.as_str() {
+            // Qwen2's attention always has q/k/v bias (and never an o bias).
+            "qwen2" => true,
+            "mistral" => false,
+            _ => get_bool(json, "attention_bias").unwrap_or(false),
+        };
+
+        let sliding_window_per_layer = sliding_windows(json, &model_type, num_hidden_layers);
+
+        Config {
+            model_type,
+            hidden_size,
+            intermediate_size: require_usize(json, "intermediate_size"),
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: require_f64(json, "rms_norm_eps"),
+            rope_theta,
+            vocab_size: require_usize(json, "vocab_size"),
+            tie_word_embeddings: get_bool(json, "tie_word_embeddings").unwrap_or(false),
+            config_attention_bias,
+            rope_scaling,
+            sliding_window_per_layer,
+        }
+    }
+}
+
+fn parse_rope_scaling(scaling: Option<&Value>) -> RopeScaling {
+    let Some(scaling) = scaling else {
+        return RopeScaling::None;
+    };
+    // Older configs spell the kind `type`, newer ones `rope_type`.
+    let kind = get(scaling, "rope_type")
+        .or_else(|| get(scaling, "type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear {
+            factor: require_f64(scaling, "factor"),
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: require_f64(scaling, "factor"),
+            low_freq_factor: require_f64(scaling, "low_freq_factor"),
+            high_freq_factor: require_f64(scaling, "high_freq_factor"),
+            original_max_position_embeddings: require_f64(
+                scaling,
+                "original_max_position_embeddings",
+            ),
+        },
+        other => panic!(
+            "reference model: unsupported rope_scaling type {other:?} (supported: linear, llama3)"
+        ),
+    }
+}
+
+/// Which layers use a sliding attention window, and how wide it is, following transformers.
+fn sliding_windows(json: &Value, model_type: &str, num_layers: usize) -> Vec<Option<usize>> {
+    match model_type {
+        // Mistral applies `sliding_window` (when non-null) to every layer.
+        "mistral" => vec![get_usize(json, "sliding_window"); num_layers],
+        // Qwen2/Qwen3: the window exists only when `use_sliding_window` is true, and even then it
+        // applies only to the layers marked "sliding_attention" in `layer_types`. When a config has
+        // no `layer_types`, transformers derives them: layers with index >= `max_window_layers`
+        // (default 28) slide, the ones below attend fully.
+        "qwen2" | "qwen3" => {
+            let use_window = get_bool(json, "use_sliding_window").unwrap_or(false);
+            let window = get_usize(json, "sliding_window").filter(|_| use_window);
+            let Some(window) = window else {
+                return vec![None; num_layers];
+            };
+            if let Some(types) = get(json, "layer_types") {
+                let types = types
+                    .as_array()
+                    .unwrap_or_else(|| panic!("config.json: `layer_types` should be an array"));
+                assert_eq!(
+                    types.len(),
+                    num_layers,
+                    "config.json: `layer_types` has {} entries for {num_layers} layers",
+                    types.len()
+                );
+                types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        Some("sliding_attention") => Some(window),
+                        Some("full_attention") => None,
+                        _ => panic!("config.json: unknown layer type {t}"),
+                    })
+                    .collect()
+            } else {
+                let max_window_layers = get_usize(json, "max_window_layers").unwrap_or(28);
+                (0..num_layers)
+                    .map(|i| (i >= max_window_layers).then_some(window))
+                    .collect()
+            }
+        }
+        // Llama has no sliding window.
+        _ => vec![None; num_layers],
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weights
+// ---------------------------------------------------------------------------------------------
+
+/// All tensors of the checkpoint, converted to f32, by name. Loading removes tensors from it so
+/// that anything left over at the end (an unsupported feature) can be reported.
+struct TensorStore {
+    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl TensorStore {
+    fn load(dir: &Path) -> TensorStore {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<std::path::PathBuf> = if single.exists() {
+            vec![single]
+        } else if index.exists() {
+            let text = std::fs::read_to_string(&index)
+                .unwrap_or_else(|e| panic!("reading {}: {e}", index.display()));
+            let json: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("parsing {}: {e}", index.display()));
+            let weight_map = json
+                .get("weight_map")
+                .and_then(Value::as_object)
+                .unwrap_or_else(|| panic!("{}: missing object `weight_map`", index.display()));
+            // Each shard once, in a stable order.
+            let shards: BTreeSet<&str> = weight_map
+                .values()
+                .map(|v| {
+                    v.as_str()
+                        .unwrap_or_else(|| panic!("{}: non-string shard name", index.display()))
+                })
+                .collect();
+            shards.into_iter().map(|s| dir.join(s)).collect()
+        } else {
+            panic!(
+                "reference model: {} has neither model.safetensors nor model.safetensors.index.json",
+                dir.display()
+            );
+        };
+
+        let mut tensors = HashMap::new();
+        for file in files {
+            let bytes =
+                std::fs::read(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+            let st = SafeTensors::deserialize(&bytes)
+                .unwrap_or_else(|e| panic!("parsing safetensors {}: {e:?}", file.display()));
+            for (name, view) in st.tensors() {
+                let data = to_f32(view.dtype(), view.data(), &name);
+                let previous = tensors.insert(name.clone(), (view.shape().to_vec(), data));
+                assert!(
+                    previous.is_none(),
+                    "tensor {name} appears in more than one shard"
+                );
+            }
+        }
+        TensorStore { tensors }
+    }
+
+    /// Removes a tensor that must exist, checking its shape.
+    fn take(&mut self, name: &str, shape: &[usize]) -> Vec<f32> {
+        self.take_optional(name, shape)
+            .unwrap_or_else(|| panic!("reference model: missing tensor {name}"))
+    }
+
+    /// Removes a tensor if it exists, checking its shape.
+    fn take_optional(&mut self, name: &str, shape: &[usize]) -> Option<Vec<f32>> {
+        let (actual, data) = self.tensors.remove(name)?;
+        assert_eq!(
+            actual, shape,
+            "reference model: tensor {name} has shape {actual:?}, expected {shape:?}"
+        );
+        Some(data)
+    }
+}
+
+/// Converts little-endian raw tensor bytes to f32 (bf16 and f16 widen exactly).
+fn to_f32(dtype: Dtype, bytes: &[u8], name: &str) -> Vec<f32> {
+    match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => panic!("reference model: tensor {name} has unsupported dtype {other:?}"),
+    }
+}
+
+/// A linear layer y = x W^T + b, with W stored as [out, in] row-major (PyTorch's layout).
+struct Linear {
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    in_dim: usize,
+    out_dim: usize,
+}
+
+impl Linear {
+    /// Loads `{prefix}.weight` and, if the checkpoint has it, `{prefix}.bias`.
+    fn load(store: &mut TensorStore, prefix: &str, in_dim: usize, out_dim: usize) -> Linear {
+        Linear {
+            weight: store.take(&format!("{prefix}.weight"), &[out_dim, in_dim]),
+            bias: store.take_optional(&format!("{prefix}.bias"), &[out_dim]),
+            in_dim,
+            out_dim,
+        }
+    }
+
+    /// Applies the layer to `rows` row vectors stored back to back in `x`.
+    fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        assert_eq!(x.len(), rows * self.in_dim);
+        let mut y = vec![0.0f32; rows * self.out_dim];
+        for r in 0..rows {
+            let input = &x[r * self.in_dim..(r + 1) * self.in_dim];
+            for o in 0..self.out_dim {
+                let w_row = &self.weight[o * self.in_dim..(o + 1) * self.in_dim];
+                let mut acc = dot(input, w_row);
+                if let Some(bias) = &self.bias {
+                    acc += bias[o] as f64;
+                }
+                y[r * self.out_dim + o] = acc as f32;
+            }
+        }
+        y
+    }
+}
+
+struct Layer {
+    input_layernorm: Vec<f32>,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    /// Qwen3 only: RMSNorm weights applied to each query/key head before RoPE.
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    post_attention_layernorm: Vec<f32>,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    sliding_window: Option<usize>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model
+// ---------------------------------------------------------------------------------------------
+
+pub struct ReferenceModel {
+    config: Config,
+    /// [vocab, hidden]
+    embed_tokens: Vec<f32>,
+    layers: Vec<Layer>,
+    /// [hidden]
+    norm: Vec<f32>,
+    lm_head: Linear,
+    /// RoPE inverse frequencies, head_dim / 2 of them, already scaled per `rope_scaling`.
+    inv_freq: Vec<f64>,
+}
+
+impl ReferenceModel {
+    /// Loads a Hugging Face model folder: config.json plus model.safetensors, or
+    /// model.safetensors.index.json with its shards (weight_map: tensor name -> file).
+    /// Panics with a descriptive message on any problem (this is test code).
+    pub fn load(dir: &Path) -> ReferenceModel {
+        let config_path = dir.join("config.json");
+        let config_text = std::fs::read_to_string(&config_path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", config_path.display()));
+        let config_json: Value = serde_json::from_str(&config_text)
+            .unwrap_or_else(|e| panic!("parsing {}: {e}", config_path.display()));
+        let config = Config::parse(&config_json);
+
+        let mut store = TensorStore::load(dir);
+        let hidden = config.hidden_size;
+        let q_dim = config.num_attention_heads * config.head_dim;
+        let kv_dim = config.num_key_value_heads * config.head_dim;
+        let inter = config.intermediate_size;
+
+        let embed_tokens = store.take("model.embed_tokens.weight", &[config.vocab_size, hidden]);
+
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let layer = Layer {
+                input_layernorm: store.take(&format!("{p}.input_layernorm.weight"), &[hidden]),
+                q_proj: Linear::load(&mut store, &format!("{p}.self_attn.q_proj"), hidden, q_dim),
+                k_proj: Linear::load(&mut store, &format!("{p}.self_attn.k_proj"), hidden, kv_dim),
+                v_proj: Linear::load(&mut store, &format!("{p}.self_attn.v_proj"), hidden, kv_dim),
+                o_proj: Linear::load(&mut store, &format!("{p}.self_attn.o_proj"), q_dim, hidden),
+                q_norm: store
+                    .take_optional(&format!("{p}.self_attn.q_norm.weight"), &[config.head_dim]),
+                k_norm: store
+                    .take_optional(&format!("{p}.self_attn.k_norm.weight"), &[config.head_dim]),
+                post_attention_layernorm: store
+                    .take(&format!("{p}.post_attention_layernorm.weight"), &[hidden]),
+                gate_proj: Linear::load(&mut store, &format!("{p}.mlp.gate_proj"), hidden, inter),
+                up_proj: Linear::load(&mut store, &format!("{p}.mlp.up_proj"), hidden, inter),
+                down_proj: Linear::load(&mut store, &format!("{p}.mlp.down_proj"), inter, hidden),
+                sliding_window: config.sliding_window_per_layer[i],
+            };
+
+            // Qwen3 always has q_norm/k_norm; the others never do. A mismatch means the checkpoint
+            // and config disagree, and guessing would hide the bug.
+            let is_qwen3 = config.model_type == "qwen3";
+            assert!(
+                layer.q_norm.is_some() == is_qwen3 && layer.k_norm.is_some() == is_qwen3,
+                "reference model: layer {i}: q_norm/k_norm must be present exactly for qwen3 \
+                 (model_type {:?})",
+                config.model_type
+            );
+            // Biases are taken wherever the checkpoint has them; but a bias the config demands
+            // must be there (transformers would otherwise leave it randomly initialised).
+            if config.config_attention_bias {
+                for (name, proj) in [
+                    ("q", &layer.q_proj),
+                    ("k", &layer.k_proj),
+                    ("v", &layer.v_proj),
+                ] {
+                    assert!(
+                        proj.bias.is_some(),
+                        "reference model: config implies attention bias but {p}.self_attn.{name}_proj.bias is missing"
+                    );
+                }
+            }
+            layers.push(layer);
+        }
+
+        let norm = store.take("model.norm.weight", &[hidden]);
+
+        let lm_head = if config.tie_word_embeddings {
+            // Tied: the output projection is the embedding matrix. Some checkpoints still store an
+            // lm_head.weight; transformers ignores it in favour of the tie, and so do we.
+            store.tensors.remove("lm_head.weight");
+            Linear {
+                weight: embed_tokens.clone(),
+                bias: None,
+                in_dim: hidden,
+                out_dim: config.vocab_size,
+            }
+        } else {
+            Linear {
+                weight: store.take("lm_head.weight", &[config.vocab_size, hidden]),
+                bias: None,
+                in_dim: hidden,
+                out_dim: config.vocab_size,
+            }
+        };
+
+        // Old checkpoints may carry precomputed RoPE buffers; they are recomputed, not loaded.
+        store
+            .tensors
+            .retain(|name, _| !name.ends_with("rotary_emb.inv_freq"));
+        if !store.tensors.is_empty() {
+            let mut left: Vec<&String> = store.tensors.keys().collect();
+            left.sort();
+            panic!("reference model: checkpoint has tensors this reference does not use: {left:?}");
+        }
+
+        let inv_freq = rope_inv_freq(&config);
+        ReferenceModel {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    /// Full-sequence causal forward pass from position 0; returns the logits for every position,
+    /// `[tokens.len()][vocab_size]`.
+    pub fn logits(&self, tokens: &[u32]) -> Vec<Vec<f32>> {
+        let cfg = &self.config;
+        let t = tokens.len();
+        let hidden = cfg.hidden_size;
+
+        // Embedding lookup: x is [T, hidden].
+        let mut x = Vec::with_capacity(t * hidden);
+        for &tok in tokens {
+            let tok = tok as usize;
+            assert!(
+                tok < cfg.vocab_size,
+                "token {tok} out of range (vocab {})",
+                cfg.vocab_size
+            );
+            x.extend_from_slice(&self.embed_tokens[tok * hidden..(tok + 1) * hidden]);
+        }
+
+        for layer in &self.layers {
+            // Attention block with residual.
+            let normed = rms_norm_rows(&x, &layer.input_layernorm, cfg.rms_norm_eps);
+            let attn = self.attention(layer, &normed, t);
+            let attn_out = layer.o_proj.forward(&attn, t);
+            for (xi, ai) in x.iter_mut().zip(&attn_out) {
+                *xi += ai;
+            }
+
+            // MLP block with residual: down(silu(gate(n)) * up(n)).
+            let normed = rms_norm_rows(&x, &layer.post_attention_layernorm, cfg.rms_norm_eps);
+            let gate = layer.gate_proj.forward(&normed, t);
+            let up = layer.up_proj.forward(&normed, t);
+            let act: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| silu(g) * u).collect();
+            let mlp_out = layer.down_proj.forward(&act, t);
+            for (xi, mi) in x.iter_mut().zip(&mlp_out) {
+                *xi += mi;
+            }
+        }
+
+        let normed = rms_norm_rows(&x, &self.norm, cfg.rms_norm_eps);
+        let logits = self.lm_head.forward(&normed, t);
+        logits
+            .chunks_exact(cfg.vocab_size)
+            .map(<[f32]>::to_vec)
+            .collect()
+    }
+
+    /// Self-attention for one layer over the whole sequence. `x` is the normed input [T, hidden];
+    /// returns the concatenated head outputs [T, n_heads * head_dim] (before o_proj).
+    fn attention(&self, layer: &Layer, x: &[f32], t: usize) -> Vec<f32> {
+        let cfg = &self.config;
+        let n_heads = cfg.num_attention_heads;
+        let n_kv = cfg.num_key_value_heads;
+        let hd = cfg.head_dim;
+
+        // q is [T, n_heads, head_dim]; k and v are [T, n_kv, head_dim] (row-major, so head h of
+        // position p starts at (p * n + h) * hd).
+        let mut q = layer.q_proj.forward(x, t);
+        let mut k = layer.k_proj.forward(x, t);
+        let v = layer.v_proj.forward(x, t);
+
+        // Qwen3: per-head RMSNorm over head_dim, before RoPE.
+        if let Some(w) = &layer.q_norm {
+            for head in q.chunks_exact_mut(hd) {
+                rms_norm_in_place(head, w, cfg.rms_norm_eps);
+            }
+        }
+        if let Some(w) = &layer.k_norm {
+            for head in k.chunks_exact_mut(hd) {
+                rms_norm_in_place(head, w, cfg.rms_norm_eps);
+            }
+        }
+
+        // RoPE on every head of every position (position p = row index, since we start at 0).
+        for p in 0..t {
+            for h in 0..n_heads {
+                let start = (p * n_heads + h) * hd;
+                self.apply_rope(&mut q[start..start + hd], p);
+            }
+            for h in 0..n_kv {
+                let start = (p * n_kv + h) * hd;
+                self.apply_rope(&mut k[start..start + hd], p);
+            }
+        }
+
+        // Grouped-query attention: consecutive groups of query heads share one kv head.
+        let group = n_heads / n_kv;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut out = vec![0.0f32; t * n_heads * hd];
+        let mut scores = vec![0.0f32; t];
+        for h in 0..n_heads {
+            let kv_h = h / group;
+            for i in 0..t {
+                let q_vec = &q[(i * n_heads + h) * hd..(i * n_heads + h + 1) * hd];
+
+                // Keys allowed for query i: causal (j <= i) and, with a sliding window of w,
+                // only the last w positions including i itself (i - j < w).
+                let first = match layer.sliding_window {
+                    Some(w) => (i + 1).saturating_sub(w),
+                    None => 0,
+                };
+                let allowed = first..=i;
+
+                for j in allowed.clone() {
+                    let k_vec = &k[(j * n_kv + kv_h) * hd..(j * n_kv + kv_h + 1) * hd];
+                    scores[j] = (dot(q_vec, k_vec) * scale) as f32;
+                }
+
+                // Softmax over the allowed keys, subtracting the max for stability.
+                let max = allowed
+                    .clone()
+                    .map(|j| scores[j])
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0f64;
+                for j in allowed.clone() {
+                    scores[j] = (scores[j] - max).exp();
+                    sum += scores[j] as f64;
+                }
+
+                // Weighted sum of the values.
+                let o = &mut out[(i * n_heads + h) * hd..(i * n_heads + h + 1) * hd];
+                for d in 0..hd {
+                    let mut acc = 0.0f64;
+                    for j in allowed.clone() {
+                        let v_val = v[(j * n_kv + kv_h) * hd + d];
+                        acc += scores[j] as f64 * v_val as f64;
+                    }
+                    o[d] = (acc / sum) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    /// Rotates one head vector in place for position `pos`, in transformers' non-interleaved
+    /// "rotate_half" layout: element j pairs with element j + head_dim/2.
+    fn apply_rope(&self, x: &mut [f32], pos: usize) {
+        let half = x.len() / 2;
+        for j in 0..half {
+            let angle = pos as f64 * self.inv_freq[j];
+            let (sin, cos) = (angle.sin() as f32, angle.cos() as f32);
+            let a = x[j];
+            let b = x[j + half];
+            x[j] = a * cos - b * sin;
+            x[j + half] = b * cos + a * sin;
+        }
+    }
+}
+
+/// RoPE inverse frequencies inv_freq[j] = 1 / theta^(2j / head_dim), adjusted for rope_scaling.
+fn rope_inv_freq(cfg: &Config) -> Vec<f64> {
+    let hd = cfg.head_dim;
+    let base: Vec<f64> = (0..hd / 2)
+        .map(|j| 1.0 / cfg.rope_theta.powf((2 * j) as f64 / hd as f64))
+        .collect();
+    match cfg.rope_scaling {
+        RopeScaling::None => base,
+        // Dividing every position by `factor` is the same as dividing every frequency by it.
+        RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: old_ctx,
+        } => {
+            // transformers' `_compute_llama3_parameters`: high frequencies (short wavelengths)
+            // are kept, low frequencies are divided by `factor`, and the band in between is
+            // interpolated smoothly between the two.
+            let low_freq_wavelen = old_ctx / low_freq_factor;
+            let high_freq_wavelen = old_ctx / high_freq_factor;
+            base.iter()
+                .map(|&inv| {
+                    let wavelen = 2.0 * std::f64::consts::PI / inv;
+                    if wavelen < high_freq_wavelen {
+                        inv
+                    } else if wavelen > low_freq_wavelen {
+                        inv / factor
+                    } else {
+                        let smooth = (old_ctx / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * inv / factor + smooth * inv
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small numeric helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Dot product accumulated in f64.
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
+
+/// RMSNorm of one vector in place: x * w / sqrt(mean(x^2) + eps).
+fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f64) {
+    assert_eq!(x.len(), weight.len());
+    let mean_sq = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / x.len() as f64;
+    let inv_rms = 1.0 / (mean_sq + eps).sqrt();
+    for (v, &w) in x.iter_mut().zip(weight) {
+        // transformers normalises first, then multiplies by the weight.
+        *v = w * ((*v as f64 * inv_rms) as f32);
+    }
+}
+
+/// RMSNorm applied to each row of a row-major [rows, weight.len()] matrix; returns a new matrix.
+fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f64) -> Vec<f32> {
+    let mut out = x.to_vec();
+    for row in out.chunks_exact_mut(weight.len()) {
+        rms_norm_in_place(row, weight, eps);
+    }
+    out
+}
+
+/// SiLU (a.k.a. swish): x * sigmoid(x).
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
