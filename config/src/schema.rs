@@ -204,7 +204,8 @@ impl Config {
     /// Checks what types alone cannot: ids unique, exactly one source per model, sane numbers.
     pub fn validate(&self) -> Vec<ValidationIssue> {
         let mut issues = Vec::new();
-        let mut issue = |key: String, message: String| issues.push(ValidationIssue { key, message });
+        let mut issue =
+            |key: String, message: String| issues.push(ValidationIssue { key, message });
         if self.models.is_empty() {
             issue("models".into(), "at least one model is required".into());
         }
@@ -219,24 +220,36 @@ impl Config {
             {
                 issue(
                     key("id"),
-                    format!("`{}` is not a valid model id: use letters, digits and - _ . : /", m.id),
+                    format!(
+                        "`{}` is not a valid model id: use letters, digits and - _ . : /",
+                        m.id
+                    ),
                 );
             }
             if !seen.insert(m.id.as_str()) {
                 issue(key("id"), format!("model id `{}` is used twice", m.id));
             }
             match (&m.path, &m.demo) {
-                (Some(_), Some(_)) => issue(key("path"), "give either `path` or `demo`, not both".into()),
-                (None, None) => issue(key("path"), "give `path` (a Hugging Face model folder) or `demo`".into()),
+                (Some(_), Some(_)) => {
+                    issue(key("path"), "give either `path` or `demo`, not both".into())
+                }
+                (None, None) => issue(
+                    key("path"),
+                    "give `path` (a Hugging Face model folder) or `demo`".into(),
+                ),
                 _ => {}
             }
             if m.licence.trim().is_empty() {
                 issue(key("licence"), "a licence id is required".into());
             }
             for lang in &m.languages {
-                let ok = (2..=3).contains(&lang.len()) && lang.chars().all(|c| c.is_ascii_lowercase());
+                let ok =
+                    (2..=3).contains(&lang.len()) && lang.chars().all(|c| c.is_ascii_lowercase());
                 if !ok {
-                    issue(key("languages"), format!("`{lang}` is not an ISO 639 code like `en` or `swh`"));
+                    issue(
+                        key("languages"),
+                        format!("`{lang}` is not an ISO 639 code like `en` or `swh`"),
+                    );
                 }
             }
             if m.max_context == Some(0) {
@@ -244,7 +257,10 @@ impl Config {
             }
             let bs = m.engine.kv_block_size;
             if !(1..=256).contains(&bs) || !bs.is_power_of_two() {
-                issue(key("engine.kv_block_size"), format!("{bs} is not a power of two between 1 and 256"));
+                issue(
+                    key("engine.kv_block_size"),
+                    format!("{bs} is not a power of two between 1 and 256"),
+                );
             }
             if m.engine.max_num_seqs == 0 {
                 issue(key("engine.max_num_seqs"), "must be at least 1".into());

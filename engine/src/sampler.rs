@@ -92,7 +92,10 @@ impl Sampler {
         // Log-probabilities come from the raw distribution, so keep it before penalties.
         let raw = self.params.logprobs.map(|k| {
             let lse = log_sum_exp(logits);
-            let top: Vec<(u32, f32)> = top_n(logits, k).into_iter().map(|(i, l)| (i, l - lse)).collect();
+            let top: Vec<(u32, f32)> = top_n(logits, k)
+                .into_iter()
+                .map(|(i, l)| (i, l - lse))
+                .collect();
             (logits.to_vec(), lse, top)
         });
         self.apply_penalties(logits);
@@ -129,7 +132,11 @@ impl Sampler {
             for &id in seen {
                 if done.insert(id) {
                     if let Some(l) = logits.get_mut(id as usize) {
-                        *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                        *l = if *l > 0.0 {
+                            *l / p.repetition_penalty
+                        } else {
+                            *l * p.repetition_penalty
+                        };
                     }
                 }
             }
@@ -240,26 +247,41 @@ mod tests {
     }
 
     fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
-        let mut p = SamplingParams { seed: Some(7), ..Default::default() };
+        let mut p = SamplingParams {
+            seed: Some(7),
+            ..Default::default()
+        };
         f(&mut p);
         p
     }
 
     #[test]
     fn greedy_picks_argmax_and_reports_logprobs() {
-        let mut s = Sampler::new(params(|p| { p.temperature = 0.0; p.logprobs = Some(2) }), &[], 0);
+        let mut s = Sampler::new(
+            params(|p| {
+                p.temperature = 0.0;
+                p.logprobs = Some(2)
+            }),
+            &[],
+            0,
+        );
         let t = s.sample(&mut logits(), &[]);
         assert_eq!(t.id, 1);
         let lse = log_sum_exp(&logits());
         assert!((t.logprob.unwrap() - (3.0 - lse)).abs() < 1e-6);
-        assert_eq!(t.top_logprobs.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            t.top_logprobs.iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
     }
 
     #[test]
     fn same_seed_same_tokens_and_streams_differ() {
         let run = |stream| {
             let mut s = Sampler::new(params(|_| {}), &[], stream);
-            (0..32).map(|_| s.sample(&mut logits(), &[]).id).collect::<Vec<_>>()
+            (0..32)
+                .map(|_| s.sample(&mut logits(), &[]).id)
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(0), run(0));
         assert_ne!(run(0), run(1));
@@ -267,7 +289,11 @@ mod tests {
 
     #[test]
     fn top_k_one_and_tiny_top_p_are_greedy() {
-        for p in [params(|p| p.top_k = 1), params(|p| p.top_p = 0.01), params(|p| p.min_p = 0.99)] {
+        for p in [
+            params(|p| p.top_k = 1),
+            params(|p| p.top_p = 0.01),
+            params(|p| p.min_p = 0.99),
+        ] {
             let mut s = Sampler::new(p, &[], 0);
             for _ in 0..20 {
                 assert_eq!(s.sample(&mut logits(), &[]).id, 1);
@@ -277,7 +303,14 @@ mod tests {
 
     #[test]
     fn logit_bias_and_bans_steer_choice() {
-        let mut s = Sampler::new(params(|p| { p.temperature = 0.0; p.logit_bias = vec![(4, 100.0)] }), &[], 0);
+        let mut s = Sampler::new(
+            params(|p| {
+                p.temperature = 0.0;
+                p.logit_bias = vec![(4, 100.0)]
+            }),
+            &[],
+            0,
+        );
         assert_eq!(s.sample(&mut logits(), &[]).id, 4);
         let mut s = Sampler::new(params(|p| p.temperature = 0.0), &[], 0);
         assert_eq!(s.sample(&mut logits(), &[1]).id, 2);
@@ -285,10 +318,32 @@ mod tests {
 
     #[test]
     fn penalties_discourage_repeats() {
-        let mut s = Sampler::new(params(|p| { p.temperature = 0.0; p.presence_penalty = 1.5 }), &[], 0);
+        let mut s = Sampler::new(
+            params(|p| {
+                p.temperature = 0.0;
+                p.presence_penalty = 1.5
+            }),
+            &[],
+            0,
+        );
         assert_eq!(s.sample(&mut logits(), &[]).id, 1);
-        assert_eq!(s.sample(&mut logits(), &[]).id, 2, "presence penalty moves off token 1");
-        let mut s = Sampler::new(params(|p| { p.temperature = 0.0; p.repetition_penalty = 2.0 }), &[1], 0);
-        assert_eq!(s.sample(&mut logits(), &[]).id, 2, "prompt token 1 is penalised 3.0 -> 1.5");
+        assert_eq!(
+            s.sample(&mut logits(), &[]).id,
+            2,
+            "presence penalty moves off token 1"
+        );
+        let mut s = Sampler::new(
+            params(|p| {
+                p.temperature = 0.0;
+                p.repetition_penalty = 2.0
+            }),
+            &[1],
+            0,
+        );
+        assert_eq!(
+            s.sample(&mut logits(), &[]).id,
+            2,
+            "prompt token 1 is penalised 3.0 -> 1.5"
+        );
     }
 }

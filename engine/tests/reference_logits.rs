@@ -17,20 +17,39 @@ fn generate(dir: &Path, spec: &DemoSpec) {
 /// max |a - b| / max |b| over a row: error relative to the logits' scale.
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
 }
 
-fn engine_logits(dir: &Path, tokens: &[u32], block_size: usize, chunk: usize, dtype: Option<DType>) -> Vec<Vec<f32>> {
+fn engine_logits(
+    dir: &Path,
+    tokens: &[u32],
+    block_size: usize,
+    chunk: usize,
+    dtype: Option<DType>,
+) -> Vec<Vec<f32>> {
     let model = Transformer::load(dir, dtype, 4096).expect("load model");
     let s = model.shape();
-    let layout = KvLayout { num_blocks: 64, block_size, kv_heads: s.num_kv_heads, head_dim: s.head_dim };
+    let layout = KvLayout {
+        num_blocks: 64,
+        block_size,
+        kv_heads: s.num_kv_heads,
+        head_dim: s.head_dim,
+    };
     let mut kv = KvPool::new(s.num_layers, layout);
     // Scattered blocks, so the paged path is really exercised.
     let table: Vec<u32> = (0..64u32).rev().collect();
     let mut out = Vec::new();
     for start in (0..tokens.len()).step_by(chunk) {
         let end = (start + chunk).min(tokens.len());
-        let c = SeqChunk { tokens: &tokens[start..end], start_pos: start, block_table: &table, logits: LogitRows::All };
+        let c = SeqChunk {
+            tokens: &tokens[start..end],
+            start_pos: start,
+            block_table: &table,
+            logits: LogitRows::All,
+        };
         out.extend(model.forward(&[c], &mut kv).expect("forward"));
     }
     out
@@ -84,7 +103,11 @@ fn qwen3_with_qk_norm_matches_reference() {
 
 #[test]
 fn bf16_sharded_checkpoint_matches_reference() {
-    let spec = DemoSpec { dtype: StoredDtype::Bf16, shards: 3, ..DemoSpec::new(Arch::Qwen2, Size::Tiny, 5) };
+    let spec = DemoSpec {
+        dtype: StoredDtype::Bf16,
+        shards: 3,
+        ..DemoSpec::new(Arch::Qwen2, Size::Tiny, 5)
+    };
     check(spec);
 }
 
@@ -94,7 +117,13 @@ fn same_seed_gives_same_bytes() {
     let spec = DemoSpec::new(Arch::Qwen3, Size::Tiny, 9);
     generate(&tmp.path().join("a"), &spec);
     generate(&tmp.path().join("b"), &spec);
-    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "model.safetensors"] {
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "model.safetensors",
+    ] {
         let a = std::fs::read(tmp.path().join("a").join(f)).unwrap();
         let b = std::fs::read(tmp.path().join("b").join(f)).unwrap();
         assert!(a == b, "{f} differs between two runs with the same seed");
@@ -113,10 +142,24 @@ fn missing_tensor_and_unknown_architecture_are_named() {
     let dir = tmp.path().join("m");
     generate(&dir, &DemoSpec::new(Arch::Llama, Size::Tiny, 1));
     let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    std::fs::write(dir.join("config.json"), cfg.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3")).unwrap();
-    let err = Transformer::load(&dir, None, 64).err().expect("must fail").to_string();
+    std::fs::write(
+        dir.join("config.json"),
+        cfg.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
+    )
+    .unwrap();
+    let err = Transformer::load(&dir, None, 64)
+        .err()
+        .expect("must fail")
+        .to_string();
     assert!(err.contains("model.layers.2."), "{err}");
-    std::fs::write(dir.join("config.json"), cfg.replace("\"model_type\": \"llama\"", "\"model_type\": \"gpt_neox\"")).unwrap();
-    let err = Transformer::load(&dir, None, 64).err().expect("must fail").to_string();
+    std::fs::write(
+        dir.join("config.json"),
+        cfg.replace("\"model_type\": \"llama\"", "\"model_type\": \"gpt_neox\""),
+    )
+    .unwrap();
+    let err = Transformer::load(&dir, None, 64)
+        .err()
+        .expect("must fail")
+        .to_string();
     assert!(err.contains("unsupported architecture `gpt_neox`"), "{err}");
 }

@@ -1,1 +1,231 @@
-fn main(){}
+//! `rosetta`: a multilingual LLM serving gateway with an OpenAI-compatible API.
+
+mod api;
+mod registry;
+mod server;
+mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use rosetta_config::{Arch, Size};
+use rosetta_engine::demo::{self, DemoSpec, StoredDtype};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "rosetta",
+    version,
+    about = "Rosetta: serve open-weight LLMs to unchanged OpenAI clients"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the OpenAI-compatible API. Without --config, serves the embedded default: a
+    /// generated demo model (made on first start, then reused) on 127.0.0.1:8080.
+    Serve {
+        /// A YAML config file (see `rosetta config schema` and config/examples/).
+        #[arg(long, short, env = "ROSETTA_CONFIG")]
+        config: Option<PathBuf>,
+        /// Override server.listen, for example 0.0.0.0:8080 or 127.0.0.1:0 (any free port).
+        #[arg(long, env = "ROSETTA_LISTEN")]
+        listen: Option<SocketAddr>,
+    },
+    /// Validate or describe config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Work with model folders.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a config file without serving: syntax, types, values and model folders.
+    Check { file: PathBuf },
+    /// Print the config file's JSON Schema.
+    Schema,
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Write a random-weight model in Hugging Face format (config.json, model.safetensors,
+    /// tokenizer.json trained on the shipped multilingual corpus, tokenizer_config.json with a
+    /// chat template, generation_config.json). The same seed gives the same bytes.
+    Generate {
+        /// Output folder (replaced if it exists).
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = ArchArg::Llama)]
+        arch: ArchArg,
+        /// `tiny` for tests; `small` has SmolLM2-135M's exact shape.
+        #[arg(long, value_enum, default_value_t = SizeArg::Tiny)]
+        size: SizeArg,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Stored weight precision.
+        #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+        dtype: DtypeArg,
+        /// Split the weights over this many safetensors files with an index.
+        #[arg(long, default_value_t = 1)]
+        shards: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ArchArg {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SizeArg {
+    Tiny,
+    Small,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    F32,
+    Bf16,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config, listen } => {
+            let mut config = match config {
+                Some(file) => rosetta_config::load_file(&file)?,
+                None => {
+                    tracing::info!(
+                        "no --config given: serving the embedded default (a generated demo model)"
+                    );
+                    rosetta_config::embedded_default()
+                }
+            };
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(server::serve(config))
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            let config = rosetta_config::load_file(&file)?;
+            let problems = check_model_folders(&config);
+            if problems.is_empty() {
+                println!("ok: {} ({} model(s))", file.display(), config.models.len());
+                Ok(())
+            } else {
+                anyhow::bail!("{}: {}", file.display(), problems.join("; "))
+            }
+        }
+        Command::Config {
+            command: ConfigCommand::Schema,
+        } => {
+            println!("{}", rosetta_config::json_schema());
+            Ok(())
+        }
+        Command::Model {
+            command:
+                ModelCommand::Generate {
+                    dir,
+                    arch,
+                    size,
+                    seed,
+                    dtype,
+                    shards,
+                },
+        } => {
+            let arch = match arch {
+                ArchArg::Llama => Arch::Llama,
+                ArchArg::Mistral => Arch::Mistral,
+                ArchArg::Qwen2 => Arch::Qwen2,
+                ArchArg::Qwen3 => Arch::Qwen3,
+            };
+            let size = match size {
+                SizeArg::Tiny => Size::Tiny,
+                SizeArg::Small => Size::Small,
+            };
+            let dtype = match dtype {
+                DtypeArg::F32 => StoredDtype::F32,
+                DtypeArg::Bf16 => StoredDtype::Bf16,
+            };
+            let spec = DemoSpec {
+                arch,
+                size,
+                seed,
+                dtype,
+                shards,
+            };
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "writing weights [{bar:30}] {bytes}/{total_bytes}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            demo::generate(&dir, &spec, &mut |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })?;
+            bar.finish_and_clear();
+            println!("wrote {} model to {}", spec.slug(), dir.display());
+            Ok(())
+        }
+    }
+}
+
+/// `config check` also looks at model folders, which parsing alone cannot.
+fn check_model_folders(config: &rosetta_config::Config) -> Vec<String> {
+    config
+        .models
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| {
+            let path = m.path.as_ref()?;
+            let missing: Vec<&str> = ["config.json", "tokenizer.json"]
+                .into_iter()
+                .filter(|f| !path.join(f).exists())
+                .collect();
+            (!missing.is_empty()).then(|| {
+                format!(
+                    "`models[{i}].path`: {} lacks {}",
+                    path.display(),
+                    missing.join(" and ")
+                )
+            })
+        })
+        .collect()
+}

@@ -50,7 +50,13 @@ impl DemoSpec {
             StoredDtype::F32 => "f32",
             StoredDtype::Bf16 => "bf16",
         };
-        format!("{}-{}-seed{}-{dtype}-{}shard", self.arch.name(), self.size.name(), self.seed, self.shards)
+        format!(
+            "{}-{}-seed{}-{dtype}-{}shard",
+            self.arch.name(),
+            self.size.name(),
+            self.seed,
+            self.shards
+        )
     }
 }
 
@@ -62,13 +68,27 @@ pub fn corpus_languages() -> Vec<&'static str> {
 /// Generates the model folder. `progress(done, total)` is called as weight bytes are written.
 /// The folder is written under a temporary name and renamed at the end, so an interrupted
 /// run never leaves a half-written model that looks complete.
-pub fn generate(dir: &Path, spec: &DemoSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<(), EngineError> {
+pub fn generate(
+    dir: &Path,
+    spec: &DemoSpec,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), EngineError> {
     if spec.shards == 0 {
-        return Err(EngineError::InvalidRequest("shards must be at least 1".into()));
+        return Err(EngineError::InvalidRequest(
+            "shards must be at least 1".into(),
+        ));
     }
     let shape = DemoShape::new(spec.arch, spec.size);
-    let io = |e: std::io::Error| EngineError::Internal(format!("cannot write the demo model to {}: {e}", dir.display()));
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let io = |e: std::io::Error| {
+        EngineError::Internal(format!(
+            "cannot write the demo model to {}: {e}",
+            dir.display()
+        ))
+    };
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io)?;
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("model");
     let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
@@ -77,7 +97,8 @@ pub fn generate(dir: &Path, spec: &DemoSpec, progress: &mut dyn FnMut(u64, u64))
     }
     std::fs::create_dir_all(&tmp).map_err(io)?;
     let write = |file: &str, json: &serde_json::Value| -> Result<(), EngineError> {
-        let text = serde_json::to_string_pretty(json).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(json).map_err(|e| EngineError::Internal(e.to_string()))?;
         std::fs::write(tmp.join(file), text + "\n").map_err(io)
     };
     let tok = tokenizer::train(spec.arch, shape.vocab_size)?;

@@ -92,11 +92,19 @@ impl DemoShape {
                 "rope_scaling": { "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 64 },
             }),
-            Arch::Llama => json!({ "attention_bias": false, "mlp_bias": false, "rope_scaling": null }),
+            Arch::Llama => {
+                json!({ "attention_bias": false, "mlp_bias": false, "rope_scaling": null })
+            }
             // The tiny Mistral exercises Mistral v0.1's sliding window.
-            Arch::Mistral => json!({ "sliding_window": if self.is_tiny() { json!(16) } else { json!(null) } }),
-            Arch::Qwen2 => json!({ "use_sliding_window": false, "sliding_window": 4096, "max_window_layers": 21 }),
-            Arch::Qwen3 => json!({ "attention_bias": false, "use_sliding_window": false, "sliding_window": null }),
+            Arch::Mistral => {
+                json!({ "sliding_window": if self.is_tiny() { json!(16) } else { json!(null) } })
+            }
+            Arch::Qwen2 => {
+                json!({ "use_sliding_window": false, "sliding_window": 4096, "max_window_layers": 21 })
+            }
+            Arch::Qwen3 => {
+                json!({ "attention_bias": false, "use_sliding_window": false, "sliding_window": null })
+            }
         };
         if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
             c.extend(extra.clone());
@@ -108,7 +116,10 @@ impl DemoShape {
     pub fn tensors(&self) -> Vec<(String, Vec<usize>)> {
         let (h, hd, i) = (self.hidden, self.head_dim, self.intermediate);
         let (qd, kvd) = (self.heads * hd, self.kv_heads * hd);
-        let mut t = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h])];
+        let mut t = vec![(
+            "model.embed_tokens.weight".to_string(),
+            vec![self.vocab_size, h],
+        )];
         for l in 0..self.layers {
             let p = format!("model.layers.{l}");
             t.push((format!("{p}.input_layernorm.weight"), vec![h]));

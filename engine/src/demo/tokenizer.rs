@@ -38,7 +38,13 @@ struct Flavour {
 fn flavour(arch: Arch) -> Flavour {
     match arch {
         Arch::Llama => Flavour {
-            specials: &["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+            specials: &[
+                "<|begin_of_text|>",
+                "<|end_of_text|>",
+                "<|start_header_id|>",
+                "<|end_header_id|>",
+                "<|eot_id|>",
+            ],
             bos: "<|begin_of_text|>",
             eos: "<|eot_id|>",
             extra_eos: &["<|end_of_text|>"],
@@ -57,9 +63,14 @@ fn flavour(arch: Arch) -> Flavour {
 }
 
 pub fn train(arch: Arch, vocab_size: usize) -> Result<TrainedTokenizer, EngineError> {
-    let err = |e: tokenizers::Error| EngineError::Internal(format!("tokenizer training failed: {e}"));
+    let err =
+        |e: tokenizers::Error| EngineError::Internal(format!("tokenizer training failed: {e}"));
     let f = flavour(arch);
-    let specials: Vec<AddedToken> = f.specials.iter().map(|s| AddedToken::from(*s, true)).collect();
+    let specials: Vec<AddedToken> = f
+        .specials
+        .iter()
+        .map(|s| AddedToken::from(*s, true))
+        .collect();
     let mut trainer = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
         .min_frequency(2)
@@ -76,12 +87,16 @@ pub fn train(arch: Arch, vocab_size: usize) -> Result<TrainedTokenizer, EngineEr
         .build()
         .map_err(err)?;
     tokenizer
-        .train(&mut trainer, CORPUS.iter().flat_map(|(_, text)| text.lines()))
+        .train(
+            &mut trainer,
+            CORPUS.iter().flat_map(|(_, text)| text.lines()),
+        )
         .map_err(err)?;
     let mut tokenizer: Tokenizer = tokenizer.into();
     let id = |t: &str, tok: &Tokenizer| {
-        tok.token_to_id(t)
-            .ok_or_else(|| EngineError::Internal(format!("special token {t} missing after training")))
+        tok.token_to_id(t).ok_or_else(|| {
+            EngineError::Internal(format!("special token {t} missing after training"))
+        })
     };
     let bos_id = id(f.bos, &tokenizer)?;
     let eos_id = id(f.eos, &tokenizer)?;
@@ -133,8 +148,14 @@ fn pad_vocab(tokenizer_json: &str, target: usize) -> Result<String, EngineError>
     let mut root: Value = serde_json::from_str(tokenizer_json).map_err(|e| bad(&e.to_string()))?;
     let added = root["added_tokens"].as_array().map_or(0, Vec::len);
     let model = root.get_mut("model").ok_or_else(|| bad("no model"))?;
-    let vocab = model["vocab"].as_object().cloned().ok_or_else(|| bad("no vocab"))?;
-    let mut by_id: Vec<(u64, String)> = vocab.iter().filter_map(|(t, id)| Some((id.as_u64()?, t.clone()))).collect();
+    let vocab = model["vocab"]
+        .as_object()
+        .cloned()
+        .ok_or_else(|| bad("no vocab"))?;
+    let mut by_id: Vec<(u64, String)> = vocab
+        .iter()
+        .filter_map(|(t, id)| Some((id.as_u64()?, t.clone())))
+        .collect();
     by_id.sort();
     let mut next = by_id.len().max(added) as u64;
     if next as usize >= target {
@@ -142,9 +163,16 @@ fn pad_vocab(tokenizer_json: &str, target: usize) -> Result<String, EngineError>
     }
     // Combine the most common pieces first: trained tokens in id order with the byte alphabet.
     let bases: Vec<String> = by_id.iter().skip(added).map(|(_, t)| t.clone()).collect();
-    let alphabet: Vec<String> = bases.iter().filter(|t| t.chars().count() == 1).cloned().collect();
+    let alphabet: Vec<String> = bases
+        .iter()
+        .filter(|t| t.chars().count() == 1)
+        .cloned()
+        .collect();
     let mut vocab = vocab;
-    let mut merges = model["merges"].as_array().cloned().ok_or_else(|| bad("no merges"))?;
+    let mut merges = model["merges"]
+        .as_array()
+        .cloned()
+        .ok_or_else(|| bad("no merges"))?;
     'outer: for left in &bases {
         for right in &alphabet {
             if next as usize >= target {

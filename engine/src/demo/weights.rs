@@ -36,13 +36,21 @@ fn to_bytes(values: &[f32], dtype: StoredDtype) -> Vec<u8> {
     }
 }
 
-pub fn write(dir: &Path, shape: &DemoShape, spec: &DemoSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<(), EngineError> {
+pub fn write(
+    dir: &Path,
+    shape: &DemoShape,
+    spec: &DemoSpec,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), EngineError> {
     let tensors = shape.tensors();
     let elem = match spec.dtype {
         StoredDtype::F32 => 4,
         StoredDtype::Bf16 => 2,
     };
-    let total: u64 = tensors.iter().map(|(_, s)| (s.iter().product::<usize>() * elem) as u64).sum();
+    let total: u64 = tensors
+        .iter()
+        .map(|(_, s)| (s.iter().product::<usize>() * elem) as u64)
+        .sum();
     // One stream in a fixed order: the same seed always gives the same bytes.
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let mut done = 0u64;
@@ -58,7 +66,10 @@ pub fn write(dir: &Path, shape: &DemoShape, spec: &DemoSpec, progress: &mut dyn 
         StoredDtype::Bf16 => Dtype::BF16,
     };
     let err = |e: String| EngineError::Internal(format!("cannot write weights: {e}"));
-    let meta = Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())]));
+    let meta = Some(std::collections::HashMap::from([(
+        "format".to_string(),
+        "pt".to_string(),
+    )]));
     let shards = spec.shards.min(data.len());
     let mut weight_map = serde_json::Map::new();
     for s in 0..shards {
@@ -78,12 +89,14 @@ pub fn write(dir: &Path, shape: &DemoShape, spec: &DemoSpec, progress: &mut dyn 
                     .map_err(|e| err(e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        safetensors::serialize_to_file(views, meta.clone(), &dir.join(&file)).map_err(|e| err(e.to_string()))?;
+        safetensors::serialize_to_file(views, meta.clone(), &dir.join(&file))
+            .map_err(|e| err(e.to_string()))?;
     }
     if shards > 1 {
         let index = json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
         let text = serde_json::to_string_pretty(&index).map_err(|e| err(e.to_string()))?;
-        std::fs::write(dir.join("model.safetensors.index.json"), text).map_err(|e| err(e.to_string()))?;
+        std::fs::write(dir.join("model.safetensors.index.json"), text)
+            .map_err(|e| err(e.to_string()))?;
     }
     Ok(())
 }

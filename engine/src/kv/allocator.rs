@@ -51,7 +51,10 @@ mod tests {
         let mut a = BlockAllocator::new(8);
         let x = a.allocate(5).unwrap();
         assert_eq!(a.in_use(), 5);
-        assert!(a.allocate(4).is_none(), "over-allocation must fail without taking blocks");
+        assert!(
+            a.allocate(4).is_none(),
+            "over-allocation must fail without taking blocks"
+        );
         assert_eq!(a.in_use(), 5);
         let y = a.allocate(3).unwrap();
         let mut all: Vec<u32> = x.iter().chain(&y).copied().collect();

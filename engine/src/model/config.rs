@@ -121,7 +121,8 @@ impl ModelShape {
     }
 
     pub fn from_json(text: &str) -> Result<Self, String> {
-        let raw: RawConfig = serde_json::from_str(text).map_err(|e| format!("invalid config.json: {e}"))?;
+        let raw: RawConfig =
+            serde_json::from_str(text).map_err(|e| format!("invalid config.json: {e}"))?;
         let kind = raw
             .model_type
             .clone()
@@ -140,11 +141,15 @@ impl ModelShape {
         };
         if let Some(act) = raw.hidden_act.as_deref() {
             if act != "silu" && act != "swish" {
-                return Err(format!("unsupported hidden_act `{act}`: only silu is supported"));
+                return Err(format!(
+                    "unsupported hidden_act `{act}`: only silu is supported"
+                ));
             }
         }
         if raw.num_attention_heads == 0 || raw.hidden_size == 0 || raw.num_hidden_layers == 0 {
-            return Err("hidden_size, num_attention_heads and num_hidden_layers must be positive".into());
+            return Err(
+                "hidden_size, num_attention_heads and num_hidden_layers must be positive".into(),
+            );
         }
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
         if num_kv_heads == 0 || raw.num_attention_heads % num_kv_heads != 0 {
@@ -153,7 +158,9 @@ impl ModelShape {
                 raw.num_attention_heads
             ));
         }
-        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads);
+        let head_dim = raw
+            .head_dim
+            .unwrap_or(raw.hidden_size / raw.num_attention_heads);
         if head_dim == 0 || head_dim % 2 != 0 {
             return Err(format!("head_dim {head_dim} must be even and positive"));
         }
@@ -172,7 +179,8 @@ impl ModelShape {
                 // Qwen configs carry a window that is off unless use_sliding_window says so,
                 // and then only from layer max_window_layers on, as in transformers.
                 (None, Family::Qwen2 | Family::Qwen3) => raw.sliding_window.filter(|_| {
-                    raw.use_sliding_window == Some(true) && layer >= raw.max_window_layers.unwrap_or(28)
+                    raw.use_sliding_window == Some(true)
+                        && layer >= raw.max_window_layers.unwrap_or(28)
                 }),
             })
             .collect();
@@ -221,7 +229,9 @@ fn parse_rope_scaling(v: Option<&serde_json::Value>) -> Result<RopeScaling, Stri
     };
     match kind {
         "default" => Ok(RopeScaling::None),
-        "linear" => Ok(RopeScaling::Linear { factor: num("factor")? }),
+        "linear" => Ok(RopeScaling::Linear {
+            factor: num("factor")?,
+        }),
         "llama3" => Ok(RopeScaling::Llama3 {
             factor: num("factor")?,
             low_freq_factor: num("low_freq_factor")?,

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
 
+pub use candle_core::DType as WeightDtype;
 pub use config::{Family, ModelShape, RopeScaling};
 use rope::Rope;
 use weights::Weights;
@@ -84,7 +85,11 @@ pub struct Transformer {
 impl Transformer {
     /// Loads a Hugging Face model folder. Weights are held in `dtype` (f32 by default; bf16
     /// halves their memory at some speed cost on CPU); all arithmetic is f32.
-    pub fn load(dir: &Path, dtype: Option<DType>, max_positions: usize) -> Result<Self, EngineError> {
+    pub fn load(
+        dir: &Path,
+        dtype: Option<DType>,
+        max_positions: usize,
+    ) -> Result<Self, EngineError> {
         let shape = ModelShape::from_file(&dir.join("config.json"))?;
         let dtype = dtype.unwrap_or(DType::F32);
         let device = Device::Cpu;
@@ -95,15 +100,16 @@ impl Transformer {
         let f32_vec = |name: &str, n: usize| -> Result<Tensor, EngineError> {
             Ok(w.get_shaped(name, &[n])?.to_dtype(DType::F32)?)
         };
-        let linear = |prefix: &str, out: usize, inp: usize, bias: bool| -> Result<Linear, EngineError> {
-            let weight = w.get_shaped(&format!("{prefix}.weight"), &[out, inp])?;
-            let bias = if bias {
-                Some(w.get_shaped(&format!("{prefix}.bias"), &[out])?)
-            } else {
-                w.get_opt(&format!("{prefix}.bias"), &[out])?
+        let linear =
+            |prefix: &str, out: usize, inp: usize, bias: bool| -> Result<Linear, EngineError> {
+                let weight = w.get_shaped(&format!("{prefix}.weight"), &[out, inp])?;
+                let bias = if bias {
+                    Some(w.get_shaped(&format!("{prefix}.bias"), &[out])?)
+                } else {
+                    w.get_opt(&format!("{prefix}.bias"), &[out])?
+                };
+                Ok(Linear { weight, bias })
             };
-            Ok(Linear { weight, bias })
-        };
         let fuse = |parts: Vec<Linear>| -> Result<Linear, EngineError> {
             let weight = Tensor::cat(&parts.iter().map(|l| &l.weight).collect::<Vec<_>>(), 0)?;
             let bias = if parts.iter().any(|l| l.bias.is_some()) {
@@ -142,10 +148,25 @@ impl Transformer {
                 ])?,
                 o: linear(&format!("{attn}.o_proj"), h, qd, s.o_bias)?,
                 gate_up: fuse(vec![
-                    linear(&format!("{mlp}.gate_proj"), s.intermediate_size, h, s.mlp_bias)?,
-                    linear(&format!("{mlp}.up_proj"), s.intermediate_size, h, s.mlp_bias)?,
+                    linear(
+                        &format!("{mlp}.gate_proj"),
+                        s.intermediate_size,
+                        h,
+                        s.mlp_bias,
+                    )?,
+                    linear(
+                        &format!("{mlp}.up_proj"),
+                        s.intermediate_size,
+                        h,
+                        s.mlp_bias,
+                    )?,
                 ])?,
-                down: linear(&format!("{mlp}.down_proj"), h, s.intermediate_size, s.mlp_bias)?,
+                down: linear(
+                    &format!("{mlp}.down_proj"),
+                    h,
+                    s.intermediate_size,
+                    s.mlp_bias,
+                )?,
                 q_norm: norm_vec(format!("{attn}.q_norm.weight"))?,
                 k_norm: norm_vec(format!("{attn}.k_norm.weight"))?,
             });
@@ -177,7 +198,11 @@ impl Transformer {
 
     /// Runs the chunks through the model in one pass, writing their K/V into `kv`, and returns
     /// the requested logits rows in chunk order.
-    pub fn forward(&self, chunks: &[SeqChunk<'_>], kv: &mut KvPool) -> Result<Vec<Vec<f32>>, EngineError> {
+    pub fn forward(
+        &self,
+        chunks: &[SeqChunk<'_>],
+        kv: &mut KvPool,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         let s = &self.shape;
         let (nh, nkv, hd) = (s.num_heads, s.num_kv_heads, s.head_dim);
         let (qd, kvd) = (nh * hd, nkv * hd);
@@ -195,7 +220,9 @@ impl Transformer {
             let first = ids.len();
             match c.logits {
                 LogitRows::None => {}
-                LogitRows::Last if !c.tokens.is_empty() => rows.push((first + c.tokens.len() - 1) as u32),
+                LogitRows::Last if !c.tokens.is_empty() => {
+                    rows.push((first + c.tokens.len() - 1) as u32)
+                }
                 LogitRows::Last => {}
                 LogitRows::All => rows.extend((first..first + c.tokens.len()).map(|r| r as u32)),
             }
@@ -224,7 +251,11 @@ impl Transformer {
         let layout = kv.layout();
         for (li, layer) in self.layers.iter().enumerate() {
             let hidden = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
-            let qkv = layer.qkv.forward(&hidden)?.flatten_all()?.to_vec1::<f32>()?;
+            let qkv = layer
+                .qkv
+                .forward(&hidden)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
             let width = qd + 2 * kvd;
             let mut q = vec![0.0f32; n * qd];
             for seq in &seqs {

@@ -19,8 +19,9 @@ impl Weights {
         let files = safetensors_files(dir)?;
         // Safety: the files are mapped read-only; like every safetensors loader we rely on
         // nobody truncating model files while they are served.
-        let tensors = unsafe { MmapedSafetensors::multi(&files) }
-            .map_err(|e| EngineError::load(format!("cannot map weights in {}: {e}", dir.display())))?;
+        let tensors = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
+            EngineError::load(format!("cannot map weights in {}: {e}", dir.display()))
+        })?;
         Ok(Self {
             tensors,
             dtype,
@@ -35,7 +36,9 @@ impl Weights {
     /// Loads a tensor converted to the compute dtype; a missing tensor is an error naming it.
     pub fn get(&self, name: &str) -> Result<Tensor, EngineError> {
         if !self.contains(name) {
-            return Err(EngineError::load(format!("missing tensor `{name}` in the model's safetensors")));
+            return Err(EngineError::load(format!(
+                "missing tensor `{name}` in the model's safetensors"
+            )));
         }
         self.tensors
             .load(name, &self.device)
@@ -83,7 +86,10 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, EngineError> {
         files.sort();
         files.dedup();
         if let Some(missing) = files.iter().find(|f| !f.exists()) {
-            return Err(EngineError::load(format!("missing weight shard {}", missing.display())));
+            return Err(EngineError::load(format!(
+                "missing weight shard {}",
+                missing.display()
+            )));
         }
         return Ok(files);
     }

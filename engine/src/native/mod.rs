@@ -212,7 +212,9 @@ impl Worker {
             {
                 break;
             }
-            let Some(sub) = self.waiting.pop_front() else { break };
+            let Some(sub) = self.waiting.pop_front() else {
+                break;
+            };
             let group_id = self.next_group;
             self.next_group += 1;
             for index in 0..sub.request.n {
@@ -220,10 +222,16 @@ impl Worker {
                     .allocator
                     .allocate(per_seq)
                     .expect("free blocks were counted just above");
-                self.running
-                    .push(Sequence::new(group_id, index, &sub.request, blocks, &self.tokenizer));
+                self.running.push(Sequence::new(
+                    group_id,
+                    index,
+                    &sub.request,
+                    blocks,
+                    &self.tokenizer,
+                ));
             }
-            self.groups.insert(group_id, Group::new(&sub.request, sub.events));
+            self.groups
+                .insert(group_id, Group::new(&sub.request, sub.events));
         }
     }
 
@@ -252,7 +260,9 @@ impl Worker {
         for (i, seq) in self.running.iter_mut().enumerate() {
             seq.mark_computed();
             let Some(mut row) = logits.next() else { break };
-            let Some(group) = self.groups.get_mut(&seq.group) else { continue };
+            let Some(group) = self.groups.get_mut(&seq.group) else {
+                continue;
+            };
             let delta = seq.sample_next(&mut row, &self.tokenizer);
             group.usage.completion_tokens += 1;
             let done = delta.finish_reason.is_some();

@@ -3,7 +3,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::model::{LogitRows, SeqChunk};
 use crate::sampler::Sampler;
 use crate::text::{IncrementalDetokenizer, ModelTokenizer, StopMatcher};
-use crate::{ChoiceDelta, EngineError, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, Usage};
+use crate::{
+    ChoiceDelta, EngineError, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, Usage,
+};
 
 /// The choices of one request, answered on one channel.
 pub struct Group {
@@ -14,7 +16,10 @@ pub struct Group {
 }
 
 impl Group {
-    pub fn new(request: &GenerateRequest, events: UnboundedSender<Result<GenerateEvent, EngineError>>) -> Self {
+    pub fn new(
+        request: &GenerateRequest,
+        events: UnboundedSender<Result<GenerateEvent, EngineError>>,
+    ) -> Self {
         Self {
             events,
             remaining: request.n,
@@ -46,7 +51,13 @@ pub struct Sequence {
 }
 
 impl Sequence {
-    pub fn new(group: u64, index: usize, req: &GenerateRequest, blocks: Vec<u32>, tok: &ModelTokenizer) -> Self {
+    pub fn new(
+        group: u64,
+        index: usize,
+        req: &GenerateRequest,
+        blocks: Vec<u32>,
+        tok: &ModelTokenizer,
+    ) -> Self {
         let mut stop_ids = req.stop_token_ids.clone();
         if !req.ignore_eos {
             stop_ids.extend(tok.special().eos_ids.iter().copied());
@@ -87,7 +98,11 @@ impl Sequence {
 
     /// Samples the next token from `logits` and returns what the client should see.
     pub fn sample_next(&mut self, logits: &mut [f32], tok: &ModelTokenizer) -> ChoiceDelta {
-        let banned: &[u32] = if self.generated() < self.min_tokens { &self.stop_ids } else { &[] };
+        let banned: &[u32] = if self.generated() < self.min_tokens {
+            &self.stop_ids
+        } else {
+            &[]
+        };
         let sampled = self.sampler.sample(logits, banned);
         self.tokens.push(sampled.id);
         let mut text = String::new();

@@ -26,7 +26,11 @@ impl MessageContent {
     pub fn joined(&self) -> String {
         match self {
             Self::Text(t) => t.clone(),
-            Self::Parts(parts) => parts.iter().map(|p| p.text.as_str()).collect::<Vec<_>>().join("\n"),
+            Self::Parts(parts) => parts
+                .iter()
+                .map(|p| p.text.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
         }
     }
 }
@@ -51,7 +55,11 @@ pub struct ChatTemplate {
 }
 
 impl ChatTemplate {
-    pub fn new(source: &str, bos_token: Option<String>, eos_token: Option<String>) -> Result<Self, EngineError> {
+    pub fn new(
+        source: &str,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    ) -> Result<Self, EngineError> {
         let mut env = Environment::new();
         // Hugging Face compiles templates with trim_blocks and lstrip_blocks.
         env.set_trim_blocks(true);
@@ -62,7 +70,8 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| EngineError::load(format!("invalid chat template: {e}")))?;
-        let accepts_parts = source.contains("['type']") || source.contains(".type") || source.contains("is string");
+        let accepts_parts =
+            source.contains("['type']") || source.contains(".type") || source.contains("is string");
         Ok(Self {
             env,
             bos_token,
@@ -72,7 +81,11 @@ impl ChatTemplate {
     }
 
     /// Renders the conversation. A template's `raise_exception` becomes an InvalidRequest.
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, EngineError> {
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, EngineError> {
         let messages: Vec<ChatMessage> = if self.accepts_parts {
             messages.to_vec()
         } else {
@@ -96,7 +109,10 @@ impl ChatTemplate {
             tools => Value::from(()),
         };
         tmpl.render(ctx).map_err(|e| {
-            let mut msg = e.detail().map(str::to_string).unwrap_or_else(|| e.to_string());
+            let mut msg = e
+                .detail()
+                .map(str::to_string)
+                .unwrap_or_else(|| e.to_string());
             if e.kind() != ErrorKind::InvalidOperation {
                 msg = format!("cannot render the chat template: {msg}");
             }
@@ -117,8 +133,18 @@ fn strftime_now(format: String) -> String {
         .unwrap_or(0);
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-        "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
     let month = MONTHS[(m - 1) as usize];
     format
@@ -160,34 +186,58 @@ mod tests {
     #[test]
     fn renders_chatml_with_generation_prompt() {
         let t = ChatTemplate::new(CHATML, None, None).unwrap();
-        let out = t.render(&[msg("system", "Be brief."), msg("user", "Hi")], true).unwrap();
+        let out = t
+            .render(&[msg("system", "Be brief."), msg("user", "Hi")], true)
+            .unwrap();
         assert_eq!(out, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
     }
 
     #[test]
     fn llama3_style_template_uses_bos_strip_and_raise_exception() {
         let src = "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('tool messages are not supported') }}{% endif %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}";
-        let t = ChatTemplate::new(src, Some("<|begin_of_text|>".into()), Some("<|eot_id|>".into())).unwrap();
+        let t = ChatTemplate::new(
+            src,
+            Some("<|begin_of_text|>".into()),
+            Some("<|eot_id|>".into()),
+        )
+        .unwrap();
         let out = t.render(&[msg("user", "  Hola  ")], true).unwrap();
         assert_eq!(out, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHola<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
         let err = t.render(&[msg("tool", "x")], true).unwrap_err();
-        assert_eq!(err, EngineError::InvalidRequest("tool messages are not supported".into()));
+        assert_eq!(
+            err,
+            EngineError::InvalidRequest("tool messages are not supported".into())
+        );
     }
 
     #[test]
     fn multi_part_content_is_joined_for_string_templates() {
         let t = ChatTemplate::new(CHATML, None, None).unwrap();
         let parts = MessageContent::Parts(vec![
-            ContentPart { kind: "text".into(), text: "one".into() },
-            ContentPart { kind: "text".into(), text: "two".into() },
+            ContentPart {
+                kind: "text".into(),
+                text: "one".into(),
+            },
+            ContentPart {
+                kind: "text".into(),
+                text: "two".into(),
+            },
         ]);
-        let m = ChatMessage { role: "user".into(), content: Some(parts), name: None };
-        assert_eq!(t.render(&[m], false).unwrap(), "<|im_start|>user\none\ntwo<|im_end|>\n");
+        let m = ChatMessage {
+            role: "user".into(),
+            content: Some(parts),
+            name: None,
+        };
+        assert_eq!(
+            t.render(&[m], false).unwrap(),
+            "<|im_start|>user\none\ntwo<|im_end|>\n"
+        );
     }
 
     #[test]
     fn python_string_methods_work() {
-        let t = ChatTemplate::new("{{ messages[0]['content'].strip().upper() }}", None, None).unwrap();
+        let t =
+            ChatTemplate::new("{{ messages[0]['content'].strip().upper() }}", None, None).unwrap();
         assert_eq!(t.render(&[msg("user", " hi ")], false).unwrap(), "HI");
     }
 

@@ -33,10 +33,18 @@ impl StopMatcher {
             };
         }
         // The earliest occurrence of any stop string wins.
-        if let Some(at) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
             let text = self.pending[..at].to_string();
             self.pending.clear();
-            return StopCheck { text, stopped: true };
+            return StopCheck {
+                text,
+                stopped: true,
+            };
         }
         let hold = self
             .stops
@@ -47,7 +55,10 @@ impl StopMatcher {
         let release = self.pending.len() - hold;
         let text = self.pending[..release].to_string();
         self.pending.drain(..release);
-        StopCheck { text, stopped: false }
+        StopCheck {
+            text,
+            stopped: false,
+        }
     }
 
     /// Releases the held-back tail when generation ends for another reason.
@@ -84,7 +95,10 @@ mod tests {
 
     #[test]
     fn stop_spanning_tokens_is_cut_and_never_leaks() {
-        assert_eq!(run(&["END"], &["hello E", "N", "D more"]), ("hello ".into(), true));
+        assert_eq!(
+            run(&["END"], &["hello E", "N", "D more"]),
+            ("hello ".into(), true)
+        );
     }
 
     #[test]

@@ -46,7 +46,9 @@ impl ModelTokenizer {
         }
         match gc.get("eos_token_id") {
             Some(serde_json::Value::Number(n)) => eos_ids.extend(n.as_u64().map(|v| v as u32)),
-            Some(serde_json::Value::Array(a)) => eos_ids.extend(a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32)),
+            Some(serde_json::Value::Array(a)) => {
+                eos_ids.extend(a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32))
+            }
             _ => {}
         }
         let chat_template = match tc.get("chat_template") {
@@ -101,7 +103,10 @@ impl ModelTokenizer {
 
     /// The raw bytes a token stands for (for logprobs). Unknown ids have none.
     pub fn token_bytes(&self, id: u32) -> &[u8] {
-        self.token_bytes.get(id as usize).map(Vec::as_slice).unwrap_or(&[])
+        self.token_bytes
+            .get(id as usize)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     pub fn is_special(&self, id: u32) -> bool {
@@ -117,13 +122,18 @@ impl ModelTokenizer {
     }
 }
 
-fn read_json(path: &Path) -> Result<Option<serde_json::Map<String, serde_json::Value>>, EngineError> {
+fn read_json(
+    path: &Path,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, EngineError> {
     match std::fs::read_to_string(path) {
         Ok(text) => serde_json::from_str(&text)
             .map(Some)
             .map_err(|e| EngineError::load(format!("invalid {}: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(EngineError::load(format!("cannot read {}: {e}", path.display()))),
+        Err(e) => Err(EngineError::load(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -171,7 +181,11 @@ fn compute_token_bytes(tok: &Tokenizer) -> Vec<Vec<u8>> {
             // Byte-level BPE: every char maps back to one byte.
             if !is_byte_level {
                 // fall through to the SentencePiece rules below
-            } else if let Some(bytes) = piece.chars().map(|c| byte_level.get(&c).copied()).collect::<Option<Vec<u8>>>() {
+            } else if let Some(bytes) = piece
+                .chars()
+                .map(|c| byte_level.get(&c).copied())
+                .collect::<Option<Vec<u8>>>()
+            {
                 return bytes;
             }
             // SentencePiece-style: byte fallback tokens and "▁" for spaces.

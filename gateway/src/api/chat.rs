@@ -1,0 +1,333 @@
+//! POST /v1/chat/completions
+
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use rosetta_engine::text::{ChatMessage, ContentPart, MessageContent};
+use rosetta_engine::GeneratedToken;
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::extract::OpenAiJson;
+use super::generate::{collect, new_id, now_secs, submit_all, token_text, Item};
+use super::params;
+use super::sse::{done_event, json_event};
+use super::types::*;
+use crate::registry::ServedModel;
+use crate::state::AppState;
+
+const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+
+/// Checks the messages by hand so each mistake gets a message naming it.
+pub fn parse_messages(raw: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
+    if raw.is_empty() {
+        return Err(ApiError::invalid_param(
+            "messages",
+            "'messages' must contain at least one message.",
+        ));
+    }
+    raw.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let param = format!("messages[{i}]");
+            let obj = m
+                .as_object()
+                .ok_or_else(|| ApiError::invalid_param(&param, format!("Invalid '{param}': expected an object.")))?;
+            let role = match obj.get("role") {
+                Some(Value::String(r)) if ROLES.contains(&r.as_str()) => r.as_str(),
+                Some(Value::String(r)) => {
+                    return Err(ApiError::invalid_param(
+                        &format!("{param}.role"),
+                        format!("Invalid '{param}.role': unknown role `{r}`; expected one of {}.", ROLES.join(", ")),
+                    ))
+                }
+                Some(_) => return Err(ApiError::invalid_param(&format!("{param}.role"), format!("Invalid '{param}.role': expected a string."))),
+                None => return Err(ApiError::invalid_param(&format!("{param}.role"), format!("Missing required parameter: '{param}.role'."))),
+            };
+            let content = match obj.get("content") {
+                None | Some(Value::Null) if role == "assistant" => None,
+                None | Some(Value::Null) => {
+                    return Err(ApiError::invalid_param(
+                        &format!("{param}.content"),
+                        format!("Missing required parameter: '{param}.content'."),
+                    ))
+                }
+                Some(Value::String(s)) => Some(MessageContent::Text(s.clone())),
+                Some(Value::Array(parts)) => Some(MessageContent::Parts(parse_parts(parts, &param)?)),
+                Some(_) => {
+                    return Err(ApiError::invalid_param(
+                        &format!("{param}.content"),
+                        format!("Invalid '{param}.content': expected a string or an array of content parts."),
+                    ))
+                }
+            };
+            let name = match obj.get("name") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(n)) => Some(n.clone()),
+                Some(_) => return Err(ApiError::invalid_param(&format!("{param}.name"), format!("Invalid '{param}.name': expected a string."))),
+            };
+            // OpenAI's `developer` role is the system role of models that predate it.
+            let role = if role == "developer" { "system" } else { role };
+            Ok(ChatMessage { role: role.to_string(), content, name })
+        })
+        .collect()
+}
+
+fn parse_parts(parts: &[Value], param: &str) -> Result<Vec<ContentPart>, ApiError> {
+    parts
+        .iter()
+        .enumerate()
+        .map(|(j, p)| {
+            let at = format!("{param}.content[{j}]");
+            match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                (Some("text"), Some(text)) => Ok(ContentPart { kind: "text".into(), text: text.to_string() }),
+                (Some("text"), None) => Err(ApiError::invalid_param(&at, format!("Invalid '{at}': a text part needs a string 'text'."))),
+                (Some(other), _) => Err(ApiError::invalid_param(
+                    &at,
+                    format!("Invalid '{at}': content parts of type `{other}` are not supported by this model; only `text` is."),
+                )),
+                (None, _) => Err(ApiError::invalid_param(&at, format!("Invalid '{at}': expected an object with a 'type'."))),
+            }
+        })
+        .collect()
+}
+
+/// Renders the conversation with the model's chat template and tokenizes it.
+pub fn chat_prompt(
+    model: &ServedModel,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+) -> Result<Vec<u32>, ApiError> {
+    let template = model.tokenizer.chat_template().ok_or_else(|| {
+        ApiError::invalid(format!(
+            "The model `{}` has no chat template; use /v1/completions instead.",
+            model.id
+        ))
+    })?;
+    let text = template.render(messages, add_generation_prompt)?;
+    // The template already holds the special tokens (BOS); add no more, as Hugging Face does.
+    Ok(model.tokenizer.encode(&text, false)?)
+}
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    OpenAiJson(req): OpenAiJson<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
+    let model = state.model(&req.model)?;
+    tracing::debug!(model = %model.id, user = req.sampling.user.as_deref().unwrap_or(""), "chat completion");
+    let messages = parse_messages(&req.messages)?;
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::invalid_param(
+            "tools",
+            "Tool calling is not supported by this server yet.",
+        ));
+    }
+    if let Some(kind) = req
+        .response_format
+        .as_ref()
+        .and_then(|f| f.get("type"))
+        .and_then(Value::as_str)
+    {
+        if kind != "text" {
+            return Err(ApiError::invalid_param(
+                "response_format",
+                format!(
+                    "response_format `{kind}` is not supported by this server yet; only `text` is."
+                ),
+            ));
+        }
+    }
+    let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+        (true, k) => Some(params::top_logprobs("top_logprobs", k.unwrap_or(0))?),
+        (false, Some(k)) if k > 0 => {
+            return Err(ApiError::invalid_param(
+                "top_logprobs",
+                "'top_logprobs' requires 'logprobs' to be true.",
+            ))
+        }
+        (false, _) => None,
+    };
+    let prompt = chat_prompt(&model, &messages, req.add_generation_prompt.unwrap_or(true))?;
+    let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
+    let param_name = if req.max_completion_tokens.is_some() {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    let gen =
+        params::generation(&req.sampling, &model, prompt, max_tokens, logprobs).map_err(|e| {
+            if e.body.param.as_deref() == Some("max_tokens") {
+                e.with_param(param_name)
+            } else {
+                e
+            }
+        })?;
+    let n = gen.request.n;
+    let items = submit_all(&model, vec![gen.request])?;
+    let meta = Meta {
+        id: new_id("chatcmpl"),
+        created: now_secs(),
+        model: model.id.clone(),
+        fingerprint: state.fingerprint().to_string(),
+        top_logprobs: logprobs,
+    };
+    if gen.stream {
+        let events = stream_chunks(items, meta, model, n, gen.include_usage);
+        return Ok(Sse::new(events)
+            .keep_alive(KeepAlive::default())
+            .into_response());
+    }
+    let (choices, usage) = collect(items, n).await?;
+    let body = ChatCompletion {
+        id: meta.id.clone(),
+        object: "chat.completion",
+        created: meta.created,
+        model: meta.model.clone(),
+        system_fingerprint: meta.fingerprint.clone(),
+        choices: choices
+            .into_iter()
+            .enumerate()
+            .map(|(index, c)| ChatChoice {
+                index,
+                message: AssistantMessage {
+                    role: "assistant",
+                    content: c.text,
+                    refusal: None,
+                },
+                logprobs: meta.top_logprobs.map(|k| ChatLogprobs {
+                    content: c
+                        .tokens
+                        .iter()
+                        .map(|t| token_logprob(&model, t, k))
+                        .collect(),
+                    refusal: None,
+                }),
+                finish_reason: c.finish.map(|f| f.as_str()),
+            })
+            .collect(),
+        usage: usage.into(),
+    };
+    Ok(axum::Json(body).into_response())
+}
+
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+    fingerprint: String,
+    top_logprobs: Option<usize>,
+}
+
+impl Meta {
+    fn chunk(&self, choices: Vec<ChatChunkChoice>, include_usage: bool) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: self.fingerprint.clone(),
+            choices,
+            usage: include_usage.then_some(None),
+        }
+    }
+}
+
+fn token_logprob(model: &ServedModel, t: &GeneratedToken, k: usize) -> TokenLogprob {
+    let (token, bytes) = token_text(model, t.id);
+    TokenLogprob {
+        token,
+        logprob: t.logprob.unwrap_or(0.0),
+        bytes,
+        top_logprobs: Some(
+            t.top_logprobs
+                .iter()
+                .take(k)
+                .map(|&(id, logprob)| {
+                    let (token, bytes) = token_text(model, id);
+                    TopLogprob {
+                        token,
+                        logprob,
+                        bytes,
+                    }
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn stream_chunks(
+    items: impl Stream<Item = Item> + Send + 'static,
+    meta: Meta,
+    model: std::sync::Arc<ServedModel>,
+    n: usize,
+    include_usage: bool,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    // OpenAI opens each choice with a chunk carrying the role.
+    let opening: Vec<Event> = (0..n)
+        .map(|index| {
+            let choice = ChatChunkChoice {
+                index,
+                delta: ChatDelta {
+                    role: Some("assistant"),
+                    content: Some(String::new()),
+                },
+                logprobs: None,
+                finish_reason: None,
+            };
+            json_event(&meta.chunk(vec![choice], include_usage))
+        })
+        .collect();
+    let body = items.flat_map(move |item| {
+        let events: Vec<Event> = match item {
+            Item::Delta(d) => {
+                let mut out = Vec::new();
+                let logprobs = meta.top_logprobs.map(|k| ChatLogprobs {
+                    content: d
+                        .token
+                        .iter()
+                        .map(|t| token_logprob(&model, t, k))
+                        .collect(),
+                    refusal: None,
+                });
+                if !d.text.is_empty() || logprobs.is_some() {
+                    let choice = ChatChunkChoice {
+                        index: d.index,
+                        delta: ChatDelta {
+                            role: None,
+                            content: Some(d.text),
+                        },
+                        logprobs,
+                        finish_reason: None,
+                    };
+                    out.push(json_event(&meta.chunk(vec![choice], include_usage)));
+                }
+                if let Some(f) = d.finish_reason {
+                    let choice = ChatChunkChoice {
+                        index: d.index,
+                        delta: ChatDelta::default(),
+                        logprobs: None,
+                        finish_reason: Some(f.as_str()),
+                    };
+                    out.push(json_event(&meta.chunk(vec![choice], include_usage)));
+                }
+                out
+            }
+            Item::Done(usage) => {
+                let mut out = Vec::new();
+                if include_usage {
+                    let mut last = meta.chunk(Vec::new(), true);
+                    last.usage = Some(Some(usage.into()));
+                    out.push(json_event(&last));
+                }
+                out.push(done_event());
+                out
+            }
+            Item::Error(e) => vec![json_event(&e.to_json()), done_event()],
+        };
+        futures::stream::iter(events.into_iter().map(Ok))
+    });
+    futures::stream::iter(opening.into_iter().map(Ok)).chain(body)
+}

@@ -1,0 +1,129 @@
+//! Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` with the status
+//! OpenAI uses.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rosetta_engine::EngineError;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ErrorBody {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: ErrorBody,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: ErrorBody {
+                message: message.into(),
+                kind,
+                param: None,
+                code: None,
+            },
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+
+    /// A 400 naming the offending parameter.
+    pub fn invalid_param(param: &str, message: impl Into<String>) -> Self {
+        Self::invalid(message).with_param(param)
+    }
+
+    pub fn model_not_found(model: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("The model `{model}` does not exist or you do not have access to it."),
+        )
+        .with_param("model")
+        .with_code("model_not_found")
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
+    }
+
+    pub fn context_length_exceeded(message: impl Into<String>) -> Self {
+        Self::invalid(message)
+            .with_param("messages")
+            .with_code("context_length_exceeded")
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("The request body is larger than the server's limit of {limit} bytes."),
+        )
+        .with_code("request_too_large")
+    }
+
+    pub fn unavailable(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message);
+        e.retry_after_secs = Some(retry_after_secs);
+        e
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+    }
+
+    pub fn with_param(mut self, param: &str) -> Self {
+        self.body.param = Some(param.to_string());
+        self
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.body.code = Some(code);
+        self
+    }
+
+    /// The JSON object sent in an error response or an SSE error event.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "error": self.body })
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::InvalidRequest(m) => ApiError::invalid(m),
+            EngineError::Overloaded(m) => ApiError::unavailable(m, 1),
+            EngineError::Shutdown => ApiError::unavailable("The model is shutting down.", 5),
+            EngineError::Load(m) | EngineError::Internal(m) => {
+                tracing::error!(error = %m, "engine error");
+                ApiError::internal(
+                    "The engine failed while generating; the request was not completed.",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, axum::Json(self.to_json())).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}

@@ -1,0 +1,167 @@
+//! Running engine requests for an endpoint: submitting one or more prompts, merging their
+//! event streams with choice indices offset, and collecting whole answers.
+
+use std::pin::Pin;
+
+use futures::stream::{self, SelectAll, Stream, StreamExt};
+use rosetta_engine::{
+    ChoiceDelta, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, Usage,
+};
+
+use super::error::ApiError;
+use crate::registry::ServedModel;
+
+/// What an endpoint sees of a running request.
+#[derive(Debug)]
+pub enum Item {
+    Delta(ChoiceDelta),
+    /// Every prompt's every choice has finished; usage summed over them.
+    Done(Usage),
+    Error(ApiError),
+}
+
+type Part = Pin<Box<dyn Stream<Item = PartEvent> + Send>>;
+
+enum PartEvent {
+    Delta(ChoiceDelta),
+    Done(Usage),
+    Error(ApiError),
+}
+
+/// Submits every request to the model's engine. Submission errors (never-accepted requests)
+/// come back at once; the engine cancels everything if the returned stream is dropped.
+pub fn submit_all(
+    model: &ServedModel,
+    requests: Vec<GenerateRequest>,
+) -> Result<impl Stream<Item = Item> + Send, ApiError> {
+    let mut parts: SelectAll<Part> = SelectAll::new();
+    let count = requests.len();
+    let mut offset = 0;
+    for request in requests {
+        let n = request.n;
+        let rx = model.engine.submit(request)?;
+        let base = offset;
+        // Each part ends after its Done or error; a channel that closes before Done means
+        // the engine went away.
+        let part = stream::unfold(Some(rx), move |rx| async move {
+            let mut rx = rx?;
+            let ev = match rx.recv().await {
+                Some(Ok(GenerateEvent::Delta(mut d))) => {
+                    d.index += base;
+                    return Some((PartEvent::Delta(d), Some(rx)));
+                }
+                Some(Ok(GenerateEvent::Done(u))) => PartEvent::Done(u),
+                Some(Err(e)) => PartEvent::Error(e.into()),
+                None => PartEvent::Error(ApiError::internal(
+                    "The engine stopped before the request finished.",
+                )),
+            };
+            Some((ev, None))
+        });
+        parts.push(Box::pin(part));
+        offset += n;
+    }
+    struct State {
+        parts: SelectAll<Part>,
+        remaining: usize,
+        usage: Usage,
+        finished: bool,
+    }
+    let state = State {
+        parts,
+        remaining: count,
+        usage: Usage::default(),
+        finished: false,
+    };
+    Ok(stream::unfold(state, |mut st| async move {
+        if st.finished {
+            return None;
+        }
+        loop {
+            match st.parts.next().await {
+                Some(PartEvent::Delta(d)) => return Some((Item::Delta(d), st)),
+                Some(PartEvent::Done(u)) => {
+                    st.usage.prompt_tokens += u.prompt_tokens;
+                    st.usage.completion_tokens += u.completion_tokens;
+                    st.remaining -= 1;
+                    if st.remaining == 0 {
+                        st.finished = true;
+                        return Some((Item::Done(st.usage), st));
+                    }
+                }
+                Some(PartEvent::Error(e)) => {
+                    st.finished = true;
+                    return Some((Item::Error(e), st));
+                }
+                None => return None,
+            }
+        }
+    }))
+}
+
+/// One choice's whole answer.
+#[derive(Debug, Default, Clone)]
+pub struct ChoiceOutput {
+    pub text: String,
+    pub tokens: Vec<GeneratedToken>,
+    pub finish: Option<FinishReason>,
+}
+
+/// Waits for every choice to finish.
+pub async fn collect(
+    items: impl Stream<Item = Item>,
+    choices: usize,
+) -> Result<(Vec<ChoiceOutput>, Usage), ApiError> {
+    let mut out = vec![ChoiceOutput::default(); choices];
+    futures::pin_mut!(items);
+    while let Some(item) = items.next().await {
+        match item {
+            Item::Delta(d) => {
+                let Some(c) = out.get_mut(d.index) else {
+                    continue;
+                };
+                c.text.push_str(&d.text);
+                c.tokens.extend(d.token);
+                if d.finish_reason.is_some() {
+                    c.finish = d.finish_reason;
+                }
+            }
+            Item::Done(usage) => return Ok((out, usage)),
+            Item::Error(e) => return Err(e),
+        }
+    }
+    Err(ApiError::internal(
+        "The engine stopped before the request finished.",
+    ))
+}
+
+/// Unix seconds, for `created`.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A random id such as `chatcmpl-4f2a...`.
+pub fn new_id(prefix: &str) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let suffix: String = (0..24)
+        .map(|_| {
+            let i = rng.random_range(0..62u8);
+            (match i {
+                0..=9 => b'0' + i,
+                10..=35 => b'a' + i - 10,
+                _ => b'A' + i - 36,
+            }) as char
+        })
+        .collect();
+    format!("{prefix}-{suffix}")
+}
+
+/// Text of a token for logprobs (lossy where a token is part of a character), and its bytes.
+pub fn token_text(model: &ServedModel, id: u32) -> (String, Vec<u8>) {
+    let bytes = model.tokenizer.token_bytes(id).to_vec();
+    (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+}

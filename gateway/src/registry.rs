@@ -1,0 +1,112 @@
+//! The models this process serves: loading them from config (generating demo models on first
+//! use) and looking them up by id.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use rosetta_config::{Dtype, ModelConfig, ModelSource};
+use rosetta_engine::demo::{self, DemoSpec};
+use rosetta_engine::model::{ModelShape, Transformer, WeightDtype};
+use rosetta_engine::text::ModelTokenizer;
+use rosetta_engine::{Engine, NativeEngine, NativeEngineConfig};
+
+/// A loaded model and the engine that serves it.
+pub struct ServedModel {
+    pub id: String,
+    pub created: u64,
+    pub licence: String,
+    pub languages: Vec<String>,
+    pub tokenizer: Arc<ModelTokenizer>,
+    pub engine: Arc<dyn Engine>,
+    /// Longest prompt plus completion, in tokens.
+    pub max_context: usize,
+    /// Rows in the model's embedding table (may exceed the tokenizer's vocabulary).
+    pub vocab_size: usize,
+}
+
+/// The default cache folder: `$XDG_CACHE_HOME/rosetta` or `~/.cache/rosetta`.
+pub fn default_cache_dir() -> PathBuf {
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("rosetta")
+}
+
+/// Where a demo model lives in the cache; generated (with a progress bar) if it is not there.
+pub fn ensure_demo_model(cache_dir: &Path, spec: &DemoSpec) -> anyhow::Result<PathBuf> {
+    let dir = cache_dir.join("models").join(spec.slug());
+    // config.json is written last into a temporary folder that is then renamed, so its
+    // presence means the folder is complete.
+    if dir.join("config.json").exists() {
+        return Ok(dir);
+    }
+    tracing::info!(path = %dir.display(), "generating demo model (first start only)");
+    let bar = ProgressBar::new(0).with_message(format!("generating demo model {}", spec.slug()));
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    demo::generate(&dir, spec, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .with_context(|| format!("generating demo model into {}", dir.display()))?;
+    bar.finish_with_message(format!("demo model ready in {}", dir.display()));
+    Ok(dir)
+}
+
+/// Loads one configured model and starts its engine.
+pub fn load_model(cfg: &ModelConfig, cache_dir: &Path) -> anyhow::Result<ServedModel> {
+    let dir = match cfg.source() {
+        Some(ModelSource::Path(p)) => p,
+        Some(ModelSource::Demo(d)) => {
+            ensure_demo_model(cache_dir, &DemoSpec::new(d.arch, d.size, d.seed))?
+        }
+        None => anyhow::bail!("model `{}` names neither `path` nor `demo`", cfg.id),
+    };
+    let context = || format!("loading model `{}` from {}", cfg.id, dir.display());
+    let shape = ModelShape::from_file(&dir.join("config.json")).with_context(context)?;
+    let max_context = cfg.max_context.unwrap_or(shape.max_position_embeddings);
+    if max_context > shape.max_position_embeddings {
+        tracing::warn!(
+            model = %cfg.id,
+            max_context,
+            trained = shape.max_position_embeddings,
+            "max_context is longer than the model's max_position_embeddings"
+        );
+    }
+    let tokenizer = Arc::new(ModelTokenizer::from_dir(&dir).with_context(context)?);
+    let dtype = match cfg.dtype {
+        Dtype::Auto | Dtype::F32 => None,
+        Dtype::Bf16 => Some(WeightDtype::BF16),
+    };
+    let started = std::time::Instant::now();
+    let model = Transformer::load(&dir, dtype, max_context).with_context(context)?;
+    let engine = NativeEngine::start(
+        model,
+        tokenizer.clone(),
+        NativeEngineConfig {
+            block_size: cfg.engine.kv_block_size,
+            kv_cache_bytes: cfg.engine.kv_cache_bytes,
+            max_num_seqs: cfg.engine.max_num_seqs,
+            max_context,
+        },
+    )
+    .with_context(context)?;
+    tracing::info!(model = %cfg.id, path = %dir.display(), max_context, elapsed_ms = started.elapsed().as_millis() as u64, "model loaded");
+    Ok(ServedModel {
+        id: cfg.id.clone(),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        licence: cfg.licence.clone(),
+        languages: cfg.languages.clone(),
+        tokenizer,
+        engine: Arc::new(engine),
+        max_context,
+        vocab_size: shape.vocab_size,
+    })
+}

@@ -1,0 +1,77 @@
+//! `rosetta serve`: bind, report the address, load models in the background, serve until
+//! interrupted.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use rosetta_config::Config;
+
+use crate::registry;
+use crate::state::AppState;
+
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    let ids = config.models.iter().map(|m| m.id.clone()).collect();
+    let state = AppState::new(ids, config.server.max_body_bytes);
+    // One line on stdout, so scripts and tests can find a port chosen by the OS (`:0`).
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on http://{addr}")?;
+        out.flush()?;
+    }
+    tracing::info!(%addr, "listening; /health is live, /ready once models are loaded");
+
+    let cache_dir = config
+        .cache_dir
+        .clone()
+        .unwrap_or_else(registry::default_cache_dir);
+    let loader_state = state.clone();
+    let models = config.models.clone();
+    tokio::task::spawn_blocking(move || {
+        let loaded: anyhow::Result<Vec<_>> = models
+            .iter()
+            .map(|m| registry::load_model(m, Path::new(&cache_dir)))
+            .collect();
+        match loaded {
+            Ok(models) => {
+                loader_state.set_models(models);
+                tracing::info!("all models loaded; ready");
+            }
+            Err(e) => {
+                // A server that cannot serve what it was configured for should not pretend to.
+                tracing::error!("{e:#}");
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+        }
+    });
+
+    axum::serve(listener, crate::api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server error")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

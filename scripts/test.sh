@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The project's one test command: sets up the Python SDK client's virtual environment,
+# builds the `rosetta` binary, and runs every test in the workspace.
+#
+#   scripts/test.sh                    # everything
+#   scripts/test.sh -p rosetta-tests   # extra arguments go to `cargo test`
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+clients="tests/clients"
+venv="$clients/.venv"
+stamp="$venv/.requirements.txt"
+# (Re)create the venv when it is missing, broken, or its requirements changed.
+if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import openai' >/dev/null 2>&1 \
+    || ! cmp -s "$clients/requirements.txt" "$stamp"; then
+    echo "setting up $venv (openai SDK for tests/clients)" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$clients/requirements.txt"
+    cp "$clients/requirements.txt" "$stamp"
+fi
+
+cargo build --bin rosetta
+cargo test --workspace "$@"

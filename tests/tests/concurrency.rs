@@ -1,0 +1,178 @@
+//! Many requests at once, and clients that hang up mid-stream.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rosetta_tests::*;
+
+const PROMPTS: [&str; 4] = [
+    "Habari ya asubuhi",
+    "你好，世界",
+    "नमस्ते",
+    "Привет, как дела?",
+];
+
+fn req(prompt: &str, max_tokens: u32) -> Value {
+    json!({
+        "model": "tiny", "messages": [{"role": "user", "content": prompt}],
+        "temperature": 0, "max_tokens": max_tokens, "ignore_eos": true,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_concurrent_requests_all_succeed() {
+    let s = Server::start_default();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..16usize {
+        let client = s.client();
+        let url = s.url("/v1/chat/completions");
+        let stream = i % 2 == 1;
+        let mut body = req(PROMPTS[i % 4], 16);
+        body["stream"] = json!(stream);
+        tasks.push(tokio::spawn(async move {
+            let r = client.post(url).json(&body).send().await.expect("send");
+            let status = r.status();
+            let text = r.text().await.expect("body");
+            (i, status, text)
+        }));
+    }
+    let results = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(tasks))
+        .await
+        .expect("16 concurrent requests did not all finish within 60 s");
+    for r in results {
+        let (i, status, text) = r.expect("task");
+        assert_eq!(status, StatusCode::OK, "request {i}: {text}");
+        if i % 2 == 1 {
+            let chunks = sse_json(&text);
+            assert_eq!(stream_finish_reason(&chunks, 0), "length", "request {i}");
+        } else {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(check_usage(&v["usage"]).1, 16, "request {i}: {v}");
+        }
+    }
+    eprintln!("16 concurrent requests took {:?}", start.elapsed());
+}
+
+/// Continuous batching must not change greedy results: each prompt gives the same text alone
+/// and in a batch of 16.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batched_greedy_equals_unbatched_greedy() {
+    let s = Server::start_default();
+    let mut alone = Vec::new();
+    for p in PROMPTS {
+        alone.push(content(&s.chat(req(p, 24)).await));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..16usize {
+        let client = s.client();
+        let url = s.url("/v1/chat/completions");
+        let body = req(PROMPTS[i % 4], 24);
+        tasks.push(tokio::spawn(async move {
+            let r = client.post(url).json(&body).send().await.expect("send");
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<Value>().await.expect("json")
+        }));
+    }
+    let results = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(tasks))
+        .await
+        .expect("timeout");
+    for (i, r) in results.into_iter().enumerate() {
+        let v = r.expect("task");
+        assert_eq!(
+            content(&v),
+            alone[i % 4],
+            "request {i} ({}) differs in a batch",
+            PROMPTS[i % 4]
+        );
+    }
+}
+
+/// Opens a long ignore_eos stream, reads a few chunks, and hangs up.
+async fn open_and_abandon(s: &Server, model: &str) {
+    let body = json!({
+        "model": model, "messages": [{"role": "user", "content": "Tell me everything."}],
+        "temperature": 0, "max_tokens": 2000, "ignore_eos": true, "stream": true,
+    });
+    let r = s
+        .client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut stream = r.bytes_stream();
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.matches("data:").count() < 4 {
+        assert!(Instant::now() < deadline, "no chunks within 30 s");
+        let chunk = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("chunk timeout")
+            .expect("stream ended early")
+            .expect("stream error");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(stream); // hang up mid-stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_cancels_generation() {
+    // One sequence at a time, and KV space for about one full context: if an abandoned
+    // 2000-token generation kept running, the next request would wait behind all of them.
+    let s = Server::start(
+        r#"
+models:
+  - id: one-at-a-time
+    demo: { arch: qwen2, size: tiny, seed: 1 }
+    licence: apache-2.0
+    max_context: 2048
+    engine: { kv_block_size: 16, kv_cache_bytes: 2097152, max_num_seqs: 1 }
+"#,
+    );
+    for _ in 0..3 {
+        open_and_abandon(&s, "one-at-a-time").await;
+    }
+    let start = Instant::now();
+    let body = json!({
+        "model": "one-at-a-time", "messages": [{"role": "user", "content": "hi"}],
+        "temperature": 0, "max_tokens": 8, "ignore_eos": true,
+    });
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        s.client().post(s.url("/v1/chat/completions")).json(&body).send(),
+    )
+    .await
+    .expect("a request after three abandoned streams did not complete within 30 s: cancellation broken?")
+    .expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(check_usage(&v["usage"]).1, 8);
+    eprintln!("request after abandoned streams took {:?}", start.elapsed());
+    assert_eq!(s.get("/health").await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_abandoned_streams_leave_the_server_usable() {
+    let s = Server::start_default();
+    for _ in 0..8 {
+        let body = json!({
+            "model": "tiny-long", "messages": [{"role": "user", "content": "go"}],
+            "max_tokens": 1500, "ignore_eos": true, "stream": true,
+        });
+        let r = s
+            .client()
+            .post(s.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::OK);
+        drop(r); // hang up before reading anything
+    }
+    let v = tokio::time::timeout(Duration::from_secs(30), s.chat(req("still there?", 4)))
+        .await
+        .expect("server stuck after abandoned streams");
+    check_usage(&v["usage"]);
+}
