@@ -48,6 +48,11 @@ pub fn parse_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
             Some(i) => message[..i].to_string(),
             None => message,
         };
+        // It may also prefix the path it knows ("models[0].engine: ..."); we print ours.
+        let message = match message.split_once(": ") {
+            Some((path, rest)) if !path.contains(' ') && key.starts_with(path) => rest.to_string(),
+            _ => message,
+        };
         ConfigError::Parse {
             file: file.to_path_buf(),
             key,

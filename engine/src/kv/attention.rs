@@ -102,6 +102,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     /// Dense reference: K/V contiguous per sequence, plain loops.
+    #[allow(clippy::too_many_arguments)]
     fn dense(
         q: &[f32],
         k: &[f32],
