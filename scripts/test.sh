@@ -4,6 +4,7 @@
 #
 #   scripts/test.sh                    # everything
 #   scripts/test.sh -p rosetta-tests   # extra arguments go to `cargo test`
+#   scripts/test.sh -- --nocapture
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,4 +24,10 @@ if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import openai' >/de
 fi
 
 cargo build --bin rosetta
-cargo test --workspace "$@"
+# The whole workspace unless the arguments pick packages (-p/--package) themselves.
+scope=(--workspace)
+for arg in "$@"; do
+    [[ "$arg" == "--" ]] && break
+    case "$arg" in -p | -p* | --package | --package=*) scope=() ;; esac
+done
+cargo test "${scope[@]}" "$@"
