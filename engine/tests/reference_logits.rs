@@ -163,3 +163,72 @@ fn missing_tensor_and_unknown_architecture_are_named() {
         .to_string();
     assert!(err.contains("unsupported architecture `gpt_neox`"), "{err}");
 }
+
+/// Batched and unbatched decoding agree bit for bit only if a row's logits do not depend on
+/// which other rows share the forward pass; the scheduler's equality guarantees rest on this.
+#[test]
+fn logits_do_not_depend_on_batch_composition() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    generate(&dir, &DemoSpec::new(Arch::Llama, Size::Tiny, 8));
+    let model = Transformer::load(&dir, None, 512).unwrap();
+    let s = model.shape();
+    let layout = KvLayout {
+        num_blocks: 256,
+        block_size: 4,
+        kv_heads: s.num_kv_heads,
+        head_dim: s.head_dim,
+    };
+    let prompts: Vec<Vec<u32>> = (0..6).map(|i| prompt(5 + 7 * i)).collect();
+    let tables: Vec<Vec<u32>> = (0..6u32).map(|i| (i * 40..i * 40 + 40).collect()).collect();
+    // Alone: each prompt in its own pass, then one decode token.
+    let mut kv = KvPool::new(s.num_layers, layout);
+    let mut alone = Vec::new();
+    for (p, t) in prompts.iter().zip(&tables) {
+        let c = SeqChunk {
+            tokens: p,
+            start_pos: 0,
+            block_table: t,
+            logits: LogitRows::Last,
+        };
+        model.forward(&[c], &mut kv).unwrap();
+        let c = SeqChunk {
+            tokens: &[42],
+            start_pos: p.len(),
+            block_table: t,
+            logits: LogitRows::Last,
+        };
+        alone.push(model.forward(&[c], &mut kv).unwrap().remove(0));
+    }
+    // Together: all prompts in one pass, then all decode tokens in one pass.
+    let mut kv = KvPool::new(s.num_layers, layout);
+    let chunks: Vec<SeqChunk> = prompts
+        .iter()
+        .zip(&tables)
+        .map(|(p, t)| SeqChunk {
+            tokens: p,
+            start_pos: 0,
+            block_table: t,
+            logits: LogitRows::Last,
+        })
+        .collect();
+    model.forward(&chunks, &mut kv).unwrap();
+    let chunks: Vec<SeqChunk> = prompts
+        .iter()
+        .zip(&tables)
+        .map(|(p, t)| SeqChunk {
+            tokens: &[42],
+            start_pos: p.len(),
+            block_table: t,
+            logits: LogitRows::Last,
+        })
+        .collect();
+    let together = model.forward(&chunks, &mut kv).unwrap();
+    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+        assert!(
+            a == b,
+            "sequence {i}: logits differ between batched and alone (max diff {})",
+            rel_err(a, b)
+        );
+    }
+}

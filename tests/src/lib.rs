@@ -489,7 +489,7 @@ pub fn write_config(dir: &Path, yaml: &str) -> PathBuf {
 static START_LOCK: Mutex<()> = Mutex::new(());
 
 /// The demo-model cache shared by the servers of this test process:
-/// `target/tmp/rosetta-e2e-cache/<pid>`. Folders left by earlier test processes that are no
+/// `<target dir>/tmp/rosetta-e2e-cache/<pid>`. Folders left by earlier test processes that are no
 /// longer running are removed when it is first made. `$ROSETTA_TEST_CACHE` overrides it.
 pub fn shared_cache_dir() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -497,12 +497,11 @@ pub fn shared_cache_dir() -> PathBuf {
         if let Some(p) = std::env::var_os("ROSETTA_TEST_CACHE") {
             return PathBuf::from(p);
         }
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .map(|w| w.join("target"))
-            .filter(|t| t.is_dir())
+        // target/<profile>/deps/<test-binary> -> target/tmp (cargo's own scratch folder).
+        let root = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.join("tmp")))
             .unwrap_or_else(std::env::temp_dir)
-            .join("tmp")
             .join("rosetta-e2e-cache");
         if let Ok(entries) = std::fs::read_dir(&root) {
             for e in entries.flatten() {

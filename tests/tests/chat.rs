@@ -572,3 +572,34 @@ models:
         );
     }
 }
+
+#[tokio::test]
+async fn assistant_turn_without_content_is_accepted_in_history() {
+    let s = Server::start_default();
+    let v = s
+        .chat(json!({
+            "model": "tiny",
+            "messages": [
+                {"role": "user", "content": "Hola"},
+                {"role": "assistant", "content": null},
+                {"role": "user", "content": "¿Qué tal?"}
+            ],
+            "max_tokens": 4,
+        }))
+        .await;
+    assert_eq!(v["object"], "chat.completion", "{v}");
+}
+
+#[tokio::test]
+async fn stream_options_without_stream_is_rejected() {
+    let s = Server::start_default();
+    let r = s
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "tiny", "messages": user("x"), "max_tokens": 2,
+                    "stream_options": {"include_usage": true}}),
+        )
+        .await;
+    r.assert_error(400, Some("invalid_request_error"), None);
+    assert_eq!(r.json["error"]["param"], "stream_options", "{}", r.text);
+}

@@ -55,13 +55,16 @@ async fn health_and_ready() {
 
 #[tokio::test]
 async fn ready_is_503_until_the_models_are_loaded() {
-    // A cache of its own: the demo model must be generated first, which takes a while,
+    // A cache of its own: four demo models must be generated first (some tenths of a second),
     // during which the server is live (/health) but not ready (/ready).
     let s = Server::start_unready(
         r#"
 cache_dir: "{tmp}/cache"
 models:
   - { id: fresh, demo: { arch: llama, size: tiny, seed: 99 }, licence: llama3.1 }
+  - { id: fresh-mistral, demo: { arch: mistral, size: tiny, seed: 99 }, licence: apache-2.0 }
+  - { id: fresh-qwen2, demo: { arch: qwen2, size: tiny, seed: 99 }, licence: apache-2.0 }
+  - { id: fresh-qwen3, demo: { arch: qwen3, size: tiny, seed: 99 }, licence: apache-2.0 }
 "#,
         &["--listen", "127.0.0.1:0"],
     );
@@ -195,4 +198,44 @@ async fn tokenize_add_special_tokens_defaults_to_true() {
         .ok();
     let with = s.tokenize("tiny-llama", "Hi", true).await;
     assert_eq!(ids(&default["tokens"]), with);
+}
+
+#[tokio::test]
+async fn model_ids_with_slash_and_colon_work_everywhere() {
+    // Config validation allows `- _ . : /` in ids (Hugging Face style `org/name`, tags `:v1`);
+    // every endpoint that takes a model id must accept them.
+    let s = Server::start(
+        r#"
+models:
+  - { id: "rosetta/tiny-qwen2:v1", demo: { arch: qwen2, size: tiny, seed: 1 }, licence: apache-2.0 }
+"#,
+    );
+    let id = "rosetta/tiny-qwen2:v1";
+    let list = s.get("/v1/models").await.ok();
+    assert_eq!(list["data"][0]["id"], id, "{list}");
+    let v = s
+        .chat(
+            json!({"model": id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}),
+        )
+        .await;
+    assert_eq!(v["model"], id);
+    s.post("/tokenize", &json!({"model": id, "prompt": "hi"}))
+        .await
+        .ok();
+    let r = s.get(&format!("/v1/models/{id}")).await;
+    assert_eq!(r.status, StatusCode::OK, "GET /v1/models/{id}: {}", r.text);
+    assert_eq!(r.json["id"], id, "{}", r.text);
+    assert_eq!(r.json["object"], "model");
+    // Clients that percent-encode the slash get the same.
+    let r = s.get("/v1/models/rosetta%2Ftiny-qwen2:v1").await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "GET /v1/models/rosetta%2Ftiny-qwen2:v1: {}",
+        r.text
+    );
+    assert_eq!(r.json["id"], id, "{}", r.text);
+    s.get("/v1/models/rosetta/nope")
+        .await
+        .assert_error(404, None, Some("model_not_found"));
 }

@@ -257,3 +257,74 @@ async fn errors_before_streaming_are_plain_json() {
         .await;
     r.assert_invalid();
 }
+
+#[tokio::test]
+async fn text_held_back_for_a_partial_stop_match_is_flushed_at_the_end() {
+    // A stop string whose beginning matches the end of the output, but which never completes:
+    // the text held back while it might still match must be sent when generation ends.
+    let s = Server::start_default();
+    let base = content(&s.chat(chat_req("Once upon a time", 20)).await);
+    let tail: String = {
+        let c: Vec<char> = base.chars().collect();
+        c[c.len().saturating_sub(2)..].iter().collect()
+    };
+    let stop = format!("{tail}QQQ");
+    let req = with(chat_req("Once upon a time", 20), json!({"stop": [stop]}));
+    let v = s.chat(req.clone()).await;
+    assert_eq!(content(&v), base, "non-streaming, stop {stop:?}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    let chunks = s
+        .stream("/v1/chat/completions", with(req, json!({"stream": true})))
+        .await;
+    assert_eq!(stream_text(&chunks, 0), base, "streaming, stop {stop:?}");
+    assert_eq!(stream_finish_reason(&chunks, 0), "length");
+}
+
+#[tokio::test]
+async fn seeded_n_three_stream_matches_non_streaming() {
+    let s = Server::start_default();
+    let req = json!({
+        "model": "tiny", "messages": [{"role": "user", "content": "Tell"}], "n": 3, "seed": 5,
+        "temperature": 0.8, "max_tokens": 30, "ignore_eos": true,
+    });
+    let full = s.chat(req.clone()).await;
+    let chunks = s
+        .stream(
+            "/v1/chat/completions",
+            with(
+                req,
+                json!({"stream": true, "stream_options": {"include_usage": true}}),
+            ),
+        )
+        .await;
+    for c in full["choices"].as_array().unwrap() {
+        let i = c["index"].as_u64().unwrap();
+        assert_eq!(
+            stream_text(&chunks, i),
+            c["message"]["content"].as_str().unwrap(),
+            "choice {i}"
+        );
+    }
+    assert_eq!(chunks.last().unwrap()["usage"], full["usage"]);
+}
+
+#[tokio::test]
+async fn stream_usage_with_a_stop_string_matches_non_streaming() {
+    let s = Server::start_default();
+    let base = content(&s.chat(chat_req("Tell", 30)).await);
+    let c: Vec<char> = base.chars().collect();
+    let stop: String = c[c.len() / 2..c.len() / 2 + 2].iter().collect();
+    let req = with(chat_req("Tell", 30), json!({"stop": stop}));
+    let full = s.chat(req.clone()).await;
+    let chunks = s
+        .stream(
+            "/v1/chat/completions",
+            with(
+                req,
+                json!({"stream": true, "stream_options": {"include_usage": true}}),
+            ),
+        )
+        .await;
+    assert_eq!(stream_text(&chunks, 0), content(&full));
+    assert_eq!(chunks.last().unwrap()["usage"], full["usage"]);
+}

@@ -18,7 +18,9 @@ fn values(rng: &mut ChaCha8Rng, name: &str, shape: &[usize]) -> Vec<f32> {
     } else if name.ends_with(".bias") {
         (0.0, 0.1)
     } else if name.contains("embed_tokens") {
-        (0.0, 1.0)
+        // Unit-norm rows: large embeddings would dominate the residual stream, and a tied
+        // output head would then mostly repeat the last token.
+        (0.0, 1.0 / (shape[1] as f32).sqrt())
     } else {
         (0.0, 1.0 / (shape[shape.len() - 1] as f32).sqrt())
     };

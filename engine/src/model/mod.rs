@@ -1,16 +1,20 @@
-//! The Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3) on candle, reading and
-//! writing K/V through the paged cache so sequences of any length can share one pool.
+//! The Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3). Weights are loaded with
+//! candle (memory-mapped safetensors, dtype conversion); the CPU forward pass runs on our own
+//! batch-invariant kernels (see `matmul`) and reads and writes K/V through the paged cache.
 
 mod config;
+mod matmul;
 mod rope;
 mod weights;
 
 use std::path::Path;
+use std::sync::Arc;
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device};
 
 pub use candle_core::DType as WeightDtype;
 pub use config::{Family, ModelShape, RopeScaling};
+use matmul::Matrix;
 use rope::Rope;
 use weights::Weights;
 
@@ -39,29 +43,20 @@ pub struct SeqChunk<'a> {
 }
 
 struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
+    weight: Arc<Matrix>,
+    bias: Option<Vec<f32>>,
 }
 
 impl Linear {
-    /// `x` is f32 `[tokens, in]`, and so is the result. Weights kept in bf16 (to halve their
-    /// memory) are widened per product, since candle's CPU matmul is f32-only.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = if self.weight.dtype() == DType::F32 {
-            x.matmul(&self.weight.t()?)?
-        } else {
-            x.matmul(&self.weight.to_dtype(DType::F32)?.t()?)?
-        };
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?),
-            None => Ok(y),
-        }
+    /// `x` is `[m, in]`; returns `[m, out]`.
+    fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
+        self.weight.matmul(x, m, self.bias.as_deref())
     }
 }
 
 struct Layer {
-    input_norm: Tensor,
-    post_norm: Tensor,
+    input_norm: Vec<f32>,
+    post_norm: Vec<f32>,
     /// q, k and v projections fused into one product.
     qkv: Linear,
     o: Linear,
@@ -74,120 +69,115 @@ struct Layer {
 
 pub struct Transformer {
     shape: ModelShape,
-    embed: Tensor,
+    embed: Arc<Matrix>,
     layers: Vec<Layer>,
-    norm: Tensor,
+    norm: Vec<f32>,
     lm_head: Linear,
     rope: Rope,
-    device: Device,
 }
 
 impl Transformer {
     /// Loads a Hugging Face model folder. Weights are held in `dtype` (f32 by default; bf16
-    /// halves their memory at some speed cost on CPU); all arithmetic is f32.
+    /// halves their memory and the bytes read per token); all arithmetic is f32.
     pub fn load(
         dir: &Path,
         dtype: Option<DType>,
         max_positions: usize,
     ) -> Result<Self, EngineError> {
         let shape = ModelShape::from_file(&dir.join("config.json"))?;
-        let dtype = dtype.unwrap_or(DType::F32);
-        let device = Device::Cpu;
-        let w = Weights::open(dir, dtype, &device)?;
+        let dtype = match dtype {
+            Some(DType::BF16) => DType::BF16,
+            _ => DType::F32,
+        };
+        let w = Weights::open(dir, &Device::Cpu)?;
         let s = &shape;
         let (h, hd) = (s.hidden_size, s.head_dim);
         let (qd, kvd) = (s.num_heads * hd, s.num_kv_heads * hd);
-        let f32_vec = |name: &str, n: usize| -> Result<Tensor, EngineError> {
-            Ok(w.get_shaped(name, &[n])?.to_dtype(DType::F32)?)
-        };
-        let linear =
-            |prefix: &str, out: usize, inp: usize, bias: bool| -> Result<Linear, EngineError> {
-                let weight = w.get_shaped(&format!("{prefix}.weight"), &[out, inp])?;
-                let bias = if bias {
-                    Some(w.get_shaped(&format!("{prefix}.bias"), &[out])?)
-                } else {
-                    w.get_opt(&format!("{prefix}.bias"), &[out])?
-                };
-                Ok(Linear { weight, bias })
+        let vector = |name: &str, n: usize| -> Result<Vec<f32>, EngineError> { w.vector(name, n) };
+        // Several checkpoint tensors stacked into one matrix (fused projections).
+        let stacked =
+            |names: &[(String, usize)], inp: usize, bias: bool| -> Result<Linear, EngineError> {
+                let mut parts = Vec::with_capacity(names.len());
+                for (prefix, out) in names {
+                    parts.push(w.tensor(&format!("{prefix}.weight"), &[*out, inp])?);
+                }
+                let rows = names.iter().map(|(_, o)| o).sum();
+                let weight = Arc::new(w.matrix(&parts, rows, inp, dtype)?);
+                let mut biases = Vec::new();
+                let mut any = false;
+                for (prefix, out) in names {
+                    let name = format!("{prefix}.bias");
+                    if bias || w.contains(&name) {
+                        biases.extend(vector(&name, *out)?);
+                        any = true;
+                    } else {
+                        biases.extend(std::iter::repeat_n(0.0, *out));
+                    }
+                }
+                Ok(Linear {
+                    weight,
+                    bias: any.then_some(biases),
+                })
             };
-        let fuse = |parts: Vec<Linear>| -> Result<Linear, EngineError> {
-            let weight = Tensor::cat(&parts.iter().map(|l| &l.weight).collect::<Vec<_>>(), 0)?;
-            let bias = if parts.iter().any(|l| l.bias.is_some()) {
-                let biases = parts
-                    .iter()
-                    .map(|l| match &l.bias {
-                        Some(b) => Ok(b.clone()),
-                        None => Tensor::zeros(l.weight.dim(0)?, l.weight.dtype(), &device),
-                    })
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                Some(Tensor::cat(&biases, 0)?)
-            } else {
-                None
-            };
-            Ok(Linear { weight, bias })
-        };
         let mut layers = Vec::with_capacity(s.num_layers);
         for i in 0..s.num_layers {
             let p = format!("model.layers.{i}");
             let attn = format!("{p}.self_attn");
             let mlp = format!("{p}.mlp");
-            let norm_vec = |name: String| -> Result<Option<Vec<f32>>, EngineError> {
+            let head_norm = |name: String| -> Result<Option<Vec<f32>>, EngineError> {
                 if s.qk_norm {
-                    Ok(Some(f32_vec(&name, hd)?.to_vec1::<f32>()?))
+                    Ok(Some(vector(&name, hd)?))
                 } else {
                     Ok(None)
                 }
             };
             layers.push(Layer {
-                input_norm: f32_vec(&format!("{p}.input_layernorm.weight"), h)?,
-                post_norm: f32_vec(&format!("{p}.post_attention_layernorm.weight"), h)?,
-                qkv: fuse(vec![
-                    linear(&format!("{attn}.q_proj"), qd, h, s.qkv_bias)?,
-                    linear(&format!("{attn}.k_proj"), kvd, h, s.qkv_bias)?,
-                    linear(&format!("{attn}.v_proj"), kvd, h, s.qkv_bias)?,
-                ])?,
-                o: linear(&format!("{attn}.o_proj"), h, qd, s.o_bias)?,
-                gate_up: fuse(vec![
-                    linear(
-                        &format!("{mlp}.gate_proj"),
-                        s.intermediate_size,
-                        h,
-                        s.mlp_bias,
-                    )?,
-                    linear(
-                        &format!("{mlp}.up_proj"),
-                        s.intermediate_size,
-                        h,
-                        s.mlp_bias,
-                    )?,
-                ])?,
-                down: linear(
-                    &format!("{mlp}.down_proj"),
+                input_norm: vector(&format!("{p}.input_layernorm.weight"), h)?,
+                post_norm: vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                qkv: stacked(
+                    &[
+                        (format!("{attn}.q_proj"), qd),
+                        (format!("{attn}.k_proj"), kvd),
+                        (format!("{attn}.v_proj"), kvd),
+                    ],
                     h,
+                    s.qkv_bias,
+                )?,
+                o: stacked(&[(format!("{attn}.o_proj"), h)], qd, s.o_bias)?,
+                gate_up: stacked(
+                    &[
+                        (format!("{mlp}.gate_proj"), s.intermediate_size),
+                        (format!("{mlp}.up_proj"), s.intermediate_size),
+                    ],
+                    h,
+                    s.mlp_bias,
+                )?,
+                down: stacked(
+                    &[(format!("{mlp}.down_proj"), h)],
                     s.intermediate_size,
                     s.mlp_bias,
                 )?,
-                q_norm: norm_vec(format!("{attn}.q_norm.weight"))?,
-                k_norm: norm_vec(format!("{attn}.k_norm.weight"))?,
+                q_norm: head_norm(format!("{attn}.q_norm.weight"))?,
+                k_norm: head_norm(format!("{attn}.k_norm.weight"))?,
             });
         }
-        let embed = w.get_shaped("model.embed_tokens.weight", &[s.vocab_size, h])?;
+        let embed_t = w.tensor("model.embed_tokens.weight", &[s.vocab_size, h])?;
+        let embed = Arc::new(w.matrix(&[embed_t], s.vocab_size, h, dtype)?);
         let lm_head = if s.tie_word_embeddings && !w.contains("lm_head.weight") {
             Linear {
                 weight: embed.clone(),
                 bias: None,
             }
         } else {
-            linear("lm_head", s.vocab_size, h, false)?
+            stacked(&[("lm_head".to_string(), s.vocab_size)], h, false)?
         };
         let rope = Rope::new(hd, s.rope_theta, &s.rope_scaling, max_positions);
         Ok(Self {
             embed,
             layers,
-            norm: f32_vec("model.norm.weight", h)?,
+            norm: vector("model.norm.weight", h)?,
             lm_head,
             rope,
-            device,
             shape,
         })
     }
@@ -204,7 +194,7 @@ impl Transformer {
         kv: &mut KvPool,
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         let s = &self.shape;
-        let (nh, nkv, hd) = (s.num_heads, s.num_kv_heads, s.head_dim);
+        let (nh, nkv, hd, h) = (s.num_heads, s.num_kv_heads, s.head_dim, s.hidden_size);
         let (qd, kvd) = (nh * hd, nkv * hd);
         let mut ids = Vec::new();
         let mut seqs = Vec::with_capacity(chunks.len());
@@ -220,11 +210,9 @@ impl Transformer {
             let first = ids.len();
             match c.logits {
                 LogitRows::None => {}
-                LogitRows::Last if !c.tokens.is_empty() => {
-                    rows.push((first + c.tokens.len() - 1) as u32)
-                }
+                LogitRows::Last if !c.tokens.is_empty() => rows.push(first + c.tokens.len() - 1),
                 LogitRows::Last => {}
-                LogitRows::All => rows.extend((first..first + c.tokens.len()).map(|r| r as u32)),
+                LogitRows::All => rows.extend(first..first + c.tokens.len()),
             }
             ids.extend_from_slice(c.tokens);
             seqs.push(AttentionSeq {
@@ -244,18 +232,18 @@ impl Transformer {
                 s.vocab_size
             )));
         }
-        let ids_t = Tensor::from_vec(ids, n, &self.device)?;
-        let mut x = self.embed.index_select(&ids_t, 0)?.to_dtype(DType::F32)?;
+        let mut x = vec![0.0f32; n * h];
+        for (row, &id) in x.chunks_mut(h).zip(&ids) {
+            self.embed.row_into(id as usize, row);
+        }
         let eps = s.rms_norm_eps as f32;
         let scale = 1.0 / (hd as f32).sqrt();
         let layout = kv.layout();
+        let inter = s.intermediate_size;
+        let mut hidden = vec![0.0f32; n * h];
         for (li, layer) in self.layers.iter().enumerate() {
-            let hidden = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
-            let qkv = layer
-                .qkv
-                .forward(&hidden)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
+            rms_norm_rows(&x, &layer.input_norm, eps, &mut hidden);
+            let qkv = layer.qkv.forward(&hidden, n);
             let width = qd + 2 * kvd;
             let mut q = vec![0.0f32; n * qd];
             for seq in &seqs {
@@ -283,23 +271,44 @@ impl Transformer {
             }
             let (kc, vc) = kv.layer(li);
             let attn = paged_attention(&q, nh, layout, kc, vc, &seqs, s.layer_windows[li], scale);
-            let attn = Tensor::from_vec(attn, (n, qd), &self.device)?;
-            x = (x + layer.o.forward(&attn)?)?;
-            let hidden = candle_nn::ops::rms_norm(&x, &layer.post_norm, eps)?;
-            let gu = layer.gate_up.forward(&hidden)?;
-            let inter = s.intermediate_size;
-            let gate = gu.narrow(1, 0, inter)?;
-            let up = gu.narrow(1, inter, inter)?;
-            let act = (candle_nn::Activation::Silu.forward(&gate)? * up)?;
-            x = (x + layer.down.forward(&act)?)?;
+            let o = layer.o.forward(&attn, n);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            rms_norm_rows(&x, &layer.post_norm, eps, &mut hidden);
+            let gu = layer.gate_up.forward(&hidden, n);
+            let mut act = vec![0.0f32; n * inter];
+            for (a, g) in act.chunks_mut(inter).zip(gu.chunks(2 * inter)) {
+                let (gate, up) = g.split_at(inter);
+                for ((a, &gv), &uv) in a.iter_mut().zip(gate).zip(up) {
+                    *a = gv / (1.0 + (-gv).exp()) * uv;
+                }
+            }
+            let down = layer.down.forward(&act, n);
+            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
         }
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let nrows = rows.len();
-        let picked = x.index_select(&Tensor::from_vec(rows, nrows, &self.device)?, 0)?;
-        let normed = candle_nn::ops::rms_norm(&picked, &self.norm, eps)?;
-        Ok(self.lm_head.forward(&normed)?.to_vec2::<f32>()?)
+        let mut picked = vec![0.0f32; rows.len() * h];
+        for (dst, &r) in picked.chunks_mut(h).zip(&rows) {
+            rms_norm_in_place_into(&x[r * h..(r + 1) * h], &self.norm, eps, dst);
+        }
+        let logits = self.lm_head.forward(&picked, rows.len());
+        Ok(logits.chunks(s.vocab_size).map(<[f32]>::to_vec).collect())
+    }
+}
+
+/// RMSNorm of every `w.len()`-wide row of `x` into `out`.
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    for (src, dst) in x.chunks(w.len()).zip(out.chunks_mut(w.len())) {
+        rms_norm_in_place_into(src, w, eps, dst);
+    }
+}
+
+fn rms_norm_in_place_into(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (ms + eps).sqrt();
+    for ((o, v), g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * inv * g;
     }
 }
 

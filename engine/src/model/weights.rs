@@ -5,17 +5,18 @@ use std::path::{Path, PathBuf};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
+use super::matmul::Matrix;
+
 use crate::EngineError;
 
 pub struct Weights {
     tensors: MmapedSafetensors,
-    dtype: DType,
     device: Device,
 }
 
 impl Weights {
     /// Maps `model.safetensors`, or every shard named by `model.safetensors.index.json`.
-    pub fn open(dir: &Path, dtype: DType, device: &Device) -> Result<Self, EngineError> {
+    pub fn open(dir: &Path, device: &Device) -> Result<Self, EngineError> {
         let files = safetensors_files(dir)?;
         // Safety: the files are mapped read-only; like every safetensors loader we rely on
         // nobody truncating model files while they are served.
@@ -24,7 +25,6 @@ impl Weights {
         })?;
         Ok(Self {
             tensors,
-            dtype,
             device: device.clone(),
         })
     }
@@ -33,22 +33,17 @@ impl Weights {
         self.tensors.get(name).is_ok()
     }
 
-    /// Loads a tensor converted to the compute dtype; a missing tensor is an error naming it.
-    pub fn get(&self, name: &str) -> Result<Tensor, EngineError> {
+    /// Loads a tensor and checks its shape; a missing tensor is an error naming it.
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, EngineError> {
         if !self.contains(name) {
             return Err(EngineError::load(format!(
                 "missing tensor `{name}` in the model's safetensors"
             )));
         }
-        self.tensors
+        let t = self
+            .tensors
             .load(name, &self.device)
-            .and_then(|t| t.to_dtype(self.dtype))
-            .map_err(|e| EngineError::load(format!("cannot load tensor `{name}`: {e}")))
-    }
-
-    /// Like [`Weights::get`], but checks the shape too.
-    pub fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<Tensor, EngineError> {
-        let t = self.get(name)?;
+            .map_err(|e| EngineError::load(format!("cannot load tensor `{name}`: {e}")))?;
         if t.dims() != shape {
             return Err(EngineError::load(format!(
                 "tensor `{name}` has shape {:?}, expected {shape:?}",
@@ -58,12 +53,30 @@ impl Weights {
         Ok(t)
     }
 
-    pub fn get_opt(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>, EngineError> {
-        if self.contains(name) {
-            self.get_shaped(name, shape).map(Some)
+    /// A 1-D tensor as f32 values (norm weights, biases).
+    pub fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>, EngineError> {
+        let t = self.tensor(name, &[n])?;
+        Ok(t.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    }
+
+    /// Stacks 2-D tensors along their rows into one matrix held in `dtype` (f32 or bf16).
+    pub fn matrix(
+        &self,
+        parts: &[Tensor],
+        rows: usize,
+        cols: usize,
+        dtype: DType,
+    ) -> Result<Matrix, EngineError> {
+        let t = if parts.len() == 1 {
+            parts[0].clone()
         } else {
-            Ok(None)
-        }
+            Tensor::cat(parts, 0)?
+        };
+        let flat = t.to_dtype(dtype)?.flatten_all()?;
+        Ok(match dtype {
+            DType::BF16 => Matrix::bf16(rows, cols, flat.to_vec1::<half::bf16>()?),
+            _ => Matrix::f32(rows, cols, flat.to_vec1::<f32>()?),
+        })
     }
 }
 

@@ -48,7 +48,8 @@ pub fn parse_messages(raw: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
                 None => return Err(ApiError::invalid_param(&format!("{param}.role"), format!("Missing required parameter: '{param}.role'."))),
             };
             let content = match obj.get("content") {
-                None | Some(Value::Null) if role == "assistant" => None,
+                // An assistant turn that only called tools has no text; templates expect a string.
+                None | Some(Value::Null) if role == "assistant" => Some(MessageContent::Text(String::new())),
                 None | Some(Value::Null) => {
                     return Err(ApiError::invalid_param(
                         &format!("{param}.content"),

@@ -30,7 +30,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(models::list))
-        .route("/v1/models/{id}", get(models::get))
+        // Ids may contain slashes (`org/name`), which SDKs put in the path unencoded.
+        .route("/v1/models/{*id}", get(models::get))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
         .route("/health", get(health))

@@ -162,6 +162,12 @@ pub fn generation(
         logprobs,
     };
     let stream = f.stream.unwrap_or(false);
+    if f.stream_options.is_some() && !stream {
+        return Err(ApiError::invalid_param(
+            "stream_options",
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+        ));
+    }
     Ok(Generation {
         request: GenerateRequest {
             prompt,
