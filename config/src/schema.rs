@@ -171,19 +171,49 @@ pub struct EngineSettings {
     #[serde(default = "default_kv_block_size")]
     pub kv_block_size: usize,
     /// Memory for the KV cache, in bytes. It must hold at least one full context.
-    #[serde(default = "default_kv_cache_bytes")]
-    pub kv_cache_bytes: u64,
+    /// Default: 1 GiB, unless `kv_cache_fraction` is given.
+    #[serde(default)]
+    pub kv_cache_bytes: Option<u64>,
+    /// Instead of `kv_cache_bytes`: this fraction of the memory available at start.
+    #[serde(default)]
+    pub kv_cache_fraction: Option<f64>,
     /// Most sequences running at once.
     #[serde(default = "default_max_num_seqs")]
     pub max_num_seqs: usize,
+    /// Most tokens per engine step (decodes plus prefill chunks); at least max_num_seqs.
+    #[serde(default = "default_max_num_batched_tokens")]
+    pub max_num_batched_tokens: usize,
+    /// Split long prompts across steps so running decodes are not held up.
+    #[serde(default = "default_true")]
+    pub chunked_prefill: bool,
+    /// Reuse the KV cache of earlier prompts' shared prefixes (never across tenants).
+    #[serde(default = "default_true")]
+    pub prefix_caching: bool,
 }
+
+impl EngineSettings {
+    /// The KV cache budget in bytes, given the memory available now.
+    pub fn kv_cache_budget(&self, available_bytes: u64) -> u64 {
+        match (self.kv_cache_bytes, self.kv_cache_fraction) {
+            (Some(b), _) => b,
+            (None, Some(f)) => (available_bytes as f64 * f) as u64,
+            (None, None) => DEFAULT_KV_CACHE_BYTES,
+        }
+    }
+}
+
+const DEFAULT_KV_CACHE_BYTES: u64 = 1 << 30;
 
 impl Default for EngineSettings {
     fn default() -> Self {
         Self {
             kv_block_size: default_kv_block_size(),
-            kv_cache_bytes: default_kv_cache_bytes(),
+            kv_cache_bytes: None,
+            kv_cache_fraction: None,
             max_num_seqs: default_max_num_seqs(),
+            max_num_batched_tokens: default_max_num_batched_tokens(),
+            chunked_prefill: true,
+            prefix_caching: true,
         }
     }
 }
@@ -192,8 +222,12 @@ fn default_kv_block_size() -> usize {
     16
 }
 
-fn default_kv_cache_bytes() -> u64 {
-    1 << 30
+fn default_max_num_batched_tokens() -> usize {
+    512
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_max_num_seqs() -> usize {
@@ -265,8 +299,26 @@ impl Config {
             if m.engine.max_num_seqs == 0 {
                 issue(key("engine.max_num_seqs"), "must be at least 1".into());
             }
-            if m.engine.kv_cache_bytes == 0 {
-                issue(key("engine.kv_cache_bytes"), "must be more than 0".into());
+            match (m.engine.kv_cache_bytes, m.engine.kv_cache_fraction) {
+                (Some(_), Some(_)) => issue(
+                    key("engine.kv_cache_fraction"),
+                    "give kv_cache_bytes or kv_cache_fraction, not both".into(),
+                ),
+                (Some(0), _) => issue(key("engine.kv_cache_bytes"), "must be more than 0".into()),
+                (_, Some(f)) if !(f > 0.0 && f <= 1.0) => issue(
+                    key("engine.kv_cache_fraction"),
+                    format!("{f} is not in (0, 1]"),
+                ),
+                _ => {}
+            }
+            if m.engine.max_num_batched_tokens < m.engine.max_num_seqs {
+                issue(
+                    key("engine.max_num_batched_tokens"),
+                    format!(
+                        "{} is less than max_num_seqs ({}): every running sequence needs a token each step",
+                        m.engine.max_num_batched_tokens, m.engine.max_num_seqs
+                    ),
+                );
             }
         }
         if self.server.max_body_bytes == 0 {

@@ -13,6 +13,9 @@ pub enum EngineError {
     /// A failure inside the engine while generating.
     #[error("engine failure: {0}")]
     Internal(String),
+    /// The request's deadline passed before it finished.
+    #[error("the request did not finish before its deadline")]
+    DeadlineExceeded,
     /// The engine loop has stopped.
     #[error("the engine has shut down")]
     Shutdown,

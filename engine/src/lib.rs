@@ -16,5 +16,6 @@ pub use error::EngineError;
 pub use native::{NativeEngine, NativeEngineConfig};
 pub use request::{
     ChoiceDelta, EngineLoad, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, Usage,
+    DEFAULT_PRIORITY,
 };
 pub use sampler::{argmax, SampledToken, Sampler, SamplingParams};

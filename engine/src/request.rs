@@ -2,6 +2,9 @@
 
 use crate::SamplingParams;
 
+/// The tier of requests that do not say.
+pub const DEFAULT_PRIORITY: u8 = 1;
+
 /// One generation request: a tokenized prompt and `n` independent continuations of it.
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
@@ -19,6 +22,13 @@ pub struct GenerateRequest {
     /// Extra token ids that end generation, besides the model's EOS.
     pub stop_token_ids: Vec<u32>,
     pub skip_special_tokens: bool,
+    /// Scheduling tier: 0 is served first; higher tiers are preempted first.
+    pub priority: u8,
+    /// Who asked: sequences of different tenants share the batch fairly within a tier, and
+    /// never share prefix-cache entries.
+    pub tenant: Option<String>,
+    /// Abort the request (freeing its blocks) if it has not finished by then.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl GenerateRequest {
@@ -33,6 +43,9 @@ impl GenerateRequest {
             stop: Vec::new(),
             stop_token_ids: Vec::new(),
             skip_special_tokens: true,
+            priority: DEFAULT_PRIORITY,
+            tenant: None,
+            deadline: None,
         }
     }
 }
@@ -87,8 +100,15 @@ pub enum GenerateEvent {
 /// A snapshot of an engine's load, for routing and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineLoad {
+    /// Sequences generating (holding KV blocks).
     pub running: usize,
+    /// Sequences queued, including preempted ones.
     pub waiting: usize,
     pub kv_blocks_used: usize,
     pub kv_blocks_total: usize,
+    /// Sequences preempted (their blocks taken back, to be recomputed) since start.
+    pub preemptions: u64,
+    /// Prompt tokens looked up in the prefix cache, and found, since start.
+    pub prefix_queried_tokens: u64,
+    pub prefix_hit_tokens: u64,
 }

@@ -38,7 +38,7 @@ fn start(kv_cache_bytes: u64, max_num_seqs: usize) -> (NativeEngine, Arc<ModelTo
         block_size: 4,
         kv_cache_bytes,
         max_num_seqs,
-        max_context: 512,
+        ..NativeEngineConfig::new(512)
     };
     (NativeEngine::start(model, tok.clone(), cfg).unwrap(), tok)
 }

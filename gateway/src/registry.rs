@@ -89,8 +89,11 @@ pub fn load_model(cfg: &ModelConfig, cache_dir: &Path) -> anyhow::Result<ServedM
         tokenizer.clone(),
         NativeEngineConfig {
             block_size: cfg.engine.kv_block_size,
-            kv_cache_bytes: cfg.engine.kv_cache_bytes,
+            kv_cache_bytes: cfg.engine.kv_cache_budget(available_memory()),
             max_num_seqs: cfg.engine.max_num_seqs,
+            max_num_batched_tokens: cfg.engine.max_num_batched_tokens,
+            chunked_prefill: cfg.engine.chunked_prefill,
+            prefix_caching: cfg.engine.prefix_caching,
             max_context,
         },
     )
@@ -109,4 +112,17 @@ pub fn load_model(cfg: &ModelConfig, cache_dir: &Path) -> anyhow::Result<ServedM
         max_context,
         vocab_size: shape.vocab_size,
     })
+}
+
+/// Memory available to new allocations (Linux `MemAvailable`), for `kv_cache_fraction`.
+fn available_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(4 << 30, |kb| kb * 1024)
 }

@@ -152,10 +152,10 @@ impl BlockManager {
 
     /// Finds the longest cached run of full blocks at the start of `tokens` (never the whole
     /// prompt: its last token must be computed to get logits), takes a reference to each,
-    /// and returns them.
-    pub fn lookup_prefix(&mut self, salt: BlockHash, tokens: &[u32]) -> Vec<u32> {
+    /// and returns them with the hash of the last (`salt` when there is none).
+    pub fn lookup_prefix(&mut self, salt: BlockHash, tokens: &[u32]) -> (Vec<u32>, BlockHash) {
         if !self.prefix_caching {
-            return Vec::new();
+            return (Vec::new(), salt);
         }
         let usable = tokens.len().saturating_sub(1) / self.block_size;
         self.stats.queried_tokens += (usable * self.block_size) as u64;
@@ -185,7 +185,7 @@ impl BlockManager {
             self.meta[b as usize].refs += 1;
         }
         self.stats.hit_tokens += (hits.len() * self.block_size) as u64;
-        hits
+        (hits, parent)
     }
 
     /// Registers a block that has just become full, so later prompts can reuse it. Returns
@@ -227,16 +227,18 @@ mod tests {
         m.register_full(blocks[1], h0, &tokens[2..4]);
         m.release(&blocks);
         // Same prompt, same tenant: both full blocks hit, even though they were freed.
-        let hits = m.lookup_prefix(salt, &tokens);
+        let (hits, last) = m.lookup_prefix(salt, &tokens);
         assert_eq!(hits, blocks[..2]);
+        assert_eq!(last, chain_hash(h0, &tokens[2..4]));
         assert_eq!(m.stats().hit_tokens, 4);
         m.release(&hits);
         // Another tenant never sees them.
         assert!(m
             .lookup_prefix(salt_hash(Some("tenant-b")), &tokens)
+            .0
             .is_empty());
         // A prompt that is exactly the cached blocks keeps its last token to compute.
-        assert_eq!(m.lookup_prefix(salt, &tokens[..4]).len(), 1);
+        assert_eq!(m.lookup_prefix(salt, &tokens[..4]).0.len(), 1);
     }
 
     #[test]
@@ -249,7 +251,7 @@ mod tests {
         let all = m.allocate(2).unwrap();
         m.release(&all);
         assert!(
-            m.lookup_prefix(salt, &[7, 8, 9]).is_empty(),
+            m.lookup_prefix(salt, &[7, 8, 9]).0.is_empty(),
             "reused block must leave the cache"
         );
     }

@@ -52,6 +52,17 @@ impl KvPool {
         self.v[layer][off..off + n].copy_from_slice(v);
     }
 
+    /// Copies the first `slots` token slots of block `src` into block `dst` in every layer
+    /// (copy-on-write of a shared, partly filled block).
+    pub fn copy_block_prefix(&mut self, src: u32, dst: u32, slots: usize) {
+        let stride = self.layout.token_stride();
+        let block = self.layout.block_size * stride;
+        let (s, d) = (src as usize * block, dst as usize * block);
+        for layer in self.k.iter_mut().chain(self.v.iter_mut()) {
+            layer.copy_within(s..s + slots * stride, d);
+        }
+    }
+
     pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
         (&self.k[layer], &self.v[layer])
     }

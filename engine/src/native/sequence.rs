@@ -1,5 +1,9 @@
+use std::sync::Arc;
+use std::time::Instant;
+
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::kv::BlockHash;
 use crate::model::{LogitRows, SeqChunk};
 use crate::sampler::Sampler;
 use crate::text::{IncrementalDetokenizer, ModelTokenizer, StopMatcher};
@@ -10,14 +14,18 @@ use crate::{
 /// The choices of one request, answered on one channel.
 pub struct Group {
     pub events: UnboundedSender<Result<GenerateEvent, EngineError>>,
+    pub request: Arc<GenerateRequest>,
     /// Choices still generating.
     pub remaining: usize,
     pub usage: Usage,
+    /// Whether choice 0 has been forked into the other n - 1 (after its prompt was computed).
+    pub forked: bool,
+    pub deadline: Option<Instant>,
 }
 
 impl Group {
     pub fn new(
-        request: &GenerateRequest,
+        request: Arc<GenerateRequest>,
         events: UnboundedSender<Result<GenerateEvent, EngineError>>,
     ) -> Self {
         Self {
@@ -27,20 +35,37 @@ impl Group {
                 prompt_tokens: request.prompt.len(),
                 completion_tokens: 0,
             },
+            forked: request.n == 1,
+            deadline: request.deadline,
+            request,
         }
+    }
+
+    pub fn send(&self, event: Result<GenerateEvent, EngineError>) {
+        // A closed channel means the client left; the next step frees the request.
+        let _ = self.events.send(event);
     }
 }
 
 /// One choice being generated: its tokens, its KV blocks and its text state.
 pub struct Sequence {
     pub group: u64,
-    index: usize,
+    pub index: usize,
+    pub priority: u8,
+    pub tenant: Arc<str>,
+    /// Arrival order; preempted sequences keep theirs, so they go back ahead of newer ones.
+    pub arrival: u64,
     /// Prompt followed by generated tokens.
-    tokens: Vec<u32>,
+    pub tokens: Vec<u32>,
     prompt_len: usize,
     /// Tokens whose K/V are in the cache.
-    computed: usize,
-    blocks: Vec<u32>,
+    pub computed: usize,
+    pub blocks: Vec<u32>,
+    /// Root of this sequence's prefix-cache hash chain (per tenant).
+    pub salt: BlockHash,
+    /// Full blocks registered in the prefix cache, and the hash of the last one.
+    pub hashed_blocks: usize,
+    pub last_hash: BlockHash,
     sampler: Sampler,
     detok: IncrementalDetokenizer,
     stop: StopMatcher,
@@ -54,8 +79,9 @@ impl Sequence {
     pub fn new(
         group: u64,
         index: usize,
+        arrival: u64,
         req: &GenerateRequest,
-        blocks: Vec<u32>,
+        salt: BlockHash,
         tok: &ModelTokenizer,
     ) -> Self {
         let mut stop_ids = req.stop_token_ids.clone();
@@ -65,10 +91,16 @@ impl Sequence {
         Self {
             group,
             index,
+            priority: req.priority,
+            tenant: Arc::from(req.tenant.as_deref().unwrap_or("")),
+            arrival,
             tokens: req.prompt.clone(),
             prompt_len: req.prompt.len(),
             computed: 0,
-            blocks,
+            blocks: Vec::new(),
+            salt,
+            hashed_blocks: 0,
+            last_hash: salt,
             sampler: Sampler::new(req.sampling.clone(), &req.prompt, index as u64),
             detok: IncrementalDetokenizer::new(req.skip_special_tokens),
             stop: StopMatcher::new(req.stop.clone()),
@@ -78,18 +110,42 @@ impl Sequence {
         }
     }
 
-    /// The tokens not yet in the KV cache: the whole prompt first, then one token a step.
-    pub fn next_chunk(&self) -> SeqChunk<'_> {
+    /// Another choice of the same request sharing this one's computed prompt (and its blocks,
+    /// whose references the caller takes).
+    pub fn fork(&self, index: usize, req: &GenerateRequest, tok: &ModelTokenizer) -> Self {
+        let mut s = Self::new(self.group, index, self.arrival, req, self.salt, tok);
+        s.computed = self.computed;
+        s.blocks = self.blocks.clone();
+        s.hashed_blocks = self.hashed_blocks;
+        s.last_hash = self.last_hash;
+        s
+    }
+
+    /// Tokens still to run through the model (the prompt, or the last sampled token).
+    pub fn pending(&self) -> usize {
+        self.tokens.len() - self.computed
+    }
+
+    pub fn chunk(&self, len: usize) -> SeqChunk<'_> {
+        let end = self.computed + len;
         SeqChunk {
-            tokens: &self.tokens[self.computed..],
+            tokens: &self.tokens[self.computed..end],
             start_pos: self.computed,
             block_table: &self.blocks,
-            logits: LogitRows::Last,
+            logits: if end == self.tokens.len() {
+                LogitRows::Last
+            } else {
+                LogitRows::None
+            },
         }
     }
 
-    pub fn mark_computed(&mut self) {
-        self.computed = self.tokens.len();
+    /// Back to the queue after preemption: the blocks were taken, everything is recomputed.
+    pub fn reset_for_recompute(&mut self) {
+        self.computed = 0;
+        self.blocks.clear();
+        self.hashed_blocks = 0;
+        self.last_hash = self.salt;
     }
 
     fn generated(&self) -> usize {
@@ -145,13 +201,5 @@ impl Sequence {
         if check.stopped {
             *finish = Some(FinishReason::Stop);
         }
-    }
-
-    pub fn into_blocks(self) -> Vec<u32> {
-        self.blocks
-    }
-
-    pub fn take_blocks(&mut self) -> Vec<u32> {
-        std::mem::take(&mut self.blocks)
     }
 }

@@ -106,6 +106,15 @@ impl From<EngineError> for ApiError {
             EngineError::InvalidRequest(m) => ApiError::invalid(m),
             EngineError::Overloaded(m) => ApiError::unavailable(m, 1),
             EngineError::Shutdown => ApiError::unavailable("The model is shutting down.", 5),
+            EngineError::DeadlineExceeded => {
+                let mut e = ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    "The request did not finish in time.",
+                );
+                e.body.code = Some("timeout");
+                e
+            }
             EngineError::Load(m) | EngineError::Internal(m) => {
                 tracing::error!(error = %m, "engine error");
                 ApiError::internal(

@@ -1,6 +1,6 @@
 //! Checks sampling fields against OpenAI's ranges and turns them into the engine's request.
 
-use rosetta_engine::{GenerateRequest, SamplingParams};
+use rosetta_engine::{GenerateRequest, SamplingParams, DEFAULT_PRIORITY};
 
 use super::error::ApiError;
 use super::types::{SamplingFields, StopField};
@@ -179,6 +179,10 @@ pub fn generation(
             stop,
             stop_token_ids: f.stop_token_ids.clone().unwrap_or_default(),
             skip_special_tokens: f.skip_special_tokens.unwrap_or(true),
+            // Tenants and their tiers arrive with authentication; until then all are equal.
+            priority: DEFAULT_PRIORITY,
+            tenant: None,
+            deadline: None,
         },
         stream,
         include_usage: stream && f.stream_options.as_ref().is_some_and(|o| o.include_usage),

@@ -1,0 +1,314 @@
+//! Continuous batching proofs: batched equals unbatched (chunked prefill on and off, with and
+//! without preemption), prefix hits equal misses, choices share prompt blocks correctly,
+//! priorities and tenant fairness order admission, and every block comes back.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rosetta_engine::demo::{self, Arch, DemoSpec, Size};
+use rosetta_engine::model::{ModelShape, Transformer};
+use rosetta_engine::text::ModelTokenizer;
+use rosetta_engine::{
+    Engine, EventStream, GenerateEvent, GenerateRequest, NativeEngine, NativeEngineConfig,
+    SamplingParams,
+};
+
+const CONTEXT: usize = 256;
+
+fn model_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        demo::generate(
+            &dir.path().join("m"),
+            &DemoSpec::new(Arch::Qwen3, Size::Tiny, 21),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        dir
+    })
+    .path()
+    .join("m")
+    .leak()
+}
+
+fn bytes_per_token() -> u64 {
+    ModelShape::from_file(&model_dir().join("config.json"))
+        .unwrap()
+        .kv_bytes_per_token() as u64
+}
+
+fn start(cfg: NativeEngineConfig) -> NativeEngine {
+    let dir = model_dir();
+    let tok = Arc::new(ModelTokenizer::from_dir(dir).unwrap());
+    let model = Transformer::load(dir, None, CONTEXT).unwrap();
+    NativeEngine::start(model, tok, cfg).unwrap()
+}
+
+fn config(pool_tokens: usize, budget: usize, chunked: bool) -> NativeEngineConfig {
+    NativeEngineConfig {
+        block_size: 4,
+        kv_cache_bytes: pool_tokens as u64 * bytes_per_token(),
+        max_num_seqs: 64,
+        max_num_batched_tokens: budget,
+        chunked_prefill: chunked,
+        prefix_caching: true,
+        max_context: CONTEXT,
+    }
+}
+
+fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+    let mut r = GenerateRequest::new(prompt, max_tokens);
+    r.sampling = SamplingParams {
+        temperature: 0.0,
+        ..Default::default()
+    };
+    r.ignore_eos = true;
+    r
+}
+
+/// Token ids per choice, from a whole event stream.
+fn collect(mut rx: EventStream, n: usize) -> Vec<Vec<u32>> {
+    let mut out = vec![Vec::new(); n];
+    loop {
+        match rx
+            .blocking_recv()
+            .expect("stream ended without Done")
+            .expect("engine error")
+        {
+            GenerateEvent::Delta(d) => out[d.index].extend(d.token.map(|t| t.id)),
+            GenerateEvent::Done(_) => return out,
+        }
+    }
+}
+
+fn wait_idle(engine: &NativeEngine) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let l = engine.load();
+        if l.kv_blocks_used == 0 && l.running == 0 && l.waiting == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "engine did not return to idle: {l:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Prompts of varied lengths (3 to ~120 tokens) from a fixed seed.
+fn prompts(count: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..count)
+        .map(|_| {
+            let len = rng.random_range(3..120);
+            (0..len).map(|_| rng.random_range(10..2000)).collect()
+        })
+        .collect()
+}
+
+/// Each prompt run on its own, one at a time: the reference outputs.
+fn alone(prompts: &[Vec<u32>], max_tokens: usize) -> Vec<Vec<u32>> {
+    let engine = start(config(4096, 4096, true));
+    let out = prompts
+        .iter()
+        .map(|p| collect(engine.submit(greedy(p.clone(), max_tokens)).unwrap(), 1).remove(0))
+        .collect();
+    wait_idle(&engine);
+    out
+}
+
+fn together(engine: &NativeEngine, prompts: &[Vec<u32>], max_tokens: usize) -> Vec<Vec<u32>> {
+    // Submit everything first so the requests really share steps.
+    let streams: Vec<EventStream> = prompts
+        .iter()
+        .map(|p| engine.submit(greedy(p.clone(), max_tokens)).unwrap())
+        .collect();
+    streams
+        .into_iter()
+        .map(|rx| collect(rx, 1).remove(0))
+        .collect()
+}
+
+#[test]
+fn batched_equals_unbatched_in_every_mode() {
+    let all = prompts(64, 5);
+    let max_tokens = 24;
+    let reference = alone(&all, max_tokens);
+    for &count in &[1usize, 2, 7, 16, 64] {
+        let batch = &all[..count];
+        let want = &reference[..count];
+        // Chunked prefill with a small step budget: prompts span several steps.
+        let engine = start(config(8192, 64, true));
+        assert_eq!(
+            together(&engine, batch, max_tokens),
+            want,
+            "{count} sequences, chunked prefill"
+        );
+        wait_idle(&engine);
+        // Whole prompts per step.
+        let engine = start(config(8192, 4096, false));
+        assert_eq!(
+            together(&engine, batch, max_tokens),
+            want,
+            "{count} sequences, no chunking"
+        );
+        wait_idle(&engine);
+    }
+    // A pool that holds barely more than one full context: sequences must be preempted and
+    // recomputed, and still produce the same tokens.
+    for chunked in [true, false] {
+        let engine = start(config(CONTEXT + 64, 256, chunked));
+        assert_eq!(
+            together(&engine, &all, max_tokens),
+            reference,
+            "tiny pool, chunked={chunked}"
+        );
+        let preemptions = engine.load().preemptions;
+        assert!(
+            preemptions > 0,
+            "the tiny pool should have forced preemptions (chunked={chunked})"
+        );
+        wait_idle(&engine);
+    }
+}
+
+#[test]
+fn prefix_hits_give_identical_output_and_are_per_tenant() {
+    let engine = start(config(4096, 512, true));
+    let shared: Vec<u32> = (0..100).map(|i| (i * 13 + 7) % 1900 + 20).collect();
+    let miss = collect(engine.submit(greedy(shared.clone(), 16)).unwrap(), 1);
+    let before = engine.load();
+    let hit = collect(engine.submit(greedy(shared.clone(), 16)).unwrap(), 1);
+    let after = engine.load();
+    assert_eq!(hit, miss, "a prefix hit must not change the output");
+    // 99 computable prompt tokens -> 24 full blocks of 4 found in the cache.
+    assert_eq!(after.prefix_hit_tokens - before.prefix_hit_tokens, 96);
+    // Another tenant never reuses them.
+    let mut other = greedy(shared.clone(), 16);
+    other.tenant = Some("tenant-b".into());
+    let before = engine.load();
+    let other_out = collect(engine.submit(other).unwrap(), 1);
+    assert_eq!(
+        engine.load().prefix_hit_tokens,
+        before.prefix_hit_tokens,
+        "tenants must not share cache entries"
+    );
+    assert_eq!(other_out, miss);
+    wait_idle(&engine);
+}
+
+#[test]
+fn choices_share_the_prompt_and_copy_on_write() {
+    let engine = start(config(4096, 512, true));
+    // 37 tokens: the last prompt block is partly filled, so choices must copy it on write.
+    let prompt: Vec<u32> = (0..37).map(|i| (i * 31 + 3) % 1900 + 20).collect();
+    let one = collect(engine.submit(greedy(prompt.clone(), 20)).unwrap(), 1).remove(0);
+    let mut req = greedy(prompt, 20);
+    req.n = 4;
+    let four = collect(engine.submit(req).unwrap(), 4);
+    for (i, c) in four.iter().enumerate() {
+        assert_eq!(c, &one, "greedy choice {i} differs from the single answer");
+    }
+    wait_idle(&engine);
+}
+
+#[test]
+fn higher_priority_is_admitted_first_and_tenants_share_fairly() {
+    // One sequence at a time makes admission order visible as completion order.
+    let mut cfg = config(4096, 512, true);
+    cfg.max_num_seqs = 1;
+    let engine = start(cfg);
+    let mut blocker = engine.submit(greedy(vec![50; 8], 40)).unwrap();
+    // Wait until it runs, so the next two queue behind it.
+    let first = blocker.blocking_recv().unwrap().unwrap();
+    let mut low = greedy(vec![60; 8], 4);
+    low.priority = 5;
+    let low = engine.submit(low).unwrap();
+    let mut high = greedy(vec![70; 8], 4);
+    high.priority = 0;
+    let high = engine.submit(high).unwrap();
+    let order = finish_order(vec![("blocker", blocker), ("low", low), ("high", high)]);
+    assert!(matches!(first, GenerateEvent::Delta(_)));
+    assert_eq!(order, ["blocker", "high", "low"]);
+
+    // Tenant A queues four requests, then tenant B one: B goes second, not last.
+    let mut cfg = config(4096, 512, true);
+    cfg.max_num_seqs = 1;
+    let engine = start(cfg);
+    let mut streams = Vec::new();
+    for i in 0..4 {
+        let mut r = greedy(vec![80 + i; 8], 6);
+        r.tenant = Some("a".into());
+        streams.push((
+            ["a0", "a1", "a2", "a3"][i as usize],
+            engine.submit(r).unwrap(),
+        ));
+    }
+    let mut r = greedy(vec![90; 8], 6);
+    r.tenant = Some("b".into());
+    streams.push(("b0", engine.submit(r).unwrap()));
+    let order = finish_order(streams);
+    assert_eq!(&order[..2], ["a0", "b0"], "order: {order:?}");
+    wait_idle(&engine);
+}
+
+/// Labels in the order their requests finished.
+fn finish_order(streams: Vec<(&'static str, EventStream)>) -> Vec<&'static str> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        for (label, stream) in streams {
+            let tx = tx.clone();
+            s.spawn(move || {
+                collect(stream, 1);
+                tx.send((Instant::now(), label)).unwrap();
+            });
+        }
+    });
+    drop(tx);
+    let mut done: Vec<_> = rx.iter().collect();
+    done.sort();
+    done.into_iter().map(|(_, l)| l).collect()
+}
+
+#[test]
+fn bounded_stress_with_random_aborts_ends_clean() {
+    let engine = start(config(1024, 128, true));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(99);
+    let mut kept = Vec::new();
+    let started = Instant::now();
+    for round in 0..4 {
+        let mut streams = Vec::new();
+        for _ in 0..40 {
+            let len = rng.random_range(1..150);
+            let prompt: Vec<u32> = (0..len).map(|_| rng.random_range(10..2000)).collect();
+            let mut req = GenerateRequest::new(prompt, rng.random_range(1..80));
+            req.n = rng.random_range(1..4);
+            req.sampling.seed = Some(round);
+            let abort_after = rng.random_bool(0.3).then(|| rng.random_range(0..5));
+            streams.push((req.n, engine.submit(req).unwrap(), abort_after));
+        }
+        for (n, mut rx, abort_after) in streams {
+            match abort_after {
+                // Read a few events, then walk away mid-stream.
+                Some(k) => {
+                    for _ in 0..k {
+                        if rx.blocking_recv().is_none() {
+                            break;
+                        }
+                    }
+                }
+                None => kept.push(collect(rx, n)),
+            }
+        }
+    }
+    assert!(kept.len() > 80, "most requests were kept and answered");
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "stress took too long"
+    );
+    wait_idle(&engine);
+}
