@@ -106,6 +106,10 @@ pub struct EngineLoad {
     pub waiting: usize,
     pub kv_blocks_used: usize,
     pub kv_blocks_total: usize,
+    /// Tokens per block.
+    pub kv_block_size: usize,
+    /// Slots in used blocks that hold no token yet (the partly filled last blocks).
+    pub kv_slots_unused: usize,
     /// Sequences preempted (their blocks taken back, to be recomputed) since start.
     pub preemptions: u64,
     /// Prompt tokens looked up in the prefix cache, and found, since start.

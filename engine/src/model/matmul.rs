@@ -106,6 +106,9 @@ impl Matrix {
 
 trait Weight: Copy + Send + Sync {
     fn get(self) -> f32;
+    /// Loads 16 consecutive weights widened to f32 (AVX-512).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(ptr: *const Self) -> std::arch::x86_64::__m512;
 }
 
 impl Weight for f32 {
@@ -113,12 +116,31 @@ impl Weight for f32 {
     fn get(self) -> f32 {
         self
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(ptr: *const Self) -> std::arch::x86_64::__m512 {
+        // Safety: the caller guarantees 16 readable floats and AVX-512F.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(ptr) }
+    }
 }
 
 impl Weight for bf16 {
     #[inline(always)]
     fn get(self) -> f32 {
         f32::from_bits((self.to_bits() as u32) << 16)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(ptr: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // Safety: the caller guarantees 16 readable bf16 values and AVX-512F.
+        // bf16 is the top half of an f32: widen to 32 bits and shift into place.
+        unsafe {
+            let halves = _mm256_loadu_si256(ptr as *const __m256i);
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
+        }
     }
 }
 
@@ -148,7 +170,7 @@ fn dispatch<W: Weight>(x: &[f32], m: usize, w: &[W], k: usize, out_t: &mut [f32]
     {
         if std::is_x86_feature_detected!("avx512f") {
             // Safety: the CPU supports the features the function is compiled for.
-            return unsafe { kernel_avx512(x, m, w, k, out_t) };
+            return unsafe { avx512::kernel(x, m, w, k, out_t) };
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             return unsafe { kernel_avx2(x, m, w, k, out_t) };
@@ -158,15 +180,111 @@ fn dispatch<W: Weight>(x: &[f32], m: usize, w: &[W], k: usize, out_t: &mut [f32]
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn kernel_avx512<W: Weight>(x: &[f32], m: usize, w: &[W], k: usize, out_t: &mut [f32]) {
-    kernel::<W, Fused>(x, m, w, k, out_t)
-}
-
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn kernel_avx2<W: Weight>(x: &[f32], m: usize, w: &[W], k: usize, out_t: &mut [f32]) {
     kernel::<W, Fused>(x, m, w, k, out_t)
+}
+
+/// The AVX-512 kernel: the same arithmetic as [`tile`] with `Fused` (per-lane FMA over k in
+/// steps of 16, then the same fixed lane reduction), with explicit registers so that small
+/// batches stream weights at memory speed and large ones keep the FMA units busy.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{reduce_lanes, Weight, LANES};
+
+    /// Safety: needs AVX-512F; `w` holds whole rows of `k` weights and `x` has `m` rows.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn kernel<W: Weight>(x: &[f32], m: usize, w: &[W], k: usize, out_t: &mut [f32]) {
+        let n = w.len() / k;
+        // Small batches: many weight rows per pass (independent chains hide FMA latency).
+        let (rows, cols) = if m < 4 { (m.min(2), 8) } else { (4, 4) };
+        let mut j = 0;
+        while j < n {
+            let c = cols.min(n - j);
+            let mut i = 0;
+            while i < m {
+                let r = rows.min(m - i);
+                // Safety: every tile stays inside x, w and out_t.
+                unsafe {
+                    match (r, c) {
+                        (4, 4) => tile::<W, 4, 4>(x, i, w, j, k, m, out_t),
+                        (2, 8) => tile::<W, 2, 8>(x, i, w, j, k, m, out_t),
+                        (1, 8) => tile::<W, 1, 8>(x, i, w, j, k, m, out_t),
+                        _ => {
+                            for rr in 0..r {
+                                for cc in 0..c {
+                                    tile::<W, 1, 1>(x, i + rr, w, j + cc, k, m, out_t);
+                                }
+                            }
+                        }
+                    }
+                }
+                i += r;
+            }
+            j += c;
+        }
+    }
+
+    // Index loops over register tiles read clearer than iterator chains here.
+    #[allow(clippy::needless_range_loop)]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<W: Weight, const R: usize, const C: usize>(
+        x: &[f32],
+        i0: usize,
+        w: &[W],
+        j0: usize,
+        k: usize,
+        m: usize,
+        out_t: &mut [f32],
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let full = k / LANES * LANES;
+        let xp = x.as_ptr();
+        let wp = w.as_ptr();
+        let mut p = 0;
+        while p < full {
+            let mut wv = [_mm512_setzero_ps(); C];
+            // Safety: p + 16 <= full <= k, inside row j0 + c of w and row i0 + r of x.
+            unsafe {
+                for c in 0..C {
+                    wv[c] = W::load16(wp.add((j0 + c) * k + p));
+                }
+                for r in 0..R {
+                    let xv = _mm512_loadu_ps(xp.add((i0 + r) * k + p));
+                    for c in 0..C {
+                        acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
+                    }
+                }
+            }
+            p += LANES;
+        }
+        for r in 0..R {
+            for c in 0..C {
+                let mut lanes = [0.0f32; LANES];
+                // Safety: `lanes` holds 16 floats.
+                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r][c]) };
+                let mut s = reduce_lanes(&lanes);
+                for q in full..k {
+                    s = x[(i0 + r) * k + q].mul_add(w[(j0 + c) * k + q].get(), s);
+                }
+                out_t[(j0 + c) * m + i0 + r] = s;
+            }
+        }
+    }
+}
+
+/// The fixed pairwise reduction of a dot product's 16 lanes.
+#[inline(always)]
+fn reduce_lanes(a: &[f32; LANES]) -> f32 {
+    let mut s8 = [0.0f32; 8];
+    for l in 0..8 {
+        s8[l] = a[l] + a[l + 8];
+    }
+    let s4 = [s8[0] + s8[4], s8[1] + s8[5], s8[2] + s8[6], s8[3] + s8[7]];
+    (s4[0] + s4[2]) + (s4[1] + s4[3])
 }
 
 /// `out_t[j * m + i] = dot(x[i], w[j])` for this task's weight rows.
@@ -229,13 +347,7 @@ fn tile<W: Weight, F: Fma, const R: usize, const C: usize>(
     for r in 0..R {
         for c in 0..C {
             // Fixed pairwise reduction of the lanes, then the tail in order.
-            let a = &acc[r][c];
-            let mut s8 = [0.0f32; 8];
-            for l in 0..8 {
-                s8[l] = a[l] + a[l + 8];
-            }
-            let s4 = [s8[0] + s8[4], s8[1] + s8[5], s8[2] + s8[6], s8[3] + s8[7]];
-            let mut s = (s4[0] + s4[2]) + (s4[1] + s4[3]);
+            let mut s = reduce_lanes(&acc[r][c]);
             for q in full..k {
                 s = F::fma(x[(i0 + r) * k + q], w[(j0 + c) * k + q].get(), s);
             }

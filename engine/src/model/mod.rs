@@ -3,7 +3,7 @@
 //! batch-invariant kernels (see `matmul`) and reads and writes K/V through the paged cache.
 
 mod config;
-mod matmul;
+pub mod matmul;
 mod rope;
 mod weights;
 

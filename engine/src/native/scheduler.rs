@@ -419,6 +419,12 @@ impl Worker {
                 waiting: self.waiting.len(),
                 kv_blocks_used: self.blocks.in_use(),
                 kv_blocks_total: self.blocks.total(),
+                kv_block_size: self.config.block_size,
+                kv_slots_unused: self
+                    .running
+                    .iter()
+                    .map(|s| (s.blocks.len() * self.config.block_size).saturating_sub(s.computed))
+                    .sum(),
                 preemptions: self.preemptions,
                 prefix_queried_tokens: stats.queried_tokens,
                 prefix_hit_tokens: stats.hit_tokens,

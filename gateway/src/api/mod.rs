@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/detokenize", post(tokenize::detokenize))
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/load", get(models::load))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -35,3 +35,27 @@ pub async fn get(
     let model = state.model(&id)?;
     Ok(Json(object(&model)))
 }
+
+/// GET /load: each model's engine load (running, waiting, KV blocks, preemptions, prefix-cache
+/// hits), for operators and benchmarks until the Prometheus endpoint exists.
+pub async fn load(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut models = serde_json::Map::new();
+    for m in state.models()? {
+        let l = m.engine.load();
+        models.insert(
+            m.id.clone(),
+            serde_json::json!({
+                "running": l.running,
+                "waiting": l.waiting,
+                "kv_blocks_used": l.kv_blocks_used,
+                "kv_blocks_total": l.kv_blocks_total,
+                "kv_block_size": l.kv_block_size,
+                "kv_slots_unused": l.kv_slots_unused,
+                "preemptions": l.preemptions,
+                "prefix_queried_tokens": l.prefix_queried_tokens,
+                "prefix_hit_tokens": l.prefix_hit_tokens,
+            }),
+        );
+    }
+    Ok(Json(serde_json::json!({ "models": models })))
+}

@@ -1,0 +1,362 @@
+//! rosetta-bench: streams chat completions at fixed concurrency against one or more
+//! OpenAI-compatible servers, in one run, and prints throughput, time to first token and
+//! inter-token latency per level, with ratios against the first target.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(
+    name = "rosetta-bench",
+    about = "Load generator for OpenAI-compatible servers"
+)]
+struct Args {
+    /// NAME=URL=MODEL, repeatable; the first is the baseline the others are compared to.
+    #[arg(long = "target", required = true)]
+    targets: Vec<String>,
+    /// Concurrent streams per level.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    concurrency: Vec<usize>,
+    /// Requests each stream sends one after another at each level.
+    #[arg(long, default_value_t = 2)]
+    requests_per_stream: usize,
+    /// Output tokens per request (EOS ignored, so every request yields exactly this many).
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Also measure time to first token for a prompt sharing a prefix of about this many
+    /// tokens with an earlier one (prefix-cache hit against miss), on the first target.
+    #[arg(long)]
+    prefix_test: Option<usize>,
+}
+
+struct Target {
+    name: String,
+    url: String,
+    model: String,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Level {
+    tokens_per_s: f64,
+    ttft_ms: f64,
+    itl_ms: f64,
+    prompt_tokens: f64,
+    /// Mean share of reserved-but-unused KV slots while streams ran (Rosetta's /load only).
+    kv_unused: Option<f64>,
+}
+
+struct RequestStats {
+    ttft: Duration,
+    itl: Option<Duration>,
+    completion_tokens: usize,
+    prompt_tokens: usize,
+}
+
+const SENTENCES: &[&str] = &[
+    "Habari ya asubuhi, rafiki yangu.",
+    "Le marché ouvre tôt le samedi matin.",
+    "Der Zug nach Berlin fährt um acht Uhr.",
+    "¿Dónde está la biblioteca más cercana?",
+    "明天的天气怎么样？",
+    "यह किताब बहुत दिलचस्प है।",
+    "Погода сегодня очень хорошая.",
+    "今日はとても良い天気ですね。",
+    "The river flows quietly past the old mill.",
+    "مرحبا، كيف حالك اليوم؟",
+    "Ninapenda kusoma vitabu vya historia.",
+    "Il pleut depuis trois jours sans arrêt.",
+];
+
+/// A user message of roughly 32 tokens, different for every (stream, request).
+fn prompt(stream: usize, request: usize) -> String {
+    let start = (stream * 7 + request * 3) % SENTENCES.len();
+    let mut text = format!("Request {stream}-{request}: ");
+    for i in 0..3 {
+        text.push_str(SENTENCES[(start + i * 5) % SENTENCES.len()]);
+        text.push(' ');
+    }
+    text
+}
+
+fn parse_target(s: &str) -> anyhow::Result<Target> {
+    let mut parts = s.splitn(3, '=');
+    let (Some(name), Some(url), Some(model)) = (parts.next(), parts.next(), parts.next()) else {
+        bail!("--target must be NAME=URL=MODEL, got {s}");
+    };
+    Ok(Target {
+        name: name.into(),
+        url: url.trim_end_matches('/').into(),
+        model: model.into(),
+    })
+}
+
+async fn stream_chat(
+    client: &reqwest::Client,
+    t: &Target,
+    content: &str,
+    max_tokens: usize,
+) -> anyhow::Result<RequestStats> {
+    let body = json!({
+        "model": t.model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "ignore_eos": true,
+        "min_tokens": max_tokens,
+    });
+    let start = Instant::now();
+    let resp = client
+        .post(format!("{}/v1/chat/completions", t.url))
+        .json(&body)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!(
+            "{}: HTTP {}: {}",
+            t.name,
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    let mut bytes = resp.bytes_stream();
+    let mut buf = Vec::new();
+    let (mut first, mut last, mut chunks) = (None, None, 0usize);
+    let (mut completion, mut prompt) = (None, 0);
+    while let Some(piece) = bytes.next().await {
+        buf.extend_from_slice(&piece?);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = buf.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&event);
+            for line in text.lines() {
+                let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+                    continue;
+                };
+                if data == "[DONE]" {
+                    continue;
+                }
+                let v: Value =
+                    serde_json::from_str(data).with_context(|| format!("bad chunk {data}"))?;
+                if let Some(e) = v.get("error") {
+                    bail!("{}: stream error {e}", t.name);
+                }
+                if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+                    completion = u["completion_tokens"].as_u64().map(|c| c as usize);
+                    prompt = u["prompt_tokens"].as_u64().unwrap_or(0) as usize;
+                }
+                let has_token = v["choices"].as_array().is_some_and(|c| {
+                    c.iter().any(|c| {
+                        c["delta"]["content"]
+                            .as_str()
+                            .is_some_and(|s| !s.is_empty())
+                    })
+                });
+                if has_token {
+                    let now = Instant::now();
+                    first.get_or_insert(now);
+                    last = Some(now);
+                    chunks += 1;
+                }
+            }
+        }
+    }
+    let first = first.context("no token arrived")?;
+    let tokens = completion.unwrap_or(chunks);
+    let itl =
+        (tokens > 1).then(|| last.unwrap_or(first).duration_since(first) / (tokens as u32 - 1));
+    Ok(RequestStats {
+        ttft: first.duration_since(start),
+        itl,
+        completion_tokens: tokens,
+        prompt_tokens: prompt,
+    })
+}
+
+/// Polls Rosetta's /load while a level runs; None for servers without it.
+async fn sample_kv(
+    client: reqwest::Client,
+    url: String,
+    model: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Option<f64> {
+    let mut shares = Vec::new();
+    while !*stop.borrow() {
+        let v: Option<Value> = match client.get(format!("{url}/load")).send().await {
+            Ok(r) if r.status().is_success() => r.json().await.ok(),
+            _ => return None,
+        };
+        let m = v.as_ref().map(|v| &v["models"][&model])?;
+        let (used, bs, unused) = (
+            m["kv_blocks_used"].as_f64()?,
+            m["kv_block_size"].as_f64()?,
+            m["kv_slots_unused"].as_f64()?,
+        );
+        if used > 0.0 && m["waiting"].as_u64() == Some(0) {
+            shares.push(unused / (used * bs));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (!shares.is_empty()).then(|| shares.iter().sum::<f64>() / shares.len() as f64)
+}
+
+async fn run_level(
+    client: &reqwest::Client,
+    t: &Target,
+    streams: usize,
+    per_stream: usize,
+    max_tokens: usize,
+) -> anyhow::Result<Level> {
+    // Warm up once so model loading and first-request effects stay out of the numbers.
+    stream_chat(client, t, "warm up", 4).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sampler = tokio::spawn(sample_kv(
+        client.clone(),
+        t.url.clone(),
+        t.model.clone(),
+        stop_rx,
+    ));
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for s in 0..streams {
+        let client = client.clone();
+        let target = Target {
+            name: t.name.clone(),
+            url: t.url.clone(),
+            model: t.model.clone(),
+        };
+        handles.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for r in 0..per_stream {
+                out.push(stream_chat(&client, &target, &prompt(s, r), max_tokens).await?);
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await??);
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    let kv_unused = sampler.await.ok().flatten();
+    let n = all.len() as f64;
+    let tokens: usize = all.iter().map(|r| r.completion_tokens).sum();
+    let itls: Vec<f64> = all
+        .iter()
+        .filter_map(|r| r.itl.map(|d| d.as_secs_f64()))
+        .collect();
+    Ok(Level {
+        tokens_per_s: tokens as f64 / wall,
+        ttft_ms: all.iter().map(|r| r.ttft.as_secs_f64()).sum::<f64>() / n * 1e3,
+        itl_ms: itls.iter().sum::<f64>() / itls.len().max(1) as f64 * 1e3,
+        prompt_tokens: all.iter().map(|r| r.prompt_tokens as f64).sum::<f64>() / n,
+        kv_unused,
+    })
+}
+
+/// Tokens in `text` by the server's /tokenize (Rosetta's and vLLM's shape), if it has one.
+async fn count_tokens(client: &reqwest::Client, t: &Target, text: &str) -> Option<usize> {
+    let body = json!({"model": t.model, "prompt": text, "add_special_tokens": false});
+    let v: Value = client
+        .post(format!("{}/tokenize", t.url))
+        .json(&body)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    v["count"].as_u64().map(|c| c as usize)
+}
+
+/// TTFT of a long prompt, then of another sharing its prefix (a cache hit on Rosetta).
+async fn prefix_test(
+    client: &reqwest::Client,
+    t: &Target,
+    prefix_tokens: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let (mut miss, mut hit) = (0.0, 0.0);
+    let rounds = 3;
+    for round in 0..rounds {
+        // Each round its own prefix, sized with the server's /tokenize where it has one.
+        let text = |words: usize| {
+            (0..words)
+                .map(|i| format!("w{round}x{}", i * 7919 % 10007))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let per_word = count_tokens(client, t, &text(100))
+            .await
+            .map_or(2.0, |n| n as f64 / 100.0);
+        let prefix = text((prefix_tokens as f64 / per_word) as usize);
+        let a = stream_chat(client, t, &format!("{prefix} first question?"), 1).await?;
+        let b = stream_chat(client, t, &format!("{prefix} second question?"), 1).await?;
+        miss += a.ttft.as_secs_f64();
+        hit += b.ttft.as_secs_f64();
+        eprintln!(
+            "prefix round {round}: prompt {} tokens, miss {:.1} ms, hit {:.1} ms",
+            a.prompt_tokens,
+            a.ttft.as_secs_f64() * 1e3,
+            b.ttft.as_secs_f64() * 1e3
+        );
+    }
+    Ok((miss / rounds as f64 * 1e3, hit / rounds as f64 * 1e3))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let targets: Vec<Target> = args
+        .targets
+        .iter()
+        .map(|s| parse_target(s))
+        .collect::<anyhow::Result<_>>()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1800))
+        .build()?;
+    let mut results: Vec<Vec<Level>> = Vec::new();
+    for t in &targets {
+        let mut levels = Vec::new();
+        for &c in &args.concurrency {
+            eprintln!(
+                "{}: {c} streams x {} requests x {} tokens",
+                t.name, args.requests_per_stream, args.max_tokens
+            );
+            levels.push(run_level(&client, t, c, args.requests_per_stream, args.max_tokens).await?);
+        }
+        results.push(levels);
+    }
+    println!("| target | streams | output tok/s | mean TTFT ms | mean ITL ms | prompt tokens | KV unused | tok/s vs {} |", targets[0].name);
+    println!("|---|---|---|---|---|---|---|---|");
+    for (t, levels) in targets.iter().zip(&results) {
+        for (i, (l, &c)) in levels.iter().zip(&args.concurrency).enumerate() {
+            let base = results[0][i].tokens_per_s;
+            let kv = l
+                .kv_unused
+                .map_or("-".to_string(), |u| format!("{:.1}%", u * 100.0));
+            println!(
+                "| {} | {c} | {:.1} | {:.1} | {:.1} | {:.0} | {kv} | {:.2}x |",
+                t.name,
+                l.tokens_per_s,
+                l.ttft_ms,
+                l.itl_ms,
+                l.prompt_tokens,
+                l.tokens_per_s / base
+            );
+        }
+    }
+    if let Some(p) = args.prefix_test {
+        let (miss, hit) = prefix_test(&client, &targets[0], p).await?;
+        println!(
+            "\nprefix cache on {}: TTFT miss {miss:.1} ms, hit {hit:.1} ms, miss/hit {:.1}x",
+            targets[0].name,
+            miss / hit
+        );
+    }
+    Ok(())
+}
