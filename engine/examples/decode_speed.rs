@@ -1,5 +1,5 @@
-//! Single-sequence decode speed of the model's forward pass, without the server:
-//! `cargo run --release -p rosetta-engine --example decode_speed -- MODEL_DIR [TOKENS]`
+//! Prefill and single-sequence decode speed of the forward pass, without the server:
+//! `cargo run --release -p rosetta-engine --example decode_speed -- MODEL_DIR [TOKENS] [PROMPT_TOKENS]`
 use std::time::Instant;
 
 use rosetta_engine::kv::{KvLayout, KvPool};
@@ -9,27 +9,35 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let dir = std::path::PathBuf::from(args.next().expect("MODEL_DIR"));
     let steps: usize = args.next().map_or(128, |s| s.parse().expect("TOKENS"));
-    let model = Transformer::load(&dir, None, 2048).expect("load");
+    let prompt_len: usize = args
+        .next()
+        .map_or(32, |s| s.parse().expect("PROMPT_TOKENS"));
+    let model = Transformer::load(&dir, None, 8192).expect("load");
     let s = model.shape();
+    let blocks = (prompt_len + steps).div_ceil(16);
     let layout = KvLayout {
-        num_blocks: 128,
+        num_blocks: blocks,
         block_size: 16,
         kv_heads: s.num_kv_heads,
         head_dim: s.head_dim,
     };
     let mut kv = KvPool::new(s.num_layers, layout);
-    let table: Vec<u32> = (0..128).collect();
-    let prompt: Vec<u32> = (0..32).map(|i| 100 + i).collect();
+    let table: Vec<u32> = (0..blocks as u32).collect();
+    let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| 100 + i % 1000).collect();
     let t = Instant::now();
-    let c = SeqChunk {
-        tokens: &prompt,
-        start_pos: 0,
-        block_table: &table,
-        logits: LogitRows::Last,
-    };
-    model.forward(&[c], &mut kv).expect("prefill");
+    // In chunks of 512, as the scheduler's default step budget does.
+    for start in (0..prompt_len).step_by(512) {
+        let end = (start + 512).min(prompt_len);
+        let c = SeqChunk {
+            tokens: &prompt[start..end],
+            start_pos: start,
+            block_table: &table,
+            logits: LogitRows::Last,
+        };
+        model.forward(&[c], &mut kv).expect("prefill");
+    }
     println!(
-        "prefill 32 tokens: {:.1} ms",
+        "prefill {prompt_len} tokens: {:.1} ms",
         t.elapsed().as_secs_f64() * 1e3
     );
     let t = Instant::now();
@@ -37,7 +45,7 @@ fn main() {
         let tok = [200 + i as u32];
         let c = SeqChunk {
             tokens: &tok,
-            start_pos: 32 + i,
+            start_pos: prompt_len + i,
             block_table: &table,
             logits: LogitRows::Last,
         };

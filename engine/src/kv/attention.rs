@@ -18,6 +18,10 @@ pub struct AttentionSeq<'a> {
 
 /// `q` is `[tokens, num_heads, head_dim]`; returns `[tokens, num_heads, head_dim]`.
 /// Query at position p sees keys `max(0, p + 1 - window) ..= p`.
+///
+/// One task per (query token, KV head): the query heads that share a KV head (GQA) are
+/// served from one read of each key and value, and keys are walked block by block through
+/// the block table. A query's result depends only on its own sequence, never on the batch.
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
     q: &[f32],
@@ -36,7 +40,7 @@ pub fn paged_attention(
         .map(|s| s.first_token + s.num_tokens)
         .max()
         .unwrap_or(0);
-    // Map each flat token to (sequence, position) so every (token, head) task is independent.
+    // Map each flat token to (sequence, position) so every task is independent.
     let mut owner = vec![(0usize, 0usize); total_tokens];
     for (si, s) in seqs.iter().enumerate() {
         for t in 0..s.num_tokens {
@@ -44,54 +48,169 @@ pub fn paged_attention(
         }
     }
     let mut out = vec![0.0f32; total_tokens * num_heads * hd];
-    out.par_chunks_mut(hd)
+    // Heads of one KV group are adjacent in a token's row, so each task owns one chunk.
+    out.par_chunks_mut(group * hd)
         .enumerate()
-        .for_each(|(task, out_head)| {
-            let token = task / num_heads;
-            let head = task % num_heads;
+        .for_each(|(task, out_group)| {
+            let token = task / layout.kv_heads;
+            let kv_head = task % layout.kv_heads;
             let (si, pos) = owner[token];
-            let seq = &seqs[si];
-            let kv_head = head / group;
-            let qv = &q[task * hd..(task + 1) * hd];
             let first = sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let mut scores = Vec::with_capacity(pos + 1 - first);
-            let mut max = f32::NEG_INFINITY;
-            for j in first..=pos {
-                let off = layout.slot_offset(seq.block_table, j) + kv_head * hd;
-                let s = dot(qv, &k_cache[off..off + hd]) * scale;
-                max = max.max(s);
-                scores.push(s);
-            }
-            let mut sum = 0.0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            for (j, &w) in (first..=pos).zip(scores.iter()) {
-                let off = layout.slot_offset(seq.block_table, j) + kv_head * hd;
-                let w = w * inv;
-                for (o, &v) in out_head.iter_mut().zip(&v_cache[off..off + hd]) {
-                    *o += w * v;
-                }
-            }
+            let job = Job {
+                q: &q[task * group * hd..(task + 1) * group * hd],
+                layout,
+                k_cache,
+                v_cache,
+                block_table: seqs[si].block_table,
+                kv_head,
+                group,
+                first,
+                last: pos,
+                scale,
+            };
+            attend(&job, out_group);
         });
     out
 }
 
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent accumulators let the compiler vectorise without reassociation.
-    let mut acc = [0.0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+/// One (query token, KV head) piece of work.
+struct Job<'a> {
+    /// The group's query heads, `[group, head_dim]`.
+    q: &'a [f32],
+    layout: KvLayout,
+    k_cache: &'a [f32],
+    v_cache: &'a [f32],
+    block_table: &'a [u32],
+    kv_head: usize,
+    group: usize,
+    /// Keys `first..=last` are visible.
+    first: usize,
+    last: usize,
+    scale: f32,
+}
+
+fn attend(job: &Job<'_>, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // Safety: the CPU has the features the function is compiled for.
+            return unsafe { attend_avx512(job, out) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return unsafe { attend_avx2(job, out) };
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
+    attend_generic(job, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn attend_avx512(job: &Job<'_>, out: &mut [f32]) {
+    attend_generic(job, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(job: &Job<'_>, out: &mut [f32]) {
+    attend_generic(job, out)
+}
+
+/// The visible key slots in order, as (position, offset of this KV head's vector), walked a
+/// block at a time without dividing per key. An iterator rather than a closure so the loop
+/// bodies compile inside the caller's `target_feature` context.
+struct Slots<'a> {
+    job: &'a Job<'a>,
+    pos: usize,
+    block_end: usize,
+    off: usize,
+}
+
+impl<'a> Slots<'a> {
+    #[inline(always)]
+    fn new(job: &'a Job<'a>) -> Self {
+        Self {
+            job,
+            pos: job.first,
+            block_end: job.first,
+            off: 0,
+        }
+    }
+}
+
+impl Iterator for Slots<'_> {
+    type Item = (usize, usize);
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<(usize, usize)> {
+        let l = self.job.layout;
+        if self.pos > self.job.last {
+            return None;
+        }
+        if self.pos == self.block_end {
+            let block = self.job.block_table[self.pos / l.block_size] as usize;
+            let in_block = self.pos % l.block_size;
+            self.block_end = self.pos - in_block + l.block_size;
+            self.off = (block * l.block_size + in_block) * l.token_stride()
+                + self.job.kv_head * l.head_dim;
+        }
+        let item = (self.pos, self.off);
+        self.pos += 1;
+        self.off += l.token_stride();
+        Some(item)
+    }
+}
+
+#[inline(always)]
+fn attend_generic(job: &Job<'_>, out: &mut [f32]) {
+    let hd = job.layout.head_dim;
+    let n = job.last + 1 - job.first;
+    // Scores for every head of the group: [group, n].
+    let mut scores = vec![0.0f32; job.group * n];
+    for (p, off) in Slots::new(job) {
+        let k = &job.k_cache[off..off + hd];
+        for h in 0..job.group {
+            scores[h * n + p - job.first] = dot(&job.q[h * hd..(h + 1) * hd], k) * job.scale;
+        }
+    }
+    for h in 0..job.group {
+        let row = &mut scores[h * n..(h + 1) * n];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        for s in row.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|s| *s *= inv);
+    }
+    for (p, off) in Slots::new(job) {
+        let v = &job.v_cache[off..off + hd];
+        for h in 0..job.group {
+            let w = scores[h * n + p - job.first];
+            for (o, &x) in out[h * hd..(h + 1) * hd].iter_mut().zip(v) {
+                *o += w * x;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Sixteen independent lanes over exact chunks: vectorises without reassociation.
+    let mut acc = [0.0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..16 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = 0.0f32;
+    for v in acc {
+        s += v;
+    }
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
     }
     s
 }

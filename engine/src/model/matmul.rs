@@ -402,6 +402,30 @@ mod tests {
         }
     }
 
+    /// Every CPU path computes the same per-dot arithmetic, so they agree bit for bit.
+    #[test]
+    fn cpu_paths_agree_exactly() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let (m, n, k) = (9, 70, 83);
+        let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let mut generic = vec![0.0; n * m];
+        kernel::<f32, Fused>(&x, m, &w, k, &mut generic);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                let mut out = vec![0.0; n * m];
+                unsafe { kernel_avx2(&x, m, &w, k, &mut out) };
+                assert_eq!(out, generic, "avx2 path");
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                let mut out = vec![0.0; n * m];
+                unsafe { avx512::kernel(&x, m, &w, k, &mut out) };
+                assert_eq!(out, generic, "avx512 path");
+            }
+        }
+    }
+
     #[test]
     fn bf16_weights_widen_exactly() {
         let w: Vec<f32> = (0..64).map(|i| i as f32 * 0.25 - 8.0).collect();
