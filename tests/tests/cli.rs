@@ -366,3 +366,85 @@ fn help_lists_the_commands() {
         );
     }
 }
+
+/// `rosetta serve` with no config: the embedded default generates the small demo model into
+/// the cache folder on first start, then serves it as `rosetta-demo`.
+#[tokio::test]
+async fn serve_without_config_serves_the_generated_demo_model() {
+    use std::io::BufRead;
+    let cache = tempfile::tempdir().unwrap();
+    let mut child = rosetta_cmd()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("XDG_CACHE_HOME", cache.path())
+        .env_remove("ROSETTA_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn rosetta");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let child = Kill(child);
+    let line = std::io::BufReader::new(stdout)
+        .lines()
+        .next()
+        .expect("a line")
+        .expect("stdout");
+    let base = line
+        .strip_prefix("listening on ")
+        .expect("listening line")
+        .to_string();
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let ready = client
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .map(|r| r.status());
+        if ready.is_ok_and(|s| s == StatusCode::OK) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the default model never became ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let model_dir = cache
+        .path()
+        .join("rosetta/models/llama-small-seed0-f32-1shard");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        assert!(
+            model_dir.join(f).exists(),
+            "{f} missing from {}",
+            model_dir.display()
+        );
+    }
+    let v: Value = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "rosetta-demo", "messages": [{"role": "user", "content": "Jambo!"}], "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["model"], "rosetta-demo", "{v}");
+    assert_eq!(v["object"], "chat.completion", "{v}");
+    assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
+    let completion = v["usage"]["completion_tokens"].as_u64().expect("usage");
+    assert!((1..=2).contains(&completion), "{v}");
+    drop(child);
+}
