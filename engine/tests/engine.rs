@@ -1,11 +1,13 @@
 //! The native engine through its trait: text, stops, choices, concurrency, cancellation, and
 //! that every KV block comes back.
 
+mod common;
+
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use rosetta_engine::demo::{self, Arch, DemoSpec, Size};
+use rosetta_engine::demo::{Arch, DemoSpec, Size};
 use rosetta_engine::model::Transformer;
 use rosetta_engine::text::{IncrementalDetokenizer, ModelTokenizer};
 use rosetta_engine::{
@@ -15,19 +17,7 @@ use rosetta_engine::{
 
 fn model_dir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        demo::generate(
-            &dir.path().join("m"),
-            &DemoSpec::new(Arch::Qwen2, Size::Tiny, 11),
-            &mut |_, _| {},
-        )
-        .unwrap();
-        dir
-    })
-    .path()
-    .join("m")
-    .leak()
+    common::generated_model(&DIR, DemoSpec::new(Arch::Qwen2, Size::Tiny, 11))
 }
 
 fn start(kv_cache_bytes: u64, max_num_seqs: usize) -> (NativeEngine, Arc<ModelTokenizer>) {

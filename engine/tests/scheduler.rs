@@ -2,12 +2,14 @@
 //! without preemption), prefix hits equal misses, choices share prompt blocks correctly,
 //! priorities and tenant fairness order admission, and every block comes back.
 
+mod common;
+
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use rosetta_engine::demo::{self, Arch, DemoSpec, Size};
+use rosetta_engine::demo::{Arch, DemoSpec, Size};
 use rosetta_engine::model::{ModelShape, Transformer};
 use rosetta_engine::text::ModelTokenizer;
 use rosetta_engine::{
@@ -19,19 +21,7 @@ const CONTEXT: usize = 256;
 
 fn model_dir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        demo::generate(
-            &dir.path().join("m"),
-            &DemoSpec::new(Arch::Qwen3, Size::Tiny, 21),
-            &mut |_, _| {},
-        )
-        .unwrap();
-        dir
-    })
-    .path()
-    .join("m")
-    .leak()
+    common::generated_model(&DIR, DemoSpec::new(Arch::Qwen3, Size::Tiny, 21))
 }
 
 fn bytes_per_token() -> u64 {

@@ -1,12 +1,10 @@
 //! The paged KV cache: a pool of fixed-size blocks per layer, handed out to sequences
 //! through block tables.
 
-mod allocator;
 mod attention;
 mod block_manager;
 mod pool;
 
-pub use allocator::BlockAllocator;
 pub use attention::{paged_attention, AttentionSeq};
 pub use block_manager::{chain_hash, salt_hash, BlockHash, BlockManager, PrefixStats};
 pub use pool::{KvLayout, KvPool};

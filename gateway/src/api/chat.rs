@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 
 use axum::extract::State;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use rosetta_engine::text::{ChatMessage, ContentPart, MessageContent};
@@ -14,7 +14,7 @@ use super::error::ApiError;
 use super::extract::OpenAiJson;
 use super::generate::{collect, new_id, now_secs, submit_all, token_text, Item};
 use super::params;
-use super::sse::{done_event, json_event};
+use super::sse::{self, json_event};
 use super::types::*;
 use crate::registry::ServedModel;
 use crate::state::AppState;
@@ -177,9 +177,7 @@ pub async fn chat_completions(
     };
     if gen.stream {
         let events = stream_chunks(items, meta, model, n, gen.include_usage);
-        return Ok(Sse::new(events)
-            .keep_alive(KeepAlive::default())
-            .into_response());
+        return Ok(sse::response(events));
     }
     let (choices, usage) = collect(items, n).await?;
     let body = ChatCompletion {
@@ -316,17 +314,12 @@ fn stream_chunks(
                 }
                 out
             }
-            Item::Done(usage) => {
-                let mut out = Vec::new();
-                if include_usage {
-                    let mut last = meta.chunk(Vec::new(), true);
-                    last.usage = Some(Some(usage.into()));
-                    out.push(json_event(&last));
-                }
-                out.push(done_event());
-                out
-            }
-            Item::Error(e) => vec![json_event(&e.to_json()), done_event()],
+            Item::Done(usage) => sse::closing(include_usage.then(|| {
+                let mut last = meta.chunk(Vec::new(), true);
+                last.usage = Some(Some(usage.into()));
+                last
+            })),
+            Item::Error(e) => sse::error_closing(&e),
         };
         futures::stream::iter(events.into_iter().map(Ok))
     });

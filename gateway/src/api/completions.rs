@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use rosetta_engine::GeneratedToken;
@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::extract::OpenAiJson;
 use super::generate::{collect, new_id, now_secs, submit_all, token_text, Item};
 use super::params;
-use super::sse::{done_event, json_event};
+use super::sse::{self, json_event};
 use super::types::*;
 use crate::registry::ServedModel;
 use crate::state::AppState;
@@ -133,17 +133,10 @@ pub async fn completions(
     let (stream, include_usage) = gen_flags;
     if stream {
         let events = stream_chunks(items, meta, model, total_choices, include_usage);
-        return Ok(Sse::new(events)
-            .keep_alive(KeepAlive::default())
-            .into_response());
+        return Ok(sse::response(events));
     }
     let (choices, usage) = collect(items, total_choices).await?;
     let body = Completion {
-        id: meta.id.clone(),
-        object: "text_completion",
-        created: meta.created,
-        model: meta.model.clone(),
-        system_fingerprint: meta.fingerprint.clone(),
         choices: choices
             .into_iter()
             .enumerate()
@@ -160,6 +153,7 @@ pub async fn completions(
             })
             .collect(),
         usage: Some(Some(usage.into())),
+        ..meta.header()
     };
     Ok(axum::Json(body).into_response())
 }
@@ -183,15 +177,24 @@ impl Meta {
             .unwrap_or("")
     }
 
-    fn chunk(&self, choice: CompletionChoice, include_usage: bool) -> Completion {
+    /// A body with this response's identity and no choices or usage yet.
+    fn header(&self) -> Completion {
         Completion {
             id: self.id.clone(),
             object: "text_completion",
             created: self.created,
             model: self.model.clone(),
             system_fingerprint: self.fingerprint.clone(),
+            choices: Vec::new(),
+            usage: None,
+        }
+    }
+
+    fn chunk(&self, choice: CompletionChoice, include_usage: bool) -> Completion {
+        Completion {
             choices: vec![choice],
             usage: include_usage.then_some(None),
+            ..self.header()
         }
     }
 }
@@ -262,26 +265,12 @@ fn stream_chunks(
                     vec![json_event(&meta.chunk(choice, include_usage))]
                 }
             }
-            Item::Done(usage) => {
-                let mut out = Vec::new();
-                if include_usage {
-                    let mut last = meta.chunk(
-                        CompletionChoice {
-                            index: 0,
-                            text: String::new(),
-                            logprobs: None,
-                            finish_reason: None,
-                        },
-                        true,
-                    );
-                    last.choices.clear();
-                    last.usage = Some(Some(usage.into()));
-                    out.push(json_event(&last));
-                }
-                out.push(done_event());
-                out
-            }
-            Item::Error(e) => vec![json_event(&e.to_json()), done_event()],
+            Item::Done(usage) => sse::closing(include_usage.then(|| Completion {
+                choices: Vec::new(),
+                usage: Some(Some(usage.into())),
+                ..meta.header()
+            })),
+            Item::Error(e) => sse::error_closing(&e),
         };
         futures::stream::iter(events.into_iter().map(Ok))
     });

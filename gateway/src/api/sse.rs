@@ -1,7 +1,36 @@
 //! Server-sent events as OpenAI streams them: `data: {json}` events and a final `data: [DONE]`.
 
-use axum::response::sse::Event;
+use std::convert::Infallible;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
 use serde::Serialize;
+
+use super::error::ApiError;
+
+/// A streaming response, with SSE keep-alive comments while nothing is ready.
+pub fn response(
+    events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
+) -> Response {
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// The end of a stream: the usage chunk when the client asked for it, then `[DONE]`.
+pub fn closing<T: Serialize>(usage_chunk: Option<T>) -> Vec<Event> {
+    usage_chunk
+        .map(|c| json_event(&c))
+        .into_iter()
+        .chain([done_event()])
+        .collect()
+}
+
+/// A failure mid-stream: OpenAI's error object as an event, then `[DONE]`.
+pub fn error_closing(e: &ApiError) -> Vec<Event> {
+    vec![json_event(&e.to_json()), done_event()]
+}
 
 pub fn json_event<T: Serialize>(value: &T) -> Event {
     match serde_json::to_string(value) {

@@ -1,0 +1,21 @@
+//! Helpers shared by the engine's integration tests.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use rosetta_engine::demo::{self, DemoSpec};
+
+/// Generates the model once per test binary into a folder that lives as long as the process.
+pub fn generated_model(
+    slot: &'static OnceLock<tempfile::TempDir>,
+    spec: DemoSpec,
+) -> &'static Path {
+    slot.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        demo::generate(&dir.path().join("m"), &spec, &mut |_, _| {}).expect("generate demo model");
+        dir
+    })
+    .path()
+    .join("m")
+    .leak()
+}
