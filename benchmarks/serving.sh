@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The serving benchmark of the batching issue: Rosetta (and llama.cpp's server, when built with
+# benchmarks/llama_cpp/build.sh) on the `small` demo model (SmolLM2-135M's shape, f32), chat
+# prompts of about 32 tokens, exactly 128 output tokens (EOS ignored), greedy, at 1, 8 and 32
+# concurrent streams, measured in one run; then time to first token for a prompt sharing a
+# 1,024-token prefix with an earlier one (prefix-cache hit against miss).
+#
+#   benchmarks/serving.sh            # Rosetta, plus llama.cpp if its server is built
+#   STREAMS=1,8 benchmarks/serving.sh
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+work="$root/benchmarks/.work"
+mkdir -p "$work"
+cd "$root"
+streams="${STREAMS:-1,8,32}"
+cargo build --release --bin rosetta --bin rosetta-bench
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
+model="$work/small-llama"
+[[ -f "$model/config.json" ]] || "$bin/rosetta" model generate "$model" --arch llama --size small --seed 0
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# Waits for a server's "listening on URL" line (Rosetta) and its /health.
+start_rosetta() {
+    cat > "$work/rosetta.yaml" <<YAML
+server: { listen: 127.0.0.1:0 }
+models:
+  - id: small
+    path: $model
+    licence: apache-2.0
+    max_context: 8192
+    engine: { max_num_seqs: 64, max_num_batched_tokens: 512, kv_block_size: 16 }
+YAML
+    "$bin/rosetta" serve --config "$work/rosetta.yaml" > "$work/rosetta.out" 2> "$work/rosetta.err" &
+    pids+=($!)
+    for _ in $(seq 600); do
+        url=$(sed -n 's/^listening on //p' "$work/rosetta.out")
+        [[ -n "$url" ]] && curl -sf "$url/ready" > /dev/null && { echo "$url"; return; }
+        sleep 0.1
+    done
+    echo "rosetta did not start; see $work/rosetta.err" >&2
+    exit 1
+}
+
+rosetta_url=$(start_rosetta)
+targets=(--target "rosetta=$rosetta_url=small")
+
+llama_server="$work/llama-server"
+if [[ -x "$llama_server" ]]; then
+    gguf="$work/small-llama-f32.gguf"
+    [[ -f "$gguf" ]] || "$work/venv/bin/python" benchmarks/llama_cpp/hf_to_gguf.py "$model" "$gguf"
+    port=$((20000 + RANDOM % 20000))
+    "$llama_server" -m "$gguf" --host 127.0.0.1 --port "$port" -np 32 -c $((32 * 256)) -t 2 --cont-batching \
+        > "$work/llama.out" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 600); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 0.1; done
+    targets+=(--target "llama.cpp=http://127.0.0.1:$port=small")
+else
+    echo "llama.cpp's server is not built ($llama_server); run benchmarks/llama_cpp/build.sh to compare" >&2
+fi
+
+"$bin/rosetta-bench" "${targets[@]}" --concurrency "$streams" --requests-per-stream 2 --max-tokens 128 --prefix-test 1024
