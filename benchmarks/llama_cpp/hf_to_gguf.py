@@ -21,14 +21,13 @@ What it writes:
     token_embd.weight for the output projection).
 
 tokenizer.ggml.pre: llama.cpp picks its pre-tokenizer regex by name. Our
-tokenizers use the ByteLevel pre-tokenizer with the GPT-2 regex. Both "gpt-2"
-and "trillion" select exactly that regex in llama-vocab.cpp; they differ only
-in detokenization: "gpt-2" also applies clean_up_tokenization_spaces (drops
-the space in " ." " ," " !" " ?" " 's" ...), "trillion" does not. The default
-("auto") picks "trillion" when tokenizer_config.json says
-clean_up_tokenization_spaces is false (what Rosetta generates, so the text
-llama-server returns matches Rosetta's byte for byte) and "gpt-2" otherwise.
-Token ids are identical either way. Override with --pre.
+tokenizers use the ByteLevel pre-tokenizer with the GPT-2 regex, which is what
+"gpt-2" selects in llama-vocab.cpp (the default here). "trillion" selects the
+same regex but turns off clean_up_tokenization_spaces in llama_detokenize(),
+which matches Rosetta's tokenizer_config (clean_up_tokenization_spaces false)
+exactly; llama-server builds its output text piece by piece and never applies
+that cleanup, so for the server both names give identical ids and text
+(checked). Override with --pre.
 """
 
 from __future__ import annotations
@@ -199,9 +198,6 @@ def add_tokenizer(w: gguf.GGUFWriter, model_dir: Path, cfg: dict, pre: str) -> N
 
     merges = [m if isinstance(m, str) else f"{m[0]} {m[1]}" for m in model.get("merges", [])]
 
-    if pre == "auto":
-        pre = "gpt-2" if tcfg.get("clean_up_tokenization_spaces", False) else "trillion"
-
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
@@ -253,8 +249,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model_dir", type=Path)
     ap.add_argument("out", type=Path, help="output .gguf path")
-    ap.add_argument("--pre", default="auto",
-                    help="tokenizer.ggml.pre: auto (default), gpt-2 or trillion")
+    ap.add_argument("--pre", default="gpt-2",
+                    help="tokenizer.ggml.pre (default gpt-2; trillion = same regex, no space cleanup)")
     args = ap.parse_args()
 
     d: Path = args.model_dir

@@ -16,6 +16,7 @@ use axum::http::{header, HeaderName, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::CorsLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -46,6 +47,7 @@ pub fn router(state: AppState) -> Router {
                 .allow_methods([Method::GET, Method::POST])
                 .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
         )
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
@@ -81,4 +83,16 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
     let mut e = ApiError::invalid(format!("Method {method} is not allowed on {}.", uri.path()));
     e.status = StatusCode::METHOD_NOT_ALLOWED;
     e
+}
+
+/// A bug must not drop the connection: answer with OpenAI's 500 body and log it.
+fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = err
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| err.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown");
+    tracing::error!(panic = detail, "request handler panicked");
+    ApiError::internal("The server hit an internal error while handling this request.")
+        .into_response()
 }
