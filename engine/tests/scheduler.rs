@@ -302,3 +302,27 @@ fn bounded_stress_with_random_aborts_ends_clean() {
     );
     wait_idle(&engine);
 }
+
+#[test]
+fn a_passed_deadline_aborts_with_an_error_and_frees_blocks() {
+    let engine = start(config(4096, 512, true));
+    let mut req = greedy(vec![42; 50], 200);
+    // Already passed when the engine first sees it: aborted at its first step, whatever the
+    // machine's speed.
+    req.deadline = Some(Instant::now());
+    let mut rx = engine.submit(req).unwrap();
+    let outcome = loop {
+        match rx.blocking_recv() {
+            Some(Ok(GenerateEvent::Delta(_))) => continue,
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(
+            outcome,
+            Some(Err(rosetta_engine::EngineError::DeadlineExceeded))
+        ),
+        "expected a deadline error, got {outcome:?}"
+    );
+    wait_idle(&engine);
+}
