@@ -15,7 +15,7 @@ cd "$root"
 streams="${STREAMS:-1,8,32}"
 cargo build --release --bin rosetta --bin rosetta-bench
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
-model="$work/small-llama"
+model="$work/models/llama-small"
 [[ -f "$model/config.json" ]] || "$bin/rosetta" model generate "$model" --arch llama --size small --seed 0
 
 pids=()
@@ -47,18 +47,19 @@ YAML
 rosetta_url=$(start_rosetta)
 targets=(--target "rosetta=$rosetta_url=small")
 
-llama_server="$work/llama-server"
-if [[ -x "$llama_server" ]]; then
-    gguf="$work/small-llama-f32.gguf"
+llama_server=$(ls "$work"/build-llama-server-*/bin/llama-server 2>/dev/null | head -n 1 || true)
+if [[ -n "$llama_server" && -x "$llama_server" ]]; then
+    gguf="$work/gguf/llama-small-f32.gguf"
+    mkdir -p "$work/gguf"
     [[ -f "$gguf" ]] || "$work/venv/bin/python" benchmarks/llama_cpp/hf_to_gguf.py "$model" "$gguf"
     port=$((20000 + RANDOM % 20000))
-    "$llama_server" -m "$gguf" --host 127.0.0.1 --port "$port" -np 32 -c $((32 * 256)) -t 2 --cont-batching \
+    "$llama_server" -m "$gguf" --alias small --host 127.0.0.1 --port "$port" -np 32 -c $((32 * 256)) -t 2 --cont-batching \
         > "$work/llama.out" 2>&1 &
     pids+=($!)
     for _ in $(seq 600); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 0.1; done
     targets+=(--target "llama.cpp=http://127.0.0.1:$port=small")
 else
-    echo "llama.cpp's server is not built ($llama_server); run benchmarks/llama_cpp/build.sh to compare" >&2
+    echo "llama.cpp's server is not built; run benchmarks/llama_cpp/build.sh to compare" >&2
 fi
 
 "$bin/rosetta-bench" "${targets[@]}" --concurrency "$streams" --requests-per-stream 2 --max-tokens 128 --prefix-test 1024

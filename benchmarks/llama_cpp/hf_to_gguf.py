@@ -109,6 +109,25 @@ def rope_rows_hf_to_gguf(w: np.ndarray, n_heads: int) -> np.ndarray:
              .reshape(w.shape))
 
 
+def llama3_rope_factors(rope: dict, theta: float, head_dim: int) -> np.ndarray:
+    """Llama 3.1 RoPE scaling as llama.cpp wants it: one divisor per rotary
+    frequency, stored as rope_freqs.weight (llama.cpp divides each frequency
+    by it). High frequencies (wavelength < ctx/high_freq_factor) stay as they
+    are, low ones (wavelength > ctx/low_freq_factor) are divided by `factor`,
+    and the band between is interpolated smoothly, as in HF's
+    _compute_llama3_parameters."""
+    factor = float(rope.get("factor", 8.0))
+    lo = float(rope.get("low_freq_factor", 1.0))
+    hi = float(rope.get("high_freq_factor", 4.0))
+    old_ctx = float(rope.get("original_max_position_embeddings", 8192))
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    wavelen = 2 * np.pi / inv_freq
+    smooth = (old_ctx / wavelen - lo) / (hi - lo)
+    mid = 1.0 / ((1 - smooth) / factor + smooth)
+    out = np.where(wavelen < old_ctx / hi, 1.0, np.where(wavelen > old_ctx / lo, factor, mid))
+    return out.astype(np.float32)
+
+
 def map_tensors(weights: dict[str, np.ndarray], cfg: dict) -> list[tuple[str, np.ndarray]]:
     n_layers = cfg["num_hidden_layers"]
     n_head = cfg["num_attention_heads"]
@@ -260,8 +279,10 @@ def main() -> None:
         sys.exit(f"unsupported architectures {sorted(archs)}; want one of {sorted(SUPPORTED_ARCHS)}")
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
         sys.exit("attention/mlp biases are not supported")
-    if cfg.get("rope_scaling"):
-        sys.exit(f"rope_scaling {cfg['rope_scaling']!r} is not supported by this converter")
+    rope = cfg.get("rope_scaling") or {}
+    rope_type = (rope.get("rope_type") or rope.get("type") or "default").lower()
+    if rope_type not in ("default", "llama3"):
+        sys.exit(f"rope_scaling {rope!r} is not supported by this converter (only llama3)")
 
     n_embd = cfg["hidden_size"]
     n_head = cfg["num_attention_heads"]
@@ -270,6 +291,9 @@ def main() -> None:
 
     weights = load_weights(d)
     tensors = map_tensors(weights, cfg)
+    if rope_type == "llama3":
+        tensors.append(("rope_freqs.weight",
+                        llama3_rope_factors(rope, float(cfg.get("rope_theta", 10000.0)), head_dim)))
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
