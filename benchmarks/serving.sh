@@ -22,9 +22,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-# Waits for a server's "listening on URL" line (Rosetta) and its /health.
-start_rosetta() {
-    cat > "$work/rosetta.yaml" <<YAML
+cat > "$work/rosetta.yaml" <<YAML
 server: { listen: 127.0.0.1:0 }
 models:
   - id: small
@@ -33,18 +31,15 @@ models:
     max_context: 8192
     engine: { max_num_seqs: 64, max_num_batched_tokens: 512, kv_block_size: 16 }
 YAML
-    "$bin/rosetta" serve --config "$work/rosetta.yaml" > "$work/rosetta.out" 2> "$work/rosetta.err" &
-    pids+=($!)
-    for _ in $(seq 600); do
-        url=$(sed -n 's/^listening on //p' "$work/rosetta.out")
-        [[ -n "$url" ]] && curl -sf "$url/ready" > /dev/null && { echo "$url"; return; }
-        sleep 0.1
-    done
-    echo "rosetta did not start; see $work/rosetta.err" >&2
-    exit 1
-}
-
-rosetta_url=$(start_rosetta)
+"$bin/rosetta" serve --config "$work/rosetta.yaml" > "$work/rosetta.out" 2> "$work/rosetta.err" &
+pids+=($!)
+rosetta_url=""
+for _ in $(seq 600); do
+    rosetta_url=$(sed -n 's/^listening on //p' "$work/rosetta.out")
+    [[ -n "$rosetta_url" ]] && curl -sf "$rosetta_url/ready" > /dev/null && break
+    sleep 0.1
+done
+curl -sf "$rosetta_url/ready" > /dev/null || { echo "rosetta did not start; see $work/rosetta.err" >&2; exit 1; }
 targets=(--target "rosetta=$rosetta_url=small")
 
 llama_server=$(ls "$work"/build-llama-server-*/bin/llama-server 2>/dev/null | head -n 1 || true)

@@ -6,6 +6,14 @@ use rosetta_engine::kv::{KvLayout, KvPool};
 use rosetta_engine::model::{LogitRows, SeqChunk, Transformer};
 
 fn main() {
+    if std::env::var("IN_POOL").is_ok() {
+        let pool = rayon::ThreadPoolBuilder::new().build().expect("pool");
+        return pool.install(run);
+    }
+    run()
+}
+
+fn run() {
     let mut args = std::env::args().skip(1);
     let dir = std::path::PathBuf::from(args.next().expect("MODEL_DIR"));
     let steps: usize = args.next().map_or(128, |s| s.parse().expect("TOKENS"));

@@ -212,33 +212,37 @@ fn higher_priority_is_admitted_first_and_tenants_share_fairly() {
     let mut cfg = config(4096, 512, true);
     cfg.max_num_seqs = 1;
     let engine = start(cfg);
-    let mut blocker = engine.submit(greedy(vec![50; 8], 40)).unwrap();
+    let mut blocker = engine.submit(greedy(vec![50; 8], 200)).unwrap();
     // Wait until it runs, so the next two queue behind it.
     let first = blocker.blocking_recv().unwrap().unwrap();
-    let mut low = greedy(vec![60; 8], 4);
+    let mut low = greedy(vec![60; 8], 200);
     low.priority = 5;
     let low = engine.submit(low).unwrap();
-    let mut high = greedy(vec![70; 8], 4);
+    let mut high = greedy(vec![70; 8], 200);
     high.priority = 0;
     let high = engine.submit(high).unwrap();
     let order = finish_order(vec![("blocker", blocker), ("low", low), ("high", high)]);
     assert!(matches!(first, GenerateEvent::Delta(_)));
     assert_eq!(order, ["blocker", "high", "low"]);
 
-    // Tenant A queues four requests, then tenant B one: B goes second, not last.
+    // Tenant A's first request runs; A queues three more, then tenant B one: B goes next.
     let mut cfg = config(4096, 512, true);
     cfg.max_num_seqs = 1;
     let engine = start(cfg);
-    let mut streams = Vec::new();
-    for i in 0..4 {
-        let mut r = greedy(vec![80 + i; 8], 6);
+    let mut first = greedy(vec![80; 8], 200);
+    first.tenant = Some("a".into());
+    let mut a0 = engine.submit(first).unwrap();
+    assert!(matches!(
+        a0.blocking_recv(),
+        Some(Ok(GenerateEvent::Delta(_)))
+    ));
+    let mut streams = vec![("a0", a0)];
+    for (i, label) in ["a1", "a2", "a3"].into_iter().enumerate() {
+        let mut r = greedy(vec![81 + i as u32; 8], 200);
         r.tenant = Some("a".into());
-        streams.push((
-            ["a0", "a1", "a2", "a3"][i as usize],
-            engine.submit(r).unwrap(),
-        ));
+        streams.push((label, engine.submit(r).unwrap()));
     }
-    let mut r = greedy(vec![90; 8], 6);
+    let mut r = greedy(vec![90; 8], 200);
     r.tenant = Some("b".into());
     streams.push(("b0", engine.submit(r).unwrap()));
     let order = finish_order(streams);
@@ -246,22 +250,27 @@ fn higher_priority_is_admitted_first_and_tenants_share_fairly() {
     wait_idle(&engine);
 }
 
-/// Labels in the order their requests finished.
-fn finish_order(streams: Vec<(&'static str, EventStream)>) -> Vec<&'static str> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::scope(|s| {
-        for (label, stream) in streams {
-            let tx = tx.clone();
-            s.spawn(move || {
-                collect(stream, 1);
-                tx.send((Instant::now(), label)).unwrap();
-            });
+/// Labels in the order their requests finished, observed by one thread polling every stream.
+/// With one sequence running at a time and 200 tokens each, completions are far enough apart
+/// (tens of milliseconds even on a fast machine) for the poll to see them in order.
+fn finish_order(mut streams: Vec<(&'static str, EventStream)>) -> Vec<&'static str> {
+    let mut order = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !streams.is_empty() {
+        assert!(Instant::now() < deadline, "requests did not finish");
+        let mut i = 0;
+        while i < streams.len() {
+            match streams[i].1.try_recv() {
+                Ok(Ok(GenerateEvent::Done(_))) => order.push(streams.remove(i).0),
+                Ok(Ok(GenerateEvent::Delta(_))) => {}
+                Ok(Err(e)) => panic!("{}: {e}", streams[i].0),
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => i += 1,
+                Err(e) => panic!("{}: {e}", streams[i].0),
+            }
         }
-    });
-    drop(tx);
-    let mut done: Vec<_> = rx.iter().collect();
-    done.sort();
-    done.into_iter().map(|(_, l)| l).collect()
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    order
 }
 
 #[test]

@@ -110,12 +110,25 @@ async fn stream_chat(
         "ignore_eos": true,
         "min_tokens": max_tokens,
     });
-    let start = Instant::now();
-    let resp = client
-        .post(format!("{}/v1/chat/completions", t.url))
-        .json(&body)
-        .send()
-        .await?;
+    // A fresh connection per request (`Connection: close`): servers differ in how they end
+    // keep-alive connections, and llama.cpp's sometimes drops one it was handed; such
+    // attempts were never processed, so they are retried and the answered one is timed.
+    let mut attempt = 0;
+    let (start, resp) = loop {
+        let start = Instant::now();
+        let request = client
+            .post(format!("{}/v1/chat/completions", t.url))
+            .header(reqwest::header::CONNECTION, "close")
+            .json(&body);
+        match request.send().await {
+            Ok(resp) => break (start, resp),
+            Err(e) if attempt < 3 && !e.is_timeout() => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     if !resp.status().is_success() {
         bail!(
             "{}: HTTP {}: {}",
@@ -318,6 +331,7 @@ async fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(1800))
+        .pool_max_idle_per_host(0)
         .build()?;
     let mut results: Vec<Vec<Level>> = Vec::new();
     for t in &targets {
@@ -327,7 +341,12 @@ async fn main() -> anyhow::Result<()> {
                 "{}: {c} streams x {} requests x {} tokens",
                 t.name, args.requests_per_stream, args.max_tokens
             );
-            levels.push(run_level(&client, t, c, args.requests_per_stream, args.max_tokens).await?);
+            let l = run_level(&client, t, c, args.requests_per_stream, args.max_tokens).await?;
+            eprintln!(
+                "  {:.1} tok/s, TTFT {:.1} ms, ITL {:.1} ms",
+                l.tokens_per_s, l.ttft_ms, l.itl_ms
+            );
+            levels.push(l);
         }
         results.push(levels);
     }

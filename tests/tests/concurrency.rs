@@ -276,6 +276,20 @@ models:
          {abandoning:?}, while one full {LONG}-token generation takes {one_generation:?}: \
          abandoned generations keep running (client disconnect does not cancel)"
     );
+    // And directly: the engine holds no sequence and no KV block once they are gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let load = s.get("/load").await.ok();
+        let m = &load["models"]["one-at-a-time"];
+        if m["kv_blocks_used"] == 0 && m["running"] == 0 && m["waiting"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "KV blocks still held after every client left: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(s.get("/health").await.status, StatusCode::OK);
 }
 
