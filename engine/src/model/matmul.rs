@@ -192,7 +192,7 @@ unsafe fn kernel_avx2<W: Weight>(x: &[f32], m: usize, w: &[W], k: usize, out_t: 
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{reduce_lanes, Weight, LANES};
+    use super::{Weight, LANES};
 
     /// Safety: needs AVX-512F; `w` holds whole rows of `k` weights and `x` has `m` rows.
     #[target_feature(enable = "avx512f")]
@@ -225,6 +225,21 @@ mod avx512 {
             }
             j += c;
         }
+    }
+
+    /// [`reduce_lanes`] in registers: the same halving tree (lanes l and l + 8, then + 4,
+    /// + 2, + 1), so results equal the portable kernel's bit for bit.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn reduce(v: __m512) -> f32 {
+        // Upper 256 bits onto the lower: lanes l + 8.
+        let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(v, v);
+        let s8 = _mm512_castps512_ps256(_mm512_add_ps(v, hi));
+        // Then l + 4, l + 2, l + 1.
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        let s1 = _mm_add_ss(s2, _mm_shuffle_ps::<0b01>(s2, s2));
+        _mm_cvtss_f32(s1)
     }
 
     // Index loops over register tiles read clearer than iterator chains here.
@@ -263,10 +278,7 @@ mod avx512 {
         }
         for r in 0..R {
             for c in 0..C {
-                let mut lanes = [0.0f32; LANES];
-                // Safety: `lanes` holds 16 floats.
-                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r][c]) };
-                let mut s = reduce_lanes(&lanes);
+                let mut s = reduce(acc[r][c]);
                 for q in full..k {
                     s = x[(i0 + r) * k + q].mul_add(w[(j0 + c) * k + q].get(), s);
                 }
