@@ -232,3 +232,26 @@ fn logits_do_not_depend_on_batch_composition() {
         );
     }
 }
+
+#[test]
+fn generate_never_replaces_a_folder_it_did_not_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("notes.txt"), "keep me").unwrap();
+    let err = demo::generate(
+        tmp.path(),
+        &DemoSpec::new(Arch::Llama, Size::Tiny, 1),
+        &mut |_, _| {},
+    );
+    assert!(
+        err.is_err(),
+        "a folder with other files must not be replaced"
+    );
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("notes.txt")).unwrap(),
+        "keep me"
+    );
+    // An earlier generated model may be regenerated in place.
+    let dir = tmp.path().join("m");
+    generate(&dir, &DemoSpec::new(Arch::Llama, Size::Tiny, 1));
+    generate(&dir, &DemoSpec::new(Arch::Llama, Size::Tiny, 2));
+}

@@ -64,7 +64,7 @@ enum ModelCommand {
     /// tokenizer.json trained on the shipped multilingual corpus, tokenizer_config.json with a
     /// chat template, generation_config.json). The same seed gives the same bytes.
     Generate {
-        /// Output folder (replaced if it exists).
+        /// Output folder: new, empty, or an earlier generated model (which is replaced).
         dir: PathBuf,
         #[arg(long, value_enum, default_value_t = ArchArg::Llama)]
         arch: ArchArg,

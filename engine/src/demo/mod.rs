@@ -78,6 +78,7 @@ pub fn generate(
             "shards must be at least 1".into(),
         ));
     }
+    refuse_to_replace_foreign(dir)?;
     let shape = DemoShape::new(spec.arch, spec.size);
     let io = |e: std::io::Error| {
         EngineError::Internal(format!(
@@ -112,4 +113,25 @@ pub fn generate(
     }
     std::fs::rename(&tmp, dir).map_err(io)?;
     Ok(())
+}
+
+/// Only an empty folder or an earlier generated model may be replaced: `generate` must never
+/// delete a user's files because of a mistyped path.
+fn refuse_to_replace_foreign(dir: &Path) -> Result<(), EngineError> {
+    let Ok(mut entries) = std::fs::read_dir(dir) else {
+        return Ok(()); // does not exist (or is not a folder: the write will say so)
+    };
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    let generated = std::fs::read_to_string(dir.join("config.json"))
+        .is_ok_and(|c| c.contains("\"rosetta_demo\""));
+    if generated {
+        Ok(())
+    } else {
+        Err(EngineError::InvalidRequest(format!(
+            "{} exists and is not a generated demo model; choose a new or empty folder",
+            dir.display()
+        )))
+    }
 }
