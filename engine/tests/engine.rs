@@ -69,15 +69,7 @@ fn run(engine: &NativeEngine, req: GenerateRequest) -> Answer {
     }
 }
 
-fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
-    let mut r = GenerateRequest::new(prompt, max_tokens);
-    r.sampling = SamplingParams {
-        temperature: 0.0,
-        ..Default::default()
-    };
-    r.ignore_eos = true;
-    r
-}
+use common::greedy;
 
 fn wait_blocks_free(engine: &NativeEngine) {
     let deadline = Instant::now() + Duration::from_secs(10);

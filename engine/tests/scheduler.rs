@@ -14,7 +14,6 @@ use rosetta_engine::model::{ModelShape, Transformer};
 use rosetta_engine::text::ModelTokenizer;
 use rosetta_engine::{
     Engine, EventStream, GenerateEvent, GenerateRequest, NativeEngine, NativeEngineConfig,
-    SamplingParams,
 };
 
 const CONTEXT: usize = 256;
@@ -49,15 +48,7 @@ fn config(pool_tokens: usize, budget: usize, chunked: bool) -> NativeEngineConfi
     }
 }
 
-fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
-    let mut r = GenerateRequest::new(prompt, max_tokens);
-    r.sampling = SamplingParams {
-        temperature: 0.0,
-        ..Default::default()
-    };
-    r.ignore_eos = true;
-    r
-}
+use common::greedy;
 
 /// Token ids per choice, from a whole event stream.
 fn collect(mut rx: EventStream, n: usize) -> Vec<Vec<u32>> {

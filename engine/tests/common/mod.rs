@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use rosetta_engine::demo::{self, DemoSpec};
+use rosetta_engine::{GenerateRequest, SamplingParams};
 
 /// Generates the model once per test binary into a folder that lives as long as the process.
 pub fn generated_model(
@@ -18,4 +19,15 @@ pub fn generated_model(
     .path()
     .join("m")
     .leak()
+}
+
+/// A greedy request that ignores EOS, so it yields exactly `max_tokens` tokens.
+pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+    let mut r = GenerateRequest::new(prompt, max_tokens);
+    r.sampling = SamplingParams {
+        temperature: 0.0,
+        ..Default::default()
+    };
+    r.ignore_eos = true;
+    r
 }
