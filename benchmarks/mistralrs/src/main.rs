@@ -42,6 +42,9 @@ struct Args {
     /// Let EOS end generation (by default EOS token ids are masked so every request yields max-tokens).
     #[arg(long)]
     allow_eos: bool,
+    /// Disable mistral.rs's prefix cache (default keeps 16 sequences).
+    #[arg(long)]
+    no_prefix_cache: bool,
     /// Enable mistral.rs logging.
     #[arg(long)]
     log: bool,
@@ -165,6 +168,9 @@ fn prompt(level: usize, stream: usize, req: usize) -> String {
 
 struct ReqStats {
     ttft: Duration,
+    /// false when the stream closed without a final chunk (no usage): mistral.rs 0.8.1 drops
+    /// the final chunk when the last token decodes to an incomplete UTF-8 sequence.
+    complete: bool,
     /// (last token time - first token time) / (tokens - 1), if tokens > 1.
     itl: Option<Duration>,
     tokens: usize,
@@ -182,10 +188,11 @@ async fn one_request(
         .set_sampler_temperature(0.0)
         .set_sampler_topk(1)
         .set_sampler_max_len(max_tokens);
-    if let Some(b) = ban {
+    if let Some(b) = ban.clone() {
         req = req.add_logits_processor(b);
     }
     let start = Instant::now();
+    let eos_masked = ban.is_some();
     let mut stream = model.stream_chat_request(req).await?;
     let mut first: Option<Instant> = None;
     let mut last = start;
@@ -218,12 +225,17 @@ async fn one_request(
         }
     }
     let first = first.context("no tokens streamed")?;
-    let tokens = usage_tokens.unwrap_or(chunks);
+    let complete = usage_tokens.is_some();
+    // Without usage the only possible stop reason (EOS masked, no stop strings, no tools)
+    // is max_len, so the request produced max_tokens tokens; with EOS allowed fall back
+    // to the number of chunks (a lower bound).
+    let tokens = usage_tokens.unwrap_or(if eos_masked { max_tokens } else { chunks });
     let itl = (tokens > 1).then(|| (last - first) / (tokens as u32 - 1));
     Ok(ReqStats {
         ttft: first - start,
         itl,
         tokens,
+        complete,
         finish_reason,
     })
 }
@@ -254,6 +266,9 @@ async fn main() -> Result<()> {
         .with_dtype(ModelDType::F32)
         .with_force_cpu()
         .with_max_num_seqs(max_num_seqs);
+    if args.no_prefix_cache {
+        builder = builder.with_prefix_cache_n(None);
+    }
     if args.log {
         builder = builder.with_logging();
     }
@@ -296,6 +311,7 @@ async fn main() -> Result<()> {
         let itls: Vec<f64> = stats.iter().filter_map(|s| s.itl).map(|d| d.as_secs_f64()).collect();
         let itl = itls.iter().sum::<f64>() / itls.len().max(1) as f64;
         let short = stats.iter().filter(|s| s.tokens != args.max_tokens).count();
+        let no_final = stats.iter().filter(|s| !s.complete).count();
         let mut reasons: Vec<String> = stats
             .iter()
             .map(|s| s.finish_reason.clone().unwrap_or_else(|| "-".into()))
@@ -303,8 +319,14 @@ async fn main() -> Result<()> {
         reasons.sort();
         reasons.dedup();
         eprintln!(
-            "level {level}: {} requests, {tokens} output tokens, {wall:.2}s wall, {short} requests != max-tokens, finish reasons {reasons:?}",
+            "level {level}: {} requests, {tokens} output tokens, {wall:.2}s wall, {short} requests != max-tokens, {no_final} streams closed without final chunk/usage, finish reasons {reasons:?}",
             stats.len()
+        );
+        eprintln!(
+            "level {level}: {:.1} tok/s, mean TTFT {:.1} ms, mean ITL {:.2} ms",
+            tokens as f64 / wall,
+            ttft * 1e3,
+            itl * 1e3
         );
         rows.push((level, tokens as f64 / wall, ttft * 1e3, itl * 1e3, tokens, stats.len(), wall));
     }
