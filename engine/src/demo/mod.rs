@@ -60,11 +60,6 @@ impl DemoSpec {
     }
 }
 
-/// Languages in the shipped corpus, as ISO 639 codes.
-pub fn corpus_languages() -> Vec<&'static str> {
-    corpus::CORPUS.iter().map(|(code, _)| *code).collect()
-}
-
 /// Generates the model folder. `progress(done, total)` is called as weight bytes are written.
 /// The folder is written under a temporary name and renamed at the end, so an interrupted
 /// run never leaves a half-written model that looks complete.

@@ -69,10 +69,6 @@ impl BlockManager {
         m
     }
 
-    pub fn block_size(&self) -> usize {
-        self.block_size
-    }
-
     pub fn total(&self) -> usize {
         self.meta.len()
     }

@@ -108,18 +108,6 @@ impl ModelTokenizer {
             .map(Vec::as_slice)
             .unwrap_or(&[])
     }
-
-    pub fn is_special(&self, id: u32) -> bool {
-        self.inner
-            .get_added_vocabulary()
-            .get_added_tokens_decoder()
-            .get(&id)
-            .is_some_and(|t| t.special)
-    }
-
-    pub fn inner(&self) -> &Tokenizer {
-        &self.inner
-    }
 }
 
 fn read_json(
