@@ -21,6 +21,16 @@ pub fn load_file(file: &Path) -> Result<Config, ConfigError> {
             }
         }
     }
+    let paths = config
+        .policies
+        .files
+        .iter_mut()
+        .chain(config.audit.path.as_mut());
+    for p in paths {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
     if let Some(dir) = config.cache_dir.as_mut() {
         if dir.is_relative() {
             *dir = base.join(&*dir);

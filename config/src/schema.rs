@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::access::{is_key_hash, AuditConfig, AuthConfig, Limits, PolicyConfig, TenantConfig};
+use crate::licence::{catalogue, Licence};
 use crate::ValidationIssue;
 
 /// A Rosetta config file.
@@ -20,6 +22,22 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
     /// The models this server serves; at least one.
     pub models: Vec<ModelConfig>,
+    /// How requests authenticate.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Tenants: their keys, entitlements and limits.
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+    /// Licences added to the shipped catalogue (config/licences.yaml); an entry with a
+    /// shipped id replaces it.
+    #[serde(default)]
+    pub licences: Vec<Licence>,
+    /// Access policies.
+    #[serde(default)]
+    pub policies: PolicyConfig,
+    /// The audit log of access decisions.
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -324,6 +342,156 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             issue("server.max_body_bytes".into(), "must be more than 0".into());
         }
+        issues.extend(self.validate_access());
         issues
+    }
+
+    /// The licence catalogue this config sees: shipped entries plus its own.
+    pub fn licence_catalogue(&self) -> std::collections::BTreeMap<String, Licence> {
+        catalogue(&self.licences)
+    }
+
+    /// Licences, tenants, keys and limits.
+    fn validate_access(&self) -> Vec<ValidationIssue> {
+        let mut issues = Vec::new();
+        let mut issue =
+            |key: String, message: String| issues.push(ValidationIssue { key, message });
+        let catalogue = self.licence_catalogue();
+        let known_licences = || catalogue.keys().cloned().collect::<Vec<_>>().join(", ");
+        let mut seen = HashSet::new();
+        for (i, l) in self.licences.iter().enumerate() {
+            if l.id.trim().is_empty() {
+                issue(
+                    format!("licences[{i}].id"),
+                    "a licence id is required".into(),
+                );
+            }
+            if !seen.insert(l.id.as_str()) {
+                issue(
+                    format!("licences[{i}].id"),
+                    format!("licence `{}` is defined twice", l.id),
+                );
+            }
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            if !m.licence.trim().is_empty() && !catalogue.contains_key(&m.licence) {
+                issue(
+                    format!("models[{i}].licence"),
+                    format!(
+                        "unknown licence `{}`; known: {}; add it under `licences:`",
+                        m.licence,
+                        known_licences()
+                    ),
+                );
+            }
+        }
+        let model_ids: HashSet<&str> = self.models.iter().map(|m| m.id.as_str()).collect();
+        let mut tenant_ids = HashSet::new();
+        let mut hashes = HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let key = |k: &str| format!("tenants[{i}].{k}");
+            if t.id.trim().is_empty() {
+                issue(key("id"), "a tenant id is required".into());
+            }
+            if !tenant_ids.insert(t.id.as_str()) {
+                issue(key("id"), format!("tenant `{}` is defined twice", t.id));
+            }
+            for (j, k) in t.keys.iter().enumerate() {
+                if !is_key_hash(&k.hash) {
+                    issue(
+                        key(&format!("keys[{j}].hash")),
+                        "expected `sha256:` and 64 hex digits, as `rosetta keys new` prints (never the key itself)".into(),
+                    );
+                } else if !hashes.insert(k.hash.as_str()) {
+                    issue(
+                        key(&format!("keys[{j}].hash")),
+                        "this key is configured twice".into(),
+                    );
+                }
+            }
+            for l in &t.accepted_licences {
+                if !catalogue.contains_key(l) {
+                    issue(
+                        key("accepted_licences"),
+                        format!("unknown licence `{l}`; known: {}", known_licences()),
+                    );
+                }
+            }
+            if let Some(r) = &t.region {
+                let ok = r.len() == 2 && r.chars().all(|c| c.is_ascii_alphabetic());
+                if !ok {
+                    issue(
+                        key("region"),
+                        format!("`{r}` is not an ISO 3166-1 alpha-2 country like `DE` or the region `EU`"),
+                    );
+                }
+            }
+            for m in t.models.iter().flatten() {
+                if !model_ids.contains(m.as_str()) {
+                    issue(key("models"), format!("no model `{m}` is configured"));
+                }
+            }
+            check_limits(&t.limits, &model_ids, &key("limits"), &mut issue);
+        }
+        let keys = self.tenants.iter().map(|t| t.keys.len()).sum::<usize>();
+        if !self.auth.allow_unauthenticated && keys == 0 {
+            issue(
+                "auth".into(),
+                "no API keys are configured and `auth.allow_unauthenticated` is false, so no request could be served; add keys to a tenant (`rosetta keys new`) or allow unauthenticated use".into(),
+            );
+        }
+        if let Some(t) = &self.auth.anonymous_tenant {
+            if !tenant_ids.contains(t.as_str()) {
+                issue(
+                    "auth.anonymous_tenant".into(),
+                    format!("no tenant `{t}` is defined"),
+                );
+            }
+        }
+        issues
+    }
+}
+
+fn check_limits(
+    limits: &Limits,
+    model_ids: &HashSet<&str>,
+    at: &str,
+    issue: &mut impl FnMut(String, String),
+) {
+    let positive = |v: Option<u64>| v != Some(0);
+    if !positive(limits.requests_per_minute.map(u64::from)) {
+        issue(
+            format!("{at}.requests_per_minute"),
+            "must be at least 1".into(),
+        );
+    }
+    if !positive(limits.tokens_per_minute) {
+        issue(
+            format!("{at}.tokens_per_minute"),
+            "must be at least 1".into(),
+        );
+    }
+    if !positive(limits.max_concurrent.map(u64::from)) {
+        issue(format!("{at}.max_concurrent"), "must be at least 1".into());
+    }
+    for (model, l) in &limits.models {
+        if !model_ids.contains(model.as_str()) {
+            issue(
+                format!("{at}.models"),
+                format!("no model `{model}` is configured"),
+            );
+        }
+        if !positive(l.requests_per_minute.map(u64::from)) {
+            issue(
+                format!("{at}.models.{model}.requests_per_minute"),
+                "must be at least 1".into(),
+            );
+        }
+        if !positive(l.tokens_per_minute) {
+            issue(
+                format!("{at}.models.{model}.tokens_per_minute"),
+                "must be at least 1".into(),
+            );
+        }
     }
 }

@@ -39,7 +39,7 @@ fn embedded_default_is_the_small_demo_model_on_loopback() {
 #[test]
 fn defaults_fill_what_is_left_out() {
     let c = parse_str(
-        "models: [{id: m, path: /x, licence: mit}]",
+        "auth: {allow_unauthenticated: true}\nmodels: [{id: m, path: /x, licence: mit}]",
         Path::new("t.yaml"),
     )
     .unwrap();
@@ -54,7 +54,11 @@ fn defaults_fill_what_is_left_out() {
 fn relative_model_paths_resolve_against_the_config_folder() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("c.yaml");
-    std::fs::write(&file, "models: [{id: m, path: models/m, licence: mit}]").unwrap();
+    std::fs::write(
+        &file,
+        "auth: {allow_unauthenticated: true}\nmodels: [{id: m, path: models/m, licence: mit}]",
+    )
+    .unwrap();
     let c = load_file(&file).unwrap();
     assert_eq!(
         c.models[0].path.as_deref(),
@@ -140,4 +144,48 @@ fn schema_describes_every_section() {
     ] {
         assert!(text.contains(key), "schema lacks {key}");
     }
+}
+
+const ACCESS: &str = "models: [{id: m, path: /x, licence: cc-by-nc-4.0}]\n";
+
+#[test]
+fn access_mistakes_are_reported() {
+    let yaml = format!(
+        "{ACCESS}auth: {{anonymous_tenant: ghost}}\ntenants:\n  - id: t\n    keys: [{{hash: rsk-plaintext}}]\n    accepted_licences: [nope]\n    region: Europe\n    models: [other]\n    limits: {{requests_per_minute: 0, models: {{other: {{tokens_per_minute: 5}}}}}}\n  - id: t\n"
+    );
+    let Err(ConfigError::Invalid { issues, .. }) = parse_str(&yaml, Path::new("bad.yaml")) else {
+        panic!("expected validation issues");
+    };
+    let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+    for k in [
+        "auth.anonymous_tenant",
+        "tenants[0].keys[0].hash",
+        "tenants[0].accepted_licences",
+        "tenants[0].region",
+        "tenants[0].models",
+        "tenants[0].limits.requests_per_minute",
+        "tenants[0].limits.models",
+        "tenants[1].id",
+    ] {
+        assert!(keys.contains(&k), "no issue for {k}: {issues:?}");
+    }
+}
+
+#[test]
+fn unknown_licence_names_the_catalogue() {
+    let e =
+        error("auth: {allow_unauthenticated: true}\nmodels: [{id: m, path: /x, licence: wtfpl}]");
+    assert!(e.contains("unknown licence `wtfpl`"), "{e}");
+    assert!(e.contains("llama3.1"), "{e}");
+    let ok = parse_str(
+        "auth: {allow_unauthenticated: true}\nmodels: [{id: m, path: /x, licence: wtfpl}]\nlicences: [{id: wtfpl, name: WTFPL, commercial_use: true}]",
+        Path::new("ok.yaml"),
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[test]
+fn a_config_without_keys_must_allow_unauthenticated_use() {
+    let e = error(ACCESS);
+    assert!(e.contains("no API keys are configured"), "{e}");
 }

@@ -1,10 +1,5 @@
 //! `rosetta`: a multilingual LLM serving gateway with an OpenAI-compatible API.
 
-mod api;
-mod registry;
-mod server;
-mod state;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +8,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use rosetta_config::{Arch, Size};
 use rosetta_engine::demo::{self, DemoSpec, StoredDtype};
+use rosetta_gateway::auth::key::{self, KeyDigest};
+use rosetta_gateway::policy::PolicyEngine;
+use rosetta_gateway::server;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -48,11 +46,33 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// Make API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a fresh random API key and the hash to put in the config. The key is shown
+    /// once; the config keeps only its hash.
+    New {
+        /// The tenant the key is for (used in the printed config snippet).
+        #[arg(long, default_value = "my-tenant")]
+        tenant: String,
+        /// A label for logs and audit entries.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Read a key on stdin and print its config hash (for keys made elsewhere).
+    Hash,
 }
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Check a config file without serving: syntax, types, values and model folders.
+    /// Check a config file without serving: syntax, types, values, model folders, and the
+    /// access policies against the Cedar schema.
     Check { file: PathBuf },
     /// Print the config file's JSON Schema.
     Schema,
@@ -143,9 +163,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: ConfigCommand::Check { file },
         } => {
             let config = rosetta_config::load_file(&file)?;
+            PolicyEngine::new(&config, &config.effective_tenants())
+                .with_context(|| format!("{}: access policies", file.display()))?;
             let problems = check_model_folders(&config);
             if problems.is_empty() {
-                println!("ok: {} ({} model(s))", file.display(), config.models.len());
+                println!(
+                    "ok: {} ({} model(s), {} tenant(s))",
+                    file.display(),
+                    config.models.len(),
+                    config.effective_tenants().len()
+                );
                 Ok(())
             } else {
                 anyhow::bail!("{}: {}", file.display(), problems.join("; "))
@@ -155,6 +182,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: ConfigCommand::Schema,
         } => {
             println!("{}", rosetta_config::json_schema());
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::New { tenant, name },
+        } => {
+            let key = key::generate();
+            let hash = KeyDigest::of(&key).to_config();
+            println!("API key (shown once; give it to the client):\n  {key}\n");
+            println!("Config (under `tenants:`):");
+            println!("  - id: {tenant}\n    keys:\n      - hash: {hash}");
+            if let Some(name) = name {
+                println!("        name: {name}");
+            }
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Hash,
+        } => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the key from stdin")?;
+            let key = line.trim();
+            anyhow::ensure!(!key.is_empty(), "no key on stdin");
+            println!("{}", KeyDigest::of(key).to_config());
             Ok(())
         }
         Command::Model {

@@ -7,6 +7,8 @@ use std::path::Path;
 use anyhow::Context;
 use rosetta_config::Config;
 
+use crate::access::Access;
+use crate::ratelimit::LimitClock;
 use crate::registry;
 use crate::state::AppState;
 
@@ -16,7 +18,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
     let ids = config.models.iter().map(|m| m.id.clone()).collect();
-    let state = AppState::new(ids, config.server.max_body_bytes);
+    let access = Access::from_config(&config, &LimitClock::monotonic())?;
+    announce_access(&config, addr);
+    let state = AppState::new(ids, config.server.max_body_bytes, access);
     // One line on stdout, so scripts and tests can find a port chosen by the OS (`:0`).
     {
         let mut out = std::io::stdout().lock();
@@ -54,6 +58,25 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("server error")
+}
+
+/// Says at start who may use the server.
+fn announce_access(config: &Config, addr: std::net::SocketAddr) {
+    let keys: usize = config.tenants.iter().map(|t| t.keys.len()).sum();
+    match config.anonymous_tenant_id() {
+        Some(tenant) if addr.ip().is_loopback() => tracing::info!(
+            tenant,
+            keys,
+            "unauthenticated use is allowed (loopback only): requests without a configured key act as tenant `{tenant}`"
+        ),
+        Some(tenant) => tracing::warn!(
+            tenant,
+            keys,
+            %addr,
+            "unauthenticated use is allowed on a non-loopback address: anyone who can reach it acts as tenant `{tenant}`"
+        ),
+        None => tracing::info!(keys, tenants = config.tenants.len(), "API keys required"),
+    }
 }
 
 async fn shutdown_signal() {

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
+use crate::access::Access;
 use crate::api::error::ApiError;
 use crate::registry::ServedModel;
 
@@ -18,14 +19,16 @@ struct Inner {
     /// Configured model ids, in config order (for listing while loading is not needed).
     order: Vec<String>,
     fingerprint: String,
+    access: Access,
 }
 
 impl AppState {
-    pub fn new(model_ids: Vec<String>, max_body_bytes: usize) -> Self {
+    pub fn new(model_ids: Vec<String>, max_body_bytes: usize, access: Access) -> Self {
         Self {
             inner: Arc::new(Inner {
                 models: OnceLock::new(),
                 order: model_ids,
+                access,
                 fingerprint: format!("fp_rosetta_{}", env!("CARGO_PKG_VERSION").replace('.', "")),
             }),
             max_body_bytes,
@@ -67,6 +70,10 @@ impl AppState {
             .iter()
             .filter_map(|id| loaded.get(id).cloned())
             .collect())
+    }
+
+    pub fn access(&self) -> &Access {
+        &self.inner.access
     }
 
     pub fn fingerprint(&self) -> &str {

@@ -27,6 +27,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_CONFIG: &str = r#"
 server: { listen: 127.0.0.1:0, max_body_bytes: 65536 }
 cache_dir: "{cache}"
+auth: { allow_unauthenticated: true, anonymous_tenant: local }
+tenants: [{ id: local, accepted_licences: [llama3.1] }]
 models:
   - id: tiny
     demo: { arch: qwen2, size: tiny, seed: 1 }
@@ -380,6 +382,29 @@ impl Server {
     pub async fn post(&self, path: &str, body: &Value) -> Resp {
         let r = self.client.post(self.url(path)).json(body).send().await;
         Resp::read(r, &format!("POST {path} {body}")).await
+    }
+
+    /// GET with `Authorization: Bearer <key>`.
+    pub async fn get_as(&self, key: &str, path: &str) -> Resp {
+        let r = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await;
+        Resp::read(r, &format!("GET {path} (as a key)")).await
+    }
+
+    /// POST JSON with `Authorization: Bearer <key>`.
+    pub async fn post_as(&self, key: &str, path: &str, body: &Value) -> Resp {
+        let r = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await;
+        Resp::read(r, &format!("POST {path} {body} (as a key)")).await
     }
 
     /// POST with an arbitrary body and content type.
@@ -804,4 +829,39 @@ pub const MULTILINGUAL: &str = "Habari ya asubuhi, 你好, नमस्ते, �
 /// A folder in the repository, for files the tests ship (tests/clients/...).
 pub fn tests_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh API key and its config hash, made by `rosetta keys new`.
+pub fn new_key() -> (String, String) {
+    let out = run_cli(
+        &["keys", "new", "--tenant", "t"],
+        None,
+        Duration::from_secs(30),
+    );
+    assert!(out.success(), "rosetta keys new failed: {out:?}");
+    let key = out
+        .stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("rsk-"))
+        .unwrap_or_else(|| panic!("no key in {}", out.stdout))
+        .to_string();
+    let hash = out
+        .stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .unwrap_or_else(|| panic!("no hash in {}", out.stdout))
+        .to_string();
+    (key, hash)
+}
+
+impl Resp {
+    /// A response header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// A numeric response header.
+    pub fn header_u64(&self, name: &str) -> Option<u64> {
+        self.header(name).and_then(|v| v.parse().ok())
+    }
 }

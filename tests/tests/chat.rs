@@ -551,6 +551,8 @@ async fn stop_token_ids_end_generation_before_that_token() {
 async fn every_architecture_answers() {
     let s = Server::start(
         r#"
+auth: { allow_unauthenticated: true, anonymous_tenant: local }
+tenants: [{ id: local, accepted_licences: [llama3.1] }]
 models:
   - { id: llama, demo: { arch: llama, size: tiny, seed: 2 }, licence: llama3.1 }
   - { id: mistral, demo: { arch: mistral, size: tiny, seed: 2 }, licence: apache-2.0 }

@@ -10,6 +10,8 @@ const T: Duration = Duration::from_secs(120);
 const VALID: &str = r#"
 server: { listen: 127.0.0.1:0, max_body_bytes: 65536 }
 cache_dir: ./cache
+auth: { allow_unauthenticated: true, anonymous_tenant: local }
+tenants: [{ id: local, accepted_licences: [llama3.1] }]
 models:
   - id: tiny
     demo: { arch: qwen2, size: tiny, seed: 1 }
@@ -267,6 +269,8 @@ async fn serve_a_generated_path_model_the_same_as_the_demo() {
     assert!(out.success(), "{out:?}");
     // Copy the model next to where the config will be written: <config dir>/models/qwen2-tiny-1.
     let yaml = r#"
+auth: { allow_unauthenticated: true, anonymous_tenant: local }
+tenants: [{ id: local, accepted_licences: [llama3.1] }]
 models:
   - id: from-path
     path: models/qwen2-tiny-1
@@ -303,6 +307,8 @@ async fn serve_uses_the_config_listen_address_without_listen_flag() {
     let s = Server::start_with_args(
         r#"
 server: { listen: "127.0.0.1:0" }
+auth: { allow_unauthenticated: true, anonymous_tenant: local }
+tenants: [{ id: local, accepted_licences: [llama3.1] }]
 models:
   - { id: tiny, demo: { arch: qwen2, size: tiny, seed: 1 }, licence: apache-2.0 }
 "#,
@@ -338,7 +344,7 @@ fn serve_with_a_missing_model_path_exits_non_zero() {
     let f = write(
         d.path(),
         "missing.yaml",
-        "models:\n  - { id: m, path: ./does-not-exist, licence: mit }\n",
+        "auth: { allow_unauthenticated: true }\nmodels:\n  - { id: m, path: ./does-not-exist, licence: mit }\n",
     );
     let out = run_cli(
         &["serve", "--config", &f, "--listen", "127.0.0.1:0"],
@@ -358,7 +364,7 @@ fn serve_with_a_missing_model_path_exits_non_zero() {
 fn help_lists_the_commands() {
     let out = run_cli(&["--help"], None, T);
     assert!(out.success(), "{out:?}");
-    for cmd in ["serve", "config", "model"] {
+    for cmd in ["serve", "config", "model", "keys"] {
         assert!(
             out.stdout.contains(cmd),
             "--help does not mention `{cmd}`: {}",

@@ -94,6 +94,8 @@ async fn batched_greedy_equals_unbatched_greedy() {
 async fn kv_pressure_preempts_without_changing_results() {
     let s = Server::start(
         r#"
+auth: { allow_unauthenticated: true, anonymous_tenant: local }
+tenants: [{ id: local, accepted_licences: [llama3.1] }]
 models:
   - id: tight
     demo: { arch: qwen2, size: tiny, seed: 1 }
@@ -232,6 +234,8 @@ async fn client_disconnect_cancels_generation() {
     const ABANDONED: u32 = 12;
     let s = Server::start(
         r#"
+auth: { allow_unauthenticated: true, anonymous_tenant: local }
+tenants: [{ id: local, accepted_licences: [llama3.1] }]
 models:
   - id: one-at-a-time
     demo: { arch: qwen2, size: tiny, seed: 1 }

@@ -60,6 +60,8 @@ async fn ready_is_503_until_the_models_are_loaded() {
     let s = Server::start_unready(
         r#"
 cache_dir: "{tmp}/cache"
+auth: { allow_unauthenticated: true, anonymous_tenant: local }
+tenants: [{ id: local, accepted_licences: [llama3.1] }]
 models:
   - { id: fresh, demo: { arch: llama, size: tiny, seed: 99 }, licence: llama3.1 }
   - { id: fresh-mistral, demo: { arch: mistral, size: tiny, seed: 99 }, licence: apache-2.0 }
@@ -206,6 +208,8 @@ async fn model_ids_with_slash_and_colon_work_everywhere() {
     // every endpoint that takes a model id must accept them.
     let s = Server::start(
         r#"
+auth: { allow_unauthenticated: true, anonymous_tenant: local }
+tenants: [{ id: local, accepted_licences: [llama3.1] }]
 models:
   - { id: "rosetta/tiny-qwen2:v1", demo: { arch: qwen2, size: tiny, seed: 1 }, licence: apache-2.0 }
 "#,

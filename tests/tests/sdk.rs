@@ -40,6 +40,8 @@ fn openai_python_sdk() {
 fn openai_python_sdk_with_an_org_slash_model_id() {
     run_client(
         r#"
+auth: { allow_unauthenticated: true, anonymous_tenant: local }
+tenants: [{ id: local, accepted_licences: [llama3.1] }]
 models:
   - { id: "rosetta/tiny-qwen2", demo: { arch: qwen2, size: tiny, seed: 1 }, licence: apache-2.0 }
 "#,

@@ -5,14 +5,18 @@ use std::convert::Infallible;
 use axum::extract::State;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures::{Stream, StreamExt};
 use rosetta_engine::text::{ChatMessage, ContentPart, MessageContent};
 use rosetta_engine::GeneratedToken;
 use serde_json::Value;
 
+use super::caller::Caller;
 use super::error::ApiError;
 use super::extract::OpenAiJson;
-use super::generate::{collect, new_id, now_secs, submit_all, token_text, Item};
+use super::generate::{
+    admit, collect, new_id, now_secs, submit_admitted, token_text, with_rate_headers, Item,
+};
 use super::params;
 use super::sse::{self, json_event};
 use super::types::*;
@@ -115,9 +119,13 @@ pub fn chat_prompt(
 
 pub async fn chat_completions(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     OpenAiJson(req): OpenAiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let model = state.model(&req.model)?;
+    state
+        .access()
+        .authorize(&caller.principal, &model.id, caller.request_id())?;
     tracing::debug!(model = %model.id, user = req.sampling.user.as_deref().unwrap_or(""), "chat completion");
     let messages = parse_messages(&req.messages)?;
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
@@ -167,7 +175,10 @@ pub async fn chat_completions(
             }
         })?;
     let n = gen.request.n;
-    let items = submit_all(&model, vec![gen.request])?;
+    let mut requests = vec![gen.request];
+    let admission = admit(&state, &caller, &model, &mut requests)?;
+    let rate = admission.state();
+    let items = submit_admitted(&model, requests, admission)?;
     let meta = Meta {
         id: new_id("chatcmpl"),
         created: now_secs(),
@@ -177,7 +188,7 @@ pub async fn chat_completions(
     };
     if gen.stream {
         let events = stream_chunks(items, meta, model, n, gen.include_usage);
-        return Ok(sse::response(events));
+        return Ok(with_rate_headers(sse::response(events), rate));
     }
     let (choices, usage) = collect(items, n).await?;
     let body = ChatCompletion {
@@ -209,7 +220,7 @@ pub async fn chat_completions(
             .collect(),
         usage: usage.into(),
     };
-    Ok(axum::Json(body).into_response())
+    Ok(with_rate_headers(axum::Json(body).into_response(), rate))
 }
 
 struct Meta {

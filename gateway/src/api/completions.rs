@@ -7,13 +7,17 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures::{Stream, StreamExt};
 use rosetta_engine::GeneratedToken;
 use serde_json::Value;
 
+use super::caller::Caller;
 use super::error::ApiError;
 use super::extract::OpenAiJson;
-use super::generate::{collect, new_id, now_secs, submit_all, token_text, Item};
+use super::generate::{
+    admit, collect, new_id, now_secs, submit_admitted, token_text, with_rate_headers, Item,
+};
 use super::params;
 use super::sse::{self, json_event};
 use super::types::*;
@@ -77,9 +81,13 @@ fn parse_prompts(model: &ServedModel, prompt: &Value) -> Result<Vec<Vec<u32>>, A
 
 pub async fn completions(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     OpenAiJson(req): OpenAiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let model = state.model(&req.model)?;
+    state
+        .access()
+        .authorize(&caller.principal, &model.id, caller.request_id())?;
     tracing::debug!(model = %model.id, user = req.sampling.user.as_deref().unwrap_or(""), "completion");
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid_param(
@@ -120,7 +128,9 @@ pub async fn completions(
     }
     let per_prompt = n as usize;
     let total_choices = per_prompt * requests.len();
-    let items = submit_all(&model, requests)?;
+    let admission = admit(&state, &caller, &model, &mut requests)?;
+    let rate = admission.state();
+    let items = submit_admitted(&model, requests, admission)?;
     let meta = Meta {
         id: new_id("cmpl"),
         created: now_secs(),
@@ -133,7 +143,7 @@ pub async fn completions(
     let (stream, include_usage) = gen_flags;
     if stream {
         let events = stream_chunks(items, meta, model, total_choices, include_usage);
-        return Ok(sse::response(events));
+        return Ok(with_rate_headers(sse::response(events), rate));
     }
     let (choices, usage) = collect(items, total_choices).await?;
     let body = Completion {
@@ -155,7 +165,7 @@ pub async fn completions(
         usage: Some(Some(usage.into())),
         ..meta.header()
     };
-    Ok(axum::Json(body).into_response())
+    Ok(with_rate_headers(axum::Json(body).into_response(), rate))
 }
 
 struct Meta {

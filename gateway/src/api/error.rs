@@ -1,9 +1,13 @@
 //! Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` with the status
 //! OpenAI uses.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rosetta_engine::EngineError;
+
+use crate::ratelimit::RateState;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -20,6 +24,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub body: ErrorBody,
     pub retry_after_secs: Option<u64>,
+    /// Extra response headers (the `x-ratelimit-*` of a 429); boxed to keep errors small.
+    pub headers: Box<HeaderMap>,
 }
 
 impl ApiError {
@@ -33,7 +39,41 @@ impl ApiError {
                 code: None,
             },
             retry_after_secs: None,
+            headers: Box::default(),
         }
+    }
+
+    /// 401 for a missing, malformed or unknown API key.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
+            .with_code("invalid_api_key")
+    }
+
+    /// 403: the tenant may not use the model.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "invalid_request_error", message)
+            .with_param("model")
+            .with_code("model_access_denied")
+    }
+
+    /// 429 over a rate limit; `kind` is `requests` or `tokens`, as OpenAI's `type` says.
+    pub fn rate_limited(
+        kind: &'static str,
+        message: impl Into<String>,
+        retry_after: Option<Duration>,
+        state: RateState,
+    ) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, kind, message)
+            .with_code("rate_limit_exceeded");
+        if let Some(wait) = retry_after {
+            // Whole seconds, rounded up, so a client that waits this long is admitted.
+            e.retry_after_secs = Some(wait.as_millis().div_ceil(1000).max(1) as u64);
+            if let Ok(v) = HeaderValue::from_str(&wait.as_millis().max(1).to_string()) {
+                e.headers.insert("retry-after-ms", v);
+            }
+        }
+        super::ratelimit_headers::insert(&mut e.headers, state);
+        e
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -128,6 +168,7 @@ impl From<EngineError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, axum::Json(self.to_json())).into_response();
+        resp.headers_mut().extend(*self.headers);
         if let Some(secs) = self.retry_after_secs {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);

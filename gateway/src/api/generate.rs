@@ -8,8 +8,67 @@ use rosetta_engine::{
     ChoiceDelta, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, Usage,
 };
 
+use super::caller::Caller;
 use super::error::ApiError;
+use crate::ratelimit::{Admission, RateState};
 use crate::registry::ServedModel;
+use crate::state::AppState;
+
+/// Gives the requests the caller's scheduling tier and tenant, and admits them within the
+/// tenant's limits, reserving their worst case: prompt tokens plus `n × max_tokens`.
+pub fn admit(
+    state: &AppState,
+    caller: &Caller,
+    model: &ServedModel,
+    requests: &mut [GenerateRequest],
+) -> Result<Admission, ApiError> {
+    let tenant = &caller.principal.tenant;
+    for r in requests.iter_mut() {
+        r.priority = tenant.priority();
+        r.tenant = Some(tenant.id.clone());
+    }
+    let tokens = requests
+        .iter()
+        .map(|r| r.prompt.len() as u64 + r.n as u64 * r.max_tokens as u64)
+        .sum();
+    state.access().admit(&caller.principal, &model.id, tokens)
+}
+
+/// `submit_all`, with the admission living as long as the stream: it records the tokens used
+/// as they come, and gives back the rest of the reservation when the stream ends or is
+/// dropped (client gone).
+pub fn submit_admitted(
+    model: &ServedModel,
+    requests: Vec<GenerateRequest>,
+    admission: Admission,
+) -> Result<impl Stream<Item = Item> + Send, ApiError> {
+    let prompt_tokens: u64 = requests.iter().map(|r| r.prompt.len() as u64).sum();
+    let items = submit_all(model, requests)?;
+    admission.record_usage(prompt_tokens);
+    let mut generated = 0u64;
+    Ok(items.map(move |item| {
+        match &item {
+            Item::Delta(d) if d.token.is_some() => {
+                generated += 1;
+                admission.record_usage(prompt_tokens + generated);
+            }
+            Item::Done(u) => {
+                admission.record_usage((u.prompt_tokens + u.completion_tokens) as u64);
+            }
+            _ => {}
+        }
+        item
+    }))
+}
+
+/// Adds the `x-ratelimit-*` headers of an admitted request to its response.
+pub fn with_rate_headers(
+    mut resp: axum::response::Response,
+    state: RateState,
+) -> axum::response::Response {
+    super::ratelimit_headers::insert(resp.headers_mut(), state);
+    resp
+}
 
 /// What an endpoint sees of a running request.
 #[derive(Debug)]

@@ -1,5 +1,6 @@
 //! The OpenAI-compatible HTTP API.
 
+pub mod caller;
 mod chat;
 mod completions;
 pub mod error;
@@ -7,6 +8,7 @@ mod extract;
 mod generate;
 mod models;
 mod params;
+pub mod ratelimit_headers;
 mod sse;
 mod tokenize;
 pub mod types;
@@ -27,7 +29,8 @@ use error::ApiError;
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let limit = state.max_body_bytes;
-    Router::new()
+    // Routes that need to know the caller (401 without a valid key).
+    let protected = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(models::list))
@@ -35,6 +38,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{*id}", get(models::get))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            caller::authenticate,
+        ));
+    Router::new()
+        .merge(protected)
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/load", get(models::load))

@@ -1,10 +1,12 @@
 //! GET /v1/models and /v1/models/{id}
 
 use axum::extract::{Path, State};
-use axum::Json;
+use axum::{Extension, Json};
 
+use super::caller::Caller;
 use super::error::ApiError;
 use super::types::{ModelList, ModelObject};
+use crate::policy::Action;
 use crate::registry::ServedModel;
 use crate::state::AppState;
 
@@ -20,8 +22,28 @@ fn object(m: &ServedModel) -> ModelObject {
     }
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<ModelList>, ApiError> {
-    let data = state.models()?.iter().map(|m| object(m)).collect();
+/// May the caller see this model? Only models it may both list and invoke are shown.
+fn visible(state: &AppState, caller: &Caller, model: &str) -> bool {
+    let access = state.access();
+    let who = &caller.principal;
+    access
+        .decide(who, model, Action::List, caller.request_id())
+        .allowed
+        && access
+            .decide(who, model, Action::Invoke, caller.request_id())
+            .allowed
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<ModelList>, ApiError> {
+    let data = state
+        .models()?
+        .iter()
+        .filter(|m| visible(&state, &caller, &m.id))
+        .map(|m| object(m))
+        .collect();
     Ok(Json(ModelList {
         object: "list",
         data,
@@ -30,9 +52,14 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<ModelList>, ApiE
 
 pub async fn get(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<ModelObject>, ApiError> {
     let model = state.model(&id)?;
+    // Like OpenAI: a model the caller may not use does not exist for it.
+    if !visible(&state, &caller, &model.id) {
+        return Err(ApiError::model_not_found(&id));
+    }
     Ok(Json(object(&model)))
 }
 

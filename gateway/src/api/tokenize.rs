@@ -1,8 +1,9 @@
 //! POST /tokenize and /detokenize, shaped like vLLM's.
 
 use axum::extract::State;
-use axum::Json;
+use axum::{Extension, Json};
 
+use super::caller::Caller;
 use super::chat::{chat_prompt, parse_messages};
 use super::error::ApiError;
 use super::extract::OpenAiJson;
@@ -11,9 +12,13 @@ use crate::state::AppState;
 
 pub async fn tokenize(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     OpenAiJson(req): OpenAiJson<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
     let model = state.model(&req.model)?;
+    state
+        .access()
+        .authorize(&caller.principal, &model.id, caller.request_id())?;
     let tokens = match (&req.prompt, &req.messages) {
         (Some(p), None) => model
             .tokenizer
@@ -38,9 +43,13 @@ pub async fn tokenize(
 
 pub async fn detokenize(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     OpenAiJson(req): OpenAiJson<DetokenizeRequest>,
 ) -> Result<Json<DetokenizeResponse>, ApiError> {
     let model = state.model(&req.model)?;
+    state
+        .access()
+        .authorize(&caller.principal, &model.id, caller.request_id())?;
     if let Some(bad) = req
         .tokens
         .iter()

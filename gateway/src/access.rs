@@ -1,0 +1,199 @@
+//! Access control on the request path: authenticate the key, decide by policy whether its
+//! tenant may use the model (audited), and admit the request within the tenant's limits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use rosetta_config::Config;
+
+use crate::api::error::ApiError;
+use crate::auth::{AuthError, Authenticator, Principal};
+use crate::policy::{audit, Action, AuditEntry, AuditLog, Decision, PolicyEngine};
+use crate::ratelimit::{Admission, LimitClock, Rejection};
+use crate::tenant::Tenant;
+
+#[derive(Debug)]
+pub struct Access {
+    pub auth: Authenticator,
+    pub policy: PolicyEngine,
+    audit: AuditLog,
+}
+
+impl Access {
+    /// Builds access control from a config; fails on invalid policies or an unwritable
+    /// audit log. `clock` drives the rate limits.
+    pub fn from_config(config: &Config, clock: &LimitClock) -> anyhow::Result<Self> {
+        let tenant_configs = config.effective_tenants();
+        let policy = PolicyEngine::new(config, &tenant_configs)?;
+        let tenants: HashMap<String, Arc<Tenant>> = tenant_configs
+            .iter()
+            .map(|t| (t.id.clone(), Arc::new(Tenant::new(t, clock))))
+            .collect();
+        let anonymous = config
+            .anonymous_tenant_id()
+            .and_then(|id| tenants.get(id).cloned());
+        let mut auth = Authenticator::new(anonymous);
+        for t in &tenant_configs {
+            for k in &t.keys {
+                let tenant = tenants[&t.id].clone();
+                if !auth.add_key(&k.hash, k.name.as_deref(), tenant) {
+                    anyhow::bail!(
+                        "tenant `{}` has a key hash that is not `sha256:<hex>`",
+                        t.id
+                    );
+                }
+            }
+        }
+        let audit = match &config.audit.path {
+            Some(p) => AuditLog::to_file(p)
+                .with_context(|| format!("cannot open the audit log {}", p.display()))?,
+            None => AuditLog::tracing_only(),
+        };
+        Ok(Self {
+            auth,
+            policy,
+            audit,
+        })
+    }
+
+    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Principal, ApiError> {
+        self.auth
+            .authenticate(authorization)
+            .map_err(|e: AuthError| ApiError::unauthorized(e.message()))
+    }
+
+    /// Decides and records whether the caller may do `action` on `model`.
+    pub fn decide(
+        &self,
+        who: &Principal,
+        model: &str,
+        action: Action,
+        request_id: Option<&str>,
+    ) -> Decision {
+        let decision = self.policy.decide(&who.tenant.id, model, action);
+        let licence = self
+            .policy
+            .model(model)
+            .map(|m| m.licence_id.as_str())
+            .unwrap_or("");
+        self.audit.record(&AuditEntry {
+            ts: audit::timestamp(),
+            request_id,
+            tenant: &who.tenant.id,
+            key: who.key_name.as_deref(),
+            action: action.name(),
+            model,
+            licence,
+            decision: if decision.allowed { "allow" } else { "deny" },
+            policies: &decision.policies,
+            reasons: &decision.reasons,
+        });
+        decision
+    }
+
+    /// `decide` for invoking a model, as a 403 naming the model, licence and reasons.
+    pub fn authorize(
+        &self,
+        who: &Principal,
+        model: &str,
+        request_id: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let decision = self.decide(who, model, Action::Invoke, request_id);
+        if decision.allowed {
+            return Ok(());
+        }
+        let licence = self
+            .policy
+            .model(model)
+            .map(|m| format!(" (licence: {}, `{}`)", m.licence_name, m.licence_id))
+            .unwrap_or_default();
+        let policies = if decision.policies.is_empty() {
+            String::new()
+        } else {
+            format!(" [policy: {}]", decision.policies.join(", "))
+        };
+        Err(ApiError::forbidden(format!(
+            "Tenant `{}` may not use the model `{model}`{licence}: {}.{policies}",
+            who.tenant.id,
+            decision.reasons.join("; "),
+        )))
+    }
+
+    /// Admits a request that may use up to `tokens` tokens within the tenant's limits.
+    pub fn admit(&self, who: &Principal, model: &str, tokens: u64) -> Result<Admission, ApiError> {
+        let limiter = &who.tenant.limiter;
+        if limiter.is_unlimited() {
+            return Ok(Admission::unlimited());
+        }
+        limiter
+            .admit(model, tokens)
+            .map_err(|r| rejection_error(&who.tenant.id, r))
+    }
+}
+
+fn scope(tenant: &str, model: &Option<String>) -> String {
+    match model {
+        Some(m) => format!("tenant `{tenant}` on model `{m}`"),
+        None => format!("tenant `{tenant}`"),
+    }
+}
+
+/// A 429 in OpenAI's words, with Retry-After and the rate-limit headers.
+fn rejection_error(tenant: &str, r: Rejection) -> ApiError {
+    match r {
+        Rejection::Requests {
+            limit,
+            model,
+            wait,
+            state,
+        } => ApiError::rate_limited(
+            "requests",
+            format!(
+                "Rate limit reached for {} on requests per min (RPM): Limit {limit}. Please try again in {}.",
+                scope(tenant, &model),
+                crate::api::ratelimit_headers::duration_text(wait)
+            ),
+            Some(wait),
+            state,
+        ),
+        Rejection::Tokens {
+            limit,
+            requested,
+            model,
+            wait,
+            state,
+        } => ApiError::rate_limited(
+            "tokens",
+            format!(
+                "Rate limit reached for {} on tokens per min (TPM): Limit {limit}, Requested {requested}. Please try again in {}.",
+                scope(tenant, &model),
+                crate::api::ratelimit_headers::duration_text(wait)
+            ),
+            Some(wait),
+            state,
+        ),
+        Rejection::TooLarge {
+            limit,
+            requested,
+            model,
+        } => ApiError::rate_limited(
+            "tokens",
+            format!(
+                "Request too large for {} on tokens per min (TPM): Limit {limit}, Requested {requested} (prompt tokens plus max_tokens for each choice). Lower max_tokens or shorten the prompt.",
+                scope(tenant, &model)
+            ),
+            None,
+            Default::default(),
+        ),
+        Rejection::Concurrency { limit, state } => ApiError::rate_limited(
+            "requests",
+            format!(
+                "Too many concurrent requests for {}: Limit {limit}. Please try again when one has finished.",
+                scope(tenant, &None)
+            ),
+            Some(std::time::Duration::from_secs(1)),
+            state,
+        ),
+    }
+}

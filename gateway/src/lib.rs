@@ -1,0 +1,13 @@
+//! Rosetta's gateway: the OpenAI-compatible HTTP API and everything on the request path in
+//! front of the engines (see DESIGN.md): authentication, licence policies, rate limits.
+//! The `rosetta` binary (main.rs) is its command line.
+
+pub mod access;
+pub mod api;
+pub mod auth;
+pub mod policy;
+pub mod ratelimit;
+pub mod registry;
+pub mod server;
+pub mod state;
+pub mod tenant;

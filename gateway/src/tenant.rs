@@ -1,0 +1,31 @@
+//! A tenant as requests see it: who, which scheduling tier, and its rate limiters.
+
+use rosetta_config::{TenantConfig, Tier};
+
+use crate::ratelimit::{LimitClock, TenantLimiter};
+
+#[derive(Debug)]
+pub struct Tenant {
+    pub id: String,
+    pub tier: Tier,
+    pub limiter: TenantLimiter,
+}
+
+impl Tenant {
+    pub fn new(config: &TenantConfig, clock: &LimitClock) -> Self {
+        Self {
+            id: config.id.clone(),
+            tier: config.tier,
+            limiter: TenantLimiter::new(&config.limits, clock),
+        }
+    }
+
+    /// The engine scheduling priority of its requests (0 is served first).
+    pub fn priority(&self) -> u8 {
+        match self.tier {
+            Tier::High => 0,
+            Tier::Normal => rosetta_engine::DEFAULT_PRIORITY,
+            Tier::Low => rosetta_engine::DEFAULT_PRIORITY + 1,
+        }
+    }
+}
