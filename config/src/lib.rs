@@ -7,12 +7,14 @@ mod access;
 mod error;
 mod licence;
 mod load;
+mod routing;
 mod schema;
 
 pub use access::*;
 pub use error::{ConfigError, ValidationIssue};
 pub use licence::{catalogue, regions_of, shipped_licences, Licence, EU_MEMBERS};
 pub use load::{embedded_default, load_file, parse_str};
+pub use routing::*;
 pub use schema::*;
 
 /// Rosetta's default access policies (config/policies/default.cedar).

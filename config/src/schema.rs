@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::access::{is_key_hash, AuditConfig, AuthConfig, Limits, PolicyConfig, TenantConfig};
 use crate::licence::{catalogue, Licence};
+use crate::routing::{PoolConfig, RemoteReplica, RouteConfig};
 use crate::ValidationIssue;
 
 /// A Rosetta config file.
@@ -38,6 +39,12 @@ pub struct Config {
     /// The audit log of access decisions.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Model aliases routed by language.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Replica choice, health checks and admission.
+    #[serde(default)]
+    pub pool: PoolConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -98,6 +105,10 @@ pub struct ModelConfig {
     /// Engine settings for this model.
     #[serde(default)]
     pub engine: EngineSettings,
+    /// Remote replicas: OpenAI-compatible upstreams serving this model. A model with
+    /// neither `path` nor `demo` is served by its remote replicas only.
+    #[serde(default)]
+    pub remote: Vec<RemoteReplica>,
 }
 
 /// Where a model's weights come from.
@@ -285,9 +296,10 @@ impl Config {
                 (Some(_), Some(_)) => {
                     issue(key("path"), "give either `path` or `demo`, not both".into())
                 }
-                (None, None) => issue(
+                (None, None) if m.remote.is_empty() => issue(
                     key("path"),
-                    "give `path` (a Hugging Face model folder) or `demo`".into(),
+                    "give `path` (a Hugging Face model folder), `demo`, or `remote` replicas"
+                        .into(),
                 ),
                 _ => {}
             }
@@ -343,7 +355,86 @@ impl Config {
             issue("server.max_body_bytes".into(), "must be more than 0".into());
         }
         issues.extend(self.validate_access());
+        issues.extend(self.validate_routing());
         issues
+    }
+
+    /// Routes name real models; aliases are not model ids; remote URLs are http(s).
+    fn validate_routing(&self) -> Vec<ValidationIssue> {
+        let mut issues = Vec::new();
+        let mut issue =
+            |key: String, message: String| issues.push(ValidationIssue { key, message });
+        let model_ids: HashSet<&str> = self.models.iter().map(|m| m.id.as_str()).collect();
+        let mut aliases = HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = |k: &str| format!("routes[{i}].{k}");
+            if model_ids.contains(r.alias.as_str()) {
+                issue(key("alias"), format!("`{}` is already a model id", r.alias));
+            }
+            if !aliases.insert(r.alias.as_str()) {
+                issue(
+                    key("alias"),
+                    format!("alias `{}` is defined twice", r.alias),
+                );
+            }
+            if r.rules.is_empty() && r.fallback.is_empty() {
+                issue(key("rules"), "give at least one rule or fallback".into());
+            }
+            for (j, rule) in r.rules.iter().enumerate() {
+                for lang in &rule.languages {
+                    let ok = (2..=3).contains(&lang.len())
+                        && lang.chars().all(|c| c.is_ascii_lowercase());
+                    if !ok {
+                        issue(
+                            key(&format!("rules[{j}].languages")),
+                            format!("`{lang}` is not an ISO 639 code like `sw`"),
+                        );
+                    }
+                }
+                for m in &rule.models {
+                    if !model_ids.contains(m.as_str()) {
+                        issue(
+                            key(&format!("rules[{j}].models")),
+                            format!("no model `{m}`"),
+                        );
+                    }
+                }
+            }
+            for m in &r.fallback {
+                if !model_ids.contains(m.as_str()) {
+                    issue(key("fallback"), format!("no model `{m}`"));
+                }
+            }
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            for (j, r) in m.remote.iter().enumerate() {
+                if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
+                    issue(
+                        format!("models[{i}].remote[{j}].url"),
+                        format!("`{}` is not an http:// or https:// URL", r.url),
+                    );
+                }
+            }
+        }
+        if self.pool.breaker_failures == 0 {
+            issue("pool.breaker_failures".into(), "must be at least 1".into());
+        }
+        issues
+    }
+
+    /// The models a tenant allowlist entry stands for: a model id itself, or every model an
+    /// alias can route to.
+    pub fn expand_model_name(&self, name: &str) -> Vec<String> {
+        match self.routes.iter().find(|r| r.alias == name) {
+            Some(r) => r
+                .rules
+                .iter()
+                .flat_map(|rule| rule.models.iter())
+                .chain(r.fallback.iter())
+                .cloned()
+                .collect(),
+            None => vec![name.to_string()],
+        }
     }
 
     /// The licence catalogue this config sees: shipped entries plus its own.
@@ -427,8 +518,12 @@ impl Config {
                 }
             }
             for m in t.models.iter().flatten() {
-                if !model_ids.contains(m.as_str()) {
-                    issue(key("models"), format!("no model `{m}` is configured"));
+                let alias = self.routes.iter().any(|r| &r.alias == m);
+                if !model_ids.contains(m.as_str()) && !alias {
+                    issue(
+                        key("models"),
+                        format!("no model or alias `{m}` is configured"),
+                    );
                 }
             }
             check_limits(&t.limits, &model_ids, &key("limits"), &mut issue);

@@ -18,6 +18,9 @@ pub struct Access {
     pub auth: Authenticator,
     pub policy: PolicyEngine,
     audit: AuditLog,
+    /// Engine-only mode: every request is allowed, unlimited and unaudited (the gateway in
+    /// front has decided).
+    open: bool,
 }
 
 impl Access {
@@ -54,7 +57,24 @@ impl Access {
             auth,
             policy,
             audit,
+            open: false,
         })
+    }
+
+    /// For `rosetta serve --engine-only`: no keys, policies, limits or audit here; the
+    /// gateway in front of this process has applied them.
+    pub fn open(config: &Config) -> anyhow::Result<Self> {
+        let mut open = config.clone();
+        open.auth = rosetta_config::AuthConfig {
+            allow_unauthenticated: true,
+            anonymous_tenant: None,
+        };
+        open.tenants.clear();
+        open.policies.files.clear();
+        open.audit.path = None;
+        let mut access = Self::from_config(&open, &LimitClock::monotonic())?;
+        access.open = true;
+        Ok(access)
     }
 
     pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Principal, ApiError> {
@@ -71,6 +91,13 @@ impl Access {
         action: Action,
         request_id: Option<&str>,
     ) -> Decision {
+        if self.open {
+            return Decision {
+                allowed: true,
+                policies: vec!["engine-only".into()],
+                reasons: Vec::new(),
+            };
+        }
         let decision = self.policy.decide(&who.tenant.id, model, action);
         let licence = self
             .policy
@@ -123,7 +150,7 @@ impl Access {
     /// Admits a request that may use up to `tokens` tokens within the tenant's limits.
     pub fn admit(&self, who: &Principal, model: &str, tokens: u64) -> Result<Admission, ApiError> {
         let limiter = &who.tenant.limiter;
-        if limiter.is_unlimited() {
+        if self.open || limiter.is_unlimited() {
             return Ok(Admission::unlimited());
         }
         limiter

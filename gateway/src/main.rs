@@ -35,6 +35,11 @@ enum Command {
         /// Override server.listen, for example 0.0.0.0:8080 or 127.0.0.1:0 (any free port).
         #[arg(long, env = "ROSETTA_LISTEN")]
         listen: Option<SocketAddr>,
+        /// Serve only this process's engines, for a gateway to use as a remote replica: no
+        /// API keys, policies, limits, routes or remotes (the gateway applies them), and the
+        /// tenant headers it sends are trusted. Keep such a process on a private network.
+        #[arg(long)]
+        engine_only: bool,
     },
     /// Validate or describe config files.
     Config {
@@ -140,7 +145,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config, listen } => {
+        Command::Serve {
+            config,
+            listen,
+            engine_only,
+        } => {
             let mut config = match config {
                 Some(file) => rosetta_config::load_file(&file)?,
                 None => {
@@ -157,7 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(server::serve(config))
+            runtime.block_on(server::serve(config, engine_only))
         }
         Command::Config {
             command: ConfigCommand::Check { file },

@@ -3,24 +3,50 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use rosetta_config::Config;
 
 use crate::access::Access;
+use crate::pool::Pool;
 use crate::ratelimit::LimitClock;
 use crate::registry;
-use crate::state::AppState;
+use crate::router::Router;
+use crate::state::{AppState, Services};
 
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+pub async fn serve(config: Config, engine_only: bool) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
-    let ids = config.models.iter().map(|m| m.id.clone()).collect();
-    let access = Access::from_config(&config, &LimitClock::monotonic())?;
-    announce_access(&config, addr);
-    let state = AppState::new(ids, config.server.max_body_bytes, access);
+    let (access, router) = if engine_only {
+        tracing::info!("engine-only: serving this process's engines without auth, policies, limits or routes; keep it on a private network");
+        (Access::open(&config)?, Router::default())
+    } else {
+        announce_access(&config, addr);
+        (
+            Access::from_config(&config, &LimitClock::monotonic())?,
+            Router::new(&config),
+        )
+    };
+    let pool = Arc::new(Pool::new(&config, engine_only)?);
+    pool.spawn_health_checks();
+    let services = Services {
+        access,
+        router: if engine_only {
+            Router::local_models(&config)
+        } else {
+            router
+        },
+        pool,
+        engine_only,
+    };
+    let state = AppState::new(
+        config.models.clone(),
+        config.server.max_body_bytes,
+        services,
+    );
     // One line on stdout, so scripts and tests can find a port chosen by the OS (`:0`).
     {
         let mut out = std::io::stdout().lock();
@@ -34,7 +60,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(registry::default_cache_dir);
     let loader_state = state.clone();
-    let models = config.models.clone();
+    // Remote-only models have nothing to load here.
+    let models: Vec<_> = config
+        .models
+        .iter()
+        .filter(|m| m.source().is_some())
+        .cloned()
+        .collect();
     tokio::task::spawn_blocking(move || {
         let loaded: anyhow::Result<Vec<_>> = models
             .iter()

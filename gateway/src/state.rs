@@ -3,9 +3,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
+use rosetta_config::ModelConfig;
+
 use crate::access::Access;
 use crate::api::error::ApiError;
+use crate::pool::Pool;
 use crate::registry::ServedModel;
+use crate::router::Router;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -13,22 +17,32 @@ pub struct AppState {
     pub max_body_bytes: usize,
 }
 
+/// The parts of the request path built from the config at start.
+pub struct Services {
+    pub access: Access,
+    pub router: Router,
+    pub pool: Arc<Pool>,
+    /// Serving only this process's engines for a gateway: no auth, policies or limits, and
+    /// the tenant headers the gateway sends are trusted.
+    pub engine_only: bool,
+}
+
 struct Inner {
-    /// Set once every configured model has loaded; until then the server is alive, not ready.
+    /// Set once every local model has loaded; until then the server is alive, not ready.
     models: OnceLock<HashMap<String, Arc<ServedModel>>>,
-    /// Configured model ids, in config order (for listing while loading is not needed).
-    order: Vec<String>,
+    /// Every configured model, in config order.
+    configured: Vec<ModelConfig>,
     fingerprint: String,
-    access: Access,
+    services: Services,
 }
 
 impl AppState {
-    pub fn new(model_ids: Vec<String>, max_body_bytes: usize, access: Access) -> Self {
+    pub fn new(configured: Vec<ModelConfig>, max_body_bytes: usize, services: Services) -> Self {
         Self {
             inner: Arc::new(Inner {
                 models: OnceLock::new(),
-                order: model_ids,
-                access,
+                configured,
+                services,
                 fingerprint: format!("fp_rosetta_{}", env!("CARGO_PKG_VERSION").replace('.', "")),
             }),
             max_body_bytes,
@@ -54,7 +68,7 @@ impl AppState {
         })
     }
 
-    /// The model a request names: 503 while loading, 404 if unknown.
+    /// The local model a request names: 503 while loading, 404 if unknown here.
     pub fn model(&self, id: &str) -> Result<Arc<ServedModel>, ApiError> {
         self.loaded()?
             .get(id)
@@ -62,18 +76,41 @@ impl AppState {
             .ok_or_else(|| ApiError::model_not_found(id))
     }
 
+    /// The local model, if it is loaded.
+    pub fn loaded_model(&self, id: &str) -> Option<Arc<ServedModel>> {
+        self.inner.models.get()?.get(id).cloned()
+    }
+
+    /// Local models, in config order.
     pub fn models(&self) -> Result<Vec<Arc<ServedModel>>, ApiError> {
         let loaded = self.loaded()?;
         Ok(self
             .inner
-            .order
+            .configured
             .iter()
-            .filter_map(|id| loaded.get(id).cloned())
+            .filter_map(|m| loaded.get(&m.id).cloned())
             .collect())
     }
 
+    /// Every configured model (local or remote), in config order.
+    pub fn configured(&self) -> &[ModelConfig] {
+        &self.inner.configured
+    }
+
     pub fn access(&self) -> &Access {
-        &self.inner.access
+        &self.inner.services.access
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.inner.services.router
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.inner.services.pool
+    }
+
+    pub fn engine_only(&self) -> bool {
+        self.inner.services.engine_only
     }
 
     pub fn fingerprint(&self) -> &str {

@@ -31,6 +31,9 @@ struct Args {
     /// tokens with an earlier one (prefix-cache hit against miss), on the first target.
     #[arg(long)]
     prefix_test: Option<usize>,
+    /// Send `Authorization: Bearer KEY` to every target (servers that need API keys).
+    #[arg(long, env = "ROSETTA_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 struct Target {
@@ -329,7 +332,15 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|s| parse_target(s))
         .collect::<anyhow::Result<_>>()?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = &args.api_key {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .context("the API key is not a valid header value")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     let client = reqwest::Client::builder()
+        .default_headers(headers)
         .timeout(Duration::from_secs(1800))
         .pool_max_idle_per_host(0)
         .build()?;

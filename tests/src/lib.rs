@@ -369,6 +369,12 @@ impl Server {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Kills the server process (SIGKILL: no graceful shutdown) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Everything the server wrote to stderr so far.
     pub fn logs(&self) -> String {
         self.stderr.lock().unwrap().clone()

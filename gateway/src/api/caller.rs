@@ -15,9 +15,28 @@ use crate::state::AppState;
 pub struct Caller {
     pub principal: Principal,
     pub request_id: Option<String>,
+    /// In engine-only mode, the tenant and priority a gateway passed on
+    /// (`x-rosetta-tenant`, `x-rosetta-priority`).
+    pub on_behalf: Option<(String, u8)>,
 }
 
 impl Caller {
+    /// The engine scheduling priority of this caller's requests.
+    pub fn priority(&self) -> u8 {
+        match &self.on_behalf {
+            Some((_, p)) => *p,
+            None => self.principal.tenant.priority(),
+        }
+    }
+
+    /// The tenant the engine schedules fairly and salts the prefix cache for.
+    pub fn scheduling_tenant(&self) -> &str {
+        match &self.on_behalf {
+            Some((t, _)) => t,
+            None => &self.principal.tenant.id,
+        }
+    }
+
     pub fn request_id(&self) -> Option<&str> {
         self.request_id.as_deref()
     }
@@ -39,9 +58,17 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let tenant = principal.tenant.clone();
+    // Only an engine-only process (on a private network, behind a gateway) trusts these.
+    let on_behalf = state.engine_only().then(|| {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let tenant = header("x-rosetta-tenant").map(str::to_string);
+        let priority = header("x-rosetta-priority").and_then(|p| p.parse().ok());
+        tenant.map(|t| (t, priority.unwrap_or(rosetta_engine::DEFAULT_PRIORITY)))
+    });
     req.extensions_mut().insert(Caller {
         principal,
         request_id,
+        on_behalf: on_behalf.flatten(),
     });
     let mut resp = next.run(req).await;
     if !resp.headers().contains_key("x-ratelimit-limit-tokens") {

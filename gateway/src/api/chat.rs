@@ -1,8 +1,10 @@
 //! POST /v1/chat/completions
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -12,14 +14,16 @@ use rosetta_engine::GeneratedToken;
 use serde_json::Value;
 
 use super::caller::Caller;
+use super::dispatch::{dispatch, Call};
 use super::error::ApiError;
-use super::extract::OpenAiJson;
+use super::extract::OpenAiJsonRaw;
 use super::generate::{
     admit, collect, new_id, now_secs, submit_admitted, token_text, with_rate_headers, Item,
 };
 use super::params;
 use super::sse::{self, json_event};
 use super::types::*;
+use crate::pool::InFlight;
 use crate::registry::ServedModel;
 use crate::state::AppState;
 
@@ -120,12 +124,41 @@ pub fn chat_prompt(
 pub async fn chat_completions(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    OpenAiJson(req): OpenAiJson<ChatCompletionRequest>,
+    headers: HeaderMap,
+    OpenAiJsonRaw(req, raw): OpenAiJsonRaw<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let model = state.model(&req.model)?;
-    state
-        .access()
-        .authorize(&caller.principal, &model.id, caller.request_id())?;
+    let text = user_text(&req.messages);
+    dispatch(&state, &caller, &headers, Call::Chat(req), &raw, &text).await
+}
+
+/// The text of the user's messages, whose language routes the request.
+fn user_text(messages: &[Value]) -> String {
+    let mut text = String::new();
+    for m in messages.iter().filter(|m| m["role"] == "user") {
+        match &m["content"] {
+            Value::String(s) => text.push_str(s),
+            Value::Array(parts) => {
+                for p in parts {
+                    text.push_str(p["text"].as_str().unwrap_or_default());
+                    text.push(' ');
+                }
+            }
+            _ => {}
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// Runs a chat request on this process's engine for `model`. `hold` lives as long as the
+/// answer (its in-flight count on the replica).
+pub async fn run_local(
+    state: &AppState,
+    caller: &Caller,
+    model: Arc<ServedModel>,
+    req: ChatCompletionRequest,
+    hold: InFlight,
+) -> Result<Response, ApiError> {
     tracing::debug!(model = %model.id, user = req.sampling.user.as_deref().unwrap_or(""), "chat completion");
     let messages = parse_messages(&req.messages)?;
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
@@ -176,9 +209,9 @@ pub async fn chat_completions(
         })?;
     let n = gen.request.n;
     let mut requests = vec![gen.request];
-    let admission = admit(&state, &caller, &model, &mut requests)?;
+    let admission = admit(state, caller, &model, &mut requests)?;
     let rate = admission.state();
-    let items = submit_admitted(&model, requests, admission)?;
+    let items = submit_admitted(&model, requests, admission, hold)?;
     let meta = Meta {
         id: new_id("chatcmpl"),
         created: now_secs(),

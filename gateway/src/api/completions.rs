@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -13,14 +14,16 @@ use rosetta_engine::GeneratedToken;
 use serde_json::Value;
 
 use super::caller::Caller;
+use super::dispatch::{dispatch, Call};
 use super::error::ApiError;
-use super::extract::OpenAiJson;
+use super::extract::OpenAiJsonRaw;
 use super::generate::{
     admit, collect, new_id, now_secs, submit_admitted, token_text, with_rate_headers, Item,
 };
 use super::params;
 use super::sse::{self, json_event};
 use super::types::*;
+use crate::pool::InFlight;
 use crate::registry::ServedModel;
 use crate::state::AppState;
 
@@ -82,12 +85,42 @@ fn parse_prompts(model: &ServedModel, prompt: &Value) -> Result<Vec<Vec<u32>>, A
 pub async fn completions(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    OpenAiJson(req): OpenAiJson<CompletionRequest>,
+    headers: HeaderMap,
+    OpenAiJsonRaw(req, raw): OpenAiJsonRaw<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let model = state.model(&req.model)?;
-    state
-        .access()
-        .authorize(&caller.principal, &model.id, caller.request_id())?;
+    let text = prompt_text(&req.prompt);
+    dispatch(
+        &state,
+        &caller,
+        &headers,
+        Call::Completion(req),
+        &raw,
+        &text,
+    )
+    .await
+}
+
+/// The prompt's text (token-id prompts have none to detect).
+fn prompt_text(prompt: &Value) -> String {
+    match prompt {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// Runs a completion request on this process's engine for `model`.
+pub async fn run_local(
+    state: &AppState,
+    caller: &Caller,
+    model: Arc<ServedModel>,
+    req: CompletionRequest,
+    hold: InFlight,
+) -> Result<Response, ApiError> {
     tracing::debug!(model = %model.id, user = req.sampling.user.as_deref().unwrap_or(""), "completion");
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid_param(
@@ -128,9 +161,9 @@ pub async fn completions(
     }
     let per_prompt = n as usize;
     let total_choices = per_prompt * requests.len();
-    let admission = admit(&state, &caller, &model, &mut requests)?;
+    let admission = admit(state, caller, &model, &mut requests)?;
     let rate = admission.state();
-    let items = submit_admitted(&model, requests, admission)?;
+    let items = submit_admitted(&model, requests, admission, hold)?;
     let meta = Meta {
         id: new_id("cmpl"),
         created: now_secs(),

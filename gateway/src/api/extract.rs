@@ -14,16 +14,35 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OpenAiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let limit = state.max_body_bytes;
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::payload_too_large(limit)
-            } else {
-                ApiError::invalid(format!("Could not read the request body: {e}"))
-            }
-        })?;
+        let bytes = read_body(req, state).await?;
         parse_json(&bytes).map(OpenAiJson)
     }
+}
+
+/// The typed body and the JSON it came from (passed on as is to remote replicas).
+pub struct OpenAiJsonRaw<T>(pub T, pub serde_json::Value);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for OpenAiJsonRaw<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state).await?;
+        let typed = parse_json(&bytes)?;
+        let raw = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::invalid(format!("Invalid JSON body: {e}")))?;
+        Ok(OpenAiJsonRaw(typed, raw))
+    }
+}
+
+async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    let limit = state.max_body_bytes;
+    Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::payload_too_large(limit)
+        } else {
+            ApiError::invalid(format!("Could not read the request body: {e}"))
+        }
+    })
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

@@ -22,10 +22,9 @@ pub fn admit(
     model: &ServedModel,
     requests: &mut [GenerateRequest],
 ) -> Result<Admission, ApiError> {
-    let tenant = &caller.principal.tenant;
     for r in requests.iter_mut() {
-        r.priority = tenant.priority();
-        r.tenant = Some(tenant.id.clone());
+        r.priority = caller.priority();
+        r.tenant = Some(caller.scheduling_tenant().to_string());
     }
     let tokens = requests
         .iter()
@@ -41,12 +40,15 @@ pub fn submit_admitted(
     model: &ServedModel,
     requests: Vec<GenerateRequest>,
     admission: Admission,
+    hold: impl Send + 'static,
 ) -> Result<impl Stream<Item = Item> + Send, ApiError> {
     let prompt_tokens: u64 = requests.iter().map(|r| r.prompt.len() as u64).sum();
     let items = submit_all(model, requests)?;
     admission.record_usage(prompt_tokens);
     let mut generated = 0u64;
     Ok(items.map(move |item| {
+        // Lives as long as the stream.
+        let _ = &hold;
         match &item {
             Item::Delta(d) if d.token.is_some() => {
                 generated += 1;

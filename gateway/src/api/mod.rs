@@ -3,6 +3,7 @@
 pub mod caller;
 mod chat;
 mod completions;
+mod dispatch;
 pub mod error;
 mod extract;
 mod generate;

@@ -9,16 +9,17 @@ use super::types::{ModelList, ModelObject};
 use crate::policy::Action;
 use crate::registry::ServedModel;
 use crate::state::AppState;
+use rosetta_config::ModelConfig;
 
-fn object(m: &ServedModel) -> ModelObject {
+fn object(config: &ModelConfig, local: Option<&ServedModel>) -> ModelObject {
     ModelObject {
-        id: m.id.clone(),
+        id: config.id.clone(),
         object: "model",
-        created: m.created,
+        created: local.map_or(0, |m| m.created),
         owned_by: "rosetta".into(),
-        licence: m.licence.clone(),
-        languages: m.languages.clone(),
-        max_model_len: m.max_context,
+        licence: config.licence.clone(),
+        languages: config.languages.clone(),
+        max_model_len: local.map(|m| m.max_context),
     }
 }
 
@@ -38,11 +39,13 @@ pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<ModelList>, ApiError> {
+    // 503 while local models load.
+    state.models()?;
     let data = state
-        .models()?
+        .configured()
         .iter()
         .filter(|m| visible(&state, &caller, &m.id))
-        .map(|m| object(m))
+        .map(|m| object(m, state.loaded_model(&m.id).as_deref()))
         .collect();
     Ok(Json(ModelList {
         object: "list",
@@ -55,12 +58,17 @@ pub async fn get(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<ModelObject>, ApiError> {
-    let model = state.model(&id)?;
+    state.models()?;
+    let config = state
+        .configured()
+        .iter()
+        .find(|m| m.id == id)
+        .ok_or_else(|| ApiError::model_not_found(&id))?;
     // Like OpenAI: a model the caller may not use does not exist for it.
-    if !visible(&state, &caller, &model.id) {
+    if !visible(&state, &caller, &config.id) {
         return Err(ApiError::model_not_found(&id));
     }
-    Ok(Json(object(&model)))
+    Ok(Json(object(config, state.loaded_model(&id).as_deref())))
 }
 
 /// GET /load: each model's engine load (running, waiting, KV blocks, preemptions, prefix-cache

@@ -211,7 +211,9 @@ pub struct ModelObject {
     /// Rosetta's additions: what the model is and may be used for.
     pub licence: String,
     pub languages: Vec<String>,
-    pub max_model_len: usize,
+    /// Known for models served here; remote-only models leave it out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_model_len: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -43,7 +43,11 @@ fn entity(
         .map_err(|e| PolicyError::Entities(format!("entity {name}: {e}")))
 }
 
-pub fn tenant(t: &TenantConfig) -> Result<Entity, PolicyError> {
+/// A tenant; its allowlist names models, aliases expanded by `expand`.
+pub fn tenant(
+    t: &TenantConfig,
+    expand: impl Fn(&str) -> Vec<String>,
+) -> Result<Entity, PolicyError> {
     let regions: Vec<String> = t
         .region
         .iter()
@@ -68,7 +72,8 @@ pub fn tenant(t: &TenantConfig) -> Result<Entity, PolicyError> {
         attrs.insert("monthly_active_users".into(), long(mau));
     }
     if let Some(models) = &t.models {
-        attrs.insert("model_allowlist".into(), strings(models));
+        let expanded: Vec<String> = models.iter().flat_map(|m| expand(m)).collect();
+        attrs.insert("model_allowlist".into(), strings(&expanded));
     }
     entity(uid(TENANT, &t.id)?, attrs, HashSet::new())
 }

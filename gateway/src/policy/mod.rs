@@ -9,6 +9,7 @@ mod entities;
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, EntityUid, PolicyId, PolicySet,
@@ -75,8 +76,12 @@ pub struct PolicyEngine {
     authorizer: Authorizer,
     policies: PolicySet,
     entities: Entities,
-    tenants: HashMap<String, EntityUid>,
-    models: HashMap<String, ModelFacts>,
+    tenants: HashMap<String, (usize, EntityUid)>,
+    models: HashMap<String, (usize, ModelFacts)>,
+    /// Decisions per (tenant, model, action), made on first use. Policies, tenants and
+    /// models are fixed for the process's life and requests carry no context yet, so a
+    /// decision never changes; a context attribute (time, address) would have to join the key.
+    decisions: Vec<OnceLock<Decision>>,
     invoke: EntityUid,
     list: EntityUid,
     reasons: HashMap<PolicyId, String>,
@@ -191,23 +196,26 @@ impl PolicyEngine {
                 ))
             })?;
             all.push(entities::model(m, l)?);
-            models.insert(
-                m.id.clone(),
-                ModelFacts {
-                    uid: entities::uid(entities::MODEL, &m.id)?,
-                    licence_id: l.id.clone(),
-                    licence_name: l.name.clone(),
-                },
-            );
+            let facts = ModelFacts {
+                uid: entities::uid(entities::MODEL, &m.id)?,
+                licence_id: l.id.clone(),
+                licence_name: l.name.clone(),
+            };
+            models.insert(m.id.clone(), (models.len(), facts));
         }
         let mut tenant_uids = HashMap::new();
         for t in tenants {
-            all.push(entities::tenant(t)?);
-            tenant_uids.insert(t.id.clone(), entities::uid(entities::TENANT, &t.id)?);
+            all.push(entities::tenant(t, |name| config.expand_model_name(name))?);
+            let uid = entities::uid(entities::TENANT, &t.id)?;
+            tenant_uids.insert(t.id.clone(), (tenant_uids.len(), uid));
         }
         let entities = Entities::from_entities(all, Some(&schema))
             .map_err(|e| PolicyError::Entities(e.to_string()))?;
+        let decisions = (0..tenant_uids.len() * models.len() * 2)
+            .map(|_| OnceLock::new())
+            .collect();
         Ok(Self {
+            decisions,
             authorizer: Authorizer::new(),
             policies,
             entities,
@@ -220,17 +228,33 @@ impl PolicyEngine {
     }
 
     pub fn model(&self, id: &str) -> Option<&ModelFacts> {
-        self.models.get(id)
+        self.models.get(id).map(|(_, m)| m)
     }
 
     /// May `tenant` do `action` on `model`? Unknown tenants or models are denied.
     pub fn decide(&self, tenant: &str, model: &str, action: Action) -> Decision {
+        let (Some((t, _)), Some((m, _))) = (self.tenants.get(tenant), self.models.get(model))
+        else {
+            return self.evaluate(tenant, model, action);
+        };
+        let a = match action {
+            Action::Invoke => 0,
+            Action::List => 1,
+        };
+        let cell = &self.decisions[(t * self.models.len() + m) * 2 + a];
+        cell.get_or_init(|| self.evaluate(tenant, model, action))
+            .clone()
+    }
+
+    /// `decide` without the memo: a full Cedar evaluation (for benchmarks).
+    pub fn evaluate(&self, tenant: &str, model: &str, action: Action) -> Decision {
         let deny = |why: &str| Decision {
             allowed: false,
             policies: Vec::new(),
             reasons: vec![why.to_string()],
         };
-        let (Some(principal), Some(resource)) = (self.tenants.get(tenant), self.models.get(model))
+        let (Some((_, principal)), Some((_, resource))) =
+            (self.tenants.get(tenant), self.models.get(model))
         else {
             return deny("the tenant or the model is unknown to the policy engine");
         };

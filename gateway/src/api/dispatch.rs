@@ -1,0 +1,291 @@
+//! From a request to an answer across models and replicas: resolve the language, route the
+//! requested model or alias to candidate models, keep those the tenant's policies allow,
+//! and try their replicas in the pool's order until one serves. A request moves on to the
+//! next replica or candidate only before anything has been sent to the client.
+
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::caller::Caller;
+use super::error::ApiError;
+use super::generate::with_rate_headers;
+use super::types::{ChatCompletionRequest, CompletionRequest};
+use super::{chat, completions};
+use crate::language::{self, iso, Language};
+use crate::pool::remote::{ForwardError, Forwarded, OnBehalf, RemoteClient};
+use crate::pool::{sse_relay, InFlight, Replica, ReplicaKind};
+use crate::router::Target;
+use crate::state::AppState;
+
+/// The request, typed.
+pub enum Call {
+    Chat(ChatCompletionRequest),
+    Completion(CompletionRequest),
+}
+
+impl Call {
+    fn model(&self) -> &str {
+        match self {
+            Call::Chat(r) => &r.model,
+            Call::Completion(r) => &r.model,
+        }
+    }
+
+    fn path(&self) -> &'static str {
+        match self {
+            Call::Chat(_) => "/v1/chat/completions",
+            Call::Completion(_) => "/v1/completions",
+        }
+    }
+
+    /// The most completion tokens it may ask for, for a remote reservation.
+    fn max_tokens(&self) -> u64 {
+        let (max, n, default) = match self {
+            Call::Chat(r) => (
+                r.max_completion_tokens.or(r.sampling.max_tokens),
+                r.sampling.n,
+                1024,
+            ),
+            Call::Completion(r) => (r.sampling.max_tokens, r.sampling.n, 16),
+        };
+        max.unwrap_or(default).max(0) as u64 * n.unwrap_or(1).max(1) as u64
+    }
+}
+
+/// How one attempt on a replica ended without an answer.
+enum Failure {
+    /// Nothing reached the client; another replica may serve.
+    Retry(ApiError),
+    /// The answer for the client (a 4xx, a rate limit).
+    Final(ApiError),
+}
+
+/// The stated language: header `x-rosetta-language`, else `metadata.language`.
+fn stated_language(headers: &HeaderMap, raw: &Value) -> Result<Option<Language>, ApiError> {
+    let header = headers
+        .get("x-rosetta-language")
+        .map(|v| v.to_str().unwrap_or("\u{fffd}").to_string());
+    let field = raw["metadata"]["language"].as_str().map(str::to_string);
+    let Some(tag) = header.or(field) else {
+        return Ok(None);
+    };
+    iso::parse_stated(&tag)
+        .map(|code| Some(Language::stated(code)))
+        .ok_or_else(|| {
+            ApiError::invalid_param(
+                "metadata.language",
+                format!("`{tag}` is not a language tag like `sw`, `pt-BR` or `und`."),
+            )
+        })
+}
+
+pub async fn dispatch(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    call: Call,
+    raw: &Value,
+    text: &str,
+) -> Result<Response, ApiError> {
+    let language = match stated_language(headers, raw)? {
+        Some(l) => l,
+        None => language::detect(text),
+    };
+    let target = state
+        .router()
+        .resolve(call.model(), &language.code)
+        .ok_or_else(|| ApiError::model_not_found(call.model()))?;
+    let candidates = allowed_candidates(state, caller, &target, &language)?;
+    let affinity = state.pool().affinity_key(text);
+    let mut last_error = None;
+    let mut full = 0;
+    let mut open = 0;
+    for model_id in &candidates {
+        let local = state.loaded_model(model_id);
+        let (plan, skipped) =
+            state
+                .pool()
+                .plan(model_id, affinity, local.as_ref().map(|m| m.engine.load()));
+        full += skipped.queue_full;
+        open += skipped.circuit_open;
+        for replica in plan {
+            let hold = replica.start();
+            let outcome = match &replica.kind {
+                ReplicaKind::Local => run_local(state, caller, &call, model_id, hold).await,
+                ReplicaKind::Remote(remote) => {
+                    run_remote(state, caller, remote, &call, raw, model_id, hold).await
+                }
+            };
+            match outcome {
+                Ok(resp) => {
+                    if replica.remote().is_some() {
+                        replica.breaker.success();
+                    }
+                    return Ok(decorate(resp, model_id, &language, &replica));
+                }
+                Err(Failure::Retry(e)) => {
+                    tracing::warn!(model = %model_id, replica = %replica.name, error = %e.body.message, "replica could not serve; trying the next");
+                    if replica.remote().is_some() {
+                        replica.breaker.failure();
+                    }
+                    last_error = Some(e);
+                }
+                Err(Failure::Final(e)) => return Err(e),
+            }
+        }
+    }
+    let names = candidates.join(", ");
+    Err(match last_error {
+        // Every replica failed: say so, with the last reason.
+        Some(e) if full == 0 => ApiError::unavailable(
+            format!(
+                "No replica of {names} could serve the request: {}",
+                e.body.message
+            ),
+            e.retry_after_secs.unwrap_or(1),
+        ),
+        _ => ApiError::unavailable(
+            format!(
+                "Every replica of {names} is busy or unavailable ({full} past the queue bound, {open} with an open circuit breaker); retry shortly."
+            ),
+            1,
+        ),
+    })
+}
+
+/// The candidates the tenant may use, in order; 403 with every reason if none.
+fn allowed_candidates(
+    state: &AppState,
+    caller: &Caller,
+    target: &Target,
+    language: &Language,
+) -> Result<Vec<String>, ApiError> {
+    let mut allowed = Vec::new();
+    let mut denials: Vec<ApiError> = Vec::new();
+    for m in target.candidates() {
+        match state
+            .access()
+            .authorize(&caller.principal, &m, caller.request_id())
+        {
+            Ok(()) => allowed.push(m),
+            Err(e) => denials.push(e),
+        }
+    }
+    if !allowed.is_empty() {
+        return Ok(allowed);
+    }
+    match (target, denials.len()) {
+        (Target::Model(_), 1) => Err(denials.remove(0)),
+        (Target::Alias { alias, .. }, 0) => Err(ApiError::unavailable(
+            format!(
+                "The alias `{alias}` routes `{}` requests to no model.",
+                language.code
+            ),
+            5,
+        )),
+        (Target::Alias { alias, .. }, _) | (Target::Model(alias), _) => {
+            let reasons: Vec<String> = denials.into_iter().map(|e| e.body.message).collect();
+            Err(ApiError::forbidden(format!(
+                "No model that `{alias}` routes `{}` requests to is allowed for this tenant. {}",
+                language.code,
+                reasons.join(" ")
+            )))
+        }
+    }
+}
+
+async fn run_local(
+    state: &AppState,
+    caller: &Caller,
+    call: &Call,
+    model_id: &str,
+    hold: InFlight,
+) -> Result<Response, Failure> {
+    let model = state.model(model_id).map_err(Failure::Retry)?;
+    let result = match call {
+        Call::Chat(r) => chat::run_local(state, caller, model, r.clone(), hold).await,
+        Call::Completion(r) => completions::run_local(state, caller, model, r.clone(), hold).await,
+    };
+    result.map_err(|e| {
+        // 503: the engine is overloaded or shutting down; anything else is the answer.
+        if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
+            Failure::Retry(e)
+        } else {
+            Failure::Final(e)
+        }
+    })
+}
+
+async fn run_remote(
+    state: &AppState,
+    caller: &Caller,
+    remote: &RemoteClient,
+    call: &Call,
+    raw: &Value,
+    model_id: &str,
+    hold: InFlight,
+) -> Result<Response, Failure> {
+    // Without the upstream's tokenizer, reserve about a token per 3 bytes of the body.
+    let estimate = raw.to_string().len() as u64 / 3 + call.max_tokens();
+    let admission = state
+        .access()
+        .admit(&caller.principal, model_id, estimate)
+        .map_err(Failure::Final)?;
+    let rate = admission.state();
+    let who = OnBehalf {
+        tenant: caller.scheduling_tenant(),
+        priority: caller.priority(),
+    };
+    match remote.forward(call.path(), raw, &who).await {
+        Ok(Forwarded::Json(mut body)) => {
+            body["model"] = Value::String(model_id.to_string());
+            if let Some(total) = body["usage"]["total_tokens"].as_u64() {
+                admission.record_usage(total);
+            }
+            drop(hold);
+            Ok(with_rate_headers(axum::Json(body).into_response(), rate))
+        }
+        Ok(Forwarded::Stream(first, rest)) => {
+            let mut chunks = 0u64;
+            let prompt_estimate = raw.to_string().len() as u64 / 3;
+            let events = sse_relay::relay(first, rest, model_id.to_string(), move |event| {
+                let _ = &hold;
+                match event.get("usage").filter(|u| !u.is_null()) {
+                    Some(u) => admission.record_usage(u["total_tokens"].as_u64().unwrap_or(0)),
+                    // Without usage, count a token per content chunk.
+                    None => {
+                        chunks += 1;
+                        admission.record_usage(prompt_estimate + chunks);
+                    }
+                }
+            });
+            let resp = Response::builder()
+                .header("content-type", "text/event-stream")
+                .header("cache-control", "no-cache")
+                .body(axum::body::Body::from_stream(events))
+                .map_err(|e| Failure::Final(ApiError::internal(e.to_string())))?;
+            Ok(with_rate_headers(resp, rate))
+        }
+        Err(ForwardError::Unavailable(why)) => Err(Failure::Retry(ApiError::unavailable(
+            format!("replica {} is unavailable: {why}", remote.base_url()),
+            1,
+        ))),
+        Err(ForwardError::Refused(e)) => Err(Failure::Final(e)),
+    }
+}
+
+/// Says which model, language and replica served.
+fn decorate(mut resp: Response, model: &str, language: &Language, replica: &Replica) -> Response {
+    let h = resp.headers_mut();
+    for (name, value) in [
+        ("x-rosetta-model", model),
+        ("x-rosetta-language", language.code.as_str()),
+        ("x-rosetta-replica", replica.name.as_str()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    }
+    resp
+}

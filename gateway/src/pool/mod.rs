@@ -1,0 +1,232 @@
+//! The engine pool: each model's replicas (the in-process engine and remote upstreams), the
+//! choice among them by load with prefix affinity, health checks and circuit breakers.
+
+pub mod breaker;
+pub mod remote;
+pub mod sse_relay;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rosetta_config::{Config, PoolConfig};
+use rosetta_engine::EngineLoad;
+
+use breaker::Breaker;
+use remote::RemoteClient;
+
+#[derive(Debug)]
+pub enum ReplicaKind {
+    /// The engine in this process (its load comes from the engine's snapshot).
+    Local,
+    Remote(RemoteClient),
+}
+
+#[derive(Debug)]
+pub struct Replica {
+    /// `local`, or the remote's base URL; reported in `x-rosetta-replica`.
+    pub name: String,
+    pub model: String,
+    pub kind: ReplicaKind,
+    pub breaker: Breaker,
+    in_flight: AtomicUsize,
+}
+
+/// One request in flight on a replica; dropping it ends the count.
+#[derive(Debug)]
+pub struct InFlight(Arc<Replica>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Replica {
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    pub fn remote(&self) -> Option<&RemoteClient> {
+        match &self.kind {
+            ReplicaKind::Remote(r) => Some(r),
+            ReplicaKind::Local => None,
+        }
+    }
+}
+
+/// How busy a replica is, for choosing, and whether it is past the queue bound.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Busy {
+    score: f64,
+    queued: usize,
+}
+
+/// Why no replica of a model was chosen.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Skipped {
+    pub circuit_open: usize,
+    pub queue_full: usize,
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    models: HashMap<String, Vec<Arc<Replica>>>,
+    config: PoolConfig,
+}
+
+impl Pool {
+    /// Replicas from the config: `local` for models with weights here (unless `remote_only`
+    /// is asked for nothing), then each remote. `engine_only` ignores remotes.
+    pub fn new(config: &Config, engine_only: bool) -> anyhow::Result<Self> {
+        let breaker = || {
+            Breaker::new(
+                config.pool.breaker_failures,
+                Duration::from_millis(config.pool.breaker_open_ms),
+            )
+        };
+        let mut models = HashMap::new();
+        for m in &config.models {
+            let mut replicas = Vec::new();
+            if m.source().is_some() {
+                replicas.push(Arc::new(Replica {
+                    name: "local".into(),
+                    model: m.id.clone(),
+                    kind: ReplicaKind::Local,
+                    breaker: breaker(),
+                    in_flight: AtomicUsize::new(0),
+                }));
+            }
+            if !engine_only {
+                for r in &m.remote {
+                    let client = RemoteClient::new(r, &m.id)?;
+                    replicas.push(Arc::new(Replica {
+                        name: client.base_url().to_string(),
+                        model: m.id.clone(),
+                        kind: ReplicaKind::Remote(client),
+                        breaker: breaker(),
+                        in_flight: AtomicUsize::new(0),
+                    }));
+                }
+            }
+            models.insert(m.id.clone(), replicas);
+        }
+        Ok(Self {
+            models,
+            config: config.pool.clone(),
+        })
+    }
+
+    pub fn replicas(&self, model: &str) -> &[Arc<Replica>] {
+        self.models.get(model).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The affinity key of a prompt: its first `affinity_prefix_chars` characters.
+    pub fn affinity_key(&self, prompt: &str) -> u64 {
+        let end = prompt
+            .char_indices()
+            .nth(self.config.affinity_prefix_chars)
+            .map_or(prompt.len(), |(i, _)| i);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        prompt[..end].hash(&mut h);
+        h.finish()
+    }
+
+    /// `model`'s replicas to try, in order: the prefix-affine one first unless it is much
+    /// busier than the least busy, then the rest by load. Replicas with an open breaker or
+    /// past the queue bound are left out (and counted).
+    pub fn plan(
+        &self,
+        model: &str,
+        affinity: u64,
+        local_load: Option<EngineLoad>,
+    ) -> (Vec<Arc<Replica>>, Skipped) {
+        let mut skipped = Skipped::default();
+        let mut ready: Vec<(Arc<Replica>, Busy)> = Vec::new();
+        for r in self.replicas(model) {
+            let busy = match (&r.kind, &local_load) {
+                (ReplicaKind::Local, Some(l)) => {
+                    let kv = if l.kv_blocks_total > 0 {
+                        l.kv_blocks_used as f64 / l.kv_blocks_total as f64
+                    } else {
+                        0.0
+                    };
+                    Busy {
+                        score: (l.running + l.waiting).max(r.in_flight()) as f64 + kv,
+                        queued: l.waiting,
+                    }
+                }
+                // Still loading: it can take requests once ready; the handler answers 503.
+                (ReplicaKind::Local, None) => Busy {
+                    score: r.in_flight() as f64,
+                    queued: 0,
+                },
+                (ReplicaKind::Remote(_), _) => Busy {
+                    score: r.in_flight() as f64,
+                    queued: r.in_flight(),
+                },
+            };
+            if busy.queued >= self.config.max_queue {
+                skipped.queue_full += 1;
+                continue;
+            }
+            if !r.breaker.allow() {
+                skipped.circuit_open += 1;
+                continue;
+            }
+            ready.push((r.clone(), busy));
+        }
+        ready.sort_by(|a, b| a.1.score.total_cmp(&b.1.score));
+        // Rendezvous hashing: the replica with the highest hash of (prompt prefix, name) is
+        // the prompt's home, so its prefix cache keeps hitting while replicas come and go.
+        let home = ready
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, (r, _))| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (affinity, &r.name).hash(&mut h);
+                h.finish()
+            })
+            .map(|(i, _)| i);
+        if let (Some(i), Some(least)) = (home, ready.first().map(|x| x.1.score)) {
+            if ready[i].1.score <= least + self.config.affinity_max_imbalance as f64 {
+                let chosen = ready.remove(i);
+                ready.insert(0, chosen);
+            }
+        }
+        (ready.into_iter().map(|(r, _)| r).collect(), skipped)
+    }
+
+    /// Checks every remote replica periodically, feeding its breaker.
+    pub fn spawn_health_checks(self: &Arc<Self>) {
+        let interval = Duration::from_millis(self.config.health_interval_ms.max(100));
+        for replicas in self.models.values() {
+            for r in replicas.iter().filter(|r| r.remote().is_some()) {
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(interval);
+                    loop {
+                        tick.tick().await;
+                        let Some(remote) = r.remote() else { return };
+                        if remote.check_health().await {
+                            if r.breaker.state() != breaker::BreakerState::Closed {
+                                tracing::info!(replica = %r.name, model = %r.model, "replica healthy again");
+                            }
+                            r.breaker.success();
+                        } else {
+                            tracing::warn!(replica = %r.name, model = %r.model, "health check failed");
+                            r.breaker.failure();
+                        }
+                    }
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! A remote replica: an OpenAI-compatible upstream reached over HTTP. Requests are passed on
+//! with the upstream's model name; answers come back with ours. A stream is committed to the
+//! client only once its first chunk has arrived, so until then a failure can be retried
+//! elsewhere; after that, a failure ends the stream with an error event.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use futures::{Stream, StreamExt};
+use rosetta_config::RemoteReplica;
+use serde_json::Value;
+
+use crate::api::error::ApiError;
+
+#[derive(Debug)]
+pub struct RemoteClient {
+    base: String,
+    upstream_model: String,
+    api_key: Option<String>,
+    health_path: String,
+    first_token: Duration,
+    request: Duration,
+    http: reqwest::Client,
+}
+
+/// Why a forward failed.
+#[derive(Debug)]
+pub enum ForwardError {
+    /// Down, overloaded or too slow before anything was sent to the client: try elsewhere.
+    Unavailable(String),
+    /// The upstream refused the request itself (a 4xx): the client's answer.
+    Refused(ApiError),
+}
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
+
+/// A started answer.
+pub enum Forwarded {
+    Json(Value),
+    /// The first chunk (already received) and the rest.
+    Stream(Bytes, ByteStream),
+}
+
+/// Who the request is for, passed to `rosetta --engine-only` upstreams so their schedulers
+/// apply the tenant's tier and fairness, and salt its prefix cache.
+#[derive(Debug, Clone)]
+pub struct OnBehalf<'a> {
+    pub tenant: &'a str,
+    pub priority: u8,
+}
+
+impl RemoteClient {
+    pub fn new(config: &RemoteReplica, model_id: &str) -> Result<Self, reqwest::Error> {
+        let base = config.url.trim_end_matches('/');
+        let base = base.strip_suffix("/v1").unwrap_or(base).to_string();
+        let api_key = config.api_key.clone().or_else(|| {
+            config
+                .api_key_env
+                .as_ref()
+                .and_then(|v| std::env::var(v).ok())
+        });
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Self {
+            base,
+            upstream_model: config.model.clone().unwrap_or_else(|| model_id.to_string()),
+            api_key,
+            health_path: config.health_path.clone(),
+            first_token: Duration::from_millis(config.first_token_timeout_ms),
+            request: Duration::from_millis(config.request_timeout_ms),
+            http,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// GET the health path; true on 2xx within the first-token timeout.
+    pub async fn check_health(&self) -> bool {
+        let url = format!("{}{}", self.base, self.health_path);
+        let req = self
+            .http
+            .get(url)
+            .timeout(self.first_token.min(Duration::from_secs(5)));
+        matches!(req.send().await, Ok(r) if r.status().is_success())
+    }
+
+    /// Sends `body` (its `model` replaced by the upstream's name) to `path`.
+    pub async fn forward(
+        &self,
+        path: &str,
+        body: &Value,
+        who: &OnBehalf<'_>,
+    ) -> Result<Forwarded, ForwardError> {
+        let mut body = body.clone();
+        body["model"] = Value::String(self.upstream_model.clone());
+        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .timeout(self.request)
+            .header("x-rosetta-tenant", who.tenant)
+            .header("x-rosetta-priority", who.priority.to_string())
+            .json(&body);
+        if let Some(key) = &self.api_key {
+            req = req.bearer_auth(key);
+        }
+        let unavailable = |what: String| ForwardError::Unavailable(what);
+        let resp = match tokio::time::timeout(self.first_token, req.send()).await {
+            Err(_) => {
+                return Err(unavailable(
+                    "no response within the first-token timeout".into(),
+                ))
+            }
+            Ok(Err(e)) => return Err(unavailable(format!("request failed: {e}"))),
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(unavailable(format!("upstream answered {status}")));
+        }
+        if !status.is_success() {
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            return Err(ForwardError::Refused(upstream_error(status, &body)));
+        }
+        if !stream {
+            let read = tokio::time::timeout(self.request, resp.json::<Value>());
+            return match read.await {
+                Ok(Ok(v)) => Ok(Forwarded::Json(v)),
+                Ok(Err(e)) => Err(unavailable(format!("unreadable answer: {e}"))),
+                Err(_) => Err(unavailable("the answer did not arrive in time".into())),
+            };
+        }
+        let mut chunks = resp.bytes_stream();
+        let first = match tokio::time::timeout(self.first_token, chunks.next()).await {
+            Err(_) => {
+                return Err(unavailable(
+                    "no first chunk within the first-token timeout".into(),
+                ))
+            }
+            Ok(None) => {
+                return Err(unavailable(
+                    "the stream ended before its first chunk".into(),
+                ))
+            }
+            Ok(Some(Err(e))) => return Err(unavailable(format!("stream failed: {e}"))),
+            Ok(Some(Ok(b))) => b,
+        };
+        let rest = chunks.map(|r| r.map_err(|e| e.to_string()));
+        Ok(Forwarded::Stream(first, Box::pin(rest)))
+    }
+}
+
+/// An upstream's 4xx, kept in OpenAI's shape.
+fn upstream_error(status: reqwest::StatusCode, body: &Value) -> ApiError {
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or("The upstream refused the request.")
+        .to_string();
+    let mut e = ApiError::invalid(message);
+    e.status = axum::http::StatusCode::from_u16(status.as_u16())
+        .unwrap_or(axum::http::StatusCode::BAD_REQUEST);
+    if let Some(p) = body["error"]["param"].as_str() {
+        e = e.with_param(p);
+    }
+    e
+}

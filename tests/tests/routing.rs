@@ -1,0 +1,145 @@
+//! Language routing over HTTP against the real binary: aliases, detected and stated
+//! languages, `und`, policy-denied candidates and fallbacks.
+
+use rosetta_tests::*;
+
+const CONFIG: &str = r#"
+server: { listen: 127.0.0.1:0, max_body_bytes: 65536 }
+cache_dir: "{cache}"
+auth: { allow_unauthenticated: true, anonymous_tenant: lab }
+models:
+  - { id: aya, demo: { arch: qwen2, size: tiny, seed: 1 }, licence: cc-by-nc-4.0, languages: [sw, am], max_context: 256, engine: { kv_cache_bytes: 4194304 } }
+  - { id: qwen, demo: { arch: qwen2, size: tiny, seed: 1 }, licence: apache-2.0, languages: [zh, ja, ko], max_context: 256, engine: { kv_cache_bytes: 4194304 } }
+  - { id: llama, demo: { arch: qwen2, size: tiny, seed: 1 }, licence: apache-2.0, max_context: 256, engine: { kv_cache_bytes: 4194304 } }
+routes:
+  - alias: auto
+    rules:
+      - { languages: [sw, yo, ha, am], models: [aya] }
+      - { languages: [zh, ja, ko], models: [qwen] }
+    fallback: [llama]
+  - alias: african-only
+    rules:
+      - { languages: [sw, am], models: [aya] }
+tenants:
+  - { id: lab, commercial: false, accepted_licences: [cc-by-nc-4.0] }
+  - { id: acme, commercial: true, keys: [{ hash: "ACME_HASH" }] }
+"#;
+
+const AMHARIC: &str = "ዛሬ የአየሩ ሁኔታ በጣም ጥሩ ነው እና አብረን ወደ ገበያ እንሄዳለን።";
+const JAPANESE: &str = "今日はとても良い天気なので、一緒に市場へ行きましょう。";
+const ENGLISH: &str = "The weather is lovely today, so let us walk to the market together.";
+const SWAHILI: &str = "Habari za asubuhi! Leo hali ya hewa ni nzuri sana.";
+
+fn chat(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 2})
+}
+
+/// (model answered, language reported) of a successful response.
+fn served(r: Resp) -> (String, String) {
+    let model = r.header("x-rosetta-model").unwrap_or_default().to_string();
+    let language = r
+        .header("x-rosetta-language")
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(r.header("x-rosetta-replica"), Some("local"));
+    let body = r.ok();
+    assert_eq!(
+        body["model"], model,
+        "the body names the model that answered"
+    );
+    (model, language)
+}
+
+#[tokio::test]
+async fn aliases_route_by_language_policy_and_fallback() {
+    let (acme_key, acme_hash) = new_key();
+    let s = Server::start(&CONFIG.replace("ACME_HASH", &acme_hash));
+    let post = |body: Value| {
+        let s = &s;
+        async move { s.post("/v1/chat/completions", &body).await }
+    };
+
+    // Detected languages.
+    assert_eq!(
+        served(post(chat("auto", AMHARIC)).await),
+        ("aya".into(), "am".into())
+    );
+    assert_eq!(
+        served(post(chat("auto", JAPANESE)).await),
+        ("qwen".into(), "ja".into())
+    );
+    assert_eq!(
+        served(post(chat("auto", ENGLISH)).await),
+        ("llama".into(), "en".into())
+    );
+    // Too short to tell: und goes to the fallback.
+    assert_eq!(
+        served(post(chat("auto", "ok")).await),
+        ("llama".into(), "und".into())
+    );
+
+    // A stated language wins over detection: header, then metadata.language.
+    let r = s
+        .client()
+        .post(s.url("/v1/chat/completions"))
+        .header("x-rosetta-language", "sw")
+        .json(&chat("auto", SWAHILI))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-rosetta-model"], "aya");
+    assert_eq!(r.headers()["x-rosetta-language"], "sw");
+    assert_eq!(r.status(), 200);
+    let mut body = chat("auto", ENGLISH);
+    body["metadata"] = json!({"language": "ja-JP"});
+    assert_eq!(served(post(body).await), ("qwen".into(), "ja".into()));
+    let mut bad = chat("auto", ENGLISH);
+    bad["metadata"] = json!({"language": "Japanese!"});
+    post(bad)
+        .await
+        .assert_error(400, Some("invalid_request_error"), None);
+
+    // A real model name is served by that model whatever the language.
+    assert_eq!(
+        served(post(chat("qwen", AMHARIC)).await),
+        ("qwen".into(), "am".into())
+    );
+    // The legacy endpoint routes the same way.
+    let c = s
+        .post(
+            "/v1/completions",
+            &json!({"model": "auto", "prompt": AMHARIC, "max_tokens": 2}),
+        )
+        .await;
+    assert_eq!(c.header("x-rosetta-model"), Some("aya"));
+    c.ok();
+
+    // A commercial tenant may not use the non-commercial Aya: the next candidate serves.
+    let r = s
+        .post_as(&acme_key, "/v1/chat/completions", &chat("auto", AMHARIC))
+        .await;
+    assert_eq!(served(r), ("llama".into(), "am".into()));
+    // When every candidate is denied: 403 with the reasons.
+    let r = s
+        .post_as(
+            &acme_key,
+            "/v1/chat/completions",
+            &chat("african-only", AMHARIC),
+        )
+        .await;
+    r.assert_error(403, None, Some("model_access_denied"));
+    let msg = r.json["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("african-only") && msg.contains("commercial"),
+        "{msg}"
+    );
+    // An alias whose rules have nothing for the language and no fallback: 503, not a hang.
+    let r = s
+        .post("/v1/chat/completions", &chat("african-only", ENGLISH))
+        .await;
+    r.assert_error(503, None, None);
+    // Unknown names are still 404.
+    s.post("/v1/chat/completions", &chat("nope", ENGLISH))
+        .await
+        .assert_error(404, None, Some("model_not_found"));
+}
