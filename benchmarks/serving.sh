@@ -24,6 +24,7 @@ trap cleanup EXIT
 
 cat > "$work/rosetta.yaml" <<YAML
 server: { listen: 127.0.0.1:0 }
+auth: { allow_unauthenticated: true }
 models:
   - id: small
     path: $model

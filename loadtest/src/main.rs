@@ -31,6 +31,11 @@ struct Args {
     /// tokens with an earlier one (prefix-cache hit against miss), on the first target.
     #[arg(long)]
     prefix_test: Option<usize>,
+    /// Instead of the throughput levels: send this many small requests (1 output token, not
+    /// streamed) to each target in turn, interleaved, and print latency percentiles and what
+    /// each target adds over the first (for example a gateway over the replica it fronts).
+    #[arg(long)]
+    overhead: Option<usize>,
     /// Send `Authorization: Bearer KEY` to every target (servers that need API keys).
     #[arg(long, env = "ROSETTA_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -324,6 +329,60 @@ async fn prefix_test(
     Ok((miss / rounds as f64 * 1e3, hit / rounds as f64 * 1e3))
 }
 
+/// Latency of small requests per target, interleaved so every target sees the same load.
+async fn overhead(targets: &[Target], n: usize) -> anyhow::Result<()> {
+    // Keep-alive connections, as a gateway and its clients use them.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(n); targets.len()];
+    for i in 0..n + 20 {
+        for (t, out) in targets.iter().zip(times.iter_mut()) {
+            let body = json!({
+                "model": t.model,
+                "messages": [{"role": "user", "content": format!("Ping {}", i % 7)}],
+                "max_tokens": 1,
+            });
+            let start = Instant::now();
+            let resp = client
+                .post(format!("{}/v1/chat/completions", t.url))
+                .json(&body)
+                .send()
+                .await?;
+            let status = resp.status();
+            resp.bytes().await?;
+            if !status.is_success() {
+                bail!("{} answered {status}", t.name);
+            }
+            // The first 20 rounds warm connections and caches.
+            if i >= 20 {
+                out.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    };
+    let base: Vec<f64> = {
+        let v = &mut times[0].clone();
+        vec![pct(v, 0.5), pct(v, 0.99)]
+    };
+    println!("\n| target | p50 ms | p99 ms | added p50 ms | added p99 ms |");
+    println!("|---|---|---|---|---|");
+    for (t, v) in targets.iter().zip(times.iter_mut()) {
+        let (p50, p99) = (pct(v, 0.5), pct(v, 0.99));
+        println!(
+            "| {} | {p50:.2} | {p99:.2} | {:+.2} | {:+.2} |",
+            t.name,
+            p50 - base[0],
+            p99 - base[1]
+        );
+    }
+    println!("({n} requests per target, 1 output token each, interleaved)");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -344,6 +403,9 @@ async fn main() -> anyhow::Result<()> {
         .timeout(Duration::from_secs(1800))
         .pool_max_idle_per_host(0)
         .build()?;
+    if let Some(n) = args.overhead {
+        return overhead(&targets, n).await;
+    }
     let mut results: Vec<Vec<Level>> = Vec::new();
     for t in &targets {
         let mut levels = Vec::new();
