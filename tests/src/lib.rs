@@ -413,6 +413,27 @@ impl Server {
         Resp::read(r, &format!("POST {path} {body} (as a key)")).await
     }
 
+    /// POSTs `body` (as `key`, if given) every 100 ms until it gets 200; panics after
+    /// 20 s. For slots (concurrency, queue bounds) that come back asynchronously.
+    pub async fn post_until_ok(&self, key: Option<&str>, path: &str, body: &Value) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = match key {
+                Some(k) => self.post_as(k, path, body).await,
+                None => self.post(path, body).await,
+            };
+            if r.status == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} never answered 200: {}",
+                r.text
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// POST with an arbitrary body and content type.
     pub async fn post_raw(
         &self,

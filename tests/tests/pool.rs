@@ -39,6 +39,19 @@ fn chat(max_tokens: u64, stream: bool) -> Value {
     })
 }
 
+/// Starts a 1,500-token stream and returns it once it has answered 200.
+async fn long_stream(g: &Server) -> reqwest::Response {
+    let resp = g
+        .client()
+        .post(g.url("/v1/chat/completions"))
+        .json(&chat(1500, true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp
+}
+
 #[tokio::test]
 async fn remote_replicas_share_load_and_survive_a_failure() {
     let mut a = Server::start_with_args(ENGINE, &["--listen", "127.0.0.1:0", "--engine-only"]);
@@ -72,14 +85,7 @@ async fn remote_replicas_share_load_and_survive_a_failure() {
     assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 5);
 
     // A long stream; kill the replica serving it once it has started.
-    let resp = g
-        .client()
-        .post(g.url("/v1/chat/completions"))
-        .json(&chat(1500, true))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let resp = long_stream(&g).await;
     let serving = resp.headers()["x-rosetta-replica"]
         .to_str()
         .unwrap()
@@ -131,14 +137,7 @@ async fn past_the_queue_bound_requests_get_503_at_once() {
     let engine = Server::start_with_args(ENGINE, &["--listen", "127.0.0.1:0", "--engine-only"]);
     let g = Server::start(&gateway_config(&[engine.base_url()], 1));
     // One long stream occupies the only replica's single queue slot.
-    let resp = g
-        .client()
-        .post(g.url("/v1/chat/completions"))
-        .json(&chat(1500, true))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let resp = long_stream(&g).await;
     let started = Instant::now();
     let r = g.post("/v1/chat/completions", &chat(2, false)).await;
     assert!(
@@ -153,17 +152,6 @@ async fn past_the_queue_bound_requests_get_503_at_once() {
         .contains("queue bound"));
     drop(resp);
     // With the stream gone (client disconnected), the slot comes back.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = g.post("/v1/chat/completions", &chat(2, false)).await;
-        if r.status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the slot never came back: {}",
-            r.text
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    g.post_until_ok(None, "/v1/chat/completions", &chat(2, false))
+        .await;
 }
