@@ -55,6 +55,11 @@ pub struct RemoteReplica {
     /// Path of the health check (GET, expects 2xx).
     #[serde(default = "default_health_path")]
     pub health_path: String,
+    /// Where the upstream reports its own load, read with each health check: `/load` for a
+    /// `rosetta` upstream, `/metrics` for vLLM (its Prometheus gauges). Default: none; the
+    /// gateway then judges a remote by the requests it has in flight there.
+    #[serde(default)]
+    pub load_path: Option<String>,
 }
 
 fn default_connect_ms() -> u64 {

@@ -26,7 +26,12 @@ fn main() -> anyhow::Result<()> {
                 let chars: Vec<char> = t.chars().collect();
                 (0..8).map(move |k| {
                     let start = (k * 97) % chars.len().saturating_sub(len).max(1);
-                    chars.iter().cycle().skip(start).take(len).collect::<String>()
+                    chars
+                        .iter()
+                        .cycle()
+                        .skip(start)
+                        .take(len)
+                        .collect::<String>()
                 })
             })
             .collect();

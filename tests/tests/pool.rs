@@ -21,7 +21,7 @@ models:
 fn gateway_config(urls: &[&str], max_queue: usize) -> String {
     let remotes: Vec<String> = urls
         .iter()
-        .map(|u| format!("{{ url: \"{u}\", first_token_timeout_ms: 20000 }}"))
+        .map(|u| format!("{{ url: \"{u}\", first_token_timeout_ms: 20000, load_path: /load }}"))
         .collect();
     format!(
         "server: {{ listen: 127.0.0.1:0 }}\nauth: {{ allow_unauthenticated: true }}\npool: {{ max_queue: {max_queue}, health_interval_ms: 300, breaker_failures: 2, breaker_open_ms: 3000 }}\nmodels:\n  - {{ id: m, licence: apache-2.0, remote: [{}] }}\n",

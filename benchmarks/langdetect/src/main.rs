@@ -116,6 +116,14 @@ fn main() {
             Box::new(|t: &str| whatlang::detect(t).map(|i| i.lang().code().to_string())),
         ),
         (
+            "whatlang 0.16, trigrams only",
+            whatlang::Lang::all().len(),
+            Box::new(|t: &str| {
+                let opts = whatlang::dev::Options::new().set_method(whatlang::dev::Method::Trigram);
+                whatlang::dev::detect_with_options(t, &opts).map(|i| i.lang().code().to_string())
+            }),
+        ),
+        (
             "whichlang 0.1",
             whichlang::LANGUAGES.len(),
             Box::new(|t: &str| Some(whichlang::detect_language(t).three_letter_code().to_string())),

@@ -3,24 +3,27 @@
 //! Why not candle's matmul: its gemm picks a different summation order for different numbers
 //! of rows, so a sequence's logits would change in the last bits with the batch it runs in,
 //! and greedy outputs could differ between batched and unbatched runs. Here every output
-//! element is one dot product with a fixed lane-wise order, whatever the batch: results are
-//! bit-identical for a row alone or among any others. It also reads bf16 weights directly,
-//! halving memory traffic, and dispatches at run time to AVX-512 or AVX2 + FMA.
+//! element is one fused multiply-add chain over k in order, whatever the batch and whatever
+//! tile it lands in: results are bit-identical for a row alone or among any others, and on
+//! every CPU path with FMA. It also reads bf16 weights directly, halving memory traffic.
+//!
+//! Layout: weights are packed at load into panels of 16 output columns, k-major
+//! (`[n / 16][k][16]`), so the kernel is an outer product: per k it loads a few 16-wide
+//! weight vectors and broadcasts one x value per row into a block of accumulators (6 rows ×
+//! 4 panels on AVX-512), which keeps the FMA units busy for large batches and streams the
+//! weights once, contiguously, for a single row.
 
 use half::bf16;
 use rayon::prelude::*;
 
-/// Lanes of the per-dot accumulator; fixed, so the summation order never depends on the CPU
-/// path chosen for a given machine.
-const LANES: usize = 16;
-/// Output rows computed together (register blocking); does not affect results.
-const ROW_TILE: usize = 4;
-/// Weight rows computed together.
-const COL_TILE: usize = 4;
-/// Weight rows per parallel task.
-const COLS_PER_TASK: usize = 64;
+/// Output columns per panel: one AVX-512 vector of f32.
+const PANEL: usize = 16;
+/// Panels per parallel task (64 output columns).
+const PANELS_PER_TASK: usize = 4;
+/// Rows of x per register tile.
+const ROW_TILE: usize = 6;
 
-/// A row-major `[rows, cols]` weight matrix (`y = x W^T`).
+/// A `[rows, cols]` weight matrix (`y = x W^T`), stored packed (see the module docs).
 pub struct Matrix {
     pub rows: usize,
     pub cols: usize,
@@ -32,13 +35,26 @@ enum WeightData {
     Bf16(Vec<bf16>),
 }
 
+/// Row-major `[rows, cols]` → panels `[rows / 16][cols][16]`, the last panel zero-padded.
+fn pack<T: Copy + Default>(rows: usize, cols: usize, data: &[T]) -> Vec<T> {
+    let panels = rows.div_ceil(PANEL);
+    let mut out = vec![T::default(); panels * cols * PANEL];
+    for (r, row) in data.chunks_exact(cols).enumerate() {
+        let base = (r / PANEL) * cols * PANEL + r % PANEL;
+        for (c, &v) in row.iter().enumerate() {
+            out[base + c * PANEL] = v;
+        }
+    }
+    out
+}
+
 impl Matrix {
     pub fn f32(rows: usize, cols: usize, data: Vec<f32>) -> Self {
         debug_assert_eq!(data.len(), rows * cols);
         Self {
             rows,
             cols,
-            data: WeightData::F32(data),
+            data: WeightData::F32(pack(rows, cols, &data)),
         }
     }
 
@@ -47,61 +63,78 @@ impl Matrix {
         Self {
             rows,
             cols,
-            data: WeightData::Bf16(data),
+            data: WeightData::Bf16(pack(rows, cols, &data)),
         }
     }
 
     /// Copies row `r` into `out` as f32 (embedding lookup).
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
-        let range = r * self.cols..(r + 1) * self.cols;
+        let base = (r / PANEL) * self.cols * PANEL + r % PANEL;
         match &self.data {
-            WeightData::F32(d) => out.copy_from_slice(&d[range]),
-            WeightData::Bf16(d) => out
-                .iter_mut()
-                .zip(&d[range])
-                .for_each(|(o, w)| *o = w.to_f32()),
+            WeightData::F32(d) => {
+                for (c, o) in out.iter_mut().enumerate() {
+                    *o = d[base + c * PANEL];
+                }
+            }
+            WeightData::Bf16(d) => {
+                for (c, o) in out.iter_mut().enumerate() {
+                    *o = d[base + c * PANEL].to_f32();
+                }
+            }
         }
     }
 
     /// `x` is `[m, cols]`; returns `[m, rows]` = x W^T (+ bias).
     pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
         debug_assert_eq!(x.len(), m * self.cols);
-        let n = self.rows;
-        // Each task fills a block of W's rows for every x row, transposed ([n, m]) so tasks
-        // own contiguous output; one transpose at the end restores [m, n].
-        let mut out_t = vec![0.0f32; n * m];
-        out_t
-            .par_chunks_mut(COLS_PER_TASK * m)
-            .enumerate()
-            .for_each(|(task, chunk)| {
-                let j0 = task * COLS_PER_TASK;
-                let cols = chunk.len() / m;
-                match &self.data {
-                    WeightData::F32(w) => dispatch(
-                        x,
-                        m,
-                        &w[j0 * self.cols..(j0 + cols) * self.cols],
-                        self.cols,
-                        chunk,
-                    ),
-                    WeightData::Bf16(w) => dispatch(
-                        x,
-                        m,
-                        &w[j0 * self.cols..(j0 + cols) * self.cols],
-                        self.cols,
-                        chunk,
-                    ),
-                }
-            });
+        let (n, k) = (self.rows, self.cols);
         let mut out = vec![0.0f32; m * n];
-        for j in 0..n {
-            let b = bias.map_or(0.0, |b| b[j]);
-            for i in 0..m {
-                out[i * n + j] = out_t[j * m + i] + b;
+        let panels = n.div_ceil(PANEL);
+        let tasks = panels.div_ceil(PANELS_PER_TASK);
+        let dst = SharedOut(out.as_mut_ptr());
+        (0..tasks).into_par_iter().for_each(|t| {
+            let p0 = t * PANELS_PER_TASK;
+            let p1 = (p0 + PANELS_PER_TASK).min(panels);
+            let block = Block {
+                x,
+                m,
+                k,
+                n,
+                panel0: p0,
+                panels: p1 - p0,
+            };
+            let dst = &dst;
+            // Safety: task t writes only columns [p0 * 16, p1 * 16) ∩ [0, n) of each row,
+            // which no other task writes; `out` outlives the parallel loop.
+            match &self.data {
+                WeightData::F32(w) => unsafe { dispatch(&block, w, dst.0) },
+                WeightData::Bf16(w) => unsafe { dispatch(&block, w, dst.0) },
+            }
+        });
+        if let Some(b) = bias {
+            for row in out.chunks_exact_mut(n) {
+                for (o, b) in row.iter_mut().zip(b) {
+                    *o += b;
+                }
             }
         }
         out
     }
+}
+
+/// The output pointer shared by the parallel tasks, each writing its own columns.
+struct SharedOut(*mut f32);
+// Safety: tasks write disjoint elements (see `Matrix::matmul`).
+unsafe impl Sync for SharedOut {}
+
+/// One task's share: panels `panel0 .. panel0 + panels` for every row of x.
+struct Block<'a> {
+    x: &'a [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    panel0: usize,
+    panels: usize,
 }
 
 trait Weight: Copy + Send + Sync {
@@ -157,6 +190,8 @@ impl Fma for Fused {
     }
 }
 
+/// Machines without FMA: the same order, rounded after each multiply (not bit-identical to
+/// the fused paths, but batch-invariant on that machine).
 struct Plain;
 impl Fma for Plain {
     #[inline(always)]
@@ -165,81 +200,88 @@ impl Fma for Plain {
     }
 }
 
-fn dispatch<W: Weight>(x: &[f32], m: usize, w: &[W], k: usize, out_t: &mut [f32]) {
+/// Safety: `w` is the whole packed matrix; `out` is the `[m, n]` output of which this call
+/// writes only its block's columns.
+unsafe fn dispatch<W: Weight>(block: &Block, w: &[W], out: *mut f32) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
             // Safety: the CPU supports the features the function is compiled for.
-            return unsafe { avx512::kernel(x, m, w, k, out_t) };
+            return unsafe { avx512::kernel(block, w, out) };
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return unsafe { kernel_avx2(x, m, w, k, out_t) };
+            return unsafe { kernel_avx2(block, w, out) };
         }
     }
-    kernel::<W, Plain>(x, m, w, k, out_t)
+    unsafe { kernel::<W, Plain>(block, w, out) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2<W: Weight>(x: &[f32], m: usize, w: &[W], k: usize, out_t: &mut [f32]) {
-    kernel::<W, Fused>(x, m, w, k, out_t)
+unsafe fn kernel_avx2<W: Weight>(block: &Block, w: &[W], out: *mut f32) {
+    // Safety: forwarded from the caller.
+    unsafe { kernel::<W, Fused>(block, w, out) }
 }
 
-/// The AVX-512 kernel: the same arithmetic as [`tile`] with `Fused` (per-lane FMA over k in
-/// steps of 16, then the same fixed lane reduction), with explicit registers so that small
-/// batches stream weights at memory speed and large ones keep the FMA units busy.
+/// Calls `$f::<generics.., R, C>` for the runtime tile shape (R rows ≤ 6, C panels ≤ 4).
+macro_rules! tile_shapes {
+    ($f:ident::<$($g:ty),*>, $r:expr, $c:expr, ($($arg:expr),*)) => {
+        match ($r, $c) {
+            (6, 4) => $f::<$($g,)* 6, 4>($($arg),*),
+            (6, 3) => $f::<$($g,)* 6, 3>($($arg),*),
+            (6, 2) => $f::<$($g,)* 6, 2>($($arg),*),
+            (6, 1) => $f::<$($g,)* 6, 1>($($arg),*),
+            (5, 4) => $f::<$($g,)* 5, 4>($($arg),*),
+            (5, 3) => $f::<$($g,)* 5, 3>($($arg),*),
+            (5, 2) => $f::<$($g,)* 5, 2>($($arg),*),
+            (5, 1) => $f::<$($g,)* 5, 1>($($arg),*),
+            (4, 4) => $f::<$($g,)* 4, 4>($($arg),*),
+            (4, 3) => $f::<$($g,)* 4, 3>($($arg),*),
+            (4, 2) => $f::<$($g,)* 4, 2>($($arg),*),
+            (4, 1) => $f::<$($g,)* 4, 1>($($arg),*),
+            (3, 4) => $f::<$($g,)* 3, 4>($($arg),*),
+            (3, 3) => $f::<$($g,)* 3, 3>($($arg),*),
+            (3, 2) => $f::<$($g,)* 3, 2>($($arg),*),
+            (3, 1) => $f::<$($g,)* 3, 1>($($arg),*),
+            (2, 4) => $f::<$($g,)* 2, 4>($($arg),*),
+            (2, 3) => $f::<$($g,)* 2, 3>($($arg),*),
+            (2, 2) => $f::<$($g,)* 2, 2>($($arg),*),
+            (2, 1) => $f::<$($g,)* 2, 1>($($arg),*),
+            (1, 4) => $f::<$($g,)* 1, 4>($($arg),*),
+            (1, 3) => $f::<$($g,)* 1, 3>($($arg),*),
+            (1, 2) => $f::<$($g,)* 1, 2>($($arg),*),
+            _ => $f::<$($g,)* 1, 1>($($arg),*),
+        }
+    };
+}
+
+/// Walks a block in register tiles: rows of x in sixes, the block's panels all at once.
+#[inline(always)]
+fn for_each_tile(block: &Block, mut f: impl FnMut(usize, usize)) {
+    let mut i = 0;
+    while i < block.m {
+        let r = ROW_TILE.min(block.m - i);
+        f(i, r);
+        i += r;
+    }
+}
+
+/// The AVX-512 kernel: per k, C weight vectors times R broadcast x values into R × C
+/// accumulators, one FMA per output element per k, in k order.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Weight, LANES};
+    use super::{for_each_tile, Block, Weight, PANEL};
 
-    /// Safety: needs AVX-512F; `w` holds whole rows of `k` weights and `x` has `m` rows.
+    /// Safety: needs AVX-512F; see [`super::dispatch`].
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn kernel<W: Weight>(x: &[f32], m: usize, w: &[W], k: usize, out_t: &mut [f32]) {
-        let n = w.len() / k;
-        // Small batches: many weight rows per pass (independent chains hide FMA latency).
-        let (rows, cols) = if m < 4 { (m.min(2), 8) } else { (4, 4) };
-        let mut j = 0;
-        while j < n {
-            let c = cols.min(n - j);
-            let mut i = 0;
-            while i < m {
-                let r = rows.min(m - i);
-                // Safety: every tile stays inside x, w and out_t.
-                unsafe {
-                    match (r, c) {
-                        (4, 4) => tile::<W, 4, 4>(x, i, w, j, k, m, out_t),
-                        (2, 8) => tile::<W, 2, 8>(x, i, w, j, k, m, out_t),
-                        (1, 8) => tile::<W, 1, 8>(x, i, w, j, k, m, out_t),
-                        _ => {
-                            for rr in 0..r {
-                                for cc in 0..c {
-                                    tile::<W, 1, 1>(x, i + rr, w, j + cc, k, m, out_t);
-                                }
-                            }
-                        }
-                    }
-                }
-                i += r;
-            }
-            j += c;
-        }
-    }
-
-    /// [`reduce_lanes`] in registers: the same halving tree (lanes l and l + 8, then + 4,
-    /// + 2, + 1), so results equal the portable kernel's bit for bit.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn reduce(v: __m512) -> f32 {
-        // Upper 256 bits onto the lower: lanes l + 8.
-        let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(v, v);
-        let s8 = _mm512_castps512_ps256(_mm512_add_ps(v, hi));
-        // Then l + 4, l + 2, l + 1.
-        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        let s1 = _mm_add_ss(s2, _mm_shuffle_ps::<0b01>(s2, s2));
-        _mm_cvtss_f32(s1)
+    pub unsafe fn kernel<W: Weight>(block: &Block, w: &[W], out: *mut f32) {
+        let c = block.panels;
+        for_each_tile(block, |i, r| {
+            // Safety: forwarded; the tile lies inside x, w and the block's columns.
+            unsafe { tile_shapes!(tile::<W>, r, c, (block, w, out, i)) }
+        });
     }
 
     // Index loops over register tiles read clearer than iterator chains here.
@@ -247,123 +289,96 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn tile<W: Weight, const R: usize, const C: usize>(
-        x: &[f32],
-        i0: usize,
+        b: &Block,
         w: &[W],
-        j0: usize,
-        k: usize,
-        m: usize,
-        out_t: &mut [f32],
+        out: *mut f32,
+        i0: usize,
     ) {
+        let k = b.k;
         let mut acc = [[_mm512_setzero_ps(); C]; R];
-        let full = k / LANES * LANES;
-        let xp = x.as_ptr();
         let wp = w.as_ptr();
-        let mut p = 0;
-        while p < full {
+        let xp = b.x.as_ptr();
+        for p in 0..k {
             let mut wv = [_mm512_setzero_ps(); C];
-            // Safety: p + 16 <= full <= k, inside row j0 + c of w and row i0 + r of x.
+            // Safety: panel (panel0 + c) has k rows of 16; x row i0 + r has k values.
             unsafe {
                 for c in 0..C {
-                    wv[c] = W::load16(wp.add((j0 + c) * k + p));
+                    wv[c] = W::load16(wp.add(((b.panel0 + c) * k + p) * PANEL));
                 }
                 for r in 0..R {
-                    let xv = _mm512_loadu_ps(xp.add((i0 + r) * k + p));
+                    let xv = _mm512_set1_ps(*xp.add((i0 + r) * k + p));
                     for c in 0..C {
                         acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
                     }
                 }
             }
-            p += LANES;
         }
         for r in 0..R {
             for c in 0..C {
-                let mut s = reduce(acc[r][c]);
-                for q in full..k {
-                    s = x[(i0 + r) * k + q].mul_add(w[(j0 + c) * k + q].get(), s);
+                let col = (b.panel0 + c) * PANEL;
+                let valid = b.n.saturating_sub(col).min(PANEL);
+                let mask: __mmask16 = if valid == PANEL {
+                    0xffff
+                } else {
+                    (1u16 << valid) - 1
+                };
+                // Safety: only the valid columns of this row are written.
+                unsafe {
+                    _mm512_mask_storeu_ps(out.add((i0 + r) * b.n + col), mask, acc[r][c]);
                 }
-                out_t[(j0 + c) * m + i0 + r] = s;
             }
         }
     }
 }
 
-/// The fixed pairwise reduction of a dot product's 16 lanes.
+/// The portable kernel (auto-vectorised where the CPU allows): the same arithmetic.
+///
+/// Safety: see [`dispatch`].
 #[inline(always)]
-fn reduce_lanes(a: &[f32; LANES]) -> f32 {
-    let mut s8 = [0.0f32; 8];
-    for l in 0..8 {
-        s8[l] = a[l] + a[l + 8];
-    }
-    let s4 = [s8[0] + s8[4], s8[1] + s8[5], s8[2] + s8[6], s8[3] + s8[7]];
-    (s4[0] + s4[2]) + (s4[1] + s4[3])
+unsafe fn kernel<W: Weight, F: Fma>(block: &Block, w: &[W], out: *mut f32) {
+    let c = block.panels;
+    for_each_tile(block, |i, r| {
+        // Safety: forwarded.
+        unsafe { tile_shapes!(tile_portable::<W, F>, r, c, (block, w, out, i)) }
+    });
 }
 
-/// `out_t[j * m + i] = dot(x[i], w[j])` for this task's weight rows.
+// Index loops over register tiles read clearer than iterator chains here.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
-fn kernel<W: Weight, F: Fma>(x: &[f32], m: usize, w: &[W], k: usize, out_t: &mut [f32]) {
-    let n = w.len() / k;
-    let mut j = 0;
-    while j < n {
-        let cols = COL_TILE.min(n - j);
-        let mut i = 0;
-        while i < m {
-            let rows = ROW_TILE.min(m - i);
-            if rows == ROW_TILE && cols == COL_TILE {
-                tile::<W, F, ROW_TILE, COL_TILE>(x, i, w, j, k, m, out_t);
-            } else {
-                for r in 0..rows {
-                    for c in 0..cols {
-                        tile::<W, F, 1, 1>(x, i + r, w, j + c, k, m, out_t);
-                    }
-                }
-            }
-            i += rows;
-        }
-        j += cols;
-    }
-}
-
-/// R x C dot products, each accumulated lane-wise over k in the same order as a 1 x 1 tile.
-#[inline(always)]
-fn tile<W: Weight, F: Fma, const R: usize, const C: usize>(
-    x: &[f32],
-    i0: usize,
+unsafe fn tile_portable<W: Weight, F: Fma, const R: usize, const C: usize>(
+    b: &Block,
     w: &[W],
-    j0: usize,
-    k: usize,
-    m: usize,
-    out_t: &mut [f32],
+    out: *mut f32,
+    i0: usize,
 ) {
-    let mut acc = [[[0.0f32; LANES]; C]; R];
-    let full = k / LANES * LANES;
-    let mut p = 0;
-    while p < full {
-        let mut wv = [[0.0f32; LANES]; C];
+    let k = b.k;
+    let mut acc = [[[0.0f32; PANEL]; C]; R];
+    for p in 0..k {
+        let mut wv = [[0.0f32; PANEL]; C];
         for c in 0..C {
-            let row = &w[(j0 + c) * k + p..(j0 + c) * k + p + LANES];
-            for l in 0..LANES {
-                wv[c][l] = row[l].get();
+            let at = ((b.panel0 + c) * k + p) * PANEL;
+            for l in 0..PANEL {
+                wv[c][l] = w[at + l].get();
             }
         }
         for r in 0..R {
-            let xr = &x[(i0 + r) * k + p..(i0 + r) * k + p + LANES];
+            let xv = b.x[(i0 + r) * k + p];
             for c in 0..C {
-                for l in 0..LANES {
-                    acc[r][c][l] = F::fma(xr[l], wv[c][l], acc[r][c][l]);
+                for l in 0..PANEL {
+                    acc[r][c][l] = F::fma(xv, wv[c][l], acc[r][c][l]);
                 }
             }
         }
-        p += LANES;
     }
     for r in 0..R {
         for c in 0..C {
-            // Fixed pairwise reduction of the lanes, then the tail in order.
-            let mut s = reduce_lanes(&acc[r][c]);
-            for q in full..k {
-                s = F::fma(x[(i0 + r) * k + q], w[(j0 + c) * k + q].get(), s);
+            let col = (b.panel0 + c) * PANEL;
+            let valid = b.n.saturating_sub(col).min(PANEL);
+            for l in 0..valid {
+                // Safety: a valid column of this row, written by this task only.
+                unsafe { *out.add((i0 + r) * b.n + col + l) = acc[r][c][l] };
             }
-            out_t[(j0 + c) * m + i0 + r] = s;
         }
     }
 }
@@ -394,6 +409,7 @@ mod tests {
             (7, 130, 64),
             (13, 67, 100),
             (1, 300, 576),
+            (32, 200, 576),
         ] {
             let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
@@ -414,37 +430,62 @@ mod tests {
         }
     }
 
-    /// Every CPU path computes the same per-dot arithmetic, so they agree bit for bit.
+    fn run(
+        f: unsafe fn(&Block, &[f32], *mut f32),
+        x: &[f32],
+        m: usize,
+        w: &[f32],
+        n: usize,
+        k: usize,
+    ) -> Vec<f32> {
+        let packed = pack(n, k, w);
+        let mut out = vec![0.0; m * n];
+        let block = Block {
+            x,
+            m,
+            k,
+            n,
+            panel0: 0,
+            panels: n.div_ceil(PANEL).min(PANELS_PER_TASK),
+        };
+        unsafe { f(&block, &packed, out.as_mut_ptr()) };
+        out
+    }
+
+    /// Every CPU path with FMA computes the same chain per output, so they agree bit for bit.
     #[test]
     fn cpu_paths_agree_exactly() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
-        let (m, n, k) = (9, 70, 83);
+        let (m, n, k) = (9, 61, 83);
         let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
         let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let mut generic = vec![0.0; n * m];
-        kernel::<f32, Fused>(&x, m, &w, k, &mut generic);
+        let generic = run(kernel::<f32, Fused>, &x, m, &w, n, k);
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                let mut out = vec![0.0; n * m];
-                unsafe { kernel_avx2(&x, m, &w, k, &mut out) };
-                assert_eq!(out, generic, "avx2 path");
+                assert_eq!(run(kernel_avx2, &x, m, &w, n, k), generic, "avx2 path");
             }
             if std::is_x86_feature_detected!("avx512f") {
-                let mut out = vec![0.0; n * m];
-                unsafe { avx512::kernel(&x, m, &w, k, &mut out) };
-                assert_eq!(out, generic, "avx512 path");
+                assert_eq!(run(avx512::kernel, &x, m, &w, n, k), generic, "avx512 path");
             }
         }
     }
 
     #[test]
-    fn bf16_weights_widen_exactly() {
+    fn bf16_weights_widen_exactly_and_rows_read_back() {
         let w: Vec<f32> = (0..64).map(|i| i as f32 * 0.25 - 8.0).collect();
         let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
         let x: Vec<f32> = (0..32).map(|i| (i % 5) as f32).collect();
-        let a = Matrix::f32(2, 32, w).matmul(&x, 1, Some(&[1.0, 2.0]));
-        let b = Matrix::bf16(2, 32, wb).matmul(&x, 1, Some(&[1.0, 2.0]));
+        let a = Matrix::f32(2, 32, w.clone()).matmul(&x, 1, Some(&[1.0, 2.0]));
+        let b = Matrix::bf16(2, 32, wb.clone()).matmul(&x, 1, Some(&[1.0, 2.0]));
         assert_eq!(a, b);
+        let mut row = vec![0.0; 32];
+        Matrix::bf16(2, 32, wb).row_into(1, &mut row);
+        assert_eq!(row, w[32..]);
+        let big: Vec<f32> = (0..40 * 3).map(|i| i as f32).collect();
+        let m = Matrix::f32(40, 3, big.clone());
+        let mut r = vec![0.0; 3];
+        m.row_into(37, &mut r);
+        assert_eq!(r, big[37 * 3..38 * 3]);
     }
 }

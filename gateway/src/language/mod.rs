@@ -102,5 +102,7 @@ mod tests {
         assert!(detect("ok").is_und());
         assert!(detect("12345 !!! ???").is_und());
         assert!(detect("").is_und());
+        // One short phrase in each of four scripts: no language has the majority.
+        assert!(detect("hello там 你好 مرحبا").is_und());
     }
 }

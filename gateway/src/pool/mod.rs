@@ -168,9 +168,16 @@ impl Pool {
                     score: r.in_flight() as f64,
                     queued: 0,
                 },
-                (ReplicaKind::Remote(_), _) => Busy {
-                    score: r.in_flight() as f64,
-                    queued: r.in_flight(),
+                // Its own report, where it gives one, also counts other gateways' traffic.
+                (ReplicaKind::Remote(remote), _) => match remote.upstream_load() {
+                    Some(u) => Busy {
+                        score: (u.running + u.waiting).max(r.in_flight()) as f64 + u.kv_usage,
+                        queued: u.waiting.max(r.in_flight().saturating_sub(u.running)),
+                    },
+                    None => Busy {
+                        score: r.in_flight() as f64,
+                        queued: r.in_flight(),
+                    },
                 },
             };
             if busy.queued >= self.config.max_queue {
@@ -216,6 +223,7 @@ impl Pool {
                         tick.tick().await;
                         let Some(remote) = r.remote() else { return };
                         if remote.check_health().await {
+                            remote.refresh_load().await;
                             if r.breaker.state() != breaker::BreakerState::Closed {
                                 tracing::info!(replica = %r.name, model = %r.model, "replica healthy again");
                             }

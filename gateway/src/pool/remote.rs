@@ -13,10 +13,21 @@ use serde_json::Value;
 
 use crate::api::error::ApiError;
 
+/// The upstream's own report of its load for this model.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct UpstreamLoad {
+    pub running: usize,
+    pub waiting: usize,
+    /// KV cache in use, 0 to 1.
+    pub kv_usage: f64,
+}
+
 #[derive(Debug)]
 pub struct RemoteClient {
     base: String,
     upstream_model: String,
+    load_path: Option<String>,
+    load: std::sync::Mutex<Option<UpstreamLoad>>,
     api_key: Option<String>,
     health_path: String,
     first_token: Duration,
@@ -69,6 +80,8 @@ impl RemoteClient {
             upstream_model: config.model.clone().unwrap_or_else(|| model_id.to_string()),
             api_key,
             health_path: config.health_path.clone(),
+            load_path: config.load_path.clone(),
+            load: std::sync::Mutex::new(None),
             first_token: Duration::from_millis(config.first_token_timeout_ms),
             request: Duration::from_millis(config.request_timeout_ms),
             http,
@@ -87,6 +100,24 @@ impl RemoteClient {
             .get(url)
             .timeout(self.first_token.min(Duration::from_secs(5)));
         matches!(req.send().await, Ok(r) if r.status().is_success())
+    }
+
+    /// The load the upstream last reported, if it reports one.
+    pub fn upstream_load(&self) -> Option<UpstreamLoad> {
+        *self.load.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the upstream's load from `load_path` (a no-op without one).
+    pub async fn refresh_load(&self) {
+        let Some(path) = &self.load_path else { return };
+        let url = format!("{}{path}", self.base);
+        let req = self.http.get(url).timeout(Duration::from_secs(5));
+        let text = match req.send().await {
+            Ok(r) if r.status().is_success() => r.text().await.ok(),
+            _ => None,
+        };
+        let load = text.and_then(|t| parse_load(&t, &self.upstream_model));
+        *self.load.lock().unwrap_or_else(|p| p.into_inner()) = load;
     }
 
     /// Sends `body` (its `model` replaced by the upstream's name) to `path`.
@@ -168,4 +199,72 @@ fn upstream_error(status: reqwest::StatusCode, body: &Value) -> ApiError {
         e = e.with_param(p);
     }
     e
+}
+
+/// A load report: Rosetta's `/load` JSON (`models.<id>.running`, ...) or vLLM's Prometheus
+/// gauges (`vllm:num_requests_running`, `vllm:num_requests_waiting`,
+/// `vllm:gpu_cache_usage_perc` or `vllm:kv_cache_usage_perc`).
+pub fn parse_load(text: &str, model: &str) -> Option<UpstreamLoad> {
+    if let Ok(v) = serde_json::from_str::<Value>(text) {
+        let m = &v["models"][model];
+        let n = |k: &str| m[k].as_u64().map(|x| x as usize);
+        let total = n("kv_blocks_total").unwrap_or(0);
+        return Some(UpstreamLoad {
+            running: n("running")?,
+            waiting: n("waiting")?,
+            kv_usage: if total > 0 {
+                n("kv_blocks_used").unwrap_or(0) as f64 / total as f64
+            } else {
+                0.0
+            },
+        });
+    }
+    let mut load = UpstreamLoad::default();
+    let mut seen = false;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let metric = name.split('{').next().unwrap_or(name);
+        match metric {
+            "vllm:num_requests_running" => load.running += value as usize,
+            "vllm:num_requests_waiting" => load.waiting += value as usize,
+            "vllm:gpu_cache_usage_perc" | "vllm:kv_cache_usage_perc" => load.kv_usage = value,
+            _ => continue,
+        }
+        seen = true;
+    }
+    seen.then_some(load)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_rosetta_and_vllm_load_reports() {
+        let rosetta = r#"{"models": {"m": {"running": 3, "waiting": 2, "kv_blocks_used": 25, "kv_blocks_total": 100}}}"#;
+        assert_eq!(
+            parse_load(rosetta, "m"),
+            Some(UpstreamLoad {
+                running: 3,
+                waiting: 2,
+                kv_usage: 0.25
+            })
+        );
+        assert_eq!(parse_load(rosetta, "other"), None);
+        let vllm = "# HELP vllm:num_requests_running x\nvllm:num_requests_running{model_name=\"m\"} 4.0\nvllm:num_requests_waiting{model_name=\"m\"} 1.0\nvllm:gpu_cache_usage_perc{model_name=\"m\"} 0.5\n";
+        assert_eq!(
+            parse_load(vllm, "m"),
+            Some(UpstreamLoad {
+                running: 4,
+                waiting: 1,
+                kv_usage: 0.5
+            })
+        );
+        assert_eq!(parse_load("garbage", "m"), None);
+    }
 }
