@@ -106,7 +106,105 @@ fn attend(job: &Job<'_>, out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn attend_avx512(job: &Job<'_>, out: &mut [f32]) {
-    attend_generic(job, out)
+    let n = job.last + 1 - job.first;
+    let mut scores = vec![0.0f32; job.group * n];
+    if job.layout.head_dim.is_multiple_of(16) && job.group <= 8 {
+        // Safety: AVX-512F is enabled; the shapes are checked above.
+        unsafe { avx512::scores(job, &mut scores) };
+    } else {
+        scores_generic(job, &mut scores);
+    }
+    softmax_rows(job, &mut scores);
+    if job.layout.head_dim == 64 && job.group <= 4 {
+        // Safety: AVX-512F is enabled; the shapes are checked above.
+        unsafe { avx512::values_64(job, &scores, out) };
+    } else {
+        weighted_values(job, &scores, out);
+    }
+}
+
+/// The score loop with explicit registers: each key is loaded once for the whole GQA group,
+/// each dot product's 16 lanes are reduced by the same halving tree as [`reduce16`], in
+/// registers, so the results equal the portable path's bit for bit.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Job, Slots};
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn reduce(v: __m512) -> f32 {
+        // Lanes l + 8, then l + 4, l + 2, l + 1: `reduce16`'s tree.
+        let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(v, v);
+        let s8 = _mm512_castps512_ps256(_mm512_add_ps(v, hi));
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        let s1 = _mm_add_ss(s2, _mm_shuffle_ps::<0b01>(s2, s2));
+        _mm_cvtss_f32(s1)
+    }
+
+    /// `weighted_values` for head_dim 64 with the group's outputs held in registers (same
+    /// multiply-then-add per element in position order, so the same bits).
+    ///
+    /// Safety: needs AVX-512F; `head_dim` is 64, `group` at most 4, `out` is `[group, 64]`.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn values_64(job: &Job<'_>, scores: &[f32], out: &mut [f32]) {
+        let n = job.last + 1 - job.first;
+        let vp = job.v_cache.as_ptr();
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        for (p, off) in Slots::new(job) {
+            let row = p - job.first;
+            // Safety: the value vector at `off` is 64 long.
+            let v = unsafe {
+                [
+                    _mm512_loadu_ps(vp.add(off)),
+                    _mm512_loadu_ps(vp.add(off + 16)),
+                    _mm512_loadu_ps(vp.add(off + 32)),
+                    _mm512_loadu_ps(vp.add(off + 48)),
+                ]
+            };
+            for h in 0..job.group {
+                let w = _mm512_set1_ps(scores[h * n + row]);
+                for c in 0..4 {
+                    acc[h][c] = _mm512_add_ps(acc[h][c], _mm512_mul_ps(w, v[c]));
+                }
+            }
+        }
+        for h in 0..job.group {
+            for c in 0..4 {
+                // Safety: out holds `group` rows of 64.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(h * 64 + c * 16), acc[h][c]) };
+            }
+        }
+    }
+
+    /// Safety: needs AVX-512F; `head_dim` is a multiple of 16 and `group` at most 8.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn scores(job: &Job<'_>, scores: &mut [f32]) {
+        let hd = job.layout.head_dim;
+        let n = job.last + 1 - job.first;
+        let chunks = hd / 16;
+        let kp = job.k_cache.as_ptr();
+        let qp = job.q.as_ptr();
+        for (p, off) in Slots::new(job) {
+            let row = p - job.first;
+            for h in 0..job.group {
+                let mut acc = _mm512_setzero_ps();
+                for c in 0..chunks {
+                    // Safety: q holds `group` heads of `hd`; the key vector is `hd` long.
+                    unsafe {
+                        let q = _mm512_loadu_ps(qp.add(h * hd + c * 16));
+                        let k = _mm512_loadu_ps(kp.add(off + c * 16));
+                        // Multiply then add, as the portable loop does (no fusing).
+                        acc = _mm512_add_ps(acc, _mm512_mul_ps(q, k));
+                    }
+                }
+                scores[h * n + row] = reduce(acc) * job.scale;
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -162,16 +260,36 @@ impl Iterator for Slots<'_> {
 
 #[inline(always)]
 fn attend_generic(job: &Job<'_>, out: &mut [f32]) {
-    let hd = job.layout.head_dim;
     let n = job.last + 1 - job.first;
     // Scores for every head of the group: [group, n].
     let mut scores = vec![0.0f32; job.group * n];
+    scores_generic(job, &mut scores);
+    finish(job, scores, out)
+}
+
+#[inline(always)]
+fn scores_generic(job: &Job<'_>, scores: &mut [f32]) {
+    let hd = job.layout.head_dim;
+    let n = job.last + 1 - job.first;
     for (p, off) in Slots::new(job) {
         let k = &job.k_cache[off..off + hd];
         for h in 0..job.group {
             scores[h * n + p - job.first] = dot(&job.q[h * hd..(h + 1) * hd], k) * job.scale;
         }
     }
+}
+
+/// Softmax of the scores, then the weighted sum of values.
+#[inline(always)]
+fn finish(job: &Job<'_>, mut scores: Vec<f32>, out: &mut [f32]) {
+    softmax_rows(job, &mut scores);
+    weighted_values(job, &scores, out);
+}
+
+/// Each head's scores become probabilities.
+#[inline(always)]
+fn softmax_rows(job: &Job<'_>, scores: &mut [f32]) {
+    let n = job.last + 1 - job.first;
     for h in 0..job.group {
         let row = &mut scores[h * n..(h + 1) * n];
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -183,6 +301,13 @@ fn attend_generic(job: &Job<'_>, out: &mut [f32]) {
         let inv = 1.0 / sum;
         row.iter_mut().for_each(|s| *s *= inv);
     }
+}
+
+/// `out[h] = Σ_p w[h][p] · v[p]`, in position order.
+#[inline(always)]
+fn weighted_values(job: &Job<'_>, scores: &[f32], out: &mut [f32]) {
+    let hd = job.layout.head_dim;
+    let n = job.last + 1 - job.first;
     for (p, off) in Slots::new(job) {
         let v = &job.v_cache[off..off + hd];
         for h in 0..job.group {
@@ -205,14 +330,24 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
             acc[l] += x[l] * y[l];
         }
     }
-    let mut s = 0.0f32;
-    for v in acc {
-        s += v;
-    }
+    let mut s = reduce16(&acc);
     for (x, y) in ra.iter().zip(rb) {
         s += x * y;
     }
     s
+}
+
+/// The fixed halving tree over 16 lanes (l + 8, then + 4, + 2, + 1): short dependency
+/// chains, and the order the AVX-512 path computes in registers.
+#[inline(always)]
+fn reduce16(a: &[f32; 16]) -> f32 {
+    let mut s8 = [0.0f32; 8];
+    for l in 0..8 {
+        s8[l] = a[l] + a[l + 8];
+    }
+    let s4 = [s8[0] + s8[4], s8[1] + s8[5], s8[2] + s8[6], s8[3] + s8[7]];
+    let s2 = [s4[0] + s4[2], s4[1] + s4[3]];
+    s2[0] + s2[1]
 }
 
 #[cfg(test)]
@@ -314,6 +449,52 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The AVX-512 score loop and the portable one give the same bits.
+    #[test]
+    fn cpu_paths_agree_exactly() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !std::is_x86_feature_detected!("avx512f") {
+                return;
+            }
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+            let layout = KvLayout {
+                num_blocks: 8,
+                block_size: 4,
+                kv_heads: 2,
+                head_dim: 64,
+            };
+            let table: Vec<u32> = vec![5, 1, 7, 2, 0, 3];
+            let cache: Vec<f32> = (0..8 * 4 * 2 * 64)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let q: Vec<f32> = (0..3 * 64).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let job = Job {
+                q: &q,
+                layout,
+                k_cache: &cache,
+                v_cache: &cache,
+                block_table: &table,
+                kv_head: 1,
+                group: 3,
+                first: 2,
+                last: 21,
+                scale: 0.125,
+            };
+            let n = 20;
+            let mut generic = vec![0.0; 3 * n];
+            scores_generic(&job, &mut generic);
+            let mut fast = vec![0.0; 3 * n];
+            unsafe { avx512::scores(&job, &mut fast) };
+            assert_eq!(fast, generic);
+            let mut out_generic = vec![0.0; 3 * 64];
+            attend_generic(&job, &mut out_generic);
+            let mut out_fast = vec![0.0; 3 * 64];
+            unsafe { attend_avx512(&job, &mut out_fast) };
+            assert_eq!(out_fast, out_generic);
         }
     }
 }
