@@ -22,6 +22,8 @@ const PANEL: usize = 16;
 const PANELS_PER_TASK: usize = 4;
 /// Rows of x per register tile.
 const ROW_TILE: usize = 6;
+/// Fewest parallel tasks a product is split into when it has the rows for it.
+const MIN_TASKS: usize = 16;
 
 /// A `[rows, cols]` weight matrix (`y = x W^T`), stored packed (see the module docs).
 pub struct Matrix {
@@ -90,21 +92,28 @@ impl Matrix {
         let (n, k) = (self.rows, self.cols);
         let mut out = vec![0.0f32; m * n];
         let panels = n.div_ceil(PANEL);
-        let tasks = panels.div_ceil(PANELS_PER_TASK);
+        let column_tasks = panels.div_ceil(PANELS_PER_TASK);
+        // Narrow matrices give few column tasks; split the rows too, so every thread has
+        // work (the split never changes a result: each output is one chain either way).
+        let row_split = MIN_TASKS.div_ceil(column_tasks).min(m / ROW_TILE).max(1);
+        let rows_per_task = m.div_ceil(row_split).div_ceil(ROW_TILE) * ROW_TILE;
+        let row_tasks = m.div_ceil(rows_per_task);
         let dst = SharedOut(out.as_mut_ptr());
-        (0..tasks).into_par_iter().for_each(|t| {
-            let p0 = t * PANELS_PER_TASK;
+        (0..column_tasks * row_tasks).into_par_iter().for_each(|t| {
+            let (ct, rt) = (t / row_tasks, t % row_tasks);
+            let p0 = ct * PANELS_PER_TASK;
             let p1 = (p0 + PANELS_PER_TASK).min(panels);
+            let r0 = rt * rows_per_task;
             let block = Block {
                 x,
-                m,
+                rows: r0..(r0 + rows_per_task).min(m),
                 k,
                 n,
                 panel0: p0,
                 panels: p1 - p0,
             };
             let dst = &dst;
-            // Safety: task t writes only columns [p0 * 16, p1 * 16) ∩ [0, n) of each row,
+            // Safety: task t writes only columns [p0 * 16, p1 * 16) ∩ [0, n) of its rows,
             // which no other task writes; `out` outlives the parallel loop.
             match &self.data {
                 WeightData::F32(w) => unsafe { dispatch(&block, w, dst.0) },
@@ -127,10 +136,10 @@ struct SharedOut(*mut f32);
 // Safety: tasks write disjoint elements (see `Matrix::matmul`).
 unsafe impl Sync for SharedOut {}
 
-/// One task's share: panels `panel0 .. panel0 + panels` for every row of x.
+/// One task's share: panels `panel0 .. panel0 + panels` for some rows of x.
 struct Block<'a> {
     x: &'a [f32],
-    m: usize,
+    rows: std::ops::Range<usize>,
     k: usize,
     n: usize,
     panel0: usize,
@@ -258,9 +267,9 @@ macro_rules! tile_shapes {
 /// Walks a block in register tiles: rows of x in sixes, the block's panels all at once.
 #[inline(always)]
 fn for_each_tile(block: &Block, mut f: impl FnMut(usize, usize)) {
-    let mut i = 0;
-    while i < block.m {
-        let r = ROW_TILE.min(block.m - i);
+    let mut i = block.rows.start;
+    while i < block.rows.end {
+        let r = ROW_TILE.min(block.rows.end - i);
         f(i, r);
         i += r;
     }
@@ -442,7 +451,7 @@ mod tests {
         let mut out = vec![0.0; m * n];
         let block = Block {
             x,
-            m,
+            rows: 0..m,
             k,
             n,
             panel0: 0,
