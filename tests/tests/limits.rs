@@ -75,6 +75,12 @@ async fn requests_per_minute_admit_the_burst_then_429() {
         .as_str()
         .unwrap()
         .contains("requests per min (RPM): Limit 3"));
+    // Every other response carries the window too: here the 0 left by the burst.
+    let models = s.get_as(&keys.rpm, "/v1/models").await;
+    assert_eq!(models.header_u64("x-ratelimit-limit-requests"), Some(3));
+    assert_eq!(models.header_u64("x-ratelimit-remaining-requests"), Some(0));
+    assert!(models.header("x-ratelimit-reset-requests").is_some());
+    models.ok();
     // Other tenants are not affected.
     s.post_as(&keys.tpm, "/v1/chat/completions", &chat(1))
         .await

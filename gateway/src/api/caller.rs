@@ -1,6 +1,6 @@
 //! The authentication middleware: every protected route learns who is calling, or the client
-//! gets 401. Responses to authenticated callers carry their token limits (OpenAI's
-//! `x-ratelimit-*` headers) when the handler has not set fresher ones.
+//! gets 401. Responses to authenticated callers carry their limits (OpenAI's `x-ratelimit-*`
+//! headers) when the handler has not set fresher ones.
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -71,10 +71,15 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         on_behalf: on_behalf.flatten(),
     });
     let mut resp = next.run(req).await;
-    if !resp.headers().contains_key("x-ratelimit-limit-tokens") {
-        // Without a model, only the tenant-wide limit applies.
-        let state = tenant.limiter.peek("");
-        super::ratelimit_headers::insert(resp.headers_mut(), state);
+    // Handlers set the headers of admitted (and refused) requests; every other response
+    // gets the tenant-wide limits as they stand.
+    let mut state = tenant.limiter.peek("");
+    if resp.headers().contains_key("x-ratelimit-limit-requests") {
+        state.requests = None;
     }
+    if resp.headers().contains_key("x-ratelimit-limit-tokens") {
+        state.tokens = None;
+    }
+    super::ratelimit_headers::insert(resp.headers_mut(), state);
     resp
 }

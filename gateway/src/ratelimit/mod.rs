@@ -30,6 +30,9 @@ struct RequestLimit {
     limit: u32,
     gcra: Gcra,
     clock: LimitClock,
+    /// When the window was last read by a take, and what it said: a governor window cannot
+    /// be read without taking from it, so other responses' headers start from here.
+    last: std::sync::Mutex<Option<(Duration, WindowState)>>,
 }
 
 impl RequestLimit {
@@ -41,7 +44,33 @@ impl RequestLimit {
             limit,
             gcra,
             clock: clock.clone(),
+            last: std::sync::Mutex::new(None),
         })
+    }
+
+    fn remember(&self, state: WindowState) {
+        let now = self.clock.elapsed();
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, state));
+    }
+
+    /// The window now, from the last take plus the requests replenished since: exact for
+    /// `limit` and `reset`, a lower bound for `remaining` (it may be one higher).
+    fn peek(&self) -> WindowState {
+        let last = *self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((at, s)) = last else {
+            return WindowState {
+                limit: self.limit as u64,
+                remaining: self.limit as u64,
+                reset: Duration::ZERO,
+            };
+        };
+        let since = self.clock.elapsed().saturating_sub(at);
+        let back = (since.as_nanos() / self.per_request().as_nanos().max(1)) as u64;
+        WindowState {
+            limit: s.limit,
+            remaining: (s.remaining + back).min(s.limit),
+            reset: s.reset.saturating_sub(since),
+        }
     }
 
     /// One cell's replenish time.
@@ -54,11 +83,13 @@ impl RequestLimit {
         match self.gcra.check() {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity().min(self.limit);
-                Ok(WindowState {
+                let state = WindowState {
                     limit: self.limit as u64,
                     remaining: remaining as u64,
                     reset: self.per_request() * (self.limit - remaining),
-                })
+                };
+                self.remember(state);
+                Ok(state)
             }
             Err(not_until) => {
                 let wait = not_until.wait_time_from(self.clock.now());
@@ -67,6 +98,7 @@ impl RequestLimit {
                     remaining: 0,
                     reset: wait + self.per_request() * (self.limit - 1),
                 };
+                self.remember(state);
                 Err((wait, state))
             }
         }
@@ -181,16 +213,22 @@ impl TenantLimiter {
         self.tenant.is_empty() && self.models.is_empty() && self.concurrency.is_none()
     }
 
-    /// The header values now, without taking anything (token limits only: a requests-per-
-    /// minute window can only be read by taking from it).
+    /// The header values now, without taking anything: the tenant's limits, else the
+    /// model's.
     pub fn peek(&self, model: &str) -> RateState {
+        let model = self.models.get(model);
         let tokens = self
             .tenant
             .tokens
             .as_deref()
-            .or_else(|| self.models.get(model).and_then(|m| m.tokens.as_deref()));
+            .or_else(|| model.and_then(|m| m.tokens.as_deref()));
+        let requests = self
+            .tenant
+            .requests
+            .as_ref()
+            .or_else(|| model.and_then(|m| m.requests.as_ref()));
         RateState {
-            requests: None,
+            requests: requests.map(RequestLimit::peek),
             tokens: tokens.map(token_state),
         }
     }
@@ -352,8 +390,15 @@ mod tests {
             }
             other => panic!("expected a requests rejection, got {other:?}"),
         }
+        // Without taking, the window reads as the last take left it, replenished since.
+        let peek = l.peek("m").requests.unwrap();
+        assert_eq!((peek.limit, peek.remaining), (7, 0));
+        clock.advance(Duration::from_secs(60) / 7 * 2);
+        assert_eq!(l.peek("m").requests.unwrap().remaining, 2);
         // A minute later the whole burst is available again.
         clock.advance(Duration::from_secs(60));
+        assert_eq!(l.peek("m").requests.unwrap().remaining, 7);
+        assert_eq!(l.peek("m").requests.unwrap().reset, Duration::ZERO);
         let again = (0..20).filter(|_| l.admit("m", 0).is_ok()).count();
         assert_eq!(again, 7);
     }
