@@ -180,8 +180,9 @@ async fn licence_policies_decide_per_tenant_and_model() {
     }
 
     // Every decision is in the audit log, with tenant, model, licence, decision and policy.
+    // The last decision made is narrow's listing of qwen (the matrix's last tenant and model).
     let entries = wait_for_audit(&s, |e| {
-        e["tenant"] == "lab" && e["action"] == "list" && e["model"] == "qwen"
+        e["tenant"] == "narrow" && e["action"] == "list" && e["model"] == "qwen"
     })
     .await;
     let find = |tenant: &str, model: &str, action: &str| {
