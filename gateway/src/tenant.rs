@@ -29,3 +29,21 @@ impl Tenant {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiers_map_to_engine_priorities_in_order() {
+        let tenant = |tier: &str| {
+            let config: TenantConfig =
+                serde_yaml::from_str(&format!("{{id: t, tier: {tier}}}")).expect("tenant yaml");
+            Tenant::new(&config, &LimitClock::manual())
+        };
+        let (high, normal, low) = (tenant("high"), tenant("normal"), tenant("low"));
+        // The scheduler serves lower numbers first and preempts higher ones first.
+        assert!(high.priority() < normal.priority() && normal.priority() < low.priority());
+        assert_eq!(normal.priority(), rosetta_engine::DEFAULT_PRIORITY);
+    }
+}

@@ -238,6 +238,7 @@ async fn wait_for_audit(s: &Server, last: impl Fn(&Value) -> bool) -> Vec<Value>
 #[tokio::test]
 async fn requests_without_a_valid_key_get_401() {
     let (s, keys) = start();
+    assert!(s.logs().contains("API keys required"), "{}", s.logs());
     let body = chat_body("open");
     let none = s.post("/v1/chat/completions", &body).await;
     none.assert_error(401, Some("invalid_request_error"), Some("invalid_api_key"));

@@ -54,6 +54,12 @@ fn served(r: Resp) -> (String, String) {
 async fn aliases_route_by_language_policy_and_fallback() {
     let (acme_key, acme_hash) = new_key();
     let s = Server::start(&CONFIG.replace("ACME_HASH", &acme_hash));
+    // The server says at start that keyless requests are served, and as whom.
+    assert!(
+        s.logs().contains("unauthenticated use is allowed"),
+        "{}",
+        s.logs()
+    );
     let post = |body: Value| {
         let s = &s;
         async move { s.post("/v1/chat/completions", &body).await }
