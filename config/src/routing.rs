@@ -3,6 +3,12 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Is `code` shaped like an ISO 639 code: two or three lower-case ASCII letters (`en`,
+/// `swh`)? Used for model languages, route rules and client-stated languages.
+pub fn is_language_code(code: &str) -> bool {
+    (2..=3).contains(&code.len()) && code.chars().all(|c| c.is_ascii_lowercase())
+}
+
 /// A model alias (for example `auto`) routed by the request's language.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]

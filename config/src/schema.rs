@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::access::{is_key_hash, AuditConfig, AuthConfig, Limits, PolicyConfig, TenantConfig};
 use crate::licence::{catalogue, Licence};
-use crate::routing::{PoolConfig, RemoteReplica, RouteConfig};
+use crate::routing::{is_language_code, PoolConfig, RemoteReplica, RouteConfig};
 use crate::ValidationIssue;
 
 /// A Rosetta config file.
@@ -307,9 +307,7 @@ impl Config {
                 issue(key("licence"), "a licence id is required".into());
             }
             for lang in &m.languages {
-                let ok =
-                    (2..=3).contains(&lang.len()) && lang.chars().all(|c| c.is_ascii_lowercase());
-                if !ok {
+                if !is_language_code(lang) {
                     issue(
                         key("languages"),
                         format!("`{lang}` is not an ISO 639 code like `en` or `swh`"),
@@ -382,9 +380,7 @@ impl Config {
             }
             for (j, rule) in r.rules.iter().enumerate() {
                 for lang in &rule.languages {
-                    let ok = (2..=3).contains(&lang.len())
-                        && lang.chars().all(|c| c.is_ascii_lowercase());
-                    if !ok {
+                    if !is_language_code(lang) {
                         issue(
                             key(&format!("rules[{j}].languages")),
                             format!("`{lang}` is not an ISO 639 code like `sw`"),

@@ -22,7 +22,7 @@ pub async fn serve(config: Config, engine_only: bool) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let (access, router) = if engine_only {
         tracing::info!("engine-only: serving this process's engines without auth, policies, limits or routes; keep it on a private network");
-        (Access::open(&config)?, Router::default())
+        (Access::open(&config)?, Router::local_models(&config))
     } else {
         announce_access(&config, addr);
         (
@@ -34,11 +34,7 @@ pub async fn serve(config: Config, engine_only: bool) -> anyhow::Result<()> {
     pool.spawn_health_checks();
     let services = Services {
         access,
-        router: if engine_only {
-            Router::local_models(&config)
-        } else {
-            router
-        },
+        router,
         pool,
         engine_only,
     };

@@ -858,6 +858,21 @@ pub fn tests_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `config` with each placeholder replaced by the hash of a fresh key, and the keys in the
+/// placeholders' order.
+pub fn with_new_keys<const N: usize>(
+    config: &str,
+    placeholders: [&str; N],
+) -> (String, [String; N]) {
+    let mut config = config.to_string();
+    let keys = placeholders.map(|placeholder| {
+        let (key, hash) = new_key();
+        config = config.replace(placeholder, &hash);
+        key
+    });
+    (config, keys)
+}
+
 /// A fresh API key and its config hash, made by `rosetta keys new`.
 pub fn new_key() -> (String, String) {
     let out = run_cli(

@@ -41,13 +41,8 @@ struct Keys {
 }
 
 fn start() -> (Server, Keys) {
-    let (acme, acme_hash) = new_key();
-    let (lab, lab_hash) = new_key();
-    let (narrow, narrow_hash) = new_key();
-    let config = CONFIG
-        .replace("ACME_HASH", &acme_hash)
-        .replace("LAB_HASH", &lab_hash)
-        .replace("NARROW_HASH", &narrow_hash);
+    let (config, [acme, lab, narrow]) =
+        with_new_keys(CONFIG, ["ACME_HASH", "LAB_HASH", "NARROW_HASH"]);
     (Server::start(&config), Keys { acme, lab, narrow })
 }
 

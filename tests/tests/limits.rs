@@ -33,13 +33,7 @@ struct Keys {
 }
 
 fn start() -> (Server, Keys) {
-    let (rpm, rpm_hash) = new_key();
-    let (tpm, tpm_hash) = new_key();
-    let (conc, conc_hash) = new_key();
-    let config = CONFIG
-        .replace("RPM_HASH", &rpm_hash)
-        .replace("TPM_HASH", &tpm_hash)
-        .replace("CONC_HASH", &conc_hash);
+    let (config, [rpm, tpm, conc]) = with_new_keys(CONFIG, ["RPM_HASH", "TPM_HASH", "CONC_HASH"]);
     (Server::start(&config), Keys { rpm, tpm, conc })
 }
 

@@ -52,8 +52,8 @@ fn served(r: Resp) -> (String, String) {
 
 #[tokio::test]
 async fn aliases_route_by_language_policy_and_fallback() {
-    let (acme_key, acme_hash) = new_key();
-    let s = Server::start(&CONFIG.replace("ACME_HASH", &acme_hash));
+    let (config, [acme_key]) = with_new_keys(CONFIG, ["ACME_HASH"]);
+    let s = Server::start(&config);
     // The server says at start that keyless requests are served, and as whom.
     assert!(
         s.logs().contains("unauthenticated use is allowed"),

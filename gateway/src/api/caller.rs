@@ -73,13 +73,16 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     let mut resp = next.run(req).await;
     // Handlers set the headers of admitted (and refused) requests; every other response
     // gets the tenant-wide limits as they stand.
-    let mut state = tenant.limiter.peek("");
-    if resp.headers().contains_key("x-ratelimit-limit-requests") {
-        state.requests = None;
+    let has = |name: &str| resp.headers().contains_key(name);
+    if !(has("x-ratelimit-limit-requests") && has("x-ratelimit-limit-tokens")) {
+        let mut state = tenant.limiter.peek("");
+        if has("x-ratelimit-limit-requests") {
+            state.requests = None;
+        }
+        if has("x-ratelimit-limit-tokens") {
+            state.tokens = None;
+        }
+        super::ratelimit_headers::insert(resp.headers_mut(), state);
     }
-    if resp.headers().contains_key("x-ratelimit-limit-tokens") {
-        state.tokens = None;
-    }
-    super::ratelimit_headers::insert(resp.headers_mut(), state);
     resp
 }

@@ -226,11 +226,15 @@ async fn run_remote(
     model_id: &str,
     hold: InFlight,
 ) -> Result<Response, Failure> {
-    // Without the upstream's tokenizer, reserve about a token per 3 bytes of the body.
-    let estimate = raw.to_string().len() as u64 / 3 + call.max_tokens();
+    // Without the upstream's tokenizer, count about a token per 3 bytes of the body.
+    let prompt_estimate = raw.to_string().len() as u64 / 3;
     let admission = state
         .access()
-        .admit(&caller.principal, model_id, estimate)
+        .admit(
+            &caller.principal,
+            model_id,
+            prompt_estimate + call.max_tokens(),
+        )
         .map_err(Failure::Final)?;
     let rate = admission.state();
     let who = OnBehalf {
@@ -248,7 +252,6 @@ async fn run_remote(
         }
         Ok(Forwarded::Stream(first, rest)) => {
             let mut chunks = 0u64;
-            let prompt_estimate = raw.to_string().len() as u64 / 3;
             let events = sse_relay::relay(first, rest, model_id.to_string(), move |event| {
                 let _ = &hold;
                 match event.get("usage").filter(|u| !u.is_null()) {

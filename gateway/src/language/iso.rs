@@ -87,8 +87,7 @@ pub fn normalize_639_3(code: &str) -> String {
 /// primary subtag, lower case, two letters where ISO 639-1 has them. `None` if malformed.
 pub fn parse_stated(tag: &str) -> Option<String> {
     let primary = tag.trim().split(['-', '_']).next()?.to_ascii_lowercase();
-    let ok = (2..=3).contains(&primary.len()) && primary.chars().all(|c| c.is_ascii_lowercase());
-    ok.then(|| normalize_639_3(&primary))
+    rosetta_config::is_language_code(&primary).then(|| normalize_639_3(&primary))
 }
 
 /// How many languages detection can name.
