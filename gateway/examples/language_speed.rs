@@ -1,5 +1,5 @@
 //! Language detection latency by text length, through the gateway's own `language::detect`
-//! (whatlang plus Rosetta's `und` thresholds), on texts cut from the 34-language corpus in
+//! (rosetta-langid and its `und` thresholds), on texts cut from the 34-language corpus in
 //! engine/corpus/. Prints p50/p99 in microseconds per length.
 //!
 //!     cargo run --release -p rosetta-gateway --example language_speed

@@ -32,6 +32,8 @@ pub async fn serve(config: Config, engine_only: bool) -> anyhow::Result<()> {
     };
     let pool = Arc::new(Pool::new(&config, engine_only)?);
     pool.spawn_health_checks();
+    // The detector's n-gram index takes a few milliseconds to build; not on the first request.
+    rosetta_langid::warm_up();
     let services = Services {
         access,
         router,

@@ -29,6 +29,7 @@ const AMHARIC: &str = "ዛሬ የአየሩ ሁኔታ በጣም ጥሩ ነው እ
 const JAPANESE: &str = "今日はとても良い天気なので、一緒に市場へ行きましょう。";
 const ENGLISH: &str = "The weather is lovely today, so let us walk to the market together.";
 const SWAHILI: &str = "Habari za asubuhi! Leo hali ya hewa ni nzuri sana.";
+const YORUBA: &str = "Ẹ káàárọ̀! Ojú ọjọ́ dára gan-an lónìí, ẹ jẹ́ ká lọ sí ọjà.";
 
 fn chat(model: &str, text: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 2})
@@ -78,6 +79,14 @@ async fn aliases_route_by_language_policy_and_fallback() {
         served(post(chat("auto", ENGLISH)).await),
         ("llama".into(), "en".into())
     );
+    assert_eq!(
+        served(post(chat("auto", SWAHILI)).await),
+        ("aya".into(), "sw".into())
+    );
+    assert_eq!(
+        served(post(chat("auto", YORUBA)).await),
+        ("aya".into(), "yo".into())
+    );
     // Too short to tell: und goes to the fallback.
     assert_eq!(
         served(post(chat("auto", "ok")).await),
@@ -89,7 +98,7 @@ async fn aliases_route_by_language_policy_and_fallback() {
         .client()
         .post(s.url("/v1/chat/completions"))
         .header("x-rosetta-language", "sw")
-        .json(&chat("auto", SWAHILI))
+        .json(&chat("auto", ENGLISH))
         .send()
         .await
         .unwrap();

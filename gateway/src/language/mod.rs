@@ -1,16 +1,11 @@
 //! The language of a request: stated by the client (`x-rosetta-language` header or
-//! `metadata.language`), else detected from its text with `whatlang` (69 languages; chosen by
-//! measurement, see benchmarks/langdetect/). Text too short or too mixed to tell is `und`.
+//! `metadata.language`), else detected from its text by `rosetta-langid` (85 languages; chosen
+//! by measurement, see benchmarks/langdetect/). Text too short or too mixed to tell is `und`.
 
 pub mod iso;
 
 /// The code of an undetermined language.
 pub const UND: &str = "und";
-
-/// Below this many letters a guess is noise.
-const MIN_LETTERS: usize = 8;
-/// Below this confidence the text is too mixed to tell.
-const MIN_CONFIDENCE: f64 = 0.5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -50,21 +45,13 @@ impl Language {
 
 /// Detects the language of `text`.
 pub fn detect(text: &str) -> Language {
-    let letters = text
-        .chars()
-        .filter(|c| c.is_alphabetic())
-        .take(MIN_LETTERS)
-        .count();
-    if letters < MIN_LETTERS {
-        return Language::und();
-    }
-    match whatlang::detect(text) {
-        Some(info) if info.confidence() >= MIN_CONFIDENCE => Language {
-            code: iso::normalize_639_3(info.lang().code()),
-            confidence: info.confidence(),
+    match rosetta_langid::detect(text) {
+        Some(d) => Language {
+            code: d.code.to_string(),
+            confidence: d.confidence,
             source: Source::Detected,
         },
-        _ => Language::und(),
+        None => Language::und(),
     }
 }
 
@@ -90,6 +77,10 @@ mod tests {
             ),
             ("आज मौसम बहुत अच्छा है और हम साथ में बाज़ार जा रहे हैं।", "hi"),
             ("ዛሬ የአየሩ ሁኔታ በጣም ጥሩ ነው እና አብረን ወደ ገበያ እንሄዳለን።", "am"),
+            (
+                "Hali ya hewa ni nzuri leo na tunakwenda sokoni pamoja.",
+                "sw",
+            ),
         ] {
             let l = detect(text);
             assert_eq!(l.code, code, "{text}: {l:?}");
