@@ -65,6 +65,28 @@ impl Router {
         self.aliases.keys().map(String::as_str)
     }
 
+    /// Every model an alias may route to (its rules' models in order, then the fallbacks),
+    /// and the languages its rules name; `None` if `alias` is not one.
+    pub fn alias_reach(&self, alias: &str) -> Option<(Vec<String>, Vec<String>)> {
+        let route = self.aliases.get(alias)?;
+        let mut models: Vec<String> = Vec::new();
+        let mut languages: Vec<String> = Vec::new();
+        for rule in &route.rules {
+            for l in &rule.languages {
+                if !languages.contains(l) {
+                    languages.push(l.clone());
+                }
+            }
+        }
+        let all = route.rules.iter().flat_map(|r| r.models.iter());
+        for m in all.chain(route.fallback.iter()) {
+            if !models.contains(m) {
+                models.push(m.clone());
+            }
+        }
+        Some((models, languages))
+    }
+
     /// The target of `name` for a request in `language`; `None` if it names nothing.
     pub fn resolve(&self, name: &str, language: &str) -> Option<Target> {
         if self.models.contains(name) {

@@ -157,4 +157,28 @@ async fn aliases_route_by_language_policy_and_fallback() {
     s.post("/v1/chat/completions", &chat("nope", ENGLISH))
         .await
         .assert_error(404, None, Some("model_not_found"));
+
+    // Aliases are listed among the models, with the models they may route this caller to.
+    let ids = |list: &Value| -> Vec<String> {
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let lab = s.get("/v1/models").await.ok();
+    assert_eq!(ids(&lab), ["aya", "qwen", "llama", "african-only", "auto"]);
+    let auto = s.get("/v1/models/auto").await.ok();
+    assert_eq!(auto["routes_to"], json!(["aya", "qwen", "llama"]));
+    assert_eq!(auto["languages"], json!(["sw", "yo", "ha", "am", "zh", "ja", "ko"]));
+    assert!(auto.get("licence").is_none(), "{auto}");
+    // Acme may not use Aya: `auto` leaves it out, and `african-only` reaches nothing.
+    let acme = s.get_as(&acme_key, "/v1/models").await.ok();
+    assert_eq!(ids(&acme), ["qwen", "llama", "auto"]);
+    let acme_auto = s.get_as(&acme_key, "/v1/models/auto").await.ok();
+    assert_eq!(acme_auto["routes_to"], json!(["qwen", "llama"]));
+    s.get_as(&acme_key, "/v1/models/african-only")
+        .await
+        .assert_error(404, None, Some("model_not_found"));
 }

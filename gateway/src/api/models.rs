@@ -1,4 +1,4 @@
-//! GET /v1/models and /v1/models/{id}
+//! GET /v1/models and /v1/models/{id}: the models and route aliases a caller may use.
 
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
@@ -17,10 +17,30 @@ fn object(config: &ModelConfig, local: Option<&ServedModel>) -> ModelObject {
         object: "model",
         created: local.map_or(0, |m| m.created),
         owned_by: "rosetta".into(),
-        licence: config.licence.clone(),
+        licence: Some(config.licence.clone()),
         languages: config.languages.clone(),
+        routes_to: None,
         max_model_len: local.map(|m| m.max_context),
     }
+}
+
+/// A route alias as a model the caller can name, if it may reach at least one of its models.
+fn alias_object(state: &AppState, caller: &Caller, alias: &str) -> Option<ModelObject> {
+    let (models, languages) = state.router().alias_reach(alias)?;
+    let reachable: Vec<String> = models
+        .into_iter()
+        .filter(|m| visible(state, caller, m))
+        .collect();
+    (!reachable.is_empty()).then(|| ModelObject {
+        id: alias.to_string(),
+        object: "model",
+        created: 0,
+        owned_by: "rosetta".into(),
+        licence: None,
+        languages,
+        routes_to: Some(reachable),
+        max_model_len: None,
+    })
 }
 
 /// May the caller see this model? Only models it may both list and invoke are shown.
@@ -41,12 +61,20 @@ pub async fn list(
 ) -> Result<Json<ModelList>, ApiError> {
     // 503 while local models load.
     state.models()?;
-    let data = state
+    let mut data: Vec<ModelObject> = state
         .configured()
         .iter()
         .filter(|m| visible(&state, &caller, &m.id))
         .map(|m| object(m, state.loaded_model(&m.id).as_deref()))
         .collect();
+    // Route aliases are names a client may use too (as LiteLLM lists its model groups).
+    let mut aliases: Vec<&str> = state.router().aliases().collect();
+    aliases.sort_unstable();
+    data.extend(
+        aliases
+            .into_iter()
+            .filter_map(|a| alias_object(&state, &caller, a)),
+    );
     Ok(Json(ModelList {
         object: "list",
         data,
@@ -59,11 +87,11 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<ModelObject>, ApiError> {
     state.models()?;
-    let config = state
-        .configured()
-        .iter()
-        .find(|m| m.id == id)
-        .ok_or_else(|| ApiError::model_not_found(&id))?;
+    let Some(config) = state.configured().iter().find(|m| m.id == id) else {
+        return alias_object(&state, &caller, &id)
+            .map(Json)
+            .ok_or_else(|| ApiError::model_not_found(&id));
+    };
     // Like OpenAI: a model the caller may not use does not exist for it.
     if !visible(&state, &caller, &config.id) {
         return Err(ApiError::model_not_found(&id));

@@ -208,9 +208,14 @@ pub struct ModelObject {
     pub object: &'static str,
     pub created: u64,
     pub owned_by: String,
-    /// Rosetta's additions: what the model is and may be used for.
-    pub licence: String,
+    /// Rosetta's additions: what the model is and may be used for (a route alias has no
+    /// licence of its own; its models have).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub licence: Option<String>,
     pub languages: Vec<String>,
+    /// For a route alias: the models it may route this caller to, in order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routes_to: Option<Vec<String>>,
     /// Known for models served here; remote-only models leave it out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_model_len: Option<usize>,
