@@ -218,6 +218,48 @@ pub struct EngineSettings {
     /// Reuse the KV cache of earlier prompts' shared prefixes (never across tenants).
     #[serde(default = "default_true")]
     pub prefix_caching: bool,
+    /// Where the model runs: `cpu` (default), `cuda` (GPU 0) or `cuda:N`. CUDA needs a
+    /// `rosetta` built with `--features cuda`; there `kv_cache_fraction` is of the GPU's
+    /// free memory and `dtype: auto` means bf16.
+    #[serde(default)]
+    #[schemars(with = "String", regex(pattern = r"^(cpu|cuda(:[0-9]+)?)$"))]
+    pub device: EngineDevice,
+}
+
+/// The device an engine runs on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum EngineDevice {
+    #[default]
+    Cpu,
+    /// A CUDA GPU by ordinal.
+    Cuda(usize),
+}
+
+impl TryFrom<String> for EngineDevice {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a device: use `cpu`, `cuda` or `cuda:N`");
+        match s.as_str() {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(bad),
+        }
+    }
+}
+
+impl From<EngineDevice> for String {
+    fn from(d: EngineDevice) -> String {
+        match d {
+            EngineDevice::Cpu => "cpu".into(),
+            EngineDevice::Cuda(n) => format!("cuda:{n}"),
+        }
+    }
 }
 
 impl EngineSettings {
@@ -243,6 +285,7 @@ impl Default for EngineSettings {
             max_num_batched_tokens: default_max_num_batched_tokens(),
             chunked_prefill: true,
             prefix_caching: true,
+            device: EngineDevice::Cpu,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rosetta_config::{load_file, parse_str, ConfigError, Dtype, ModelSource};
+use rosetta_config::{load_file, parse_str, ConfigError, Dtype, EngineDevice, ModelSource};
 
 fn examples() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
@@ -47,7 +47,27 @@ fn defaults_fill_what_is_left_out() {
     assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
     assert_eq!(m.dtype, Dtype::Auto);
     assert_eq!(m.engine.kv_block_size, 16);
+    assert_eq!(m.engine.device, EngineDevice::Cpu);
     assert_eq!(m.max_context, None);
+}
+
+#[test]
+fn engine_device_is_cpu_or_a_cuda_ordinal() {
+    let device = |d: &str| {
+        parse_str(
+            &format!("auth: {{allow_unauthenticated: true}}\nmodels: [{{id: m, path: /x, licence: mit, engine: {{device: \"{d}\"}}}}]"),
+            Path::new("t.yaml"),
+        )
+        .map(|c| c.models[0].engine.device)
+    };
+    assert_eq!(device("cpu").unwrap(), EngineDevice::Cpu);
+    assert_eq!(device("cuda").unwrap(), EngineDevice::Cuda(0));
+    assert_eq!(device("cuda:3").unwrap(), EngineDevice::Cuda(3));
+    let e = device("gpu").unwrap_err().to_string();
+    assert!(
+        e.contains("models[0].engine.device") && e.contains("use `cpu`, `cuda` or `cuda:N`"),
+        "{e}"
+    );
 }
 
 #[test]

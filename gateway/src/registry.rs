@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use rosetta_config::{Dtype, ModelConfig, ModelSource};
+use rosetta_config::{Dtype, EngineDevice, ModelConfig, ModelSource};
 use rosetta_engine::demo::{self, DemoSpec};
 use rosetta_engine::model::{ModelShape, Transformer, WeightDtype};
 use rosetta_engine::text::ModelTokenizer;
@@ -78,25 +78,35 @@ pub fn load_model(cfg: &ModelConfig, cache_dir: &Path) -> anyhow::Result<ServedM
         );
     }
     let tokenizer = Arc::new(ModelTokenizer::from_dir(&dir).with_context(context)?);
-    let dtype = match cfg.dtype {
-        Dtype::Auto | Dtype::F32 => None,
-        Dtype::Bf16 => Some(WeightDtype::BF16),
-    };
     let started = std::time::Instant::now();
-    let model = Transformer::load(&dir, dtype, max_context).with_context(context)?;
-    let engine = NativeEngine::start(
-        model,
-        tokenizer.clone(),
-        NativeEngineConfig {
-            block_size: cfg.engine.kv_block_size,
-            kv_cache_bytes: cfg.engine.kv_cache_budget(available_memory()),
-            max_num_seqs: cfg.engine.max_num_seqs,
-            max_num_batched_tokens: cfg.engine.max_num_batched_tokens,
-            chunked_prefill: cfg.engine.chunked_prefill,
-            prefix_caching: cfg.engine.prefix_caching,
+    let engine_config = |kv_cache_bytes| NativeEngineConfig {
+        block_size: cfg.engine.kv_block_size,
+        kv_cache_bytes,
+        max_num_seqs: cfg.engine.max_num_seqs,
+        max_num_batched_tokens: cfg.engine.max_num_batched_tokens,
+        chunked_prefill: cfg.engine.chunked_prefill,
+        prefix_caching: cfg.engine.prefix_caching,
+        max_context,
+    };
+    let engine = match cfg.engine.device {
+        EngineDevice::Cpu => {
+            let dtype = match cfg.dtype {
+                Dtype::Auto | Dtype::F32 => None,
+                Dtype::Bf16 => Some(WeightDtype::BF16),
+            };
+            let model = Transformer::load(&dir, dtype, max_context).with_context(context)?;
+            let budget = cfg.engine.kv_cache_budget(available_memory());
+            NativeEngine::start(model, tokenizer.clone(), engine_config(budget))
+        }
+        EngineDevice::Cuda(ordinal) => start_cuda(
+            &dir,
+            ordinal,
+            cfg,
             max_context,
-        },
-    )
+            tokenizer.clone(),
+            engine_config,
+        ),
+    }
     .with_context(context)?;
     tracing::info!(model = %cfg.id, path = %dir.display(), max_context, elapsed_ms = started.elapsed().as_millis() as u64, "model loaded");
     Ok(ServedModel {
@@ -112,6 +122,46 @@ pub fn load_model(cfg: &ModelConfig, cache_dir: &Path) -> anyhow::Result<ServedM
         max_context,
         vocab_size: shape.vocab_size,
     })
+}
+
+/// Loads the model onto a GPU and starts its engine (weights and KV in bf16 unless the
+/// config says f32).
+#[cfg(feature = "cuda")]
+fn start_cuda(
+    dir: &Path,
+    ordinal: usize,
+    cfg: &ModelConfig,
+    max_context: usize,
+    tokenizer: Arc<ModelTokenizer>,
+    engine_config: impl Fn(u64) -> NativeEngineConfig,
+) -> Result<NativeEngine, rosetta_engine::EngineError> {
+    use rosetta_engine::model::cuda::{device_memory, CudaTransformer};
+    let dtype = match cfg.dtype {
+        Dtype::Auto | Dtype::Bf16 => WeightDtype::BF16,
+        Dtype::F32 => WeightDtype::F32,
+    };
+    let model = CudaTransformer::load(dir, ordinal, dtype, max_context)?;
+    let (free, _) = device_memory(ordinal)?;
+    NativeEngine::start(
+        model,
+        tokenizer,
+        engine_config(cfg.engine.kv_cache_budget(free)),
+    )
+}
+
+#[cfg(not(feature = "cuda"))]
+fn start_cuda(
+    _dir: &Path,
+    ordinal: usize,
+    _cfg: &ModelConfig,
+    _max_context: usize,
+    _tokenizer: Arc<ModelTokenizer>,
+    _engine_config: impl Fn(u64) -> NativeEngineConfig,
+) -> Result<NativeEngine, rosetta_engine::EngineError> {
+    Err(rosetta_engine::EngineError::load(format!(
+        "`engine.device: cuda:{ordinal}` needs a rosetta built with the CUDA path: \
+         cargo build --release --features cuda"
+    )))
 }
 
 /// Memory available to new allocations (Linux `MemAvailable`), for `kv_cache_fraction`.

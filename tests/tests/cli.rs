@@ -360,6 +360,32 @@ fn serve_with_a_missing_model_path_exits_non_zero() {
     );
 }
 
+/// The test suite runs the default (CPU-only) build: a model placed on a GPU is refused at
+/// start with the way to get the CUDA path, not served on the CPU behind the user's back.
+#[test]
+fn a_cuda_device_without_the_cuda_build_exits_with_the_fix() {
+    let d = tempfile::tempdir().unwrap();
+    let f = write(
+        d.path(),
+        "gpu.yaml",
+        &VALID.replace(
+            "max_num_seqs: 64 }",
+            "max_num_seqs: 64, device: \"cuda:1\" }",
+        ),
+    );
+    let out = run_cli(
+        &["serve", "--config", &f, "--listen", "127.0.0.1:0"],
+        None,
+        Duration::from_secs(60),
+    );
+    assert!(!out.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("engine.device: cuda:1")
+            && out.stderr.contains("cargo build --release --features cuda"),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn help_lists_the_commands() {
     let out = run_cli(&["--help"], None, T);

@@ -171,7 +171,10 @@ async fn aliases_route_by_language_policy_and_fallback() {
     assert_eq!(ids(&lab), ["aya", "qwen", "llama", "african-only", "auto"]);
     let auto = s.get("/v1/models/auto").await.ok();
     assert_eq!(auto["routes_to"], json!(["aya", "qwen", "llama"]));
-    assert_eq!(auto["languages"], json!(["sw", "yo", "ha", "am", "zh", "ja", "ko"]));
+    assert_eq!(
+        auto["languages"],
+        json!(["sw", "yo", "ha", "am", "zh", "ja", "ko"])
+    );
     assert!(auto.get("licence").is_none(), "{auto}");
     // Acme may not use Aya: `auto` leaves it out, and `african-only` reaches nothing.
     let acme = s.get_as(&acme_key, "/v1/models").await.ok();

@@ -3,8 +3,11 @@
 //! batch-invariant kernels (see `matmul`) and reads and writes K/V through the paged cache.
 
 mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod matmul;
 mod rope;
+mod runner;
 mod weights;
 
 use std::path::Path;
@@ -16,6 +19,7 @@ pub use candle_core::DType as WeightDtype;
 pub use config::{Family, ModelShape, RopeScaling};
 use matmul::Matrix;
 use rope::Rope;
+pub use runner::{BlockCopy, LoadedModel, ModelRunner};
 use weights::Weights;
 
 use crate::kv::{paged_attention, AttentionSeq, KvPool};

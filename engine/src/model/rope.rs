@@ -30,6 +30,13 @@ impl Rope {
         Self { half, cos, sin }
     }
 
+    /// The cos and sin tables, `[max_positions, head_dim / 2]` row-major, for devices that
+    /// rotate on their own.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub fn tables(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
     pub fn max_positions(&self) -> usize {
         self.cos.len() / self.half.max(1)
     }

@@ -9,8 +9,8 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc::{self, UnboundedSender};
 
-use crate::kv::{BlockManager, KvLayout, KvPool};
-use crate::model::Transformer;
+use crate::kv::{BlockManager, KvLayout};
+use crate::model::LoadedModel;
 use crate::text::ModelTokenizer;
 use crate::{Engine, EngineError, EngineLoad, EventStream, GenerateEvent, GenerateRequest};
 
@@ -63,13 +63,15 @@ pub struct NativeEngine {
 }
 
 impl NativeEngine {
+    /// Starts the engine loop over `model` (the CPU `Transformer`, or a model on a GPU), its
+    /// KV cache sized from `config.kv_cache_bytes`.
     pub fn start(
-        model: Transformer,
+        model: impl LoadedModel,
         tokenizer: Arc<ModelTokenizer>,
         config: NativeEngineConfig,
     ) -> Result<Self, EngineError> {
         let shape = model.shape().clone();
-        let block_bytes = (config.block_size * shape.kv_bytes_per_token()) as u64;
+        let block_bytes = (config.block_size * model.kv_bytes_per_token()) as u64;
         let total_blocks = (config.kv_cache_bytes / block_bytes.max(1)) as usize;
         let needed = config.max_context.div_ceil(config.block_size);
         if total_blocks < needed {
@@ -99,10 +101,10 @@ impl NativeEngine {
             ..EngineLoad::default()
         }));
         let (tx, rx) = mpsc::unbounded_channel();
+        let runner = Box::new(model).into_runner(layout)?;
         let mut worker = scheduler::Worker::new(
-            model,
+            runner,
             tokenizer,
-            KvPool::new(shape.num_layers, layout),
             BlockManager::new(total_blocks, config.block_size, config.prefix_caching),
             config.clone(),
             load.clone(),

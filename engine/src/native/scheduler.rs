@@ -12,16 +12,17 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::sequence::{Group, Sequence};
 use super::{NativeEngineConfig, Submission};
-use crate::kv::{salt_hash, BlockManager, KvPool};
-use crate::model::{SeqChunk, Transformer};
+use crate::kv::{salt_hash, BlockManager};
+use crate::model::{BlockCopy, ModelRunner, SeqChunk};
 use crate::text::ModelTokenizer;
 use crate::{EngineError, EngineLoad, GenerateEvent};
 
 pub struct Worker {
-    model: Transformer,
+    model: Box<dyn ModelRunner>,
     tokenizer: Arc<ModelTokenizer>,
-    kv: KvPool,
     blocks: BlockManager,
+    /// Copy-on-write copies decided while scheduling, done at the start of the next pass.
+    copies: Vec<BlockCopy>,
     config: NativeEngineConfig,
     waiting: Vec<Sequence>,
     /// Kept sorted by (priority, arrival) at the start of each step: the front is served
@@ -46,9 +47,8 @@ struct Scheduled {
 
 impl Worker {
     pub fn new(
-        model: Transformer,
+        model: Box<dyn ModelRunner>,
         tokenizer: Arc<ModelTokenizer>,
-        kv: KvPool,
         blocks: BlockManager,
         config: NativeEngineConfig,
         load: Arc<Mutex<EngineLoad>>,
@@ -56,8 +56,8 @@ impl Worker {
         Self {
             model,
             tokenizer,
-            kv,
             blocks,
+            copies: Vec::new(),
             config,
             waiting: Vec::new(),
             running: Vec::new(),
@@ -286,7 +286,11 @@ impl Worker {
         if cow {
             let shared = seq.blocks[start / bs];
             let copy = new.pop().expect("allocated above");
-            self.kv.copy_block_prefix(shared, copy, start % bs);
+            self.copies.push(BlockCopy {
+                src: shared,
+                dst: copy,
+                slots: start % bs,
+            });
             self.blocks.release(&[shared]);
             seq.blocks[start / bs] = copy;
         }
@@ -313,7 +317,8 @@ impl Worker {
             .iter()
             .map(|p| self.running[p.seq].chunk(p.len))
             .collect();
-        let result = self.model.forward(&chunks, &mut self.kv);
+        let copies = std::mem::take(&mut self.copies);
+        let result = self.model.step(&copies, &chunks);
         drop(chunks);
         let rows = match result {
             Ok(rows) => rows,

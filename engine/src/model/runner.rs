@@ -1,0 +1,68 @@
+//! What the scheduler drives each step, whatever the device: a model bound to its KV cache.
+
+use super::{ModelShape, SeqChunk, Transformer};
+use crate::kv::{KvLayout, KvPool};
+use crate::EngineError;
+
+/// Copy-on-write of a shared, partly filled block: its first `slots` token slots go to `dst`
+/// before the step's forward pass appends to `dst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockCopy {
+    pub src: u32,
+    pub dst: u32,
+    pub slots: usize,
+}
+
+/// A model with its KV cache, on some device.
+pub trait ModelRunner: Send {
+    /// Applies `copies`, then runs the chunks in one pass, writing their K/V into the cache,
+    /// and returns the requested logits rows in chunk order.
+    fn step(
+        &mut self,
+        copies: &[BlockCopy],
+        chunks: &[SeqChunk<'_>],
+    ) -> Result<Vec<Vec<f32>>, EngineError>;
+}
+
+/// A loaded model whose KV cache is not made yet: the engine sizes the cache from
+/// `kv_bytes_per_token` and its memory budget, then binds the two.
+pub trait LoadedModel: Send + 'static {
+    fn shape(&self) -> &ModelShape;
+    /// Bytes one token's K and V take across all layers, as this model stores them.
+    fn kv_bytes_per_token(&self) -> usize;
+    fn into_runner(self: Box<Self>, layout: KvLayout) -> Result<Box<dyn ModelRunner>, EngineError>;
+}
+
+/// The CPU path: our own kernels over a KV pool in main memory.
+struct CpuRunner {
+    model: Transformer,
+    kv: KvPool,
+}
+
+impl ModelRunner for CpuRunner {
+    fn step(
+        &mut self,
+        copies: &[BlockCopy],
+        chunks: &[SeqChunk<'_>],
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        for c in copies {
+            self.kv.copy_block_prefix(c.src, c.dst, c.slots);
+        }
+        self.model.forward(chunks, &mut self.kv)
+    }
+}
+
+impl LoadedModel for Transformer {
+    fn shape(&self) -> &ModelShape {
+        Transformer::shape(self)
+    }
+
+    fn kv_bytes_per_token(&self) -> usize {
+        self.shape().kv_bytes_per_token()
+    }
+
+    fn into_runner(self: Box<Self>, layout: KvLayout) -> Result<Box<dyn ModelRunner>, EngineError> {
+        let kv = KvPool::new(self.shape().num_layers, layout);
+        Ok(Box::new(CpuRunner { model: *self, kv }))
+    }
+}
