@@ -84,8 +84,7 @@ impl CudaTransformer {
                 "the CUDA path runs bf16, f16 or f32, not {dtype:?}"
             )));
         }
-        let device = Device::new_cuda(ordinal)
-            .map_err(|e| EngineError::load(format!("cannot open CUDA device {ordinal}: {e}")))?;
+        let device = open_device(ordinal)?;
         let shape = ModelShape::from_file(&dir.join("config.json"))?;
         let w = Weights::open(dir, &device)?;
         let s = &shape;
@@ -193,7 +192,7 @@ impl LoadedModel for CudaTransformer {
         // vLLM's cache layout: K as [blocks, kv_heads, head_dim / x, block_size, x] with x
         // elements making 16 bytes, V as [blocks, kv_heads, head_dim, block_size].
         let x = 16 / self.dtype.size_in_bytes();
-        if layout.head_dim % x != 0 {
+        if !layout.head_dim.is_multiple_of(x) {
             return Err(EngineError::load(format!(
                 "head_dim {} is not a multiple of {x}, as the paged attention kernels need",
                 layout.head_dim
@@ -264,7 +263,7 @@ impl ModelRunner for CudaRunner {
                 &mapping,
             )?;
         }
-        Ok(self.forward(chunks)?)
+        self.forward(chunks)
     }
 }
 
@@ -508,8 +507,7 @@ fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor>
 
 /// Free and total memory of GPU `ordinal`, for `kv_cache_fraction`.
 pub fn device_memory(ordinal: usize) -> Result<(u64, u64), EngineError> {
-    let device = Device::new_cuda(ordinal)
-        .map_err(|e| EngineError::load(format!("cannot open CUDA device {ordinal}: {e}")))?;
+    let device = open_device(ordinal)?;
     let Device::Cuda(cuda) = &device else {
         return Err(EngineError::load("not a CUDA device"));
     };
@@ -520,4 +518,13 @@ pub fn device_memory(ordinal: usize) -> Result<(u64, u64), EngineError> {
     let (free, total) = candle_core::cuda_backend::cudarc::driver::result::mem_get_info()
         .map_err(|e| EngineError::load(format!("CUDA: {e}")))?;
     Ok((free as u64, total as u64))
+}
+
+fn open_device(ordinal: usize) -> Result<Device, EngineError> {
+    Device::new_cuda(ordinal).map_err(|e| {
+        // candle appends a backtrace when RUST_BACKTRACE is set; the first line says it all.
+        let e = e.to_string();
+        let first = e.lines().next().unwrap_or_default();
+        EngineError::load(format!("cannot open CUDA device {ordinal}: {first}"))
+    })
 }
