@@ -114,7 +114,8 @@ impl Script {
             return c.is_ascii_alphabetic().then_some(Script::Latin);
         }
         Some(match u {
-            0x00C0..=0x024F if c.is_alphabetic() => Script::Latin,
+            // Latin-1, Extended-A/B and IPA (ɛ, ɔ, ŋ of West African orthographies).
+            0x00C0..=0x02AF if c.is_alphabetic() => Script::Latin,
             0x1E00..=0x1EFF => Script::Latin,
             0x0370..=0x03FF | 0x1F00..=0x1FFF => Script::Greek,
             0x0400..=0x052F => Script::Cyrillic,
@@ -164,6 +165,7 @@ mod tests {
         assert_eq!(Script::of('a'), Some(Script::Latin));
         assert_eq!(Script::of('é'), Some(Script::Latin));
         assert_eq!(Script::of('ọ'), Some(Script::Latin));
+        assert_eq!(Script::of('ɔ'), Some(Script::Latin));
         assert_eq!(Script::of('×'), None);
         assert_eq!(Script::of('7'), None);
         assert_eq!(Script::of('ж'), Some(Script::Cyrillic));
