@@ -8,7 +8,7 @@
 //!   the block tables in place;
 //! - prefill chunks gather their sequence's context with `gather_kv_cache` and attend with a
 //!   causal (and, for windowed layers, banded) mask; so do decodes of windowed layers, which
-//!   the paged kernel does not bound;
+//!   the paged kernel does not bound, and decodes of head or block sizes it is not built for;
 //! - copy-on-write of shared blocks uses `copy_blocks`.
 //!
 //! The scheduler, block manager and sampler are the CPU path's: only the forward pass and
@@ -217,18 +217,36 @@ impl LoadedModel for CudaTransformer {
             k_cache.push(Tensor::zeros(k_shape, self.dtype, &self.device)?);
             v_cache.push(Tensor::zeros(v_shape, self.dtype, &self.device)?);
         }
+        let paged = PAGED_HEAD_SIZES.contains(&layout.head_dim)
+            && PAGED_BLOCK_SIZES.contains(&layout.block_size);
+        if !paged {
+            tracing::warn!(
+                head_dim = layout.head_dim,
+                block_size = layout.block_size,
+                "the paged attention kernel has no build for this head size and block size; \
+                 decodes attend through gathered K/V instead (slower)"
+            );
+        }
         Ok(Box::new(CudaRunner {
             model: *self,
             block_size: layout.block_size,
+            paged,
             k_cache,
             v_cache,
         }))
     }
 }
 
+/// The head sizes and block sizes vLLM's paged attention kernel is compiled for; it does
+/// nothing at all for others, so they take the gathered path.
+const PAGED_HEAD_SIZES: [usize; 8] = [64, 80, 96, 112, 128, 192, 256, 512];
+const PAGED_BLOCK_SIZES: [usize; 3] = [8, 16, 32];
+
 struct CudaRunner {
     model: CudaTransformer,
     block_size: usize,
+    /// Decodes use the paged kernel (else the gathered path, as prefill does).
+    paged: bool,
     k_cache: Vec<Tensor>,
     v_cache: Vec<Tensor>,
 }
@@ -391,7 +409,7 @@ impl CudaRunner {
             )?;
             let window = s.layer_windows[li];
             let decoded = match (&decode, window) {
-                (Some((table, lens, max_len)), None) => Some(paged_attention(
+                (Some((table, lens, max_len)), None) if self.paged => Some(paged_attention(
                     &q.index_select(&decode_index, 0)?.contiguous()?,
                     None,
                     None,
