@@ -29,8 +29,11 @@ impl EngineError {
 
 impl From<candle_core::Error> for EngineError {
     fn from(e: candle_core::Error) -> Self {
-        // candle appends a backtrace when RUST_BACKTRACE is set; keep the message only.
-        let text = e.to_string();
-        Self::Internal(text.lines().next().unwrap_or_default().to_string())
+        Self::Internal(candle_message(&e))
     }
+}
+
+/// A candle error's message without the backtrace candle appends when RUST_BACKTRACE is set.
+pub(crate) fn candle_message(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }

@@ -98,6 +98,7 @@ pub fn load_model(cfg: &ModelConfig, cache_dir: &Path) -> anyhow::Result<ServedM
             let budget = cfg.engine.kv_cache_budget(available_memory());
             NativeEngine::start(model, tokenizer.clone(), engine_config(budget))
         }
+        #[cfg(feature = "cuda")]
         EngineDevice::Cuda(ordinal) => start_cuda(
             &dir,
             ordinal,
@@ -106,6 +107,11 @@ pub fn load_model(cfg: &ModelConfig, cache_dir: &Path) -> anyhow::Result<ServedM
             tokenizer.clone(),
             engine_config,
         ),
+        #[cfg(not(feature = "cuda"))]
+        EngineDevice::Cuda(ordinal) => Err(rosetta_engine::EngineError::load(format!(
+            "`engine.device: cuda:{ordinal}` needs a rosetta built with the CUDA path: \
+             cargo build --release --features cuda"
+        ))),
     }
     .with_context(context)?;
     tracing::info!(model = %cfg.id, path = %dir.display(), max_context, elapsed_ms = started.elapsed().as_millis() as u64, "model loaded");
@@ -135,33 +141,14 @@ fn start_cuda(
     tokenizer: Arc<ModelTokenizer>,
     engine_config: impl Fn(u64) -> NativeEngineConfig,
 ) -> Result<NativeEngine, rosetta_engine::EngineError> {
-    use rosetta_engine::model::cuda::{device_memory, CudaTransformer};
+    use rosetta_engine::model::cuda::CudaTransformer;
     let dtype = match cfg.dtype {
         Dtype::Auto | Dtype::Bf16 => WeightDtype::BF16,
         Dtype::F32 => WeightDtype::F32,
     };
     let model = CudaTransformer::load(dir, ordinal, dtype, max_context)?;
-    let (free, _) = device_memory(ordinal)?;
-    NativeEngine::start(
-        model,
-        tokenizer,
-        engine_config(cfg.engine.kv_cache_budget(free)),
-    )
-}
-
-#[cfg(not(feature = "cuda"))]
-fn start_cuda(
-    _dir: &Path,
-    ordinal: usize,
-    _cfg: &ModelConfig,
-    _max_context: usize,
-    _tokenizer: Arc<ModelTokenizer>,
-    _engine_config: impl Fn(u64) -> NativeEngineConfig,
-) -> Result<NativeEngine, rosetta_engine::EngineError> {
-    Err(rosetta_engine::EngineError::load(format!(
-        "`engine.device: cuda:{ordinal}` needs a rosetta built with the CUDA path: \
-         cargo build --release --features cuda"
-    )))
+    let budget = cfg.engine.kv_cache_budget(model.free_memory()?);
+    NativeEngine::start(model, tokenizer, engine_config(budget))
 }
 
 /// Memory available to new allocations (Linux `MemAvailable`), for `kv_cache_fraction`.

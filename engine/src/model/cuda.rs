@@ -23,7 +23,8 @@ use mistralrs_paged_attn::{copy_blocks, gather_kv_cache, paged_attention, reshap
 use super::rope::Rope;
 use super::runner::{BlockCopy, LoadedModel, ModelRunner};
 use super::weights::Weights;
-use super::{LogitRows, ModelShape, SeqChunk};
+use super::{ModelShape, SeqChunk};
+use crate::error::candle_message;
 use crate::kv::KvLayout;
 use crate::EngineError;
 
@@ -97,24 +98,28 @@ impl CudaTransformer {
         let stacked = |names: &[(String, usize)], inp: usize| -> Result<Linear, EngineError> {
             let mut weights = Vec::with_capacity(names.len());
             let mut biases = Vec::with_capacity(names.len());
-            let mut any_bias = false;
             for (prefix, out) in names {
                 weights.push(load(&format!("{prefix}.weight"), &[*out, inp])?);
                 let bias_name = format!("{prefix}.bias");
-                if w.contains(&bias_name) {
-                    biases.push(load(&bias_name, &[*out])?);
-                    any_bias = true;
-                } else {
-                    biases.push(Tensor::zeros(*out, dtype, &device)?);
-                }
-            }
-            Ok(Linear {
-                weight: Tensor::cat(&weights, 0)?,
-                bias: if any_bias {
-                    Some(Tensor::cat(&biases, 0)?)
+                biases.push(if w.contains(&bias_name) {
+                    Some(load(&bias_name, &[*out])?)
                 } else {
                     None
-                },
+                });
+            }
+            let bias = if biases.iter().any(Option::is_some) {
+                let parts = names
+                    .iter()
+                    .zip(biases)
+                    .map(|((_, out), b)| b.map_or_else(|| Tensor::zeros(*out, dtype, &device), Ok))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Some(Tensor::cat(&parts, 0)?)
+            } else {
+                None
+            };
+            Ok(Linear {
+                weight: Tensor::cat(&weights, 0)?,
+                bias,
             })
         };
         let mut layers = Vec::with_capacity(s.num_layers);
@@ -175,6 +180,22 @@ impl CudaTransformer {
             dtype,
             shape,
         })
+    }
+}
+
+impl CudaTransformer {
+    /// Free memory on the model's GPU now (after its weights), for `kv_cache_fraction`.
+    pub fn free_memory(&self) -> Result<u64, EngineError> {
+        let Device::Cuda(cuda) = &self.device else {
+            return Err(EngineError::load("not a CUDA device"));
+        };
+        cuda.cuda_stream()
+            .context()
+            .bind_to_thread()
+            .map_err(|e| EngineError::load(format!("CUDA: {e}")))?;
+        let (free, _) = candle_core::cuda_backend::cudarc::driver::result::mem_get_info()
+            .map_err(|e| EngineError::load(format!("CUDA: {e}")))?;
+        Ok(free as u64)
     }
 }
 
@@ -301,29 +322,13 @@ impl CudaRunner {
         let mut plans = Vec::with_capacity(chunks.len());
         let mut decode_tables: Vec<&[u32]> = Vec::new();
         let mut decode_lens: Vec<u32> = Vec::new();
+        // Each decode's row among the step's tokens.
+        let mut decode_tokens: Vec<u32> = Vec::new();
         for c in chunks {
+            c.check(m.max_positions, s.vocab_size)?;
             let end = c.start_pos + c.tokens.len();
-            if end > m.max_positions {
-                return Err(EngineError::InvalidRequest(format!(
-                    "position {end} is beyond the model's {} positions",
-                    m.max_positions
-                )));
-            }
-            if let Some(&bad) = c.tokens.iter().find(|&&t| t as usize >= s.vocab_size) {
-                return Err(EngineError::InvalidRequest(format!(
-                    "token id {bad} is outside the vocabulary of {} tokens",
-                    s.vocab_size
-                )));
-            }
             let first = ids.len();
-            match c.logits {
-                LogitRows::None => {}
-                LogitRows::Last if !c.tokens.is_empty() => {
-                    rows.push((first + c.tokens.len() - 1) as u32)
-                }
-                LogitRows::Last => {}
-                LogitRows::All => rows.extend((first..first + c.tokens.len()).map(|r| r as u32)),
-            }
+            rows.extend(c.logit_rows(first).map(|r| r as u32));
             for (t, &id) in c.tokens.iter().enumerate() {
                 let pos = c.start_pos + t;
                 ids.push(id);
@@ -334,6 +339,7 @@ impl CudaRunner {
             let decode_row = (c.tokens.len() == 1).then(|| {
                 decode_tables.push(c.block_table);
                 decode_lens.push(end as u32);
+                decode_tokens.push(first as u32);
                 decode_lens.len() - 1
             });
             plans.push(ChunkPlan {
@@ -361,22 +367,34 @@ impl CudaRunner {
             for (row, t) in table.chunks_mut(width).zip(&decode_tables) {
                 row[..t.len()].copy_from_slice(t);
             }
-            let max_len = decode_lens.iter().copied().max().unwrap_or(0) as usize;
+            let (count, max_len) = (decode_lens.len(), decode_lens.iter().max().copied());
             Some((
-                Tensor::from_vec(table, (decode_tables.len(), width), dev)?,
-                Tensor::from_vec(decode_lens.clone(), decode_lens.len(), dev)?,
-                max_len,
+                Tensor::from_vec(table, (count, width), dev)?,
+                Tensor::from_vec(decode_lens, count, dev)?,
+                max_len.unwrap_or(0) as usize,
             ))
         };
-        let decode_index = Tensor::from_vec(
-            plans
-                .iter()
-                .filter(|p| p.decode_row.is_some())
-                .map(|p| p.first_token as u32)
-                .collect::<Vec<_>>(),
-            decode_lens.len(),
-            dev,
-        )?;
+        let decode_count = decode_tokens.len();
+        let decode_index = Tensor::from_vec(decode_tokens, decode_count, dev)?;
+        // What the gathered path needs of each chunk that takes it in some layer, made once
+        // per step rather than once per layer: its block table, lengths and masks.
+        let mut windows: Vec<Option<usize>> = Vec::new();
+        for w in &s.layer_windows {
+            if !windows.contains(w) {
+                windows.push(*w);
+            }
+        }
+        let any_window = windows.iter().any(Option::is_some);
+        let contexts = plans
+            .iter()
+            .zip(chunks)
+            .map(|(p, c)| {
+                let gathered = p.decode_row.is_none() || !self.paged || any_window;
+                gathered
+                    .then(|| self.context(c.block_table, p.start_pos, p.num_tokens, &windows))
+                    .transpose()
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
 
         let eps = s.rms_norm_eps as f32;
         let scale = 1.0 / (hd as f32).sqrt();
@@ -426,17 +444,21 @@ impl CudaRunner {
                 _ => None,
             };
             let mut pieces = Vec::with_capacity(plans.len());
-            for (plan, c) in plans.iter().zip(chunks) {
-                match (plan.decode_row, &decoded) {
-                    (Some(row), Some(out)) => pieces.push(out.narrow(0, row, 1)?),
-                    _ => pieces.push(self.dense_attention(
+            for (plan, context) in plans.iter().zip(&contexts) {
+                match (plan.decode_row, &decoded, context) {
+                    (Some(row), Some(out), _) => pieces.push(out.narrow(0, row, 1)?),
+                    (_, _, Some(context)) => pieces.push(self.dense_attention(
                         li,
                         &q.narrow(0, plan.first_token, plan.num_tokens)?,
-                        c.block_table,
-                        plan.start_pos,
+                        context,
                         window,
                         scale,
                     )?),
+                    (_, _, None) => {
+                        return Err(EngineError::Internal(
+                            "no gathered context for a chunk".into(),
+                        ))
+                    }
                 }
             }
             let attn = Tensor::cat(&pieces, 0)?.reshape((n, qd))?;
@@ -451,11 +473,46 @@ impl CudaRunner {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let rows_t = Tensor::from_vec(rows.clone(), rows.len(), dev)?;
+        let row_count = rows.len();
+        let rows_t = Tensor::from_vec(rows, row_count, dev)?;
         let picked = x.index_select(&rows_t, 0)?;
         let normed = candle_nn::ops::rms_norm(&picked, &m.norm, eps)?;
         let logits = m.lm_head.forward(&normed)?.to_dtype(DType::F32)?;
         Ok(logits.to_vec2::<f32>()?)
+    }
+
+    /// A chunk's context for the gathered path: its blocks, lengths, and a causal mask per
+    /// distinct layer window (banded where the window is set).
+    fn context(
+        &self,
+        block_table: &[u32],
+        start_pos: usize,
+        t: usize,
+        windows: &[Option<usize>],
+    ) -> candle_core::Result<Context> {
+        let dev = &self.model.device;
+        let ctx = start_pos + t;
+        let blocks = ctx.div_ceil(self.block_size);
+        let mut masks = Vec::with_capacity(windows.len());
+        for &window in windows {
+            let mut mask = vec![0f32; t * ctx];
+            for (r, row) in mask.chunks_mut(ctx).enumerate() {
+                let pos = start_pos + r;
+                let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                for (j, m) in row.iter_mut().enumerate() {
+                    if j > pos || j < lo {
+                        *m = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            masks.push((window, Tensor::from_vec(mask, (1, t, ctx), dev)?));
+        }
+        Ok(Context {
+            len: ctx,
+            table: Tensor::from_slice(&block_table[..blocks], (1, blocks), dev)?,
+            cu_lens: Tensor::from_vec(vec![0u32, ctx as u32], 2, dev)?,
+            masks,
+        })
     }
 
     /// Attention of one chunk's queries `[t, heads, head_dim]` over its whole context, read
@@ -464,25 +521,20 @@ impl CudaRunner {
         &self,
         layer: usize,
         q: &Tensor,
-        block_table: &[u32],
-        start_pos: usize,
+        context: &Context,
         window: Option<usize>,
         scale: f32,
     ) -> candle_core::Result<Tensor> {
         let s = &self.model.shape;
-        let dev = &self.model.device;
-        let (t, nh, hd) = q.dims3()?;
-        let ctx = start_pos + t;
-        let blocks = ctx.div_ceil(self.block_size);
-        let table = Tensor::from_slice(&block_table[..blocks], (1, blocks), dev)?;
-        let cu_lens = Tensor::from_vec(vec![0u32, ctx as u32], 2, dev)?;
+        let (_, nh, hd) = q.dims3()?;
+        let ctx = context.len;
         let (k, v) = gather_kv_cache(
             &self.k_cache[layer],
             &self.v_cache[layer],
             None,
             None,
-            &table,
-            &cu_lens,
+            &context.table,
+            &context.cu_lens,
             self.model.dtype,
         )?;
         // [ctx, kv_heads, hd] → [heads, ctx, hd], each KV head serving its group of queries.
@@ -496,21 +548,22 @@ impl CudaRunner {
         let (k, v) = (expand(k)?, expand(v)?);
         let q = q.transpose(0, 1)?.contiguous()?;
         let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * f64::from(scale))?;
-        let mut mask = vec![0f32; t * ctx];
-        for (r, row) in mask.chunks_mut(ctx).enumerate() {
-            let pos = start_pos + r;
-            let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            for (j, m) in row.iter_mut().enumerate() {
-                if j > pos || j < lo {
-                    *m = f32::NEG_INFINITY;
-                }
-            }
-        }
-        let mask = Tensor::from_vec(mask, (1, t, ctx), dev)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?
+        let Some((_, mask)) = context.masks.iter().find(|(w, _)| *w == window) else {
+            candle_core::bail!("no mask for window {window:?}");
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(mask)?)?
             .to_dtype(self.model.dtype)?;
         probs.matmul(&v.contiguous()?)?.transpose(0, 1)
     }
+}
+
+/// What the gathered path reads a chunk's context with (see `CudaRunner::context`).
+struct Context {
+    /// Positions in the context, this chunk's included.
+    len: usize,
+    table: Tensor,
+    cu_lens: Tensor,
+    masks: Vec<(Option<usize>, Tensor)>,
 }
 
 /// RoPE on `[tokens, heads, head_dim]` with per-token `cos`/`sin` rows `[tokens, head_dim / 2]`.
@@ -523,26 +576,11 @@ fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor>
         .contiguous()
 }
 
-/// Free and total memory of GPU `ordinal`, for `kv_cache_fraction`.
-pub fn device_memory(ordinal: usize) -> Result<(u64, u64), EngineError> {
-    let device = open_device(ordinal)?;
-    let Device::Cuda(cuda) = &device else {
-        return Err(EngineError::load("not a CUDA device"));
-    };
-    cuda.cuda_stream()
-        .context()
-        .bind_to_thread()
-        .map_err(|e| EngineError::load(format!("CUDA: {e}")))?;
-    let (free, total) = candle_core::cuda_backend::cudarc::driver::result::mem_get_info()
-        .map_err(|e| EngineError::load(format!("CUDA: {e}")))?;
-    Ok((free as u64, total as u64))
-}
-
 fn open_device(ordinal: usize) -> Result<Device, EngineError> {
     Device::new_cuda(ordinal).map_err(|e| {
-        // candle appends a backtrace when RUST_BACKTRACE is set; the first line says it all.
-        let e = e.to_string();
-        let first = e.lines().next().unwrap_or_default();
-        EngineError::load(format!("cannot open CUDA device {ordinal}: {first}"))
+        EngineError::load(format!(
+            "cannot open CUDA device {ordinal}: {}",
+            candle_message(&e)
+        ))
     })
 }

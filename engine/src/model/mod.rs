@@ -46,6 +46,35 @@ pub struct SeqChunk<'a> {
     pub logits: LogitRows,
 }
 
+impl SeqChunk<'_> {
+    /// Refuses a chunk the model cannot run: positions past `max_positions`, or token ids
+    /// outside the vocabulary.
+    fn check(&self, max_positions: usize, vocab_size: usize) -> Result<(), EngineError> {
+        let end = self.start_pos + self.tokens.len();
+        if end > max_positions {
+            return Err(EngineError::InvalidRequest(format!(
+                "position {end} is beyond the model's {max_positions} positions"
+            )));
+        }
+        if let Some(&bad) = self.tokens.iter().find(|&&t| t as usize >= vocab_size) {
+            return Err(EngineError::InvalidRequest(format!(
+                "token id {bad} is outside the vocabulary of {vocab_size} tokens"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The step's rows whose logits this chunk wants, its tokens starting at row `first`.
+    fn logit_rows(&self, first: usize) -> std::ops::Range<usize> {
+        let end = first + self.tokens.len();
+        match self.logits {
+            LogitRows::None => end..end,
+            LogitRows::Last => end.saturating_sub(1).max(first)..end,
+            LogitRows::All => first..end,
+        }
+    }
+}
+
 struct Linear {
     weight: Arc<Matrix>,
     bias: Option<Vec<f32>>,
@@ -204,20 +233,9 @@ impl Transformer {
         let mut seqs = Vec::with_capacity(chunks.len());
         let mut rows = Vec::new();
         for c in chunks {
-            let end = c.start_pos + c.tokens.len();
-            if end > self.rope.max_positions() {
-                return Err(EngineError::InvalidRequest(format!(
-                    "position {end} is beyond the model's {} positions",
-                    self.rope.max_positions()
-                )));
-            }
+            c.check(self.rope.max_positions(), s.vocab_size)?;
             let first = ids.len();
-            match c.logits {
-                LogitRows::None => {}
-                LogitRows::Last if !c.tokens.is_empty() => rows.push(first + c.tokens.len() - 1),
-                LogitRows::Last => {}
-                LogitRows::All => rows.extend(first..first + c.tokens.len()),
-            }
+            rows.extend(c.logit_rows(first));
             ids.extend_from_slice(c.tokens);
             seqs.push(AttentionSeq {
                 first_token: first,
@@ -229,12 +247,6 @@ impl Transformer {
         let n = ids.len();
         if n == 0 {
             return Ok(Vec::new());
-        }
-        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= s.vocab_size) {
-            return Err(EngineError::InvalidRequest(format!(
-                "token id {bad} is outside the vocabulary of {} tokens",
-                s.vocab_size
-            )));
         }
         let mut x = vec![0.0f32; n * h];
         for (row, &id) in x.chunks_mut(h).zip(&ids) {
