@@ -7,6 +7,7 @@
 #
 #   benchmarks/serving.sh            # Rosetta, plus llama.cpp if its server is built
 #   STREAMS=1,8 benchmarks/serving.sh
+#   KV_BLOCK_SIZE=8 benchmarks/serving.sh   # Rosetta's KV block size (default 16)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 work="$root/benchmarks/.work"
@@ -30,7 +31,7 @@ models:
     path: $model
     licence: apache-2.0
     max_context: 8192
-    engine: { max_num_seqs: 64, max_num_batched_tokens: 512, kv_block_size: 16 }
+    engine: { max_num_seqs: 64, max_num_batched_tokens: 512, kv_block_size: ${KV_BLOCK_SIZE:-16} }
 YAML
 "$bin/rosetta" serve --config "$work/rosetta.yaml" > "$work/rosetta.out" 2> "$work/rosetta.err" &
 pids+=($!)

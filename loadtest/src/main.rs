@@ -53,8 +53,18 @@ struct Level {
     ttft_ms: f64,
     itl_ms: f64,
     prompt_tokens: f64,
-    /// Mean share of reserved-but-unused KV slots while streams ran (Rosetta's /load only).
-    kv_unused: Option<f64>,
+    /// KV use while streams ran (Rosetta's /load only).
+    kv: Option<KvSample>,
+}
+
+/// Means over /load samples taken while a level ran.
+#[derive(Default, Clone, Copy)]
+struct KvSample {
+    /// Share of slots in allocated blocks that hold no token.
+    unused: f64,
+    /// Tokens held per running sequence: with lazily allocated blocks of size b the unused
+    /// share cannot fall below about (b - 1) / 2 over this plus that.
+    tokens_per_seq: f64,
 }
 
 struct RequestStats {
@@ -204,25 +214,34 @@ async fn sample_kv(
     url: String,
     model: String,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> Option<f64> {
-    let mut shares = Vec::new();
+) -> Option<KvSample> {
+    let mut samples = Vec::new();
     while !*stop.borrow() {
         let v: Option<Value> = match client.get(format!("{url}/load")).send().await {
             Ok(r) if r.status().is_success() => r.json().await.ok(),
             _ => return None,
         };
         let m = v.as_ref().map(|v| &v["models"][&model])?;
-        let (used, bs, unused) = (
+        let (used, bs, unused, running) = (
             m["kv_blocks_used"].as_f64()?,
             m["kv_block_size"].as_f64()?,
             m["kv_slots_unused"].as_f64()?,
+            m["running"].as_f64()?,
         );
-        if used > 0.0 && m["waiting"].as_u64() == Some(0) {
-            shares.push(unused / (used * bs));
+        if used > 0.0 && running > 0.0 && m["waiting"].as_u64() == Some(0) {
+            let slots = used * bs;
+            samples.push(KvSample {
+                unused: unused / slots,
+                tokens_per_seq: (slots - unused) / running,
+            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    (!shares.is_empty()).then(|| shares.iter().sum::<f64>() / shares.len() as f64)
+    let n = samples.len() as f64;
+    (n > 0.0).then(|| KvSample {
+        unused: samples.iter().map(|s| s.unused).sum::<f64>() / n,
+        tokens_per_seq: samples.iter().map(|s| s.tokens_per_seq).sum::<f64>() / n,
+    })
 }
 
 async fn run_level(
@@ -264,7 +283,7 @@ async fn run_level(
     }
     let wall = start.elapsed().as_secs_f64();
     let _ = stop_tx.send(true);
-    let kv_unused = sampler.await.ok().flatten();
+    let kv = sampler.await.ok().flatten();
     let n = all.len() as f64;
     let tokens: usize = all.iter().map(|r| r.completion_tokens).sum();
     let itls: Vec<f64> = all
@@ -276,7 +295,7 @@ async fn run_level(
         ttft_ms: all.iter().map(|r| r.ttft.as_secs_f64()).sum::<f64>() / n * 1e3,
         itl_ms: itls.iter().sum::<f64>() / itls.len().max(1) as f64 * 1e3,
         prompt_tokens: all.iter().map(|r| r.prompt_tokens as f64).sum::<f64>() / n,
-        kv_unused,
+        kv,
     })
 }
 
@@ -423,14 +442,14 @@ async fn main() -> anyhow::Result<()> {
         }
         results.push(levels);
     }
-    println!("| target | streams | output tok/s | mean TTFT ms | mean ITL ms | prompt tokens | KV unused | tok/s vs {} |", targets[0].name);
+    println!("| target | streams | output tok/s | mean TTFT ms | mean ITL ms | prompt tokens | KV unused (tokens/seq) | tok/s vs {} |", targets[0].name);
     println!("|---|---|---|---|---|---|---|---|");
     for (t, levels) in targets.iter().zip(&results) {
         for (i, (l, &c)) in levels.iter().zip(&args.concurrency).enumerate() {
             let base = results[0][i].tokens_per_s;
-            let kv = l
-                .kv_unused
-                .map_or("-".to_string(), |u| format!("{:.1}%", u * 100.0));
+            let kv = l.kv.map_or("-".to_string(), |k| {
+                format!("{:.1}% ({:.0})", k.unused * 100.0, k.tokens_per_seq)
+            });
             println!(
                 "| {} | {c} | {:.1} | {:.1} | {:.1} | {:.0} | {kv} | {:.2}x |",
                 t.name,
