@@ -8,16 +8,31 @@
 #   benchmarks/serving.sh            # Rosetta, plus llama.cpp if its server is built
 #   STREAMS=1,8 benchmarks/serving.sh
 #   KV_BLOCK_SIZE=8 benchmarks/serving.sh   # Rosetta's KV block size (default 16)
+#   DEVICE=cuda DTYPE=f32 ROSETTA_BIN_DIR=/path/to/bin benchmarks/serving.sh
+#       # Rosetta's engine on a GPU, with binaries built elsewhere (scripts/cuda-device-bundle.sh)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 work="$root/benchmarks/.work"
 mkdir -p "$work"
 cd "$root"
 streams="${STREAMS:-1,8,32}"
-cargo build --release --bin rosetta --bin rosetta-bench
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
+if [[ -n "${ROSETTA_BIN_DIR:-}" ]]; then
+    bin="$(cd "$ROSETTA_BIN_DIR" && pwd)"
+else
+    cargo build --release --bin rosetta --bin rosetta-bench
+    bin="${CARGO_TARGET_DIR:-$root/target}/release"
+fi
 model="$work/models/llama-small"
 [[ -f "$model/config.json" ]] || "$bin/rosetta" model generate "$model" --arch llama --size small --seed 0
+
+# GET answers 2xx; curl where it exists, else Python (GPU images may lack curl).
+probe() {
+    if command -v curl > /dev/null; then
+        curl -sf "$1" > /dev/null
+    else
+        python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' "$1" 2> /dev/null
+    fi
+}
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -31,17 +46,19 @@ models:
     path: $model
     licence: apache-2.0
     max_context: 8192
-    engine: { max_num_seqs: 64, max_num_batched_tokens: 512, kv_block_size: ${KV_BLOCK_SIZE:-16} }
+    dtype: ${DTYPE:-auto}
+    engine: { max_num_seqs: 64, max_num_batched_tokens: 512, kv_block_size: ${KV_BLOCK_SIZE:-16}, device: ${DEVICE:-cpu} }
 YAML
 "$bin/rosetta" serve --config "$work/rosetta.yaml" > "$work/rosetta.out" 2> "$work/rosetta.err" &
 pids+=($!)
 rosetta_url=""
 for _ in $(seq 600); do
     rosetta_url=$(sed -n 's/^listening on //p' "$work/rosetta.out")
-    [[ -n "$rosetta_url" ]] && curl -sf "$rosetta_url/ready" > /dev/null && break
+    [[ -n "$rosetta_url" ]] && probe "$rosetta_url/ready" && break
+    kill -0 "${pids[0]}" 2> /dev/null || break
     sleep 0.1
 done
-curl -sf "$rosetta_url/ready" > /dev/null || { echo "rosetta did not start; see $work/rosetta.err" >&2; exit 1; }
+probe "$rosetta_url/ready" || { tail -n 5 "$work/rosetta.err" >&2; echo "rosetta did not start; see $work/rosetta.err" >&2; exit 1; }
 targets=(--target "rosetta=$rosetta_url=small")
 
 llama_server=$(ls "$work"/build-llama-server-*/bin/llama-server 2>/dev/null | head -n 1 || true)
@@ -53,7 +70,7 @@ if [[ -n "$llama_server" && -x "$llama_server" ]]; then
     "$llama_server" -m "$gguf" --alias small --host 127.0.0.1 --port "$port" -np 32 -c $((32 * 256)) -t 2 --cont-batching \
         > "$work/llama.out" 2>&1 &
     pids+=($!)
-    for _ in $(seq 600); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 0.1; done
+    for _ in $(seq 600); do probe "http://127.0.0.1:$port/health" && break; sleep 0.1; done
     targets+=(--target "llama.cpp=http://127.0.0.1:$port=small")
 else
     echo "llama.cpp's server is not built; run benchmarks/llama_cpp/build.sh to compare" >&2
