@@ -8,6 +8,7 @@
 #   benchmarks/serving.sh            # Rosetta, plus llama.cpp if its server is built
 #   STREAMS=1,8 benchmarks/serving.sh
 #   KV_BLOCK_SIZE=8 benchmarks/serving.sh   # Rosetta's KV block size (default 16)
+#   MAX_TOKENS=512 STREAMS=32 benchmarks/serving.sh   # longer outputs (default 128)
 #   DEVICE=cuda DTYPE=f32 ROSETTA_BIN_DIR=/path/to/bin benchmarks/serving.sh
 #       # Rosetta's engine on a GPU, with binaries built elsewhere (scripts/cuda-device-bundle.sh)
 set -euo pipefail
@@ -16,6 +17,7 @@ work="$root/benchmarks/.work"
 mkdir -p "$work"
 cd "$root"
 streams="${STREAMS:-1,8,32}"
+max_tokens="${MAX_TOKENS:-128}"
 if [[ -n "${ROSETTA_BIN_DIR:-}" ]]; then
     bin="$(cd "$ROSETTA_BIN_DIR" && pwd)"
 else
@@ -67,7 +69,7 @@ if [[ -n "$llama_server" && -x "$llama_server" ]]; then
     mkdir -p "$work/gguf"
     [[ -f "$gguf" ]] || "$work/venv/bin/python" benchmarks/llama_cpp/hf_to_gguf.py "$model" "$gguf"
     port=$((20000 + RANDOM % 20000))
-    "$llama_server" -m "$gguf" --alias small --host 127.0.0.1 --port "$port" -np 32 -c $((32 * 256)) -t 2 --cont-batching \
+    "$llama_server" -m "$gguf" --alias small --host 127.0.0.1 --port "$port" -np 32 -c $((32 * (max_tokens + 128))) -t 2 --cont-batching \
         > "$work/llama.out" 2>&1 &
     pids+=($!)
     for _ in $(seq 600); do probe "http://127.0.0.1:$port/health" && break; sleep 0.1; done
@@ -76,4 +78,4 @@ else
     echo "llama.cpp's server is not built; run benchmarks/llama_cpp/build.sh to compare" >&2
 fi
 
-"$bin/rosetta-bench" "${targets[@]}" --concurrency "$streams" --requests-per-stream 2 --max-tokens 128 --prefix-test 1024
+"$bin/rosetta-bench" "${targets[@]}" --concurrency "$streams" --requests-per-stream 2 --max-tokens "$max_tokens" --prefix-test 1024
