@@ -9,20 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v nvcc >/dev/null; then
-    if [ -r /etc/debian_version ] && [ "$(id -u)" = 0 ]; then
-        cat >/etc/apt/sources.list.d/rosetta-cuda.sources <<'SOURCES'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: bookworm
-Components: contrib non-free
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SOURCES
-        apt-get update
-        DEBIAN_FRONTEND=noninteractive apt-get install -y nvidia-cuda-toolkit
-    else
-        echo "nvcc not found: install the CUDA toolkit (11.8 or later) and run this again" >&2
-        exit 1
-    fi
+    scripts/debian-non-free.sh nvidia-cuda-toolkit \
+        || { echo "nvcc not found: install the CUDA toolkit (11.8 or later) and run this again" >&2; exit 1; }
 fi
 
 # The kernels are compiled for one compute capability: the GPU's, else Ampere (8.0).

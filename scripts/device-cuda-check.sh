@@ -2,13 +2,13 @@
 # Runs on this workplace's GPU machine (CUDA 13 libraries, no Rust) from the binaries that
 # scripts/cuda-device-bundle.sh left in .device/: the test comparing the CUDA path's logits
 # with the CPU path's, then the serving benchmark with the engine on the GPU and, side by side,
-# on the machine's CPUs. Logs go to $OUT (or ./device-out) to come back.
+# on the machine's CPUs. Logs go to $OUT (or /tmp/rosetta-device-out) to come back.
 #
 #   device run, carry [".device"]:  bash scripts/device-cuda-check.sh
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-out="${OUT:-$root/device-out}"
+out="${OUT:-/tmp/rosetta-device-out}"
 mkdir -p "$out"
 
 # cuBLAS 13 and the CUDA runtime come with the image's Python packages; find their folder.
