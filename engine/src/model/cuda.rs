@@ -258,8 +258,9 @@ impl LoadedModel for CudaTransformer {
     }
 }
 
-/// The head sizes and block sizes vLLM's paged attention kernel is compiled for; it does
-/// nothing at all for others, so they take the gathered path.
+/// The head sizes and block sizes vLLM's paged attention kernel is compiled for; its wrapper
+/// refuses other head sizes and the kernel silently does nothing for other block sizes, so
+/// both take the gathered path.
 const PAGED_HEAD_SIZES: [usize; 8] = [64, 80, 96, 112, 128, 192, 256, 512];
 const PAGED_BLOCK_SIZES: [usize; 3] = [8, 16, 32];
 
