@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The serving benchmark of the batching issue: Rosetta (and llama.cpp's server, when built with
-# benchmarks/llama_cpp/build.sh) on the `small` demo model (SmolLM2-135M's shape, f32), chat
+# benchmarks/llama_cpp/build.sh, and mistral.rs, when benchmarks/mistralrs is built as its
+# README says) on the `small` demo model (SmolLM2-135M's shape, f32), chat
 # prompts of about 32 tokens, exactly 128 output tokens (EOS ignored), greedy, at 1, 8 and 32
 # concurrent streams, measured in one run; then time to first token for a prompt sharing a
 # 1,024-token prefix with an earlier one (prefix-cache hit against miss).
 #
-#   benchmarks/serving.sh            # Rosetta, plus llama.cpp if its server is built
+#   benchmarks/serving.sh            # Rosetta, plus llama.cpp and mistral.rs where built
 #   STREAMS=1,8 benchmarks/serving.sh
 #   KV_BLOCK_SIZE=8 benchmarks/serving.sh   # Rosetta's KV block size (default 16)
 #   MAX_TOKENS=512 STREAMS=32 benchmarks/serving.sh   # longer outputs (default 128)
@@ -78,4 +79,24 @@ else
     echo "llama.cpp's server is not built; run benchmarks/llama_cpp/build.sh to compare" >&2
 fi
 
-"$bin/rosetta-bench" "${targets[@]}" --concurrency "$streams" --requests-per-stream 2 --max-tokens "$max_tokens" --prefix-test 1024
+"$bin/rosetta-bench" "${targets[@]}" --concurrency "$streams" --requests-per-stream 2 --max-tokens "$max_tokens" --prefix-test 1024 \
+    | tee "$work/serving-table.md"
+
+# mistral.rs has no server of ours to call: its bench binary runs the same load in-process,
+# one level at a time (0.8.1 can crash at some levels; that is reported, not fatal).
+mistralrs_bench="$work/mistralrs-target/release/mistralrs-bench"
+if [[ -x "$mistralrs_bench" && -z "${ROSETTA_BIN_DIR:-}" ]]; then
+    echo
+    echo "| streams | mistral.rs tok/s | Rosetta tok/s | Rosetta / mistral.rs |"
+    echo "|---|---|---|---|"
+    for c in ${streams//,/ }; do
+        theirs=$(HF_HUB_OFFLINE=1 "$mistralrs_bench" "$model" --concurrency "$c" --max-tokens "$max_tokens" \
+            --requests-per-stream 2 2> "$work/mistralrs-$c.err" | awk -F'|' -v c="$c" '$2 + 0 == c { print $3 + 0 }' || true)
+        ours=$(awk -F'|' -v c="$c" '$2 ~ /rosetta/ && $3 + 0 == c { print $4 + 0 }' "$work/serving-table.md")
+        if [[ -n "$theirs" ]]; then
+            echo "| $c | $theirs | $ours | $(awk -v a="$ours" -v b="$theirs" 'BEGIN { printf "%.1fx", a / b }') |"
+        else
+            echo "| $c | failed: $(grep -m 1 -A 1 'panicked' "$work/mistralrs-$c.err" | tail -n 1 || true) (see mistralrs-$c.err) | $ours | - |"
+        fi
+    done
+fi
