@@ -24,6 +24,30 @@ pub struct RouteConfig {
     pub fallback: Vec<String>,
 }
 
+impl RouteConfig {
+    /// Every model this alias may route to, once each: its rules' models in order, then the
+    /// fallbacks.
+    pub fn models(&self) -> Vec<String> {
+        let all = self.rules.iter().flat_map(|r| r.models.iter());
+        unique(all.chain(self.fallback.iter()))
+    }
+
+    /// The languages its rules name, once each, in order.
+    pub fn languages(&self) -> Vec<String> {
+        unique(self.rules.iter().flat_map(|r| r.languages.iter()))
+    }
+}
+
+fn unique<'a>(items: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for item in items {
+        if !out.contains(item) {
+            out.push(item.clone());
+        }
+    }
+    out
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteRule {

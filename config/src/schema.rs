@@ -465,13 +465,7 @@ impl Config {
     /// alias can route to.
     pub fn expand_model_name(&self, name: &str) -> Vec<String> {
         match self.routes.iter().find(|r| r.alias == name) {
-            Some(r) => r
-                .rules
-                .iter()
-                .flat_map(|rule| rule.models.iter())
-                .chain(r.fallback.iter())
-                .cloned()
-                .collect(),
+            Some(r) => r.models(),
             None => vec![name.to_string()],
         }
     }

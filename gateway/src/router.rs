@@ -69,22 +69,7 @@ impl Router {
     /// and the languages its rules name; `None` if `alias` is not one.
     pub fn alias_reach(&self, alias: &str) -> Option<(Vec<String>, Vec<String>)> {
         let route = self.aliases.get(alias)?;
-        let mut models: Vec<String> = Vec::new();
-        let mut languages: Vec<String> = Vec::new();
-        for rule in &route.rules {
-            for l in &rule.languages {
-                if !languages.contains(l) {
-                    languages.push(l.clone());
-                }
-            }
-        }
-        let all = route.rules.iter().flat_map(|r| r.models.iter());
-        for m in all.chain(route.fallback.iter()) {
-            if !models.contains(m) {
-                models.push(m.clone());
-            }
-        }
-        Some((models, languages))
+        Some((route.models(), route.languages()))
     }
 
     /// The target of `name` for a request in `language`; `None` if it names nothing.
