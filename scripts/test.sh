@@ -23,9 +23,13 @@ if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import openai' >/de
     cp "$clients/requirements.txt" "$stamp"
 fi
 
-cargo build --bin rosetta
-# The whole workspace unless the arguments pick packages (-p/--package) themselves.
-scope=(--workspace)
+# The tested binary can inject engine faults (engine/src/native/fault.rs): a test-only
+# feature that release builds, and the README's `cargo run --release`, never have.
+features=(--features rosetta-gateway/fault-injection)
+cargo build --bin rosetta "${features[@]}"
+# The whole workspace unless the arguments pick packages (-p/--package) themselves; the
+# workspace is tested with the same features so the binary above is not rebuilt without them.
+scope=(--workspace "${features[@]}")
 for arg in "$@"; do
     [[ "$arg" == "--" ]] && break
     case "$arg" in -p | -p* | --package | --package=*) scope=() ;; esac

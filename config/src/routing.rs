@@ -90,6 +90,11 @@ pub struct RemoteReplica {
     /// gateway then judges a remote by the requests it has in flight there.
     #[serde(default)]
     pub load_path: Option<String>,
+    /// Extension fields passed on to this upstream besides the OpenAI fields Rosetta has
+    /// validated, e.g. `[priority, chat_template_kwargs]` for a vLLM upstream. Default:
+    /// none; anything else a client sends stays at the gateway.
+    #[serde(default)]
+    pub forward_fields: Vec<String>,
 }
 
 fn default_connect_ms() -> u64 {

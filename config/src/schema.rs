@@ -45,6 +45,10 @@ pub struct Config {
     /// Replica choice, health checks and admission.
     #[serde(default)]
     pub pool: PoolConfig,
+    /// Size limits every request is checked against right after parsing, before any other
+    /// work; a request over one gets 400 naming the parameter and the limit.
+    #[serde(default)]
+    pub request_limits: RequestLimits,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -57,6 +61,14 @@ pub struct ServerConfig {
     /// Largest request body accepted, in bytes; larger bodies get 413.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Browser origins allowed to call the API (CORS), e.g. `https://app.example.com`, or
+    /// `*` for any. Default: none (no CORS headers; browsers refuse cross-origin calls).
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// Seconds a stream may go unread before it is aborted and its KV blocks freed. While a
+    /// client does not read, its sequences are paused (not scheduled, their KV kept).
+    #[serde(default = "default_stream_stall_timeout")]
+    pub stream_stall_timeout: f64,
 }
 
 impl Default for ServerConfig {
@@ -64,8 +76,92 @@ impl Default for ServerConfig {
         Self {
             listen: default_listen(),
             max_body_bytes: default_max_body_bytes(),
+            cors_origins: Vec::new(),
+            stream_stall_timeout: default_stream_stall_timeout(),
         }
     }
+}
+
+fn default_stream_stall_timeout() -> f64 {
+    60.0
+}
+
+/// Size limits of one request. Defaults follow OpenAI's published limits where there is one
+/// (4 stop sequences, 300 logit_bias entries, 2048 messages, 128 tools).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RequestLimits {
+    /// Most choices in one request: prompts × n.
+    #[serde(default = "default_max_choices")]
+    pub max_choices: usize,
+    /// Most entries in `stop_token_ids`.
+    #[serde(default = "default_max_stop_token_ids")]
+    pub max_stop_token_ids: usize,
+    /// Most entries in `logit_bias`.
+    #[serde(default = "default_max_logit_bias")]
+    pub max_logit_bias: usize,
+    /// Most stop strings.
+    #[serde(default = "default_max_stop_sequences")]
+    pub max_stop_sequences: usize,
+    /// Most bytes in one stop string.
+    #[serde(default = "default_max_stop_bytes")]
+    pub max_stop_bytes: usize,
+    /// Most chat messages.
+    #[serde(default = "default_max_messages")]
+    pub max_messages: usize,
+    /// Most content parts over all messages.
+    #[serde(default = "default_max_content_parts")]
+    pub max_content_parts: usize,
+    /// Most tools.
+    #[serde(default = "default_max_tools")]
+    pub max_tools: usize,
+    /// Most tokens in a prompt given as token ids, and most ids sent to /detokenize.
+    #[serde(default = "default_max_prompt_tokens")]
+    pub max_prompt_tokens: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_choices: default_max_choices(),
+            max_stop_token_ids: default_max_stop_token_ids(),
+            max_logit_bias: default_max_logit_bias(),
+            max_stop_sequences: default_max_stop_sequences(),
+            max_stop_bytes: default_max_stop_bytes(),
+            max_messages: default_max_messages(),
+            max_content_parts: default_max_content_parts(),
+            max_tools: default_max_tools(),
+            max_prompt_tokens: default_max_prompt_tokens(),
+        }
+    }
+}
+
+fn default_max_choices() -> usize {
+    128
+}
+fn default_max_stop_token_ids() -> usize {
+    256
+}
+fn default_max_logit_bias() -> usize {
+    300
+}
+fn default_max_stop_sequences() -> usize {
+    4
+}
+fn default_max_stop_bytes() -> usize {
+    256
+}
+fn default_max_messages() -> usize {
+    2048
+}
+fn default_max_content_parts() -> usize {
+    4096
+}
+fn default_max_tools() -> usize {
+    128
+}
+fn default_max_prompt_tokens() -> usize {
+    131_072
 }
 
 fn default_listen() -> SocketAddr {
@@ -394,6 +490,19 @@ impl Config {
         }
         if self.server.max_body_bytes == 0 {
             issue("server.max_body_bytes".into(), "must be more than 0".into());
+        }
+        let stall = self.server.stream_stall_timeout;
+        if !(stall.is_finite() && stall > 0.0) {
+            issue(
+                "server.stream_stall_timeout".into(),
+                format!("{stall} is not a positive number of seconds"),
+            );
+        }
+        if self.request_limits.max_choices == 0 {
+            issue(
+                "request_limits.max_choices".into(),
+                "must be at least 1".into(),
+            );
         }
         issues.extend(self.validate_access());
         issues.extend(self.validate_routing());

@@ -1,12 +1,52 @@
 //! The one trait the gateway talks to every engine through.
 
-use tokio::sync::mpsc::UnboundedReceiver;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::mpsc::Receiver;
 
 use crate::{EngineError, EngineLoad, GenerateEvent, GenerateRequest};
 
-/// Events of one request, ending with `Done` or an error. Dropping the receiver cancels the
-/// request: the engine frees its KV blocks at the next step.
-pub type EventStream = UnboundedReceiver<Result<GenerateEvent, EngineError>>;
+/// Events of one request, ending with `Done` or an error. The channel is bounded: an engine
+/// pauses a request whose reader falls behind instead of buffering its output. Dropping the
+/// stream cancels the request: the engine frees its KV blocks at the next step.
+#[derive(Debug)]
+pub struct EventStream {
+    events: Receiver<Result<GenerateEvent, EngineError>>,
+    generated: Arc<AtomicU64>,
+}
+
+impl EventStream {
+    pub fn new(
+        events: Receiver<Result<GenerateEvent, EngineError>>,
+        generated: Arc<AtomicU64>,
+    ) -> Self {
+        Self { events, generated }
+    }
+
+    pub async fn recv(&mut self) -> Option<Result<GenerateEvent, EngineError>> {
+        self.events.recv().await
+    }
+
+    pub fn blocking_recv(&mut self) -> Option<Result<GenerateEvent, EngineError>> {
+        self.events.blocking_recv()
+    }
+
+    pub fn try_recv(&mut self) -> Result<Result<GenerateEvent, EngineError>, TryRecvError> {
+        self.events.try_recv()
+    }
+
+    /// Tokens the engine has generated for this request so far, read or not: what the
+    /// request has cost, even if its client leaves before reading them.
+    pub fn generated_tokens(&self) -> Arc<AtomicU64> {
+        self.generated.clone()
+    }
+
+    pub fn generated_now(&self) -> u64 {
+        self.generated.load(Ordering::Relaxed)
+    }
+}
 
 pub trait Engine: Send + Sync + 'static {
     /// Queues a request. Errors here mean the request was never accepted.
@@ -14,4 +54,10 @@ pub trait Engine: Send + Sync + 'static {
 
     /// The current load.
     fn load(&self) -> EngineLoad;
+
+    /// False once the engine cannot serve any more (its loop died); the pool stops choosing
+    /// it and readiness fails.
+    fn is_healthy(&self) -> bool {
+        true
+    }
 }

@@ -16,6 +16,9 @@ pub enum EngineError {
     /// The request's deadline passed before it finished.
     #[error("the request did not finish before its deadline")]
     DeadlineExceeded,
+    /// The client stopped reading the stream for longer than the stall timeout.
+    #[error("the client did not read the stream for {0} s; the request was aborted")]
+    Stalled(u64),
     /// The engine loop has stopped.
     #[error("the engine has shut down")]
     Shutdown,

@@ -15,7 +15,8 @@ pub use engine::{Engine, EventStream};
 pub use error::EngineError;
 pub use native::{NativeEngine, NativeEngineConfig};
 pub use request::{
-    ChoiceDelta, EngineLoad, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, Usage,
+    ChoiceDelta, EngineLoad, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken,
+    GenerationParams, Usage,
     DEFAULT_PRIORITY,
 };
 pub use sampler::{argmax, SampledToken, Sampler, SamplingParams};

@@ -1,32 +1,54 @@
 //! What the gateway sends to an engine and what comes back.
 
+use std::sync::Arc;
+
 use crate::SamplingParams;
 
 /// The tier of requests that do not say.
 pub const DEFAULT_PRIORITY: u8 = 1;
 
-/// One generation request: a tokenized prompt and `n` independent continuations of it.
+/// How a request generates, shared (one allocation) by all its prompts and choices.
 #[derive(Debug, Clone)]
-pub struct GenerateRequest {
-    pub prompt: Vec<u32>,
-    /// Number of choices.
+pub struct GenerationParams {
+    /// Number of choices per prompt.
     pub n: usize,
-    pub max_tokens: usize,
     /// EOS and stop token ids are suppressed until this many tokens are out (vLLM's extension).
     pub min_tokens: usize,
     /// Keep generating past EOS (vLLM's extension, for benchmarks).
     pub ignore_eos: bool,
     pub sampling: SamplingParams,
     /// Stop strings: generation ends before the first one, which is not returned.
-    pub stop: Vec<String>,
-    /// Extra token ids that end generation, besides the model's EOS.
+    pub stop: Arc<[String]>,
+    /// Extra token ids that end generation, besides the model's EOS; sorted, no duplicates.
     pub stop_token_ids: Vec<u32>,
     pub skip_special_tokens: bool,
+}
+
+impl Default for GenerationParams {
+    fn default() -> Self {
+        Self {
+            n: 1,
+            min_tokens: 0,
+            ignore_eos: false,
+            sampling: SamplingParams::default(),
+            stop: Arc::from([]),
+            stop_token_ids: Vec::new(),
+            skip_special_tokens: true,
+        }
+    }
+}
+
+/// One generation request: a tokenized prompt and `n` independent continuations of it.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub params: Arc<GenerationParams>,
     /// Scheduling tier: 0 is served first; higher tiers are preempted first.
     pub priority: u8,
     /// Who asked: sequences of different tenants share the batch fairly within a tier, and
     /// never share prefix-cache entries.
-    pub tenant: Option<String>,
+    pub tenant: Option<Arc<str>>,
     /// Abort the request (freeing its blocks) if it has not finished by then.
     pub deadline: Option<std::time::Instant>,
 }
@@ -35,18 +57,21 @@ impl GenerateRequest {
     pub fn new(prompt: Vec<u32>, max_tokens: usize) -> Self {
         Self {
             prompt,
-            n: 1,
             max_tokens,
-            min_tokens: 0,
-            ignore_eos: false,
-            sampling: SamplingParams::default(),
-            stop: Vec::new(),
-            stop_token_ids: Vec::new(),
-            skip_special_tokens: true,
+            params: Arc::default(),
             priority: DEFAULT_PRIORITY,
             tenant: None,
             deadline: None,
         }
+    }
+
+    /// The parameters to change, copied first if another request shares them.
+    pub fn params_mut(&mut self) -> &mut GenerationParams {
+        Arc::make_mut(&mut self.params)
+    }
+
+    pub fn n(&self) -> usize {
+        self.params.n
     }
 }
 

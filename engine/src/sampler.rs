@@ -2,9 +2,12 @@
 //! seeded randomness, and the log-probabilities the API reports.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use crate::GenerationParams;
 
 /// How one sequence samples. Ranges are checked by the gateway; the sampler trusts them.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,7 +61,8 @@ pub struct SampledToken {
 }
 
 pub struct Sampler {
-    params: SamplingParams,
+    /// The request's parameters, shared with its other choices.
+    request: Arc<GenerationParams>,
     rng: ChaCha8Rng,
     /// How often each token occurs in the output so far.
     output_counts: HashMap<u32, u32>,
@@ -69,6 +73,16 @@ pub struct Sampler {
 impl Sampler {
     /// `stream` distinguishes the choices of one request so that they differ under one seed.
     pub fn new(params: SamplingParams, prompt: &[u32], stream: u64) -> Self {
+        let request = GenerationParams {
+            sampling: params,
+            ..GenerationParams::default()
+        };
+        Self::for_request(Arc::new(request), prompt, stream)
+    }
+
+    /// A sampler reading a request's shared parameters (nothing is copied per choice).
+    pub fn for_request(request: Arc<GenerationParams>, prompt: &[u32], stream: u64) -> Self {
+        let params = &request.sampling;
         let seed = params.seed.unwrap_or_else(|| rand::rng().random());
         let rng = ChaCha8Rng::seed_from_u64(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let prompt_tokens = if params.repetition_penalty != 1.0 {
@@ -80,7 +94,7 @@ impl Sampler {
             Vec::new()
         };
         Self {
-            params,
+            request,
             rng,
             output_counts: HashMap::new(),
             prompt_tokens,
@@ -88,9 +102,13 @@ impl Sampler {
     }
 
     /// Picks the next token. `banned` ids (for example EOS before `min_tokens`) are never chosen.
-    pub fn sample(&mut self, logits: &mut [f32], banned: &[u32]) -> SampledToken {
+    fn params(&self) -> &SamplingParams {
+        &self.request.sampling
+    }
+
+    pub fn sample(&mut self, logits: &mut [f32], banned: &[&[u32]]) -> SampledToken {
         // Log-probabilities come from the raw distribution, so keep it before penalties.
-        let raw = self.params.logprobs.map(|k| {
+        let raw = self.params().logprobs.map(|k| {
             let lse = log_sum_exp(logits);
             let top: Vec<(u32, f32)> = top_n(logits, k)
                 .into_iter()
@@ -99,12 +117,12 @@ impl Sampler {
             (logits.to_vec(), lse, top)
         });
         self.apply_penalties(logits);
-        for &id in banned {
+        for &id in banned.iter().copied().flatten() {
             if let Some(l) = logits.get_mut(id as usize) {
                 *l = f32::NEG_INFINITY;
             }
         }
-        let id = if self.params.is_greedy() {
+        let id = if self.params().is_greedy() {
             argmax(logits)
         } else {
             self.sample_random(logits)
@@ -125,7 +143,7 @@ impl Sampler {
     }
 
     fn apply_penalties(&self, logits: &mut [f32]) {
-        let p = &self.params;
+        let p = self.params();
         if p.repetition_penalty != 1.0 {
             let seen = self.prompt_tokens.iter().chain(self.output_counts.keys());
             let mut done = std::collections::HashSet::new();
@@ -156,7 +174,7 @@ impl Sampler {
     }
 
     fn sample_random(&mut self, logits: &[f32]) -> u32 {
-        let p = &self.params;
+        let p = self.params();
         let inv_t = 1.0 / p.temperature;
         let mut cands: Vec<(u32, f32)> = logits
             .iter()
@@ -313,7 +331,7 @@ mod tests {
         );
         assert_eq!(s.sample(&mut logits(), &[]).id, 4);
         let mut s = Sampler::new(params(|p| p.temperature = 0.0), &[], 0);
-        assert_eq!(s.sample(&mut logits(), &[1]).id, 2);
+        assert_eq!(s.sample(&mut logits(), &[&[1]]).id, 2);
     }
 
     #[test]

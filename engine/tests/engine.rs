@@ -41,7 +41,7 @@ struct Answer {
 }
 
 fn run(engine: &NativeEngine, req: GenerateRequest) -> Answer {
-    let n = req.n;
+    let n = req.n();
     let mut rx = engine.submit(req).unwrap();
     let mut a = Answer {
         texts: vec![String::new(); n],
@@ -153,9 +153,9 @@ fn seeded_choices_repeat_and_differ_from_each_other() {
     let (engine, tok) = start(1 << 24, 8);
     let req = || {
         let mut r = GenerateRequest::new(prompt_of(&tok, "Once upon a time"), 16);
-        r.n = 3;
-        r.ignore_eos = true;
-        r.sampling = SamplingParams {
+        r.params_mut().n = 3;
+        r.params_mut().ignore_eos = true;
+        r.params_mut().sampling = SamplingParams {
             temperature: 1.0,
             seed: Some(42),
             ..Default::default()
@@ -183,7 +183,7 @@ fn stop_string_cuts_output_before_it() {
     let chars: Vec<char> = full.chars().collect();
     let stop: String = chars[chars.len() / 2..chars.len() / 2 + 3].iter().collect();
     let mut req = greedy(prompt, 40);
-    req.stop = vec![stop.clone()];
+    req.params_mut().stop = vec![stop.clone()].into();
     let a = run(&engine, req);
     assert_eq!(a.finish[0], Some(FinishReason::Stop));
     let cut = full.find(&stop).unwrap();
@@ -199,14 +199,14 @@ fn stop_token_and_min_tokens() {
     let full = run(&engine, greedy(prompt.clone(), 10));
     let third = full.tokens[0][2];
     let mut req = greedy(prompt.clone(), 10);
-    req.stop_token_ids = vec![third];
+    req.params_mut().stop_token_ids = vec![third];
     let a = run(&engine, req);
     let first_at = full.tokens[0].iter().position(|&t| t == third).unwrap();
     assert_eq!(a.tokens[0].len(), first_at + 1, "ends at the stop token");
     assert_eq!(a.finish[0], Some(FinishReason::Stop));
     let mut req = greedy(prompt, 10);
-    req.stop_token_ids = vec![third];
-    req.min_tokens = 10;
+    req.params_mut().stop_token_ids = vec![third];
+    req.params_mut().min_tokens = 10;
     let a = run(&engine, req);
     assert_eq!(
         a.tokens[0].len(),

@@ -45,6 +45,7 @@ fn config(pool_tokens: usize, budget: usize, chunked: bool) -> NativeEngineConfi
         chunked_prefill: chunked,
         prefix_caching: true,
         max_context: CONTEXT,
+        stall_timeout: std::time::Duration::from_secs(60),
     }
 }
 
@@ -189,7 +190,7 @@ fn choices_share_the_prompt_and_copy_on_write() {
     let prompt: Vec<u32> = (0..37).map(|i| (i * 31 + 3) % 1900 + 20).collect();
     let one = collect(engine.submit(greedy(prompt.clone(), 20)).unwrap(), 1).remove(0);
     let mut req = greedy(prompt, 20);
-    req.n = 4;
+    req.params_mut().n = 4;
     let four = collect(engine.submit(req).unwrap(), 4);
     for (i, c) in four.iter().enumerate() {
         assert_eq!(c, &one, "greedy choice {i} differs from the single answer");
@@ -276,10 +277,10 @@ fn bounded_stress_with_random_aborts_ends_clean() {
             let len = rng.random_range(1..150);
             let prompt: Vec<u32> = (0..len).map(|_| rng.random_range(10..2000)).collect();
             let mut req = GenerateRequest::new(prompt, rng.random_range(1..80));
-            req.n = rng.random_range(1..4);
-            req.sampling.seed = Some(round);
+            req.params_mut().n = rng.random_range(1..4);
+            req.params_mut().sampling.seed = Some(round);
             let abort_after = rng.random_bool(0.3).then(|| rng.random_range(0..5));
-            streams.push((req.n, engine.submit(req).unwrap(), abort_after));
+            streams.push((req.n(), engine.submit(req).unwrap(), abort_after));
         }
         for (n, mut rx, abort_after) in streams {
             match abort_after {

@@ -148,6 +148,17 @@ impl Access {
     }
 
     /// Admits a request that may use up to `tokens` tokens within the tenant's limits.
+    /// 429 before any prompt work when the tenant's limits would refuse the request anyway.
+    pub fn precheck(&self, who: &Principal, model: &str) -> Result<(), ApiError> {
+        let limiter = &who.tenant.limiter;
+        if self.open || limiter.is_unlimited() {
+            return Ok(());
+        }
+        limiter
+            .precheck(model)
+            .map_err(|r| rejection_error(&who.tenant.id, r))
+    }
+
     pub fn admit(&self, who: &Principal, model: &str, tokens: u64) -> Result<Admission, ApiError> {
         let limiter = &who.tenant.limiter;
         if self.open || limiter.is_unlimited() {

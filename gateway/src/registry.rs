@@ -58,7 +58,12 @@ pub fn ensure_demo_model(cache_dir: &Path, spec: &DemoSpec) -> anyhow::Result<Pa
 }
 
 /// Loads one configured model and starts its engine.
-pub fn load_model(cfg: &ModelConfig, cache_dir: &Path) -> anyhow::Result<ServedModel> {
+/// `stall_timeout`: how long a stream may go unread before its request is aborted.
+pub fn load_model(
+    cfg: &ModelConfig,
+    cache_dir: &Path,
+    stall_timeout: std::time::Duration,
+) -> anyhow::Result<ServedModel> {
     let dir = match cfg.source() {
         Some(ModelSource::Path(p)) => p,
         Some(ModelSource::Demo(d)) => {
@@ -87,6 +92,7 @@ pub fn load_model(cfg: &ModelConfig, cache_dir: &Path) -> anyhow::Result<ServedM
         chunked_prefill: cfg.engine.chunked_prefill,
         prefix_caching: cfg.engine.prefix_caching,
         max_context,
+        stall_timeout,
     };
     let engine = match cfg.engine.device {
         EngineDevice::Cpu => {

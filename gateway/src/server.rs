@@ -39,6 +39,8 @@ pub async fn serve(config: Config, engine_only: bool) -> anyhow::Result<()> {
         router,
         pool,
         engine_only,
+        request_limits: config.request_limits.clone(),
+        cors_origins: config.server.cors_origins.clone(),
     };
     let state = AppState::new(
         config.models.clone(),
@@ -58,6 +60,7 @@ pub async fn serve(config: Config, engine_only: bool) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(registry::default_cache_dir);
     let loader_state = state.clone();
+    let stall = std::time::Duration::from_secs_f64(config.server.stream_stall_timeout);
     // Remote-only models have nothing to load here.
     let models: Vec<_> = config
         .models
@@ -68,7 +71,7 @@ pub async fn serve(config: Config, engine_only: bool) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || {
         let loaded: anyhow::Result<Vec<_>> = models
             .iter()
-            .map(|m| registry::load_model(m, Path::new(&cache_dir)))
+            .map(|m| registry::load_model(m, Path::new(&cache_dir), stall))
             .collect();
         match loaded {
             Ok(models) => {

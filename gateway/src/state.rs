@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use rosetta_config::ModelConfig;
+use rosetta_config::{ModelConfig, RequestLimits};
 
 use crate::access::Access;
 use crate::api::error::ApiError;
@@ -25,6 +25,10 @@ pub struct Services {
     /// Serving only this process's engines for a gateway: no auth, policies or limits, and
     /// the tenant headers the gateway sends are trusted.
     pub engine_only: bool,
+    /// Size limits checked right after parsing.
+    pub request_limits: RequestLimits,
+    /// Browser origins allowed by CORS; none by default.
+    pub cors_origins: Vec<String>,
 }
 
 struct Inner {
@@ -58,8 +62,20 @@ impl AppState {
         let _ = self.inner.models.set(map);
     }
 
+    /// Every local model is loaded and its engine can serve.
     pub fn is_ready(&self) -> bool {
-        self.inner.models.get().is_some()
+        self.inner
+            .models
+            .get()
+            .is_some_and(|m| m.values().all(|m| m.engine.is_healthy()))
+    }
+
+    /// Some local engine has died; this process cannot serve all its models any more.
+    pub fn engines_failed(&self) -> bool {
+        self.inner
+            .models
+            .get()
+            .is_some_and(|m| m.values().any(|m| !m.engine.is_healthy()))
     }
 
     fn loaded(&self) -> Result<&HashMap<String, Arc<ServedModel>>, ApiError> {
@@ -111,6 +127,14 @@ impl AppState {
 
     pub fn engine_only(&self) -> bool {
         self.inner.services.engine_only
+    }
+
+    pub fn request_limits(&self) -> &RequestLimits {
+        &self.inner.services.request_limits
+    }
+
+    pub fn cors_origins(&self) -> &[String] {
+        &self.inner.services.cors_origins
     }
 
     pub fn fingerprint(&self) -> &str {

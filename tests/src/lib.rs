@@ -190,7 +190,21 @@ impl Server {
             .expect("tempdir");
         let config_path = write_config(dir.path(), config_yaml);
         let cwd = dir.path().to_path_buf();
-        Self::spawn(dir, config_path, extra_args, &cwd)
+        Self::spawn(dir, config_path, extra_args, &cwd, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables for the server process.
+    pub fn start_with_env(config_yaml: &str, env: &[(&str, &str)]) -> Server {
+        let _guard = START_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::Builder::new()
+            .prefix("rosetta-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let config_path = write_config(dir.path(), config_yaml);
+        let cwd = dir.path().to_path_buf();
+        let s = Self::spawn(dir, config_path, &["--listen", "127.0.0.1:0"], &cwd, env);
+        s.wait_ready(READY_TIMEOUT);
+        s
     }
 
     /// Writes the config into `dir` (which may already hold files the config refers to),
@@ -198,7 +212,7 @@ impl Server {
     pub fn start_in(dir: tempfile::TempDir, config_yaml: &str, cwd: &Path) -> Server {
         let _guard = START_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let config_path = write_config(dir.path(), config_yaml);
-        let s = Self::spawn(dir, config_path, &["--listen", "127.0.0.1:0"], cwd);
+        let s = Self::spawn(dir, config_path, &["--listen", "127.0.0.1:0"], cwd, &[]);
         s.wait_ready(READY_TIMEOUT);
         s
     }
@@ -222,8 +236,10 @@ impl Server {
         config_path: PathBuf,
         extra_args: &[&str],
         cwd: &Path,
+        env: &[(&str, &str)],
     ) -> Server {
         let mut cmd = rosetta_cmd();
+        cmd.envs(env.iter().copied());
         cmd.arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -337,6 +353,21 @@ impl Server {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .ok_or_else(|| std::io::Error::other(format!("bad status line {status:?}")))
+    }
+
+    /// The server's resident memory, in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     pub fn base_url(&self) -> &str {

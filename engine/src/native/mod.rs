@@ -1,13 +1,17 @@
 //! The in-process engine: a scheduler loop on its own thread doing continuous batching over
 //! the paged KV cache (see `scheduler`).
 
+#[cfg(feature = "fault-injection")]
+mod fault;
 mod scheduler;
 mod sequence;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use tokio::sync::mpsc::{self, UnboundedSender};
+use tokio::sync::mpsc::{self, Sender, UnboundedSender};
 
 use crate::kv::{BlockManager, KvLayout};
 use crate::model::LoadedModel;
@@ -31,6 +35,9 @@ pub struct NativeEngineConfig {
     pub prefix_caching: bool,
     /// Longest prompt plus completion.
     pub max_context: usize,
+    /// How long a request may stay paused because its reader is not reading before it is
+    /// aborted and its blocks freed.
+    pub stall_timeout: Duration,
 }
 
 impl NativeEngineConfig {
@@ -44,13 +51,21 @@ impl NativeEngineConfig {
             chunked_prefill: true,
             prefix_caching: true,
             max_context,
+            stall_timeout: Duration::from_secs(60),
         }
     }
 }
 
 struct Submission {
     request: GenerateRequest,
-    events: UnboundedSender<Result<GenerateEvent, EngineError>>,
+    events: Sender<Result<GenerateEvent, EngineError>>,
+    generated: Arc<AtomicU64>,
+}
+
+/// Events one request may have waiting for its reader: two steps of every choice, and room
+/// for the end. More is never buffered; a reader this far behind pauses the request.
+fn channel_capacity(n: usize) -> usize {
+    2 * n + 8
 }
 
 pub struct NativeEngine {
@@ -59,6 +74,9 @@ pub struct NativeEngine {
     block_size: usize,
     total_blocks: usize,
     max_context: usize,
+    max_num_seqs: usize,
+    /// Cleared if the engine loop dies; nothing more can be served.
+    alive: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -116,9 +134,19 @@ impl NativeEngine {
             .thread_name(|i| format!("rosetta-engine-{i}"))
             .build()
             .map_err(|e| EngineError::load(format!("cannot start the engine's threads: {e}")))?;
+        let alive = Arc::new(AtomicBool::new(true));
+        let loop_alive = alive.clone();
         let thread = std::thread::Builder::new()
             .name("rosetta-engine".into())
-            .spawn(move || pool.install(move || worker.run(rx)))
+            .spawn(move || {
+                let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    pool.install(move || worker.run(rx))
+                }));
+                if ended.is_err() {
+                    tracing::error!("the engine loop died; the model can no longer serve");
+                }
+                loop_alive.store(false, Ordering::Release);
+            })
             .map_err(|e| EngineError::load(format!("cannot start the engine thread: {e}")))?;
         Ok(Self {
             submissions: Some(tx),
@@ -126,6 +154,8 @@ impl NativeEngine {
             block_size: config.block_size,
             total_blocks,
             max_context: config.max_context,
+            max_num_seqs: config.max_num_seqs,
+            alive,
             thread: Some(thread),
         })
     }
@@ -137,8 +167,15 @@ impl Engine for NativeEngine {
         if request.prompt.is_empty() {
             return Err(EngineError::InvalidRequest("the prompt is empty".into()));
         }
-        if request.n == 0 {
+        if request.params.n == 0 {
             return Err(EngineError::InvalidRequest("n must be at least 1".into()));
+        }
+        if request.params.n > self.max_num_seqs {
+            // All choices of a request run together; more than fit a step could never start.
+            return Err(EngineError::InvalidRequest(format!(
+                "n = {} is more than this model's engine runs at once (max_num_seqs = {})",
+                request.params.n, self.max_num_seqs
+            )));
         }
         if total > self.max_context {
             return Err(EngineError::InvalidRequest(format!(
@@ -154,16 +191,28 @@ impl Engine for NativeEngine {
                 "{total} tokens do not fit this model's KV cache"
             )));
         }
-        let (events, rx) = mpsc::unbounded_channel();
+        if !self.is_healthy() {
+            return Err(EngineError::Shutdown);
+        }
+        let (events, rx) = mpsc::channel(channel_capacity(request.params.n));
+        let generated = Arc::new(AtomicU64::new(0));
         let submissions = self.submissions.as_ref().ok_or(EngineError::Shutdown)?;
         submissions
-            .send(Submission { request, events })
+            .send(Submission {
+                request,
+                events,
+                generated: generated.clone(),
+            })
             .map_err(|_| EngineError::Shutdown)?;
-        Ok(rx)
+        Ok(EventStream::new(rx, generated))
     }
 
     fn load(&self) -> EngineLoad {
         self.load.lock().map(|l| *l).unwrap_or_default()
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
     }
 }
 

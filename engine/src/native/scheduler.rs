@@ -5,6 +5,7 @@
 //! Waiting sequences are admitted by tier, then fairly across tenants, then oldest first.
 
 use std::collections::{HashMap, HashSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -29,6 +30,10 @@ pub struct Worker {
     /// first, the back is preempted first.
     running: Vec<Sequence>,
     groups: HashMap<u64, Group>,
+    /// Requests whose readers are behind: not scheduled this step, their KV kept.
+    paused: HashSet<u64>,
+    /// Requests that failed in the current step's forward pass (already told).
+    failed_in_step: HashSet<u64>,
     next_group: u64,
     next_arrival: u64,
     preemptions: u64,
@@ -62,6 +67,8 @@ impl Worker {
             waiting: Vec::new(),
             running: Vec::new(),
             groups: HashMap::new(),
+            paused: HashSet::new(),
+            failed_in_step: HashSet::new(),
             next_group: 0,
             next_arrival: 0,
             preemptions: 0,
@@ -83,12 +90,18 @@ impl Worker {
                 self.accept(s);
             }
             self.abort_gone_and_late();
+            #[cfg(feature = "fault-injection")]
+            super::fault::check_loop(self.waiting.iter().map(|s| s.prompt()));
             let plan = self.schedule();
             if plan.is_empty() {
                 if self.running.is_empty() && !self.waiting.is_empty() {
                     // Cannot happen while one full context fits the pool (checked at start);
                     // fail rather than spin.
                     self.fail_waiting_head();
+                }
+                if !self.paused.is_empty() {
+                    // Only paused requests are left: wait for their readers without spinning.
+                    std::thread::sleep(std::time::Duration::from_millis(2));
                 }
             } else {
                 self.execute(&plan);
@@ -113,19 +126,35 @@ impl Worker {
             salt,
             &self.tokenizer,
         ));
-        self.groups.insert(id, Group::new(request, sub.events));
+        self.groups
+            .insert(id, Group::new(request, sub.events, sub.generated));
     }
 
-    /// Frees every sequence of requests whose client has gone or whose deadline has passed.
+    /// Frees every sequence of requests whose client has gone, whose deadline has passed or
+    /// whose reader has not read for the stall timeout; pauses those whose reader is behind.
     fn abort_gone_and_late(&mut self) {
         let now = Instant::now();
+        let stall = self.config.stall_timeout;
         let mut gone = HashSet::new();
-        for (&id, g) in &self.groups {
-            if g.events.is_closed() {
+        self.paused.clear();
+        for (&id, g) in &mut self.groups {
+            g.flush();
+            if g.is_gone() {
                 gone.insert(id);
             } else if g.deadline.is_some_and(|d| now >= d) {
-                g.send(Err(EngineError::DeadlineExceeded));
+                g.fail(EngineError::DeadlineExceeded);
                 gone.insert(id);
+            } else if g.can_run() {
+                g.stalled_since = None;
+            } else {
+                let since = *g.stalled_since.get_or_insert(now);
+                if now.duration_since(since) >= stall {
+                    tracing::info!(request = id, "stream not read for the stall timeout; aborted");
+                    g.fail(EngineError::Stalled(stall.as_secs()));
+                    gone.insert(id);
+                } else {
+                    self.paused.insert(id);
+                }
             }
         }
         if !gone.is_empty() {
@@ -157,6 +186,10 @@ impl Worker {
         // Running sequences first: decodes take one token, prefills in progress a chunk.
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
+            if self.paused.contains(&self.running[i].group) {
+                i += 1;
+                continue;
+            }
             let pending = self.running[i].pending();
             let len = if self.config.chunked_prefill {
                 pending.min(budget)
@@ -184,14 +217,16 @@ impl Worker {
             i += 1;
         }
         // Then admit waiting sequences while slots, budget and blocks last.
-        while budget > 0 && !self.waiting.is_empty() {
-            let pick = self.next_waiting();
+        while budget > 0 {
+            let Some(pick) = self.next_waiting() else {
+                break;
+            };
             // An unforked first choice will become n sequences.
             let seats = self
                 .groups
                 .get(&self.waiting[pick].group)
                 .filter(|g| !g.forked)
-                .map_or(1, |g| g.request.n);
+                .map_or(1, |g| g.request.params.n);
             if self.running.len() + seats > self.config.max_num_seqs.max(seats) {
                 break;
             }
@@ -220,7 +255,9 @@ impl Worker {
                 break;
             }
             let seq = self.waiting.swap_remove(pick);
-            self.charge(&seq.tenant.clone());
+            // Fair share by cost: every choice, and a long prompt by its steps of prefill.
+            let cost = seats + seq.tokens.len() / self.config.max_num_batched_tokens.max(1);
+            self.charge(&seq.tenant.clone(), cost as u64);
             self.running.push(seq);
             let at = self.running.len() - 1;
             let reserved = self.reserve(at, len);
@@ -235,15 +272,16 @@ impl Worker {
     /// (start-time fair queuing: the tenant that has been served least lately goes first, and
     /// an idle tenant cannot bank credit); within a tenant, the oldest (preempted sequences
     /// keep their age, so they return ahead of newer ones).
-    fn next_waiting(&self) -> usize {
-        let tier = self.waiting.iter().map(|s| s.priority).min().unwrap_or(0);
+    /// Paused requests are passed over.
+    fn next_waiting(&self) -> Option<usize> {
+        let ready = |s: &&Sequence| !self.paused.contains(&s.group);
+        let tier = self.waiting.iter().filter(ready).map(|s| s.priority).min()?;
         self.waiting
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.priority == tier)
+            .filter(|(_, s)| s.priority == tier && ready(s))
             .min_by_key(|(_, s)| (self.start_tag(&s.tenant), s.arrival, s.group, s.index))
             .map(|(i, _)| i)
-            .unwrap_or(0)
     }
 
     fn start_tag(&self, tenant: &Arc<str>) -> u64 {
@@ -254,11 +292,12 @@ impl Worker {
             .max(self.virtual_time)
     }
 
-    /// Charges one admission to the tenant's fair-queuing tags.
-    fn charge(&mut self, tenant: &Arc<str>) {
+    /// Charges one admission of `cost` to the tenant's fair-queuing tags.
+    fn charge(&mut self, tenant: &Arc<str>, cost: u64) {
         let start = self.start_tag(tenant);
         self.virtual_time = start;
-        self.tenant_finish.insert(tenant.clone(), start + 1);
+        self.tenant_finish
+            .insert(tenant.clone(), start.saturating_add(cost.max(1)));
         if self.tenant_finish.len() > 10_000 {
             // Tenants whose tags fell behind the virtual time carry no information.
             let now = self.virtual_time;
@@ -313,34 +352,77 @@ impl Worker {
     }
 
     fn execute(&mut self, plan: &[Scheduled]) {
+        let copies = std::mem::take(&mut self.copies);
+        let rows = match self.forward(&copies, plan) {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "forward pass failed; running its chunks one by one");
+                self.forward_each(&copies, plan)
+            }
+        };
+        self.process_rows(plan, rows);
+    }
+
+    /// One forward pass over the plan's chunks; a panic in it is an error, not the end of
+    /// the engine.
+    fn forward(
+        &mut self,
+        copies: &[BlockCopy],
+        plan: &[Scheduled],
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         let chunks: Vec<SeqChunk<'_>> = plan
             .iter()
             .map(|p| self.running[p.seq].chunk(p.len))
             .collect();
-        let copies = std::mem::take(&mut self.copies);
-        let result = self.model.step(&copies, &chunks);
-        drop(chunks);
-        let rows = match result {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::error!(error = %e, "forward pass failed; failing its requests");
-                let failed: HashSet<u64> = plan.iter().map(|p| self.running[p.seq].group).collect();
-                for id in &failed {
-                    if let Some(g) = self.groups.get(id) {
-                        g.send(Err(e.clone()));
+        let model = &mut self.model;
+        catch_unwind(AssertUnwindSafe(|| {
+            #[cfg(feature = "fault-injection")]
+            super::fault::check_step(&chunks);
+            model.step(copies, &chunks)
+        }))
+            .unwrap_or_else(|panic| Err(EngineError::Internal(panic_message(&panic))))
+    }
+
+    /// After a failed pass: each chunk alone, so that only the requests whose own chunk
+    /// fails are failed (with their blocks freed), and the others go on. Returns the logits
+    /// rows of the chunks that succeeded, in plan order, with the failed ones left out.
+    fn forward_each(&mut self, copies: &[BlockCopy], plan: &[Scheduled]) -> Vec<Vec<f32>> {
+        let mut rows = Vec::new();
+        let mut failed = HashSet::new();
+        for (i, p) in plan.iter().enumerate() {
+            // Copies are idempotent (the copied slots are never written by the pass): redo
+            // them before the first chunk in case the failed pass stopped before them.
+            let copies = if i == 0 { copies } else { &[] };
+            match self.forward(copies, std::slice::from_ref(p)) {
+                Ok(r) => rows.extend(r),
+                Err(e) => {
+                    let group = self.running[p.seq].group;
+                    tracing::error!(error = %e, request = group, "a request's chunk failed; failing it");
+                    if let Some(g) = self.groups.get_mut(&group) {
+                        g.fail(e);
                     }
+                    failed.insert(group);
                 }
-                self.drop_groups(&failed);
-                return;
             }
-        };
+        }
+        self.failed_in_step = failed;
+        rows
+    }
+
+    /// Samples from each finished chunk's logits, forks choices, emits events and releases
+    /// finished sequences. Requests that failed in this step are skipped, then removed.
+    fn process_rows(&mut self, plan: &[Scheduled], rows: Vec<Vec<f32>>) {
         let bs = self.config.block_size;
         let tok = self.tokenizer.clone();
+        let mut failed = std::mem::take(&mut self.failed_in_step);
         let mut rows = rows.into_iter();
         let mut forks = Vec::new();
         let mut finished = Vec::new();
         for p in plan {
             let seq = &mut self.running[p.seq];
+            if failed.contains(&seq.group) {
+                continue;
+            }
             seq.computed += p.len;
             // Newly full blocks become reusable prefixes.
             while (seq.hashed_blocks + 1) * bs <= seq.computed {
@@ -361,28 +443,20 @@ impl Worker {
             };
             if !group.forked {
                 // The prompt is computed once; the other choices share its blocks.
-                for index in 1..group.request.n {
+                for index in 1..group.request.params.n {
                     let fork = seq.fork(index, &group.request, &tok);
                     self.blocks.share(&fork.blocks);
                     forks.push((fork, row.clone()));
                 }
                 group.forked = true;
             }
-            let delta = seq.sample_next(&mut row, &tok);
-            group.usage.completion_tokens += 1;
-            if delta.finish_reason.is_some() {
-                finished.push((seq.group, seq.index));
-            }
-            group.send(Ok(GenerateEvent::Delta(delta)));
+            sample_into(seq, group, &mut row, &tok, &mut finished, &mut failed);
         }
         for (mut fork, mut row) in forks {
             if let Some(group) = self.groups.get_mut(&fork.group) {
-                let delta = fork.sample_next(&mut row, &tok);
-                group.usage.completion_tokens += 1;
-                if delta.finish_reason.is_some() {
-                    finished.push((fork.group, fork.index));
+                if !failed.contains(&fork.group) {
+                    sample_into(&mut fork, group, &mut row, &tok, &mut finished, &mut failed);
                 }
-                group.send(Ok(GenerateEvent::Delta(delta)));
             }
             self.running.push(fork);
         }
@@ -404,14 +478,20 @@ impl Worker {
                 }
             }
         }
+        if !failed.is_empty() {
+            self.drop_groups(&failed);
+        }
     }
 
     fn fail_waiting_head(&mut self) {
-        let group = self.waiting[self.next_waiting()].group;
-        if let Some(g) = self.groups.get(&group) {
-            g.send(Err(EngineError::Overloaded(
+        let Some(pick) = self.next_waiting() else {
+            return; // every waiting request is paused; their stall timeouts will end them
+        };
+        let group = self.waiting[pick].group;
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.fail(EngineError::Overloaded(
                 "the KV cache cannot hold this request".into(),
-            )));
+            ));
         }
         self.drop_groups(&HashSet::from([group]));
     }
@@ -436,4 +516,41 @@ impl Worker {
             };
         }
     }
+}
+
+/// Samples one choice's next token and sends it; a panic while sampling or detokenizing
+/// fails only this request.
+fn sample_into(
+    seq: &mut Sequence,
+    group: &mut Group,
+    row: &mut [f32],
+    tok: &ModelTokenizer,
+    finished: &mut Vec<(u64, usize)>,
+    failed: &mut HashSet<u64>,
+) {
+    match catch_unwind(AssertUnwindSafe(|| seq.sample_next(row, tok))) {
+        Ok(delta) => {
+            group.count_token();
+            if delta.finish_reason.is_some() {
+                finished.push((seq.group, seq.index));
+            }
+            group.send(Ok(GenerateEvent::Delta(delta)));
+        }
+        Err(panic) => {
+            let message = panic_message(&panic);
+            tracing::error!(request = seq.group, error = %message, "sampling failed; failing the request");
+            group.fail(EngineError::Internal(message));
+            failed.insert(seq.group);
+        }
+    }
+}
+
+/// The text of a caught panic.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    format!("panic in the engine: {detail}")
 }

@@ -1,19 +1,33 @@
+//! One request (a group of choices) and each of its choices (a sequence) inside the engine.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::Sender;
 
 use crate::kv::BlockHash;
 use crate::model::{LogitRows, SeqChunk};
 use crate::sampler::Sampler;
 use crate::text::{IncrementalDetokenizer, ModelTokenizer, StopMatcher};
 use crate::{
-    ChoiceDelta, EngineError, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, Usage,
+    ChoiceDelta, EngineError, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken,
+    GenerationParams, Usage,
 };
 
-/// The choices of one request, answered on one channel.
+type Event = Result<GenerateEvent, EngineError>;
+
+/// The choices of one request, answered on one bounded channel.
 pub struct Group {
-    pub events: UnboundedSender<Result<GenerateEvent, EngineError>>,
+    events: Sender<Event>,
+    /// Events the channel had no room for; while any wait here, the group is paused.
+    backlog: VecDeque<Event>,
+    /// Since when the reader has been too slow for the group to run.
+    pub stalled_since: Option<Instant>,
+    /// Tokens generated so far, shared with the request's stream (for rate-limit accounting).
+    generated: Arc<AtomicU64>,
     pub request: Arc<GenerateRequest>,
     /// Choices still generating.
     pub remaining: usize,
@@ -24,26 +38,72 @@ pub struct Group {
 }
 
 impl Group {
-    pub fn new(
-        request: Arc<GenerateRequest>,
-        events: UnboundedSender<Result<GenerateEvent, EngineError>>,
-    ) -> Self {
+    pub fn new(request: Arc<GenerateRequest>, events: Sender<Event>, generated: Arc<AtomicU64>) -> Self {
         Self {
             events,
-            remaining: request.n,
+            backlog: VecDeque::new(),
+            stalled_since: None,
+            generated,
+            remaining: request.params.n,
             usage: Usage {
                 prompt_tokens: request.prompt.len(),
                 completion_tokens: 0,
             },
-            forked: request.n == 1,
+            forked: request.params.n == 1,
             deadline: request.deadline,
             request,
         }
     }
 
-    pub fn send(&self, event: Result<GenerateEvent, EngineError>) {
-        // A closed channel means the client left; the next step frees the request.
-        let _ = self.events.send(event);
+    /// Queues an event for the reader; never blocks. A closed channel means the client left
+    /// (the next step frees the request).
+    pub fn send(&mut self, event: Event) {
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(event);
+            return;
+        }
+        if let Err(TrySendError::Full(event)) = self.events.try_send(event) {
+            self.backlog.push_back(event);
+        }
+    }
+
+    /// Counts one generated token, whether or not the client ever reads it.
+    pub fn count_token(&mut self) {
+        self.usage.completion_tokens += 1;
+        self.generated.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Moves held-back events into the channel as far as it has room.
+    pub fn flush(&mut self) {
+        while let Some(event) = self.backlog.pop_front() {
+            match self.events.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(event)) => {
+                    self.backlog.push_front(event);
+                    return;
+                }
+                Err(TrySendError::Closed(_)) => {
+                    self.backlog.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether the reader keeps up: a step may emit a delta for each running choice, plus
+    /// one slot always kept for a final error.
+    pub fn can_run(&self) -> bool {
+        self.backlog.is_empty() && self.events.capacity() > self.remaining
+    }
+
+    pub fn is_gone(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    /// Ends the request with an error, using the slot `can_run` keeps free.
+    pub fn fail(&mut self, error: EngineError) {
+        self.backlog.clear();
+        let _ = self.events.try_send(Err(error));
     }
 }
 
@@ -70,9 +130,10 @@ pub struct Sequence {
     detok: IncrementalDetokenizer,
     stop: StopMatcher,
     max_tokens: usize,
-    min_tokens: usize,
-    /// Ids that end generation: the model's EOS (unless ignored) and stop_token_ids.
-    stop_ids: Vec<u32>,
+    /// Shared with every other choice and prompt of the request.
+    params: Arc<GenerationParams>,
+    /// The model's end-of-sequence ids, unless the request ignores them.
+    eos_ids: Arc<[u32]>,
 }
 
 impl Sequence {
@@ -84,15 +145,17 @@ impl Sequence {
         salt: BlockHash,
         tok: &ModelTokenizer,
     ) -> Self {
-        let mut stop_ids = req.stop_token_ids.clone();
-        if !req.ignore_eos {
-            stop_ids.extend(tok.special().eos_ids.iter().copied());
-        }
+        let params = req.params.clone();
+        let eos_ids: Arc<[u32]> = if params.ignore_eos {
+            Arc::from([])
+        } else {
+            tok.special().eos_ids.iter().copied().collect()
+        };
         Self {
             group,
             index,
             priority: req.priority,
-            tenant: Arc::from(req.tenant.as_deref().unwrap_or("")),
+            tenant: req.tenant.clone().unwrap_or_else(|| Arc::from("")),
             arrival,
             tokens: req.prompt.clone(),
             prompt_len: req.prompt.len(),
@@ -101,12 +164,12 @@ impl Sequence {
             salt,
             hashed_blocks: 0,
             last_hash: salt,
-            sampler: Sampler::new(req.sampling.clone(), &req.prompt, index as u64),
-            detok: IncrementalDetokenizer::new(req.skip_special_tokens),
-            stop: StopMatcher::new(req.stop.clone()),
+            sampler: Sampler::for_request(params.clone(), &req.prompt, index as u64),
+            detok: IncrementalDetokenizer::new(params.skip_special_tokens),
+            stop: StopMatcher::new(params.stop.clone()),
             max_tokens: req.max_tokens,
-            min_tokens: req.min_tokens,
-            stop_ids,
+            params,
+            eos_ids,
         }
     }
 
@@ -119,6 +182,12 @@ impl Sequence {
         s.hashed_blocks = self.hashed_blocks;
         s.last_hash = self.last_hash;
         s
+    }
+
+    /// The request's prompt.
+    #[cfg(feature = "fault-injection")]
+    pub fn prompt(&self) -> &[u32] {
+        &self.tokens[..self.prompt_len]
     }
 
     /// Tokens still to run through the model (the prompt, or the last sampled token).
@@ -148,22 +217,27 @@ impl Sequence {
         self.last_hash = self.salt;
     }
 
+    /// EOS (unless ignored) or one of the request's stop token ids.
+    fn is_stop_token(&self, id: u32) -> bool {
+        self.eos_ids.contains(&id) || self.params.stop_token_ids.binary_search(&id).is_ok()
+    }
+
     fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }
 
     /// Samples the next token from `logits` and returns what the client should see.
     pub fn sample_next(&mut self, logits: &mut [f32], tok: &ModelTokenizer) -> ChoiceDelta {
-        let banned: &[u32] = if self.generated() < self.min_tokens {
-            &self.stop_ids
+        let banned: [&[u32]; 2] = if self.generated() < self.params.min_tokens {
+            [&self.params.stop_token_ids, &self.eos_ids]
         } else {
-            &[]
+            [&[], &[]]
         };
-        let sampled = self.sampler.sample(logits, banned);
+        let sampled = self.sampler.sample(logits, &banned);
         self.tokens.push(sampled.id);
         let mut text = String::new();
         let mut finish = None;
-        if self.stop_ids.contains(&sampled.id) {
+        if self.is_stop_token(sampled.id) {
             // The stop token itself is never shown; flush what was held back.
             let tail = self.detok.flush(tok).unwrap_or_default();
             self.release(tail, &mut text, &mut finish);

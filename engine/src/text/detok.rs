@@ -1,6 +1,11 @@
 use super::ModelTokenizer;
 use crate::EngineError;
 
+/// Most tokens held back waiting to become whole characters. No character needs more (a
+/// UTF-8 character is at most 4 bytes, byte-level tokens at least one); past this the
+/// window is released with U+FFFD, so decoding stays linear in the output.
+const MAX_HELD_TOKENS: usize = 8;
+
 /// Turns a growing list of token ids into text deltas without ever emitting half a UTF-8
 /// character: text is released only once the bytes decoded so far end in a whole character.
 ///
@@ -37,6 +42,8 @@ impl IncrementalDetokenizer {
             self.prefix = self.read;
             self.read = self.ids.len();
             Ok(delta)
+        } else if self.ids.len() - self.read >= MAX_HELD_TOKENS {
+            self.flush(tok)
         } else {
             Ok(String::new())
         }

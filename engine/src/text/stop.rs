@@ -1,8 +1,9 @@
 /// Finds stop strings in streamed text, holding back any tail that could still become one so
 /// that a stop string spanning token boundaries never leaks into the output.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct StopMatcher {
-    stops: Vec<String>,
+    /// Shared with every other choice of the request; empty strings never match.
+    stops: Arc<[String]>,
     /// Text received but not yet released.
     pending: String,
 }
@@ -17,16 +18,20 @@ pub struct StopCheck {
 }
 
 impl StopMatcher {
-    pub fn new(stops: Vec<String>) -> Self {
+    pub fn new(stops: Arc<[String]>) -> Self {
         Self {
-            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            stops,
             pending: String::new(),
         }
     }
 
+    fn stops(&self) -> impl Iterator<Item = &str> {
+        self.stops.iter().map(String::as_str).filter(|s| !s.is_empty())
+    }
+
     pub fn push(&mut self, delta: &str) -> StopCheck {
         self.pending.push_str(delta);
-        if self.stops.is_empty() {
+        if self.stops().next().is_none() {
             return StopCheck {
                 text: std::mem::take(&mut self.pending),
                 stopped: false,
@@ -34,9 +39,8 @@ impl StopMatcher {
         }
         // The earliest occurrence of any stop string wins.
         if let Some(at) = self
-            .stops
-            .iter()
-            .filter_map(|s| self.pending.find(s.as_str()))
+            .stops()
+            .filter_map(|s| self.pending.find(s))
             .min()
         {
             let text = self.pending[..at].to_string();
@@ -47,8 +51,7 @@ impl StopMatcher {
             };
         }
         let hold = self
-            .stops
-            .iter()
+            .stops()
             .map(|s| longest_suffix_prefix(&self.pending, s))
             .max()
             .unwrap_or(0);
@@ -117,3 +120,5 @@ mod tests {
         assert_eq!(run(&[], &["x", "y"]), ("xy".into(), false));
     }
 }
+
+use std::sync::Arc;

@@ -24,10 +24,10 @@ pub fn generated_model(
 /// A greedy request that ignores EOS, so it yields exactly `max_tokens` tokens.
 pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
     let mut r = GenerateRequest::new(prompt, max_tokens);
-    r.sampling = SamplingParams {
+    r.params_mut().sampling = SamplingParams {
         temperature: 0.0,
         ..Default::default()
     };
-    r.ignore_eos = true;
+    r.params_mut().ignore_eos = true;
     r
 }

@@ -10,17 +10,18 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures::{Stream, StreamExt};
 use rosetta_engine::text::{ChatMessage, ContentPart, MessageContent};
+use rosetta_config::RequestLimits;
 use rosetta_engine::GeneratedToken;
 use serde_json::Value;
 
 use super::caller::Caller;
 use super::dispatch::{dispatch, Call};
 use super::error::ApiError;
-use super::extract::OpenAiJsonRaw;
+use super::extract::{parse_json, OpenAiJsonRaw};
 use super::generate::{
     admit, collect, new_id, now_secs, submit_admitted, token_text, with_rate_headers, Item,
 };
-use super::params;
+use super::params::{self, stated_language};
 use super::sse::{self, json_event};
 use super::types::*;
 use crate::pool::InFlight;
@@ -29,14 +30,22 @@ use crate::state::AppState;
 
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
-/// Checks the messages by hand so each mistake gets a message naming it.
-pub fn parse_messages(raw: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
+/// Checks the messages by hand so each mistake gets a message naming it, and their count and
+/// content parts against the server's limits.
+pub fn parse_messages(raw: &[Value], limits: &RequestLimits) -> Result<Vec<ChatMessage>, ApiError> {
     if raw.is_empty() {
         return Err(ApiError::invalid_param(
             "messages",
             "'messages' must contain at least one message.",
         ));
     }
+    params::at_most("messages", "messages", raw.len(), limits.max_messages)?;
+    let parts: usize = raw
+        .iter()
+        .filter_map(|m| m.get("content").and_then(Value::as_array))
+        .map(Vec::len)
+        .sum();
+    params::at_most("messages", "content parts", parts, limits.max_content_parts)?;
     raw.iter()
         .enumerate()
         .map(|(i, m)| {
@@ -127,45 +136,40 @@ pub async fn chat_completions(
     headers: HeaderMap,
     OpenAiJsonRaw(req, raw): OpenAiJsonRaw<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let text = user_text(&req.messages);
-    dispatch(&state, &caller, &headers, Call::Chat(req), &raw, &text).await
+    let fields: SamplingFields = parse_json(&raw)?;
+    let chat = validate(req, &fields, state.request_limits())?;
+    let text = user_text(&chat.messages);
+    dispatch(&state, &caller, &headers, Call::Chat(chat), &raw, &text).await
 }
 
-/// The text of the user's messages, whose language routes the request.
-fn user_text(messages: &[Value]) -> String {
-    let mut text = String::new();
-    for m in messages.iter().filter(|m| m["role"] == "user") {
-        match &m["content"] {
-            Value::String(s) => text.push_str(s),
-            Value::Array(parts) => {
-                for p in parts {
-                    text.push_str(p["text"].as_str().unwrap_or_default());
-                    text.push(' ');
-                }
-            }
-            _ => {}
-        }
-        text.push('\n');
-    }
-    text
+/// A chat request checked in full before any other work: messages, sizes, sampling.
+#[derive(Debug, Clone)]
+pub struct ChatCall {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    pub sampling: params::Sampling,
+    pub top_logprobs: Option<usize>,
+    pub add_generation_prompt: bool,
+    /// `max_completion_tokens` or `max_tokens`: the one the client sent.
+    max_tokens_param: &'static str,
+    /// `metadata.language`, unchecked.
+    pub stated_language: Option<String>,
 }
 
-/// Runs a chat request on this process's engine for `model`. `hold` lives as long as the
-/// answer (its in-flight count on the replica).
-pub async fn run_local(
-    state: &AppState,
-    caller: &Caller,
-    model: Arc<ServedModel>,
+fn validate(
     req: ChatCompletionRequest,
-    hold: InFlight,
-) -> Result<Response, ApiError> {
-    tracing::debug!(model = %model.id, user = req.sampling.user.as_deref().unwrap_or(""), "chat completion");
-    let messages = parse_messages(&req.messages)?;
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::invalid_param(
-            "tools",
-            "Tool calling is not supported by this server yet.",
-        ));
+    fields: &SamplingFields,
+    limits: &RequestLimits,
+) -> Result<ChatCall, ApiError> {
+    let messages = parse_messages(&req.messages, limits)?;
+    if let Some(tools) = &req.tools {
+        params::at_most("tools", "tools", tools.len(), limits.max_tools)?;
+        if !tools.is_empty() {
+            return Err(ApiError::invalid_param(
+                "tools",
+                "Tool calling is not supported by this server yet.",
+            ));
+        }
     }
     if let Some(kind) = req
         .response_format
@@ -182,7 +186,7 @@ pub async fn run_local(
             ));
         }
     }
-    let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+    let top_logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
         (true, k) => Some(params::top_logprobs("top_logprobs", k.unwrap_or(0))?),
         (false, Some(k)) if k > 0 => {
             return Err(ApiError::invalid_param(
@@ -192,23 +196,80 @@ pub async fn run_local(
         }
         (false, _) => None,
     };
-    let prompt = chat_prompt(&model, &messages, req.add_generation_prompt.unwrap_or(true))?;
-    let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
+    let max_tokens = req.max_completion_tokens.or(fields.max_tokens);
     let param_name = if req.max_completion_tokens.is_some() {
         "max_completion_tokens"
     } else {
         "max_tokens"
     };
-    let gen =
-        params::generation(&req.sampling, &model, prompt, max_tokens, logprobs).map_err(|e| {
-            if e.body.param.as_deref() == Some("max_tokens") {
-                e.with_param(param_name)
-            } else {
-                e
+    let sampling = params::validate(fields, limits, 1, max_tokens, top_logprobs)
+        .map_err(|e| rename_max_tokens(e, param_name))?;
+    Ok(ChatCall {
+        model: req.model,
+        messages,
+        sampling,
+        top_logprobs,
+        add_generation_prompt: req.add_generation_prompt.unwrap_or(true),
+        max_tokens_param: param_name,
+        stated_language: stated_language(fields),
+    })
+}
+
+/// Errors about the length budget name the field the client used.
+fn rename_max_tokens(e: ApiError, param_name: &str) -> ApiError {
+    if e.body.param.as_deref() == Some("max_tokens") {
+        e.with_param(param_name)
+    } else {
+        e
+    }
+}
+
+impl ChatCall {
+    /// The most tokens it may take: a reservation for a replica whose tokenizer is elsewhere.
+    pub fn max_completion_tokens(&self) -> u64 {
+        let max = self.sampling.max_tokens.unwrap_or(1024) as u64;
+        max.saturating_mul(self.sampling.params.n as u64)
+    }
+}
+
+/// The text of the user's messages, whose language routes the request.
+fn user_text(messages: &[ChatMessage]) -> String {
+    let mut text = String::new();
+    for m in messages.iter().filter(|m| m.role == "user") {
+        match &m.content {
+            Some(MessageContent::Text(s)) => text.push_str(s),
+            Some(MessageContent::Parts(parts)) => {
+                for p in parts {
+                    text.push_str(&p.text);
+                    text.push(' ');
+                }
             }
-        })?;
-    let n = gen.request.n;
-    let mut requests = vec![gen.request];
+            None => {}
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// Runs a chat request on this process's engine for `model`. `hold` lives as long as the
+/// answer (its in-flight count on the replica).
+pub async fn run_local(
+    state: &AppState,
+    caller: &Caller,
+    model: Arc<ServedModel>,
+    chat: &ChatCall,
+    hold: InFlight,
+) -> Result<Response, ApiError> {
+    tracing::debug!(model = %model.id, "chat completion");
+    state.access().precheck(&caller.principal, &model.id)?;
+    chat.sampling.check_vocabulary(&model)?;
+    let prompt = chat_prompt(&model, &chat.messages, chat.add_generation_prompt)?;
+    let request = chat
+        .sampling
+        .request(&model, prompt)
+        .map_err(|e| rename_max_tokens(e, chat.max_tokens_param))?;
+    let n = request.params.n;
+    let mut requests = vec![request];
     let admission = admit(state, caller, &model, &mut requests)?;
     let rate = admission.state();
     let items = submit_admitted(&model, requests, admission, hold)?;
@@ -217,10 +278,10 @@ pub async fn run_local(
         created: now_secs(),
         model: model.id.clone(),
         fingerprint: state.fingerprint().to_string(),
-        top_logprobs: logprobs,
+        top_logprobs: chat.top_logprobs,
     };
-    if gen.stream {
-        let events = stream_chunks(items, meta, model, n, gen.include_usage);
+    if chat.sampling.stream {
+        let events = stream_chunks(items, meta, model, n, chat.sampling.include_usage);
         return Ok(with_rate_headers(sse::response(events), rate));
     }
     let (choices, usage) = collect(items, n).await?;

@@ -10,17 +10,18 @@ use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures::{Stream, StreamExt};
+use rosetta_config::RequestLimits;
 use rosetta_engine::GeneratedToken;
 use serde_json::Value;
 
 use super::caller::Caller;
 use super::dispatch::{dispatch, Call};
 use super::error::ApiError;
-use super::extract::OpenAiJsonRaw;
+use super::extract::{parse_json, OpenAiJsonRaw};
 use super::generate::{
     admit, collect, new_id, now_secs, submit_admitted, token_text, with_rate_headers, Item,
 };
-use super::params;
+use super::params::{self, stated_language};
 use super::sse::{self, json_event};
 use super::types::*;
 use crate::pool::InFlight;
@@ -28,58 +29,83 @@ use crate::registry::ServedModel;
 use crate::state::AppState;
 
 /// OpenAI's default for the legacy endpoint.
-const DEFAULT_MAX_TOKENS: i64 = 16;
+const DEFAULT_MAX_TOKENS: usize = 16;
+
+/// The prompts of a request, in their validated shape; text is tokenized on the replica.
+#[derive(Debug, Clone)]
+pub enum Prompts {
+    Texts(Vec<String>),
+    Tokens(Vec<Vec<u32>>),
+}
+
+impl Prompts {
+    fn len(&self) -> usize {
+        match self {
+            Prompts::Texts(t) => t.len(),
+            Prompts::Tokens(t) => t.len(),
+        }
+    }
+}
 
 /// `prompt` may be a string, a list of strings, a list of token ids or a list of those.
-fn parse_prompts(model: &ServedModel, prompt: &Value) -> Result<Vec<Vec<u32>>, ApiError> {
+/// Counted before anything is copied, so a body of many prompts costs nothing more.
+fn parse_prompts(
+    prompt: &Value,
+    n: usize,
+    limits: &RequestLimits,
+) -> Result<Prompts, ApiError> {
     let bad = || {
         ApiError::invalid_param("prompt", "Invalid 'prompt': expected a string, an array of strings, an array of token ids, or an array of token-id arrays.")
     };
     let tokens = |v: &[Value]| -> Result<Vec<u32>, ApiError> {
+        params::at_most("prompt", "prompt tokens", v.len(), limits.max_prompt_tokens)?;
         v.iter()
             .map(|t| {
                 t.as_u64()
-                    .filter(|&id| (id as usize) < model.vocab_size)
-                    .map(|id| id as u32)
+                    .and_then(|id| u32::try_from(id).ok())
                     .ok_or_else(|| {
-                        ApiError::invalid_param(
-                            "prompt",
-                            format!(
-                                "Invalid token id {t} in 'prompt' (the vocabulary has {} tokens).",
-                                model.vocab_size
-                            ),
-                        )
+                        ApiError::invalid_param("prompt", format!("Invalid token id {t} in 'prompt'."))
                     })
             })
             .collect()
     };
-    let prompts = match prompt {
-        Value::String(s) => vec![model.tokenizer.encode(s, true)?],
-        Value::Array(items) if items.is_empty() => {
-            return Err(ApiError::invalid_param(
-                "prompt",
-                "'prompt' must not be empty.",
-            ))
-        }
-        Value::Array(items) => match &items[0] {
-            Value::String(_) => items
+    let Value::Array(items) = prompt else {
+        return match prompt {
+            Value::String(s) => Ok(Prompts::Texts(vec![s.clone()])),
+            _ => Err(bad()),
+        };
+    };
+    let Some(first) = items.first() else {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            "'prompt' must not be empty.",
+        ));
+    };
+    let count = if first.is_number() { 1 } else { items.len() };
+    let choices = count.saturating_mul(n);
+    if choices > limits.max_choices {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            format!("Invalid 'prompt': {count} prompts × n = {n} ask for {choices} choices, more than this server's limit of {} per request.", limits.max_choices),
+        )
+        .with_code("request_too_large"));
+    }
+    Ok(match first {
+        Value::String(_) => Prompts::Texts(
+            items
                 .iter()
-                .map(|p| {
-                    p.as_str()
-                        .ok_or_else(bad)
-                        .and_then(|s| Ok(model.tokenizer.encode(s, true)?))
-                })
+                .map(|p| p.as_str().map(str::to_string).ok_or_else(bad))
                 .collect::<Result<_, _>>()?,
-            Value::Number(_) => vec![tokens(items)?],
-            Value::Array(_) => items
+        ),
+        Value::Number(_) => Prompts::Tokens(vec![tokens(items)?]),
+        Value::Array(_) => Prompts::Tokens(
+            items
                 .iter()
                 .map(|p| p.as_array().ok_or_else(bad).and_then(|a| tokens(a)))
                 .collect::<Result<_, _>>()?,
-            _ => return Err(bad()),
-        },
+        ),
         _ => return Err(bad()),
-    };
-    Ok(prompts)
+    })
 }
 
 pub async fn completions(
@@ -88,47 +114,45 @@ pub async fn completions(
     headers: HeaderMap,
     OpenAiJsonRaw(req, raw): OpenAiJsonRaw<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let text = prompt_text(&req.prompt);
-    dispatch(
-        &state,
-        &caller,
-        &headers,
-        Call::Completion(req),
-        &raw,
-        &text,
-    )
-    .await
+    let fields: SamplingFields = parse_json(&raw)?;
+    let call = validate(req, &fields, state.request_limits())?;
+    let text = prompt_text(&call.prompts);
+    dispatch(&state, &caller, &headers, Call::Completion(call), &raw, &text).await
 }
 
-/// The prompt's text (token-id prompts have none to detect).
-fn prompt_text(prompt: &Value) -> String {
-    match prompt {
-        Value::String(s) => s.clone(),
-        Value::Array(items) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
+/// A completion request checked in full before any other work.
+#[derive(Debug, Clone)]
+pub struct CompletionCall {
+    pub model: String,
+    pub prompts: Prompts,
+    pub sampling: params::Sampling,
+    pub logprobs: Option<usize>,
+    pub echo: bool,
+    /// `metadata.language`, unchecked.
+    pub stated_language: Option<String>,
+}
+
+impl CompletionCall {
+    /// The most tokens it may take: a reservation for a replica whose tokenizer is elsewhere.
+    pub fn max_completion_tokens(&self) -> u64 {
+        let max = self.sampling.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS) as u64;
+        max.saturating_mul(self.sampling.params.n as u64)
+            .saturating_mul(self.prompts.len() as u64)
     }
 }
 
-/// Runs a completion request on this process's engine for `model`.
-pub async fn run_local(
-    state: &AppState,
-    caller: &Caller,
-    model: Arc<ServedModel>,
+fn validate(
     req: CompletionRequest,
-    hold: InFlight,
-) -> Result<Response, ApiError> {
-    tracing::debug!(model = %model.id, user = req.sampling.user.as_deref().unwrap_or(""), "completion");
+    fields: &SamplingFields,
+    limits: &RequestLimits,
+) -> Result<CompletionCall, ApiError> {
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid_param(
             "suffix",
             "'suffix' is not supported by this model.",
         ));
     }
-    let n = req.sampling.n.unwrap_or(1);
+    let n = fields.n.unwrap_or(1);
     if req.best_of.is_some_and(|b| b != n) {
         return Err(ApiError::invalid_param(
             "best_of",
@@ -146,20 +170,67 @@ pub async fn run_local(
             "'echo' together with 'logprobs' is not supported.",
         ));
     }
-    let prompts = parse_prompts(&model, &req.prompt)?;
-    let max_tokens = Some(req.sampling.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
+    // n's own range is checked by the sampling fields; here only the product matters.
+    let n_for_count = usize::try_from(n.max(1)).unwrap_or(usize::MAX);
+    let prompts = parse_prompts(&req.prompt, n_for_count, limits)?;
+    let max_tokens = Some(fields.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS as i64));
+    let sampling = params::validate(fields, limits, prompts.len(), max_tokens, logprobs)?;
+    Ok(CompletionCall {
+        model: req.model,
+        prompts,
+        sampling,
+        logprobs,
+        echo,
+        stated_language: stated_language(fields),
+    })
+}
+
+/// The prompt's text (token-id prompts have none to detect).
+fn prompt_text(prompts: &Prompts) -> String {
+    match prompts {
+        Prompts::Texts(t) => t.join("\n"),
+        Prompts::Tokens(_) => String::new(),
+    }
+}
+
+/// Runs a completion request on this process's engine for `model`.
+pub async fn run_local(
+    state: &AppState,
+    caller: &Caller,
+    model: Arc<ServedModel>,
+    call: &CompletionCall,
+    hold: InFlight,
+) -> Result<Response, ApiError> {
+    tracing::debug!(model = %model.id, "completion");
+    state.access().precheck(&caller.principal, &model.id)?;
+    call.sampling.check_vocabulary(&model)?;
+    let prompts: Vec<Vec<u32>> = match &call.prompts {
+        Prompts::Texts(texts) => texts
+            .iter()
+            .map(|s| model.tokenizer.encode(s, true))
+            .collect::<Result<_, _>>()?,
+        Prompts::Tokens(ids) => {
+            if let Some(&bad) = ids.iter().flatten().find(|&&id| id as usize >= model.vocab_size) {
+                return Err(ApiError::invalid_param(
+                    "prompt",
+                    format!(
+                        "Invalid token id {bad} in 'prompt' (the vocabulary has {} tokens).",
+                        model.vocab_size
+                    ),
+                ));
+            }
+            ids.clone()
+        }
+    };
     let mut requests = Vec::with_capacity(prompts.len());
     let mut echoes = Vec::new();
-    let mut gen_flags = (false, false);
     for prompt in prompts {
-        if echo {
+        if call.echo {
             echoes.push(model.tokenizer.decode(&prompt, true)?);
         }
-        let gen = params::generation(&req.sampling, &model, prompt, max_tokens, logprobs)?;
-        gen_flags = (gen.stream, gen.include_usage);
-        requests.push(gen.request);
+        requests.push(call.sampling.request(&model, prompt)?);
     }
-    let per_prompt = n as usize;
+    let per_prompt = call.sampling.params.n;
     let total_choices = per_prompt * requests.len();
     let admission = admit(state, caller, &model, &mut requests)?;
     let rate = admission.state();
@@ -169,11 +240,11 @@ pub async fn run_local(
         created: now_secs(),
         model: model.id.clone(),
         fingerprint: state.fingerprint().to_string(),
-        logprobs,
+        logprobs: call.logprobs,
         echoes,
         per_prompt,
     };
-    let (stream, include_usage) = gen_flags;
+    let (stream, include_usage) = (call.sampling.stream, call.sampling.include_usage);
     if stream {
         let events = stream_chunks(items, meta, model, total_choices, include_usage);
         return Ok(with_rate_headers(sse::response(events), rate));

@@ -3,6 +3,7 @@
 //! and try their replicas in the pool's order until one serves. A request moves on to the
 //! next replica or candidate only before anything has been sent to the client.
 
+use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -10,18 +11,18 @@ use serde_json::Value;
 use super::caller::Caller;
 use super::error::ApiError;
 use super::generate::with_rate_headers;
-use super::types::{ChatCompletionRequest, CompletionRequest};
-use super::{chat, completions};
+use super::chat::{self, ChatCall};
+use super::completions::{self, CompletionCall};
 use crate::language::{self, iso, Language};
 use crate::pool::remote::{ForwardError, Forwarded, OnBehalf, RemoteClient};
 use crate::pool::{sse_relay, InFlight, Replica, ReplicaKind};
 use crate::router::Target;
 use crate::state::AppState;
 
-/// The request, typed.
+/// The request, validated.
 pub enum Call {
-    Chat(ChatCompletionRequest),
-    Completion(CompletionRequest),
+    Chat(ChatCall),
+    Completion(CompletionCall),
 }
 
 impl Call {
@@ -39,17 +40,19 @@ impl Call {
         }
     }
 
+    fn stated_language(&self) -> Option<&str> {
+        match self {
+            Call::Chat(r) => r.stated_language.as_deref(),
+            Call::Completion(r) => r.stated_language.as_deref(),
+        }
+    }
+
     /// The most completion tokens it may ask for, for a remote reservation.
     fn max_tokens(&self) -> u64 {
-        let (max, n, default) = match self {
-            Call::Chat(r) => (
-                r.max_completion_tokens.or(r.sampling.max_tokens),
-                r.sampling.n,
-                1024,
-            ),
-            Call::Completion(r) => (r.sampling.max_tokens, r.sampling.n, 16),
-        };
-        max.unwrap_or(default).max(0) as u64 * n.unwrap_or(1).max(1) as u64
+        match self {
+            Call::Chat(r) => r.max_completion_tokens(),
+            Call::Completion(r) => r.max_completion_tokens(),
+        }
     }
 }
 
@@ -62,11 +65,11 @@ enum Failure {
 }
 
 /// The stated language: header `x-rosetta-language`, else `metadata.language`.
-fn stated_language(headers: &HeaderMap, raw: &Value) -> Result<Option<Language>, ApiError> {
+fn stated_language(headers: &HeaderMap, call: &Call) -> Result<Option<Language>, ApiError> {
     let header = headers
         .get("x-rosetta-language")
         .map(|v| v.to_str().unwrap_or("\u{fffd}").to_string());
-    let field = raw["metadata"]["language"].as_str().map(str::to_string);
+    let field = call.stated_language().map(str::to_string);
     let Some(tag) = header.or(field) else {
         return Ok(None);
     };
@@ -85,10 +88,10 @@ pub async fn dispatch(
     caller: &Caller,
     headers: &HeaderMap,
     call: Call,
-    raw: &Value,
+    raw: &Bytes,
     text: &str,
 ) -> Result<Response, ApiError> {
-    let language = match stated_language(headers, raw)? {
+    let language = match stated_language(headers, &call)? {
         Some(l) => l,
         None => language::detect(text),
     };
@@ -110,6 +113,15 @@ pub async fn dispatch(
         full += skipped.queue_full;
         open += skipped.circuit_open;
         for replica in plan {
+            if matches!(replica.kind, ReplicaKind::Local)
+                && local.as_ref().is_some_and(|m| !m.engine.is_healthy())
+            {
+                last_error = Some(ApiError::unavailable(
+                    format!("the engine of {model_id} on this server has failed"),
+                    5,
+                ));
+                continue;
+            }
             let hold = replica.start();
             let outcome = match &replica.kind {
                 ReplicaKind::Local => run_local(state, caller, &call, model_id, hold).await,
@@ -204,8 +216,8 @@ async fn run_local(
 ) -> Result<Response, Failure> {
     let model = state.model(model_id).map_err(Failure::Retry)?;
     let result = match call {
-        Call::Chat(r) => chat::run_local(state, caller, model, r.clone(), hold).await,
-        Call::Completion(r) => completions::run_local(state, caller, model, r.clone(), hold).await,
+        Call::Chat(r) => chat::run_local(state, caller, model, r, hold).await,
+        Call::Completion(r) => completions::run_local(state, caller, model, r, hold).await,
     };
     result.map_err(|e| {
         // 503: the engine is overloaded or shutting down; anything else is the answer.
@@ -222,18 +234,18 @@ async fn run_remote(
     caller: &Caller,
     remote: &RemoteClient,
     call: &Call,
-    raw: &Value,
+    raw: &Bytes,
     model_id: &str,
     hold: InFlight,
 ) -> Result<Response, Failure> {
     // Without the upstream's tokenizer, count about a token per 3 bytes of the body.
-    let prompt_estimate = raw.to_string().len() as u64 / 3;
+    let prompt_estimate = raw.len() as u64 / 3;
     let admission = state
         .access()
         .admit(
             &caller.principal,
             model_id,
-            prompt_estimate + call.max_tokens(),
+            prompt_estimate.saturating_add(call.max_tokens()),
         )
         .map_err(Failure::Final)?;
     let rate = admission.state();
@@ -241,7 +253,10 @@ async fn run_remote(
         tenant: caller.scheduling_tenant(),
         priority: caller.priority(),
     };
-    match remote.forward(call.path(), raw, &who).await {
+    // The body has been validated in full; only a remote replica needs it as a JSON tree.
+    let body: Value = serde_json::from_slice(raw)
+        .map_err(|e| Failure::Final(ApiError::invalid(format!("Invalid JSON body: {e}"))))?;
+    match remote.forward(call.path(), &body, &who).await {
         Ok(Forwarded::Json(mut body)) => {
             body["model"] = Value::String(model_id.to_string());
             if let Some(total) = body["usage"]["total_tokens"].as_u64() {

@@ -155,6 +155,15 @@ impl From<EngineError> for ApiError {
                 e.body.code = Some("timeout");
                 e
             }
+            EngineError::Stalled(secs) => {
+                let mut e = ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    format!("The stream was not read for {secs} s; the request was aborted and its tokens were charged."),
+                );
+                e.body.code = Some("stream_stalled");
+                e
+            }
             EngineError::Load(m) | EngineError::Internal(m) => {
                 tracing::error!(error = %m, "engine error");
                 ApiError::internal(

@@ -19,8 +19,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OpenAiJson<T> {
     }
 }
 
-/// The typed body and the JSON it came from (passed on as is to remote replicas).
-pub struct OpenAiJsonRaw<T>(pub T, pub serde_json::Value);
+/// The typed body and the bytes it came from: other views of the same body are parsed from
+/// them (never a second full copy as a JSON tree; only a remote replica's body is built).
+pub struct OpenAiJsonRaw<T>(pub T, pub Bytes);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for OpenAiJsonRaw<T> {
     type Rejection = ApiError;
@@ -28,9 +29,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OpenAiJsonRaw<T> {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let bytes = read_body(req, state).await?;
         let typed = parse_json(&bytes)?;
-        let raw = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::invalid(format!("Invalid JSON body: {e}")))?;
-        Ok(OpenAiJsonRaw(typed, raw))
+        Ok(OpenAiJsonRaw(typed, bytes))
     }
 }
 

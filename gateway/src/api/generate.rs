@@ -2,10 +2,12 @@
 //! event streams with choice indices offset, and collecting whole answers.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use futures::stream::{self, SelectAll, Stream, StreamExt};
 use rosetta_engine::{
-    ChoiceDelta, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, Usage,
+    ChoiceDelta, EventStream, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, Usage,
 };
 
 use super::caller::Caller;
@@ -22,20 +24,43 @@ pub fn admit(
     model: &ServedModel,
     requests: &mut [GenerateRequest],
 ) -> Result<Admission, ApiError> {
+    let tenant: Arc<str> = Arc::from(caller.scheduling_tenant());
     for r in requests.iter_mut() {
         r.priority = caller.priority();
-        r.tenant = Some(caller.scheduling_tenant().to_string());
+        r.tenant = Some(tenant.clone());
     }
-    let tokens = requests
-        .iter()
-        .map(|r| r.prompt.len() as u64 + r.n as u64 * r.max_tokens as u64)
-        .sum();
+    let tokens = requests.iter().fold(0u64, |sum, r| {
+        let most = (r.params.n as u64).saturating_mul(r.max_tokens as u64);
+        sum.saturating_add(r.prompt.len() as u64).saturating_add(most)
+    });
     state.access().admit(&caller.principal, &model.id, tokens)
 }
 
-/// `submit_all`, with the admission living as long as the stream: it records the tokens used
-/// as they come, and gives back the rest of the reservation when the stream ends or is
-/// dropped (client gone).
+/// Settles the tenant's token reservation when the request ends or its client leaves: the
+/// prompt plus every token the engine generated, read by the client or not.
+struct Settlement {
+    admission: Admission,
+    prompt_tokens: u64,
+    generated: Vec<Arc<AtomicU64>>,
+}
+
+impl Settlement {
+    fn record(&self) {
+        let generated: u64 = self.generated.iter().map(|g| g.load(Ordering::Relaxed)).sum();
+        self.admission
+            .record_usage(self.prompt_tokens.saturating_add(generated));
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        self.record();
+    }
+}
+
+/// `submit_all`, with the admission living as long as the stream: it records the tokens
+/// generated as the engine makes them, and gives back the rest of the reservation when the
+/// stream ends or is dropped (client gone).
 pub fn submit_admitted(
     model: &ServedModel,
     requests: Vec<GenerateRequest>,
@@ -43,21 +68,23 @@ pub fn submit_admitted(
     hold: impl Send + 'static,
 ) -> Result<impl Stream<Item = Item> + Send, ApiError> {
     let prompt_tokens: u64 = requests.iter().map(|r| r.prompt.len() as u64).sum();
-    let items = submit_all(model, requests)?;
-    admission.record_usage(prompt_tokens);
-    let mut generated = 0u64;
+    let n = requests.first().map_or(1, |r| r.params.n);
+    let streams = requests
+        .into_iter()
+        .map(|r| model.engine.submit(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let settlement = Settlement {
+        admission,
+        prompt_tokens,
+        generated: streams.iter().map(EventStream::generated_tokens).collect(),
+    };
+    settlement.record();
+    let items = merge(streams, n);
     Ok(items.map(move |item| {
-        // Lives as long as the stream.
+        // Both live as long as the stream.
         let _ = &hold;
-        match &item {
-            Item::Delta(d) if d.token.is_some() => {
-                generated += 1;
-                admission.record_usage(prompt_tokens + generated);
-            }
-            Item::Done(u) => {
-                admission.record_usage((u.prompt_tokens + u.completion_tokens) as u64);
-            }
-            _ => {}
+        if matches!(&item, Item::Delta(_) | Item::Done(_)) {
+            settlement.record();
         }
         item
     }))
@@ -89,19 +116,13 @@ enum PartEvent {
     Error(ApiError),
 }
 
-/// Submits every request to the model's engine. Submission errors (never-accepted requests)
-/// come back at once; the engine cancels everything if the returned stream is dropped.
-pub fn submit_all(
-    model: &ServedModel,
-    requests: Vec<GenerateRequest>,
-) -> Result<impl Stream<Item = Item> + Send, ApiError> {
+/// Merges the event streams of a request's prompts (each with `n` choices) into one,
+/// offsetting choice indices. The engine cancels every prompt if the stream is dropped.
+fn merge(streams: Vec<EventStream>, n: usize) -> impl Stream<Item = Item> + Send {
     let mut parts: SelectAll<Part> = SelectAll::new();
-    let count = requests.len();
-    let mut offset = 0;
-    for request in requests {
-        let n = request.n;
-        let rx = model.engine.submit(request)?;
-        let base = offset;
+    let count = streams.len();
+    for (i, rx) in streams.into_iter().enumerate() {
+        let base = i * n;
         // Each part ends after its Done or error; a channel that closes before Done means
         // the engine went away.
         let part = stream::unfold(Some(rx), move |rx| async move {
@@ -120,7 +141,6 @@ pub fn submit_all(
             Some((ev, None))
         });
         parts.push(Box::pin(part));
-        offset += n;
     }
     struct State {
         parts: SelectAll<Part>,
@@ -134,7 +154,7 @@ pub fn submit_all(
         usage: Usage::default(),
         finished: false,
     };
-    Ok(stream::unfold(state, |mut st| async move {
+    stream::unfold(state, |mut st| async move {
         if st.finished {
             return None;
         }
@@ -157,7 +177,7 @@ pub fn submit_all(
                 None => return None,
             }
         }
-    }))
+    })
 }
 
 /// One choice's whole answer.

@@ -15,12 +15,12 @@ mod tokenize;
 pub mod types;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderName, Method, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::cors::CorsLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -51,12 +51,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(
-            CorsLayer::new()
-                .allow_origin(tower_http::cors::Any)
-                .allow_methods([Method::GET, Method::POST])
-                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
-        )
+        .layer(cors(state.cors_origins()))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
@@ -64,19 +59,43 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Liveness: the process serves HTTP.
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// CORS for the configured origins only; with none, no CORS headers at all (browsers then
+/// refuse cross-origin calls), so a key in a web page cannot be used from other sites.
+fn cors(origins: &[String]) -> tower::util::Either<CorsLayer, tower::layer::util::Identity> {
+    if origins.is_empty() {
+        return tower::util::Either::Right(tower::layer::util::Identity::new());
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    tower::util::Either::Left(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+    )
 }
 
-/// Readiness: every configured model is loaded.
+/// Liveness: the process serves HTTP and no engine has failed for good.
+async fn health(State(state): State<AppState>) -> Response {
+    if state.engines_failed() {
+        let body = serde_json::json!({ "status": "engine failed" });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
+/// Readiness: every configured model is loaded and its engine can serve.
 async fn ready(State(state): State<AppState>) -> Response {
     if state.is_ready() {
         Json(serde_json::json!({ "status": "ready" })).into_response()
     } else {
+        let status = if state.engines_failed() { "engine failed" } else { "loading" };
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "status": "loading" })),
+            Json(serde_json::json!({ "status": status })),
         )
             .into_response()
     }

@@ -1,16 +1,19 @@
-//! Checks sampling fields against OpenAI's ranges and turns them into the engine's request.
+//! Checks sampling fields against OpenAI's ranges and the server's size limits, once, right
+//! after parsing (before language, routing, policy or tokenization); then, on the replica
+//! that serves, against the model (token ids, context length) to make the engine's request.
 
-use rosetta_engine::{GenerateRequest, SamplingParams, DEFAULT_PRIORITY};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rosetta_config::RequestLimits;
+use rosetta_engine::{GenerateRequest, GenerationParams, SamplingParams, DEFAULT_PRIORITY};
 
 use super::error::ApiError;
 use super::types::{SamplingFields, StopField};
 use crate::registry::ServedModel;
 
-/// Most choices one request may ask for.
-const MAX_N: i64 = 128;
 /// Most alternatives per token in logprobs.
 pub const MAX_TOP_LOGPROBS: i64 = 20;
-const MAX_STOP_STRINGS: usize = 4;
 
 fn in_range(param: &str, v: Option<f32>, lo: f32, hi: f32) -> Result<Option<f32>, ApiError> {
     match v {
@@ -22,23 +25,43 @@ fn in_range(param: &str, v: Option<f32>, lo: f32, hi: f32) -> Result<Option<f32>
     }
 }
 
-/// The parts of a request both endpoints share, validated.
-pub struct Generation {
-    pub request: GenerateRequest,
+fn too_many(param: &str, what: &str, got: usize, limit: usize) -> ApiError {
+    ApiError::invalid_param(
+        param,
+        format!("Invalid '{param}': {got} {what} is more than this server's limit of {limit}."),
+    )
+    .with_code("request_too_large")
+}
+
+/// Fails with a 400 naming `param` when `got` is over `limit`.
+pub fn at_most(param: &str, what: &str, got: usize, limit: usize) -> Result<(), ApiError> {
+    if got > limit {
+        Err(too_many(param, what, got, limit))
+    } else {
+        Ok(())
+    }
+}
+
+/// A request's sampling fields, validated without a model. The parameters are built once
+/// and shared by every prompt and choice of the request.
+#[derive(Debug, Clone)]
+pub struct Sampling {
+    pub params: Arc<GenerationParams>,
+    /// The endpoint's max_tokens (at least 1) when given.
+    pub max_tokens: Option<usize>,
     pub stream: bool,
     pub include_usage: bool,
 }
 
-/// `logprobs` is the number of alternatives to report per token (None: no logprobs).
-/// `max_tokens` is the endpoint's own field (chat also has max_completion_tokens);
-/// `None` means "the rest of the context".
-pub fn generation(
+/// `prompts` is how many prompts share these fields; `logprobs` the alternatives to
+/// report per token (None: no logprobs).
+pub fn validate(
     f: &SamplingFields,
-    model: &ServedModel,
-    prompt: Vec<u32>,
+    limits: &RequestLimits,
+    prompts: usize,
     max_tokens: Option<i64>,
     logprobs: Option<usize>,
-) -> Result<Generation, ApiError> {
+) -> Result<Sampling, ApiError> {
     let temperature = in_range("temperature", f.temperature, 0.0, 2.0)?;
     let top_p = in_range("top_p", f.top_p, 0.0, 1.0)?;
     let presence = in_range("presence_penalty", f.presence_penalty, -2.0, 2.0)?;
@@ -54,11 +77,21 @@ pub fn generation(
         other => other,
     };
     let n = f.n.unwrap_or(1);
-    if !(1..=MAX_N).contains(&n) {
+    let max_choices = limits.max_choices;
+    if n < 1 || n as u64 > max_choices as u64 {
         return Err(ApiError::invalid_param(
             "n",
-            format!("Invalid 'n': {n} is not between 1 and {MAX_N}."),
+            format!("Invalid 'n': {n} is not between 1 and {max_choices}."),
         ));
+    }
+    let n = n as usize;
+    let choices = n.saturating_mul(prompts);
+    if choices > max_choices {
+        return Err(ApiError::invalid_param(
+            "n",
+            format!("Invalid 'n': {prompts} prompts × n = {n} ask for {choices} choices, more than this server's limit of {max_choices} per request."),
+        )
+        .with_code("request_too_large"));
     }
     let top_k = match f.top_k {
         None | Some(-1) | Some(0) => 0,
@@ -70,49 +103,25 @@ pub fn generation(
             ))
         }
     };
-    let vocab = model.tokenizer.vocab_size().max(model.vocab_size);
-    let mut logit_bias = Vec::new();
-    for (key, &bias) in f.logit_bias.iter().flatten() {
-        let id: u32 = key.parse().ok().filter(|&id: &u32| (id as usize) < vocab).ok_or_else(|| {
-            ApiError::invalid_param(
-                "logit_bias",
-                format!("Invalid key in 'logit_bias': `{key}` is not a token id of this model (0 to {}).", vocab - 1),
-            )
-        })?;
-        if !(-100.0..=100.0).contains(&bias) {
-            return Err(ApiError::invalid_param(
-                "logit_bias",
-                format!("Invalid 'logit_bias' value {bias} for token {key}: it must be between -100 and 100."),
-            ));
-        }
-        logit_bias.push((id, bias));
-    }
-    logit_bias.sort_by_key(|b| b.0);
-    let stop = match &f.stop {
+    let logit_bias = logit_bias(f.logit_bias.as_ref(), limits)?;
+    let stop: Vec<String> = match &f.stop {
         None => Vec::new(),
         Some(StopField::One(s)) => vec![s.clone()],
         Some(StopField::Many(v)) => v.clone(),
     };
-    if stop.len() > MAX_STOP_STRINGS {
-        return Err(ApiError::invalid_param(
-            "stop",
-            format!(
-                "Invalid 'stop': at most {MAX_STOP_STRINGS} stop sequences are allowed, got {}.",
-                stop.len()
-            ),
-        ));
+    at_most("stop", "stop sequences", stop.len(), limits.max_stop_sequences)?;
+    if let Some(long) = stop.iter().find(|s| s.len() > limits.max_stop_bytes) {
+        return Err(too_many("stop", "bytes in a stop sequence", long.len(), limits.max_stop_bytes));
     }
-    if let Some(bad) = f
-        .stop_token_ids
-        .iter()
-        .flatten()
-        .find(|&&id| id as usize >= vocab)
-    {
-        return Err(ApiError::invalid_param(
-            "stop_token_ids",
-            format!("Invalid 'stop_token_ids': {bad} is not a token id of this model."),
-        ));
-    }
+    let mut stop_token_ids = f.stop_token_ids.clone().unwrap_or_default();
+    at_most(
+        "stop_token_ids",
+        "token ids",
+        stop_token_ids.len(),
+        limits.max_stop_token_ids,
+    )?;
+    stop_token_ids.sort_unstable();
+    stop_token_ids.dedup();
     let min_tokens = f.min_tokens.unwrap_or(0);
     if min_tokens < 0 {
         return Err(ApiError::invalid_param(
@@ -120,11 +129,6 @@ pub fn generation(
             "Invalid 'min_tokens': it must not be negative.",
         ));
     }
-    let prompt_len = prompt.len();
-    if prompt_len == 0 {
-        return Err(ApiError::invalid_param("prompt", "The prompt is empty."));
-    }
-    let room = model.max_context.saturating_sub(prompt_len);
     let max_tokens = match max_tokens {
         Some(m) if m < 1 => {
             return Err(ApiError::invalid_param(
@@ -132,21 +136,21 @@ pub fn generation(
                 format!("Invalid 'max_tokens': {m}; it must be at least 1."),
             ))
         }
-        Some(m) => m as usize,
-        // Unset: the rest of the context (at least one token, so a full prompt is reported).
-        None => room.max(1),
+        Some(m) => Some(usize::try_from(m).unwrap_or(usize::MAX)),
+        None => None,
     };
-    let requested = prompt_len.saturating_add(max_tokens);
-    if requested > model.max_context {
-        return Err(ApiError::context_length_exceeded(format!(
-            "This model's maximum context length is {} tokens. However, you requested {requested} tokens ({prompt_len} in the prompt, {max_tokens} in the completion). Please reduce the length of the prompt or completion.",
-            model.max_context,
-        )));
-    }
-    if min_tokens as usize > max_tokens {
+    let min_tokens = usize::try_from(min_tokens).unwrap_or(usize::MAX);
+    if max_tokens.is_some_and(|m| min_tokens > m) {
         return Err(ApiError::invalid_param(
             "min_tokens",
             "Invalid 'min_tokens': it is larger than max_tokens.",
+        ));
+    }
+    let stream = f.stream.unwrap_or(false);
+    if f.stream_options.is_some() && !stream {
+        return Err(ApiError::invalid_param(
+            "stream_options",
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
         ));
     }
     let sampling = SamplingParams {
@@ -161,32 +165,119 @@ pub fn generation(
         seed: f.seed.map(|s| s as u64),
         logprobs,
     };
-    let stream = f.stream.unwrap_or(false);
-    if f.stream_options.is_some() && !stream {
-        return Err(ApiError::invalid_param(
-            "stream_options",
-            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-        ));
-    }
-    Ok(Generation {
-        request: GenerateRequest {
-            prompt,
-            n: n as usize,
-            max_tokens,
-            min_tokens: min_tokens as usize,
+    Ok(Sampling {
+        params: Arc::new(GenerationParams {
+            n,
+            min_tokens,
             ignore_eos: f.ignore_eos.unwrap_or(false),
             sampling,
-            stop,
-            stop_token_ids: f.stop_token_ids.clone().unwrap_or_default(),
+            stop: stop.into(),
+            stop_token_ids,
             skip_special_tokens: f.skip_special_tokens.unwrap_or(true),
-            // Tenants and their tiers arrive with authentication; until then all are equal.
-            priority: DEFAULT_PRIORITY,
-            tenant: None,
-            deadline: None,
-        },
+        }),
+        max_tokens,
         stream,
         include_usage: stream && f.stream_options.as_ref().is_some_and(|o| o.include_usage),
     })
+}
+
+/// Parses `logit_bias` keys to token ids, sorted; two keys naming one token is an error.
+fn logit_bias(
+    raw: Option<&HashMap<String, f32>>,
+    limits: &RequestLimits,
+) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    at_most("logit_bias", "entries", raw.len(), limits.max_logit_bias)?;
+    let mut out = Vec::with_capacity(raw.len());
+    for (key, &bias) in raw {
+        let id: u32 = key.trim().parse().map_err(|_| {
+            ApiError::invalid_param(
+                "logit_bias",
+                format!("Invalid key in 'logit_bias': `{key}` is not a token id."),
+            )
+        })?;
+        if !(-100.0..=100.0).contains(&bias) {
+            return Err(ApiError::invalid_param(
+                "logit_bias",
+                format!("Invalid 'logit_bias' value {bias} for token {key}: it must be between -100 and 100."),
+            ));
+        }
+        out.push((id, bias));
+    }
+    out.sort_by_key(|b| b.0);
+    if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(ApiError::invalid_param(
+            "logit_bias",
+            format!("Invalid 'logit_bias': token {} is named by two keys.", w[0].0),
+        ));
+    }
+    Ok(out)
+}
+
+impl Sampling {
+    /// Checks the token ids the parameters name against `model`'s vocabulary.
+    pub fn check_vocabulary(&self, model: &ServedModel) -> Result<(), ApiError> {
+        let vocab = model.tokenizer.vocab_size().max(model.vocab_size);
+        let p = &self.params;
+        if let Some(&(id, _)) = p.sampling.logit_bias.last().filter(|b| b.0 as usize >= vocab) {
+            return Err(ApiError::invalid_param(
+                "logit_bias",
+                format!("Invalid key in 'logit_bias': `{id}` is not a token id of this model (0 to {}).", vocab - 1),
+            ));
+        }
+        if let Some(&bad) = p.stop_token_ids.last().filter(|&&id| id as usize >= vocab) {
+            return Err(ApiError::invalid_param(
+                "stop_token_ids",
+                format!("Invalid 'stop_token_ids': {bad} is not a token id of this model."),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The engine's request for one prompt: the shared parameters and this prompt's length
+    /// budget. Unset max_tokens means the rest of the context.
+    pub fn request(
+        &self,
+        model: &ServedModel,
+        prompt: Vec<u32>,
+    ) -> Result<GenerateRequest, ApiError> {
+        let prompt_len = prompt.len();
+        if prompt_len == 0 {
+            return Err(ApiError::invalid_param("prompt", "The prompt is empty."));
+        }
+        let room = model.max_context.saturating_sub(prompt_len);
+        // Unset: the rest of the context (at least one token, so a full prompt is reported).
+        let max_tokens = self.max_tokens.unwrap_or(room.max(1));
+        let requested = prompt_len.saturating_add(max_tokens);
+        if requested > model.max_context {
+            return Err(ApiError::context_length_exceeded(format!(
+                "This model's maximum context length is {} tokens. However, you requested {requested} tokens ({prompt_len} in the prompt, {max_tokens} in the completion). Please reduce the length of the prompt or completion.",
+                model.max_context,
+            )));
+        }
+        if self.params.min_tokens > max_tokens {
+            return Err(ApiError::invalid_param(
+                "min_tokens",
+                "Invalid 'min_tokens': it is larger than max_tokens.",
+            ));
+        }
+        Ok(GenerateRequest {
+            prompt,
+            max_tokens,
+            params: self.params.clone(),
+            // Tenants and their tiers are set at admission.
+            priority: DEFAULT_PRIORITY,
+            tenant: None,
+            deadline: None,
+        })
+    }
+}
+
+/// `metadata.language` as the client sent it (checked with the header by the pipeline).
+pub fn stated_language(f: &SamplingFields) -> Option<String> {
+    f.metadata.as_ref().and_then(|m| m.language.clone())
 }
 
 /// Validates `top_logprobs`-style counts.

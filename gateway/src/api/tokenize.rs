@@ -7,6 +7,7 @@ use super::caller::Caller;
 use super::chat::{chat_prompt, parse_messages};
 use super::error::ApiError;
 use super::extract::OpenAiJson;
+use super::params;
 use super::types::{DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse};
 use crate::state::AppState;
 
@@ -15,19 +16,25 @@ pub async fn tokenize(
     Extension(caller): Extension<Caller>,
     OpenAiJson(req): OpenAiJson<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
+    let limits = state.request_limits();
+    let messages = req
+        .messages
+        .as_deref()
+        .map(|m| parse_messages(m, limits))
+        .transpose()?;
     let model = state.model(&req.model)?;
     state
         .access()
         .authorize(&caller.principal, &model.id, caller.request_id())?;
-    let tokens = match (&req.prompt, &req.messages) {
+    // Counts against the tenant's requests per minute (and concurrency while it runs).
+    let _admission = state.access().admit(&caller.principal, &model.id, 0)?;
+    let tokens = match (&req.prompt, &messages) {
         (Some(p), None) => model
             .tokenizer
             .encode(p, req.add_special_tokens.unwrap_or(true))?,
-        (None, Some(messages)) => chat_prompt(
-            &model,
-            &parse_messages(messages)?,
-            req.add_generation_prompt.unwrap_or(true),
-        )?,
+        (None, Some(messages)) => {
+            chat_prompt(&model, messages, req.add_generation_prompt.unwrap_or(true))?
+        }
         _ => {
             return Err(ApiError::invalid(
                 "Give exactly one of 'prompt' or 'messages'.",
@@ -46,10 +53,17 @@ pub async fn detokenize(
     Extension(caller): Extension<Caller>,
     OpenAiJson(req): OpenAiJson<DetokenizeRequest>,
 ) -> Result<Json<DetokenizeResponse>, ApiError> {
+    params::at_most(
+        "tokens",
+        "token ids",
+        req.tokens.len(),
+        state.request_limits().max_prompt_tokens,
+    )?;
     let model = state.model(&req.model)?;
     state
         .access()
         .authorize(&caller.principal, &model.id, caller.request_id())?;
+    let _admission = state.access().admit(&caller.principal, &model.id, 0)?;
     if let Some(bad) = req
         .tokens
         .iter()

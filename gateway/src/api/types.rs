@@ -20,7 +20,9 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// Sampling and length fields shared by both endpoints, plus vLLM's extensions.
+/// Sampling and length fields shared by both endpoints, plus vLLM's extensions. Parsed from
+/// the same body as the endpoint's own fields, in a pass of its own (serde's `flatten` would
+/// buffer the whole body a second time).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct SamplingFields {
     pub temperature: Option<f32>,
@@ -43,6 +45,21 @@ pub struct SamplingFields {
     pub ignore_eos: Option<bool>,
     pub stop_token_ids: Option<Vec<u32>>,
     pub skip_special_tokens: Option<bool>,
+    /// OpenAI's request metadata; Rosetta reads `language` from it.
+    pub metadata: Option<Metadata>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Metadata {
+    /// The stated language, if a string.
+    #[serde(default, deserialize_with = "string_or_ignore")]
+    pub language: Option<String>,
+}
+
+/// A string, or nothing for any other JSON value (as a key Rosetta does not act on).
+fn string_or_ignore<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(v.as_str().map(str::to_string))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -57,8 +74,6 @@ pub struct ChatCompletionRequest {
     pub response_format: Option<serde_json::Value>,
     /// vLLM extension: render the assistant prompt (default true).
     pub add_generation_prompt: Option<bool>,
-    #[serde(flatten)]
-    pub sampling: SamplingFields,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -69,8 +84,6 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     pub best_of: Option<i64>,
     pub logprobs: Option<i64>,
-    #[serde(flatten)]
-    pub sampling: SamplingFields,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -32,8 +32,24 @@ pub struct RemoteClient {
     health_path: String,
     first_token: Duration,
     request: Duration,
+    forward_fields: Vec<String>,
     http: reqwest::Client,
 }
+
+/// The request fields Rosetta validates and so may pass on: OpenAI's, and the sampling
+/// extensions vLLM shares with Rosetta's engine. Everything else (priority, cache_salt,
+/// chat_template, guided decoding, ...) is dropped unless a replica's `forward_fields` names it.
+const VALIDATED_FIELDS: &[&str] = &[
+    // both endpoints
+    "model", "max_tokens", "temperature", "top_p", "n", "stop", "presence_penalty",
+    "frequency_penalty", "logit_bias", "seed", "user", "stream", "stream_options", "top_k",
+    "min_p", "repetition_penalty", "min_tokens", "ignore_eos", "stop_token_ids",
+    "skip_special_tokens",
+    // chat
+    "messages", "max_completion_tokens", "logprobs", "top_logprobs", "add_generation_prompt",
+    // completions
+    "prompt", "echo", "best_of", "suffix",
+];
 
 /// Why a forward failed.
 #[derive(Debug)]
@@ -84,6 +100,7 @@ impl RemoteClient {
             load: std::sync::Mutex::new(None),
             first_token: Duration::from_millis(config.first_token_timeout_ms),
             request: Duration::from_millis(config.request_timeout_ms),
+            forward_fields: config.forward_fields.clone(),
             http,
         })
     }
@@ -120,6 +137,21 @@ impl RemoteClient {
         *self.load.lock().unwrap_or_else(|p| p.into_inner()) = load;
     }
 
+    /// The body for the upstream: the validated fields of the client's request, plus the
+    /// extension fields this replica's config lists, with the upstream's model name.
+    fn upstream_body(&self, body: &Value) -> Value {
+        let mut out = serde_json::Map::new();
+        if let Value::Object(fields) = body {
+            for (k, v) in fields {
+                if VALIDATED_FIELDS.contains(&k.as_str()) || self.forward_fields.contains(k) {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        out.insert("model".into(), Value::String(self.upstream_model.clone()));
+        Value::Object(out)
+    }
+
     /// Sends `body` (its `model` replaced by the upstream's name) to `path`.
     pub async fn forward(
         &self,
@@ -127,8 +159,7 @@ impl RemoteClient {
         body: &Value,
         who: &OnBehalf<'_>,
     ) -> Result<Forwarded, ForwardError> {
-        let mut body = body.clone();
-        body["model"] = Value::String(self.upstream_model.clone());
+        let body = self.upstream_body(body);
         let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
         let mut req = self
             .http

@@ -236,6 +236,49 @@ impl TenantLimiter {
     /// Admits a request to `model` that may use up to `tokens` tokens, or says why not.
     /// Order: concurrency, then requests (tenant, model), then tokens (tenant, model); a
     /// request refused for tokens has still used a request of the minute, as at OpenAI.
+    /// Refuses, without taking anything, a request that admission would surely refuse now
+    /// (no request, token or concurrency left): so that a refused tenant cannot make the
+    /// server render and tokenize its prompts first.
+    pub fn precheck(&self, model: &str) -> Result<(), Rejection> {
+        if let Some((limit, sem)) = &self.concurrency {
+            if sem.available_permits() == 0 {
+                return Err(Rejection::Concurrency {
+                    limit: *limit as u64,
+                    state: self.peek(model),
+                });
+            }
+        }
+        let model_limits = self.models.get(model);
+        let scopes = [(Some(&self.tenant), None), (model_limits, Some(model))];
+        for (scope, model_name) in scopes {
+            let Some(scope) = scope else { continue };
+            if let Some(req) = &scope.requests {
+                let window = req.peek();
+                if window.remaining == 0 {
+                    return Err(Rejection::Requests {
+                        limit: req.limit as u64,
+                        model: model_name.map(str::to_string),
+                        wait: req.per_request(),
+                        state: self.peek(model),
+                    });
+                }
+            }
+            if let Some(bucket) = &scope.tokens {
+                let (remaining, reset) = bucket.remaining();
+                if remaining == 0 {
+                    return Err(Rejection::Tokens {
+                        limit: bucket.limit(),
+                        requested: 1,
+                        model: model_name.map(str::to_string),
+                        wait: reset.min(Duration::from_secs(60)),
+                        state: self.peek(model),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn admit(&self, model: &str, tokens: u64) -> Result<Admission, Rejection> {
         let model_limits = self.models.get(model);
         let permit = match &self.concurrency {
