@@ -69,6 +69,11 @@ pub struct ServerConfig {
     /// client does not read, its sequences are paused (not scheduled, their KV kept).
     #[serde(default = "default_stream_stall_timeout")]
     pub stream_stall_timeout: f64,
+    /// Seconds running answers get to finish after SIGTERM. Meanwhile `/ready` says 503,
+    /// new generation requests get 503 and the listener still accepts; streams still open
+    /// then end with an error event and `[DONE]`.
+    #[serde(default = "default_shutdown_grace_seconds")]
+    pub shutdown_grace_seconds: f64,
 }
 
 impl Default for ServerConfig {
@@ -78,12 +83,17 @@ impl Default for ServerConfig {
             max_body_bytes: default_max_body_bytes(),
             cors_origins: Vec::new(),
             stream_stall_timeout: default_stream_stall_timeout(),
+            shutdown_grace_seconds: default_shutdown_grace_seconds(),
         }
     }
 }
 
 fn default_stream_stall_timeout() -> f64 {
     60.0
+}
+
+fn default_shutdown_grace_seconds() -> f64 {
+    30.0
 }
 
 /// Size limits of one request. Defaults follow OpenAI's published limits where there is one
@@ -491,12 +501,16 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             issue("server.max_body_bytes".into(), "must be more than 0".into());
         }
-        let stall = self.server.stream_stall_timeout;
-        if !(stall.is_finite() && stall > 0.0) {
-            issue(
-                "server.stream_stall_timeout".into(),
-                format!("{stall} is not a positive number of seconds"),
-            );
+        for (key, secs) in [
+            ("stream_stall_timeout", self.server.stream_stall_timeout),
+            ("shutdown_grace_seconds", self.server.shutdown_grace_seconds),
+        ] {
+            if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
+                issue(
+                    format!("server.{key}"),
+                    format!("{secs} is not a positive number of seconds"),
+                );
+            }
         }
         if self.request_limits.max_choices == 0 {
             issue(

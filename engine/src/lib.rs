@@ -16,7 +16,6 @@ pub use error::EngineError;
 pub use native::{NativeEngine, NativeEngineConfig};
 pub use request::{
     ChoiceDelta, EngineLoad, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken,
-    GenerationParams, Usage,
-    DEFAULT_PRIORITY,
+    GenerationParams, Usage, DEFAULT_PRIORITY,
 };
 pub use sampler::{argmax, SampledToken, Sampler, SamplingParams};

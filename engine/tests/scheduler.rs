@@ -327,3 +327,33 @@ fn a_passed_deadline_aborts_with_an_error_and_frees_blocks() {
     );
     wait_idle(&engine);
 }
+
+#[test]
+fn an_unread_stream_is_paused_then_aborted_without_holding_up_others() {
+    let mut cfg = config(4096, 512, true);
+    cfg.stall_timeout = Duration::from_millis(300);
+    let engine = start(cfg);
+    let mut unread = engine.submit(greedy(vec![50; 8], 240)).unwrap();
+    // Another request runs to the end while the first is not read.
+    let other = collect(engine.submit(greedy(vec![60; 8], 100)).unwrap(), 1);
+    assert_eq!(other[0].len(), 100);
+    // The unread one stopped at its channel's bound, then was aborted with its blocks freed.
+    wait_idle(&engine);
+    let generated = unread.generated_now();
+    assert!(
+        (1..100).contains(&generated),
+        "generated {generated} tokens unread"
+    );
+    let mut events = 0;
+    let last = loop {
+        match unread.blocking_recv() {
+            Some(Ok(GenerateEvent::Delta(_))) => events += 1,
+            other => break other,
+        }
+    };
+    assert_eq!(events, generated, "every generated token was delivered");
+    assert!(
+        matches!(last, Some(Err(rosetta_engine::EngineError::Stalled(_)))),
+        "ends with a stall error: {last:?}"
+    );
+}

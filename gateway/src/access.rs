@@ -149,6 +149,11 @@ impl Access {
 
     /// Admits a request that may use up to `tokens` tokens within the tenant's limits.
     /// 429 before any prompt work when the tenant's limits would refuse the request anyway.
+    /// Writes out the audit log (at shutdown).
+    pub fn close_audit(&self) {
+        self.audit.close();
+    }
+
     pub fn precheck(&self, who: &Principal, model: &str) -> Result<(), ApiError> {
         let limiter = &who.tenant.limiter;
         if self.open || limiter.is_unlimited() {

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod api;
 pub mod auth;
+pub mod drain;
 pub mod language;
 pub mod policy;
 pub mod pool;

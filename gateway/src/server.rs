@@ -87,10 +87,36 @@ pub async fn serve(config: Config, engine_only: bool) -> anyhow::Result<()> {
         }
     });
 
-    axum::serve(listener, crate::api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server error")
+    let grace = std::time::Duration::from_secs_f64(config.server.shutdown_grace_seconds);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let drain_state = state.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        drain_state.drain().run(grace).await;
+        stop.send_replace(true);
+    });
+    let mut graceful = stopping.clone();
+    let serve = axum::serve(listener, crate::api::router(state.clone())).with_graceful_shutdown(
+        async move {
+            let _ = graceful.wait_for(|s| *s).await;
+        },
+    );
+    // A client that never reads can keep its connection open past the drain; it does not
+    // keep the process alive for long.
+    let mut forced = stopping;
+    let served = tokio::select! {
+        served = serve => served.context("server error"),
+        () = async move {
+            let _ = forced.wait_for(|s| *s).await;
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        } => {
+            tracing::warn!("connections still open 5 s after the drain; closing them");
+            Ok(())
+        }
+    };
+    state.access().close_audit();
+    tracing::info!("stopped");
+    served
 }
 
 /// Says at start who may use the server.

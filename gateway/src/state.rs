@@ -7,6 +7,7 @@ use rosetta_config::{ModelConfig, RequestLimits};
 
 use crate::access::Access;
 use crate::api::error::ApiError;
+use crate::drain::Drain;
 use crate::pool::Pool;
 use crate::registry::ServedModel;
 use crate::router::Router;
@@ -38,6 +39,7 @@ struct Inner {
     configured: Vec<ModelConfig>,
     fingerprint: String,
     services: Services,
+    drain: Drain,
 }
 
 impl AppState {
@@ -47,6 +49,7 @@ impl AppState {
                 models: OnceLock::new(),
                 configured,
                 services,
+                drain: Drain::default(),
                 fingerprint: format!("fp_rosetta_{}", env!("CARGO_PKG_VERSION").replace('.', "")),
             }),
             max_body_bytes,
@@ -62,12 +65,14 @@ impl AppState {
         let _ = self.inner.models.set(map);
     }
 
-    /// Every local model is loaded and its engine can serve.
+    /// Every local model is loaded, its engine can serve, and the server is not draining.
     pub fn is_ready(&self) -> bool {
-        self.inner
-            .models
-            .get()
-            .is_some_and(|m| m.values().all(|m| m.engine.is_healthy()))
+        !self.inner.drain.is_draining()
+            && self
+                .inner
+                .models
+                .get()
+                .is_some_and(|m| m.values().all(|m| m.engine.is_healthy()))
     }
 
     /// Some local engine has died; this process cannot serve all its models any more.
@@ -127,6 +132,10 @@ impl AppState {
 
     pub fn engine_only(&self) -> bool {
         self.inner.services.engine_only
+    }
+
+    pub fn drain(&self) -> &Drain {
+        &self.inner.drain
     }
 
     pub fn request_limits(&self) -> &RequestLimits {

@@ -370,6 +370,16 @@ impl Server {
         self.addr
     }
 
+    /// A connection with a 16 KiB receive buffer, for a client that does not read: the
+    /// server's writes back up after a few kilobytes, whatever the system's TCP defaults.
+    pub fn connect_unread(&self) -> TcpStream {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+        socket.connect(&self.addr.into()).expect("connect");
+        socket.into()
+    }
+
     pub fn base_url(&self) -> &str {
         &self.base_url
     }
@@ -401,6 +411,29 @@ impl Server {
     }
 
     /// Kills the server process (SIGKILL: no graceful shutdown) and waits for it.
+    /// Sends SIGTERM, as Kubernetes does to stop a pod.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit on its own; None if it is still running after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

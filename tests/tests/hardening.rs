@@ -63,18 +63,37 @@ async fn wait_idle(s: &Server, within: Duration) -> Value {
 async fn every_size_limit_is_a_400_naming_its_param() {
     let (s, _) = start();
     let ids = |n: usize| Value::from((0..n).map(|i| (i % 50) as u64).collect::<Vec<_>>());
-    let bias = |keys: &[&str]| {
-        Value::Object(keys.iter().map(|k| (k.to_string(), json!(1))).collect())
-    };
+    let bias =
+        |keys: &[&str]| Value::Object(keys.iter().map(|k| (k.to_string(), json!(1))).collect());
     let many_bias: Vec<String> = (0..301).map(|i| i.to_string()).collect();
     let many_bias: Vec<&str> = many_bias.iter().map(String::as_str).collect();
     let cases: Vec<(&str, &str, Value)> = vec![
         ("n over 128", "n", chat(json!({"n": 129}))),
-        ("stop_token_ids over 256", "stop_token_ids", chat(json!({"stop_token_ids": ids(257)}))),
-        ("logit_bias over 300", "logit_bias", chat(json!({"logit_bias": bias(&many_bias)}))),
-        ("two keys for one token", "logit_bias", chat(json!({"logit_bias": bias(&["7", "07"])}))),
-        ("five stop strings", "stop", chat(json!({"stop": ["a", "b", "c", "d", "e"]}))),
-        ("a 257-byte stop string", "stop", chat(json!({"stop": "x".repeat(257)}))),
+        (
+            "stop_token_ids over 256",
+            "stop_token_ids",
+            chat(json!({"stop_token_ids": ids(257)})),
+        ),
+        (
+            "logit_bias over 300",
+            "logit_bias",
+            chat(json!({"logit_bias": bias(&many_bias)})),
+        ),
+        (
+            "two keys for one token",
+            "logit_bias",
+            chat(json!({"logit_bias": bias(&["7", "07"])})),
+        ),
+        (
+            "five stop strings",
+            "stop",
+            chat(json!({"stop": ["a", "b", "c", "d", "e"]})),
+        ),
+        (
+            "a 257-byte stop string",
+            "stop",
+            chat(json!({"stop": "x".repeat(257)})),
+        ),
         (
             "2049 messages",
             "messages",
@@ -89,7 +108,9 @@ async fn every_size_limit_is_a_400_naming_its_param() {
         (
             "129 tools",
             "tools",
-            chat(json!({"tools": vec![json!({"type": "function", "function": {"name": "f"}}); 129]})),
+            chat(
+                json!({"tools": vec![json!({"type": "function", "function": {"name": "f"}}); 129]}),
+            ),
         ),
     ];
     for (what, param, body) in cases {
@@ -100,14 +121,20 @@ async fn every_size_limit_is_a_400_naming_its_param() {
     // Completions: prompts × n over the limit, counted before any prompt is tokenized.
     let prompts = vec![json!("hello"); 65];
     let r = s
-        .post("/v1/completions", &json!({"model": "tiny", "prompt": prompts, "n": 2}))
+        .post(
+            "/v1/completions",
+            &json!({"model": "tiny", "prompt": prompts, "n": 2}),
+        )
         .await;
     r.assert_invalid();
     assert_eq!(r.json["error"]["param"], "prompt", "{}", r.text);
     assert!(r.text.contains("128"), "names the limit: {}", r.text);
     // n above the engine's max_num_seqs can never run: 400 naming it.
     let r = s
-        .post("/v1/completions", &json!({"model": "tiny", "prompt": "x", "n": 65, "max_tokens": 1}))
+        .post(
+            "/v1/completions",
+            &json!({"model": "tiny", "prompt": "x", "n": 65, "max_tokens": 1}),
+        )
         .await;
     r.assert_invalid();
     assert!(r.text.contains("max_num_seqs"), "{}", r.text);
@@ -146,8 +173,7 @@ async fn a_huge_hostile_body_is_refused_and_memory_stays_bounded() {
 
 /// Sends a streamed request on a raw socket and never reads the answer.
 fn open_unread_stream(s: &Server, key: &str, body: &Value) -> TcpStream {
-    let mut sock = TcpStream::connect(s.addr()).expect("connect");
-    // A small receive buffer, so the server's writes back up quickly.
+    let mut sock = s.connect_unread();
     let body = body.to_string();
     write!(
         sock,
@@ -189,8 +215,16 @@ async fn a_stream_nobody_reads_is_paused_then_aborted_and_its_tokens_are_charged
     // and its channel were full: hundreds of tokens at least (about 2 kB each with 20
     // logprobs), far more than the bucket refills meanwhile (117 a second). Refunded, the
     // next request would see the limit less two short prompts (about 40).
-    let r = s.post_as(&key, "/v1/chat/completions", &chat(json!({"max_tokens": 1}))).await;
-    let remaining = r.header_u64("x-ratelimit-remaining-tokens").expect("header");
+    let r = s
+        .post_as(
+            &key,
+            "/v1/chat/completions",
+            &chat(json!({"max_tokens": 1})),
+        )
+        .await;
+    let remaining = r
+        .header_u64("x-ratelimit-remaining-tokens")
+        .expect("header");
     r.ok();
     assert!(
         remaining < 7_000 - 300,
@@ -205,7 +239,8 @@ async fn a_slow_reader_still_gets_every_token() {
     let mut sock = open_unread_stream(&s, "unused", &body);
     // Read nothing for a moment (the request pauses), then everything.
     std::thread::sleep(Duration::from_millis(300));
-    sock.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let mut raw = Vec::new();
     let mut buf = [0u8; 65536];
     loop {
@@ -222,7 +257,11 @@ async fn a_slow_reader_still_gets_every_token() {
     let tokens = text.matches("\"content\":\"").count();
     // 8 choices × 64 tokens, plus 8 opening role chunks; some tokens may hold back text, so
     // count finish reasons instead of tokens for the hard check.
-    assert_eq!(text.matches("\"finish_reason\":\"length\"").count(), 8, "{text}");
+    assert_eq!(
+        text.matches("\"finish_reason\":\"length\"").count(),
+        8,
+        "{text}"
+    );
     assert!(tokens >= 8, "{text}");
 }
 
@@ -243,7 +282,10 @@ async fn cors_is_off_unless_origins_are_configured() {
     );
     let (config, _) = with_new_keys(&config, ["METERED_HASH"]);
     let s = Server::start(&config);
-    for (origin, allowed) in [("https://app.example", true), ("https://evil.example", false)] {
+    for (origin, allowed) in [
+        ("https://app.example", true),
+        ("https://evil.example", false),
+    ] {
         let r = s
             .client()
             .get(s.url("/v1/models"))
@@ -263,17 +305,24 @@ const FATAL_TOKEN: &str = "43";
 fn start_faulty() -> Server {
     Server::start_with_env(
         DEFAULT_CONFIG,
-        &[("ROSETTA_FAULT_TOKEN", FAULT_TOKEN), ("ROSETTA_FATAL_TOKEN", FATAL_TOKEN)],
+        &[
+            ("ROSETTA_FAULT_TOKEN", FAULT_TOKEN),
+            ("ROSETTA_FATAL_TOKEN", FATAL_TOKEN),
+        ],
     )
 }
 
 #[tokio::test]
 async fn an_engine_fault_fails_only_its_request() {
     let s = start_faulty();
-    let good = json!({"model": "tiny", "prompt": [5, 6, 7, 8], "max_tokens": 16, "ignore_eos": true});
+    let good =
+        json!({"model": "tiny", "prompt": [5, 6, 7, 8], "max_tokens": 16, "ignore_eos": true});
     let bad = json!({"model": "tiny", "prompt": [5, 41, 7], "max_tokens": 16});
     // Both in one batch: the faulty one gets a 500, the other its answer.
-    let (a, b) = tokio::join!(s.post("/v1/completions", &good), s.post("/v1/completions", &bad));
+    let (a, b) = tokio::join!(
+        s.post("/v1/completions", &good),
+        s.post("/v1/completions", &bad)
+    );
     b.assert_error(500, Some("server_error"), None);
     let a = a.ok();
     assert_eq!(a["usage"]["completion_tokens"], 16);
@@ -283,7 +332,12 @@ async fn an_engine_fault_fails_only_its_request() {
     let r = s.post("/v1/completions", &streamed).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let data = sse_data(&r.text);
-    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{}", r.text);
+    assert_eq!(
+        data.last().map(String::as_str),
+        Some("[DONE]"),
+        "{}",
+        r.text
+    );
     assert!(r.text.contains("\"error\""), "{}", r.text);
     // The engine goes on, with every block back.
     s.complete(good).await;
@@ -295,13 +349,19 @@ async fn an_engine_fault_fails_only_its_request() {
 async fn a_dead_engine_turns_health_and_ready_to_503() {
     let mut s = start_faulty();
     let r = s
-        .post("/v1/completions", &json!({"model": "tiny", "prompt": [5, 43], "max_tokens": 4}))
+        .post(
+            "/v1/completions",
+            &json!({"model": "tiny", "prompt": [5, 43], "max_tokens": 4}),
+        )
         .await;
     r.assert_error(500, Some("server_error"), None);
     assert_eq!(s.get("/health").await.status, 503);
     assert_eq!(s.get("/ready").await.status, 503);
     let r = s
-        .post("/v1/completions", &json!({"model": "tiny", "prompt": [5, 6], "max_tokens": 4}))
+        .post(
+            "/v1/completions",
+            &json!({"model": "tiny", "prompt": [5, 6], "max_tokens": 4}),
+        )
         .await;
     r.assert_error(503, Some("server_error"), None);
     assert!(r.headers.get("retry-after").is_some());

@@ -62,10 +62,10 @@ struct Submission {
     generated: Arc<AtomicU64>,
 }
 
-/// Events one request may have waiting for its reader: two steps of every choice, and room
+/// Events one request may have waiting for its reader: a few steps of every choice, and room
 /// for the end. More is never buffered; a reader this far behind pauses the request.
 fn channel_capacity(n: usize) -> usize {
-    2 * n + 8
+    4 * n + 32
 }
 
 pub struct NativeEngine {

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -149,7 +149,10 @@ impl Worker {
             } else {
                 let since = *g.stalled_since.get_or_insert(now);
                 if now.duration_since(since) >= stall {
-                    tracing::info!(request = id, "stream not read for the stall timeout; aborted");
+                    tracing::info!(
+                        request = id,
+                        "stream not read for the stall timeout; aborted"
+                    );
                     g.fail(EngineError::Stalled(stall.as_secs()));
                     gone.insert(id);
                 } else {
@@ -183,6 +186,7 @@ impl Worker {
         let mut plan = Vec::new();
         self.running
             .sort_by_key(|s| (s.priority, s.arrival, s.group, s.index));
+        self.preempt_paused_for_others();
         // Running sequences first: decodes take one token, prefills in progress a chunk.
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
@@ -275,7 +279,12 @@ impl Worker {
     /// Paused requests are passed over.
     fn next_waiting(&self) -> Option<usize> {
         let ready = |s: &&Sequence| !self.paused.contains(&s.group);
-        let tier = self.waiting.iter().filter(ready).map(|s| s.priority).min()?;
+        let tier = self
+            .waiting
+            .iter()
+            .filter(ready)
+            .map(|s| s.priority)
+            .min()?;
         self.waiting
             .iter()
             .enumerate()
@@ -337,6 +346,66 @@ impl Worker {
         true
     }
 
+    /// Paused requests keep their KV only while nobody else needs it: when a runnable
+    /// request waits for a seat, or blocks run short for the running ones to grow, paused
+    /// sequences are preempted first (newest first) and recomputed once their reader is back.
+    fn preempt_paused_for_others(&mut self) {
+        if self.paused.is_empty() {
+            return;
+        }
+        // A reader a moment behind keeps its place; one gone quiet for a while does not.
+        let patience = (self.config.stall_timeout / 4).min(Duration::from_secs(1));
+        let now = Instant::now();
+        let long_paused: HashSet<u64> = self
+            .paused
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.groups
+                    .get(id)
+                    .and_then(|g| g.stalled_since)
+                    .is_some_and(|since| now.duration_since(since) >= patience)
+            })
+            .collect();
+        if long_paused.is_empty() {
+            return;
+        }
+        let bs = self.config.block_size;
+        loop {
+            let runnable = self
+                .running
+                .iter()
+                .filter(|s| !self.paused.contains(&s.group))
+                .count();
+            let (seats, prompt_blocks) = match self.next_waiting() {
+                Some(pick) => {
+                    let seq = &self.waiting[pick];
+                    let seats = self
+                        .groups
+                        .get(&seq.group)
+                        .filter(|g| !g.forked)
+                        .map_or(1, |g| g.request.params.n);
+                    (seats, seq.tokens.len().div_ceil(bs))
+                }
+                None => (0, 0),
+            };
+            let short_of_seats =
+                seats > 0 && self.running.len() + seats > self.config.max_num_seqs.max(seats);
+            let short_of_blocks = runnable + prompt_blocks > self.blocks.free_count();
+            if !(short_of_seats || short_of_blocks) || (runnable == 0 && seats == 0) {
+                return;
+            }
+            let Some(victim) = self
+                .running
+                .iter()
+                .rposition(|s| long_paused.contains(&s.group))
+            else {
+                return;
+            };
+            self.preempt(victim);
+        }
+    }
+
     /// Takes `running[i]`'s blocks back and queues it to be recomputed.
     fn preempt(&mut self, i: usize) {
         let mut seq = self.running.remove(i);
@@ -380,7 +449,7 @@ impl Worker {
             super::fault::check_step(&chunks);
             model.step(copies, &chunks)
         }))
-            .unwrap_or_else(|panic| Err(EngineError::Internal(panic_message(&panic))))
+        .unwrap_or_else(|panic| Err(EngineError::Internal(panic_message(&panic))))
     }
 
     /// After a failed pass: each chunk alone, so that only the requests whose own chunk

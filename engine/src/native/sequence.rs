@@ -38,7 +38,11 @@ pub struct Group {
 }
 
 impl Group {
-    pub fn new(request: Arc<GenerateRequest>, events: Sender<Event>, generated: Arc<AtomicU64>) -> Self {
+    pub fn new(
+        request: Arc<GenerateRequest>,
+        events: Sender<Event>,
+        generated: Arc<AtomicU64>,
+    ) -> Self {
         Self {
             events,
             backlog: VecDeque::new(),

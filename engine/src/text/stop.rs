@@ -26,7 +26,10 @@ impl StopMatcher {
     }
 
     fn stops(&self) -> impl Iterator<Item = &str> {
-        self.stops.iter().map(String::as_str).filter(|s| !s.is_empty())
+        self.stops
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
     }
 
     pub fn push(&mut self, delta: &str) -> StopCheck {
@@ -38,11 +41,7 @@ impl StopMatcher {
             };
         }
         // The earliest occurrence of any stop string wins.
-        if let Some(at) = self
-            .stops()
-            .filter_map(|s| self.pending.find(s))
-            .min()
-        {
+        if let Some(at) = self.stops().filter_map(|s| self.pending.find(s)).min() {
             let text = self.pending[..at].to_string();
             self.pending.clear();
             return StopCheck {

@@ -9,8 +9,8 @@ use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures::{Stream, StreamExt};
-use rosetta_engine::text::{ChatMessage, ContentPart, MessageContent};
 use rosetta_config::RequestLimits;
+use rosetta_engine::text::{ChatMessage, ContentPart, MessageContent};
 use rosetta_engine::GeneratedToken;
 use serde_json::Value;
 
@@ -282,7 +282,10 @@ pub async fn run_local(
     };
     if chat.sampling.stream {
         let events = stream_chunks(items, meta, model, n, chat.sampling.include_usage);
-        return Ok(with_rate_headers(sse::response(events), rate));
+        return Ok(with_rate_headers(
+            sse::response(state.drain(), events),
+            rate,
+        ));
     }
     let (choices, usage) = collect(items, n).await?;
     let body = ChatCompletion {

@@ -49,11 +49,7 @@ impl Prompts {
 
 /// `prompt` may be a string, a list of strings, a list of token ids or a list of those.
 /// Counted before anything is copied, so a body of many prompts costs nothing more.
-fn parse_prompts(
-    prompt: &Value,
-    n: usize,
-    limits: &RequestLimits,
-) -> Result<Prompts, ApiError> {
+fn parse_prompts(prompt: &Value, n: usize, limits: &RequestLimits) -> Result<Prompts, ApiError> {
     let bad = || {
         ApiError::invalid_param("prompt", "Invalid 'prompt': expected a string, an array of strings, an array of token ids, or an array of token-id arrays.")
     };
@@ -64,7 +60,10 @@ fn parse_prompts(
                 t.as_u64()
                     .and_then(|id| u32::try_from(id).ok())
                     .ok_or_else(|| {
-                        ApiError::invalid_param("prompt", format!("Invalid token id {t} in 'prompt'."))
+                        ApiError::invalid_param(
+                            "prompt",
+                            format!("Invalid token id {t} in 'prompt'."),
+                        )
                     })
             })
             .collect()
@@ -117,7 +116,15 @@ pub async fn completions(
     let fields: SamplingFields = parse_json(&raw)?;
     let call = validate(req, &fields, state.request_limits())?;
     let text = prompt_text(&call.prompts);
-    dispatch(&state, &caller, &headers, Call::Completion(call), &raw, &text).await
+    dispatch(
+        &state,
+        &caller,
+        &headers,
+        Call::Completion(call),
+        &raw,
+        &text,
+    )
+    .await
 }
 
 /// A completion request checked in full before any other work.
@@ -210,7 +217,11 @@ pub async fn run_local(
             .map(|s| model.tokenizer.encode(s, true))
             .collect::<Result<_, _>>()?,
         Prompts::Tokens(ids) => {
-            if let Some(&bad) = ids.iter().flatten().find(|&&id| id as usize >= model.vocab_size) {
+            if let Some(&bad) = ids
+                .iter()
+                .flatten()
+                .find(|&&id| id as usize >= model.vocab_size)
+            {
                 return Err(ApiError::invalid_param(
                     "prompt",
                     format!(
@@ -247,7 +258,10 @@ pub async fn run_local(
     let (stream, include_usage) = (call.sampling.stream, call.sampling.include_usage);
     if stream {
         let events = stream_chunks(items, meta, model, total_choices, include_usage);
-        return Ok(with_rate_headers(sse::response(events), rate));
+        return Ok(with_rate_headers(
+            sse::response(state.drain(), events),
+            rate,
+        ));
     }
     let (choices, usage) = collect(items, total_choices).await?;
     let body = Completion {

@@ -9,10 +9,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::caller::Caller;
-use super::error::ApiError;
-use super::generate::with_rate_headers;
 use super::chat::{self, ChatCall};
 use super::completions::{self, CompletionCall};
+use super::error::ApiError;
+use super::generate::with_rate_headers;
+use super::sse;
 use crate::language::{self, iso, Language};
 use crate::pool::remote::{ForwardError, Forwarded, OnBehalf, RemoteClient};
 use crate::pool::{sse_relay, InFlight, Replica, ReplicaKind};
@@ -91,6 +92,8 @@ pub async fn dispatch(
     raw: &Bytes,
     text: &str,
 ) -> Result<Response, ApiError> {
+    // Counted until the answer is out (a stream counts on its own while it lasts).
+    let _active = state.drain().start().ok_or_else(sse::shutting_down)?;
     let language = match stated_language(headers, &call)? {
         Some(l) => l,
         None => language::detect(text),
@@ -278,6 +281,12 @@ async fn run_remote(
                     }
                 }
             });
+            let closing = sse_relay::error_event(&sse::shutting_down().body.message)
+                .into_iter()
+                .map(Ok)
+                .collect();
+            let drain = state.drain();
+            let events = drain.guard_stream(events, drain.start(), closing);
             let resp = Response::builder()
                 .header("content-type", "text/event-stream")
                 .header("cache-control", "no-cache")

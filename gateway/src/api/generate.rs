@@ -31,7 +31,8 @@ pub fn admit(
     }
     let tokens = requests.iter().fold(0u64, |sum, r| {
         let most = (r.params.n as u64).saturating_mul(r.max_tokens as u64);
-        sum.saturating_add(r.prompt.len() as u64).saturating_add(most)
+        sum.saturating_add(r.prompt.len() as u64)
+            .saturating_add(most)
     });
     state.access().admit(&caller.principal, &model.id, tokens)
 }
@@ -46,7 +47,11 @@ struct Settlement {
 
 impl Settlement {
     fn record(&self) {
-        let generated: u64 = self.generated.iter().map(|g| g.load(Ordering::Relaxed)).sum();
+        let generated: u64 = self
+            .generated
+            .iter()
+            .map(|g| g.load(Ordering::Relaxed))
+            .sum();
         self.admission
             .record_usage(self.prompt_tokens.saturating_add(generated));
     }

@@ -92,7 +92,11 @@ async fn ready(State(state): State<AppState>) -> Response {
     if state.is_ready() {
         Json(serde_json::json!({ "status": "ready" })).into_response()
     } else {
-        let status = if state.engines_failed() { "engine failed" } else { "loading" };
+        let status = if state.engines_failed() {
+            "engine failed"
+        } else {
+            "loading"
+        };
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "status": status })),

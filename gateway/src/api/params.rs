@@ -109,9 +109,19 @@ pub fn validate(
         Some(StopField::One(s)) => vec![s.clone()],
         Some(StopField::Many(v)) => v.clone(),
     };
-    at_most("stop", "stop sequences", stop.len(), limits.max_stop_sequences)?;
+    at_most(
+        "stop",
+        "stop sequences",
+        stop.len(),
+        limits.max_stop_sequences,
+    )?;
     if let Some(long) = stop.iter().find(|s| s.len() > limits.max_stop_bytes) {
-        return Err(too_many("stop", "bytes in a stop sequence", long.len(), limits.max_stop_bytes));
+        return Err(too_many(
+            "stop",
+            "bytes in a stop sequence",
+            long.len(),
+            limits.max_stop_bytes,
+        ));
     }
     let mut stop_token_ids = f.stop_token_ids.clone().unwrap_or_default();
     at_most(
@@ -210,7 +220,10 @@ fn logit_bias(
     if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
         return Err(ApiError::invalid_param(
             "logit_bias",
-            format!("Invalid 'logit_bias': token {} is named by two keys.", w[0].0),
+            format!(
+                "Invalid 'logit_bias': token {} is named by two keys.",
+                w[0].0
+            ),
         ));
     }
     Ok(out)
@@ -221,7 +234,12 @@ impl Sampling {
     pub fn check_vocabulary(&self, model: &ServedModel) -> Result<(), ApiError> {
         let vocab = model.tokenizer.vocab_size().max(model.vocab_size);
         let p = &self.params;
-        if let Some(&(id, _)) = p.sampling.logit_bias.last().filter(|b| b.0 as usize >= vocab) {
+        if let Some(&(id, _)) = p
+            .sampling
+            .logit_bias
+            .last()
+            .filter(|b| b.0 as usize >= vocab)
+        {
             return Err(ApiError::invalid_param(
                 "logit_bias",
                 format!("Invalid key in 'logit_bias': `{id}` is not a token id of this model (0 to {}).", vocab - 1),

@@ -8,14 +8,31 @@ use futures::Stream;
 use serde::Serialize;
 
 use super::error::ApiError;
+use crate::drain::Drain;
 
-/// A streaming response, with SSE keep-alive comments while nothing is ready.
+/// A streaming response, with SSE keep-alive comments while nothing is ready. If the server
+/// shuts down before it ends, it ends after the grace period with an error event and `[DONE]`.
 pub fn response(
+    drain: &Drain,
     events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
 ) -> Response {
+    let closing = error_closing(&shutting_down())
+        .into_iter()
+        .map(Ok)
+        .collect();
+    let events = drain.guard_stream(events, drain.start(), closing);
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// What a request gets while the server shuts down.
+pub fn shutting_down() -> ApiError {
+    ApiError::unavailable(
+        "The server is shutting down; retry, and another replica will answer.",
+        1,
+    )
+    .with_code("server_shutting_down")
 }
 
 /// The end of a stream: the usage chunk when the client asked for it, then `[DONE]`.

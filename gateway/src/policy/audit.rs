@@ -3,7 +3,9 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 
 use serde::Serialize;
 
@@ -22,9 +24,21 @@ pub struct AuditEntry<'a> {
     pub reasons: &'a [String],
 }
 
-#[derive(Debug, Clone)]
+/// Decisions waiting for the writer; past this, a decision is counted as dropped and logged
+/// as an error (never silently), rather than letting memory grow or requests wait on disk.
+const QUEUE: usize = 65_536;
+
+#[derive(Debug, Default)]
+struct Writer {
+    queue: Mutex<Option<mpsc::SyncSender<String>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    dropped: AtomicU64,
+    write_errors: Arc<AtomicU64>,
+}
+
+#[derive(Debug, Clone, Default)]
 pub struct AuditLog {
-    file: Option<mpsc::Sender<String>>,
+    file: Option<Arc<Writer>>,
 }
 
 impl AuditLog {
@@ -42,12 +56,15 @@ impl AuditLog {
             .create(true)
             .append(true)
             .open(path)?;
-        let (tx, rx) = mpsc::channel::<String>();
+        let (tx, rx) = mpsc::sync_channel::<String>(QUEUE);
         let shown = path.display().to_string();
-        std::thread::Builder::new()
+        let write_errors = Arc::new(AtomicU64::new(0));
+        let errors = write_errors.clone();
+        let thread = std::thread::Builder::new()
             .name("audit-log".into())
             .spawn(move || {
                 let mut out = std::io::BufWriter::new(file);
+                // Ends when every sender is gone (at shutdown), after the last line.
                 while let Ok(line) = rx.recv() {
                     let mut batch = vec![line];
                     batch.extend(rx.try_iter());
@@ -56,11 +73,43 @@ impl AuditLog {
                         .try_for_each(|l| writeln!(out, "{l}"))
                         .and_then(|()| out.flush());
                     if let Err(e) = written {
-                        tracing::error!(file = %shown, error = %e, "cannot write the audit log");
+                        errors.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        tracing::error!(file = %shown, error = %e, lines = batch.len(), "cannot write the audit log");
                     }
                 }
             })?;
-        Ok(Self { file: Some(tx) })
+        Ok(Self {
+            file: Some(Arc::new(Writer {
+                queue: Mutex::new(Some(tx)),
+                thread: Mutex::new(Some(thread)),
+                dropped: AtomicU64::new(0),
+                write_errors,
+            })),
+        })
+    }
+
+    /// Decisions not written: dropped on a full queue or after close, and failed writes.
+    pub fn lost(&self) -> u64 {
+        self.file.as_ref().map_or(0, |w| {
+            w.dropped.load(Ordering::Relaxed) + w.write_errors.load(Ordering::Relaxed)
+        })
+    }
+
+    /// Writes every queued decision and stops the writer (at shutdown). Later decisions
+    /// are only logged through tracing, and counted as lost.
+    pub fn close(&self) {
+        let Some(w) = &self.file else { return };
+        w.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = w.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            if t.join().is_err() {
+                tracing::error!("the audit log writer panicked");
+            }
+        }
+        let lost = self.lost();
+        if lost > 0 {
+            tracing::error!(lost, "audit decisions were not written to the file");
+        }
     }
 
     pub fn record(&self, entry: &AuditEntry<'_>) {
@@ -74,13 +123,31 @@ impl AuditLog {
             policies = ?entry.policies,
             "access decision"
         );
-        if let Some(tx) = &self.file {
-            match serde_json::to_string(entry) {
-                Ok(line) => {
-                    let _ = tx.send(line);
-                }
-                Err(e) => tracing::error!(error = %e, "cannot encode an audit entry"),
+        let Some(w) = &self.file else { return };
+        let line = match serde_json::to_string(entry) {
+            Ok(line) => line,
+            Err(e) => {
+                w.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot encode an audit entry");
+                return;
             }
+        };
+        let queue = w.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let sent = match queue.as_ref() {
+            Some(tx) => tx.try_send(line).map_err(|e| match e {
+                mpsc::TrySendError::Full(_) => "the audit queue is full",
+                mpsc::TrySendError::Disconnected(_) => "the audit writer has stopped",
+            }),
+            None => Err("the audit log is closed"),
+        };
+        if let Err(why) = sent {
+            w.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                tenant = entry.tenant,
+                model = entry.model,
+                decision = entry.decision,
+                "audit decision not written: {why}"
+            );
         }
     }
 }

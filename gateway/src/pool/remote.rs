@@ -41,14 +41,37 @@ pub struct RemoteClient {
 /// chat_template, guided decoding, ...) is dropped unless a replica's `forward_fields` names it.
 const VALIDATED_FIELDS: &[&str] = &[
     // both endpoints
-    "model", "max_tokens", "temperature", "top_p", "n", "stop", "presence_penalty",
-    "frequency_penalty", "logit_bias", "seed", "user", "stream", "stream_options", "top_k",
-    "min_p", "repetition_penalty", "min_tokens", "ignore_eos", "stop_token_ids",
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "seed",
+    "user",
+    "stream",
+    "stream_options",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "min_tokens",
+    "ignore_eos",
+    "stop_token_ids",
     "skip_special_tokens",
     // chat
-    "messages", "max_completion_tokens", "logprobs", "top_logprobs", "add_generation_prompt",
+    "messages",
+    "max_completion_tokens",
+    "logprobs",
+    "top_logprobs",
+    "add_generation_prompt",
     // completions
-    "prompt", "echo", "best_of", "suffix",
+    "prompt",
+    "echo",
+    "best_of",
+    "suffix",
 ];
 
 /// Why a forward failed.

@@ -71,7 +71,8 @@ fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
     }
 }
 
-fn error_event(message: &str) -> Vec<Bytes> {
+/// An OpenAI error event (503) and `[DONE]`, as bytes.
+pub fn error_event(message: &str) -> Vec<Bytes> {
     let e = ApiError::unavailable(message.to_string(), 1);
     vec![
         Bytes::from(format!("data: {}\n\n", e.to_json())),
