@@ -95,6 +95,10 @@ pub struct RemoteReplica {
     /// none; anything else a client sends stays at the gateway.
     #[serde(default)]
     pub forward_fields: Vec<String>,
+    /// Send vLLM's `cache_salt`: a keyed hash of the tenant (see `server.secret`), so that
+    /// tenants never share the upstream's prefix cache. For vLLM upstreams (0.9 and later).
+    #[serde(default)]
+    pub cache_salt: bool,
 }
 
 fn default_connect_ms() -> u64 {

@@ -74,6 +74,17 @@ pub struct ServerConfig {
     /// then end with an error event and `[DONE]`.
     #[serde(default = "default_shutdown_grace_seconds")]
     pub shutdown_grace_seconds: f64,
+    /// Keys the per-tenant salts of prefix caches (this process's, and `cache_salt` sent to
+    /// vLLM upstreams). Better given by the `ROSETTA_SECRET` environment variable, which
+    /// wins. Default: random at each start, so caches are not shared across restarts or
+    /// gateway replicas; give every replica the same secret to share them.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// `serve --engine-only`: the bearer token gateways must send (also
+    /// `ROSETTA_ENGINE_TOKEN`, which wins). Without one, an engine-only server listens on
+    /// loopback only.
+    #[serde(default)]
+    pub engine_token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +95,8 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             stream_stall_timeout: default_stream_stall_timeout(),
             shutdown_grace_seconds: default_shutdown_grace_seconds(),
+            secret: None,
+            engine_token: None,
         }
     }
 }

@@ -46,6 +46,7 @@ fn config(pool_tokens: usize, budget: usize, chunked: bool) -> NativeEngineConfi
         prefix_caching: true,
         max_context: CONTEXT,
         stall_timeout: std::time::Duration::from_secs(60),
+        prefix_salt_key: b"test".to_vec(),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod pool;
 pub mod ratelimit;
 pub mod registry;
 pub mod router;
+pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod tenant;

@@ -58,11 +58,19 @@ pub fn ensure_demo_model(cache_dir: &Path, spec: &DemoSpec) -> anyhow::Result<Pa
 }
 
 /// Loads one configured model and starts its engine.
-/// `stall_timeout`: how long a stream may go unread before its request is aborted.
+/// What every engine of this process shares, from the server's config.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// How long a stream may go unread before its request is aborted.
+    pub stall_timeout: std::time::Duration,
+    /// Keys tenants' prefix-cache salts.
+    pub prefix_salt_key: Vec<u8>,
+}
+
 pub fn load_model(
     cfg: &ModelConfig,
     cache_dir: &Path,
-    stall_timeout: std::time::Duration,
+    options: &EngineOptions,
 ) -> anyhow::Result<ServedModel> {
     let dir = match cfg.source() {
         Some(ModelSource::Path(p)) => p,
@@ -92,7 +100,8 @@ pub fn load_model(
         chunked_prefill: cfg.engine.chunked_prefill,
         prefix_caching: cfg.engine.prefix_caching,
         max_context,
-        stall_timeout,
+        stall_timeout: options.stall_timeout,
+        prefix_salt_key: options.prefix_salt_key.clone(),
     };
     let engine = match cfg.engine.device {
         EngineDevice::Cpu => {

@@ -13,9 +13,21 @@ use crate::pool::Pool;
 use crate::ratelimit::LimitClock;
 use crate::registry;
 use crate::router::Router;
+use crate::secrets::{self, SaltKey};
 use crate::state::{AppState, Services};
 
-pub async fn serve(config: Config, engine_only: bool) -> anyhow::Result<()> {
+pub async fn serve(mut config: Config, engine_only: bool) -> anyhow::Result<()> {
+    let engine_token = secrets::engine_token(&config.server);
+    if engine_only && engine_token.is_none() && !config.server.listen.ip().is_loopback() {
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], config.server.listen.port()));
+        tracing::warn!(
+            asked = %config.server.listen,
+            listening = %loopback,
+            "engine-only without an engine token (ROSETTA_ENGINE_TOKEN or server.engine_token): listening on loopback only"
+        );
+        config.server.listen = loopback;
+    }
+    let salt_key = SaltKey::from_config(&config.server);
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -41,6 +53,8 @@ pub async fn serve(config: Config, engine_only: bool) -> anyhow::Result<()> {
         engine_only,
         request_limits: config.request_limits.clone(),
         cors_origins: config.server.cors_origins.clone(),
+        salt_key: salt_key.clone(),
+        engine_token: engine_token.filter(|_| engine_only),
     };
     let state = AppState::new(
         config.models.clone(),
@@ -60,7 +74,10 @@ pub async fn serve(config: Config, engine_only: bool) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(registry::default_cache_dir);
     let loader_state = state.clone();
-    let stall = std::time::Duration::from_secs_f64(config.server.stream_stall_timeout);
+    let options = registry::EngineOptions {
+        stall_timeout: std::time::Duration::from_secs_f64(config.server.stream_stall_timeout),
+        prefix_salt_key: salt_key.bytes().to_vec(),
+    };
     // Remote-only models have nothing to load here.
     let models: Vec<_> = config
         .models
@@ -71,7 +88,7 @@ pub async fn serve(config: Config, engine_only: bool) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || {
         let loaded: anyhow::Result<Vec<_>> = models
             .iter()
-            .map(|m| registry::load_model(m, Path::new(&cache_dir), stall))
+            .map(|m| registry::load_model(m, Path::new(&cache_dir), &options))
             .collect();
         match loaded {
             Ok(models) => {

@@ -11,6 +11,7 @@ use crate::drain::Drain;
 use crate::pool::Pool;
 use crate::registry::ServedModel;
 use crate::router::Router;
+use crate::secrets::SaltKey;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -30,6 +31,10 @@ pub struct Services {
     pub request_limits: RequestLimits,
     /// Browser origins allowed by CORS; none by default.
     pub cors_origins: Vec<String>,
+    /// Keys tenants' prefix-cache salts.
+    pub salt_key: SaltKey,
+    /// Engine-only mode: the bearer token gateways must send.
+    pub engine_token: Option<String>,
 }
 
 struct Inner {
@@ -140,6 +145,14 @@ impl AppState {
 
     pub fn request_limits(&self) -> &RequestLimits {
         &self.inner.services.request_limits
+    }
+
+    pub fn salt_key(&self) -> &SaltKey {
+        &self.inner.services.salt_key
+    }
+
+    pub fn engine_token(&self) -> Option<&str> {
+        self.inner.services.engine_token.as_deref()
     }
 
     pub fn cors_origins(&self) -> &[String] {

@@ -75,7 +75,9 @@ async fn remote_replicas_share_load_and_survive_a_failure() {
         assert_eq!(body["model"], "m");
         assert_eq!(body["usage"]["completion_tokens"], 4);
     }
-    assert_eq!(replicas, BTreeSet::from([url_a.clone(), url_b.clone()]));
+    // Replicas are named by id, never by URL.
+    let (name_a, name_b) = ("m/remote-0".to_string(), "m/remote-1".to_string());
+    assert_eq!(replicas, BTreeSet::from([name_a.clone(), name_b.clone()]));
 
     // Streaming through a remote passes chunks on and keeps usage.
     let mut body = chat(5, true);
@@ -93,12 +95,12 @@ async fn remote_replicas_share_load_and_survive_a_failure() {
     let mut body = resp.bytes_stream();
     let first = body.next().await.unwrap().unwrap();
     assert!(first.starts_with(b"data: "));
-    let survivor = if serving == url_a {
+    let survivor = if serving == name_a {
         a.kill();
-        url_b.clone()
+        name_b.clone()
     } else {
         b.kill();
-        url_a.clone()
+        name_a.clone()
     };
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(30), async {

@@ -18,8 +18,15 @@ pub fn chain_hash(parent: BlockHash, tokens: &[u32]) -> BlockHash {
 
 /// The root of a hash chain: tenants with different salts never share cache entries.
 pub fn salt_hash(salt: Option<&str>) -> BlockHash {
+    keyed_salt_hash(&[], salt)
+}
+
+/// The root of a tenant's hash chain, keyed with a server secret: without the key nobody can
+/// compute another tenant's cache keys from its name.
+pub fn keyed_salt_hash(key: &[u8], salt: Option<&str>) -> BlockHash {
     let mut h = std::hash::DefaultHasher::new();
     "rosetta-kv-prefix".hash(&mut h);
+    key.hash(&mut h);
     salt.hash(&mut h);
     h.finish()
 }

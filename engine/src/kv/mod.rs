@@ -6,5 +6,7 @@ mod block_manager;
 mod pool;
 
 pub use attention::{paged_attention, AttentionSeq};
-pub use block_manager::{chain_hash, salt_hash, BlockHash, BlockManager, PrefixStats};
+pub use block_manager::{
+    chain_hash, keyed_salt_hash, salt_hash, BlockHash, BlockManager, PrefixStats,
+};
 pub use pool::{KvLayout, KvPool};

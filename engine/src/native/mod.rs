@@ -38,6 +38,8 @@ pub struct NativeEngineConfig {
     /// How long a request may stay paused because its reader is not reading before it is
     /// aborted and its blocks freed.
     pub stall_timeout: Duration,
+    /// Keys each tenant's prefix-cache salt (a server secret).
+    pub prefix_salt_key: Vec<u8>,
 }
 
 impl NativeEngineConfig {
@@ -52,6 +54,7 @@ impl NativeEngineConfig {
             prefix_caching: true,
             max_context,
             stall_timeout: Duration::from_secs(60),
+            prefix_salt_key: Vec::new(),
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::sequence::{Group, Sequence};
 use super::{NativeEngineConfig, Submission};
-use crate::kv::{salt_hash, BlockManager};
+use crate::kv::{keyed_salt_hash, BlockManager};
 use crate::model::{BlockCopy, ModelRunner, SeqChunk};
 use crate::text::ModelTokenizer;
 use crate::{EngineError, EngineLoad, GenerateEvent};
@@ -117,7 +117,7 @@ impl Worker {
         self.next_group += 1;
         let arrival = self.next_arrival;
         self.next_arrival += 1;
-        let salt = salt_hash(request.tenant.as_deref());
+        let salt = keyed_salt_hash(&self.config.prefix_salt_key, request.tenant.as_deref());
         self.waiting.push(Sequence::new(
             id,
             0,

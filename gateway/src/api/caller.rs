@@ -7,7 +7,9 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::error::ApiError;
 use crate::auth::Principal;
+use crate::secrets;
 use crate::state::AppState;
 
 /// Who is calling, and the request id for audit entries.
@@ -48,6 +50,14 @@ impl Caller {
 
 pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let authorization = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+    if let Some(token) = state.engine_token() {
+        if !secrets::bearer_matches(authorization, token) {
+            return ApiError::unauthorized(
+                "This engine serves only its gateways: send the engine token as a bearer token.",
+            )
+            .into_response();
+        }
+    }
     let principal = match state.access().authenticate(authorization) {
         Ok(p) => p,
         Err(e) => return e.into_response(),

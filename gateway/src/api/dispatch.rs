@@ -125,11 +125,26 @@ pub async fn dispatch(
                 ));
                 continue;
             }
+            if !replica.breaker.allow() {
+                // Half-open, and another request has the probe.
+                open += 1;
+                continue;
+            }
             let hold = replica.start();
             let outcome = match &replica.kind {
                 ReplicaKind::Local => run_local(state, caller, &call, model_id, hold).await,
                 ReplicaKind::Remote(remote) => {
-                    run_remote(state, caller, remote, &call, raw, model_id, hold).await
+                    run_remote(
+                        state,
+                        caller,
+                        &replica.name,
+                        remote,
+                        &call,
+                        raw,
+                        model_id,
+                        hold,
+                    )
+                    .await
                 }
             };
             match outcome {
@@ -152,6 +167,8 @@ pub async fn dispatch(
     }
     let names = candidates.join(", ");
     Err(match last_error {
+        // A misconfigured upstream stays a 502 (the operator's to fix), not a retryable 503.
+        Some(e) if full == 0 && e.status == axum::http::StatusCode::BAD_GATEWAY => e,
         // Every replica failed: say so, with the last reason.
         Some(e) if full == 0 => ApiError::unavailable(
             format!(
@@ -232,9 +249,11 @@ async fn run_local(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_remote(
     state: &AppState,
     caller: &Caller,
+    replica: &str,
     remote: &RemoteClient,
     call: &Call,
     raw: &Bytes,
@@ -255,6 +274,7 @@ async fn run_remote(
     let who = OnBehalf {
         tenant: caller.scheduling_tenant(),
         priority: caller.priority(),
+        cache_salt: state.salt_key().tenant_salt(caller.scheduling_tenant()),
     };
     // The body has been validated in full; only a remote replica needs it as a JSON tree.
     let body: Value = serde_json::from_slice(raw)
@@ -295,8 +315,13 @@ async fn run_remote(
             Ok(with_rate_headers(resp, rate))
         }
         Err(ForwardError::Unavailable(why)) => Err(Failure::Retry(ApiError::unavailable(
-            format!("replica {} is unavailable: {why}", remote.base_url()),
+            format!("replica {replica} is unavailable: {why}"),
             1,
+        ))),
+        // The gateway's own credentials or access were refused: the operator's fault, not
+        // the client's; another replica may be configured right.
+        Err(ForwardError::Unauthorized(status)) => Err(Failure::Retry(ApiError::bad_gateway(
+            format!("replica {replica} refused the gateway ({status}); check its api_key"),
         ))),
         Err(ForwardError::Refused(e)) => Err(Failure::Final(e)),
     }

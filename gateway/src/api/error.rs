@@ -120,6 +120,11 @@ impl ApiError {
         e
     }
 
+    /// 502: an upstream replica failed in a way only the operator can fix.
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "server_error", message).with_code("upstream_error")
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }

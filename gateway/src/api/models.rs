@@ -101,24 +101,35 @@ pub async fn get(
 
 /// GET /load: each model's engine load (running, waiting, KV blocks, preemptions, prefix-cache
 /// hits), for operators and benchmarks until the Prometheus endpoint exists.
-pub async fn load(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn load(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    // An engine with a token tells prefix-cache figures (which say something about other
+    // tenants' prompts) only to its gateways.
+    let detailed = state.engine_token().is_none_or(|token| {
+        let authorization = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        crate::secrets::bearer_matches(authorization, token)
+    });
     let mut models = serde_json::Map::new();
     for m in state.models()? {
         let l = m.engine.load();
-        models.insert(
-            m.id.clone(),
-            serde_json::json!({
-                "running": l.running,
-                "waiting": l.waiting,
-                "kv_blocks_used": l.kv_blocks_used,
-                "kv_blocks_total": l.kv_blocks_total,
-                "kv_block_size": l.kv_block_size,
-                "kv_slots_unused": l.kv_slots_unused,
-                "preemptions": l.preemptions,
-                "prefix_queried_tokens": l.prefix_queried_tokens,
-                "prefix_hit_tokens": l.prefix_hit_tokens,
-            }),
-        );
+        let mut entry = serde_json::json!({
+            "running": l.running,
+            "waiting": l.waiting,
+            "kv_blocks_used": l.kv_blocks_used,
+            "kv_blocks_total": l.kv_blocks_total,
+            "kv_block_size": l.kv_block_size,
+            "kv_slots_unused": l.kv_slots_unused,
+            "preemptions": l.preemptions,
+        });
+        if detailed {
+            entry["prefix_queried_tokens"] = l.prefix_queried_tokens.into();
+            entry["prefix_hit_tokens"] = l.prefix_hit_tokens.into();
+        }
+        models.insert(m.id.clone(), entry);
     }
     Ok(Json(serde_json::json!({ "models": models })))
 }

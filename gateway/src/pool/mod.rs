@@ -26,7 +26,8 @@ pub enum ReplicaKind {
 
 #[derive(Debug)]
 pub struct Replica {
-    /// `local`, or the remote's base URL; reported in `x-rosetta-replica`.
+    /// `local`, or `<model>/remote-<i>` (never a URL, which may carry credentials); reported
+    /// in `x-rosetta-replica` and in error messages.
     pub name: String,
     pub model: String,
     pub kind: ReplicaKind,
@@ -105,10 +106,10 @@ impl Pool {
                 }));
             }
             if !engine_only {
-                for r in &m.remote {
+                for (i, r) in m.remote.iter().enumerate() {
                     let client = RemoteClient::new(r, &m.id)?;
                     replicas.push(Arc::new(Replica {
-                        name: client.base_url().to_string(),
+                        name: format!("{}/remote-{i}", m.id),
                         model: m.id.clone(),
                         kind: ReplicaKind::Remote(client),
                         breaker: breaker(),
@@ -184,7 +185,8 @@ impl Pool {
                 skipped.queue_full += 1;
                 continue;
             }
-            if !r.breaker.allow() {
+            // Only looked at here: the half-open probe is taken by the replica actually tried.
+            if r.breaker.state() == breaker::BreakerState::Open {
                 skipped.circuit_open += 1;
                 continue;
             }

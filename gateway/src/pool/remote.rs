@@ -33,6 +33,7 @@ pub struct RemoteClient {
     first_token: Duration,
     request: Duration,
     forward_fields: Vec<String>,
+    cache_salt: bool,
     http: reqwest::Client,
 }
 
@@ -81,6 +82,8 @@ pub enum ForwardError {
     Unavailable(String),
     /// The upstream refused the request itself (a 4xx): the client's answer.
     Refused(ApiError),
+    /// The upstream refused the gateway (401, 403): its configuration is wrong.
+    Unauthorized(u16),
 }
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
@@ -98,6 +101,8 @@ pub enum Forwarded {
 pub struct OnBehalf<'a> {
     pub tenant: &'a str,
     pub priority: u8,
+    /// The tenant's keyed salt, for upstreams configured with `cache_salt`.
+    pub cache_salt: String,
 }
 
 impl RemoteClient {
@@ -124,6 +129,7 @@ impl RemoteClient {
             first_token: Duration::from_millis(config.first_token_timeout_ms),
             request: Duration::from_millis(config.request_timeout_ms),
             forward_fields: config.forward_fields.clone(),
+            cache_salt: config.cache_salt,
             http,
         })
     }
@@ -151,7 +157,10 @@ impl RemoteClient {
     pub async fn refresh_load(&self) {
         let Some(path) = &self.load_path else { return };
         let url = format!("{}{path}", self.base);
-        let req = self.http.get(url).timeout(Duration::from_secs(5));
+        let mut req = self.http.get(url).timeout(Duration::from_secs(5));
+        if let Some(key) = &self.api_key {
+            req = req.bearer_auth(key);
+        }
         let text = match req.send().await {
             Ok(r) if r.status().is_success() => r.text().await.ok(),
             _ => None,
@@ -182,7 +191,10 @@ impl RemoteClient {
         body: &Value,
         who: &OnBehalf<'_>,
     ) -> Result<Forwarded, ForwardError> {
-        let body = self.upstream_body(body);
+        let mut body = self.upstream_body(body);
+        if self.cache_salt {
+            body["cache_salt"] = Value::String(who.cache_salt.clone());
+        }
         let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
         let mut req = self
             .http
@@ -201,12 +213,16 @@ impl RemoteClient {
                     "no response within the first-token timeout".into(),
                 ))
             }
-            Ok(Err(e)) => return Err(unavailable(format!("request failed: {e}"))),
+            // Without the URL: it may carry credentials, and errors reach clients.
+            Ok(Err(e)) => return Err(unavailable(format!("request failed: {}", e.without_url()))),
             Ok(Ok(r)) => r,
         };
         let status = resp.status();
         if status.is_server_error() || status.as_u16() == 429 {
             return Err(unavailable(format!("upstream answered {status}")));
+        }
+        if matches!(status.as_u16(), 401 | 403 | 407) {
+            return Err(ForwardError::Unauthorized(status.as_u16()));
         }
         if !status.is_success() {
             let body: Value = resp.json().await.unwrap_or(Value::Null);
@@ -216,7 +232,10 @@ impl RemoteClient {
             let read = tokio::time::timeout(self.request, resp.json::<Value>());
             return match read.await {
                 Ok(Ok(v)) => Ok(Forwarded::Json(v)),
-                Ok(Err(e)) => Err(unavailable(format!("unreadable answer: {e}"))),
+                Ok(Err(e)) => Err(unavailable(format!(
+                    "unreadable answer: {}",
+                    e.without_url()
+                ))),
                 Err(_) => Err(unavailable("the answer did not arrive in time".into())),
             };
         }
@@ -232,10 +251,12 @@ impl RemoteClient {
                     "the stream ended before its first chunk".into(),
                 ))
             }
-            Ok(Some(Err(e))) => return Err(unavailable(format!("stream failed: {e}"))),
+            Ok(Some(Err(e))) => {
+                return Err(unavailable(format!("stream failed: {}", e.without_url())))
+            }
             Ok(Some(Ok(b))) => b,
         };
-        let rest = chunks.map(|r| r.map_err(|e| e.to_string()));
+        let rest = chunks.map(|r| r.map_err(|e| e.without_url().to_string()));
         Ok(Forwarded::Stream(first, Box::pin(rest)))
     }
 }

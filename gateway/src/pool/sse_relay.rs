@@ -9,9 +9,14 @@ use serde_json::Value;
 use super::remote::ByteStream;
 use crate::api::error::ApiError;
 
+/// Longest event accepted from an upstream; one that never ends is cut off here.
+const MAX_EVENT_BYTES: usize = 1 << 20;
+
 struct Relay {
     upstream: Option<ByteStream>,
     buffer: Vec<u8>,
+    /// Bytes of `buffer` already searched for an event's end (so each byte is scanned once).
+    scanned: usize,
     model: String,
     done: bool,
     on_event: Box<dyn FnMut(&Value) + Send>,
@@ -47,13 +52,28 @@ impl Relay {
         Some(Bytes::from(format!("data: {out}\n\n")))
     }
 
-    /// Complete events in the buffer.
+    /// Complete events in the buffer; the buffer keeps only the unfinished one.
     fn drain(&mut self) -> Vec<Bytes> {
         let mut out = Vec::new();
-        while let Some((event, sep)) = find_event_end(&self.buffer) {
-            let raw: Vec<u8> = self.buffer.drain(..event + sep).take(event).collect();
-            out.extend(self.event(&raw));
+        let mut consumed = 0;
+        loop {
+            let from = self.scanned.max(consumed);
+            match find_event_end(&self.buffer[from..]) {
+                Some((len, sep)) => {
+                    let raw = self.buffer[consumed..from + len].to_vec();
+                    out.extend(self.event(&raw));
+                    consumed = from + len + sep;
+                    self.scanned = consumed;
+                }
+                None => {
+                    // A terminator may straddle the next chunk: rescan its last 3 bytes.
+                    self.scanned = self.buffer.len().saturating_sub(3).max(consumed);
+                    break;
+                }
+            }
         }
+        self.buffer.drain(..consumed);
+        self.scanned -= consumed;
         out
     }
 }
@@ -90,11 +110,18 @@ pub fn relay(
     let mut relay = Relay {
         upstream: Some(rest),
         buffer: first.to_vec(),
+        scanned: 0,
         model,
         done: false,
         on_event: Box::new(on_event),
     };
-    let ready = relay.drain();
+    let mut ready = relay.drain();
+    if relay.buffer.len() > MAX_EVENT_BYTES {
+        relay.upstream = None;
+        ready.extend(error_event(
+            "The replica serving this stream sent an event too long to relay; the answer is incomplete.",
+        ));
+    }
     let head = stream::iter(ready);
     let tail = stream::unfold(relay, |mut r| async move {
         loop {
@@ -102,9 +129,15 @@ pub fn relay(
             match upstream.next().await {
                 Some(Ok(bytes)) => {
                     r.buffer.extend_from_slice(&bytes);
-                    let events = r.drain();
+                    let mut events = r.drain();
                     if r.done {
                         r.upstream = None;
+                    } else if r.buffer.len() > MAX_EVENT_BYTES {
+                        r.upstream = None;
+                        tracing::warn!(bytes = r.buffer.len(), "an upstream event never ended; stream cut off");
+                        events.extend(error_event(
+                            "The replica serving this stream sent an event too long to relay; the answer is incomplete.",
+                        ));
                     }
                     if !events.is_empty() {
                         return Some((events, r));
@@ -193,5 +226,30 @@ mod tests {
             );
             assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn byte_by_byte_chunks_relay_the_same_events() {
+        let whole =
+            "data: {\"model\":\"a\",\"x\":1}\r\n\r\ndata: {\"model\":\"b\"}\n\ndata: [DONE]\n\n";
+        let bytes: Vec<Result<&'static str, String>> =
+            (1..whole.len()).map(|i| Ok(&whole[i..i + 1])).collect();
+        let (text, _) = collect(&whole[..1], bytes).await;
+        assert_eq!(
+            text,
+            "data: {\"model\":\"ours\",\"x\":1}\n\ndata: {\"model\":\"ours\"}\n\ndata: [DONE]\n\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_event_that_never_ends_is_cut_off() {
+        static CHUNK: [u8; 65536] = [b'x'; 65536];
+        let chunk = std::str::from_utf8(&CHUNK).unwrap();
+        // 64 MiB offered without a single newline: the relay stops reading after ~1 MiB.
+        let rest: Vec<Result<&'static str, String>> = (0..1024).map(|_| Ok(chunk)).collect();
+        let (text, _) = collect("data: ", rest).await;
+        assert!(text.starts_with("data: {\"error\""), "{:.200}", text);
+        assert!(text.contains("too long"), "{:.200}", text);
+        assert!(text.ends_with("data: [DONE]\n\n"));
     }
 }

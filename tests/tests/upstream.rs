@@ -1,0 +1,208 @@
+//! A gateway in front of remote replicas, over real HTTP: an engine-only process guarded by
+//! its engine token (the gateway without it gets 502 naming the replica by id, never its
+//! URL), the same 400 for a bad request whether the model is served here or remotely, and
+//! what reaches an upstream (validated fields, configured extensions, a per-tenant
+//! `cache_salt`), observed by a fake upstream that records request bodies.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use rosetta_tests::*;
+
+const ENGINE: &str = r#"
+server: { listen: 127.0.0.1:0, engine_token: "t0ken-for-gateways" }
+cache_dir: "{cache}"
+auth: { allow_unauthenticated: true }
+models:
+  - { id: m, demo: { arch: qwen2, size: tiny, seed: 1 }, licence: apache-2.0, engine: { kv_cache_bytes: 8388608 } }
+"#;
+
+fn gateway(url: &str, api_key: Option<&str>) -> String {
+    let key = api_key.map_or(String::new(), |k| format!(", api_key: \"{k}\""));
+    format!(
+        "server: {{ listen: 127.0.0.1:0 }}\ncache_dir: \"{{cache}}\"\nauth: {{ allow_unauthenticated: true }}\n\
+         pool: {{ health_interval_ms: 300 }}\nmodels:\n  - {{ id: m, licence: apache-2.0, remote: [{{ url: \"{url}\"{key}, load_path: /load }}] }}\n  \
+         - {{ id: here, demo: {{ arch: qwen2, size: tiny, seed: 1 }}, licence: apache-2.0, engine: {{ kv_cache_bytes: 8388608 }} }}\n"
+    )
+}
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "Jambo"}], "max_tokens": 3})
+}
+
+#[tokio::test]
+async fn an_engine_token_guards_the_engine_and_a_wrong_key_is_a_502_naming_no_url() {
+    let engine = Server::start_with_args(ENGINE, &["--listen", "127.0.0.1:0", "--engine-only"]);
+    let url = engine.base_url().to_string();
+    // The engine refuses callers without its token, and keeps prefix-cache figures to them.
+    engine
+        .post("/v1/chat/completions", &chat("m"))
+        .await
+        .assert_error(401, None, None);
+    let load = engine.get("/load").await.ok();
+    assert!(
+        load["models"]["m"].get("prefix_hit_tokens").is_none(),
+        "{load}"
+    );
+    let load = engine.get_as("t0ken-for-gateways", "/load").await.ok();
+    assert!(
+        load["models"]["m"].get("prefix_hit_tokens").is_some(),
+        "{load}"
+    );
+
+    // A gateway without the token: the operator's mistake, a 502 naming the replica's id.
+    let g = Server::start(&gateway(&url, None));
+    let r = g.post("/v1/chat/completions", &chat("m")).await;
+    r.assert_error(502, Some("server_error"), Some("upstream_error"));
+    assert!(r.text.contains("m/remote-0"), "{}", r.text);
+    let port = url.rsplit(':').next().unwrap();
+    assert!(!r.text.contains(port), "the body names the URL: {}", r.text);
+    for (name, value) in &r.headers {
+        assert!(
+            !value.to_str().unwrap_or("").contains(port),
+            "{name} names the URL"
+        );
+    }
+    drop(g);
+
+    // With the token it serves.
+    let g = Server::start(&gateway(&url, Some("t0ken-for-gateways")));
+    let r = g.post("/v1/chat/completions", &chat("m")).await;
+    assert_eq!(r.header("x-rosetta-replica"), Some("m/remote-0"));
+    r.ok();
+}
+
+#[tokio::test]
+async fn a_bad_request_gets_the_same_400_from_a_local_and_a_remote_model() {
+    let engine = Server::start_with_args(ENGINE, &["--listen", "127.0.0.1:0", "--engine-only"]);
+    let g = Server::start(&gateway(engine.base_url(), Some("t0ken-for-gateways")));
+    let bad: Vec<Value> = vec![
+        json!({"temperature": 5}),
+        json!({"n": 0}),
+        json!({"messages": []}),
+        json!({"messages": [{"role": "wizard", "content": "x"}]}),
+        json!({"logit_bias": {"5": 1, "005": 2}}),
+        json!({"stop": ["a", "b", "c", "d", "e"]}),
+        json!({"max_tokens": 0}),
+        json!({"stream_options": {"include_usage": true}}),
+        json!({"top_logprobs": 3}),
+        json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
+    ];
+    for extra in bad {
+        let mut local = chat("here");
+        let mut remote = chat("m");
+        for (k, v) in extra.as_object().unwrap() {
+            local[k] = v.clone();
+            remote[k] = v.clone();
+        }
+        let a = g.post("/v1/chat/completions", &local).await;
+        let b = g.post("/v1/chat/completions", &remote).await;
+        a.assert_invalid();
+        assert_eq!(a.text, b.text, "{extra}: local and remote differ");
+        assert_eq!(a.status, b.status);
+    }
+}
+
+#[test]
+fn an_engine_only_server_without_a_token_listens_on_loopback_only() {
+    let config = ENGINE.replace(", engine_token: \"t0ken-for-gateways\"", "");
+    let s = Server::start_with_args(&config, &["--listen", "0.0.0.0:0", "--engine-only"]);
+    assert!(s.base_url().starts_with("http://127.0.0.1:"));
+    assert!(s.logs().contains("loopback only"), "{}", s.logs());
+}
+
+/// A fake OpenAI-compatible upstream (for tests about the gateway): answers every chat
+/// request with a fixed completion and records the bodies it received.
+fn fake_upstream() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let seen = bodies.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut length = 0;
+                    loop {
+                        let mut line = String::new();
+                        reader.read_line(&mut line).unwrap();
+                        if line.trim().is_empty() {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    let answer = if request_line.starts_with("POST") {
+                        seen.lock()
+                            .unwrap()
+                            .push(serde_json::from_slice(&body).unwrap());
+                        json!({"id": "x", "object": "chat.completion", "created": 1, "model": "up",
+                            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                            "finish_reason": "stop"}],
+                            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+                    } else {
+                        json!({})
+                    };
+                    let answer = answer.to_string();
+                    write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    )
+                    .unwrap();
+                }
+            });
+        }
+    });
+    (url, bodies)
+}
+
+#[tokio::test]
+async fn an_upstream_gets_validated_fields_listed_extensions_and_a_tenant_salt() {
+    let (url, bodies) = fake_upstream();
+    let config = format!(
+        "server: {{ listen: 127.0.0.1:0, secret: \"s\" }}\nauth: {{ allow_unauthenticated: true }}\n\
+         tenants:\n  - {{ id: a, keys: [{{ hash: \"A_HASH\" }}] }}\n  - {{ id: b, keys: [{{ hash: \"B_HASH\" }}] }}\n\
+         models:\n  - {{ id: m, licence: apache-2.0, remote: [{{ url: \"{url}\", cache_salt: true, forward_fields: [chat_template_kwargs] }}] }}\n"
+    );
+    let (config, [key_a, key_b]) = with_new_keys(&config, ["A_HASH", "B_HASH"]);
+    let g = Server::start(&config);
+    let mut body = chat("m");
+    body["priority"] = json!(-100);
+    body["cache_salt"] = json!("chosen-by-the-client");
+    body["chat_template"] = json!("{{ secrets }}");
+    body["guided_json"] = json!({"type": "object"});
+    body["chat_template_kwargs"] = json!({"enable_thinking": false});
+    g.post_as(&key_a, "/v1/chat/completions", &body).await.ok();
+    g.post_as(&key_b, "/v1/chat/completions", &body).await.ok();
+    let seen = bodies.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for b in &seen {
+        for dropped in ["priority", "chat_template", "guided_json"] {
+            assert!(
+                b.get(dropped).is_none(),
+                "{dropped} reached the upstream: {b}"
+            );
+        }
+        assert_eq!(b["chat_template_kwargs"], json!({"enable_thinking": false}));
+        assert_eq!(b["max_tokens"], 3);
+        let salt = b["cache_salt"].as_str().unwrap();
+        assert_eq!(salt.len(), 32, "{b}");
+        assert_ne!(salt, "chosen-by-the-client");
+    }
+    assert_ne!(
+        seen[0]["cache_salt"], seen[1]["cache_salt"],
+        "tenants share a salt"
+    );
+}
