@@ -2,7 +2,10 @@
 //! tenant may use the model (audited), and admit the request within the tenant's limits.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// How often an allowed listing of one model to one tenant is audited again.
+pub const LIST_AUDIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
 
 use anyhow::Context;
 use rosetta_config::Config;
@@ -18,6 +21,8 @@ pub struct Access {
     pub auth: Authenticator,
     pub policy: PolicyEngine,
     audit: AuditLog,
+    /// When each (tenant, model, action) allowance of a model listing was last audited.
+    listed: Mutex<HashMap<(String, String, &'static str), std::time::Instant>>,
     /// Engine-only mode: every request is allowed, unlimited and unaudited (the gateway in
     /// front has decided).
     open: bool,
@@ -57,6 +62,7 @@ impl Access {
             auth,
             policy,
             audit,
+            listed: Mutex::default(),
             open: false,
         })
     }
@@ -91,6 +97,40 @@ impl Access {
         action: Action,
         request_id: Option<&str>,
     ) -> Decision {
+        self.decide_audited(who, model, action, request_id, true)
+    }
+
+    /// `decide` for listing models (`/v1/models`, which decides for every model on every
+    /// call): a denial is always audited, an allowance once per tenant, model and action
+    /// per [`LIST_AUDIT_INTERVAL`].
+    pub fn decide_for_listing(
+        &self,
+        who: &Principal,
+        model: &str,
+        action: Action,
+        request_id: Option<&str>,
+    ) -> Decision {
+        let key = (who.tenant.id.clone(), model.to_string(), action.name());
+        let now = std::time::Instant::now();
+        let mut seen = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+        let due = seen
+            .get(&key)
+            .is_none_or(|&at| now.duration_since(at) >= LIST_AUDIT_INTERVAL);
+        let decision = self.decide_audited(who, model, action, request_id, due);
+        if due && decision.allowed {
+            seen.insert(key, now);
+        }
+        decision
+    }
+
+    fn decide_audited(
+        &self,
+        who: &Principal,
+        model: &str,
+        action: Action,
+        request_id: Option<&str>,
+        audit_allowed: bool,
+    ) -> Decision {
         if self.open {
             return Decision {
                 allowed: true,
@@ -104,6 +144,9 @@ impl Access {
             .model(model)
             .map(|m| m.licence_id.as_str())
             .unwrap_or("");
+        if decision.allowed && !audit_allowed {
+            return decision;
+        }
         self.audit.record(&AuditEntry {
             ts: audit::timestamp(),
             request_id,
@@ -147,13 +190,12 @@ impl Access {
         )))
     }
 
-    /// Admits a request that may use up to `tokens` tokens within the tenant's limits.
-    /// 429 before any prompt work when the tenant's limits would refuse the request anyway.
     /// Writes out the audit log (at shutdown).
     pub fn close_audit(&self) {
         self.audit.close();
     }
 
+    /// 429 before any prompt work when the tenant's limits would refuse the request anyway.
     pub fn precheck(&self, who: &Principal, model: &str) -> Result<(), ApiError> {
         let limiter = &who.tenant.limiter;
         if self.open || limiter.is_unlimited() {
@@ -164,6 +206,7 @@ impl Access {
             .map_err(|r| rejection_error(&who.tenant.id, r))
     }
 
+    /// Admits a request that may use up to `tokens` tokens within the tenant's limits.
     pub fn admit(&self, who: &Principal, model: &str, tokens: u64) -> Result<Admission, ApiError> {
         let limiter = &who.tenant.limiter;
         if self.open || limiter.is_unlimited() {

@@ -324,3 +324,82 @@ fn config_check_validates_policies_against_the_schema() {
         "{out:?}"
     );
 }
+
+#[tokio::test]
+async fn a_forbid_that_fails_to_evaluate_denies() {
+    let dir = tempfile::Builder::new()
+        .prefix("rosetta-e2e-")
+        .tempdir()
+        .unwrap();
+    // Overflows for a tenant with 200 million users: Cedar skips an erroring policy, which
+    // for a forbid would mean allowing what it forbids.
+    std::fs::write(
+        dir.path().join("overflow.cedar"),
+        "@reason(\"no giants\")\nforbid (principal, action, resource)\n  when { principal has monthly_active_users && principal.monthly_active_users * 100000000000 > 0 };\n",
+    )
+    .unwrap();
+    let config = CONFIG.replace("audit:", "policies: { files: [overflow.cedar] }\naudit:");
+    let (config, [acme, lab, _]) = with_new_keys(&config, ["ACME_HASH", "LAB_HASH", "NARROW_HASH"]);
+    let cwd = dir.path().to_path_buf();
+    let s = Server::start_in(dir, &config, &cwd);
+    let r = s
+        .post_as(&acme, "/v1/chat/completions", &chat_body("open"))
+        .await;
+    r.assert_error(403, None, Some("model_access_denied"));
+    assert!(r.text.contains("could not be evaluated"), "{}", r.text);
+    assert!(r.text.contains("overflow"), "{}", r.text);
+    // A tenant for whom the policy evaluates (no user count) is not affected.
+    s.post_as(&lab, "/v1/chat/completions", &chat_body("open"))
+        .await
+        .ok();
+    // The denial and its reason are in the audit log.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let audit = std::fs::read_to_string(s.dir().join("audit.jsonl")).unwrap_or_default();
+        let denied = audit.lines().any(|l| {
+            l.contains("\"tenant\":\"acme\"")
+                && l.contains("\"decision\":\"deny\"")
+                && l.contains("could not be evaluated")
+        });
+        if denied {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit entry: {audit}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn model_listings_audit_allowances_once_and_denials_always() {
+    let (s, keys) = start();
+    for _ in 0..3 {
+        s.get_as(&keys.narrow, "/v1/models").await.ok();
+    }
+    let count = |audit: &str, model: &str, action: &str, decision: &str| {
+        audit
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| {
+                e["tenant"] == "narrow"
+                    && e["model"] == model
+                    && e["action"] == action
+                    && e["decision"] == decision
+            })
+            .count()
+    };
+    // `narrow` may use only `open` and `llama`: `aya` is denied on every call.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let audit = loop {
+        let audit = std::fs::read_to_string(s.dir().join("audit.jsonl")).unwrap_or_default();
+        if count(&audit, "aya", "list", "deny") + count(&audit, "aya", "invoke", "deny") >= 3 {
+            break audit;
+        }
+        assert!(std::time::Instant::now() < deadline, "{audit}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(count(&audit, "open", "list", "allow"), 1, "{audit}");
+    assert_eq!(count(&audit, "open", "invoke", "allow"), 1, "{audit}");
+}

@@ -48,10 +48,10 @@ fn visible(state: &AppState, caller: &Caller, model: &str) -> bool {
     let access = state.access();
     let who = &caller.principal;
     access
-        .decide(who, model, Action::List, caller.request_id())
+        .decide_for_listing(who, model, Action::List, caller.request_id())
         .allowed
         && access
-            .decide(who, model, Action::Invoke, caller.request_id())
+            .decide_for_listing(who, model, Action::Invoke, caller.request_id())
             .allowed
 }
 

@@ -278,9 +278,33 @@ impl PolicyEngine {
         let response = self
             .authorizer
             .is_authorized(&request, &self.policies, &self.entities);
+        // Cedar skips a policy that errors. A skipped permit only fails to allow; a skipped
+        // forbid would allow what it exists to forbid, so an erroring forbid denies.
+        let mut failed_forbids: Vec<(String, String)> = Vec::new();
         for e in response.diagnostics().errors() {
-            // An erroring policy is skipped by Cedar; the operator must hear of it.
             tracing::warn!(error = %e, tenant, model, "a policy failed to evaluate");
+            let cedar_policy::AuthorizationError::PolicyEvaluationError(err) = e;
+            let id = err.policy_id();
+            if self
+                .policies
+                .policy(id)
+                .is_some_and(|p| p.effect() == cedar_policy::Effect::Forbid)
+            {
+                failed_forbids.push((id.to_string(), err.inner().to_string()));
+            }
+        }
+        if !failed_forbids.is_empty() {
+            failed_forbids.sort();
+            return Decision {
+                allowed: false,
+                policies: failed_forbids.iter().map(|(id, _)| id.clone()).collect(),
+                reasons: failed_forbids
+                    .iter()
+                    .map(|(id, error)| {
+                        format!("policy `{id}` could not be evaluated ({error}), so it denies")
+                    })
+                    .collect(),
+            };
         }
         let mut policies: Vec<String> = response
             .diagnostics()
