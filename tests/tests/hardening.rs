@@ -70,6 +70,11 @@ async fn every_size_limit_is_a_400_naming_its_param() {
     let cases: Vec<(&str, &str, Value)> = vec![
         ("n over 128", "n", chat(json!({"n": 129}))),
         (
+            "max_tokens 2^63-1 with n 2 (OpenAI's context_length_exceeded)",
+            "messages",
+            chat(json!({"n": 2, "max_tokens": i64::MAX})),
+        ),
+        (
             "stop_token_ids over 256",
             "stop_token_ids",
             chat(json!({"stop_token_ids": ids(257)})),

@@ -113,8 +113,9 @@ fn an_engine_only_server_without_a_token_listens_on_loopback_only() {
 }
 
 /// A fake OpenAI-compatible upstream (for tests about the gateway): answers every chat
-/// request with a fixed completion and records the bodies it received.
-fn fake_upstream() -> (String, Arc<Mutex<Vec<Value>>>) {
+/// request with a fixed completion reporting `total_tokens` used, and records the bodies it
+/// received.
+fn fake_upstream(total_tokens: u64) -> (String, Arc<Mutex<Vec<Value>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -150,7 +151,8 @@ fn fake_upstream() -> (String, Arc<Mutex<Vec<Value>>>) {
                         json!({"id": "x", "object": "chat.completion", "created": 1, "model": "up",
                             "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
                             "finish_reason": "stop"}],
-                            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+                            "usage": {"prompt_tokens": total_tokens - 1, "completion_tokens": 1,
+                                "total_tokens": total_tokens}})
                     } else {
                         json!({})
                     };
@@ -170,7 +172,7 @@ fn fake_upstream() -> (String, Arc<Mutex<Vec<Value>>>) {
 
 #[tokio::test]
 async fn an_upstream_gets_validated_fields_listed_extensions_and_a_tenant_salt() {
-    let (url, bodies) = fake_upstream();
+    let (url, bodies) = fake_upstream(4);
     let config = format!(
         "server: {{ listen: 127.0.0.1:0, secret: \"s\" }}\nauth: {{ allow_unauthenticated: true }}\n\
          tenants:\n  - {{ id: a, keys: [{{ hash: \"A_HASH\" }}] }}\n  - {{ id: b, keys: [{{ hash: \"B_HASH\" }}] }}\n\
@@ -204,5 +206,35 @@ async fn an_upstream_gets_validated_fields_listed_extensions_and_a_tenant_salt()
     assert_ne!(
         seen[0]["cache_salt"], seen[1]["cache_salt"],
         "tenants share a salt"
+    );
+}
+
+#[tokio::test]
+async fn upstream_usage_beyond_the_reservation_is_charged_as_debt() {
+    // The upstream reports 1,500 tokens for a request the gateway reserved ~30 for.
+    let (url, _) = fake_upstream(1500);
+    let config = format!(
+        "server: {{ listen: 127.0.0.1:0 }}\nauth: {{ allow_unauthenticated: true }}\n\
+         tenants:\n  - {{ id: a, keys: [{{ hash: \"A_HASH\" }}], limits: {{ tokens_per_minute: 1200 }} }}\n\
+         models:\n  - {{ id: m, licence: apache-2.0, remote: [{{ url: \"{url}\" }}] }}\n"
+    );
+    let (config, [key]) = with_new_keys(&config, ["A_HASH"]);
+    let g = Server::start(&config);
+    g.post_as(&key, "/v1/chat/completions", &chat("m"))
+        .await
+        .ok();
+    // 300 tokens of debt: nothing is left, and the next request waits for the refill.
+    let r = g.post_as(&key, "/v1/chat/completions", &chat("m")).await;
+    r.assert_error(429, Some("tokens"), Some("rate_limit_exceeded"));
+    assert_eq!(
+        r.header_u64("x-ratelimit-remaining-tokens"),
+        Some(0),
+        "{:?}",
+        r.headers
+    );
+    let wait = r.header_u64("retry-after").unwrap();
+    assert!(
+        wait >= 10,
+        "a debt of ~300 at 20 tokens/s: retry-after {wait}"
     );
 }

@@ -225,6 +225,12 @@ fn rename_max_tokens(e: ApiError, param_name: &str) -> ApiError {
 }
 
 impl ChatCall {
+    /// The rendered prompt's length in `model`'s tokens.
+    pub fn prompt_tokens(&self, model: &ServedModel) -> Option<u64> {
+        let prompt = chat_prompt(model, &self.messages, self.add_generation_prompt).ok()?;
+        Some(prompt.len() as u64)
+    }
+
     /// The most tokens it may take: a reservation for a replica whose tokenizer is elsewhere.
     pub fn max_completion_tokens(&self) -> u64 {
         let max = self.sampling.max_tokens.unwrap_or(1024) as u64;

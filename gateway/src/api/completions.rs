@@ -140,6 +140,17 @@ pub struct CompletionCall {
 }
 
 impl CompletionCall {
+    /// The prompts' length in `model`'s tokens.
+    pub fn prompt_tokens(&self, model: &ServedModel) -> Option<u64> {
+        match &self.prompts {
+            Prompts::Texts(texts) => texts.iter().try_fold(0u64, |sum, t| {
+                let n = model.tokenizer.encode(t, true).ok()?.len() as u64;
+                Some(sum.saturating_add(n))
+            }),
+            Prompts::Tokens(ids) => Some(ids.iter().map(|p| p.len() as u64).sum()),
+        }
+    }
+
     /// The most tokens it may take: a reservation for a replica whose tokenizer is elsewhere.
     pub fn max_completion_tokens(&self) -> u64 {
         let max = self.sampling.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS) as u64;

@@ -17,6 +17,7 @@ use super::sse;
 use crate::language::{self, iso, Language};
 use crate::pool::remote::{ForwardError, Forwarded, OnBehalf, RemoteClient};
 use crate::pool::{sse_relay, InFlight, Replica, ReplicaKind};
+use crate::registry::ServedModel;
 use crate::router::Target;
 use crate::state::AppState;
 
@@ -45,6 +46,14 @@ impl Call {
         match self {
             Call::Chat(r) => r.stated_language.as_deref(),
             Call::Completion(r) => r.stated_language.as_deref(),
+        }
+    }
+
+    /// Its prompt tokens by `model`'s tokenizer (None if it cannot be rendered there).
+    fn prompt_tokens(&self, model: &ServedModel) -> Option<u64> {
+        match self {
+            Call::Chat(r) => r.prompt_tokens(model),
+            Call::Completion(r) => r.prompt_tokens(model),
         }
     }
 
@@ -260,8 +269,16 @@ async fn run_remote(
     model_id: &str,
     hold: InFlight,
 ) -> Result<Response, Failure> {
-    // Without the upstream's tokenizer, count about a token per 3 bytes of the body.
-    let prompt_estimate = raw.len() as u64 / 3;
+    // The prompt's tokens by the model's own tokenizer where this process has the model;
+    // else about a token per 3 bytes of the body. Usage settles the difference either way.
+    state
+        .access()
+        .precheck(&caller.principal, model_id)
+        .map_err(Failure::Final)?;
+    let prompt_estimate = state
+        .loaded_model(model_id)
+        .and_then(|m| call.prompt_tokens(&m))
+        .unwrap_or(raw.len() as u64 / 3);
     let admission = state
         .access()
         .admit(

@@ -391,13 +391,19 @@ impl Admission {
 }
 
 impl Drop for Admission {
+    /// Settles in both directions: gives back what was reserved and not used, and charges
+    /// (as debt) what was used beyond the reservation (an upstream's usage can exceed the
+    /// gateway's estimate).
     fn drop(&mut self) {
-        let unused = self
-            .reserved
-            .saturating_sub(self.used.load(Ordering::Relaxed));
-        if unused > 0 {
-            for b in &self.buckets {
+        let used = self.used.load(Ordering::Relaxed);
+        let unused = self.reserved.saturating_sub(used);
+        let over = used.saturating_sub(self.reserved);
+        for b in &self.buckets {
+            if unused > 0 {
                 b.give_back(unused);
+            }
+            if over > 0 {
+                b.charge(over);
             }
         }
     }

@@ -87,6 +87,14 @@ impl TokenBucket {
         level.tokens = (level.tokens + n as f64).min(self.limit as f64);
     }
 
+    /// Charges `n` tokens used beyond a reservation, whether or not they are there: the
+    /// bucket may go into debt (at most one minute's worth), delaying the next request.
+    pub fn charge(&self, n: u64) {
+        let mut level = self.lock();
+        self.refill(&mut level);
+        level.tokens = (level.tokens - n as f64).max(-(self.limit as f64));
+    }
+
     /// Whole tokens available now, and the time until the bucket is full again.
     pub fn remaining(&self) -> (u64, Duration) {
         let mut level = self.lock();
@@ -119,5 +127,22 @@ mod tests {
         b.give_back(1000);
         assert_eq!(b.remaining(), (600, Duration::ZERO));
         assert_eq!(b.take(601), Err(Shortfall::TooLarge));
+    }
+
+    #[test]
+    fn usage_beyond_the_reservation_is_debt() {
+        let clock = LimitClock::manual();
+        let b = TokenBucket::new(600, clock.clone());
+        b.take(600).unwrap();
+        b.charge(300);
+        assert_eq!(b.remaining().0, 0);
+        // 300 owed: 40 s until a 100-token request fits (10 tokens a second).
+        assert_eq!(b.take(100), Err(Shortfall::Wait(Duration::from_secs(40))));
+        // Debt is capped at one minute's worth.
+        b.charge(u64::MAX);
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(b.remaining().0, 0);
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(b.remaining().0, 600);
     }
 }
