@@ -261,3 +261,49 @@ fn over_long_requests_are_refused_up_front() {
     );
     assert!(engine.submit(greedy(Vec::new(), 4)).is_err());
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+    /// Any token ids, in any order (including ones that never make whole characters): the
+    /// detokenizer never panics and, when the ids decode to valid text, releases exactly
+    /// that text.
+    #[test]
+    fn the_detokenizer_takes_arbitrary_ids(
+        ids in proptest::collection::vec(0u32..2000, 0..64),
+        skip_special in proptest::bool::ANY,
+    ) {
+        static TOK: OnceLock<ModelTokenizer> = OnceLock::new();
+        let tok = TOK.get_or_init(|| ModelTokenizer::from_dir(model_dir()).unwrap());
+        let ids: Vec<u32> = ids.into_iter().filter(|&i| (i as usize) < tok.vocab_size()).collect();
+        let mut d = IncrementalDetokenizer::new(skip_special);
+        let mut out = String::new();
+        for &id in &ids {
+            out.push_str(&d.push(tok, id).unwrap());
+        }
+        out.push_str(&d.flush(tok).unwrap());
+        let whole = tok.decode(&ids, skip_special).unwrap();
+        if !whole.contains('\u{FFFD}') {
+            proptest::prop_assert_eq!(out, whole);
+        }
+    }
+}
+
+#[test]
+fn the_detokenizer_releases_a_window_that_never_becomes_text() {
+    let tok = ModelTokenizer::from_dir(model_dir()).unwrap();
+    // A token that is one UTF-8 continuation byte: never a character on its own.
+    let lone = (0..tok.vocab_size() as u32)
+        .find(|&id| tok.token_bytes(id) == [0x80])
+        .expect("a byte-level vocabulary has every byte");
+    let mut d = IncrementalDetokenizer::new(true);
+    let mut held = 0;
+    let mut released = String::new();
+    for _ in 0..100 {
+        let piece = d.push(&tok, lone).unwrap();
+        held = if piece.is_empty() { held + 1 } else { 0 };
+        assert!(held < 8, "{held} tokens held back");
+        released.push_str(&piece);
+    }
+    assert!(released.chars().all(|c| c == '\u{FFFD}') && !released.is_empty());
+}

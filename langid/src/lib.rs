@@ -241,4 +241,21 @@ mod tests {
         // One short phrase in each of four scripts: none has the majority.
         assert_eq!(code("hello там 你好 مرحبا"), None);
     }
+
+    proptest::proptest! {
+        /// Any text, in any script or none: an answer, never a panic, and a confidence
+        /// that is a probability.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,300}") {
+            if let Some(d) = detect(&text) {
+                proptest::prop_assert!((0.0..=1.0).contains(&d.confidence));
+            }
+        }
+
+        #[test]
+        fn arbitrary_chars_never_panic(chars in proptest::collection::vec(proptest::char::any(), 0..2000)) {
+            let text: String = chars.into_iter().collect();
+            let _ = detect(&text);
+        }
+    }
 }

@@ -1,3 +1,7 @@
+//! Stop strings in streamed text.
+
+use std::sync::Arc;
+
 /// Finds stop strings in streamed text, holding back any tail that could still become one so
 /// that a stop string spanning token boundaries never leaks into the output.
 #[derive(Debug, Clone)]
@@ -118,6 +122,34 @@ mod tests {
     fn no_stops_passes_everything() {
         assert_eq!(run(&[], &["x", "y"]), ("xy".into(), false));
     }
-}
 
-use std::sync::Arc;
+    proptest::proptest! {
+        /// Whatever the stops and however the text is cut: the released text is the input up
+        /// to the first stop string (all of it if none occurs), and never holds a stop.
+        #[test]
+        fn releases_exactly_the_text_before_the_first_stop(
+            stops in proptest::collection::vec("[ab€]{0,4}", 0..4),
+            pieces in proptest::collection::vec("[ab€c]{0,6}", 0..12),
+        ) {
+            let stops_ref: Vec<&str> = stops.iter().map(String::as_str).collect();
+            let pieces_ref: Vec<&str> = pieces.iter().map(String::as_str).collect();
+            let (out, stopped) = run(&stops_ref, &pieces_ref);
+            let input: String = pieces.concat();
+            let first = stops
+                .iter()
+                .filter(|s| !s.is_empty())
+                .filter_map(|s| input.find(s.as_str()))
+                .min();
+            match first {
+                Some(at) => {
+                    proptest::prop_assert!(stopped);
+                    proptest::prop_assert_eq!(&out, &input[..at]);
+                }
+                None => {
+                    proptest::prop_assert!(!stopped);
+                    proptest::prop_assert_eq!(&out, &input);
+                }
+            }
+        }
+    }
+}

@@ -439,3 +439,74 @@ fn stream_chunks(
     });
     futures::stream::iter(opening.into_iter().map(Ok)).chain(body)
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::arbitrary;
+
+    fn check(body: &Value) -> Result<ChatCall, ApiError> {
+        let bytes = serde_json::to_vec(body).unwrap();
+        let req: ChatCompletionRequest = parse_json(&bytes)?;
+        let fields: SamplingFields = parse_json(&bytes)?;
+        validate(req, &fields, &RequestLimits::default())
+    }
+
+    #[test]
+    fn parses_a_request_into_messages_and_shared_parameters() {
+        let call = check(&json!({
+            "model": "m", "n": 3, "max_completion_tokens": 9, "stop": "END",
+            "logit_bias": {"7": 5}, "stop_token_ids": [9, 2, 9],
+            "messages": [{"role": "developer", "content": "Be brief."},
+                         {"role": "user", "content": [{"type": "text", "text": "Jambo"}]}],
+            "metadata": {"language": "sw"}
+        }))
+        .unwrap();
+        assert_eq!(call.messages.len(), 2);
+        assert_eq!(
+            call.messages[0].role, "system",
+            "developer is the system role"
+        );
+        assert_eq!(call.sampling.params.n, 3);
+        assert_eq!(call.sampling.max_tokens, Some(9));
+        assert_eq!(
+            call.sampling.params.stop_token_ids,
+            [2, 9],
+            "sorted, deduplicated"
+        );
+        assert_eq!(call.sampling.params.sampling.logit_bias, [(7, 5.0)]);
+        assert_eq!(call.stated_language.as_deref(), Some("sw"));
+        assert_eq!(user_text(&call.messages).trim(), "Jambo");
+    }
+
+    #[test]
+    fn names_the_parameter_the_client_used() {
+        let e = check(
+            &json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "max_completion_tokens": 0}),
+        )
+        .unwrap_err();
+        assert_eq!(e.body.param.as_deref(), Some("max_completion_tokens"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any body: parsed and validated, or a 400 naming what is wrong; never a panic.
+        #[test]
+        fn arbitrary_bodies_validate_or_fail_with_a_400(body in arbitrary::body(&[
+            "messages", "max_completion_tokens", "logprobs", "top_logprobs", "tools",
+            "response_format", "add_generation_prompt", "n", "max_tokens", "temperature",
+            "top_p", "stop", "presence_penalty", "frequency_penalty", "logit_bias", "seed",
+            "stream", "stream_options", "top_k", "min_p", "repetition_penalty", "min_tokens",
+            "stop_token_ids", "metadata", "ignore_eos",
+        ])) {
+            if let Err(e) = check(&body) {
+                prop_assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{:?}", e);
+            }
+        }
+    }
+}

@@ -415,3 +415,61 @@ fn stream_chunks(
     });
     futures::stream::iter(opening.into_iter().map(Ok)).chain(body)
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::arbitrary;
+
+    fn check(body: &Value) -> Result<CompletionCall, ApiError> {
+        let bytes = serde_json::to_vec(body).unwrap();
+        let req: CompletionRequest = parse_json(&bytes)?;
+        let fields: SamplingFields = parse_json(&bytes)?;
+        validate(req, &fields, &RequestLimits::default())
+    }
+
+    #[test]
+    fn prompts_in_every_shape() {
+        let texts = check(&json!({"model": "m", "prompt": ["a", "b"], "n": 2})).unwrap();
+        assert!(matches!(&texts.prompts, Prompts::Texts(t) if t.len() == 2));
+        assert_eq!(
+            texts.max_completion_tokens(),
+            2 * 2 * DEFAULT_MAX_TOKENS as u64
+        );
+        let ids = check(&json!({"model": "m", "prompt": [1, 2, 3]})).unwrap();
+        assert!(matches!(&ids.prompts, Prompts::Tokens(t) if t == &[vec![1, 2, 3]]));
+        let lists = check(&json!({"model": "m", "prompt": [[1], [2, 3]]})).unwrap();
+        assert!(matches!(&lists.prompts, Prompts::Tokens(t) if t.len() == 2));
+        for bad in [json!([]), json!([1, "a"]), json!({"x": 1}), json!([-1])] {
+            let e = check(&json!({"model": "m", "prompt": bad})).unwrap_err();
+            assert_eq!(e.body.param.as_deref(), Some("prompt"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn counts_choices_before_copying_prompts() {
+        let prompts = vec![json!("x"); 65];
+        let e = check(&json!({"model": "m", "prompt": prompts, "n": 2})).unwrap_err();
+        assert_eq!(e.body.code, Some("request_too_large"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any body: parsed and validated, or a 400 naming what is wrong; never a panic.
+        #[test]
+        fn arbitrary_bodies_validate_or_fail_with_a_400(body in arbitrary::body(&[
+            "prompt", "suffix", "echo", "best_of", "logprobs", "n", "max_tokens",
+            "temperature", "top_p", "stop", "presence_penalty", "frequency_penalty",
+            "logit_bias", "seed", "stream", "stream_options", "top_k", "min_p",
+            "repetition_penalty", "min_tokens", "stop_token_ids", "metadata",
+        ])) {
+            if let Err(e) = check(&body) {
+                prop_assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{:?}", e);
+            }
+        }
+    }
+}

@@ -1,5 +1,7 @@
 //! The OpenAI-compatible HTTP API.
 
+#[cfg(test)]
+mod arbitrary;
 pub mod caller;
 mod chat;
 mod completions;

@@ -21,7 +21,7 @@ use remote::RemoteClient;
 pub enum ReplicaKind {
     /// The engine in this process (its load comes from the engine's snapshot).
     Local,
-    Remote(RemoteClient),
+    Remote(Box<RemoteClient>),
 }
 
 #[derive(Debug)]
@@ -111,7 +111,7 @@ impl Pool {
                     replicas.push(Arc::new(Replica {
                         name: format!("{}/remote-{i}", m.id),
                         model: m.id.clone(),
-                        kind: ReplicaKind::Remote(client),
+                        kind: ReplicaKind::Remote(Box::new(client)),
                         breaker: breaker(),
                         in_flight: AtomicUsize::new(0),
                     }));

@@ -252,4 +252,33 @@ mod tests {
         assert!(text.contains("too long"), "{:.200}", text);
         assert!(text.ends_with("data: [DONE]\n\n"));
     }
+
+    proptest::proptest! {
+        /// Any bytes, cut anywhere: the relay never panics and always ends with `[DONE]`.
+        #[test]
+        fn arbitrary_upstream_bytes_end_with_done(
+            first in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            rest in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::prop_oneof![
+                        proptest::prelude::any::<u8>(),
+                        proptest::prelude::Just(b'\n'),
+                        proptest::prelude::Just(b'\r'),
+                    ],
+                    0..64,
+                ),
+                0..8,
+            ),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let rest: ByteStream = Box::pin(stream::iter(
+                rest.into_iter().map(|c| Ok(Bytes::from(c))),
+            ));
+            let out: Vec<_> = runtime.block_on(
+                relay(Bytes::from(first), rest, "ours".into(), |_| {}).collect::<Vec<_>>(),
+            );
+            let text: Vec<u8> = out.into_iter().flat_map(|b| b.unwrap().to_vec()).collect();
+            proptest::prop_assert!(text.ends_with(b"data: [DONE]\n\n"));
+        }
+    }
 }
