@@ -372,3 +372,68 @@ async fn a_dead_engine_turns_health_and_ready_to_503() {
     assert!(r.headers.get("retry-after").is_some());
     assert!(s.is_running(), "the process itself stays up");
 }
+
+#[tokio::test]
+async fn three_times_the_capacity_gets_200_429_or_503_and_every_block_back() {
+    // Capacity: 4 sequences running and 4 waiting; 36 requests at once, a third of them from
+    // a tenant allowed 2 at a time.
+    let config = r#"
+server: { listen: 127.0.0.1:0 }
+cache_dir: "{cache}"
+auth: { allow_unauthenticated: true, anonymous_tenant: local }
+pool: { max_queue: 4 }
+tenants:
+  - id: local
+  - id: capped
+    keys: [{ hash: "CAPPED_HASH" }]
+    limits: { max_concurrent: 2 }
+models:
+  - id: tiny
+    demo: { arch: qwen2, size: tiny, seed: 1 }
+    licence: apache-2.0
+    max_context: 256
+    engine: { kv_block_size: 16, kv_cache_bytes: 4194304, max_num_seqs: 4, max_num_batched_tokens: 64 }
+"#;
+    let (config, [capped]) = with_new_keys(config, ["CAPPED_HASH"]);
+    let s = Server::start(&config);
+    let requests = (0..36).map(|i| {
+        let body = chat(json!({
+            "max_tokens": 48, "ignore_eos": true, "stream": i % 2 == 0,
+            "messages": [{"role": "user", "content": format!("Request {i}: tell a story.")}]
+        }));
+        let (s, capped) = (&s, &capped);
+        async move {
+            if i % 3 == 0 {
+                s.post_as(capped, "/v1/chat/completions", &body).await
+            } else {
+                s.post("/v1/chat/completions", &body).await
+            }
+        }
+    });
+    let answers = futures::future::join_all(requests).await;
+    let mut seen = std::collections::BTreeMap::new();
+    for r in &answers {
+        *seen.entry(r.status.as_u16()).or_insert(0) += 1;
+        match r.status.as_u16() {
+            200 => {
+                if r.content_type.as_deref().is_some_and(|t| t.starts_with("text/event-stream")) {
+                    let data = sse_data(&r.text);
+                    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{}", r.text);
+                } else {
+                    assert_eq!(r.json["usage"]["completion_tokens"], 48, "{}", r.text);
+                }
+            }
+            429 => r.assert_error(429, None, Some("rate_limit_exceeded")),
+            503 => {
+                r.assert_error(503, Some("server_error"), None);
+                assert!(r.headers.get("retry-after").is_some());
+            }
+            other => panic!("status {other}: {}", r.text),
+        }
+    }
+    assert!(seen.get(&200).copied().unwrap_or(0) >= 4, "{seen:?}");
+    assert!(seen.get(&429).copied().unwrap_or(0) >= 1, "{seen:?}");
+    assert!(seen.get(&503).copied().unwrap_or(0) >= 1, "{seen:?}");
+    wait_idle(&s, Duration::from_secs(30)).await;
+    assert!(s.get("/health").await.status == 200);
+}
