@@ -9,7 +9,8 @@
 #
 #   benchmarks/soak.sh                 # 15 minutes, release build
 #   MINUTES=2 benchmarks/soak.sh       # a quick run
-#   PROFILE=debug benchmarks/soak.sh   # the test build (no release build needed)
+#   PROFILE=debug benchmarks/soak.sh   # a debug build (no release build needed; it replaces
+#                                      # target/debug/rosetta, which scripts/test.sh rebuilds)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 work="$root/benchmarks/.work/soak"

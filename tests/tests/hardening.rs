@@ -416,9 +416,17 @@ models:
         *seen.entry(r.status.as_u16()).or_insert(0) += 1;
         match r.status.as_u16() {
             200 => {
-                if r.content_type.as_deref().is_some_and(|t| t.starts_with("text/event-stream")) {
+                if r.content_type
+                    .as_deref()
+                    .is_some_and(|t| t.starts_with("text/event-stream"))
+                {
                     let data = sse_data(&r.text);
-                    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{}", r.text);
+                    assert_eq!(
+                        data.last().map(String::as_str),
+                        Some("[DONE]"),
+                        "{}",
+                        r.text
+                    );
                 } else {
                     assert_eq!(r.json["usage"]["completion_tokens"], 48, "{}", r.text);
                 }

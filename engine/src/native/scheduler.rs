@@ -456,16 +456,16 @@ impl Worker {
     /// fails are failed (with their blocks freed), and the others go on. Returns the logits
     /// rows of the chunks that succeeded, in plan order, with the failed ones left out.
     fn forward_each(&mut self, copies: &[BlockCopy], plan: &[Scheduled]) -> Vec<Vec<f32>> {
-        let mut rows = Vec::new();
+        let mut outcomes = Vec::with_capacity(plan.len());
         let mut failed = HashSet::new();
         for (i, p) in plan.iter().enumerate() {
             // Copies are idempotent (the copied slots are never written by the pass): redo
             // them before the first chunk in case the failed pass stopped before them.
             let copies = if i == 0 { copies } else { &[] };
+            let group = self.running[p.seq].group;
             match self.forward(copies, std::slice::from_ref(p)) {
-                Ok(r) => rows.extend(r),
+                Ok(rows) => outcomes.push((group, rows)),
                 Err(e) => {
-                    let group = self.running[p.seq].group;
                     tracing::error!(error = %e, request = group, "a request's chunk failed; failing it");
                     if let Some(g) = self.groups.get_mut(&group) {
                         g.fail(e);
@@ -474,6 +474,13 @@ impl Worker {
                 }
             }
         }
+        // A failed request's other chunks (its other choices) are dropped with it: their
+        // rows must not be read by the requests after them.
+        let rows = outcomes
+            .into_iter()
+            .filter(|(group, _)| !failed.contains(group))
+            .flat_map(|(_, rows)| rows)
+            .collect();
         self.failed_in_step = failed;
         rows
     }
@@ -483,13 +490,16 @@ impl Worker {
     fn process_rows(&mut self, plan: &[Scheduled], rows: Vec<Vec<f32>>) {
         let bs = self.config.block_size;
         let tok = self.tokenizer.clone();
-        let mut failed = std::mem::take(&mut self.failed_in_step);
+        // Requests whose forward pass failed have no rows; those failing while sampling
+        // below still have theirs, read and ignored.
+        let forward_failed = std::mem::take(&mut self.failed_in_step);
+        let mut failed = forward_failed.clone();
         let mut rows = rows.into_iter();
         let mut forks = Vec::new();
         let mut finished = Vec::new();
         for p in plan {
             let seq = &mut self.running[p.seq];
-            if failed.contains(&seq.group) {
+            if forward_failed.contains(&seq.group) {
                 continue;
             }
             seq.computed += p.len;
@@ -507,6 +517,9 @@ impl Worker {
                 continue; // a prefill chunk that does not end the prompt
             }
             let Some(mut row) = rows.next() else { break };
+            if failed.contains(&seq.group) {
+                continue;
+            }
             let Some(group) = self.groups.get_mut(&seq.group) else {
                 continue;
             };
