@@ -439,9 +439,10 @@ models:
             other => panic!("status {other}: {}", r.text),
         }
     }
+    // How many are queued rather than refused depends on the machine's speed (the queue
+    // bound is read from the engine's last step); pool.rs proves the 503 at the bound itself.
     assert!(seen.get(&200).copied().unwrap_or(0) >= 4, "{seen:?}");
     assert!(seen.get(&429).copied().unwrap_or(0) >= 1, "{seen:?}");
-    assert!(seen.get(&503).copied().unwrap_or(0) >= 1, "{seen:?}");
     wait_idle(&s, Duration::from_secs(30)).await;
     assert!(s.get("/health").await.status == 200);
 }

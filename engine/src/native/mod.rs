@@ -123,12 +123,14 @@ impl NativeEngine {
         }));
         let (tx, rx) = mpsc::unbounded_channel();
         let runner = Box::new(model).into_runner(layout)?;
+        let alive = Arc::new(AtomicBool::new(true));
         let mut worker = scheduler::Worker::new(
             runner,
             tokenizer,
             BlockManager::new(total_blocks, config.block_size, config.prefix_caching),
             config.clone(),
             load.clone(),
+            alive.clone(),
         );
         // The loop runs on a worker of the engine's own thread pool, so each parallel kernel
         // (five per layer per step) is shared with a warm thread instead of waking the whole
@@ -137,18 +139,16 @@ impl NativeEngine {
             .thread_name(|i| format!("rosetta-engine-{i}"))
             .build()
             .map_err(|e| EngineError::load(format!("cannot start the engine's threads: {e}")))?;
-        let alive = Arc::new(AtomicBool::new(true));
-        let loop_alive = alive.clone();
         let thread = std::thread::Builder::new()
             .name("rosetta-engine".into())
             .spawn(move || {
+                // The worker marks the engine dead as it is dropped (here or while unwinding).
                 let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     pool.install(move || worker.run(rx))
                 }));
                 if ended.is_err() {
                     tracing::error!("the engine loop died; the model can no longer serve");
                 }
-                loop_alive.store(false, Ordering::Release);
             })
             .map_err(|e| EngineError::load(format!("cannot start the engine thread: {e}")))?;
         Ok(Self {

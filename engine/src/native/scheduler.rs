@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,15 @@ pub struct Worker {
     tenant_finish: HashMap<Arc<str>, u64>,
     virtual_time: u64,
     load: Arc<Mutex<EngineLoad>>,
+    /// Cleared when the worker goes away, before its requests' channels close, so a client
+    /// told "the engine stopped" finds the engine reported dead.
+    alive: Arc<AtomicBool>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.alive.store(false, Ordering::Release);
+    }
 }
 
 /// One scheduled piece of work: `len` tokens of `running[seq]`.
@@ -57,6 +67,7 @@ impl Worker {
         blocks: BlockManager,
         config: NativeEngineConfig,
         load: Arc<Mutex<EngineLoad>>,
+        alive: Arc<AtomicBool>,
     ) -> Self {
         Self {
             model,
@@ -75,6 +86,7 @@ impl Worker {
             tenant_finish: HashMap::new(),
             virtual_time: 0,
             load,
+            alive,
         }
     }
 

@@ -1,7 +1,6 @@
 //! POST /v1/chat/completions
 
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -15,16 +14,13 @@ use rosetta_engine::GeneratedToken;
 use serde_json::Value;
 
 use super::caller::Caller;
-use super::dispatch::{dispatch, Call};
 use super::error::ApiError;
 use super::extract::{parse_json, OpenAiJsonRaw};
-use super::generate::{
-    admit, collect, new_id, now_secs, submit_admitted, token_text, with_rate_headers, Item,
-};
+use super::generate::{collect, new_id, now_secs, token_text, Item};
 use super::params::{self, stated_language};
+use super::pipeline::{self, Answer, Generation, Rendered};
 use super::sse::{self, json_event};
 use super::types::*;
-use crate::pool::InFlight;
 use crate::registry::ServedModel;
 use crate::state::AppState;
 
@@ -138,8 +134,7 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let fields: SamplingFields = parse_json(&raw)?;
     let chat = validate(req, &fields, state.request_limits())?;
-    let text = user_text(&chat.messages);
-    dispatch(&state, &caller, &headers, Call::Chat(chat), &raw, &text).await
+    pipeline::run(&state, &caller, &headers, &chat, &raw).await
 }
 
 /// A chat request checked in full before any other work: messages, sizes, sampling.
@@ -150,8 +145,6 @@ pub struct ChatCall {
     pub sampling: params::Sampling,
     pub top_logprobs: Option<usize>,
     pub add_generation_prompt: bool,
-    /// `max_completion_tokens` or `max_tokens`: the one the client sent.
-    max_tokens_param: &'static str,
     /// `metadata.language`, unchecked.
     pub stated_language: Option<String>,
 }
@@ -210,7 +203,6 @@ fn validate(
         sampling,
         top_logprobs,
         add_generation_prompt: req.add_generation_prompt.unwrap_or(true),
-        max_tokens_param: param_name,
         stated_language: stated_language(fields),
     })
 }
@@ -221,20 +213,6 @@ fn rename_max_tokens(e: ApiError, param_name: &str) -> ApiError {
         e.with_param(param_name)
     } else {
         e
-    }
-}
-
-impl ChatCall {
-    /// The rendered prompt's length in `model`'s tokens.
-    pub fn prompt_tokens(&self, model: &ServedModel) -> Option<u64> {
-        let prompt = chat_prompt(model, &self.messages, self.add_generation_prompt).ok()?;
-        Some(prompt.len() as u64)
-    }
-
-    /// The most tokens it may take: a reservation for a replica whose tokenizer is elsewhere.
-    pub fn max_completion_tokens(&self) -> u64 {
-        let max = self.sampling.max_tokens.unwrap_or(1024) as u64;
-        max.saturating_mul(self.sampling.params.n as u64)
     }
 }
 
@@ -257,28 +235,53 @@ fn user_text(messages: &[ChatMessage]) -> String {
     text
 }
 
-/// Runs a chat request on this process's engine for `model`. `hold` lives as long as the
-/// answer (its in-flight count on the replica).
-pub async fn run_local(
-    state: &AppState,
-    caller: &Caller,
-    model: Arc<ServedModel>,
-    chat: &ChatCall,
-    hold: InFlight,
-) -> Result<Response, ApiError> {
-    tracing::debug!(model = %model.id, "chat completion");
-    state.access().precheck(&caller.principal, &model.id)?;
-    chat.sampling.check_vocabulary(&model)?;
-    let prompt = chat_prompt(&model, &chat.messages, chat.add_generation_prompt)?;
-    let request = chat
-        .sampling
-        .request(&model, prompt)
-        .map_err(|e| rename_max_tokens(e, chat.max_tokens_param))?;
-    let n = request.params.n;
-    let mut requests = vec![request];
-    let admission = admit(state, caller, &model, &mut requests)?;
-    let rate = admission.state();
-    let items = submit_admitted(&model, requests, admission, hold)?;
+impl Generation for ChatCall {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn path(&self) -> &'static str {
+        "/v1/chat/completions"
+    }
+
+    fn stated_language(&self) -> Option<&str> {
+        self.stated_language.as_deref()
+    }
+
+    fn language_text(&self) -> String {
+        user_text(&self.messages)
+    }
+
+    fn sampling(&self) -> &params::Sampling {
+        &self.sampling
+    }
+
+    fn prompt_count(&self) -> usize {
+        1
+    }
+
+    fn prompts(&self, model: &ServedModel) -> Result<Vec<Vec<u32>>, ApiError> {
+        Ok(vec![chat_prompt(
+            model,
+            &self.messages,
+            self.add_generation_prompt,
+        )?])
+    }
+
+    fn render<'a>(&'a self, answer: Answer<'a>) -> Rendered<'a> {
+        Box::pin(render(self, answer))
+    }
+}
+
+/// Chat chunks, or one `chat.completion` body.
+async fn render(chat: &ChatCall, answer: Answer<'_>) -> Result<Response, ApiError> {
+    let Answer {
+        state,
+        model,
+        items,
+        ..
+    } = answer;
+    let n = chat.sampling.params.n;
     let meta = Meta {
         id: new_id("chatcmpl"),
         created: now_secs(),
@@ -288,10 +291,7 @@ pub async fn run_local(
     };
     if chat.sampling.stream {
         let events = stream_chunks(items, meta, model, n, chat.sampling.include_usage);
-        return Ok(with_rate_headers(
-            sse::response(state.drain(), events),
-            rate,
-        ));
+        return Ok(sse::response(state.drain(), events));
     }
     let (choices, usage) = collect(items, n).await?;
     let body = ChatCompletion {
@@ -323,7 +323,7 @@ pub async fn run_local(
             .collect(),
         usage: usage.into(),
     };
-    Ok(with_rate_headers(axum::Json(body).into_response(), rate))
+    Ok(axum::Json(body).into_response())
 }
 
 struct Meta {

@@ -15,16 +15,13 @@ use rosetta_engine::GeneratedToken;
 use serde_json::Value;
 
 use super::caller::Caller;
-use super::dispatch::{dispatch, Call};
 use super::error::ApiError;
 use super::extract::{parse_json, OpenAiJsonRaw};
-use super::generate::{
-    admit, collect, new_id, now_secs, submit_admitted, token_text, with_rate_headers, Item,
-};
+use super::generate::{collect, new_id, now_secs, token_text, Item};
 use super::params::{self, stated_language};
+use super::pipeline::{self, Answer, Generation, Rendered};
 use super::sse::{self, json_event};
 use super::types::*;
-use crate::pool::InFlight;
 use crate::registry::ServedModel;
 use crate::state::AppState;
 
@@ -115,16 +112,7 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let fields: SamplingFields = parse_json(&raw)?;
     let call = validate(req, &fields, state.request_limits())?;
-    let text = prompt_text(&call.prompts);
-    dispatch(
-        &state,
-        &caller,
-        &headers,
-        Call::Completion(call),
-        &raw,
-        &text,
-    )
-    .await
+    pipeline::run(&state, &caller, &headers, &call, &raw).await
 }
 
 /// A completion request checked in full before any other work.
@@ -137,26 +125,6 @@ pub struct CompletionCall {
     pub echo: bool,
     /// `metadata.language`, unchecked.
     pub stated_language: Option<String>,
-}
-
-impl CompletionCall {
-    /// The prompts' length in `model`'s tokens.
-    pub fn prompt_tokens(&self, model: &ServedModel) -> Option<u64> {
-        match &self.prompts {
-            Prompts::Texts(texts) => texts.iter().try_fold(0u64, |sum, t| {
-                let n = model.tokenizer.encode(t, true).ok()?.len() as u64;
-                Some(sum.saturating_add(n))
-            }),
-            Prompts::Tokens(ids) => Some(ids.iter().map(|p| p.len() as u64).sum()),
-        }
-    }
-
-    /// The most tokens it may take: a reservation for a replica whose tokenizer is elsewhere.
-    pub fn max_completion_tokens(&self) -> u64 {
-        let max = self.sampling.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS) as u64;
-        max.saturating_mul(self.sampling.params.n as u64)
-            .saturating_mul(self.prompts.len() as u64)
-    }
 }
 
 fn validate(
@@ -203,60 +171,83 @@ fn validate(
     })
 }
 
-/// The prompt's text (token-id prompts have none to detect).
-fn prompt_text(prompts: &Prompts) -> String {
-    match prompts {
-        Prompts::Texts(t) => t.join("\n"),
-        Prompts::Tokens(_) => String::new(),
+impl Generation for CompletionCall {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn path(&self) -> &'static str {
+        "/v1/completions"
+    }
+
+    fn stated_language(&self) -> Option<&str> {
+        self.stated_language.as_deref()
+    }
+
+    /// The prompts' text (token-id prompts have none to detect).
+    fn language_text(&self) -> String {
+        match &self.prompts {
+            Prompts::Texts(t) => t.join("\n"),
+            Prompts::Tokens(_) => String::new(),
+        }
+    }
+
+    fn sampling(&self) -> &params::Sampling {
+        &self.sampling
+    }
+
+    fn prompt_count(&self) -> usize {
+        self.prompts.len()
+    }
+
+    fn prompts(&self, model: &ServedModel) -> Result<Vec<Vec<u32>>, ApiError> {
+        match &self.prompts {
+            Prompts::Texts(texts) => Ok(texts
+                .iter()
+                .map(|s| model.tokenizer.encode(s, true))
+                .collect::<Result<_, _>>()?),
+            Prompts::Tokens(ids) => {
+                if let Some(&bad) = ids
+                    .iter()
+                    .flatten()
+                    .find(|&&id| id as usize >= model.vocab_size)
+                {
+                    return Err(ApiError::invalid_param(
+                        "prompt",
+                        format!(
+                            "Invalid token id {bad} in 'prompt' (the vocabulary has {} tokens).",
+                            model.vocab_size
+                        ),
+                    ));
+                }
+                Ok(ids.clone())
+            }
+        }
+    }
+
+    fn render<'a>(&'a self, answer: Answer<'a>) -> Rendered<'a> {
+        Box::pin(render(self, answer))
     }
 }
 
-/// Runs a completion request on this process's engine for `model`.
-pub async fn run_local(
-    state: &AppState,
-    caller: &Caller,
-    model: Arc<ServedModel>,
-    call: &CompletionCall,
-    hold: InFlight,
-) -> Result<Response, ApiError> {
-    tracing::debug!(model = %model.id, "completion");
-    state.access().precheck(&caller.principal, &model.id)?;
-    call.sampling.check_vocabulary(&model)?;
-    let prompts: Vec<Vec<u32>> = match &call.prompts {
-        Prompts::Texts(texts) => texts
+/// Completion chunks, or one `text_completion` body.
+async fn render(call: &CompletionCall, answer: Answer<'_>) -> Result<Response, ApiError> {
+    let Answer {
+        state,
+        model,
+        prompts,
+        items,
+    } = answer;
+    let echoes = if call.echo {
+        prompts
             .iter()
-            .map(|s| model.tokenizer.encode(s, true))
-            .collect::<Result<_, _>>()?,
-        Prompts::Tokens(ids) => {
-            if let Some(&bad) = ids
-                .iter()
-                .flatten()
-                .find(|&&id| id as usize >= model.vocab_size)
-            {
-                return Err(ApiError::invalid_param(
-                    "prompt",
-                    format!(
-                        "Invalid token id {bad} in 'prompt' (the vocabulary has {} tokens).",
-                        model.vocab_size
-                    ),
-                ));
-            }
-            ids.clone()
-        }
+            .map(|p| model.tokenizer.decode(p, true))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
     };
-    let mut requests = Vec::with_capacity(prompts.len());
-    let mut echoes = Vec::new();
-    for prompt in prompts {
-        if call.echo {
-            echoes.push(model.tokenizer.decode(&prompt, true)?);
-        }
-        requests.push(call.sampling.request(&model, prompt)?);
-    }
     let per_prompt = call.sampling.params.n;
-    let total_choices = per_prompt * requests.len();
-    let admission = admit(state, caller, &model, &mut requests)?;
-    let rate = admission.state();
-    let items = submit_admitted(&model, requests, admission, hold)?;
+    let total_choices = per_prompt * prompts.len();
     let meta = Meta {
         id: new_id("cmpl"),
         created: now_secs(),
@@ -269,10 +260,7 @@ pub async fn run_local(
     let (stream, include_usage) = (call.sampling.stream, call.sampling.include_usage);
     if stream {
         let events = stream_chunks(items, meta, model, total_choices, include_usage);
-        return Ok(with_rate_headers(
-            sse::response(state.drain(), events),
-            rate,
-        ));
+        return Ok(sse::response(state.drain(), events));
     }
     let (choices, usage) = collect(items, total_choices).await?;
     let body = Completion {
@@ -294,7 +282,7 @@ pub async fn run_local(
         usage: Some(Some(usage.into())),
         ..meta.header()
     };
-    Ok(with_rate_headers(axum::Json(body).into_response(), rate))
+    Ok(axum::Json(body).into_response())
 }
 
 struct Meta {
@@ -435,10 +423,9 @@ mod tests {
     fn prompts_in_every_shape() {
         let texts = check(&json!({"model": "m", "prompt": ["a", "b"], "n": 2})).unwrap();
         assert!(matches!(&texts.prompts, Prompts::Texts(t) if t.len() == 2));
-        assert_eq!(
-            texts.max_completion_tokens(),
-            2 * 2 * DEFAULT_MAX_TOKENS as u64
-        );
+        assert_eq!(texts.prompt_count(), 2);
+        assert_eq!(texts.sampling.max_tokens, Some(DEFAULT_MAX_TOKENS));
+        assert_eq!(texts.sampling.params.n, 2);
         let ids = check(&json!({"model": "m", "prompt": [1, 2, 3]})).unwrap();
         assert!(matches!(&ids.prompts, Prompts::Tokens(t) if t == &[vec![1, 2, 3]]));
         let lists = check(&json!({"model": "m", "prompt": [[1], [2, 3]]})).unwrap();

@@ -1,18 +1,24 @@
-//! From a request to an answer across models and replicas: resolve the language, route the
-//! requested model or alias to candidate models, keep those the tenant's policies allow,
-//! and try their replicas in the pool's order until one serves. A request moves on to the
-//! next replica or candidate only before anything has been sent to the client.
+//! The request pipeline, the same for every generation endpoint: language (stated or
+//! detected) → route (model or alias → candidate models) → policy (audited) → replica choice
+//! → admission → engine → the endpoint's rendering. An endpoint gives it one validated,
+//! protocol-neutral request (a [`Generation`]) and renders the events that come back; the
+//! pipeline never calls into an endpoint module by name. A request moves on to the next
+//! replica or candidate only before anything has been sent to the client.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use futures::stream::BoxStream;
 use serde_json::Value;
 
 use super::caller::Caller;
-use super::chat::{self, ChatCall};
-use super::completions::{self, CompletionCall};
 use super::error::ApiError;
-use super::generate::with_rate_headers;
+use super::generate::{admit, submit_admitted, with_rate_headers, Item};
+use super::params::Sampling;
 use super::sse;
 use crate::language::{self, iso, Language};
 use crate::pool::remote::{ForwardError, Forwarded, OnBehalf, RemoteClient};
@@ -21,49 +27,36 @@ use crate::registry::ServedModel;
 use crate::router::Target;
 use crate::state::AppState;
 
-/// The request, validated.
-pub enum Call {
-    Chat(ChatCall),
-    Completion(CompletionCall),
+/// What an endpoint renders: the model that answered, the request's tokenized prompts, and
+/// the merged events of all its prompts and choices.
+pub struct Answer<'a> {
+    pub state: &'a AppState,
+    pub model: Arc<ServedModel>,
+    pub prompts: Vec<Vec<u32>>,
+    pub items: BoxStream<'static, Item>,
 }
 
-impl Call {
-    fn model(&self) -> &str {
-        match self {
-            Call::Chat(r) => &r.model,
-            Call::Completion(r) => &r.model,
-        }
-    }
+pub type Rendered<'a> = Pin<Box<dyn Future<Output = Result<Response, ApiError>> + Send + 'a>>;
 
-    fn path(&self) -> &'static str {
-        match self {
-            Call::Chat(_) => "/v1/chat/completions",
-            Call::Completion(_) => "/v1/completions",
-        }
-    }
-
-    fn stated_language(&self) -> Option<&str> {
-        match self {
-            Call::Chat(r) => r.stated_language.as_deref(),
-            Call::Completion(r) => r.stated_language.as_deref(),
-        }
-    }
-
-    /// Its prompt tokens by `model`'s tokenizer (None if it cannot be rendered there).
-    fn prompt_tokens(&self, model: &ServedModel) -> Option<u64> {
-        match self {
-            Call::Chat(r) => r.prompt_tokens(model),
-            Call::Completion(r) => r.prompt_tokens(model),
-        }
-    }
-
-    /// The most completion tokens it may ask for, for a remote reservation.
-    fn max_tokens(&self) -> u64 {
-        match self {
-            Call::Chat(r) => r.max_completion_tokens(),
-            Call::Completion(r) => r.max_completion_tokens(),
-        }
-    }
+/// One validated generation request, whatever its endpoint: what the pipeline needs to route,
+/// admit and run it, and how the endpoint turns the answer into its wire format.
+pub trait Generation: Send + Sync {
+    /// The model or route alias asked for.
+    fn model(&self) -> &str;
+    /// The endpoint's path, for remote replicas (which take the same OpenAI request).
+    fn path(&self) -> &'static str;
+    /// `metadata.language`, as sent.
+    fn stated_language(&self) -> Option<&str>;
+    /// The text whose language routes the request (and whose start picks a home replica).
+    fn language_text(&self) -> String;
+    /// Sampling parameters, shared by every prompt and choice.
+    fn sampling(&self) -> &Sampling;
+    /// How many prompts it holds.
+    fn prompt_count(&self) -> usize;
+    /// Its prompts rendered and tokenized for `model`.
+    fn prompts(&self, model: &ServedModel) -> Result<Vec<Vec<u32>>, ApiError>;
+    /// The endpoint's answer: chunks of a stream, or one JSON body.
+    fn render<'a>(&'a self, answer: Answer<'a>) -> Rendered<'a>;
 }
 
 /// How one attempt on a replica ended without an answer.
@@ -75,7 +68,10 @@ enum Failure {
 }
 
 /// The stated language: header `x-rosetta-language`, else `metadata.language`.
-fn stated_language(headers: &HeaderMap, call: &Call) -> Result<Option<Language>, ApiError> {
+fn stated_language(
+    headers: &HeaderMap,
+    call: &dyn Generation,
+) -> Result<Option<Language>, ApiError> {
     let header = headers
         .get("x-rosetta-language")
         .map(|v| v.to_str().unwrap_or("\u{fffd}").to_string());
@@ -93,26 +89,28 @@ fn stated_language(headers: &HeaderMap, call: &Call) -> Result<Option<Language>,
         })
 }
 
-pub async fn dispatch(
+/// Runs a validated request to its answer. `raw` is the request body as received (a remote
+/// replica is sent its validated fields).
+pub async fn run(
     state: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
-    call: Call,
+    call: &dyn Generation,
     raw: &Bytes,
-    text: &str,
 ) -> Result<Response, ApiError> {
     // Counted until the answer is out (a stream counts on its own while it lasts).
     let _active = state.drain().start().ok_or_else(sse::shutting_down)?;
-    let language = match stated_language(headers, &call)? {
+    let text = call.language_text();
+    let language = match stated_language(headers, call)? {
         Some(l) => l,
-        None => language::detect(text),
+        None => language::detect(&text),
     };
     let target = state
         .router()
         .resolve(call.model(), &language.code)
         .ok_or_else(|| ApiError::model_not_found(call.model()))?;
     let candidates = allowed_candidates(state, caller, &target, &language)?;
-    let affinity = state.pool().affinity_key(text);
+    let affinity = state.pool().affinity_key(&text);
     let mut last_error = None;
     let mut full = 0;
     let mut open = 0;
@@ -141,14 +139,14 @@ pub async fn dispatch(
             }
             let hold = replica.start();
             let outcome = match &replica.kind {
-                ReplicaKind::Local => run_local(state, caller, &call, model_id, hold).await,
+                ReplicaKind::Local => run_local(state, caller, call, model_id, hold).await,
                 ReplicaKind::Remote(remote) => {
                     run_remote(
                         state,
                         caller,
                         &replica.name,
                         remote,
-                        &call,
+                        call,
                         raw,
                         model_id,
                         hold,
@@ -236,26 +234,54 @@ fn allowed_candidates(
     }
 }
 
+/// On this process's engine: the rate-limit precheck before any prompt work, the model's
+/// checks, tokenization, admission, the engine, then the endpoint's rendering.
 async fn run_local(
     state: &AppState,
     caller: &Caller,
-    call: &Call,
+    call: &dyn Generation,
     model_id: &str,
     hold: InFlight,
 ) -> Result<Response, Failure> {
     let model = state.model(model_id).map_err(Failure::Retry)?;
-    let result = match call {
-        Call::Chat(r) => chat::run_local(state, caller, model, r, hold).await,
-        Call::Completion(r) => completions::run_local(state, caller, model, r, hold).await,
+    run_on_engine(state, caller, call, model, hold)
+        .await
+        .map_err(|e| {
+            // 503: the engine is overloaded or shutting down; anything else is the answer.
+            if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
+                Failure::Retry(e)
+            } else {
+                Failure::Final(e)
+            }
+        })
+}
+
+async fn run_on_engine(
+    state: &AppState,
+    caller: &Caller,
+    call: &dyn Generation,
+    model: Arc<ServedModel>,
+    hold: InFlight,
+) -> Result<Response, ApiError> {
+    tracing::debug!(model = %model.id, path = call.path(), "generation");
+    state.access().precheck(&caller.principal, &model.id)?;
+    let sampling = call.sampling();
+    sampling.check_vocabulary(&model)?;
+    let prompts = call.prompts(&model)?;
+    let mut requests = prompts
+        .iter()
+        .map(|p| sampling.request(&model, p.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let admission = admit(state, caller, &model, &mut requests)?;
+    let rate = admission.state();
+    let items = submit_admitted(&model, requests, admission, hold)?;
+    let answer = Answer {
+        state,
+        model,
+        prompts,
+        items: Box::pin(items),
     };
-    result.map_err(|e| {
-        // 503: the engine is overloaded or shutting down; anything else is the answer.
-        if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
-            Failure::Retry(e)
-        } else {
-            Failure::Final(e)
-        }
-    })
+    Ok(with_rate_headers(call.render(answer).await?, rate))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -264,7 +290,7 @@ async fn run_remote(
     caller: &Caller,
     replica: &str,
     remote: &RemoteClient,
-    call: &Call,
+    call: &dyn Generation,
     raw: &Bytes,
     model_id: &str,
     hold: InFlight,
@@ -277,14 +303,15 @@ async fn run_remote(
         .map_err(Failure::Final)?;
     let prompt_estimate = state
         .loaded_model(model_id)
-        .and_then(|m| call.prompt_tokens(&m))
+        .and_then(|m| call.prompts(&m).ok())
+        .map(|p| p.iter().map(|p| p.len() as u64).sum())
         .unwrap_or(raw.len() as u64 / 3);
     let admission = state
         .access()
         .admit(
             &caller.principal,
             model_id,
-            prompt_estimate.saturating_add(call.max_tokens()),
+            prompt_estimate.saturating_add(max_completion_tokens(call)),
         )
         .map_err(Failure::Final)?;
     let rate = admission.state();
@@ -342,6 +369,15 @@ async fn run_remote(
         ))),
         Err(ForwardError::Refused(e)) => Err(Failure::Final(e)),
     }
+}
+
+/// The most completion tokens it may ask for: the reservation for a remote replica.
+fn max_completion_tokens(call: &dyn Generation) -> u64 {
+    let sampling = call.sampling();
+    // Unset, a chat completion may run to the context's end; reserve OpenAI's usual 1,024.
+    let max = sampling.max_tokens.unwrap_or(1024) as u64;
+    max.saturating_mul(sampling.params.n as u64)
+        .saturating_mul(call.prompt_count() as u64)
 }
 
 /// Says which model, language and replica served.
