@@ -184,25 +184,27 @@ impl Server {
     /// `listening on` line. Not serialised: give such a config a cache of its own
     /// (`cache_dir: "{tmp}/cache"`) if it generates demo models.
     pub fn start_unready(config_yaml: &str, extra_args: &[&str]) -> Server {
+        Self::start_unready_with_env(config_yaml, extra_args, &[])
+    }
+
+    fn start_unready_with_env(
+        config_yaml: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("rosetta-e2e-")
             .tempdir()
             .expect("tempdir");
         let config_path = write_config(dir.path(), config_yaml);
         let cwd = dir.path().to_path_buf();
-        Self::spawn(dir, config_path, extra_args, &cwd, &[])
+        Self::spawn(dir, config_path, extra_args, &cwd, env)
     }
 
     /// Like [`Server::start`], with extra environment variables for the server process.
     pub fn start_with_env(config_yaml: &str, env: &[(&str, &str)]) -> Server {
         let _guard = START_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        let dir = tempfile::Builder::new()
-            .prefix("rosetta-e2e-")
-            .tempdir()
-            .expect("tempdir");
-        let config_path = write_config(dir.path(), config_yaml);
-        let cwd = dir.path().to_path_buf();
-        let s = Self::spawn(dir, config_path, &["--listen", "127.0.0.1:0"], &cwd, env);
+        let s = Self::start_unready_with_env(config_yaml, &["--listen", "127.0.0.1:0"], env);
         s.wait_ready(READY_TIMEOUT);
         s
     }
