@@ -358,3 +358,31 @@ fn an_unread_stream_is_paused_then_aborted_without_holding_up_others() {
         "ends with a stall error: {last:?}"
     );
 }
+
+#[test]
+fn fair_share_charges_a_request_for_all_its_choices() {
+    // Two seats. Tenant a's first request takes both (n = 2); then a queues one more and b
+    // two. Charged by its choices, a has had two shares: both of b's go before a's next.
+    // (Charged one share per request, a's next would have gone before b's second.)
+    let mut cfg = config(4096, 512, true);
+    cfg.max_num_seqs = 2;
+    let engine = start(cfg);
+    let mut first = greedy(vec![80; 8], 200);
+    first.params_mut().n = 2;
+    first.tenant = Some("a".into());
+    let mut a0 = engine.submit(first).unwrap();
+    assert!(matches!(
+        a0.blocking_recv(),
+        Some(Ok(GenerateEvent::Delta(_)))
+    ));
+    let mut streams = vec![("a0", a0)];
+    for (label, tenant, token) in [("a1", "a", 81), ("b0", "b", 90), ("b1", "b", 91)] {
+        let mut r = greedy(vec![token; 8], 200);
+        r.tenant = Some(tenant.into());
+        streams.push((label, engine.submit(r).unwrap()));
+    }
+    let order = finish_order(streams);
+    assert_eq!(order[0], "a0", "order: {order:?}");
+    assert_eq!(order[3], "a1", "order: {order:?}");
+    wait_idle(&engine);
+}
