@@ -28,6 +28,12 @@ impl EngineError {
     pub fn load(msg: impl Into<String>) -> Self {
         Self::Load(msg.into())
     }
+
+    /// Whether another replica may serve what this one could not: it was overloaded or
+    /// shutting down, not the request's fault nor a failure mid-generation.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Overloaded(_) | Self::Shutdown)
+    }
 }
 
 impl From<candle_core::Error> for EngineError {

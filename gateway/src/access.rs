@@ -10,11 +10,29 @@ pub const LIST_AUDIT_INTERVAL: std::time::Duration = std::time::Duration::from_s
 use anyhow::Context;
 use rosetta_config::Config;
 
-use crate::api::error::ApiError;
 use crate::auth::{AuthError, Authenticator, Principal};
 use crate::policy::{audit, Action, AuditEntry, AuditLog, Decision, PolicyEngine};
-use crate::ratelimit::{Admission, LimitClock, Rejection};
+use crate::ratelimit::{duration_text, Admission, LimitClock, RateState, Rejection};
 use crate::tenant::Tenant;
+
+/// Why access was refused. The HTTP edge turns each into OpenAI's error (401, 403, 429).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AccessError {
+    /// A missing, malformed or unknown API key.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The tenant's policies do not allow the model.
+    #[error("{0}")]
+    Denied(String),
+    /// Over a rate limit: `kind` is `requests` or `tokens`, as OpenAI's error type says.
+    #[error("{message}")]
+    RateLimited {
+        kind: &'static str,
+        message: String,
+        retry_after: Option<std::time::Duration>,
+        state: RateState,
+    },
+}
 
 #[derive(Debug)]
 pub struct Access {
@@ -83,10 +101,10 @@ impl Access {
         Ok(access)
     }
 
-    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Principal, ApiError> {
+    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Principal, AccessError> {
         self.auth
             .authenticate(authorization)
-            .map_err(|e: AuthError| ApiError::unauthorized(e.message()))
+            .map_err(|e: AuthError| AccessError::Unauthenticated(e.message().to_string()))
     }
 
     /// Decides and records whether the caller may do `action` on `model`.
@@ -168,7 +186,7 @@ impl Access {
         who: &Principal,
         model: &str,
         request_id: Option<&str>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AccessError> {
         let decision = self.decide(who, model, Action::Invoke, request_id);
         if decision.allowed {
             return Ok(());
@@ -183,7 +201,7 @@ impl Access {
         } else {
             format!(" [policy: {}]", decision.policies.join(", "))
         };
-        Err(ApiError::forbidden(format!(
+        Err(AccessError::Denied(format!(
             "Tenant `{}` may not use the model `{model}`{licence}: {}.{policies}",
             who.tenant.id,
             decision.reasons.join("; "),
@@ -196,7 +214,7 @@ impl Access {
     }
 
     /// 429 before any prompt work when the tenant's limits would refuse the request anyway.
-    pub fn precheck(&self, who: &Principal, model: &str) -> Result<(), ApiError> {
+    pub fn precheck(&self, who: &Principal, model: &str) -> Result<(), AccessError> {
         let limiter = &who.tenant.limiter;
         if self.open || limiter.is_unlimited() {
             return Ok(());
@@ -207,7 +225,12 @@ impl Access {
     }
 
     /// Admits a request that may use up to `tokens` tokens within the tenant's limits.
-    pub fn admit(&self, who: &Principal, model: &str, tokens: u64) -> Result<Admission, ApiError> {
+    pub fn admit(
+        &self,
+        who: &Principal,
+        model: &str,
+        tokens: u64,
+    ) -> Result<Admission, AccessError> {
         let limiter = &who.tenant.limiter;
         if self.open || limiter.is_unlimited() {
             return Ok(Admission::unlimited());
@@ -225,20 +248,26 @@ fn scope(tenant: &str, model: &Option<String>) -> String {
     }
 }
 
-/// A 429 in OpenAI's words, with Retry-After and the rate-limit headers.
-fn rejection_error(tenant: &str, r: Rejection) -> ApiError {
+/// A refusal in OpenAI's words (the edge adds Retry-After and the rate-limit headers).
+fn rejection_error(tenant: &str, r: Rejection) -> AccessError {
+    let limited = |kind, message, retry_after, state| AccessError::RateLimited {
+        kind,
+        message,
+        retry_after,
+        state,
+    };
     match r {
         Rejection::Requests {
             limit,
             model,
             wait,
             state,
-        } => ApiError::rate_limited(
+        } => limited(
             "requests",
             format!(
                 "Rate limit reached for {} on requests per min (RPM): Limit {limit}. Please try again in {}.",
                 scope(tenant, &model),
-                crate::api::ratelimit_headers::duration_text(wait)
+                duration_text(wait)
             ),
             Some(wait),
             state,
@@ -249,12 +278,12 @@ fn rejection_error(tenant: &str, r: Rejection) -> ApiError {
             model,
             wait,
             state,
-        } => ApiError::rate_limited(
+        } => limited(
             "tokens",
             format!(
                 "Rate limit reached for {} on tokens per min (TPM): Limit {limit}, Requested {requested}. Please try again in {}.",
                 scope(tenant, &model),
-                crate::api::ratelimit_headers::duration_text(wait)
+                duration_text(wait)
             ),
             Some(wait),
             state,
@@ -263,7 +292,7 @@ fn rejection_error(tenant: &str, r: Rejection) -> ApiError {
             limit,
             requested,
             model,
-        } => ApiError::rate_limited(
+        } => limited(
             "tokens",
             format!(
                 "Request too large for {} on tokens per min (TPM): Limit {limit}, Requested {requested} (prompt tokens plus max_tokens for each choice). Lower max_tokens or shorten the prompt.",
@@ -272,7 +301,7 @@ fn rejection_error(tenant: &str, r: Rejection) -> ApiError {
             None,
             Default::default(),
         ),
-        Rejection::Concurrency { limit, state } => ApiError::rate_limited(
+        Rejection::Concurrency { limit, state } => limited(
             "requests",
             format!(
                 "Too many concurrent requests for {}: Limit {limit}. Please try again when one has finished.",

@@ -6,12 +6,22 @@ use std::sync::{Arc, OnceLock};
 use rosetta_config::{ModelConfig, RequestLimits};
 
 use crate::access::Access;
-use crate::api::error::ApiError;
 use crate::drain::Drain;
 use crate::pool::Pool;
 use crate::registry::ServedModel;
 use crate::router::Router;
 use crate::secrets::SaltKey;
+
+/// Why a local model cannot be had.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ModelError {
+    /// Models are still loading; retry shortly.
+    #[error("The server is still loading its models; retry shortly.")]
+    Loading,
+    /// No such model here.
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    NotFound(String),
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -88,18 +98,16 @@ impl AppState {
             .is_some_and(|m| m.values().any(|m| !m.engine.is_healthy()))
     }
 
-    fn loaded(&self) -> Result<&HashMap<String, Arc<ServedModel>>, ApiError> {
-        self.inner.models.get().ok_or_else(|| {
-            ApiError::unavailable("The server is still loading its models; retry shortly.", 2)
-        })
+    fn loaded(&self) -> Result<&HashMap<String, Arc<ServedModel>>, ModelError> {
+        self.inner.models.get().ok_or(ModelError::Loading)
     }
 
     /// The local model a request names: 503 while loading, 404 if unknown here.
-    pub fn model(&self, id: &str) -> Result<Arc<ServedModel>, ApiError> {
+    pub fn model(&self, id: &str) -> Result<Arc<ServedModel>, ModelError> {
         self.loaded()?
             .get(id)
             .cloned()
-            .ok_or_else(|| ApiError::model_not_found(id))
+            .ok_or_else(|| ModelError::NotFound(id.to_string()))
     }
 
     /// The local model, if it is loaded.
@@ -108,7 +116,7 @@ impl AppState {
     }
 
     /// Local models, in config order.
-    pub fn models(&self) -> Result<Vec<Arc<ServedModel>>, ApiError> {
+    pub fn models(&self) -> Result<Vec<Arc<ServedModel>>, ModelError> {
         let loaded = self.loaded()?;
         Ok(self
             .inner

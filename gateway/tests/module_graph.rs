@@ -1,7 +1,9 @@
 //! The gateway's modules must not import each other in a cycle: the request path reads one
 //! way (endpoints → pipeline → pool/engine), so that adding an endpoint is one new module and
-//! one route line, never an edit to the pipeline. Each source file is a node; an edge is any
-//! `crate::`, `super::` or `self::` path in its non-test code that names another file's module.
+//! one route line, never an edit to the pipeline, and domain modules (access, pool, state)
+//! never import the HTTP layer. Each source file is a node; an edge is any `crate::`,
+//! `super::` or `self::` path in its non-test code that names another file's module. Checked
+//! between files, and between top-level modules.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -200,6 +202,28 @@ fn gateway_modules_import_each_other_in_no_cycle() {
         if let Some(cycle) = visit(m, &edges, &mut Vec::new(), &mut done) {
             let names: Vec<String> = cycle.iter().map(|m| m.join("::")).collect();
             panic!("module import cycle: {}", names.join(" → "));
+        }
+    }
+    // The same between the crate's top-level modules (`api`, `pool`, `access`, ...): domain
+    // modules never reach back into the HTTP layer, not even for its error type.
+    let mut top: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
+    for (from, tos) in &edges {
+        for to in tos {
+            if from[0] != to[0] {
+                top.entry(vec![from[0].clone()])
+                    .or_default()
+                    .insert(vec![to[0].clone()]);
+            }
+        }
+    }
+    let mut done = BTreeSet::new();
+    for m in top.keys() {
+        if let Some(cycle) = visit(m, &top, &mut Vec::new(), &mut done) {
+            let names: Vec<String> = cycle.iter().map(|m| m.join("::")).collect();
+            panic!(
+                "import cycle between top-level modules: {}",
+                names.join(" → ")
+            );
         }
     }
     // The check sees the request path: endpoints import the pipeline, not the reverse.

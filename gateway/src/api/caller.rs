@@ -60,7 +60,7 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     }
     let principal = match state.access().authenticate(authorization) {
         Ok(p) => p,
-        Err(e) => return e.into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
     };
     let request_id = req
         .headers()

@@ -10,7 +10,7 @@ use axum::Extension;
 use futures::{Stream, StreamExt};
 use rosetta_config::RequestLimits;
 use rosetta_engine::text::{ChatMessage, ContentPart, MessageContent};
-use rosetta_engine::GeneratedToken;
+use rosetta_engine::{EngineError, GeneratedToken};
 use serde_json::Value;
 
 use super::caller::Caller;
@@ -274,7 +274,7 @@ impl Generation for ChatCall {
 }
 
 /// Chat chunks, or one `chat.completion` body.
-async fn render(chat: &ChatCall, answer: Answer<'_>) -> Result<Response, ApiError> {
+async fn render(chat: &ChatCall, answer: Answer<'_>) -> Result<Response, EngineError> {
     let Answer {
         state,
         model,
@@ -433,7 +433,7 @@ fn stream_chunks(
                 last.usage = Some(Some(usage.into()));
                 last
             })),
-            Item::Error(e) => sse::error_closing(&e),
+            Item::Error(e) => sse::error_closing(&e.into()),
         };
         futures::stream::iter(events.into_iter().map(Ok))
     });

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures::{Stream, StreamExt};
 use rosetta_config::RequestLimits;
-use rosetta_engine::GeneratedToken;
+use rosetta_engine::{EngineError, GeneratedToken};
 use serde_json::Value;
 
 use super::caller::Caller;
@@ -231,7 +231,7 @@ impl Generation for CompletionCall {
 }
 
 /// Completion chunks, or one `text_completion` body.
-async fn render(call: &CompletionCall, answer: Answer<'_>) -> Result<Response, ApiError> {
+async fn render(call: &CompletionCall, answer: Answer<'_>) -> Result<Response, EngineError> {
     let Answer {
         state,
         model,
@@ -397,7 +397,7 @@ fn stream_chunks(
                 usage: Some(Some(usage.into())),
                 ..meta.header()
             })),
-            Item::Error(e) => sse::error_closing(&e),
+            Item::Error(e) => sse::error_closing(&e.into()),
         };
         futures::stream::iter(events.into_iter().map(Ok))
     });

@@ -7,7 +7,10 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rosetta_engine::EngineError;
 
+use crate::access::AccessError;
+use crate::pool::remote::UpstreamRefusal;
 use crate::ratelimit::RateState;
+use crate::state::ModelError;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -142,6 +145,41 @@ impl ApiError {
     /// The JSON object sent in an error response or an SSE error event.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({ "error": self.body })
+    }
+}
+
+impl From<AccessError> for ApiError {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::Unauthenticated(m) => ApiError::unauthorized(m),
+            AccessError::Denied(m) => ApiError::forbidden(m),
+            AccessError::RateLimited {
+                kind,
+                message,
+                retry_after,
+                state,
+            } => ApiError::rate_limited(kind, message, retry_after, state),
+        }
+    }
+}
+
+impl From<ModelError> for ApiError {
+    fn from(e: ModelError) -> Self {
+        match &e {
+            ModelError::Loading => ApiError::unavailable(e.to_string(), 2),
+            ModelError::NotFound(id) => ApiError::model_not_found(id),
+        }
+    }
+}
+
+impl From<UpstreamRefusal> for ApiError {
+    fn from(e: UpstreamRefusal) -> Self {
+        let mut error = ApiError::invalid(e.message);
+        error.status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+        match &e.param {
+            Some(p) => error.with_param(p),
+            None => error,
+        }
     }
 }
 

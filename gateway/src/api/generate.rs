@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use futures::stream::{self, SelectAll, Stream, StreamExt};
 use rosetta_engine::{
-    ChoiceDelta, EventStream, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, Usage,
+    ChoiceDelta, EngineError, EventStream, FinishReason, GenerateEvent, GenerateRequest,
+    GeneratedToken, Usage,
 };
 
 use super::caller::Caller;
-use super::error::ApiError;
+use crate::access::AccessError;
 use crate::ratelimit::{Admission, RateState};
 use crate::registry::ServedModel;
 use crate::state::AppState;
@@ -23,7 +24,7 @@ pub fn admit(
     caller: &Caller,
     model: &ServedModel,
     requests: &mut [GenerateRequest],
-) -> Result<Admission, ApiError> {
+) -> Result<Admission, AccessError> {
     let tenant: Arc<str> = Arc::from(caller.scheduling_tenant());
     for r in requests.iter_mut() {
         r.priority = caller.priority();
@@ -71,7 +72,7 @@ pub fn submit_admitted(
     requests: Vec<GenerateRequest>,
     admission: Admission,
     hold: impl Send + 'static,
-) -> Result<impl Stream<Item = Item> + Send, ApiError> {
+) -> Result<impl Stream<Item = Item> + Send, EngineError> {
     let prompt_tokens: u64 = requests.iter().map(|r| r.prompt.len() as u64).sum();
     let n = requests.first().map_or(1, |r| r.params.n);
     let streams = requests
@@ -110,7 +111,7 @@ pub enum Item {
     Delta(ChoiceDelta),
     /// Every prompt's every choice has finished; usage summed over them.
     Done(Usage),
-    Error(ApiError),
+    Error(EngineError),
 }
 
 type Part = Pin<Box<dyn Stream<Item = PartEvent> + Send>>;
@@ -118,7 +119,7 @@ type Part = Pin<Box<dyn Stream<Item = PartEvent> + Send>>;
 enum PartEvent {
     Delta(ChoiceDelta),
     Done(Usage),
-    Error(ApiError),
+    Error(EngineError),
 }
 
 /// Merges the event streams of a request's prompts (each with `n` choices) into one,
@@ -138,9 +139,9 @@ fn merge(streams: Vec<EventStream>, n: usize) -> impl Stream<Item = Item> + Send
                     return Some((PartEvent::Delta(d), Some(rx)));
                 }
                 Some(Ok(GenerateEvent::Done(u))) => PartEvent::Done(u),
-                Some(Err(e)) => PartEvent::Error(e.into()),
-                None => PartEvent::Error(ApiError::internal(
-                    "The engine stopped before the request finished.",
+                Some(Err(e)) => PartEvent::Error(e),
+                None => PartEvent::Error(EngineError::Internal(
+                    "the engine stopped before the request finished".into(),
                 )),
             };
             Some((ev, None))
@@ -197,7 +198,7 @@ pub struct ChoiceOutput {
 pub async fn collect(
     items: impl Stream<Item = Item>,
     choices: usize,
-) -> Result<(Vec<ChoiceOutput>, Usage), ApiError> {
+) -> Result<(Vec<ChoiceOutput>, Usage), EngineError> {
     let mut out = vec![ChoiceOutput::default(); choices];
     futures::pin_mut!(items);
     while let Some(item) = items.next().await {
@@ -216,8 +217,8 @@ pub async fn collect(
             Item::Error(e) => return Err(e),
         }
     }
-    Err(ApiError::internal(
-        "The engine stopped before the request finished.",
+    Err(EngineError::Internal(
+        "the engine stopped before the request finished".into(),
     ))
 }
 

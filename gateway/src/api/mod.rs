@@ -13,6 +13,7 @@ mod params;
 mod pipeline;
 pub mod ratelimit_headers;
 mod sse;
+mod sse_relay;
 mod tokenize;
 pub mod types;
 

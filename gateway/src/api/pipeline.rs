@@ -15,14 +15,18 @@ use axum::response::{IntoResponse, Response};
 use futures::stream::BoxStream;
 use serde_json::Value;
 
+use rosetta_engine::EngineError;
+
 use super::caller::Caller;
 use super::error::ApiError;
 use super::generate::{admit, submit_admitted, with_rate_headers, Item};
 use super::params::Sampling;
 use super::sse;
+use super::sse_relay;
+use crate::access::AccessError;
 use crate::language::{self, iso, Language};
 use crate::pool::remote::{ForwardError, Forwarded, OnBehalf, RemoteClient};
-use crate::pool::{sse_relay, InFlight, Replica, ReplicaKind};
+use crate::pool::{InFlight, Replica, ReplicaKind};
 use crate::registry::ServedModel;
 use crate::router::Target;
 use crate::state::AppState;
@@ -36,7 +40,8 @@ pub struct Answer<'a> {
     pub items: BoxStream<'static, Item>,
 }
 
-pub type Rendered<'a> = Pin<Box<dyn Future<Output = Result<Response, ApiError>> + Send + 'a>>;
+/// The endpoint's rendering; what can fail there is the engine (mid-generation, or decoding).
+pub type Rendered<'a> = Pin<Box<dyn Future<Output = Result<Response, EngineError>> + Send + 'a>>;
 
 /// One validated generation request, whatever its endpoint: what the pipeline needs to route,
 /// admit and run it, and how the endpoint turns the answer into its wire format.
@@ -201,7 +206,7 @@ fn allowed_candidates(
     language: &Language,
 ) -> Result<Vec<String>, ApiError> {
     let mut allowed = Vec::new();
-    let mut denials: Vec<ApiError> = Vec::new();
+    let mut denials: Vec<AccessError> = Vec::new();
     for m in target.candidates() {
         match state
             .access()
@@ -215,7 +220,7 @@ fn allowed_candidates(
         return Ok(allowed);
     }
     match (target, denials.len()) {
-        (Target::Model(_), 1) => Err(denials.remove(0)),
+        (Target::Model(_), 1) => Err(denials.remove(0).into()),
         (Target::Alias { alias, .. }, 0) => Err(ApiError::unavailable(
             format!(
                 "The alias `{alias}` routes `{}` requests to no model.",
@@ -224,7 +229,7 @@ fn allowed_candidates(
             5,
         )),
         (Target::Alias { alias, .. }, _) | (Target::Model(alias), _) => {
-            let reasons: Vec<String> = denials.into_iter().map(|e| e.body.message).collect();
+            let reasons: Vec<String> = denials.iter().map(ToString::to_string).collect();
             Err(ApiError::forbidden(format!(
                 "No model that `{alias}` routes `{}` requests to is allowed for this tenant. {}",
                 language.code,
@@ -243,45 +248,42 @@ async fn run_local(
     model_id: &str,
     hold: InFlight,
 ) -> Result<Response, Failure> {
-    let model = state.model(model_id).map_err(Failure::Retry)?;
-    run_on_engine(state, caller, call, model, hold)
-        .await
-        .map_err(|e| {
-            // 503: the engine is overloaded or shutting down; anything else is the answer.
-            if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
-                Failure::Retry(e)
-            } else {
-                Failure::Final(e)
-            }
-        })
-}
-
-async fn run_on_engine(
-    state: &AppState,
-    caller: &Caller,
-    call: &dyn Generation,
-    model: Arc<ServedModel>,
-    hold: InFlight,
-) -> Result<Response, ApiError> {
+    // Not loaded (yet) here: another replica may have it.
+    let model = state
+        .model(model_id)
+        .map_err(|e| Failure::Retry(e.into()))?;
     tracing::debug!(model = %model.id, path = call.path(), "generation");
-    state.access().precheck(&caller.principal, &model.id)?;
+    let refused = |e: AccessError| Failure::Final(e.into());
+    let engine = |e: EngineError| {
+        if e.is_retryable() {
+            Failure::Retry(e.into())
+        } else {
+            Failure::Final(e.into())
+        }
+    };
+    state
+        .access()
+        .precheck(&caller.principal, &model.id)
+        .map_err(refused)?;
     let sampling = call.sampling();
-    sampling.check_vocabulary(&model)?;
-    let prompts = call.prompts(&model)?;
+    sampling.check_vocabulary(&model).map_err(Failure::Final)?;
+    let prompts = call.prompts(&model).map_err(Failure::Final)?;
     let mut requests = prompts
         .iter()
         .map(|p| sampling.request(&model, p.clone()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let admission = admit(state, caller, &model, &mut requests)?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::Final)?;
+    let admission = admit(state, caller, &model, &mut requests).map_err(refused)?;
     let rate = admission.state();
-    let items = submit_admitted(&model, requests, admission, hold)?;
+    let items = submit_admitted(&model, requests, admission, hold).map_err(engine)?;
     let answer = Answer {
         state,
         model,
         prompts,
         items: Box::pin(items),
     };
-    Ok(with_rate_headers(call.render(answer).await?, rate))
+    let response = call.render(answer).await.map_err(engine)?;
+    Ok(with_rate_headers(response, rate))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -300,7 +302,7 @@ async fn run_remote(
     state
         .access()
         .precheck(&caller.principal, model_id)
-        .map_err(Failure::Final)?;
+        .map_err(|e| Failure::Final(e.into()))?;
     let prompt_estimate = state
         .loaded_model(model_id)
         .and_then(|m| call.prompts(&m).ok())
@@ -313,7 +315,7 @@ async fn run_remote(
             model_id,
             prompt_estimate.saturating_add(max_completion_tokens(call)),
         )
-        .map_err(Failure::Final)?;
+        .map_err(|e| Failure::Final(e.into()))?;
     let rate = admission.state();
     let who = OnBehalf {
         tenant: caller.scheduling_tenant(),
@@ -367,7 +369,7 @@ async fn run_remote(
         Err(ForwardError::Unauthorized(status)) => Err(Failure::Retry(ApiError::bad_gateway(
             format!("replica {replica} refused the gateway ({status}); check its api_key"),
         ))),
-        Err(ForwardError::Refused(e)) => Err(Failure::Final(e)),
+        Err(ForwardError::Refused(e)) => Err(Failure::Final(e.into())),
     }
 }
 

@@ -3,7 +3,6 @@
 
 pub mod breaker;
 pub mod remote;
-pub mod sse_relay;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};

@@ -11,8 +11,6 @@ use futures::{Stream, StreamExt};
 use rosetta_config::RemoteReplica;
 use serde_json::Value;
 
-use crate::api::error::ApiError;
-
 /// The upstream's own report of its load for this model.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct UpstreamLoad {
@@ -81,7 +79,7 @@ pub enum ForwardError {
     /// Down, overloaded or too slow before anything was sent to the client: try elsewhere.
     Unavailable(String),
     /// The upstream refused the request itself (a 4xx): the client's answer.
-    Refused(ApiError),
+    Refused(UpstreamRefusal),
     /// The upstream refused the gateway (401, 403): its configuration is wrong.
     Unauthorized(u16),
 }
@@ -261,19 +259,23 @@ impl RemoteClient {
     }
 }
 
-/// An upstream's 4xx, kept in OpenAI's shape.
-fn upstream_error(status: reqwest::StatusCode, body: &Value) -> ApiError {
-    let message = body["error"]["message"]
-        .as_str()
-        .unwrap_or("The upstream refused the request.")
-        .to_string();
-    let mut e = ApiError::invalid(message);
-    e.status = axum::http::StatusCode::from_u16(status.as_u16())
-        .unwrap_or(axum::http::StatusCode::BAD_REQUEST);
-    if let Some(p) = body["error"]["param"].as_str() {
-        e = e.with_param(p);
+/// An upstream's 4xx: its status, message and parameter, passed on to the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamRefusal {
+    pub status: u16,
+    pub message: String,
+    pub param: Option<String>,
+}
+
+fn upstream_error(status: reqwest::StatusCode, body: &Value) -> UpstreamRefusal {
+    UpstreamRefusal {
+        status: status.as_u16(),
+        message: body["error"]["message"]
+            .as_str()
+            .unwrap_or("The upstream refused the request.")
+            .to_string(),
+        param: body["error"]["param"].as_str().map(str::to_string),
     }
-    e
 }
 
 /// A load report: Rosetta's `/load` JSON (`models.<id>.running`, ...) or vLLM's Prometheus

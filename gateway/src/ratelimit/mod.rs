@@ -409,6 +409,27 @@ impl Drop for Admission {
     }
 }
 
+/// A duration the way OpenAI writes it: `20ms`, `1.5s`, `6m0s`.
+pub fn duration_text(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = d.as_secs_f64();
+    if secs < 60.0 {
+        let text = format!("{secs:.3}");
+        let text = text.trim_end_matches('0').trim_end_matches('.');
+        return format!("{text}s");
+    }
+    let whole = d.as_secs();
+    let (h, m, s) = (whole / 3600, whole / 60 % 60, whole % 60);
+    if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else {
+        format!("{m}m{s}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,5 +550,14 @@ mod tests {
         ));
         drop(a);
         assert!(l.admit("m", 0).is_ok());
+    }
+
+    #[test]
+    fn durations_read_like_openais() {
+        assert_eq!(duration_text(Duration::from_millis(20)), "20ms");
+        assert_eq!(duration_text(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(duration_text(Duration::from_secs(1)), "1s");
+        assert_eq!(duration_text(Duration::from_secs(360)), "6m0s");
+        assert_eq!(duration_text(Duration::from_secs(3725)), "1h2m5s");
     }
 }

@@ -6,8 +6,8 @@ use axum::body::Bytes;
 use futures::stream::{self, Stream, StreamExt};
 use serde_json::Value;
 
-use super::remote::ByteStream;
-use crate::api::error::ApiError;
+use super::error::ApiError;
+use crate::pool::remote::ByteStream;
 
 /// Longest event accepted from an upstream; one that never ends is cut off here.
 const MAX_EVENT_BYTES: usize = 1 << 20;
