@@ -1,3 +1,5 @@
+//! Errors of loading and validating a config file, with the file, key and position.
+
 use std::fmt;
 use std::path::PathBuf;
 

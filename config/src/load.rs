@@ -1,3 +1,5 @@
+//! Reading a config from YAML: the embedded default, files, and precise parse errors.
+
 use std::path::{Path, PathBuf};
 
 use crate::{Config, ConfigError};

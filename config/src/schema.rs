@@ -1,3 +1,5 @@
+//! The config file's typed schema, its defaults and the checks types alone cannot make.
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;

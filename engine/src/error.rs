@@ -1,3 +1,5 @@
+//! The engine's error kinds, and whether a retry elsewhere may help.
+
 /// What can go wrong in the engine. The gateway maps each kind to an HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {

@@ -1,3 +1,5 @@
+//! The demo models' shapes and config.json contents, per architecture and size.
+
 use rosetta_config::{Arch, Size};
 use serde_json::json;
 

@@ -1,3 +1,5 @@
+//! Random weights for demo models, written as safetensors (optionally sharded).
+
 use std::path::Path;
 
 use rand::SeedableRng;

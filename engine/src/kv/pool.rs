@@ -1,3 +1,5 @@
+//! The CPU storage of the paged KV cache: one K and one V tensor per layer.
+
 /// Shape of one layer's K (or V) storage: `[num_blocks, block_size, kv_heads, head_dim]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvLayout {

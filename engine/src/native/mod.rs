@@ -124,7 +124,7 @@ impl NativeEngine {
         let (tx, rx) = mpsc::unbounded_channel();
         let runner = Box::new(model).into_runner(layout)?;
         let alive = Arc::new(AtomicBool::new(true));
-        let mut worker = scheduler::Worker::new(
+        let mut worker = scheduler::EngineCore::new(
             runner,
             tokenizer,
             BlockManager::new(total_blocks, config.block_size, config.prefix_caching),

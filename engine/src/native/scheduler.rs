@@ -12,14 +12,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::sequence::{Group, Sequence};
+use super::sequence::{RequestState, Sequence};
 use super::{NativeEngineConfig, Submission};
 use crate::kv::{keyed_salt_hash, BlockManager};
 use crate::model::{BlockCopy, ModelRunner, SeqChunk};
 use crate::text::ModelTokenizer;
 use crate::{EngineError, EngineLoad, GenerateEvent};
 
-pub struct Worker {
+/// The engine loop's state: the waiting and running sequences, their requests, the KV
+/// blocks, and the model runner each step goes to.
+pub struct EngineCore {
     model: Box<dyn ModelRunner>,
     tokenizer: Arc<ModelTokenizer>,
     blocks: BlockManager,
@@ -30,7 +32,7 @@ pub struct Worker {
     /// Kept sorted by (priority, arrival) at the start of each step: the front is served
     /// first, the back is preempted first.
     running: Vec<Sequence>,
-    groups: HashMap<u64, Group>,
+    groups: HashMap<u64, RequestState>,
     /// Requests whose readers are behind: not scheduled this step, their KV kept.
     paused: HashSet<u64>,
     /// Requests that failed in the current step's forward pass (already told).
@@ -47,7 +49,7 @@ pub struct Worker {
     alive: Arc<AtomicBool>,
 }
 
-impl Drop for Worker {
+impl Drop for EngineCore {
     fn drop(&mut self) {
         self.alive.store(false, Ordering::Release);
     }
@@ -60,7 +62,7 @@ struct Scheduled {
     len: usize,
 }
 
-impl Worker {
+impl EngineCore {
     pub fn new(
         model: Box<dyn ModelRunner>,
         tokenizer: Arc<ModelTokenizer>,
@@ -139,7 +141,7 @@ impl Worker {
             &self.tokenizer,
         ));
         self.groups
-            .insert(id, Group::new(request, sub.events, sub.generated));
+            .insert(id, RequestState::new(request, sub.events, sub.generated));
     }
 
     /// Frees every sequence of requests whose client has gone, whose deadline has passed or
@@ -616,7 +618,7 @@ impl Worker {
 /// fails only this request.
 fn sample_into(
     seq: &mut Sequence,
-    group: &mut Group,
+    group: &mut RequestState,
     row: &mut [f32],
     tok: &ModelTokenizer,
     finished: &mut Vec<(u64, usize)>,

@@ -20,7 +20,7 @@ use crate::{
 type Event = Result<GenerateEvent, EngineError>;
 
 /// The choices of one request, answered on one bounded channel.
-pub struct Group {
+pub struct RequestState {
     events: Sender<Event>,
     /// Events the channel had no room for; while any wait here, the group is paused.
     backlog: VecDeque<Event>,
@@ -37,7 +37,7 @@ pub struct Group {
     pub deadline: Option<Instant>,
 }
 
-impl Group {
+impl RequestState {
     pub fn new(
         request: Arc<GenerateRequest>,
         events: Sender<Event>,

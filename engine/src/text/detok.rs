@@ -1,3 +1,5 @@
+//! Incremental detokenization: text deltas that never split a character.
+
 use super::ModelTokenizer;
 use crate::EngineError;
 

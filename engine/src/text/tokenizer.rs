@@ -1,3 +1,5 @@
+//! A model's tokenizer (tokenizer.json), its special tokens and chat template.
+
 use std::collections::BTreeSet;
 use std::path::Path;
 

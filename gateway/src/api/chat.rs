@@ -13,10 +13,10 @@ use rosetta_engine::text::{ChatMessage, ContentPart, MessageContent};
 use rosetta_engine::{EngineError, GeneratedToken};
 use serde_json::Value;
 
-use super::caller::Caller;
+use super::answer::{collect, new_id, now_secs, token_text, AnswerEvent};
+use super::authentication::Caller;
 use super::error::ApiError;
 use super::extract::{parse_json, OpenAiJsonRaw};
-use super::generate::{collect, new_id, now_secs, token_text, Item};
 use super::params::{self, stated_language};
 use super::pipeline::{self, Answer, Generation, Rendered};
 use super::sse::{self, json_event};
@@ -282,7 +282,7 @@ async fn render(chat: &ChatCall, answer: Answer<'_>) -> Result<Response, EngineE
         ..
     } = answer;
     let n = chat.sampling.params.n;
-    let meta = Meta {
+    let meta = ChatIdentity {
         id: new_id("chatcmpl"),
         created: now_secs(),
         model: model.id.clone(),
@@ -326,7 +326,8 @@ async fn render(chat: &ChatCall, answer: Answer<'_>) -> Result<Response, EngineE
     Ok(axum::Json(body).into_response())
 }
 
-struct Meta {
+/// What every chunk or body of one answer repeats: its id, time, model and fingerprint.
+struct ChatIdentity {
     id: String,
     created: u64,
     model: String,
@@ -334,7 +335,7 @@ struct Meta {
     top_logprobs: Option<usize>,
 }
 
-impl Meta {
+impl ChatIdentity {
     fn chunk(&self, choices: Vec<ChatChunkChoice>, include_usage: bool) -> ChatCompletionChunk {
         ChatCompletionChunk {
             id: self.id.clone(),
@@ -372,8 +373,8 @@ fn token_logprob(model: &ServedModel, t: &GeneratedToken, k: usize) -> TokenLogp
 }
 
 fn stream_chunks(
-    items: impl Stream<Item = Item> + Send + 'static,
-    meta: Meta,
+    items: impl Stream<Item = AnswerEvent> + Send + 'static,
+    meta: ChatIdentity,
     model: std::sync::Arc<ServedModel>,
     n: usize,
     include_usage: bool,
@@ -395,7 +396,7 @@ fn stream_chunks(
         .collect();
     let body = items.flat_map(move |item| {
         let events: Vec<Event> = match item {
-            Item::Delta(d) => {
+            AnswerEvent::Delta(d) => {
                 let mut out = Vec::new();
                 let logprobs = meta.top_logprobs.map(|k| ChatLogprobs {
                     content: d
@@ -428,12 +429,12 @@ fn stream_chunks(
                 }
                 out
             }
-            Item::Done(usage) => sse::closing(include_usage.then(|| {
+            AnswerEvent::Done(usage) => sse::closing(include_usage.then(|| {
                 let mut last = meta.chunk(Vec::new(), true);
                 last.usage = Some(Some(usage.into()));
                 last
             })),
-            Item::Error(e) => sse::error_closing(&e.into()),
+            AnswerEvent::Error(e) => sse::error_closing(&e.into()),
         };
         futures::stream::iter(events.into_iter().map(Ok))
     });

@@ -14,10 +14,10 @@ use rosetta_config::RequestLimits;
 use rosetta_engine::{EngineError, GeneratedToken};
 use serde_json::Value;
 
-use super::caller::Caller;
+use super::answer::{collect, new_id, now_secs, token_text, AnswerEvent};
+use super::authentication::Caller;
 use super::error::ApiError;
 use super::extract::{parse_json, OpenAiJsonRaw};
-use super::generate::{collect, new_id, now_secs, token_text, Item};
 use super::params::{self, stated_language};
 use super::pipeline::{self, Answer, Generation, Rendered};
 use super::sse::{self, json_event};
@@ -248,7 +248,7 @@ async fn render(call: &CompletionCall, answer: Answer<'_>) -> Result<Response, E
     };
     let per_prompt = call.sampling.params.n;
     let total_choices = per_prompt * prompts.len();
-    let meta = Meta {
+    let meta = CompletionIdentity {
         id: new_id("cmpl"),
         created: now_secs(),
         model: model.id.clone(),
@@ -285,7 +285,8 @@ async fn render(call: &CompletionCall, answer: Answer<'_>) -> Result<Response, E
     Ok(axum::Json(body).into_response())
 }
 
-struct Meta {
+/// What every chunk or body of one answer repeats, and what echo and logprobs need.
+struct CompletionIdentity {
     id: String,
     created: u64,
     model: String,
@@ -296,7 +297,7 @@ struct Meta {
     per_prompt: usize,
 }
 
-impl Meta {
+impl CompletionIdentity {
     fn echo_for(&self, choice: usize) -> &str {
         self.echoes
             .get(choice / self.per_prompt.max(1))
@@ -351,8 +352,8 @@ fn append_logprobs(
 }
 
 fn stream_chunks(
-    items: impl Stream<Item = Item> + Send + 'static,
-    meta: Meta,
+    items: impl Stream<Item = AnswerEvent> + Send + 'static,
+    meta: CompletionIdentity,
     model: Arc<ServedModel>,
     choices: usize,
     include_usage: bool,
@@ -372,7 +373,7 @@ fn stream_chunks(
     let mut offsets = vec![0usize; choices];
     let body = items.flat_map(move |item| {
         let events: Vec<Event> = match item {
-            Item::Delta(d) => {
+            AnswerEvent::Delta(d) => {
                 let logprobs = meta.logprobs.map(|k| {
                     let mut lp = CompletionLogprobs::default();
                     if let Some(offset) = offsets.get_mut(d.index) {
@@ -392,12 +393,12 @@ fn stream_chunks(
                     vec![json_event(&meta.chunk(choice, include_usage))]
                 }
             }
-            Item::Done(usage) => sse::closing(include_usage.then(|| Completion {
+            AnswerEvent::Done(usage) => sse::closing(include_usage.then(|| Completion {
                 choices: Vec::new(),
                 usage: Some(Some(usage.into())),
                 ..meta.header()
             })),
-            Item::Error(e) => sse::error_closing(&e.into()),
+            AnswerEvent::Error(e) => sse::error_closing(&e.into()),
         };
         futures::stream::iter(events.into_iter().map(Ok))
     });

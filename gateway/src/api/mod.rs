@@ -1,13 +1,13 @@
 //! The OpenAI-compatible HTTP API.
 
+mod answer;
 #[cfg(test)]
 mod arbitrary;
-pub mod caller;
+pub mod authentication;
 mod chat;
 mod completions;
 pub mod error;
 mod extract;
-mod generate;
 mod models;
 mod params;
 mod pipeline;
@@ -44,7 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/detokenize", post(tokenize::detokenize))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            caller::authenticate,
+            authentication::authenticate,
         ));
     Router::new()
         .merge(protected)

@@ -3,7 +3,7 @@
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 
-use super::caller::Caller;
+use super::authentication::Caller;
 use super::error::ApiError;
 use super::types::{ModelList, ModelObject};
 use crate::policy::Action;

@@ -17,9 +17,9 @@ use serde_json::Value;
 
 use rosetta_engine::EngineError;
 
-use super::caller::Caller;
+use super::answer::{admit, submit_admitted, with_rate_headers, AnswerEvent};
+use super::authentication::Caller;
 use super::error::ApiError;
-use super::generate::{admit, submit_admitted, with_rate_headers, Item};
 use super::params::Sampling;
 use super::sse;
 use super::sse_relay;
@@ -37,7 +37,7 @@ pub struct Answer<'a> {
     pub state: &'a AppState,
     pub model: Arc<ServedModel>,
     pub prompts: Vec<Vec<u32>>,
-    pub items: BoxStream<'static, Item>,
+    pub items: BoxStream<'static, AnswerEvent>,
 }
 
 /// The endpoint's rendering; what can fail there is the engine (mid-generation, or decoding).
@@ -65,7 +65,7 @@ pub trait Generation: Send + Sync {
 }
 
 /// How one attempt on a replica ended without an answer.
-enum Failure {
+enum AttemptError {
     /// Nothing reached the client; another replica may serve.
     Retry(ApiError),
     /// The answer for the client (a 4xx, a rate limit).
@@ -166,14 +166,14 @@ pub async fn run(
                     }
                     return Ok(decorate(resp, model_id, &language, &replica));
                 }
-                Err(Failure::Retry(e)) => {
+                Err(AttemptError::Retry(e)) => {
                     tracing::warn!(model = %model_id, replica = %replica.name, error = %e.body.message, "replica could not serve; trying the next");
                     if replica.remote().is_some() {
                         replica.breaker.failure();
                     }
                     last_error = Some(e);
                 }
-                Err(Failure::Final(e)) => return Err(e),
+                Err(AttemptError::Final(e)) => return Err(e),
             }
         }
     }
@@ -247,18 +247,18 @@ async fn run_local(
     call: &dyn Generation,
     model_id: &str,
     hold: InFlight,
-) -> Result<Response, Failure> {
+) -> Result<Response, AttemptError> {
     // Not loaded (yet) here: another replica may have it.
     let model = state
         .model(model_id)
-        .map_err(|e| Failure::Retry(e.into()))?;
+        .map_err(|e| AttemptError::Retry(e.into()))?;
     tracing::debug!(model = %model.id, path = call.path(), "generation");
-    let refused = |e: AccessError| Failure::Final(e.into());
+    let refused = |e: AccessError| AttemptError::Final(e.into());
     let engine = |e: EngineError| {
         if e.is_retryable() {
-            Failure::Retry(e.into())
+            AttemptError::Retry(e.into())
         } else {
-            Failure::Final(e.into())
+            AttemptError::Final(e.into())
         }
     };
     state
@@ -266,13 +266,15 @@ async fn run_local(
         .precheck(&caller.principal, &model.id)
         .map_err(refused)?;
     let sampling = call.sampling();
-    sampling.check_vocabulary(&model).map_err(Failure::Final)?;
-    let prompts = call.prompts(&model).map_err(Failure::Final)?;
+    sampling
+        .check_vocabulary(&model)
+        .map_err(AttemptError::Final)?;
+    let prompts = call.prompts(&model).map_err(AttemptError::Final)?;
     let mut requests = prompts
         .iter()
         .map(|p| sampling.request(&model, p.clone()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(Failure::Final)?;
+        .map_err(AttemptError::Final)?;
     let admission = admit(state, caller, &model, &mut requests).map_err(refused)?;
     let rate = admission.state();
     let items = submit_admitted(&model, requests, admission, hold).map_err(engine)?;
@@ -296,13 +298,13 @@ async fn run_remote(
     raw: &Bytes,
     model_id: &str,
     hold: InFlight,
-) -> Result<Response, Failure> {
+) -> Result<Response, AttemptError> {
     // The prompt's tokens by the model's own tokenizer where this process has the model;
     // else about a token per 3 bytes of the body. Usage settles the difference either way.
     state
         .access()
         .precheck(&caller.principal, model_id)
-        .map_err(|e| Failure::Final(e.into()))?;
+        .map_err(|e| AttemptError::Final(e.into()))?;
     let prompt_estimate = state
         .loaded_model(model_id)
         .and_then(|m| call.prompts(&m).ok())
@@ -315,7 +317,7 @@ async fn run_remote(
             model_id,
             prompt_estimate.saturating_add(max_completion_tokens(call)),
         )
-        .map_err(|e| Failure::Final(e.into()))?;
+        .map_err(|e| AttemptError::Final(e.into()))?;
     let rate = admission.state();
     let who = OnBehalf {
         tenant: caller.scheduling_tenant(),
@@ -324,7 +326,7 @@ async fn run_remote(
     };
     // The body has been validated in full; only a remote replica needs it as a JSON tree.
     let body: Value = serde_json::from_slice(raw)
-        .map_err(|e| Failure::Final(ApiError::invalid(format!("Invalid JSON body: {e}"))))?;
+        .map_err(|e| AttemptError::Final(ApiError::invalid(format!("Invalid JSON body: {e}"))))?;
     match remote.forward(call.path(), &body, &who).await {
         Ok(Forwarded::Json(mut body)) => {
             body["model"] = Value::String(model_id.to_string());
@@ -357,19 +359,19 @@ async fn run_remote(
                 .header("content-type", "text/event-stream")
                 .header("cache-control", "no-cache")
                 .body(axum::body::Body::from_stream(events))
-                .map_err(|e| Failure::Final(ApiError::internal(e.to_string())))?;
+                .map_err(|e| AttemptError::Final(ApiError::internal(e.to_string())))?;
             Ok(with_rate_headers(resp, rate))
         }
-        Err(ForwardError::Unavailable(why)) => Err(Failure::Retry(ApiError::unavailable(
+        Err(ForwardError::Unavailable(why)) => Err(AttemptError::Retry(ApiError::unavailable(
             format!("replica {replica} is unavailable: {why}"),
             1,
         ))),
         // The gateway's own credentials or access were refused: the operator's fault, not
         // the client's; another replica may be configured right.
-        Err(ForwardError::Unauthorized(status)) => Err(Failure::Retry(ApiError::bad_gateway(
+        Err(ForwardError::Unauthorized(status)) => Err(AttemptError::Retry(ApiError::bad_gateway(
             format!("replica {replica} refused the gateway ({status}); check its api_key"),
         ))),
-        Err(ForwardError::Refused(e)) => Err(Failure::Final(e.into())),
+        Err(ForwardError::Refused(e)) => Err(AttemptError::Final(e.into())),
     }
 }
 

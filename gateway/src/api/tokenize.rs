@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::{Extension, Json};
 
-use super::caller::Caller;
+use super::authentication::Caller;
 use super::chat::{chat_prompt, parse_messages};
 use super::error::ApiError;
 use super::extract::OpenAiJson;

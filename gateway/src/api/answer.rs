@@ -1,5 +1,6 @@
-//! Running engine requests for an endpoint: submitting one or more prompts, merging their
-//! event streams with choice indices offset, and collecting whole answers.
+//! A request's answer from the engine: admission within the tenant's limits, submitting its
+//! prompts, merging their event streams (choice indices offset) into [`AnswerEvent`]s, token
+//! accounting as the engine generates, and collecting whole answers.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +12,7 @@ use rosetta_engine::{
     GeneratedToken, Usage,
 };
 
-use super::caller::Caller;
+use super::authentication::Caller;
 use crate::access::AccessError;
 use crate::ratelimit::{Admission, RateState};
 use crate::registry::ServedModel;
@@ -72,7 +73,7 @@ pub fn submit_admitted(
     requests: Vec<GenerateRequest>,
     admission: Admission,
     hold: impl Send + 'static,
-) -> Result<impl Stream<Item = Item> + Send, EngineError> {
+) -> Result<impl Stream<Item = AnswerEvent> + Send, EngineError> {
     let prompt_tokens: u64 = requests.iter().map(|r| r.prompt.len() as u64).sum();
     let n = requests.first().map_or(1, |r| r.params.n);
     let streams = requests
@@ -89,7 +90,7 @@ pub fn submit_admitted(
     Ok(items.map(move |item| {
         // Both live as long as the stream.
         let _ = &hold;
-        if matches!(&item, Item::Delta(_) | Item::Done(_)) {
+        if matches!(&item, AnswerEvent::Delta(_) | AnswerEvent::Done(_)) {
             settlement.record();
         }
         item
@@ -107,16 +108,16 @@ pub fn with_rate_headers(
 
 /// What an endpoint sees of a running request.
 #[derive(Debug)]
-pub enum Item {
+pub enum AnswerEvent {
     Delta(ChoiceDelta),
     /// Every prompt's every choice has finished; usage summed over them.
     Done(Usage),
     Error(EngineError),
 }
 
-type Part = Pin<Box<dyn Stream<Item = PartEvent> + Send>>;
+type Part = Pin<Box<dyn Stream<Item = PromptEvent> + Send>>;
 
-enum PartEvent {
+enum PromptEvent {
     Delta(ChoiceDelta),
     Done(Usage),
     Error(EngineError),
@@ -124,7 +125,7 @@ enum PartEvent {
 
 /// Merges the event streams of a request's prompts (each with `n` choices) into one,
 /// offsetting choice indices. The engine cancels every prompt if the stream is dropped.
-fn merge(streams: Vec<EventStream>, n: usize) -> impl Stream<Item = Item> + Send {
+fn merge(streams: Vec<EventStream>, n: usize) -> impl Stream<Item = AnswerEvent> + Send {
     let mut parts: SelectAll<Part> = SelectAll::new();
     let count = streams.len();
     for (i, rx) in streams.into_iter().enumerate() {
@@ -136,11 +137,11 @@ fn merge(streams: Vec<EventStream>, n: usize) -> impl Stream<Item = Item> + Send
             let ev = match rx.recv().await {
                 Some(Ok(GenerateEvent::Delta(mut d))) => {
                     d.index += base;
-                    return Some((PartEvent::Delta(d), Some(rx)));
+                    return Some((PromptEvent::Delta(d), Some(rx)));
                 }
-                Some(Ok(GenerateEvent::Done(u))) => PartEvent::Done(u),
-                Some(Err(e)) => PartEvent::Error(e),
-                None => PartEvent::Error(EngineError::Internal(
+                Some(Ok(GenerateEvent::Done(u))) => PromptEvent::Done(u),
+                Some(Err(e)) => PromptEvent::Error(e),
+                None => PromptEvent::Error(EngineError::Internal(
                     "the engine stopped before the request finished".into(),
                 )),
             };
@@ -166,19 +167,19 @@ fn merge(streams: Vec<EventStream>, n: usize) -> impl Stream<Item = Item> + Send
         }
         loop {
             match st.parts.next().await {
-                Some(PartEvent::Delta(d)) => return Some((Item::Delta(d), st)),
-                Some(PartEvent::Done(u)) => {
+                Some(PromptEvent::Delta(d)) => return Some((AnswerEvent::Delta(d), st)),
+                Some(PromptEvent::Done(u)) => {
                     st.usage.prompt_tokens += u.prompt_tokens;
                     st.usage.completion_tokens += u.completion_tokens;
                     st.remaining -= 1;
                     if st.remaining == 0 {
                         st.finished = true;
-                        return Some((Item::Done(st.usage), st));
+                        return Some((AnswerEvent::Done(st.usage), st));
                     }
                 }
-                Some(PartEvent::Error(e)) => {
+                Some(PromptEvent::Error(e)) => {
                     st.finished = true;
-                    return Some((Item::Error(e), st));
+                    return Some((AnswerEvent::Error(e), st));
                 }
                 None => return None,
             }
@@ -196,14 +197,14 @@ pub struct ChoiceOutput {
 
 /// Waits for every choice to finish.
 pub async fn collect(
-    items: impl Stream<Item = Item>,
+    items: impl Stream<Item = AnswerEvent>,
     choices: usize,
 ) -> Result<(Vec<ChoiceOutput>, Usage), EngineError> {
     let mut out = vec![ChoiceOutput::default(); choices];
     futures::pin_mut!(items);
     while let Some(item) = items.next().await {
         match item {
-            Item::Delta(d) => {
+            AnswerEvent::Delta(d) => {
                 let Some(c) = out.get_mut(d.index) else {
                     continue;
                 };
@@ -213,8 +214,8 @@ pub async fn collect(
                     c.finish = d.finish_reason;
                 }
             }
-            Item::Done(usage) => return Ok((out, usage)),
-            Item::Error(e) => return Err(e),
+            AnswerEvent::Done(usage) => return Ok((out, usage)),
+            AnswerEvent::Error(e) => return Err(e),
         }
     }
     Err(EngineError::Internal(
