@@ -5,6 +5,7 @@
 mod fault;
 mod scheduler;
 mod sequence;
+mod waiting;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::sequence::{RequestState, Sequence};
+use super::waiting::WaitingQueue;
 use super::{NativeEngineConfig, Submission};
 use crate::kv::{keyed_salt_hash, BlockManager};
 use crate::model::{BlockCopy, ModelRunner, SeqChunk};
@@ -28,7 +29,7 @@ pub struct EngineCore {
     /// Copy-on-write copies decided while scheduling, done at the start of the next pass.
     copies: Vec<BlockCopy>,
     config: NativeEngineConfig,
-    waiting: Vec<Sequence>,
+    waiting: WaitingQueue<Sequence>,
     /// Kept sorted by (priority, arrival) at the start of each step: the front is served
     /// first, the back is preempted first.
     running: Vec<Sequence>,
@@ -40,9 +41,6 @@ pub struct EngineCore {
     next_group: u64,
     next_arrival: u64,
     preemptions: u64,
-    /// Start-time fair queuing across tenants: each tenant's finish tag, and the virtual time.
-    tenant_finish: HashMap<Arc<str>, u64>,
-    virtual_time: u64,
     load: Arc<Mutex<EngineLoad>>,
     /// Cleared when the worker goes away, before its requests' channels close, so a client
     /// told "the engine stopped" finds the engine reported dead.
@@ -77,7 +75,7 @@ impl EngineCore {
             blocks,
             copies: Vec::new(),
             config,
-            waiting: Vec::new(),
+            waiting: WaitingQueue::default(),
             running: Vec::new(),
             groups: HashMap::new(),
             paused: HashSet::new(),
@@ -85,8 +83,6 @@ impl EngineCore {
             next_group: 0,
             next_arrival: 0,
             preemptions: 0,
-            tenant_finish: HashMap::new(),
-            virtual_time: 0,
             load,
             alive,
         }
@@ -184,7 +180,7 @@ impl EngineCore {
         for seq in self
             .running
             .iter()
-            .chain(&self.waiting)
+            .chain(self.waiting.iter())
             .filter(|s| ids.contains(&s.group))
         {
             self.blocks.release(&seq.blocks);
@@ -272,10 +268,10 @@ impl EngineCore {
                 seq.reset_for_recompute();
                 break;
             }
-            let seq = self.waiting.swap_remove(pick);
+            let seq = self.waiting.take(pick);
             // Fair share by cost: every choice, and a long prompt by its steps of prefill.
             let cost = seats + seq.tokens.len() / self.config.max_num_batched_tokens.max(1);
-            self.charge(&seq.tenant.clone(), cost as u64);
+            self.waiting.charge(&seq.tenant, cost as u64);
             self.running.push(seq);
             let at = self.running.len() - 1;
             let reserved = self.reserve(at, len);
@@ -286,46 +282,10 @@ impl EngineCore {
         plan
     }
 
-    /// The waiting sequence to admit next: best tier first; within it, tenants take turns
-    /// (start-time fair queuing: the tenant that has been served least lately goes first, and
-    /// an idle tenant cannot bank credit); within a tenant, the oldest (preempted sequences
-    /// keep their age, so they return ahead of newer ones).
-    /// Paused requests are passed over.
+    /// The waiting sequence to admit next ([`WaitingQueue::next`]); paused requests are
+    /// passed over.
     fn next_waiting(&self) -> Option<usize> {
-        let ready = |s: &&Sequence| !self.paused.contains(&s.group);
-        let tier = self
-            .waiting
-            .iter()
-            .filter(ready)
-            .map(|s| s.priority)
-            .min()?;
-        self.waiting
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.priority == tier && ready(s))
-            .min_by_key(|(_, s)| (self.start_tag(&s.tenant), s.arrival, s.group, s.index))
-            .map(|(i, _)| i)
-    }
-
-    fn start_tag(&self, tenant: &Arc<str>) -> u64 {
-        self.tenant_finish
-            .get(tenant)
-            .copied()
-            .unwrap_or(0)
-            .max(self.virtual_time)
-    }
-
-    /// Charges one admission of `cost` to the tenant's fair-queuing tags.
-    fn charge(&mut self, tenant: &Arc<str>, cost: u64) {
-        let start = self.start_tag(tenant);
-        self.virtual_time = start;
-        self.tenant_finish
-            .insert(tenant.clone(), start.saturating_add(cost.max(1)));
-        if self.tenant_finish.len() > 10_000 {
-            // Tenants whose tags fell behind the virtual time carry no information.
-            let now = self.virtual_time;
-            self.tenant_finish.retain(|_, &mut f| f > now);
-        }
+        self.waiting.next(|s| self.paused.contains(&s.group))
     }
 
     /// Gives `running[i]` blocks for its next `len` tokens, copying a shared partly filled

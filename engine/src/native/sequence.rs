@@ -140,6 +140,20 @@ pub struct Sequence {
     eos_ids: Arc<[u32]>,
 }
 
+impl super::waiting::Queued for Sequence {
+    fn priority(&self) -> u8 {
+        self.priority
+    }
+
+    fn tenant(&self) -> &Arc<str> {
+        &self.tenant
+    }
+
+    fn age(&self) -> (u64, u64, usize) {
+        (self.arrival, self.group, self.index)
+    }
+}
+
 impl Sequence {
     pub fn new(
         group: u64,
