@@ -173,7 +173,11 @@ pub async fn run(
                     }
                     last_error = Some(e);
                 }
-                Err(AttemptError::Final(e)) => return Err(e),
+                Err(AttemptError::Final(e)) => {
+                    // A client error says nothing of the replica's health.
+                    replica.breaker.release_probe();
+                    return Err(e);
+                }
             }
         }
     }

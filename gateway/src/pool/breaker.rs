@@ -57,6 +57,12 @@ impl Breaker {
         }
     }
 
+    /// Gives back a half-open probe that proved nothing either way (the request was refused
+    /// before or by the upstream for its own reasons), so the next request may probe.
+    pub fn release_probe(&self) {
+        self.probing.store(false, Ordering::Release);
+    }
+
     pub fn success(&self) {
         self.failures.store(0, Ordering::Release);
         self.open_until_ms.store(0, Ordering::Release);
@@ -97,5 +103,17 @@ mod tests {
         b.success();
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.allow() && b.allow());
+    }
+
+    #[test]
+    fn a_probe_that_proved_nothing_is_given_back() {
+        let b = Breaker::new(1, Duration::from_millis(20));
+        b.failure();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(b.allow(), "the probe");
+        assert!(!b.allow());
+        b.release_probe();
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(b.allow(), "the next request may probe");
     }
 }
