@@ -484,6 +484,23 @@ mod tests {
     }
 
     #[test]
+    fn whole_number_floats_are_integers_as_openai_takes_them() {
+        let call = check(
+            &json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "n": 2.0, "max_tokens": 5.0, "seed": 7.0}),
+        )
+        .unwrap();
+        assert_eq!(call.sampling.params.n, 2);
+        assert_eq!(call.sampling.max_tokens, Some(5));
+        let e = check(
+            &json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "n": 1.5}),
+        )
+        .unwrap_err();
+        assert_eq!(e.body.param.as_deref(), Some("n"));
+    }
+
+    #[test]
     fn names_the_parameter_the_client_used() {
         let e = check(
             &json!({"model": "m", "messages": [{"role": "user", "content": "x"}],

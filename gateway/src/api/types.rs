@@ -27,20 +27,25 @@ pub struct StreamOptions {
 pub struct SamplingFields {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
+    #[serde(default, deserialize_with = "whole_number")]
     pub n: Option<i64>,
+    #[serde(default, deserialize_with = "whole_number")]
     pub max_tokens: Option<i64>,
     pub stop: Option<StopField>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub logit_bias: Option<HashMap<String, f32>>,
+    #[serde(default, deserialize_with = "whole_number")]
     pub seed: Option<i64>,
     pub user: Option<String>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     // vLLM-compatible extensions.
+    #[serde(default, deserialize_with = "whole_number")]
     pub top_k: Option<i64>,
     pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
+    #[serde(default, deserialize_with = "whole_number")]
     pub min_tokens: Option<i64>,
     pub ignore_eos: Option<bool>,
     pub stop_token_ids: Option<Vec<u32>>,
@@ -56,6 +61,22 @@ pub struct Metadata {
     pub language: Option<String>,
 }
 
+/// An integer field: an integer, or a number with no fraction (`1.0`), as OpenAI's API takes
+/// it; anything else is an error naming the field.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Ok(Some(i)),
+            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.2e18 => Ok(Some(f as i64)),
+            _ => Err(D::Error::custom(format!(
+                "invalid type: {n}, expected a whole number"
+            ))),
+        },
+    }
+}
+
 /// A string, or nothing for any other JSON value (as a key Rosetta does not act on).
 fn string_or_ignore<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let v = serde_json::Value::deserialize(d)?;
@@ -67,8 +88,10 @@ pub struct ChatCompletionRequest {
     pub model: String,
     /// Validated by hand for precise messages (role, content shapes).
     pub messages: Vec<serde_json::Value>,
+    #[serde(default, deserialize_with = "whole_number")]
     pub max_completion_tokens: Option<i64>,
     pub logprobs: Option<bool>,
+    #[serde(default, deserialize_with = "whole_number")]
     pub top_logprobs: Option<i64>,
     pub tools: Option<Vec<serde_json::Value>>,
     pub response_format: Option<serde_json::Value>,
@@ -82,7 +105,9 @@ pub struct CompletionRequest {
     pub prompt: serde_json::Value,
     pub suffix: Option<String>,
     pub echo: Option<bool>,
+    #[serde(default, deserialize_with = "whole_number")]
     pub best_of: Option<i64>,
+    #[serde(default, deserialize_with = "whole_number")]
     pub logprobs: Option<i64>,
 }
 
