@@ -136,13 +136,30 @@ impl Default for PolicyConfig {
 }
 
 /// Where access decisions are recorded.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// Append each decision as a JSON line to this file. Decisions are always also logged
     /// under the `rosetta::audit` tracing target.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// `/v1/models` decides for every model on every call: an allowance there is audited
+    /// once per tenant, model and action in this many seconds (denials always).
+    #[serde(default = "default_list_interval")]
+    pub list_interval_seconds: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            list_interval_seconds: default_list_interval(),
+        }
+    }
+}
+
+fn default_list_interval() -> u64 {
+    300
 }
 
 fn default_true() -> bool {

@@ -4,9 +4,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// How often an allowed listing of one model to one tenant is audited again.
-pub const LIST_AUDIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
-
 use anyhow::Context;
 use rosetta_config::Config;
 
@@ -41,6 +38,8 @@ pub struct Access {
     audit: AuditLog,
     /// When each (tenant, model, action) allowance of a model listing was last audited.
     listed: Mutex<HashMap<(String, String, &'static str), std::time::Instant>>,
+    /// How often an allowed listing of one model to one tenant is audited again.
+    list_interval: std::time::Duration,
     /// Engine-only mode: every request is allowed, unlimited and unaudited (the gateway in
     /// front has decided).
     open: bool,
@@ -81,6 +80,7 @@ impl Access {
             policy,
             audit,
             listed: Mutex::default(),
+            list_interval: std::time::Duration::from_secs(config.audit.list_interval_seconds),
             open: false,
         })
     }
@@ -120,7 +120,7 @@ impl Access {
 
     /// `decide` for listing models (`/v1/models`, which decides for every model on every
     /// call): a denial is always audited, an allowance once per tenant, model and action
-    /// per [`LIST_AUDIT_INTERVAL`].
+    /// per `audit.list_interval_seconds`.
     pub fn decide_for_listing(
         &self,
         who: &Principal,
@@ -133,7 +133,7 @@ impl Access {
         let mut seen = self.listed.lock().unwrap_or_else(|p| p.into_inner());
         let due = seen
             .get(&key)
-            .is_none_or(|&at| now.duration_since(at) >= LIST_AUDIT_INTERVAL);
+            .is_none_or(|&at| now.duration_since(at) >= self.list_interval);
         let decision = self.decide_audited(who, model, action, request_id, due);
         if due && decision.allowed {
             seen.insert(key, now);
