@@ -82,6 +82,16 @@ fn wait_idle(engine: &NativeEngine) {
     }
 }
 
+/// Submits `req` and waits until it runs (its first token is out).
+fn submit_running(engine: &NativeEngine, req: GenerateRequest) -> EventStream {
+    let mut rx = engine.submit(req).unwrap();
+    assert!(matches!(
+        rx.blocking_recv(),
+        Some(Ok(GenerateEvent::Delta(_)))
+    ));
+    rx
+}
+
 /// Prompts of varied lengths (3 to ~120 tokens) from a fixed seed.
 fn prompts(count: usize, seed: u64) -> Vec<Vec<u32>> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -205,9 +215,8 @@ fn higher_priority_is_admitted_first_and_tenants_share_fairly() {
     let mut cfg = config(4096, 512, true);
     cfg.max_num_seqs = 1;
     let engine = start(cfg);
-    let mut blocker = engine.submit(greedy(vec![50; 8], 200)).unwrap();
-    // Wait until it runs, so the next two queue behind it.
-    let first = blocker.blocking_recv().unwrap().unwrap();
+    // Running before the next two arrive, so they queue behind it.
+    let blocker = submit_running(&engine, greedy(vec![50; 8], 200));
     let mut low = greedy(vec![60; 8], 200);
     low.priority = 5;
     let low = engine.submit(low).unwrap();
@@ -215,7 +224,6 @@ fn higher_priority_is_admitted_first_and_tenants_share_fairly() {
     high.priority = 0;
     let high = engine.submit(high).unwrap();
     let order = finish_order(vec![("blocker", blocker), ("low", low), ("high", high)]);
-    assert!(matches!(first, GenerateEvent::Delta(_)));
     assert_eq!(order, ["blocker", "high", "low"]);
 
     // Tenant A's first request runs; A queues three more, then tenant B one: B goes next.
@@ -224,11 +232,7 @@ fn higher_priority_is_admitted_first_and_tenants_share_fairly() {
     let engine = start(cfg);
     let mut first = greedy(vec![80; 8], 200);
     first.tenant = Some("a".into());
-    let mut a0 = engine.submit(first).unwrap();
-    assert!(matches!(
-        a0.blocking_recv(),
-        Some(Ok(GenerateEvent::Delta(_)))
-    ));
+    let a0 = submit_running(&engine, first);
     let mut streams = vec![("a0", a0)];
     for (i, label) in ["a1", "a2", "a3"].into_iter().enumerate() {
         let mut r = greedy(vec![81 + i as u32; 8], 200);
@@ -370,11 +374,7 @@ fn fair_share_charges_a_request_for_all_its_choices() {
     let mut first = greedy(vec![80; 8], 200);
     first.params_mut().n = 2;
     first.tenant = Some("a".into());
-    let mut a0 = engine.submit(first).unwrap();
-    assert!(matches!(
-        a0.blocking_recv(),
-        Some(Ok(GenerateEvent::Delta(_)))
-    ));
+    let a0 = submit_running(&engine, first);
     let mut streams = vec![("a0", a0)];
     for (label, tenant, token) in [("a1", "a", 81), ("b0", "b", 90), ("b1", "b", 91)] {
         let mut r = greedy(vec![token; 8], 200);

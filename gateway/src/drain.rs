@@ -106,9 +106,9 @@ impl Drain {
     pub fn guard_stream<T: Send + 'static>(
         &self,
         events: impl Stream<Item = T> + Send + 'static,
-        active: Option<Active>,
         closing: Vec<T>,
     ) -> impl Stream<Item = T> + Send + 'static {
+        let active = self.start();
         let cut = self.inner.cut.subscribe();
         let start = (Box::pin(events), cut, Some(closing), active);
         stream::unfold(start, |(mut events, mut cut, closing, active)| async move {

@@ -235,12 +235,7 @@ impl EngineCore {
             let Some(pick) = self.next_waiting() else {
                 break;
             };
-            // An unforked first choice will become n sequences.
-            let seats = self
-                .groups
-                .get(&self.waiting[pick].group)
-                .filter(|g| !g.forked)
-                .map_or(1, |g| g.request.params.n);
+            let seats = self.seats(&self.waiting[pick]);
             if self.running.len() + seats > self.config.max_num_seqs.max(seats) {
                 break;
             }
@@ -280,6 +275,14 @@ impl EngineCore {
             budget = budget.saturating_sub(len);
         }
         plan
+    }
+
+    /// Running slots a waiting sequence takes: an unforked first choice becomes all n.
+    fn seats(&self, seq: &Sequence) -> usize {
+        self.groups
+            .get(&seq.group)
+            .filter(|g| !g.forked)
+            .map_or(1, |g| g.request.params.n)
     }
 
     /// The waiting sequence to admit next ([`WaitingQueue::next`]); paused requests are
@@ -354,11 +357,7 @@ impl EngineCore {
             let (seats, prompt_blocks) = match self.next_waiting() {
                 Some(pick) => {
                     let seq = &self.waiting[pick];
-                    let seats = self
-                        .groups
-                        .get(&seq.group)
-                        .filter(|g| !g.forked)
-                        .map_or(1, |g| g.request.params.n);
+                    let seats = self.seats(seq);
                     (seats, seq.tokens.len().div_ceil(bs))
                 }
                 None => (0, 0),

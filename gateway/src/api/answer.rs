@@ -40,15 +40,16 @@ pub fn admit(
 }
 
 /// Settles the tenant's token reservation when the request ends or its client leaves: the
-/// prompt plus every token the engine generated, read by the client or not.
+/// prompt plus every token the engine generated, read by the client or not (the engine
+/// counts them as it makes them). Recorded just before the admission itself settles.
 struct Settlement {
     admission: Admission,
     prompt_tokens: u64,
     generated: Vec<Arc<AtomicU64>>,
 }
 
-impl Settlement {
-    fn record(&self) {
+impl Drop for Settlement {
+    fn drop(&mut self) {
         let generated: u64 = self
             .generated
             .iter()
@@ -59,15 +60,9 @@ impl Settlement {
     }
 }
 
-impl Drop for Settlement {
-    fn drop(&mut self) {
-        self.record();
-    }
-}
-
-/// `submit_all`, with the admission living as long as the stream: it records the tokens
-/// generated as the engine makes them, and gives back the rest of the reservation when the
-/// stream ends or is dropped (client gone).
+/// Submits every prompt to the model's engine and merges their events; the admission lives
+/// as long as the stream and settles to what the engine generated when the stream ends or is
+/// dropped (client gone).
 pub fn submit_admitted(
     model: &ServedModel,
     requests: Vec<GenerateRequest>,
@@ -85,14 +80,10 @@ pub fn submit_admitted(
         prompt_tokens,
         generated: streams.iter().map(EventStream::generated_tokens).collect(),
     };
-    settlement.record();
     let items = merge(streams, n);
     Ok(items.map(move |item| {
         // Both live as long as the stream.
-        let _ = &hold;
-        if matches!(&item, AnswerEvent::Delta(_) | AnswerEvent::Done(_)) {
-            settlement.record();
-        }
+        let _ = (&hold, &settlement);
         item
     }))
 }

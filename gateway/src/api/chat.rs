@@ -142,8 +142,8 @@ pub async fn chat_completions(
 pub struct ChatCall {
     pub model: String,
     pub messages: Vec<ChatMessage>,
+    /// Holds `top_logprobs` too (`sampling.params.sampling.logprobs`).
     pub sampling: params::Sampling,
-    pub top_logprobs: Option<usize>,
     pub add_generation_prompt: bool,
     /// `metadata.language`, unchecked.
     pub stated_language: Option<String>,
@@ -195,13 +195,12 @@ fn validate(
     } else {
         "max_tokens"
     };
-    let sampling = params::validate(fields, limits, 1, max_tokens, top_logprobs)
+    let sampling = params::validate(fields, limits, max_tokens, top_logprobs)
         .map_err(|e| rename_max_tokens(e, param_name))?;
     Ok(ChatCall {
         model: req.model,
         messages,
         sampling,
-        top_logprobs,
         add_generation_prompt: req.add_generation_prompt.unwrap_or(true),
         stated_language: stated_language(fields),
     })
@@ -287,7 +286,7 @@ async fn render(chat: &ChatCall, answer: Answer<'_>) -> Result<Response, EngineE
         created: now_secs(),
         model: model.id.clone(),
         fingerprint: state.fingerprint().to_string(),
-        top_logprobs: chat.top_logprobs,
+        top_logprobs: chat.sampling.params.sampling.logprobs,
     };
     if chat.sampling.stream {
         let events = stream_chunks(items, meta, model, n, chat.sampling.include_usage);

@@ -120,8 +120,8 @@ pub async fn completions(
 pub struct CompletionCall {
     pub model: String,
     pub prompts: Prompts,
+    /// Holds `logprobs` too (`sampling.params.sampling.logprobs`).
     pub sampling: params::Sampling,
-    pub logprobs: Option<usize>,
     pub echo: bool,
     /// `metadata.language`, unchecked.
     pub stated_language: Option<String>,
@@ -160,12 +160,11 @@ fn validate(
     let n_for_count = usize::try_from(n.max(1)).unwrap_or(usize::MAX);
     let prompts = parse_prompts(&req.prompt, n_for_count, limits)?;
     let max_tokens = Some(fields.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS as i64));
-    let sampling = params::validate(fields, limits, prompts.len(), max_tokens, logprobs)?;
+    let sampling = params::validate(fields, limits, max_tokens, logprobs)?;
     Ok(CompletionCall {
         model: req.model,
         prompts,
         sampling,
-        logprobs,
         echo,
         stated_language: stated_language(fields),
     })
@@ -253,7 +252,7 @@ async fn render(call: &CompletionCall, answer: Answer<'_>) -> Result<Response, E
         created: now_secs(),
         model: model.id.clone(),
         fingerprint: state.fingerprint().to_string(),
-        logprobs: call.logprobs,
+        logprobs: call.sampling.params.sampling.logprobs,
         echoes,
         per_prompt,
     };

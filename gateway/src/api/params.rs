@@ -53,12 +53,10 @@ pub struct Sampling {
     pub include_usage: bool,
 }
 
-/// `prompts` is how many prompts share these fields; `logprobs` the alternatives to
-/// report per token (None: no logprobs).
+/// `logprobs` is the number of alternatives to report per token (None: no logprobs).
 pub fn validate(
     f: &SamplingFields,
     limits: &RequestLimits,
-    prompts: usize,
     max_tokens: Option<i64>,
     logprobs: Option<usize>,
 ) -> Result<Sampling, ApiError> {
@@ -84,15 +82,8 @@ pub fn validate(
             format!("Invalid 'n': {n} is not between 1 and {max_choices}."),
         ));
     }
+    // Prompts × n is checked where prompts are counted, before any is copied.
     let n = n as usize;
-    let choices = n.saturating_mul(prompts);
-    if choices > max_choices {
-        return Err(ApiError::invalid_param(
-            "n",
-            format!("Invalid 'n': {prompts} prompts × n = {n} ask for {choices} choices, more than this server's limit of {max_choices} per request."),
-        )
-        .with_code("request_too_large"));
-    }
     let top_k = match f.top_k {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => k as usize,

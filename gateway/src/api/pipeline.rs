@@ -349,16 +349,15 @@ async fn run_remote(
                     // Without usage, count a token per content chunk.
                     None => {
                         chunks += 1;
-                        admission.record_usage(prompt_estimate + chunks);
+                        admission.record_usage(prompt_estimate.saturating_add(chunks));
                     }
                 }
             });
-            let closing = sse_relay::error_event(&sse::shutting_down().body.message)
+            let closing = sse_relay::error_event(&sse::shutting_down())
                 .into_iter()
                 .map(Ok)
                 .collect();
-            let drain = state.drain();
-            let events = drain.guard_stream(events, drain.start(), closing);
+            let events = state.drain().guard_stream(events, closing);
             let resp = Response::builder()
                 .header("content-type", "text/event-stream")
                 .header("cache-control", "no-cache")

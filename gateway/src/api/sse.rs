@@ -20,7 +20,7 @@ pub fn response(
         .into_iter()
         .map(Ok)
         .collect();
-    let events = drain.guard_stream(events, drain.start(), closing);
+    let events = drain.guard_stream(events, closing);
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()

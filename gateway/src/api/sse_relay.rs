@@ -91,13 +91,17 @@ fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
     }
 }
 
-/// An OpenAI error event (503) and `[DONE]`, as bytes.
-pub fn error_event(message: &str) -> Vec<Bytes> {
-    let e = ApiError::unavailable(message.to_string(), 1);
+/// `error` as an OpenAI error event, then `[DONE]`, as bytes.
+pub fn error_event(error: &ApiError) -> Vec<Bytes> {
     vec![
-        Bytes::from(format!("data: {}\n\n", e.to_json())),
+        Bytes::from(format!("data: {}\n\n", error.to_json())),
         Bytes::from_static(b"data: [DONE]\n\n"),
     ]
+}
+
+/// The end of a relayed stream that could not finish: a 503 event naming why, and `[DONE]`.
+fn cut_off(why: &str) -> Vec<Bytes> {
+    error_event(&ApiError::unavailable(why.to_string(), 1))
 }
 
 /// The client's stream: `first` and then `rest` from the upstream.
@@ -118,7 +122,7 @@ pub fn relay(
     let mut ready = relay.drain();
     if relay.buffer.len() > MAX_EVENT_BYTES {
         relay.upstream = None;
-        ready.extend(error_event(
+        ready.extend(cut_off(
             "The replica serving this stream sent an event too long to relay; the answer is incomplete.",
         ));
     }
@@ -135,7 +139,7 @@ pub fn relay(
                     } else if r.buffer.len() > MAX_EVENT_BYTES {
                         r.upstream = None;
                         tracing::warn!(bytes = r.buffer.len(), "an upstream event never ended; stream cut off");
-                        events.extend(error_event(
+                        events.extend(cut_off(
                             "The replica serving this stream sent an event too long to relay; the answer is incomplete.",
                         ));
                     }
@@ -146,7 +150,7 @@ pub fn relay(
                 Some(Err(e)) => {
                     r.upstream = None;
                     tracing::warn!(error = %e, "an upstream stream failed mid-way");
-                    let events = error_event(
+                    let events = cut_off(
                         "The replica serving this stream failed before it finished; the answer is incomplete.",
                     );
                     return Some((events, r));
@@ -156,7 +160,7 @@ pub fn relay(
                     if r.done {
                         return None;
                     }
-                    let events = error_event(
+                    let events = cut_off(
                         "The replica serving this stream closed it before it finished; the answer is incomplete.",
                     );
                     return Some((events, r));
