@@ -87,6 +87,68 @@ pub struct ServerConfig {
     /// loopback only.
     #[serde(default)]
     pub engine_token: Option<String>,
+    /// `GET /metrics` (Prometheus).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Log lines on stderr: `text` (human-readable) or `json` (one object per line, with the
+    /// request id and trace id of the request it belongs to).
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// OpenTelemetry traces over OTLP. The standard `OTEL_EXPORTER_OTLP_*`,
+    /// `OTEL_SERVICE_NAME` and `OTEL_TRACES_SAMPLER*` variables win over these.
+    #[serde(default)]
+    pub tracing: TracingConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics`. It needs no API key (like vLLM's); keep the port private or
+    /// turn it off.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Label gateway metrics with the tenant. Turn off with many tenants: every tenant adds
+    /// a series per label combination.
+    #[serde(default = "default_true")]
+    pub tenant_label: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            tenant_label: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// Where to send spans, e.g. `http://otel-collector:4317` (gRPC) or
+    /// `http://otel-collector:4318` (HTTP). Unset (and no `OTEL_EXPORTER_OTLP_ENDPOINT`):
+    /// no traces, at no cost.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// `grpc` or `http/protobuf` (`OTEL_EXPORTER_OTLP_PROTOCOL`). Default: grpc.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// `service.name` of the spans (`OTEL_SERVICE_NAME`). Default: rosetta.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// Fraction of new traces sampled, 0 to 1 (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`
+    /// with `OTEL_TRACES_SAMPLER_ARG`). A sampled incoming `traceparent` is always followed.
+    /// Default: 1.
+    #[serde(default)]
+    pub sample_ratio: Option<f64>,
 }
 
 impl Default for ServerConfig {
@@ -99,6 +161,9 @@ impl Default for ServerConfig {
             shutdown_grace_seconds: default_shutdown_grace_seconds(),
             secret: None,
             engine_token: None,
+            metrics: MetricsConfig::default(),
+            log_format: LogFormat::default(),
+            tracing: TracingConfig::default(),
         }
     }
 }

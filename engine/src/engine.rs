@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::mpsc::Receiver;
 
-use crate::{EngineError, EngineLoad, GenerateEvent, GenerateRequest};
+use crate::{EngineError, EngineLoad, GenerateEvent, GenerateRequest, RequestTimes};
 
 /// Events of one request, ending with `Done` or an error. The channel is bounded: an engine
 /// pauses a request whose reader falls behind instead of buffering its output. Dropping the
@@ -15,6 +15,7 @@ use crate::{EngineError, EngineLoad, GenerateEvent, GenerateRequest};
 pub struct EventStream {
     events: Receiver<Result<GenerateEvent, EngineError>>,
     generated: Arc<AtomicU64>,
+    times: Option<Arc<RequestTimes>>,
 }
 
 impl EventStream {
@@ -22,7 +23,22 @@ impl EventStream {
         events: Receiver<Result<GenerateEvent, EngineError>>,
         generated: Arc<AtomicU64>,
     ) -> Self {
-        Self { events, generated }
+        Self {
+            events,
+            generated,
+            times: None,
+        }
+    }
+
+    /// An engine that measures when the request was queued, scheduled and first answered
+    /// shares those times with its reader.
+    pub fn with_times(mut self, times: Arc<RequestTimes>) -> Self {
+        self.times = Some(times);
+        self
+    }
+
+    pub fn times(&self) -> Option<Arc<RequestTimes>> {
+        self.times.clone()
     }
 
     pub async fn recv(&mut self) -> Option<Result<GenerateEvent, EngineError>> {

@@ -7,6 +7,7 @@ mod error;
 pub mod kv;
 pub mod model;
 mod native;
+mod observe;
 mod request;
 mod sampler;
 pub mod text;
@@ -14,6 +15,9 @@ pub mod text;
 pub use engine::{Engine, EventStream};
 pub use error::EngineError;
 pub use native::{NativeEngine, NativeEngineConfig};
+pub use observe::{
+    ChoiceEnd, ChoiceStats, EngineObserver, NoObserver, Observer, RequestTimes, StepStats,
+};
 pub use request::{
     ChoiceDelta, EngineLoad, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken,
     GenerationParams, Usage, DEFAULT_PRIORITY,

@@ -8,6 +8,7 @@ use anyhow::Context;
 use rosetta_config::Config;
 
 use crate::auth::{AuthError, Authenticator, Principal};
+use crate::metrics::Metrics;
 use crate::policy::{audit, Action, AuditEntry, AuditLog, Decision, PolicyEngine};
 use crate::ratelimit::{duration_text, Admission, LimitClock, RateState, Rejection};
 use crate::tenant::Tenant;
@@ -43,6 +44,8 @@ pub struct Access {
     /// Engine-only mode: every request is allowed, unlimited and unaudited (the gateway in
     /// front has decided).
     open: bool,
+    /// Counts refusals (rate limits, policy denials).
+    metrics: Arc<Metrics>,
 }
 
 impl Access {
@@ -82,7 +85,27 @@ impl Access {
             listed: Mutex::default(),
             list_interval: std::time::Duration::from_secs(config.audit.list_interval_seconds),
             open: false,
+            metrics: Arc::new(Metrics::new(true)),
         })
+    }
+
+    /// Counts refusals in these metrics (the server's).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    fn count_rejection(&self, tenant: &str, r: &Rejection) {
+        let kind = match r {
+            Rejection::Requests { .. } => "requests",
+            Rejection::Tokens { .. } | Rejection::TooLarge { .. } => "tokens",
+            Rejection::Concurrency { .. } => "concurrency",
+        };
+        self.metrics
+            .gateway
+            .rate_limited
+            .with_label_values(&[self.metrics.tenant(tenant), kind])
+            .inc();
     }
 
     /// For `rosetta serve --engine-only`: no keys, policies, limits or audit here; the
@@ -191,6 +214,22 @@ impl Access {
         if decision.allowed {
             return Ok(());
         }
+        let licence_id = self
+            .policy
+            .model(model)
+            .map_or("", |m| m.licence_id.as_str());
+        let tenant = self.metrics.tenant(&who.tenant.id);
+        let denials = &self.metrics.gateway.policy_denials;
+        if decision.policies.is_empty() {
+            denials
+                .with_label_values(&[tenant, licence_id, "default_deny"])
+                .inc();
+        }
+        for policy in &decision.policies {
+            denials
+                .with_label_values(&[tenant, licence_id, policy])
+                .inc();
+        }
         let licence = self
             .policy
             .model(model)
@@ -219,9 +258,10 @@ impl Access {
         if self.open || limiter.is_unlimited() {
             return Ok(());
         }
-        limiter
-            .precheck(model)
-            .map_err(|r| rejection_error(&who.tenant.id, r))
+        limiter.precheck(model).map_err(|r| {
+            self.count_rejection(&who.tenant.id, &r);
+            rejection_error(&who.tenant.id, r)
+        })
     }
 
     /// Admits a request that may use up to `tokens` tokens within the tenant's limits.
@@ -235,9 +275,10 @@ impl Access {
         if self.open || limiter.is_unlimited() {
             return Ok(Admission::unlimited());
         }
-        limiter
-            .admit(model, tokens)
-            .map_err(|r| rejection_error(&who.tenant.id, r))
+        limiter.admit(model, tokens).map_err(|r| {
+            self.count_rejection(&who.tenant.id, &r);
+            rejection_error(&who.tenant.id, r)
+        })
     }
 }
 

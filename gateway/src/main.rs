@@ -10,7 +10,7 @@ use rosetta_config::{Arch, Size};
 use rosetta_engine::demo::{self, DemoSpec, StoredDtype};
 use rosetta_gateway::auth::key::{self, KeyDigest};
 use rosetta_gateway::policy::PolicyEngine;
-use rosetta_gateway::server;
+use rosetta_gateway::{server, telemetry};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -128,13 +128,17 @@ enum DtypeArg {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // `serve` sets up its logs (and traces) from its config.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -150,14 +154,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             engine_only,
         } => {
+            let embedded = config.is_none();
             let mut config = match config {
                 Some(file) => rosetta_config::load_file(&file)?,
-                None => {
-                    tracing::info!(
-                        "no --config given: serving the embedded default (a generated demo model)"
-                    );
-                    rosetta_config::embedded_default()
-                }
+                None => rosetta_config::embedded_default(),
             };
             if let Some(listen) = listen {
                 config.server.listen = listen;
@@ -166,7 +166,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(server::serve(config, engine_only))
+            runtime.block_on(async {
+                telemetry::init(config.server.log_format, &config.server.tracing)?;
+                if embedded {
+                    tracing::info!(
+                        "no --config given: serving the embedded default (a generated demo model)"
+                    );
+                }
+                let served = server::serve(config, engine_only).await;
+                telemetry::shutdown();
+                served
+            })
         }
         Command::Config {
             command: ConfigCommand::Check { file },

@@ -25,6 +25,8 @@ pub struct ServedModel {
     pub max_context: usize,
     /// Rows in the model's embedding table (may exceed the tokenizer's vocabulary).
     pub vocab_size: usize,
+    /// Whether its engine reuses cached prompt prefixes (reported in `vllm:cache_config_info`).
+    pub prefix_caching: bool,
 }
 
 /// The default cache folder: `$XDG_CACHE_HOME/rosetta` or `~/.cache/rosetta`.
@@ -65,6 +67,8 @@ pub struct EngineOptions {
     pub stall_timeout: std::time::Duration,
     /// Keys tenants' prefix-cache salts.
     pub prefix_salt_key: Vec<u8>,
+    /// Where each engine reports its measurements (vLLM's metrics).
+    pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 pub fn load_model(
@@ -92,6 +96,11 @@ pub fn load_model(
     }
     let tokenizer = Arc::new(ModelTokenizer::from_dir(&dir).with_context(context)?);
     let started = std::time::Instant::now();
+    let observer = options
+        .metrics
+        .as_ref()
+        .map(|m| m.engine_observer(&cfg.id, max_context))
+        .unwrap_or_default();
     let engine_config = |kv_cache_bytes| NativeEngineConfig {
         block_size: cfg.engine.kv_block_size,
         kv_cache_bytes,
@@ -102,6 +111,7 @@ pub fn load_model(
         max_context,
         stall_timeout: options.stall_timeout,
         prefix_salt_key: options.prefix_salt_key.clone(),
+        observer: observer.clone(),
     };
     let engine = match cfg.engine.device {
         EngineDevice::Cpu => {
@@ -142,6 +152,7 @@ pub fn load_model(
         engine: Arc::new(engine),
         max_context,
         vocab_size: shape.vocab_size,
+        prefix_caching: cfg.engine.prefix_caching,
     })
 }
 

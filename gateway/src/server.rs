@@ -9,6 +9,7 @@ use anyhow::Context;
 use rosetta_config::Config;
 
 use crate::access::Access;
+use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::ratelimit::LimitClock;
 use crate::registry;
@@ -42,6 +43,8 @@ pub async fn serve(mut config: Config, engine_only: bool) -> anyhow::Result<()> 
             Router::new(&config),
         )
     };
+    let metrics = Arc::new(Metrics::new(config.server.metrics.tenant_label));
+    let access = access.with_metrics(metrics.clone());
     let pool = Arc::new(Pool::new(&config, engine_only)?);
     pool.spawn_health_checks();
     // The detector's n-gram index takes a few milliseconds to build; not on the first request.
@@ -55,6 +58,8 @@ pub async fn serve(mut config: Config, engine_only: bool) -> anyhow::Result<()> 
         cors_origins: config.server.cors_origins.clone(),
         salt_key: salt_key.clone(),
         engine_token: engine_token.filter(|_| engine_only),
+        metrics: metrics.clone(),
+        metrics_enabled: config.server.metrics.enabled,
     };
     let state = AppState::new(
         config.models.clone(),
@@ -77,6 +82,7 @@ pub async fn serve(mut config: Config, engine_only: bool) -> anyhow::Result<()> 
     let options = registry::EngineOptions {
         stall_timeout: std::time::Duration::from_secs_f64(config.server.stream_stall_timeout),
         prefix_salt_key: salt_key.bytes().to_vec(),
+        metrics: Some(metrics),
     };
     // Remote-only models have nothing to load here.
     let models: Vec<_> = config

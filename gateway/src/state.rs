@@ -7,6 +7,7 @@ use rosetta_config::{ModelConfig, RequestLimits};
 
 use crate::access::Access;
 use crate::drain::Drain;
+use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::registry::ServedModel;
 use crate::router::Router;
@@ -45,6 +46,10 @@ pub struct Services {
     pub salt_key: SaltKey,
     /// Engine-only mode: the bearer token gateways must send.
     pub engine_token: Option<String>,
+    /// Every metric of this process (`GET /metrics`).
+    pub metrics: Arc<Metrics>,
+    /// Whether `GET /metrics` is served.
+    pub metrics_enabled: bool,
 }
 
 struct Inner {
@@ -165,6 +170,14 @@ impl AppState {
 
     pub fn cors_origins(&self) -> &[String] {
         &self.inner.services.cors_origins
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.services.metrics
+    }
+
+    pub fn metrics_enabled(&self) -> bool {
+        self.inner.services.metrics_enabled
     }
 
     pub fn fingerprint(&self) -> &str {

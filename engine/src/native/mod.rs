@@ -16,6 +16,7 @@ use tokio::sync::mpsc::{self, Sender, UnboundedSender};
 
 use crate::kv::{BlockManager, KvLayout};
 use crate::model::LoadedModel;
+use crate::observe::{Observer, RequestTimes};
 use crate::text::ModelTokenizer;
 use crate::{Engine, EngineError, EngineLoad, EventStream, GenerateEvent, GenerateRequest};
 
@@ -41,6 +42,8 @@ pub struct NativeEngineConfig {
     pub stall_timeout: Duration,
     /// Keys each tenant's prefix-cache salt (a server secret).
     pub prefix_salt_key: Vec<u8>,
+    /// Told of every step and every ended choice (metrics).
+    pub observer: Observer,
 }
 
 impl NativeEngineConfig {
@@ -56,6 +59,7 @@ impl NativeEngineConfig {
             max_context,
             stall_timeout: Duration::from_secs(60),
             prefix_salt_key: Vec::new(),
+            observer: Observer::default(),
         }
     }
 }
@@ -64,6 +68,7 @@ struct Submission {
     request: GenerateRequest,
     events: Sender<Result<GenerateEvent, EngineError>>,
     generated: Arc<AtomicU64>,
+    times: Arc<RequestTimes>,
 }
 
 /// Events one request may have waiting for its reader: a few steps of every choice, and room
@@ -200,15 +205,17 @@ impl Engine for NativeEngine {
         }
         let (events, rx) = mpsc::channel(channel_capacity(request.params.n));
         let generated = Arc::new(AtomicU64::new(0));
+        let times = Arc::new(RequestTimes::new());
         let submissions = self.submissions.as_ref().ok_or(EngineError::Shutdown)?;
         submissions
             .send(Submission {
                 request,
                 events,
                 generated: generated.clone(),
+                times: times.clone(),
             })
             .map_err(|_| EngineError::Shutdown)?;
-        Ok(EventStream::new(rx, generated))
+        Ok(EventStream::new(rx, generated).with_times(times))
     }
 
     fn load(&self) -> EngineLoad {

@@ -17,8 +17,9 @@ use super::waiting::WaitingQueue;
 use super::{NativeEngineConfig, Submission};
 use crate::kv::{keyed_salt_hash, BlockManager};
 use crate::model::{BlockCopy, ModelRunner, SeqChunk};
+use crate::observe::{ChoiceEnd, StepStats};
 use crate::text::ModelTokenizer;
-use crate::{EngineError, EngineLoad, GenerateEvent};
+use crate::{EngineError, EngineLoad, FinishReason, GenerateEvent};
 
 /// The engine loop's state: the waiting and running sequences, their requests, the KV
 /// blocks, and the model runner each step goes to.
@@ -41,6 +42,8 @@ pub struct EngineCore {
     next_group: u64,
     next_arrival: u64,
     preemptions: u64,
+    /// The current step's measurements, for the observer.
+    step: StepStats,
     load: Arc<Mutex<EngineLoad>>,
     /// Cleared when the worker goes away, before its requests' channels close, so a client
     /// told "the engine stopped" finds the engine reported dead.
@@ -83,6 +86,7 @@ impl EngineCore {
             next_group: 0,
             next_arrival: 0,
             preemptions: 0,
+            step: StepStats::default(),
             load,
             alive,
         }
@@ -128,16 +132,13 @@ impl EngineCore {
         let arrival = self.next_arrival;
         self.next_arrival += 1;
         let salt = keyed_salt_hash(&self.config.prefix_salt_key, request.tenant.as_deref());
-        self.waiting.push(Sequence::new(
+        let mut seq = Sequence::new(id, 0, arrival, &request, salt, &self.tokenizer);
+        seq.arrived = sub.times.arrived;
+        self.waiting.push(seq);
+        self.groups.insert(
             id,
-            0,
-            arrival,
-            &request,
-            salt,
-            &self.tokenizer,
-        ));
-        self.groups
-            .insert(id, RequestState::new(request, sub.events, sub.generated));
+            RequestState::new(request, sub.events, sub.generated, sub.times),
+        );
     }
 
     /// Frees every sequence of requests whose client has gone, whose deadline has passed or
@@ -171,12 +172,13 @@ impl EngineCore {
             }
         }
         if !gone.is_empty() {
-            self.drop_groups(&gone);
+            self.drop_groups(&gone, ChoiceEnd::Aborted);
         }
     }
 
     /// Removes every sequence of these requests, returning their blocks.
-    fn drop_groups(&mut self, ids: &HashSet<u64>) {
+    fn drop_groups(&mut self, ids: &HashSet<u64>, end: ChoiceEnd) {
+        let now = Instant::now();
         for seq in self
             .running
             .iter()
@@ -184,6 +186,7 @@ impl EngineCore {
             .filter(|s| ids.contains(&s.group))
         {
             self.blocks.release(&seq.blocks);
+            self.config.observer.0.choice_ended(&seq.stats(end, now));
         }
         self.running.retain(|s| !ids.contains(&s.group));
         self.waiting.retain(|s| !ids.contains(&s.group));
@@ -263,7 +266,14 @@ impl EngineCore {
                 seq.reset_for_recompute();
                 break;
             }
-            let seq = self.waiting.take(pick);
+            let mut seq = self.waiting.take(pick);
+            if seq.scheduled_at.is_none() {
+                let now = Instant::now();
+                seq.scheduled_at = Some(now);
+                if let Some(g) = self.groups.get(&seq.group) {
+                    g.times.mark_scheduled(now);
+                }
+            }
             // Fair share by cost: every choice, and a long prompt by its steps of prefill.
             let cost = seats + seq.tokens.len() / self.config.max_num_batched_tokens.max(1);
             self.waiting.charge(&seq.tenant, cost as u64);
@@ -394,6 +404,8 @@ impl EngineCore {
     }
 
     fn execute(&mut self, plan: &[Scheduled]) {
+        self.step.clear();
+        self.step.scheduled_tokens = plan.iter().map(|p| p.len).sum();
         let copies = std::mem::take(&mut self.copies);
         let rows = match self.forward(&copies, plan) {
             Ok(rows) => rows,
@@ -403,6 +415,7 @@ impl EngineCore {
             }
         };
         self.process_rows(plan, rows);
+        self.config.observer.0.step(&self.step);
     }
 
     /// One forward pass over the plan's chunks; a panic in it is an error, not the end of
@@ -505,17 +518,32 @@ impl EngineCore {
                 }
                 group.forked = true;
             }
-            sample_into(seq, group, &mut row, &tok, &mut finished, &mut failed);
+            sample_into(
+                seq,
+                group,
+                &mut row,
+                &tok,
+                (&mut finished, &mut failed),
+                &mut self.step,
+            );
         }
         for (mut fork, mut row) in forks {
             if let Some(group) = self.groups.get_mut(&fork.group) {
                 if !failed.contains(&fork.group) {
-                    sample_into(&mut fork, group, &mut row, &tok, &mut finished, &mut failed);
+                    sample_into(
+                        &mut fork,
+                        group,
+                        &mut row,
+                        &tok,
+                        (&mut finished, &mut failed),
+                        &mut self.step,
+                    );
                 }
             }
             self.running.push(fork);
         }
-        for (group_id, index) in finished {
+        let now = Instant::now();
+        for (group_id, index, reason) in finished {
             let Some(pos) = self
                 .running
                 .iter()
@@ -525,6 +553,8 @@ impl EngineCore {
             };
             let seq = self.running.swap_remove(pos);
             self.blocks.release(&seq.blocks);
+            let end = ChoiceEnd::Finished(reason);
+            self.config.observer.0.choice_ended(&seq.stats(end, now));
             if let Some(group) = self.groups.get_mut(&group_id) {
                 group.remaining -= 1;
                 if group.remaining == 0 {
@@ -534,7 +564,7 @@ impl EngineCore {
             }
         }
         if !failed.is_empty() {
-            self.drop_groups(&failed);
+            self.drop_groups(&failed, ChoiceEnd::Failed);
         }
     }
 
@@ -548,7 +578,7 @@ impl EngineCore {
                 "the KV cache cannot hold this request".into(),
             ));
         }
-        self.drop_groups(&HashSet::from([group]));
+        self.drop_groups(&HashSet::from([group]), ChoiceEnd::Failed);
     }
 
     fn publish_load(&self) {
@@ -580,14 +610,15 @@ fn sample_into(
     group: &mut RequestState,
     row: &mut [f32],
     tok: &ModelTokenizer,
-    finished: &mut Vec<(u64, usize)>,
-    failed: &mut HashSet<u64>,
+    (finished, failed): (&mut Vec<(u64, usize, FinishReason)>, &mut HashSet<u64>),
+    step: &mut StepStats,
 ) {
     match catch_unwind(AssertUnwindSafe(|| seq.sample_next(row, tok))) {
         Ok(delta) => {
             group.count_token();
-            if delta.finish_reason.is_some() {
-                finished.push((seq.group, seq.index));
+            seq.note_token(Instant::now(), &group.times, step);
+            if let Some(reason) = delta.finish_reason {
+                finished.push((seq.group, seq.index, reason));
             }
             group.send(Ok(GenerateEvent::Delta(delta)));
         }

@@ -10,6 +10,7 @@ use tokio::sync::mpsc::Sender;
 
 use crate::kv::BlockHash;
 use crate::model::{LogitRows, SeqChunk};
+use crate::observe::{ChoiceEnd, ChoiceStats, RequestTimes, StepStats};
 use crate::sampler::Sampler;
 use crate::text::{IncrementalDetokenizer, ModelTokenizer, StopMatcher};
 use crate::{
@@ -35,6 +36,8 @@ pub struct RequestState {
     /// Whether choice 0 has been forked into the other n - 1 (after its prompt was computed).
     pub forked: bool,
     pub deadline: Option<Instant>,
+    /// Shared with the request's stream.
+    pub times: Arc<RequestTimes>,
 }
 
 impl RequestState {
@@ -42,6 +45,7 @@ impl RequestState {
         request: Arc<GenerateRequest>,
         events: Sender<Event>,
         generated: Arc<AtomicU64>,
+        times: Arc<RequestTimes>,
     ) -> Self {
         Self {
             events,
@@ -56,6 +60,7 @@ impl RequestState {
             forked: request.params.n == 1,
             deadline: request.deadline,
             request,
+            times,
         }
     }
 
@@ -136,6 +141,12 @@ pub struct Sequence {
     max_tokens: usize,
     /// Shared with every other choice and prompt of the request.
     params: Arc<GenerationParams>,
+    /// When its request arrived, first ran, and when this choice's first and latest tokens
+    /// came (for metrics).
+    pub arrived: Instant,
+    pub scheduled_at: Option<Instant>,
+    first_token_at: Option<Instant>,
+    last_token_at: Option<Instant>,
     /// The model's end-of-sequence ids, unless the request ignores them.
     eos_ids: Arc<[u32]>,
 }
@@ -188,6 +199,10 @@ impl Sequence {
             max_tokens: req.max_tokens,
             params,
             eos_ids,
+            arrived: Instant::now(),
+            scheduled_at: None,
+            first_token_at: None,
+            last_token_at: None,
         }
     }
 
@@ -199,7 +214,44 @@ impl Sequence {
         s.blocks = self.blocks.clone();
         s.hashed_blocks = self.hashed_blocks;
         s.last_hash = self.last_hash;
+        s.arrived = self.arrived;
+        s.scheduled_at = self.scheduled_at;
         s
+    }
+
+    /// Notes a token sampled at `now` in the step's measurements: the request's first token
+    /// (once, by its first choice) with its prompt, or the time since this choice's last one.
+    pub fn note_token(&mut self, now: Instant, times: &RequestTimes, step: &mut StepStats) {
+        step.generation_tokens += 1;
+        match self.last_token_at {
+            Some(last) => step.inter_token.push(now.duration_since(last)),
+            None if self.index == 0 => {
+                step.prompt_tokens += self.prompt_len;
+                step.time_to_first_token
+                    .push(now.duration_since(self.arrived));
+                times.mark_first_token(now);
+            }
+            None => {}
+        }
+        self.first_token_at.get_or_insert(now);
+        self.last_token_at = Some(now);
+    }
+
+    /// This choice's measurements as it ends at `now`.
+    pub fn stats(&self, end: ChoiceEnd, now: Instant) -> ChoiceStats {
+        let since = |a: Option<Instant>, b: Option<Instant>| Some(b?.duration_since(a?));
+        ChoiceStats {
+            end,
+            prompt_tokens: self.prompt_len,
+            generation_tokens: self.generated(),
+            n: self.params.n,
+            max_tokens: self.max_tokens,
+            e2e: now.duration_since(self.arrived),
+            queued: since(Some(self.arrived), self.scheduled_at),
+            prefill: since(self.scheduled_at, self.first_token_at),
+            decode: since(self.first_token_at, self.last_token_at),
+            inference: since(self.scheduled_at, Some(now)),
+        }
     }
 
     /// The request's prompt.

@@ -14,6 +14,7 @@ use rosetta_engine::{
 
 use super::authentication::Caller;
 use crate::access::AccessError;
+use crate::metrics::{GenerationMeasure, RequestFacts};
 use crate::ratelimit::{Admission, RateState};
 use crate::registry::ServedModel;
 use crate::state::AppState;
@@ -68,6 +69,8 @@ pub fn submit_admitted(
     requests: Vec<GenerateRequest>,
     admission: Admission,
     hold: impl Send + 'static,
+    mut measure: GenerationMeasure,
+    facts: &RequestFacts,
 ) -> Result<impl Stream<Item = AnswerEvent> + Send, EngineError> {
     let prompt_tokens: u64 = requests.iter().map(|r| r.prompt.len() as u64).sum();
     let n = requests.first().map_or(1, |r| r.params.n);
@@ -80,12 +83,42 @@ pub fn submit_admitted(
         prompt_tokens,
         generated: streams.iter().map(EventStream::generated_tokens).collect(),
     };
+    let times = streams.first().and_then(EventStream::times);
+    facts.set_engine_times(times.clone());
+    measure.engine_times(times);
     let items = merge(streams, n);
     Ok(items.map(move |item| {
         // Both live as long as the stream.
         let _ = (&hold, &settlement);
+        match &item {
+            AnswerEvent::Delta(d) => {
+                if d.token.is_some() {
+                    measure.token(std::time::Instant::now());
+                }
+                if let Some(reason) = d.finish_reason {
+                    measure.finished(reason.as_str());
+                }
+            }
+            AnswerEvent::Done(u) => {
+                measure.usage(u.prompt_tokens as u64, u.completion_tokens as u64);
+            }
+            AnswerEvent::Error(e) => measure.failed(error_type(e)),
+        }
         item
     }))
+}
+
+/// `error.type` of an engine error.
+fn error_type(e: &EngineError) -> &'static str {
+    match e {
+        EngineError::Load(_) => "load",
+        EngineError::InvalidRequest(_) => "invalid_request",
+        EngineError::Overloaded(_) => "overloaded",
+        EngineError::Internal(_) => "internal",
+        EngineError::DeadlineExceeded => "deadline_exceeded",
+        EngineError::Stalled(_) => "stalled",
+        EngineError::Shutdown => "shutdown",
+    }
 }
 
 /// Adds the `x-ratelimit-*` headers of an admitted request to its response.

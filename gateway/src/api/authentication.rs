@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use crate::auth::Principal;
+use crate::metrics::RequestFacts;
 use crate::secrets;
 use crate::state::AppState;
 
@@ -20,6 +21,8 @@ pub struct Caller {
     /// In engine-only mode, the tenant and priority a gateway passed on
     /// (`x-rosetta-tenant`, `x-rosetta-priority`).
     pub on_behalf: Option<(String, u8)>,
+    /// The request's metric labels, filled in on the way.
+    pub facts: RequestFacts,
 }
 
 impl Caller {
@@ -75,10 +78,19 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         let priority = header("x-rosetta-priority").and_then(|p| p.parse().ok());
         tenant.map(|t| (t, priority.unwrap_or(rosetta_engine::DEFAULT_PRIORITY)))
     });
+    let facts = req
+        .extensions()
+        .get::<RequestFacts>()
+        .cloned()
+        .unwrap_or_default();
+    // The configured tenant (never a header's): label values stay bounded.
+    facts.update(|l| l.tenant = principal.tenant.id.clone());
+    tracing::Span::current().record("rosetta.tenant", principal.tenant.id.as_str());
     req.extensions_mut().insert(Caller {
         principal,
         request_id,
         on_behalf: on_behalf.flatten(),
+        facts,
     });
     let mut resp = next.run(req).await;
     // Handlers set the headers of admitted (and refused) requests; every other response

@@ -267,6 +267,10 @@ impl Generation for ChatCall {
         )?])
     }
 
+    fn operation(&self) -> &'static str {
+        "chat"
+    }
+
     fn render<'a>(&'a self, answer: Answer<'a>) -> Rendered<'a> {
         Box::pin(render(self, answer))
     }
@@ -281,8 +285,10 @@ async fn render(chat: &ChatCall, answer: Answer<'_>) -> Result<Response, EngineE
         ..
     } = answer;
     let n = chat.sampling.params.n;
+    let id = new_id("chatcmpl");
+    tracing::Span::current().record("gen_ai.response.id", id.as_str());
     let meta = ChatIdentity {
-        id: new_id("chatcmpl"),
+        id,
         created: now_secs(),
         model: model.id.clone(),
         fingerprint: state.fingerprint().to_string(),

@@ -224,6 +224,10 @@ impl Generation for CompletionCall {
         }
     }
 
+    fn operation(&self) -> &'static str {
+        "text_completion"
+    }
+
     fn render<'a>(&'a self, answer: Answer<'a>) -> Rendered<'a> {
         Box::pin(render(self, answer))
     }
@@ -247,8 +251,10 @@ async fn render(call: &CompletionCall, answer: Answer<'_>) -> Result<Response, E
     };
     let per_prompt = call.sampling.params.n;
     let total_choices = per_prompt * prompts.len();
+    let id = new_id("cmpl");
+    tracing::Span::current().record("gen_ai.response.id", id.as_str());
     let meta = CompletionIdentity {
-        id: new_id("cmpl"),
+        id,
         created: now_secs(),
         model: model.id.clone(),
         fingerprint: state.fingerprint().to_string(),

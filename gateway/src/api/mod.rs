@@ -9,9 +9,11 @@ mod completions;
 pub mod error;
 mod extract;
 mod models;
+mod observe;
 mod params;
 mod pipeline;
 pub mod ratelimit_headers;
+mod scrape;
 mod sse;
 mod sse_relay;
 mod tokenize;
@@ -51,15 +53,37 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/load", get(models::load))
+        .route("/metrics", get(scrape::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(cors(state.cors_origins()))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::measure,
+        ))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(crate::telemetry::request_span)
+                .on_response(record_status),
+        )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// The response status on the request's span; a 5xx marks the span as an error.
+fn record_status(resp: &Response, latency: std::time::Duration, span: &tracing::Span) {
+    span.record("http.response.status_code", resp.status().as_u16());
+    if resp.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    tracing::debug!(
+        status = resp.status().as_u16(),
+        latency_ms = latency.as_millis() as u64,
+        "response"
+    );
 }
 
 /// CORS for the configured origins only; with none, no CORS headers at all (browsers then

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue};
@@ -25,6 +26,7 @@ use super::sse;
 use super::sse_relay;
 use crate::access::AccessError;
 use crate::language::{self, iso, Language};
+use crate::metrics::GenerationMeasure;
 use crate::pool::remote::{ForwardError, Forwarded, OnBehalf, RemoteClient};
 use crate::pool::{InFlight, Replica, ReplicaKind};
 use crate::registry::ServedModel;
@@ -50,6 +52,8 @@ pub trait Generation: Send + Sync {
     fn model(&self) -> &str;
     /// The endpoint's path, for remote replicas (which take the same OpenAI request).
     fn path(&self) -> &'static str;
+    /// `gen_ai.operation.name`: `chat` or `text_completion`.
+    fn operation(&self) -> &'static str;
     /// `metadata.language`, as sent.
     fn stated_language(&self) -> Option<&str>;
     /// The text whose language routes the request (and whose start picks a home replica).
@@ -105,16 +109,45 @@ pub async fn run(
 ) -> Result<Response, ApiError> {
     // Counted until the answer is out (a stream counts on its own while it lasts).
     let _active = state.drain().start().ok_or_else(sse::shutting_down)?;
+    let started = Instant::now();
+    describe_span(call);
     let text = call.language_text();
     let language = match stated_language(headers, call)? {
         Some(l) => l,
         None => language::detect(&text),
     };
+    let source = language_source(&language);
+    let span = tracing::Span::current();
+    span.record("rosetta.language", language.code.as_str());
+    span.record("rosetta.language.source", source);
     let target = state
         .router()
         .resolve(call.model(), &language.code)
         .ok_or_else(|| ApiError::model_not_found(call.model()))?;
-    let candidates = allowed_candidates(state, caller, &target, &language)?;
+    // Labels only once the name is known to the config: never a client's arbitrary string.
+    let route = match &target {
+        Target::Alias { alias, .. } => alias.as_str(),
+        Target::Model(_) => "",
+    };
+    caller.facts.update(|l| {
+        l.model = call.model().to_string();
+        l.route = route.to_string();
+        l.language = language.code.clone();
+    });
+    if !route.is_empty() {
+        span.record("rosetta.route", route);
+    }
+    let candidates = {
+        let _policy = tracing::info_span!("policy").entered();
+        allowed_candidates(state, caller, &target, &language)?
+    };
+    let ctx = Context {
+        started,
+        language: &language,
+        text: &text,
+    };
+    let gateway = &state.metrics().gateway;
+    let mut attempts = 0u32;
     let affinity = state.pool().affinity_key(&text);
     let mut last_error = None;
     let mut full = 0;
@@ -142,9 +175,16 @@ pub async fn run(
                 open += 1;
                 continue;
             }
+            if attempts > 0 {
+                gateway
+                    .retries
+                    .with_label_values(&[model_id.as_str()])
+                    .inc();
+            }
+            attempts += 1;
             let hold = replica.start();
             let outcome = match &replica.kind {
-                ReplicaKind::Local => run_local(state, caller, call, model_id, hold).await,
+                ReplicaKind::Local => run_local(state, caller, call, model_id, hold, &ctx).await,
                 ReplicaKind::Remote(remote) => {
                     run_remote(
                         state,
@@ -155,6 +195,7 @@ pub async fn run(
                         raw,
                         model_id,
                         hold,
+                        &ctx,
                     )
                     .await
                 }
@@ -164,9 +205,24 @@ pub async fn run(
                     if replica.remote().is_some() {
                         replica.breaker.success();
                     }
+                    let fallback = candidates.first() != Some(model_id);
+                    gateway
+                        .routing
+                        .with_label_values(&[
+                            route,
+                            model_id.as_str(),
+                            if fallback { "true" } else { "false" },
+                            source,
+                        ])
+                        .inc();
+                    span.record("rosetta.replica", replica_id(&replica).as_str());
                     return Ok(decorate(resp, model_id, &language, &replica));
                 }
                 Err(AttemptError::Retry(e)) => {
+                    gateway
+                        .replica_errors
+                        .with_label_values(&[replica_id(&replica).as_str(), failure_reason(&e)])
+                        .inc();
                     tracing::warn!(model = %model_id, replica = %replica.name, error = %e.body.message, "replica could not serve; trying the next");
                     if replica.remote().is_some() {
                         replica.breaker.failure();
@@ -200,6 +256,67 @@ pub async fn run(
             1,
         ),
     })
+}
+
+/// What every attempt of a request shares: when it arrived, and its language.
+struct Context<'a> {
+    started: Instant,
+    language: &'a Language,
+    /// The text the language was read from.
+    text: &'a str,
+}
+
+/// The request's span: its GenAI name and request attributes.
+fn describe_span(call: &dyn Generation) {
+    let span = tracing::Span::current();
+    let sampling = call.sampling();
+    let s = &sampling.params.sampling;
+    span.record(
+        "otel.name",
+        format!("{} {}", call.operation(), call.model()).as_str(),
+    );
+    span.record("gen_ai.operation.name", call.operation());
+    span.record("gen_ai.provider.name", crate::metrics::genai::PROVIDER);
+    span.record("gen_ai.request.model", call.model());
+    if let Some(max) = sampling.max_tokens {
+        span.record("gen_ai.request.max_tokens", max as u64);
+    }
+    span.record("gen_ai.request.temperature", f64::from(s.temperature));
+    span.record("gen_ai.request.top_p", f64::from(s.top_p));
+    if let Some(seed) = s.seed {
+        span.record("gen_ai.request.seed", seed);
+    }
+    if sampling.params.n != 1 {
+        span.record("gen_ai.request.choice.count", sampling.params.n as u64);
+    }
+    span.record("gen_ai.request.stream", sampling.stream);
+}
+
+/// `language_source` label: stated, detected, or und (detection found no language).
+fn language_source(language: &Language) -> &'static str {
+    match language.source {
+        _ if language.code == language::UND => "und",
+        language::Source::Stated => "stated",
+        language::Source::Detected => "detected",
+    }
+}
+
+/// A replica's id in metrics and traces: `<model>/local` or `<model>/remote-<i>`.
+fn replica_id(replica: &Replica) -> String {
+    match replica.kind {
+        ReplicaKind::Local => format!("{}/local", replica.model),
+        ReplicaKind::Remote(_) => replica.name.clone(),
+    }
+}
+
+/// Why an attempt could not be served, as a label.
+fn failure_reason(e: &ApiError) -> &'static str {
+    match e.status.as_u16() {
+        502 => "bad_gateway",
+        503 => "unavailable",
+        504 => "timeout",
+        _ => "error",
+    }
 }
 
 /// The candidates the tenant may use, in order; 403 with every reason if none.
@@ -251,6 +368,7 @@ async fn run_local(
     call: &dyn Generation,
     model_id: &str,
     hold: InFlight,
+    ctx: &Context<'_>,
 ) -> Result<Response, AttemptError> {
     // Not loaded (yet) here: another replica may have it.
     let model = state
@@ -279,9 +397,22 @@ async fn run_local(
         .map(|p| sampling.request(&model, p.clone()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(AttemptError::Final)?;
-    let admission = admit(state, caller, &model, &mut requests).map_err(refused)?;
+    let admission = {
+        let _admission = tracing::info_span!("admission").entered();
+        admit(state, caller, &model, &mut requests).map_err(refused)?
+    };
     let rate = admission.state();
-    let items = submit_admitted(&model, requests, admission, hold).map_err(engine)?;
+    count_language_cost(state, &model, ctx, &prompts);
+    let measure = GenerationMeasure::start(
+        state.metrics().clone(),
+        ctx.started,
+        call.operation(),
+        call.model(),
+        &model.id,
+        &ctx.language.code,
+    );
+    let items = submit_admitted(&model, requests, admission, hold, measure, &caller.facts)
+        .map_err(engine)?;
     let answer = Answer {
         state,
         model,
@@ -290,6 +421,30 @@ async fn run_local(
     };
     let response = call.render(answer).await.map_err(engine)?;
     Ok(with_rate_headers(response, rate))
+}
+
+/// What the language costs on this model: prompt tokens, and the language text's characters
+/// and tokens by the model's own tokenizer.
+fn count_language_cost(
+    state: &AppState,
+    model: &ServedModel,
+    ctx: &Context<'_>,
+    prompts: &[Vec<u32>],
+) {
+    let g = &state.metrics().gateway;
+    let labels = [ctx.language.code.as_str(), model.id.as_str()];
+    let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+    g.prompt_tokens
+        .with_label_values(&labels)
+        .inc_by(prompt_tokens as u64);
+    if let Ok(tokens) = model.tokenizer.encode(ctx.text, false) {
+        g.text_characters
+            .with_label_values(&labels)
+            .inc_by(ctx.text.chars().count() as u64);
+        g.text_tokens
+            .with_label_values(&labels)
+            .inc_by(tokens.len() as u64);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -302,6 +457,7 @@ async fn run_remote(
     raw: &Bytes,
     model_id: &str,
     hold: InFlight,
+    ctx: &Context<'_>,
 ) -> Result<Response, AttemptError> {
     // The prompt's tokens by the model's own tokenizer where this process has the model;
     // else about a token per 3 bytes of the body. Usage settles the difference either way.
@@ -328,6 +484,14 @@ async fn run_remote(
         priority: caller.priority(),
         cache_salt: state.salt_key().tenant_salt(caller.scheduling_tenant()),
     };
+    let mut measure = GenerationMeasure::start(
+        state.metrics().clone(),
+        ctx.started,
+        call.operation(),
+        call.model(),
+        model_id,
+        &ctx.language.code,
+    );
     // The body has been validated in full; only a remote replica needs it as a JSON tree.
     let body: Value = serde_json::from_slice(raw)
         .map_err(|e| AttemptError::Final(ApiError::invalid(format!("Invalid JSON body: {e}"))))?;
@@ -337,6 +501,7 @@ async fn run_remote(
             if let Some(total) = body["usage"]["total_tokens"].as_u64() {
                 admission.record_usage(total);
             }
+            measure_upstream(&mut measure, &body);
             drop(hold);
             Ok(with_rate_headers(axum::Json(body).into_response(), rate))
         }
@@ -344,6 +509,10 @@ async fn run_remote(
             let mut chunks = 0u64;
             let events = sse_relay::relay(first, rest, model_id.to_string(), move |event| {
                 let _ = &hold;
+                if event["choices"].as_array().is_some_and(|c| !c.is_empty()) {
+                    measure.token(Instant::now());
+                }
+                measure_upstream(&mut measure, event);
                 match event.get("usage").filter(|u| !u.is_null()) {
                     Some(u) => admission.record_usage(u["total_tokens"].as_u64().unwrap_or(0)),
                     // Without usage, count a token per content chunk.
@@ -375,6 +544,28 @@ async fn run_remote(
             format!("replica {replica} refused the gateway ({status}); check its api_key"),
         ))),
         Err(ForwardError::Refused(e)) => Err(AttemptError::Final(e.into())),
+    }
+}
+
+/// A remote replica's answer (a body or a chunk): its finish reasons and usage.
+fn measure_upstream(measure: &mut GenerationMeasure, body: &Value) {
+    for choice in body["choices"].as_array().into_iter().flatten() {
+        if let Some(reason) = choice["finish_reason"].as_str() {
+            measure.finished(match reason {
+                "stop" => "stop",
+                "length" => "length",
+                "tool_calls" => "tool_calls",
+                "content_filter" => "content_filter",
+                _ => "other",
+            });
+        }
+    }
+    let usage = &body["usage"];
+    if let (Some(input), Some(output)) = (
+        usage["prompt_tokens"].as_u64(),
+        usage["completion_tokens"].as_u64(),
+    ) {
+        measure.usage(input, output);
     }
 }
 

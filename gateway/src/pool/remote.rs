@@ -204,6 +204,10 @@ impl RemoteClient {
         if let Some(key) = &self.api_key {
             req = req.bearer_auth(key);
         }
+        // The request's trace goes on in the replica.
+        let mut trace = reqwest::header::HeaderMap::new();
+        crate::telemetry::inject_trace_context(&mut trace);
+        req = req.headers(trace);
         let unavailable = |what: String| ForwardError::Unavailable(what);
         let resp = match tokio::time::timeout(self.first_token, req.send()).await {
             Err(_) => {
