@@ -23,6 +23,17 @@ if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import openai' >/de
     cp "$clients/requirements.txt" "$stamp"
 fi
 
+# promtool (Debian's package `prometheus`) lints /metrics scrapes in tests/tests/observability.rs.
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "installing promtool (Debian package prometheus)" >&2
+    sudo=()
+    [[ "$(id -u)" -ne 0 ]] && sudo=(sudo)
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get install -y --no-install-recommends prometheus >/dev/null \
+        || { "${sudo[@]}" apt-get update -qq \
+            && "${sudo[@]}" apt-get install -y --no-install-recommends prometheus >/dev/null; }
+fi
+
 # The tested binary can inject engine faults (engine/src/native/fault.rs): a test-only
 # feature that release builds, and the README's `cargo run --release`, never have.
 features=(--features rosetta-gateway/fault-injection)

@@ -219,17 +219,16 @@ impl Access {
             .model(model)
             .map_or("", |m| m.licence_id.as_str());
         let tenant = self.metrics.tenant(&who.tenant.id);
-        let denials = &self.metrics.gateway.policy_denials;
-        if decision.policies.is_empty() {
-            denials
-                .with_label_values(&[tenant, licence_id, "default_deny"])
-                .inc();
-        }
-        for policy in &decision.policies {
-            denials
-                .with_label_values(&[tenant, licence_id, policy])
-                .inc();
-        }
+        // Once per denial, under its first deciding policy, so the series sum to denials.
+        let policy = decision
+            .policies
+            .first()
+            .map_or("default_deny", String::as_str);
+        self.metrics
+            .gateway
+            .policy_denials
+            .with_label_values(&[tenant, licence_id, policy])
+            .inc();
         let licence = self
             .policy
             .model(model)

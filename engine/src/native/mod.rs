@@ -125,6 +125,7 @@ impl NativeEngine {
         };
         let load = Arc::new(Mutex::new(EngineLoad {
             kv_blocks_total: total_blocks,
+            kv_block_size: config.block_size,
             ..EngineLoad::default()
         }));
         let (tx, rx) = mpsc::unbounded_channel();

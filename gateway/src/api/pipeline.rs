@@ -437,10 +437,12 @@ fn count_language_cost(
     g.prompt_tokens
         .with_label_values(&labels)
         .inc_by(prompt_tokens as u64);
-    if let Ok(tokens) = model.tokenizer.encode(ctx.text, false) {
+    // The messages' own text: without the separators they were joined with.
+    let text = ctx.text.trim();
+    if let Ok(tokens) = model.tokenizer.encode(text, false) {
         g.text_characters
             .with_label_values(&labels)
-            .inc_by(ctx.text.chars().count() as u64);
+            .inc_by(text.chars().count() as u64);
         g.text_tokens
             .with_label_values(&labels)
             .inc_by(tokens.len() as u64);

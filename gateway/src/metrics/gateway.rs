@@ -80,7 +80,7 @@ impl GatewayFamilies {
             policy_denials: counter(
                 r,
                 "rosetta_policy_denials_total",
-                "Invocations denied by access policy, by tenant, the model's licence and the deciding policy (default_deny when no policy permitted it).",
+                "Invocations denied by access policy, by tenant, the model's licence and the first deciding policy (default_deny when no policy permitted it).",
                 &["tenant", "licence", "policy"],
             ),
             routing: counter(
