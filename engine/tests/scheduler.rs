@@ -47,6 +47,7 @@ fn config(pool_tokens: usize, budget: usize, chunked: bool) -> NativeEngineConfi
         max_context: CONTEXT,
         stall_timeout: std::time::Duration::from_secs(60),
         prefix_salt_key: b"test".to_vec(),
+        observer: Default::default(),
     }
 }
 

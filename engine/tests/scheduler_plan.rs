@@ -13,6 +13,7 @@ use rosetta_engine::demo::{Arch, DemoSpec, Size};
 use rosetta_engine::kv::KvLayout;
 use rosetta_engine::model::{BlockCopy, LoadedModel, LogitRows, ModelRunner, ModelShape, SeqChunk};
 use rosetta_engine::text::ModelTokenizer;
+use rosetta_engine::{ChoiceEnd, ChoiceStats, EngineObserver, FinishReason, Observer, StepStats};
 use rosetta_engine::{
     Engine, EngineError, EventStream, GenerateEvent, NativeEngine, NativeEngineConfig,
 };
@@ -107,6 +108,22 @@ fn start_with_context(
     max_num_seqs: usize,
     context: usize,
 ) -> (NativeEngine, Log) {
+    start_observed(
+        pool_tokens,
+        budget,
+        max_num_seqs,
+        context,
+        Observer::default(),
+    )
+}
+
+fn start_observed(
+    pool_tokens: usize,
+    budget: usize,
+    max_num_seqs: usize,
+    context: usize,
+    observer: Observer,
+) -> (NativeEngine, Log) {
     let dir = model_dir();
     let shape = ModelShape::from_file(&dir.join("config.json")).unwrap();
     let log = Log::default();
@@ -115,6 +132,7 @@ fn start_with_context(
         kv_cache_bytes: (pool_tokens * shape.kv_bytes_per_token()) as u64,
         max_num_seqs,
         max_num_batched_tokens: budget,
+        observer,
         ..NativeEngineConfig::new(context)
     };
     let tok = Arc::new(ModelTokenizer::from_dir(dir).unwrap());
@@ -239,4 +257,78 @@ fn an_aborted_request_stops_being_scheduled_and_its_blocks_come_back() {
         .filter(|c| c.len == 1 && c.start >= 10)
         .count();
     assert!((39..45).contains(&decodes), "{decodes} decodes: {log:?}");
+}
+
+/// Everything the engine reported.
+#[derive(Default)]
+struct Recorded {
+    steps: Mutex<Vec<StepStats>>,
+    ended: Mutex<Vec<ChoiceStats>>,
+}
+
+impl EngineObserver for Recorded {
+    fn step(&self, step: &StepStats) {
+        self.steps.lock().unwrap().push(step.clone());
+    }
+
+    fn choice_ended(&self, choice: &ChoiceStats) {
+        self.ended.lock().unwrap().push(choice.clone());
+    }
+}
+
+#[test]
+fn the_observer_sees_every_step_token_and_ended_choice() {
+    let recorded = Arc::new(Recorded::default());
+    let (engine, log) = start_observed(4096, 16, 8, CONTEXT, Observer(recorded.clone()));
+    // A 40-token prompt in chunks of 16, three choices of 5 tokens each.
+    let mut req = greedy(vec![42; 40], 5);
+    req.params_mut().n = 3;
+    let rx = engine.submit(req).unwrap();
+    let times = rx.times().expect("the engine shares its times");
+    assert_eq!(finish(rx), 15);
+    wait_idle(&engine);
+    let steps = recorded.steps.lock().unwrap();
+    let log = log.lock().unwrap();
+    assert_eq!(steps.len(), log.len(), "one report per forward pass");
+    for (s, l) in steps.iter().zip(log.iter()) {
+        assert_eq!(s.scheduled_tokens, l.iter().map(|c| c.len).sum::<usize>());
+    }
+    let sum = |f: fn(&StepStats) -> usize| steps.iter().map(f).sum::<usize>();
+    assert_eq!(sum(|s| s.generation_tokens), 15);
+    // The prompt is counted once, with the request's one first token.
+    assert_eq!(sum(|s| s.prompt_tokens), 40);
+    assert_eq!(sum(|s| s.time_to_first_token.len()), 1);
+    // Every token but each choice's first follows another.
+    assert_eq!(sum(|s| s.inter_token.len()), 15 - 3);
+    let ended = recorded.ended.lock().unwrap();
+    assert_eq!(ended.len(), 3);
+    for c in ended.iter() {
+        assert_eq!(c.end, ChoiceEnd::Finished(FinishReason::Length));
+        assert_eq!((c.prompt_tokens, c.generation_tokens), (40, 5));
+        assert_eq!((c.n, c.max_tokens), (3, 5));
+        let (queued, prefill, decode) = (c.queued.unwrap(), c.prefill.unwrap(), c.decode.unwrap());
+        assert!(queued + prefill + decode <= c.e2e);
+        assert_eq!(c.inference.unwrap() + queued, c.e2e);
+    }
+    // The stream's times agree: scheduled, then a first token.
+    assert!(times.queue_time().is_some() && times.prefill_time().is_some());
+}
+
+#[test]
+fn a_cancelled_request_is_reported_aborted() {
+    let recorded = Arc::new(Recorded::default());
+    let (engine, _log) = start_observed(4096, 16, 8, CONTEXT, Observer(recorded.clone()));
+    let mut rx = engine.submit(greedy(vec![7; 30], 100)).unwrap();
+    // Its first token, then the reader goes away.
+    loop {
+        if let GenerateEvent::Delta(_) = rx.blocking_recv().unwrap().unwrap() {
+            break;
+        }
+    }
+    drop(rx);
+    wait_idle(&engine);
+    let ended = recorded.ended.lock().unwrap();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].end, ChoiceEnd::Aborted);
+    assert!(ended[0].generation_tokens >= 1 && ended[0].generation_tokens < 100);
 }

@@ -164,6 +164,24 @@ impl Injector for HeaderInjector<'_> {
     }
 }
 
+/// An endpoint's name in metrics and span names: one of the served paths, never the raw
+/// path (label values stay bounded).
+pub fn endpoint(path: &str) -> &'static str {
+    match path {
+        "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/completions" => "/v1/completions",
+        "/v1/models" => "/v1/models",
+        "/tokenize" => "/tokenize",
+        "/detokenize" => "/detokenize",
+        "/health" => "/health",
+        "/ready" => "/ready",
+        "/load" => "/load",
+        "/metrics" => "/metrics",
+        p if p.starts_with("/v1/models/") => "/v1/models/{id}",
+        _ => "other",
+    }
+}
+
 /// The span of one HTTP request, declaring every attribute the pipeline may record on it,
 /// its parent taken from an incoming `traceparent`, and its trace id as a field (so every
 /// log line of the request carries it).
@@ -175,7 +193,7 @@ pub fn request_span<B>(req: &Request<B>) -> tracing::Span {
         .unwrap_or("");
     let span = tracing::info_span!(
         "request",
-        otel.name = %format!("{} {}", req.method(), req.uri().path()),
+        otel.name = %format!("{} {}", req.method(), endpoint(req.uri().path())),
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         request_id,
@@ -219,6 +237,15 @@ pub fn request_span<B>(req: &Request<B>) -> tracing::Span {
         span.record("trace_id", incoming.trace_id().to_string());
     }
     span
+}
+
+/// Renames the current request's span (`{operation} {model}`, known once its body is read).
+/// The span has been started to learn its trace id, so only the OpenTelemetry span itself
+/// can still take a new name.
+pub fn rename_request_span(name: String) {
+    if tracing_enabled() {
+        tracing::Span::current().context().span().update_name(name);
+    }
 }
 
 /// Adds the current span's `traceparent` (and `tracestate`) to a request to a replica.

@@ -209,6 +209,18 @@ impl Server {
         s
     }
 
+    /// `rosetta serve --config FILE ARGS...` with extra environment variables, once ready.
+    pub fn start_with_args_and_env(
+        config_yaml: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        let _guard = START_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let s = Self::start_unready_with_env(config_yaml, args, env);
+        s.wait_ready(READY_TIMEOUT);
+        s
+    }
+
     /// Writes the config into `dir` (which may already hold files the config refers to),
     /// starts the server with `cwd` as its working folder, and waits until it is ready.
     pub fn start_in(dir: tempfile::TempDir, config_yaml: &str, cwd: &Path) -> Server {

@@ -16,23 +16,7 @@ use http_body::{Frame, SizeHint};
 
 use crate::metrics::{Metrics, RequestFacts};
 use crate::state::AppState;
-
-/// The endpoint label: one of the served paths, never the raw path.
-pub fn endpoint(path: &str) -> &'static str {
-    match path {
-        "/v1/chat/completions" => "/v1/chat/completions",
-        "/v1/completions" => "/v1/completions",
-        "/v1/models" => "/v1/models",
-        "/tokenize" => "/tokenize",
-        "/detokenize" => "/detokenize",
-        "/health" => "/health",
-        "/ready" => "/ready",
-        "/load" => "/load",
-        "/metrics" => "/metrics",
-        p if p.starts_with("/v1/models/") => "/v1/models/{id}",
-        _ => "other",
-    }
-}
+use crate::telemetry::endpoint;
 
 pub async fn measure(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();

@@ -271,10 +271,7 @@ fn describe_span(call: &dyn Generation) {
     let span = tracing::Span::current();
     let sampling = call.sampling();
     let s = &sampling.params.sampling;
-    span.record(
-        "otel.name",
-        format!("{} {}", call.operation(), call.model()).as_str(),
-    );
+    crate::telemetry::rename_request_span(format!("{} {}", call.operation(), call.model()));
     span.record("gen_ai.operation.name", call.operation());
     span.record("gen_ai.provider.name", crate::metrics::genai::PROVIDER);
     span.record("gen_ai.request.model", call.model());
