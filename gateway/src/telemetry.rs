@@ -39,7 +39,8 @@ pub fn init(format: LogFormat, config: &TracingConfig) -> anyhow::Result<()> {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
-            .with_span_list(false)
+            // The request span (ids) as well as the child a line was logged in.
+            .with_span_list(true)
             .with_writer(std::io::stderr)
             .with_filter(filter())
             .boxed(),

@@ -757,3 +757,162 @@ async fn metrics_can_be_turned_off_and_the_tenant_label_dropped() {
     let s = Server::start(&config);
     s.get("/metrics").await.assert_error(404, None, None);
 }
+
+/// Metric names a PromQL expression reads (ours, the GenAI ones and vLLM's): identifiers
+/// with those prefixes that are not label names (a label is followed by `=`, `!=` or `=~`).
+fn queried_metrics(expr: &str) -> Vec<String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut names = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        if !ident(chars[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len() && ident(chars[i]) {
+            i += 1;
+        }
+        let word: String = chars[start..i].iter().collect();
+        let next = chars[i..].iter().find(|c| !c.is_whitespace());
+        let is_label = matches!(next, Some('=' | '!' | '~'));
+        if !is_label
+            && ["vllm:", "rosetta_", "gen_ai_"]
+                .iter()
+                .any(|p| word.starts_with(p))
+        {
+            names.push(word);
+        }
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_dashboard_and_alert_rules_query_only_metrics_a_real_scrape_has() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // A model whose two remote replicas refuse connections: errors, a retry, breakers.
+    let config = CONFIG.replace(
+        "routes:",
+        "  - { id: far, licence: apache-2.0, remote: [{ url: \"http://127.0.0.1:9\" }, { url: \"http://127.0.0.1:9\" }] }\n\
+         pool: { health_interval_ms: 3600000, breaker_failures: 5 }\nroutes:",
+    );
+    let (config, [acme, few]) = with_new_keys(&config, ["ACME_HASH", "FEW_HASH"]);
+    let s = Server::start(&config);
+    let ok = send(
+        &s,
+        &acme,
+        "/v1/chat/completions",
+        &chat("open", "Bonjour", 2, false),
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    let routed = send(
+        &s,
+        &acme,
+        "/v1/chat/completions",
+        &chat("auto", SWAHILI, 1, false),
+    )
+    .await;
+    assert_eq!(routed.status, 200);
+    let denied = send(
+        &s,
+        &acme,
+        "/v1/chat/completions",
+        &chat("aya", "Bonjour", 1, false),
+    )
+    .await;
+    assert_eq!(denied.status, 403);
+    for expected in [200, 429] {
+        let r = send(
+            &s,
+            &few,
+            "/v1/chat/completions",
+            &chat("open", "Bonjour", 1, false),
+        )
+        .await;
+        assert_eq!(r.status, expected);
+    }
+    let far = send(
+        &s,
+        &acme,
+        "/v1/chat/completions",
+        &chat("far", "Bonjour", 1, false),
+    )
+    .await;
+    assert_eq!(far.status, 503, "{}", far.json);
+    let samples = parse(&scrape(&s).await, "text");
+    let known: std::collections::BTreeSet<&str> = samples
+        .iter()
+        .flat_map(|x| [x.name.as_str(), x.family.as_str()])
+        .collect();
+    assert_eq!(
+        value(
+            &samples,
+            "rosetta_replica_errors_total",
+            &[("replica", "far/remote-0"), ("reason", "unavailable")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&samples, "rosetta_retries_total", &[("model", "far")]),
+        1.0
+    );
+
+    // The dashboard: Grafana's structure, and every metric it plots exists.
+    let path = root.join("monitoring/grafana/rosetta.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(dashboard["uid"], "rosetta-overview");
+    let vars: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(vars, ["datasource", "model", "tenant"]);
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut ids = std::collections::BTreeSet::new();
+    let mut exprs = Vec::new();
+    for p in panels {
+        assert!(ids.insert(p["id"].as_u64().unwrap()), "duplicate panel id");
+        assert!(p["title"].is_string() && p["gridPos"]["w"].is_u64() && p["gridPos"]["h"].is_u64());
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{} has no query", p["title"]);
+        for t in targets {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    for v in &dashboard["templating"]["list"].as_array().unwrap()[1..] {
+        exprs.push(v["definition"].as_str().unwrap().to_string());
+    }
+    // The alert rules (promtool checks their syntax), read the same way.
+    let rules = root.join("monitoring/prometheus/rosetta-rules.yaml");
+    let check = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    for line in std::fs::read_to_string(&rules).unwrap().lines() {
+        if line.contains("vllm:") || line.contains("rosetta_") {
+            exprs.push(line.to_string());
+        }
+    }
+    let mut queried = std::collections::BTreeSet::new();
+    for e in &exprs {
+        queried.extend(queried_metrics(e));
+    }
+    assert!(queried.len() >= 20, "{queried:?}");
+    let missing: Vec<&String> = queried
+        .iter()
+        .filter(|m| !known.contains(m.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "queried but not in the scrape: {missing:?}"
+    );
+}

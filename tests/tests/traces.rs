@@ -332,17 +332,25 @@ async fn request_spans_over_grpc_follow_the_genai_conventions() {
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
+    // Each line lists its spans, outermost (the request's) first.
     let of_request: Vec<&Value> = lines
         .iter()
-        .filter(|l| l["span"]["request_id"] == json!(request_id))
+        .filter(|l| l["spans"][0]["request_id"] == json!(request_id))
         .collect();
     assert!(
         !of_request.is_empty(),
         "no log line of the request in {logs}"
     );
-    for line in of_request {
-        assert_eq!(line["span"]["trace_id"], json!(TRACE), "{line}");
+    for line in &of_request {
+        assert_eq!(line["spans"][0]["trace_id"], json!(TRACE), "{line}");
     }
+    // Lines logged in a child span (the audit of the policy decision) too.
+    assert!(
+        of_request
+            .iter()
+            .any(|l| l["spans"].as_array().unwrap().len() > 1),
+        "{logs}"
+    );
 }
 
 #[tokio::test]

@@ -420,6 +420,9 @@ async fn run_local(
     Ok(with_rate_headers(response, rate))
 }
 
+/// Characters of a request's text tokenized again to measure its language's cost.
+const LANGUAGE_COST_SAMPLE_CHARS: usize = 4096;
+
 /// What the language costs on this model: prompt tokens, and the language text's characters
 /// and tokens by the model's own tokenizer.
 fn count_language_cost(
@@ -434,8 +437,13 @@ fn count_language_cost(
     g.prompt_tokens
         .with_label_values(&labels)
         .inc_by(prompt_tokens as u64);
-    // The messages' own text: without the separators they were joined with.
+    // The messages' own text, without the separators they were joined with; a sample of
+    // its start is enough for the ratio and keeps the extra tokenization small.
     let text = ctx.text.trim();
+    let text = text
+        .char_indices()
+        .nth(LANGUAGE_COST_SAMPLE_CHARS)
+        .map_or(text, |(end, _)| &text[..end]);
     if let Ok(tokens) = model.tokenizer.encode(text, false) {
         g.text_characters
             .with_label_values(&labels)
