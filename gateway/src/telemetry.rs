@@ -240,6 +240,14 @@ pub fn request_span<B>(req: &Request<B>) -> tracing::Span {
     span
 }
 
+/// Records an attribute on a request span when traces are exported. Logs do not need the
+/// GenAI attributes, and formatting each into the logged span's fields costs every request.
+pub fn attribute<V: tracing::Value>(span: &tracing::Span, key: &'static str, value: V) {
+    if tracing_enabled() {
+        span.record(key, value);
+    }
+}
+
 /// Renames the current request's span (`{operation} {model}`, known once its body is read).
 /// The span has been started to learn its trace id, so only the OpenTelemetry span itself
 /// can still take a new name.

@@ -74,10 +74,22 @@ pub fn submit_admitted(
 ) -> Result<impl Stream<Item = AnswerEvent> + Send, EngineError> {
     let prompt_tokens: u64 = requests.iter().map(|r| r.prompt.len() as u64).sum();
     let n = requests.first().map_or(1, |r| r.params.n);
-    let streams = requests
+    let streams = match requests
         .into_iter()
         .map(|r| model.engine.submit(r))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(streams) => streams,
+        Err(e) => {
+            // Another replica may take it: then that attempt is the one measured.
+            if e.is_retryable() {
+                measure.discard();
+            } else {
+                measure.failed(error_type(&e));
+            }
+            return Err(e);
+        }
+    };
     let settlement = Settlement {
         admission,
         prompt_tokens,

@@ -85,7 +85,11 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         .unwrap_or_default();
     // The configured tenant (never a header's): label values stay bounded.
     facts.update(|l| l.tenant = principal.tenant.id.clone());
-    tracing::Span::current().record("rosetta.tenant", principal.tenant.id.as_str());
+    crate::telemetry::attribute(
+        &tracing::Span::current(),
+        "rosetta.tenant",
+        principal.tenant.id.as_str(),
+    );
     req.extensions_mut().insert(Caller {
         principal,
         request_id,

@@ -286,7 +286,7 @@ async fn render(chat: &ChatCall, answer: Answer<'_>) -> Result<Response, EngineE
     } = answer;
     let n = chat.sampling.params.n;
     let id = new_id("chatcmpl");
-    tracing::Span::current().record("gen_ai.response.id", id.as_str());
+    crate::telemetry::attribute(&tracing::Span::current(), "gen_ai.response.id", id.as_str());
     let meta = ChatIdentity {
         id,
         created: now_secs(),

@@ -252,7 +252,7 @@ async fn render(call: &CompletionCall, answer: Answer<'_>) -> Result<Response, E
     let per_prompt = call.sampling.params.n;
     let total_choices = per_prompt * prompts.len();
     let id = new_id("cmpl");
-    tracing::Span::current().record("gen_ai.response.id", id.as_str());
+    crate::telemetry::attribute(&tracing::Span::current(), "gen_ai.response.id", id.as_str());
     let meta = CompletionIdentity {
         id,
         created: now_secs(),

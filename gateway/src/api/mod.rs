@@ -75,9 +75,9 @@ pub fn router(state: AppState) -> Router {
 
 /// The response status on the request's span; a 5xx marks the span as an error.
 fn record_status(resp: &Response, latency: std::time::Duration, span: &tracing::Span) {
-    span.record("http.response.status_code", resp.status().as_u16());
+    crate::telemetry::attribute(span, "http.response.status_code", resp.status().as_u16());
     if resp.status().is_server_error() {
-        span.record("otel.status_code", "ERROR");
+        crate::telemetry::attribute(span, "otel.status_code", "ERROR");
     }
     tracing::debug!(
         status = resp.status().as_u16(),

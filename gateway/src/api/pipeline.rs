@@ -118,8 +118,8 @@ pub async fn run(
     };
     let source = language_source(&language);
     let span = tracing::Span::current();
-    span.record("rosetta.language", language.code.as_str());
-    span.record("rosetta.language.source", source);
+    crate::telemetry::attribute(&span, "rosetta.language", language.code.as_str());
+    crate::telemetry::attribute(&span, "rosetta.language.source", source);
     let target = state
         .router()
         .resolve(call.model(), &language.code)
@@ -135,8 +135,10 @@ pub async fn run(
         l.language = language.code.clone();
     });
     if !route.is_empty() {
-        span.record("rosetta.route", route);
+        crate::telemetry::attribute(&span, "rosetta.route", route);
     }
+    // Span names stay few: only a model or alias of the config names one.
+    crate::telemetry::rename_request_span(format!("{} {}", call.operation(), call.model()));
     let candidates = {
         let _policy = tracing::info_span!("policy").entered();
         allowed_candidates(state, caller, &target, &language)?
@@ -215,7 +217,11 @@ pub async fn run(
                             source,
                         ])
                         .inc();
-                    span.record("rosetta.replica", replica_id(&replica).as_str());
+                    crate::telemetry::attribute(
+                        &span,
+                        "rosetta.replica",
+                        replica_id(&replica).as_str(),
+                    );
                     return Ok(decorate(resp, model_id, &language, &replica));
                 }
                 Err(AttemptError::Retry(e)) => {
@@ -271,22 +277,33 @@ fn describe_span(call: &dyn Generation) {
     let span = tracing::Span::current();
     let sampling = call.sampling();
     let s = &sampling.params.sampling;
-    crate::telemetry::rename_request_span(format!("{} {}", call.operation(), call.model()));
-    span.record("gen_ai.operation.name", call.operation());
-    span.record("gen_ai.provider.name", crate::metrics::genai::PROVIDER);
-    span.record("gen_ai.request.model", call.model());
+    crate::telemetry::attribute(&span, "gen_ai.operation.name", call.operation());
+    crate::telemetry::attribute(
+        &span,
+        "gen_ai.provider.name",
+        crate::metrics::genai::PROVIDER,
+    );
+    crate::telemetry::attribute(&span, "gen_ai.request.model", call.model());
     if let Some(max) = sampling.max_tokens {
-        span.record("gen_ai.request.max_tokens", max as u64);
+        crate::telemetry::attribute(&span, "gen_ai.request.max_tokens", max as u64);
     }
-    span.record("gen_ai.request.temperature", f64::from(s.temperature));
-    span.record("gen_ai.request.top_p", f64::from(s.top_p));
+    crate::telemetry::attribute(
+        &span,
+        "gen_ai.request.temperature",
+        f64::from(s.temperature),
+    );
+    crate::telemetry::attribute(&span, "gen_ai.request.top_p", f64::from(s.top_p));
     if let Some(seed) = s.seed {
-        span.record("gen_ai.request.seed", seed);
+        crate::telemetry::attribute(&span, "gen_ai.request.seed", seed);
     }
     if sampling.params.n != 1 {
-        span.record("gen_ai.request.choice.count", sampling.params.n as u64);
+        crate::telemetry::attribute(
+            &span,
+            "gen_ai.request.choice.count",
+            sampling.params.n as u64,
+        );
     }
-    span.record("gen_ai.request.stream", sampling.stream);
+    crate::telemetry::attribute(&span, "gen_ai.request.stream", sampling.stream);
 }
 
 /// `language_source` label: stated, detected, or und (detection found no language).
@@ -491,14 +508,17 @@ async fn run_remote(
         priority: caller.priority(),
         cache_salt: state.salt_key().tenant_salt(caller.scheduling_tenant()),
     };
-    let mut measure = GenerationMeasure::start(
-        state.metrics().clone(),
-        ctx.started,
-        call.operation(),
-        call.model(),
-        model_id,
-        &ctx.language.code,
-    );
+    // Measured once the replica has answered (an attempt that fails is not a generation).
+    let measure = || {
+        GenerationMeasure::start(
+            state.metrics().clone(),
+            ctx.started,
+            call.operation(),
+            call.model(),
+            model_id,
+            &ctx.language.code,
+        )
+    };
     // The body has been validated in full; only a remote replica needs it as a JSON tree.
     let body: Value = serde_json::from_slice(raw)
         .map_err(|e| AttemptError::Final(ApiError::invalid(format!("Invalid JSON body: {e}"))))?;
@@ -508,12 +528,13 @@ async fn run_remote(
             if let Some(total) = body["usage"]["total_tokens"].as_u64() {
                 admission.record_usage(total);
             }
-            measure_upstream(&mut measure, &body);
+            measure_upstream(&mut measure(), &body);
             drop(hold);
             Ok(with_rate_headers(axum::Json(body).into_response(), rate))
         }
         Ok(Forwarded::Stream(first, rest)) => {
             let mut chunks = 0u64;
+            let mut measure = measure();
             let events = sse_relay::relay(first, rest, model_id.to_string(), move |event| {
                 let _ = &hold;
                 if event["choices"].as_array().is_some_and(|c| !c.is_empty()) {

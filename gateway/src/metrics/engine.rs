@@ -4,12 +4,11 @@
 
 use std::sync::Arc;
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 use rosetta_engine::{ChoiceEnd, ChoiceStats, EngineLoad, EngineObserver, FinishReason, StepStats};
 
 use super::buckets;
+use super::families::{counter, gauge, histogram};
 
 /// vLLM's `engine` label: the data-parallel engine index; one engine per model here.
 const ENGINE: &str = "0";
@@ -46,31 +45,6 @@ pub struct EngineFamilies {
     iteration_tokens: HistogramVec,
     params_n: HistogramVec,
     params_max_tokens: HistogramVec,
-}
-
-fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric");
-    r.register(Box::new(c.clone())).expect("registered once");
-    c
-}
-
-fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid metric");
-    r.register(Box::new(g.clone())).expect("registered once");
-    g
-}
-
-pub(super) fn histogram(
-    r: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-    buckets: Vec<f64>,
-) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-        .expect("a valid metric");
-    r.register(Box::new(h.clone())).expect("registered once");
-    h
 }
 
 impl EngineFamilies {

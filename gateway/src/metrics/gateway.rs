@@ -5,7 +5,7 @@
 
 use prometheus::{IntCounterVec, IntGaugeVec, Registry};
 
-use super::engine::histogram;
+use super::families::{counter, gauge, histogram};
 
 pub struct GatewayFamilies {
     pub requests: IntCounterVec,
@@ -23,18 +23,6 @@ pub struct GatewayFamilies {
     pub generation_tokens: IntCounterVec,
     pub text_characters: IntCounterVec,
     pub text_tokens: IntCounterVec,
-}
-
-fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(prometheus::Opts::new(name, help), labels).expect("a valid metric");
-    r.register(Box::new(c.clone())).expect("registered once");
-    c
-}
-
-fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(prometheus::Opts::new(name, help), labels).expect("a valid metric");
-    r.register(Box::new(g.clone())).expect("registered once");
-    g
 }
 
 impl GatewayFamilies {

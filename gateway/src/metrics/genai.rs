@@ -4,7 +4,7 @@
 use prometheus::{HistogramVec, Registry};
 
 use super::buckets;
-use super::engine::histogram;
+use super::families::histogram;
 
 /// `gen_ai.provider.name`: no listed provider fits a self-hosted server; the convention allows
 /// a custom value.

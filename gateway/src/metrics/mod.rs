@@ -5,6 +5,7 @@
 
 pub mod buckets;
 pub mod engine;
+mod families;
 pub mod gateway;
 pub mod genai;
 mod openmetrics;

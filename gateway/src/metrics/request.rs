@@ -71,6 +71,7 @@ pub struct GenerationMeasure {
     error: Option<&'static str>,
     /// The engine's times of the first prompt (local replicas).
     engine_times: Option<Arc<RequestTimes>>,
+    discarded: bool,
     span: tracing::Span,
 }
 
@@ -97,6 +98,7 @@ impl GenerationMeasure {
             finish_reasons: Vec::new(),
             error: None,
             engine_times: None,
+            discarded: false,
             span: tracing::Span::current(),
         }
     }
@@ -122,6 +124,11 @@ impl GenerationMeasure {
         self.error = Some(kind);
     }
 
+    /// Records nothing: the attempt is not the request's answer.
+    pub fn discard(&mut self) {
+        self.discarded = true;
+    }
+
     pub fn engine_times(&mut self, times: Option<Arc<RequestTimes>>) {
         self.engine_times = times;
     }
@@ -129,6 +136,9 @@ impl GenerationMeasure {
 
 impl Drop for GenerationMeasure {
     fn drop(&mut self) {
+        if self.discarded {
+            return;
+        }
         let end = self.last_token.unwrap_or_else(Instant::now);
         let labels = [
             self.operation,
@@ -176,18 +186,18 @@ impl Drop for GenerationMeasure {
             .with_label_values(&[self.language.as_str(), self.response_model.as_str()])
             .inc_by(output);
         let span = &self.span;
-        span.record("gen_ai.response.model", self.response_model.as_str());
+        crate::telemetry::attribute(span, "gen_ai.response.model", self.response_model.as_str());
         if complete {
-            span.record("gen_ai.usage.input_tokens", input);
-            span.record("gen_ai.usage.output_tokens", output);
+            crate::telemetry::attribute(span, "gen_ai.usage.input_tokens", input);
+            crate::telemetry::attribute(span, "gen_ai.usage.output_tokens", output);
         }
         if !self.finish_reasons.is_empty() {
             // A string array in the convention; tracing fields are scalars, so JSON.
             let reasons = serde_json::to_string(&self.finish_reasons).unwrap_or_default();
-            span.record("gen_ai.response.finish_reasons", reasons.as_str());
+            crate::telemetry::attribute(span, "gen_ai.response.finish_reasons", reasons.as_str());
         }
         if !error.is_empty() {
-            span.record("error.type", error);
+            crate::telemetry::attribute(span, "error.type", error);
         }
         if let Some(t) = &self.engine_times {
             if let Some(scheduled) = t.scheduled() {
