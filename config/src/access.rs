@@ -19,6 +19,11 @@ pub struct AuthConfig {
     /// (commercial, no accepted licences, no limits).
     #[serde(default)]
     pub anonymous_tenant: Option<String>,
+    /// A YAML file of more API keys, tenant id → `[{hash, name}]`, added to those tenants
+    /// (for key hashes kept in a Kubernetes Secret). Relative to the config file.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub keys_file: Option<std::path::PathBuf>,
 }
 
 /// The built-in tenant unauthenticated requests use when `auth.anonymous_tenant` is not set.

@@ -115,6 +115,7 @@ impl Access {
         open.auth = rosetta_config::AuthConfig {
             allow_unauthenticated: true,
             anonymous_tenant: None,
+            keys_file: None,
         };
         open.tenants.clear();
         open.policies.files.clear();

@@ -860,7 +860,7 @@ async fn the_dashboard_and_alert_rules_query_only_metrics_a_real_scrape_has() {
     );
 
     // The dashboard: Grafana's structure, and every metric it plots exists.
-    let path = root.join("monitoring/grafana/rosetta.json");
+    let path = root.join("charts/rosetta/files/dashboard.json");
     let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(dashboard["uid"], "rosetta-overview");
     let vars: Vec<&str> = dashboard["templating"]["list"]
@@ -886,7 +886,7 @@ async fn the_dashboard_and_alert_rules_query_only_metrics_a_real_scrape_has() {
         exprs.push(v["definition"].as_str().unwrap().to_string());
     }
     // The alert rules (promtool checks their syntax), read the same way.
-    let rules = root.join("monitoring/prometheus/rosetta-rules.yaml");
+    let rules = root.join("charts/rosetta/files/alert-rules.yaml");
     let check = Command::new("promtool")
         .args(["check", "rules"])
         .arg(&rules)

@@ -1,0 +1,145 @@
+//! The Helm chart, checked offline by Helm's own SDK and Kubernetes' schemas
+//! (`tests/clients/chart_check.py`): strict lint, every rendered manifest valid for
+//! Kubernetes 1.29 and the newest schema, wrong values refused by `values.schema.json`, the
+//! configs its ConfigMap carries accepted by `rosetta config check` — and served: the
+//! default release's engine and gateway configs, run by the real binary, answer a chat
+//! request with the key the chart generated.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use rosetta_tests::*;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs chart_check.py; the report and the folder holding each values file's configs.
+fn check_chart() -> (Value, tempfile::TempDir) {
+    let clients = repo().join("tests/clients");
+    let python = clients.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/test.sh",
+        python.display()
+    );
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(python)
+        .arg(clients.join("chart_check.py"))
+        .arg(repo().join("charts/rosetta"))
+        .arg(out.path())
+        .output()
+        .expect("run chart_check.py");
+    assert!(
+        run.status.success(),
+        "chart_check.py failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    (serde_json::from_slice(&run.stdout).unwrap(), out)
+}
+
+#[tokio::test]
+async fn the_chart_lints_renders_valid_manifests_and_its_configs_serve() {
+    let (report, out) = check_chart();
+    for (values, problems) in report["lint"].as_object().unwrap() {
+        assert_eq!(problems, &json!([]), "helm lint --strict with {values}");
+    }
+    assert_eq!(report["invalid"], json!([]), "invalid manifests");
+    assert_eq!(
+        report["accepted_wrong"],
+        json!([]),
+        "values.schema.json accepted these"
+    );
+    let rendered = |values: &str| -> Vec<String> {
+        serde_json::from_value(report["rendered"][values].clone()).unwrap()
+    };
+    // The GPU values: two models of two replicas, every optional object on.
+    let gpu = rendered("gpu-values.yaml");
+    for object in [
+        "Deployment/rosetta-gateway",
+        "Deployment/rosetta-engine-llama-3-1-8b-instruct",
+        "Deployment/rosetta-engine-aya-expanse-8b",
+        "Service/rosetta-engine-aya-expanse-8b-pods",
+        "HorizontalPodAutoscaler/rosetta-gateway",
+        "ScaledObject/rosetta-engine-llama-3-1-8b-instruct",
+        "ServiceMonitor/rosetta-gateway",
+        "PodMonitor/rosetta-engines",
+        "PrometheusRule/rosetta",
+        "ConfigMap/rosetta-dashboard",
+        "NetworkPolicy/rosetta-engines",
+        "Ingress/rosetta",
+        "HTTPRoute/rosetta",
+        "ServiceAccount/rosetta-extra",
+    ] {
+        assert!(gpu.contains(&object.to_string()), "{object} not in {gpu:?}");
+    }
+    // An existing Secret: the chart makes none.
+    assert!(!gpu.iter().any(|o| o.starts_with("Secret/")), "{gpu:?}");
+    let default = rendered("default");
+    assert!(default.contains(&"Secret/rosetta-secrets".to_string()));
+
+    // `rosetta config check` accepts what the ConfigMaps carry (model folders aside: those
+    // live on volumes that exist only in a cluster).
+    for config in [
+        "default/gateway.yaml",
+        "default/engine-rosetta-demo.yaml",
+        "cpu-values/gateway.yaml",
+        "cpu-values/engine-rosetta-demo.yaml",
+        "gpu-values/gateway.yaml",
+    ] {
+        let path = out.path().join(config);
+        let check = run_cli(
+            &["config", "check", path.to_str().unwrap()],
+            None,
+            Duration::from_secs(30),
+        );
+        assert!(
+            check.success(),
+            "config check {config}: {}{}",
+            check.stdout,
+            check.stderr
+        );
+    }
+
+    // The default release's configs, served: the engine (a tiny demo model here, and
+    // loopback addresses), then the gateway in front of it with the generated key.
+    let dir = out.path().join("default");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let token = read("engine-token");
+    let engine_config = read("engine-rosetta-demo.yaml")
+        .replace("size: small", "size: tiny")
+        .replace("/var/cache/rosetta", "{cache}");
+    let engine = Server::start_with_args_and_env(
+        &engine_config,
+        &["--engine-only", "--listen", "127.0.0.1:0"],
+        &[("ROSETTA_ENGINE_TOKEN", token.as_str())],
+    );
+    let gateway_config = read("gateway.yaml")
+        .replace("http://rosetta-engine-rosetta-demo:8080", engine.base_url())
+        .replace(
+            "keys_file: keys.yaml",
+            &format!("keys_file: {}", dir.join("keys.yaml").display()),
+        );
+    let gateway =
+        Server::start_with_env(&gateway_config, &[("ROSETTA_ENGINE_TOKEN", token.as_str())]);
+    let key = read("api-key");
+    let answer = gateway
+        .post_as(
+            &key,
+            "/v1/chat/completions",
+            &json!({"model": "rosetta-demo", "messages": [{"role": "user", "content": "Habari!"}], "max_tokens": 2}),
+        )
+        .await
+        .ok();
+    assert_eq!(answer["usage"]["completion_tokens"], 2);
+    // Without the key: 401.
+    gateway
+        .post_as(
+            "sk-wrong",
+            "/v1/chat/completions",
+            &json!({"model": "rosetta-demo", "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await
+        .assert_error(401, None, None);
+}
