@@ -172,7 +172,7 @@ mod tests {
                 .map(|k| k.hash.clone())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(keys("acme"), [hash.clone()]);
+        assert_eq!(keys("acme"), [hash]);
         assert_eq!(keys("lab").len(), 2, "added to the config's own");
     }
 
