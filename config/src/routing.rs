@@ -62,8 +62,22 @@ pub struct RouteRule {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteReplica {
-    /// Base URL, for example `http://10.0.0.5:8080` (a trailing `/v1` is accepted).
+    /// Base URL, for example `http://10.0.0.5:8080` (a trailing `/v1` is accepted). Or,
+    /// instead, `dns` and `port`.
+    #[serde(default)]
     pub url: String,
+    /// A DNS name whose every address is a replica (e.g. a Kubernetes headless Service,
+    /// `rosetta-engine-qwen-pods.ai.svc.cluster.local`), resolved every
+    /// `pool.dns_refresh_ms`: new addresses join after a passing health check, vanished
+    /// ones stop taking requests (those running finish).
+    #[serde(default)]
+    pub dns: Option<String>,
+    /// With `dns`: the replicas' port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// With `dns`: `http` or `https`.
+    #[serde(default = "default_scheme")]
+    pub scheme: String,
     /// The model name the upstream knows. Default: the model's id.
     #[serde(default)]
     pub model: Option<String>,
@@ -99,6 +113,10 @@ pub struct RemoteReplica {
     /// tenants never share the upstream's prefix cache. For vLLM upstreams (0.9 and later).
     #[serde(default)]
     pub cache_salt: bool,
+}
+
+fn default_scheme() -> String {
+    "http".into()
 }
 
 fn default_connect_ms() -> u64 {
@@ -139,6 +157,12 @@ pub struct PoolConfig {
     /// ...unless it has this many more requests in flight than the least busy replica.
     #[serde(default = "default_affinity_slack")]
     pub affinity_max_imbalance: usize,
+    /// Milliseconds between resolutions of `remote[].dns` names.
+    #[serde(default = "default_dns_refresh_ms")]
+    pub dns_refresh_ms: u64,
+    /// Name servers for `remote[].dns` (`ip:port`), instead of the system's (resolv.conf).
+    #[serde(default)]
+    pub dns_servers: Vec<String>,
 }
 
 impl Default for PoolConfig {
@@ -150,8 +174,14 @@ impl Default for PoolConfig {
             breaker_open_ms: default_breaker_open_ms(),
             affinity_prefix_chars: default_affinity_chars(),
             affinity_max_imbalance: default_affinity_slack(),
+            dns_refresh_ms: default_dns_refresh_ms(),
+            dns_servers: Vec::new(),
         }
     }
+}
+
+fn default_dns_refresh_ms() -> u64 {
+    5_000
 }
 
 fn default_max_queue() -> usize {

@@ -650,13 +650,42 @@ impl Config {
         }
         for (i, m) in self.models.iter().enumerate() {
             for (j, r) in m.remote.iter().enumerate() {
-                if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
-                    issue(
-                        format!("models[{i}].remote[{j}].url"),
-                        format!("`{}` is not an http:// or https:// URL", r.url),
-                    );
+                let at = |k: &str| format!("models[{i}].remote[{j}].{k}");
+                match (&r.dns, r.url.is_empty()) {
+                    (Some(_), false) => issue(at("dns"), "give `url` or `dns`, not both".into()),
+                    (Some(name), true) => {
+                        if name.trim().is_empty() {
+                            issue(at("dns"), "is empty".into());
+                        }
+                        if r.port.is_none() {
+                            issue(at("port"), "`dns` needs the replicas' `port`".into());
+                        }
+                        if r.scheme != "http" && r.scheme != "https" {
+                            issue(at("scheme"), format!("`{}` is not http or https", r.scheme));
+                        }
+                    }
+                    (None, _)
+                        if !(r.url.starts_with("http://") || r.url.starts_with("https://")) =>
+                    {
+                        issue(
+                            at("url"),
+                            format!("`{}` is not an http:// or https:// URL", r.url),
+                        );
+                    }
+                    (None, _) => {}
                 }
             }
+        }
+        for (i, s) in self.pool.dns_servers.iter().enumerate() {
+            if s.parse::<std::net::SocketAddr>().is_err() {
+                issue(
+                    format!("pool.dns_servers[{i}]"),
+                    format!("`{s}` is not an ip:port address"),
+                );
+            }
+        }
+        if self.pool.dns_refresh_ms == 0 {
+            issue("pool.dns_refresh_ms".into(), "must be at least 1".into());
         }
         if self.pool.breaker_failures == 0 {
             issue("pool.breaker_failures".into(), "must be at least 1".into());

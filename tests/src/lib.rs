@@ -307,8 +307,9 @@ impl Server {
                 );
             }
         };
+        // Tests listen on loopback only (127.0.0.0/8).
         assert!(
-            url.starts_with("http://127.0.0.1:"),
+            url.starts_with("http://127."),
             "unexpected listening line `listening on {url}`"
         );
         let addr: SocketAddr = url
@@ -984,4 +985,51 @@ impl Resp {
     pub fn header_u64(&self, name: &str) -> Option<u64> {
         self.header(name).and_then(|v| v.parse().ok())
     }
+}
+
+/// The addresses a test DNS zone answers with; change them while it serves.
+pub type Zone = Arc<Mutex<Vec<std::net::Ipv4Addr>>>;
+
+/// A DNS server on a loopback UDP port (hickory's own message types): A queries for `name`
+/// (a fully qualified name, e.g. `engines.test.`) get the zone's addresses with TTL 1, every
+/// other query an empty answer.
+pub async fn dns_zone_server(name: &str, zone: Zone) -> SocketAddr {
+    use hickory_proto::op::{Message, ResponseCode};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{RData, Record, RecordType};
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let name = name.to_ascii_lowercase();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        loop {
+            let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok(query) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut answer = Message::response(query.metadata.id, query.metadata.op_code);
+            answer.metadata.authoritative = true;
+            answer.metadata.recursion_desired = query.metadata.recursion_desired;
+            answer.metadata.response_code = ResponseCode::NoError;
+            answer.queries = query.queries.clone();
+            for q in &query.queries {
+                let ours = q.name().to_ascii().to_ascii_lowercase() == name;
+                if ours && q.query_type() == RecordType::A {
+                    for ip in zone.lock().unwrap().iter() {
+                        answer.answers.push(Record::from_rdata(
+                            q.name().clone(),
+                            1,
+                            RData::A(A(*ip)),
+                        ));
+                    }
+                }
+            }
+            if let Ok(bytes) = answer.to_vec() {
+                let _ = socket.send_to(&bytes, peer).await;
+            }
+        }
+    });
+    addr
 }

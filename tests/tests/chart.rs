@@ -115,8 +115,22 @@ async fn the_chart_lints_renders_valid_manifests_and_its_configs_serve() {
         &["--engine-only", "--listen", "127.0.0.1:0"],
         &[("ROSETTA_ENGINE_TOKEN", token.as_str())],
     );
+    // The gateway finds the engine as in a cluster: by its headless Service's DNS name,
+    // here answered by a test DNS server with the engine's loopback address.
+    let zone: Zone =
+        std::sync::Arc::new(std::sync::Mutex::new(vec![std::net::Ipv4Addr::LOCALHOST]));
+    let dns = dns_zone_server(
+        "rosetta-engine-rosetta-demo-pods.ai.svc.cluster.local.",
+        zone,
+    )
+    .await;
+    let engine_port = engine.addr().port();
     let gateway_config = read("gateway.yaml")
-        .replace("http://rosetta-engine-rosetta-demo:8080", engine.base_url())
+        .replace("port: 8080", &format!("port: {engine_port}"))
+        .replace(
+            "pool: {}",
+            &format!("pool: {{ dns_servers: [\"{dns}\"], dns_refresh_ms: 100 }}"),
+        )
         .replace(
             "keys_file: keys.yaml",
             &format!("keys_file: {}", dir.join("keys.yaml").display()),
@@ -124,6 +138,11 @@ async fn the_chart_lints_renders_valid_manifests_and_its_configs_serve() {
     let gateway =
         Server::start_with_env(&gateway_config, &[("ROSETTA_ENGINE_TOKEN", token.as_str())]);
     let key = read("api-key");
+    // Discovery takes a resolution and a health check.
+    let body = json!({"model": "rosetta-demo", "messages": [{"role": "user", "content": "Habari!"}], "max_tokens": 2});
+    gateway
+        .post_until_ok(Some(&key), "/v1/chat/completions", &body)
+        .await;
     let answer = gateway
         .post_as(
             &key,

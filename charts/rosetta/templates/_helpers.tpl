@@ -85,8 +85,9 @@ app.kubernetes.io/component: engine
 {{- range (include "rosetta.models" $root | fromYaml).models -}}
 {{- $model := dict "id" .id "licence" .licence -}}
 {{- if .languages }}{{ $_ := set $model "languages" .languages }}{{ end -}}
-{{- $url := printf "http://%s:%v" (include "rosetta.engineName" (dict "root" $root "model" .)) $root.Values.port -}}
-{{- $_ := set $model "remote" (list (dict "url" $url "api_key_env" "ROSETTA_ENGINE_TOKEN" "load_path" "/load")) -}}
+{{- /* Every engine pod, found through the model's headless Service. */ -}}
+{{- $dns := printf "%s-pods.%s.svc.%s." (include "rosetta.engineName" (dict "root" $root "model" .)) $root.Release.Namespace $root.Values.clusterDomain -}}
+{{- $_ := set $model "remote" (list (dict "dns" $dns "port" (int $root.Values.port) "api_key_env" "ROSETTA_ENGINE_TOKEN" "load_path" "/load")) -}}
 {{- $models = append $models $model -}}
 {{- end -}}
 {{- $_ := set $config "models" $models -}}

@@ -23,7 +23,14 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
     let replicas: Vec<_> = state
         .configured()
         .iter()
-        .flat_map(|m| state.pool().replicas(&m.id).iter())
+        .flat_map(|m| {
+            state
+                .pool()
+                .replicas(&m.id)
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+        })
         .filter(|r| r.remote().is_some())
         .collect();
     let snapshot = Snapshot {

@@ -2,12 +2,13 @@
 //! choice among them by load with prefix affinity, health checks and circuit breakers.
 
 pub mod breaker;
+mod discovery;
 pub mod remote;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use rosetta_config::{Config, PoolConfig};
@@ -78,7 +79,11 @@ pub struct Skipped {
 
 #[derive(Debug)]
 pub struct Pool {
-    models: HashMap<String, Vec<Arc<Replica>>>,
+    /// Each model's replicas now: fixed ones from the config, and those DNS discovery
+    /// adds and removes (a request holds its replica while it runs).
+    models: HashMap<String, RwLock<Arc<Vec<Arc<Replica>>>>>,
+    /// `remote[].dns` entries, resolved by [`discovery`].
+    discovered: Vec<discovery::DnsTarget>,
     config: PoolConfig,
 }
 
@@ -93,6 +98,7 @@ impl Pool {
             )
         };
         let mut models = HashMap::new();
+        let mut discovered = Vec::new();
         for m in &config.models {
             let mut replicas = Vec::new();
             if m.source().is_some() {
@@ -106,6 +112,10 @@ impl Pool {
             }
             if !engine_only {
                 for (i, r) in m.remote.iter().enumerate() {
+                    if let Some(target) = discovery::DnsTarget::from_config(&m.id, i, r) {
+                        discovered.push(target);
+                        continue;
+                    }
                     let client = RemoteClient::new(r, &m.id)?;
                     replicas.push(Arc::new(Replica {
                         name: format!("{}/remote-{i}", m.id),
@@ -116,16 +126,39 @@ impl Pool {
                     }));
                 }
             }
-            models.insert(m.id.clone(), replicas);
+            models.insert(m.id.clone(), RwLock::new(Arc::new(replicas)));
         }
         Ok(Self {
             models,
+            discovered,
             config: config.pool.clone(),
         })
     }
 
-    pub fn replicas(&self, model: &str) -> &[Arc<Replica>] {
-        self.models.get(model).map(Vec::as_slice).unwrap_or(&[])
+    /// `model`'s replicas at this moment.
+    pub fn replicas(&self, model: &str) -> Arc<Vec<Arc<Replica>>> {
+        self.models
+            .get(model)
+            .map(|r| r.read().unwrap_or_else(|p| p.into_inner()).clone())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the replicas of `model` that `keep` rejects and adds `join` (DNS discovery).
+    fn update(&self, model: &str, keep: impl Fn(&Replica) -> bool, join: Vec<Arc<Replica>>) {
+        let Some(members) = self.models.get(model) else {
+            return;
+        };
+        let mut members = members.write().unwrap_or_else(|p| p.into_inner());
+        let mut next: Vec<Arc<Replica>> = members.iter().filter(|r| keep(r)).cloned().collect();
+        next.extend(join);
+        *members = Arc::new(next);
+    }
+
+    fn breaker(&self) -> Breaker {
+        Breaker::new(
+            self.config.breaker_failures,
+            Duration::from_millis(self.config.breaker_open_ms),
+        )
     }
 
     /// The affinity key of a prompt: its first `affinity_prefix_chars` characters.
@@ -150,7 +183,7 @@ impl Pool {
     ) -> (Vec<Arc<Replica>>, Skipped) {
         let mut skipped = Skipped::default();
         let mut ready: Vec<(Arc<Replica>, Busy)> = Vec::new();
-        for r in self.replicas(model) {
+        for r in self.replicas(model).iter() {
             let busy = match (&r.kind, &local_load) {
                 (ReplicaKind::Local, Some(l)) => {
                     let kv = if l.kv_blocks_total > 0 {
@@ -212,30 +245,57 @@ impl Pool {
         (ready.into_iter().map(|(r, _)| r).collect(), skipped)
     }
 
-    /// Checks every remote replica periodically, feeding its breaker.
+    /// Checks every remote replica periodically, feeding its breaker, and starts resolving
+    /// the `dns` entries.
     pub fn spawn_health_checks(self: &Arc<Self>) {
-        let interval = Duration::from_millis(self.config.health_interval_ms.max(100));
-        for replicas in self.models.values() {
-            for r in replicas.iter().filter(|r| r.remote().is_some()) {
-                let r = r.clone();
-                tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(interval);
-                    loop {
-                        tick.tick().await;
-                        let Some(remote) = r.remote() else { return };
-                        if remote.check_health().await {
-                            remote.refresh_load().await;
-                            if r.breaker.state() != breaker::BreakerState::Closed {
-                                tracing::info!(replica = %r.name, model = %r.model, "replica healthy again");
-                            }
-                            r.breaker.success();
-                        } else {
-                            tracing::warn!(replica = %r.name, model = %r.model, "health check failed");
-                            r.breaker.failure();
-                        }
-                    }
-                });
+        for members in self.models.values() {
+            let members = members.read().unwrap_or_else(|p| p.into_inner()).clone();
+            for r in members.iter().filter(|r| r.remote().is_some()) {
+                self.watch(r);
             }
         }
+        if self.discovered.is_empty() {
+            return;
+        }
+        match discovery::resolver(&self.config) {
+            Ok(resolver) => {
+                let resolver = Arc::new(resolver);
+                for target in &self.discovered {
+                    tokio::spawn(discovery::run(
+                        Arc::downgrade(self),
+                        target.clone(),
+                        resolver.clone(),
+                    ));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up DNS resolution; `dns` replicas stay empty")
+            }
+        }
+    }
+
+    /// Health-checks one remote replica until it leaves the pool.
+    fn watch(&self, replica: &Arc<Replica>) {
+        let interval = Duration::from_millis(self.config.health_interval_ms.max(100));
+        let replica: Weak<Replica> = Arc::downgrade(replica);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                // Gone from the pool and no request holds it: stop.
+                let Some(r) = replica.upgrade() else { return };
+                let Some(remote) = r.remote() else { return };
+                if remote.check_health().await {
+                    remote.refresh_load().await;
+                    if r.breaker.state() != breaker::BreakerState::Closed {
+                        tracing::info!(replica = %r.name, model = %r.model, "replica healthy again");
+                    }
+                    r.breaker.success();
+                } else {
+                    tracing::warn!(replica = %r.name, model = %r.model, "health check failed");
+                    r.breaker.failure();
+                }
+            }
+        });
     }
 }
