@@ -23,15 +23,20 @@ if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import openai' >/de
     cp "$clients/requirements.txt" "$stamp"
 fi
 
-# promtool (Debian's package `prometheus`) lints /metrics scrapes in tests/tests/observability.rs.
-if ! command -v promtool >/dev/null 2>&1; then
-    echo "installing promtool (Debian package prometheus)" >&2
+# Debian packages the tests run for real: promtool (package prometheus) lints /metrics
+# scrapes (tests/tests/observability.rs); redis-server holds shared rate limits
+# (tests/tests/shared_limits.rs).
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if ((${#missing[@]})); then
+    echo "installing Debian packages: ${missing[*]}" >&2
     sudo=()
     [[ "$(id -u)" -ne 0 ]] && sudo=(sudo)
     export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get install -y --no-install-recommends prometheus >/dev/null \
+    "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null \
         || { "${sudo[@]}" apt-get update -qq \
-            && "${sudo[@]}" apt-get install -y --no-install-recommends prometheus >/dev/null; }
+            && "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
 fi
 
 # The tested binary can inject engine faults (engine/src/native/fault.rs): a test-only

@@ -51,6 +51,72 @@ pub struct Config {
     /// work; a request over one gets 400 naming the parameter and the limit.
     #[serde(default)]
     pub request_limits: RequestLimits,
+    /// Where tenants' rate limits are kept: in this process, or in Redis, shared by every
+    /// gateway replica.
+    #[serde(default)]
+    pub ratelimit: RateLimitConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// `local` (each process its own limits) or `redis` (requests and tokens per minute
+    /// shared by every gateway using the same Redis).
+    #[serde(default)]
+    pub backend: RateLimitBackend,
+    /// With `backend: redis`.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
+    /// How many gateway replicas share the limits: concurrency caps, and the local limits
+    /// used while Redis is unreachable, are divided by it. Default 1.
+    #[serde(default)]
+    pub gateway_replicas: Option<u32>,
+    /// While Redis is unreachable: `fallback` to local limits (divided by
+    /// `gateway_replicas`) and keep serving, or `deny` with 503.
+    #[serde(default)]
+    pub on_store_error: OnStoreError,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitBackend {
+    #[default]
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStoreError {
+    #[default]
+    Fallback,
+    Deny,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port[/db]`, or `rediss://` for TLS.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Or: the environment variable holding the URL (keeps the password out of the file).
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// Prefix of every key Rosetta writes.
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+    /// Milliseconds a limit check may wait for Redis before the request is judged locally
+    /// (or refused, with `on_store_error: deny`).
+    #[serde(default = "default_redis_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_redis_prefix() -> String {
+    "rosetta".into()
+}
+
+fn default_redis_timeout_ms() -> u64 {
+    250
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -675,6 +741,34 @@ impl Config {
                     (None, _) => {}
                 }
             }
+        }
+        if self.ratelimit.backend == RateLimitBackend::Redis {
+            match &self.ratelimit.redis {
+                None => issue(
+                    "ratelimit.redis".into(),
+                    "`backend: redis` needs `redis: { url: redis://host:6379 }`".into(),
+                ),
+                Some(r) if r.url.is_none() && r.url_env.is_none() => issue(
+                    "ratelimit.redis.url".into(),
+                    "give `url` or `url_env`".into(),
+                ),
+                Some(r) => {
+                    if let Some(u) = &r.url {
+                        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                            issue(
+                                "ratelimit.redis.url".into(),
+                                "expected redis://… or rediss://…".into(),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        if self.ratelimit.gateway_replicas == Some(0) {
+            issue(
+                "ratelimit.gateway_replicas".into(),
+                "must be at least 1".into(),
+            );
         }
         for (i, s) in self.pool.dns_servers.iter().enumerate() {
             if s.parse::<std::net::SocketAddr>().is_err() {

@@ -83,7 +83,7 @@ fn main() -> anyhow::Result<()> {
         let t0 = Instant::now();
         let decision = access.decide(who, &model, Action::Invoke, Some("req-bench"));
         let t1 = Instant::now();
-        let admission = access.admit(who, &model, 300);
+        let admission = futures::executor::block_on(access.admit(who, &model, 300));
         let t2 = Instant::now();
         drop(admission);
         if i >= 10_000 {

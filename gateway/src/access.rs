@@ -5,12 +5,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use rosetta_config::Config;
+use rosetta_config::{Config, OnStoreError, RateLimitBackend};
 
 use crate::auth::{AuthError, Authenticator, Principal};
 use crate::metrics::Metrics;
 use crate::policy::{audit, Action, AuditEntry, AuditLog, Decision, PolicyEngine};
-use crate::ratelimit::{duration_text, Admission, LimitClock, RateState, Rejection};
+use crate::ratelimit::{
+    duration_text, Admission, LimitClock, RateState, Rejection, SharedStore, Sharing,
+};
 use crate::tenant::Tenant;
 
 /// Why access was refused. The HTTP edge turns each into OpenAI's error (401, 403, 429).
@@ -22,6 +24,9 @@ pub enum AccessError {
     /// The tenant's policies do not allow the model.
     #[error("{0}")]
     Denied(String),
+    /// The shared rate-limit store is unreachable and `ratelimit.on_store_error` is `deny`.
+    #[error("The rate-limit store is unavailable; retry shortly.")]
+    StoreUnavailable,
     /// Over a rate limit: `kind` is `requests` or `tokens`, as OpenAI's error type says.
     #[error("{message}")]
     RateLimited {
@@ -52,11 +57,21 @@ impl Access {
     /// Builds access control from a config; fails on invalid policies or an unwritable
     /// audit log. `clock` drives the rate limits.
     pub fn from_config(config: &Config, clock: &LimitClock) -> anyhow::Result<Self> {
+        Self::with_metrics(config, clock, Arc::new(Metrics::new(true)))
+    }
+
+    /// [`Access::from_config`], counting refusals (and the shared store's state) in `metrics`.
+    pub fn with_metrics(
+        config: &Config,
+        clock: &LimitClock,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let sharing = sharing(config, &metrics)?;
         let tenant_configs = config.effective_tenants();
         let policy = PolicyEngine::new(config, &tenant_configs)?;
         let tenants: HashMap<String, Arc<Tenant>> = tenant_configs
             .iter()
-            .map(|t| (t.id.clone(), Arc::new(Tenant::new(t, clock))))
+            .map(|t| (t.id.clone(), Arc::new(Tenant::shared(t, clock, &sharing))))
             .collect();
         let anonymous = config
             .anonymous_tenant_id()
@@ -85,14 +100,8 @@ impl Access {
             listed: Mutex::default(),
             list_interval: std::time::Duration::from_secs(config.audit.list_interval_seconds),
             open: false,
-            metrics: Arc::new(Metrics::new(true)),
+            metrics,
         })
-    }
-
-    /// Counts refusals in these metrics (the server's).
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = metrics;
-        self
     }
 
     fn count_rejection(&self, tenant: &str, r: &Rejection) {
@@ -100,6 +109,7 @@ impl Access {
             Rejection::Requests { .. } => "requests",
             Rejection::Tokens { .. } | Rejection::TooLarge { .. } => "tokens",
             Rejection::Concurrency { .. } => "concurrency",
+            Rejection::StoreUnavailable => "store_unavailable",
         };
         self.metrics
             .gateway
@@ -118,6 +128,7 @@ impl Access {
             keys_file: None,
         };
         open.tenants.clear();
+        open.ratelimit = Default::default();
         open.policies.files.clear();
         open.audit.path = None;
         let mut access = Self::from_config(&open, &LimitClock::monotonic())?;
@@ -253,19 +264,19 @@ impl Access {
     }
 
     /// 429 before any prompt work when the tenant's limits would refuse the request anyway.
-    pub fn precheck(&self, who: &Principal, model: &str) -> Result<(), AccessError> {
+    pub async fn precheck(&self, who: &Principal, model: &str) -> Result<(), AccessError> {
         let limiter = &who.tenant.limiter;
         if self.open || limiter.is_unlimited() {
             return Ok(());
         }
-        limiter.precheck(model).map_err(|r| {
+        limiter.precheck(model).await.map_err(|r| {
             self.count_rejection(&who.tenant.id, &r);
             rejection_error(&who.tenant.id, r)
         })
     }
 
     /// Admits a request that may use up to `tokens` tokens within the tenant's limits.
-    pub fn admit(
+    pub async fn admit(
         &self,
         who: &Principal,
         model: &str,
@@ -275,11 +286,39 @@ impl Access {
         if self.open || limiter.is_unlimited() {
             return Ok(Admission::unlimited());
         }
-        limiter.admit(model, tokens).map_err(|r| {
+        limiter.admit(model, tokens).await.map_err(|r| {
             self.count_rejection(&who.tenant.id, &r);
             rejection_error(&who.tenant.id, r)
         })
     }
+}
+
+/// How limits are shared with other gateway replicas (`ratelimit`).
+fn sharing(config: &Config, metrics: &Metrics) -> anyhow::Result<Sharing> {
+    let rl = &config.ratelimit;
+    let store = match (rl.backend, &rl.redis) {
+        (RateLimitBackend::Redis, Some(redis)) => {
+            let url = match (&redis.url, &redis.url_env) {
+                (Some(u), _) => u.clone(),
+                (None, Some(var)) => std::env::var(var)
+                    .with_context(|| format!("ratelimit.redis.url_env: ${var} is not set"))?,
+                (None, None) => anyhow::bail!("ratelimit.redis needs `url` or `url_env`"),
+            };
+            let gauge = metrics.gateway.store_up.with_label_values(&["redis"]);
+            Some(Arc::new(SharedStore::new(
+                &url,
+                &redis.key_prefix,
+                std::time::Duration::from_millis(redis.timeout_ms.max(1)),
+                gauge,
+            )?))
+        }
+        _ => None,
+    };
+    Ok(Sharing {
+        store,
+        replicas: rl.gateway_replicas.unwrap_or(1),
+        deny_on_store_error: rl.on_store_error == OnStoreError::Deny,
+    })
 }
 
 fn scope(tenant: &str, model: &Option<String>) -> String {
@@ -291,6 +330,9 @@ fn scope(tenant: &str, model: &Option<String>) -> String {
 
 /// A refusal in OpenAI's words (the edge adds Retry-After and the rate-limit headers).
 fn rejection_error(tenant: &str, r: Rejection) -> AccessError {
+    if r == Rejection::StoreUnavailable {
+        return AccessError::StoreUnavailable;
+    }
     let limited = |kind, message, retry_after, state| AccessError::RateLimited {
         kind,
         message,
@@ -351,5 +393,6 @@ fn rejection_error(tenant: &str, r: Rejection) -> AccessError {
             Some(std::time::Duration::from_secs(1)),
             state,
         ),
+        Rejection::StoreUnavailable => AccessError::StoreUnavailable,
     }
 }

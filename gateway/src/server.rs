@@ -33,18 +33,17 @@ pub async fn serve(mut config: Config, engine_only: bool) -> anyhow::Result<()> 
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
+    let metrics = Arc::new(Metrics::new(config.server.metrics.tenant_label));
     let (access, router) = if engine_only {
         tracing::info!("engine-only: serving this process's engines without auth, policies, limits or routes; keep it on a private network");
         (Access::open(&config)?, Router::local_models(&config))
     } else {
         announce_access(&config, addr);
         (
-            Access::from_config(&config, &LimitClock::monotonic())?,
+            Access::with_metrics(&config, &LimitClock::monotonic(), metrics.clone())?,
             Router::new(&config),
         )
     };
-    let metrics = Arc::new(Metrics::new(config.server.metrics.tenant_label));
-    let access = access.with_metrics(metrics.clone());
     let pool = Arc::new(Pool::new(&config, engine_only)?);
     pool.spawn_health_checks();
     // The detector's n-gram index takes a few milliseconds to build; not on the first request.

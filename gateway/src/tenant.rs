@@ -2,7 +2,7 @@
 
 use rosetta_config::{TenantConfig, Tier};
 
-use crate::ratelimit::{LimitClock, TenantLimiter};
+use crate::ratelimit::{LimitClock, Sharing, TenantLimiter};
 
 #[derive(Debug)]
 pub struct Tenant {
@@ -13,10 +13,15 @@ pub struct Tenant {
 
 impl Tenant {
     pub fn new(config: &TenantConfig, clock: &LimitClock) -> Self {
+        Self::shared(config, clock, &Sharing::default())
+    }
+
+    /// A tenant whose limits are kept as `sharing` says.
+    pub fn shared(config: &TenantConfig, clock: &LimitClock, sharing: &Sharing) -> Self {
         Self {
             id: config.id.clone(),
             tier: config.tier,
-            limiter: TenantLimiter::new(&config.limits, clock),
+            limiter: TenantLimiter::shared(&config.id, &config.limits, clock, sharing),
         }
     }
 

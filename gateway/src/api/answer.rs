@@ -21,7 +21,7 @@ use crate::state::AppState;
 
 /// Gives the requests the caller's scheduling tier and tenant, and admits them within the
 /// tenant's limits, reserving their worst case: prompt tokens plus `n × max_tokens`.
-pub fn admit(
+pub async fn admit(
     state: &AppState,
     caller: &Caller,
     model: &ServedModel,
@@ -37,7 +37,10 @@ pub fn admit(
         sum.saturating_add(r.prompt.len() as u64)
             .saturating_add(most)
     });
-    state.access().admit(&caller.principal, &model.id, tokens)
+    state
+        .access()
+        .admit(&caller.principal, &model.id, tokens)
+        .await
 }
 
 /// Settles the tenant's token reservation when the request ends or its client leaves: the

@@ -153,6 +153,7 @@ impl From<AccessError> for ApiError {
         match e {
             AccessError::Unauthenticated(m) => ApiError::unauthorized(m),
             AccessError::Denied(m) => ApiError::forbidden(m),
+            AccessError::StoreUnavailable => ApiError::unavailable(e_store(), 1),
             AccessError::RateLimited {
                 kind,
                 message,
@@ -161,6 +162,10 @@ impl From<AccessError> for ApiError {
             } => ApiError::rate_limited(kind, message, retry_after, state),
         }
     }
+}
+
+fn e_store() -> String {
+    AccessError::StoreUnavailable.to_string()
 }
 
 impl From<ModelError> for ApiError {

@@ -10,6 +10,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tracing::Instrument;
+
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -400,6 +402,7 @@ async fn run_local(
     state
         .access()
         .precheck(&caller.principal, &model.id)
+        .await
         .map_err(refused)?;
     let sampling = call.sampling();
     sampling
@@ -411,10 +414,10 @@ async fn run_local(
         .map(|p| sampling.request(&model, p.clone()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(AttemptError::Final)?;
-    let admission = {
-        let _admission = tracing::info_span!("admission").entered();
-        admit(state, caller, &model, &mut requests).map_err(refused)?
-    };
+    let admission = admit(state, caller, &model, &mut requests)
+        .instrument(tracing::info_span!("admission"))
+        .await
+        .map_err(refused)?;
     let rate = admission.state();
     count_language_cost(state, &model, ctx, &prompts);
     let measure = GenerationMeasure::start(
@@ -488,6 +491,7 @@ async fn run_remote(
     state
         .access()
         .precheck(&caller.principal, model_id)
+        .await
         .map_err(|e| AttemptError::Final(e.into()))?;
     let prompt_estimate = state
         .loaded_model(model_id)
@@ -501,6 +505,7 @@ async fn run_remote(
             model_id,
             prompt_estimate.saturating_add(max_completion_tokens(call)),
         )
+        .await
         .map_err(|e| AttemptError::Final(e.into()))?;
     let rate = admission.state();
     let who = OnBehalf {

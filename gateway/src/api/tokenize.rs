@@ -27,7 +27,10 @@ pub async fn tokenize(
         .access()
         .authorize(&caller.principal, &model.id, caller.request_id())?;
     // Counts against the tenant's requests per minute (and concurrency while it runs).
-    let _admission = state.access().admit(&caller.principal, &model.id, 0)?;
+    let _admission = state
+        .access()
+        .admit(&caller.principal, &model.id, 0)
+        .await?;
     let tokens = match (&req.prompt, &messages) {
         (Some(p), None) => model
             .tokenizer
@@ -63,7 +66,10 @@ pub async fn detokenize(
     state
         .access()
         .authorize(&caller.principal, &model.id, caller.request_id())?;
-    let _admission = state.access().admit(&caller.principal, &model.id, 0)?;
+    let _admission = state
+        .access()
+        .admit(&caller.principal, &model.id, 0)
+        .await?;
     if let Some(bad) = req
         .tokens
         .iter()

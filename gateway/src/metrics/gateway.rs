@@ -19,6 +19,7 @@ pub struct GatewayFamilies {
     pub retries: IntCounterVec,
     pub replica_errors: IntCounterVec,
     pub breaker_state: IntGaugeVec,
+    pub store_up: IntGaugeVec,
     pub prompt_tokens: IntCounterVec,
     pub generation_tokens: IntCounterVec,
     pub text_characters: IntCounterVec,
@@ -94,6 +95,12 @@ impl GatewayFamilies {
                 "rosetta_breaker_state",
                 "Circuit breaker of each remote replica: 0 closed, 1 half-open, 2 open.",
                 &["replica"],
+            ),
+            store_up: gauge(
+                r,
+                "rosetta_ratelimit_store_up",
+                "Whether the shared rate-limit store answered the last limit check (1) or limits are judged locally (0).",
+                &["backend"],
             ),
             prompt_tokens: counter(
                 r,

@@ -4,6 +4,7 @@
 //! unused part when it is dropped, however the request ends.
 
 mod clock;
+mod shared;
 mod token_bucket;
 
 use std::collections::HashMap;
@@ -20,7 +21,36 @@ use rosetta_config::{Limits, ModelLimits};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use clock::LimitClock;
+pub use shared::{SharedStore, StoreDown};
 pub use token_bucket::{Shortfall, TokenBucket};
+
+use shared::{Scopes, SharedReservation, Verdict};
+
+/// How this process's limits relate to other gateway replicas'.
+#[derive(Debug, Clone)]
+pub struct Sharing {
+    /// Requests and tokens per minute kept in Redis (`ratelimit.backend: redis`).
+    pub store: Option<Arc<SharedStore>>,
+    /// `ratelimit.gateway_replicas`: local limits and concurrency caps are divided by it.
+    pub replicas: u32,
+    /// `ratelimit.on_store_error: deny`: refuse while the store is unreachable.
+    pub deny_on_store_error: bool,
+}
+
+impl Default for Sharing {
+    fn default() -> Self {
+        Self {
+            store: None,
+            replicas: 1,
+            deny_on_store_error: false,
+        }
+    }
+}
+
+/// One process's share of a limit kept for `replicas` processes.
+fn share_of<T: Into<u64> + Copy>(limit: T, replicas: u32) -> u64 {
+    limit.into().div_ceil(u64::from(replicas.max(1))).max(1)
+}
 
 type Gcra = RateLimiter<NotKeyed, InMemoryState, LimitClock, StateInformationMiddleware>;
 
@@ -176,6 +206,8 @@ pub enum Rejection {
     },
     /// Too many of the tenant's requests are running.
     Concurrency { limit: u64, state: RateState },
+    /// The shared store cannot be reached and `on_store_error` is `deny`.
+    StoreUnavailable,
 }
 
 /// One tenant's limiters.
@@ -184,27 +216,145 @@ pub struct TenantLimiter {
     tenant: ScopeLimits,
     models: HashMap<String, ScopeLimits>,
     concurrency: Option<(u32, Arc<Semaphore>)>,
+    /// Limits kept in Redis (the local ones above are then the fallback).
+    shared: Option<SharedLimits>,
+}
+
+/// A tenant's limits as kept in the shared store: full limits, not this process's share.
+#[derive(Debug)]
+struct SharedLimits {
+    store: Arc<SharedStore>,
+    tenant: String,
+    requests: Option<u64>,
+    tokens: Option<u64>,
+    models: HashMap<String, (Option<u64>, Option<u64>)>,
+    deny: bool,
+    /// The state the store last reported, for the headers of other responses.
+    last: std::sync::Mutex<Option<RateState>>,
+}
+
+impl SharedLimits {
+    /// The keys and limits of a request to `model`: the tenant's scope first.
+    fn scopes(&self, model: &str) -> Scopes {
+        let mut s = Scopes::default();
+        let model_limits = self.models.get(model).copied().unwrap_or((None, None));
+        for (m, (rpm, tpm)) in [
+            (None, (self.requests, self.tokens)),
+            (Some(model), model_limits),
+        ] {
+            if let Some(l) = rpm {
+                s.requests
+                    .push((self.store.key(&self.tenant, m, "requests"), l));
+                s.request_models.push(m.map(str::to_string));
+            }
+            if let Some(l) = tpm {
+                s.tokens
+                    .push((self.store.key(&self.tenant, m, "tokens"), l));
+                s.token_models.push(m.map(str::to_string));
+            }
+        }
+        s
+    }
+
+    fn rejection(&self, verdict: Verdict, scopes: &Scopes, tokens: u64) -> Rejection {
+        let request_scope = |i: usize| {
+            (
+                scopes.requests.get(i).map_or(0, |r| r.1),
+                scopes.request_models.get(i).cloned().flatten(),
+            )
+        };
+        let token_scope = |i: usize| {
+            (
+                scopes.tokens.get(i).map_or(0, |r| r.1),
+                scopes.token_models.get(i).cloned().flatten(),
+            )
+        };
+        match verdict {
+            Verdict::Admitted(_) => Rejection::StoreUnavailable,
+            Verdict::OverRequests { scope, wait, state } => {
+                let (limit, model) = request_scope(scope);
+                Rejection::Requests {
+                    limit,
+                    model,
+                    wait,
+                    state,
+                }
+            }
+            Verdict::TooLarge { scope } => {
+                let (limit, model) = token_scope(scope);
+                Rejection::TooLarge {
+                    limit,
+                    requested: tokens,
+                    model,
+                }
+            }
+            Verdict::OverTokens { scope, wait, state } => {
+                let (limit, model) = token_scope(scope);
+                Rejection::Tokens {
+                    limit,
+                    requested: tokens,
+                    model,
+                    wait,
+                    state,
+                }
+            }
+        }
+    }
 }
 
 impl TenantLimiter {
     pub fn new(limits: &Limits, clock: &LimitClock) -> Self {
+        Self::shared("", limits, clock, &Sharing::default())
+    }
+
+    /// Limits of tenant `id`, kept as `sharing` says: local limits (all of them, or the
+    /// fallback of a shared store) and concurrency caps are this process's share.
+    pub fn shared(id: &str, limits: &Limits, clock: &LimitClock, sharing: &Sharing) -> Self {
+        let n = sharing.replicas;
+        let rpm = |l: Option<u32>| l.map(|l| u32::try_from(share_of(l, n)).unwrap_or(u32::MAX));
+        let tpm = |l: Option<u64>| l.map(|l| share_of(l, n));
         let models = limits
             .models
             .iter()
             .map(|(id, l): (&String, &ModelLimits)| {
                 (
                     id.clone(),
-                    ScopeLimits::new(l.requests_per_minute, l.tokens_per_minute, clock),
+                    ScopeLimits::new(rpm(l.requests_per_minute), tpm(l.tokens_per_minute), clock),
                 )
             })
             .filter(|(_, s)| !s.is_empty())
             .collect();
+        let shared = sharing.store.as_ref().map(|store| SharedLimits {
+            store: store.clone(),
+            tenant: id.to_string(),
+            requests: limits.requests_per_minute.map(u64::from),
+            tokens: limits.tokens_per_minute,
+            models: limits
+                .models
+                .iter()
+                .map(|(m, l)| {
+                    (
+                        m.clone(),
+                        (l.requests_per_minute.map(u64::from), l.tokens_per_minute),
+                    )
+                })
+                .filter(|(_, l)| l.0.is_some() || l.1.is_some())
+                .collect(),
+            deny: sharing.deny_on_store_error,
+            last: std::sync::Mutex::new(None),
+        });
         Self {
-            tenant: ScopeLimits::new(limits.requests_per_minute, limits.tokens_per_minute, clock),
+            tenant: ScopeLimits::new(
+                rpm(limits.requests_per_minute),
+                tpm(limits.tokens_per_minute),
+                clock,
+            ),
             models,
-            concurrency: limits
-                .max_concurrent
-                .map(|n| (n, Arc::new(Semaphore::new(n as usize)))),
+            concurrency: limits.max_concurrent.map(|n_max| {
+                let share = share_of(n_max, n) as u32;
+                (share, Arc::new(Semaphore::new(share as usize)))
+            }),
+            shared,
         }
     }
 
@@ -214,8 +364,19 @@ impl TenantLimiter {
     }
 
     /// The header values now, without taking anything: the tenant's limits, else the
-    /// model's.
+    /// model's (with a shared store: as it last reported them).
     pub fn peek(&self, model: &str) -> RateState {
+        if let Some(last) = self
+            .shared
+            .as_ref()
+            .and_then(|s| *s.last.lock().unwrap_or_else(|p| p.into_inner()))
+        {
+            return last;
+        }
+        self.peek_local(model)
+    }
+
+    fn peek_local(&self, model: &str) -> RateState {
         let model = self.models.get(model);
         let tokens = self
             .tenant
@@ -239,7 +400,7 @@ impl TenantLimiter {
     /// Refuses, without taking anything, a request that admission would surely refuse now
     /// (no request, token or concurrency left): so that a refused tenant cannot make the
     /// server render and tokenize its prompts first.
-    pub fn precheck(&self, model: &str) -> Result<(), Rejection> {
+    pub async fn precheck(&self, model: &str) -> Result<(), Rejection> {
         if let Some((limit, sem)) = &self.concurrency {
             if sem.available_permits() == 0 {
                 return Err(Rejection::Concurrency {
@@ -248,6 +409,28 @@ impl TenantLimiter {
                 });
             }
         }
+        if let Some(shared) = &self.shared {
+            let scopes = shared.scopes(model);
+            match shared.store.peek(&scopes).await {
+                Ok(None) => return Ok(()),
+                Ok(Some((tokens, scope, wait))) => {
+                    let state = self.peek(model);
+                    let verdict = if tokens {
+                        Verdict::OverTokens { scope, wait, state }
+                    } else {
+                        Verdict::OverRequests { scope, wait, state }
+                    };
+                    return Err(shared.rejection(verdict, &scopes, 1));
+                }
+                Err(_) if shared.deny => return Err(Rejection::StoreUnavailable),
+                // Judged locally until the store is back.
+                Err(_) => {}
+            }
+        }
+        self.precheck_local(model)
+    }
+
+    fn precheck_local(&self, model: &str) -> Result<(), Rejection> {
         let model_limits = self.models.get(model);
         let scopes = [(Some(&self.tenant), None), (model_limits, Some(model))];
         for (scope, model_name) in scopes {
@@ -279,8 +462,7 @@ impl TenantLimiter {
         Ok(())
     }
 
-    pub fn admit(&self, model: &str, tokens: u64) -> Result<Admission, Rejection> {
-        let model_limits = self.models.get(model);
+    pub async fn admit(&self, model: &str, tokens: u64) -> Result<Admission, Rejection> {
         let permit = match &self.concurrency {
             None => None,
             Some((limit, sem)) => match sem.clone().try_acquire_owned() {
@@ -293,6 +475,39 @@ impl TenantLimiter {
                 }
             },
         };
+        if let Some(shared) = &self.shared {
+            let scopes = shared.scopes(model);
+            match shared.store.admit(&scopes, tokens).await {
+                Ok(Verdict::Admitted(state)) => {
+                    *shared.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
+                    return Ok(Admission {
+                        reserved: tokens,
+                        used: AtomicU64::new(0),
+                        buckets: Vec::new(),
+                        shared: Some(SharedReservation {
+                            store: shared.store.clone(),
+                            keys: scopes.tokens,
+                        }),
+                        _permit: permit,
+                        state,
+                    });
+                }
+                Ok(verdict) => return Err(shared.rejection(verdict, &scopes, tokens)),
+                Err(_) if shared.deny => return Err(Rejection::StoreUnavailable),
+                // Judged locally until the store is back.
+                Err(_) => {}
+            }
+        }
+        self.admit_local(model, tokens, permit)
+    }
+
+    fn admit_local(
+        &self,
+        model: &str,
+        tokens: u64,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<Admission, Rejection> {
+        let model_limits = self.models.get(model);
         let mut state = RateState::default();
         let scopes = [(Some(&self.tenant), None), (model_limits, Some(model))];
         for (scope, model_name) in scopes {
@@ -350,6 +565,7 @@ impl TenantLimiter {
             reserved: tokens,
             used: AtomicU64::new(0),
             buckets: taken,
+            shared: None,
             _permit: permit,
             state,
         })
@@ -363,6 +579,8 @@ pub struct Admission {
     reserved: u64,
     used: AtomicU64,
     buckets: Vec<Arc<TokenBucket>>,
+    /// Reserved in the shared store instead.
+    shared: Option<SharedReservation>,
     _permit: Option<OwnedSemaphorePermit>,
     state: RateState,
 }
@@ -374,6 +592,7 @@ impl Admission {
             reserved: 0,
             used: AtomicU64::new(0),
             buckets: Vec::new(),
+            shared: None,
             _permit: None,
             state: RateState::default(),
         }
@@ -406,6 +625,14 @@ impl Drop for Admission {
                 b.charge(over);
             }
         }
+        if let Some(shared) = self.shared.take() {
+            let delta =
+                i64::try_from(unused).unwrap_or(i64::MAX) - i64::try_from(over).unwrap_or(i64::MAX);
+            // Settled in the background: dropping an admission never waits on Redis.
+            if let (true, Ok(rt)) = (delta != 0, tokio::runtime::Handle::try_current()) {
+                rt.spawn(async move { shared.store.settle(&shared.keys, delta).await });
+            }
+        }
     }
 }
 
@@ -432,6 +659,17 @@ pub fn duration_text(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// The local limiter never waits on I/O: its futures complete at once.
+    trait Now {
+        fn admit_now(&self, model: &str, tokens: u64) -> Result<Admission, Rejection>;
+    }
+
+    impl Now for TenantLimiter {
+        fn admit_now(&self, model: &str, tokens: u64) -> Result<Admission, Rejection> {
+            futures::executor::block_on(self.admit(model, tokens))
+        }
+    }
+
     use super::*;
 
     fn limiter(yaml: &str, clock: &LimitClock) -> TenantLimiter {
@@ -443,7 +681,7 @@ mod tests {
     fn a_burst_admits_exactly_the_requests_per_minute() {
         let clock = LimitClock::manual();
         let l = limiter("requests_per_minute: 7", &clock);
-        let results: Vec<_> = (0..20).map(|_| l.admit("m", 0)).collect();
+        let results: Vec<_> = (0..20).map(|_| l.admit_now("m", 0)).collect();
         let admitted = results.iter().filter(|r| r.is_ok()).count();
         assert_eq!(admitted, 7);
         let remaining: Vec<u64> = results
@@ -469,7 +707,7 @@ mod tests {
         clock.advance(Duration::from_secs(60));
         assert_eq!(l.peek("m").requests.unwrap().remaining, 7);
         assert_eq!(l.peek("m").requests.unwrap().reset, Duration::ZERO);
-        let again = (0..20).filter(|_| l.admit("m", 0).is_ok()).count();
+        let again = (0..20).filter(|_| l.admit_now("m", 0).is_ok()).count();
         assert_eq!(again, 7);
     }
 
@@ -477,10 +715,10 @@ mod tests {
     fn tokens_settle_to_real_usage() {
         let clock = LimitClock::manual();
         let l = limiter("tokens_per_minute: 1000", &clock);
-        let a = l.admit("m", 600).unwrap();
+        let a = l.admit_now("m", 600).unwrap();
         assert_eq!(a.state().tokens.unwrap().remaining, 400);
         // While it runs, a second 600-token request does not fit...
-        match l.admit("m", 600) {
+        match l.admit_now("m", 600) {
             Err(Rejection::Tokens { wait, .. }) => {
                 assert_eq!(wait, Duration::from_secs(12)) // 200 missing at 1000/60 per second
             }
@@ -489,7 +727,7 @@ mod tests {
         // ...it used 150 of its 600, so 450 come back when it ends.
         a.record_usage(150);
         drop(a);
-        let b = l.admit("m", 600).unwrap();
+        let b = l.admit_now("m", 600).unwrap();
         assert_eq!(b.state().tokens.unwrap().remaining, 250);
         b.record_usage(600);
         drop(b);
@@ -504,7 +742,7 @@ mod tests {
             }
         );
         assert!(matches!(
-            l.admit("m", 1001),
+            l.admit_now("m", 1001),
             Err(Rejection::TooLarge { limit: 1000, .. })
         ));
     }
@@ -517,18 +755,18 @@ mod tests {
             &clock,
         );
         // Held (running): its 50 tokens stay reserved.
-        let _running = l.admit("big", 50).unwrap();
+        let _running = l.admit_now("big", 50).unwrap();
         assert!(matches!(
-            l.admit("big", 60),
+            l.admit_now("big", 60),
             Err(Rejection::Tokens { model: Some(ref m), .. }) if m == "big"
         ));
         assert!(matches!(
-            l.admit("big", 10),
+            l.admit_now("big", 10),
             Err(Rejection::Requests { model: Some(ref m), .. }) if m == "big"
         ));
         // Other models only see the tenant's limit: 10 - 3 = 7 left.
         assert_eq!(
-            l.admit("small", 0)
+            l.admit_now("small", 0)
                 .unwrap()
                 .state()
                 .requests
@@ -542,14 +780,14 @@ mod tests {
     fn concurrency_slots_come_back_when_requests_end() {
         let clock = LimitClock::manual();
         let l = limiter("max_concurrent: 2", &clock);
-        let a = l.admit("m", 0).unwrap();
-        let _b = l.admit("m", 0).unwrap();
+        let a = l.admit_now("m", 0).unwrap();
+        let _b = l.admit_now("m", 0).unwrap();
         assert!(matches!(
-            l.admit("m", 0),
+            l.admit_now("m", 0),
             Err(Rejection::Concurrency { limit: 2, .. })
         ));
         drop(a);
-        assert!(l.admit("m", 0).is_ok());
+        assert!(l.admit_now("m", 0).is_ok());
     }
 
     #[test]
