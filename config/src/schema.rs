@@ -160,6 +160,10 @@ pub struct ServerConfig {
     /// request id and trace id of the request it belongs to).
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Seconds between checks of the config file (and `auth.keys_file`) for changes; a
+    /// changed file is reloaded as on SIGHUP. 0: only on SIGHUP.
+    #[serde(default = "default_config_poll_seconds")]
+    pub config_poll_seconds: f64,
     /// OpenTelemetry traces over OTLP. The standard `OTEL_EXPORTER_OTLP_*`,
     /// `OTEL_SERVICE_NAME` and `OTEL_TRACES_SAMPLER*` variables win over these.
     #[serde(default)]
@@ -229,9 +233,14 @@ impl Default for ServerConfig {
             engine_token: None,
             metrics: MetricsConfig::default(),
             log_format: LogFormat::default(),
+            config_poll_seconds: default_config_poll_seconds(),
             tracing: TracingConfig::default(),
         }
     }
+}
+
+fn default_config_poll_seconds() -> f64 {
+    5.0
 }
 
 fn default_stream_stall_timeout() -> f64 {

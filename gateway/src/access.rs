@@ -51,6 +51,11 @@ pub struct Access {
     open: bool,
     /// Counts refusals (rate limits, policy denials).
     metrics: Arc<Metrics>,
+    /// Tenants by id with the config they were built from: a reload keeps a tenant (and its
+    /// rate-limit state) whose tier and limits did not change.
+    tenants: HashMap<String, (rosetta_config::TenantConfig, Arc<Tenant>)>,
+    audit_path: Option<std::path::PathBuf>,
+    sharing: Sharing,
 }
 
 impl Access {
@@ -67,19 +72,50 @@ impl Access {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let sharing = sharing(config, &metrics)?;
+        Self::build(config, clock, metrics, sharing, None)
+    }
+
+    /// Access for a new config that replaces this one (a reload): tenants whose tier and
+    /// limits are unchanged keep their limiters (a reload does not refill anyone's limits),
+    /// the audit log stays open if its path is the same, the shared store stays.
+    pub fn reloaded(&self, config: &Config, clock: &LimitClock) -> anyhow::Result<Self> {
+        Self::build(
+            config,
+            clock,
+            self.metrics.clone(),
+            self.sharing.clone(),
+            Some(self),
+        )
+    }
+
+    fn build(
+        config: &Config,
+        clock: &LimitClock,
+        metrics: Arc<Metrics>,
+        sharing: Sharing,
+        previous: Option<&Access>,
+    ) -> anyhow::Result<Self> {
         let tenant_configs = config.effective_tenants();
         let policy = PolicyEngine::new(config, &tenant_configs)?;
-        let tenants: HashMap<String, Arc<Tenant>> = tenant_configs
+        let reuse = |t: &rosetta_config::TenantConfig| {
+            let (old, tenant) = previous?.tenants.get(&t.id)?;
+            (old.tier == t.tier && old.limits == t.limits).then(|| tenant.clone())
+        };
+        let tenants: HashMap<String, (rosetta_config::TenantConfig, Arc<Tenant>)> = tenant_configs
             .iter()
-            .map(|t| (t.id.clone(), Arc::new(Tenant::shared(t, clock, &sharing))))
+            .map(|t| {
+                let tenant =
+                    reuse(t).unwrap_or_else(|| Arc::new(Tenant::shared(t, clock, &sharing)));
+                (t.id.clone(), (t.clone(), tenant))
+            })
             .collect();
         let anonymous = config
             .anonymous_tenant_id()
-            .and_then(|id| tenants.get(id).cloned());
+            .and_then(|id| tenants.get(id).map(|t| t.1.clone()));
         let mut auth = Authenticator::new(anonymous);
         for t in &tenant_configs {
             for k in &t.keys {
-                let tenant = tenants[&t.id].clone();
+                let tenant = tenants[&t.id].1.clone();
                 if !auth.add_key(&k.hash, k.name.as_deref(), tenant) {
                     anyhow::bail!(
                         "tenant `{}` has a key hash that is not `sha256:<hex>`",
@@ -88,10 +124,11 @@ impl Access {
                 }
             }
         }
-        let audit = match &config.audit.path {
-            Some(p) => AuditLog::to_file(p)
+        let audit = match (&config.audit.path, previous) {
+            (path, Some(old)) if *path == old.audit_path => old.audit.clone(),
+            (Some(p), _) => AuditLog::to_file(p)
                 .with_context(|| format!("cannot open the audit log {}", p.display()))?,
-            None => AuditLog::tracing_only(),
+            (None, _) => AuditLog::tracing_only(),
         };
         Ok(Self {
             auth,
@@ -101,6 +138,9 @@ impl Access {
             list_interval: std::time::Duration::from_secs(config.audit.list_interval_seconds),
             open: false,
             metrics,
+            tenants,
+            audit_path: config.audit.path.clone(),
+            sharing,
         })
     }
 

@@ -13,6 +13,7 @@ pub mod policy;
 pub mod pool;
 pub mod ratelimit;
 pub mod registry;
+pub mod reload;
 pub mod router;
 pub mod secrets;
 pub mod server;

@@ -155,6 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             engine_only,
         } => {
             let embedded = config.is_none();
+            let source = config.clone();
             let mut config = match config {
                 Some(file) => rosetta_config::load_file(&file)?,
                 None => rosetta_config::embedded_default(),
@@ -173,7 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         "no --config given: serving the embedded default (a generated demo model)"
                     );
                 }
-                let served = server::serve(config, engine_only).await;
+                let served = server::serve(config, engine_only, source).await;
                 telemetry::shutdown();
                 served
             })

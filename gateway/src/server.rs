@@ -17,7 +17,12 @@ use crate::router::Router;
 use crate::secrets::{self, SaltKey};
 use crate::state::{AppState, Services};
 
-pub async fn serve(mut config: Config, engine_only: bool) -> anyhow::Result<()> {
+/// Serves `config`; `source` is the file it came from (reloaded on SIGHUP or change).
+pub async fn serve(
+    mut config: Config,
+    engine_only: bool,
+    source: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     let engine_token = secrets::engine_token(&config.server);
     if engine_only && engine_token.is_none() && !config.server.listen.ip().is_loopback() {
         let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], config.server.listen.port()));
@@ -49,8 +54,8 @@ pub async fn serve(mut config: Config, engine_only: bool) -> anyhow::Result<()> 
     // The detector's n-gram index takes a few milliseconds to build; not on the first request.
     rosetta_langid::warm_up();
     let services = Services {
-        access,
-        router,
+        access: std::sync::RwLock::new(Arc::new(access)),
+        router: std::sync::RwLock::new(Arc::new(router)),
         pool,
         engine_only,
         request_limits: config.request_limits.clone(),
@@ -72,6 +77,10 @@ pub async fn serve(mut config: Config, engine_only: bool) -> anyhow::Result<()> 
         out.flush()?;
     }
     tracing::info!(%addr, "listening; /health is live, /ready once models are loaded");
+
+    if let (Some(path), false) = (source, engine_only) {
+        crate::reload::spawn(state.clone(), path, config.clone(), LimitClock::monotonic());
+    }
 
     let cache_dir = config
         .cache_dir

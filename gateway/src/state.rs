@@ -1,7 +1,7 @@
 //! State shared by every request handler.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use rosetta_config::{ModelConfig, RequestLimits};
 
@@ -32,8 +32,9 @@ pub struct AppState {
 
 /// The parts of the request path built from the config at start.
 pub struct Services {
-    pub access: Access,
-    pub router: Router,
+    /// Replaced whole by a config reload; a request keeps the one it started with.
+    pub access: RwLock<Arc<Access>>,
+    pub router: RwLock<Arc<Router>>,
     pub pool: Arc<Pool>,
     /// Serving only this process's engines for a gateway: no auth, policies or limits, and
     /// the tenant headers the gateway sends are trusted.
@@ -136,12 +137,30 @@ impl AppState {
         &self.inner.configured
     }
 
-    pub fn access(&self) -> &Access {
-        &self.inner.services.access
+    /// Access control as the current config says (a request keeps the one it started with).
+    pub fn access(&self) -> Arc<Access> {
+        self.inner
+            .services
+            .access
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    pub fn router(&self) -> &Router {
-        &self.inner.services.router
+    pub fn router(&self) -> Arc<Router> {
+        self.inner
+            .services
+            .router
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts a reloaded config's access control and routes in place.
+    pub fn replace(&self, access: Access, router: Router) {
+        let s = &self.inner.services;
+        *s.access.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(access);
+        *s.router.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(router);
     }
 
     pub fn pool(&self) -> &Pool {

@@ -68,7 +68,8 @@ pub async fn list(
         .map(|m| object(m, state.loaded_model(&m.id).as_deref()))
         .collect();
     // Route aliases are names a client may use too (as LiteLLM lists its model groups).
-    let mut aliases: Vec<&str> = state.router().aliases().collect();
+    let router = state.router();
+    let mut aliases: Vec<&str> = router.aliases().collect();
     aliases.sort_unstable();
     data.extend(
         aliases

@@ -20,6 +20,7 @@ pub struct GatewayFamilies {
     pub replica_errors: IntCounterVec,
     pub breaker_state: IntGaugeVec,
     pub store_up: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
     pub prompt_tokens: IntCounterVec,
     pub generation_tokens: IntCounterVec,
     pub text_characters: IntCounterVec,
@@ -101,6 +102,12 @@ impl GatewayFamilies {
                 "rosetta_ratelimit_store_up",
                 "Whether the shared rate-limit store answered the last limit check (1) or limits are judged locally (0).",
                 &["backend"],
+            ),
+            config_reloads: counter(
+                r,
+                "rosetta_config_reloads_total",
+                "Config reloads (SIGHUP or a changed file) by result: applied, or refused (the old config keeps serving).",
+                &["result"],
             ),
             prompt_tokens: counter(
                 r,
