@@ -17,9 +17,14 @@ struct Redis {
 
 impl Redis {
     fn start(port: u16) -> Redis {
+        Self::start_with(port, &[])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(extra)
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
             .arg("--dir")
             .arg(dir.path())
@@ -149,4 +154,48 @@ async fn two_gateways_share_limits_through_redis_and_fall_back_without_it() {
     assert_eq!(c, [(4, 4), (1, 3)], "{c:?}");
     assert_eq!(store_up(&g1).await.as_deref(), Some("1"));
     assert_eq!(store_up(&g2).await.as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn a_password_from_the_environment_and_deny_when_redis_is_gone() {
+    let port = free_port();
+    let redis = Redis::start_with(port, &["--requirepass", "s3cret-pass"]);
+    let config = format!(
+        r#"
+server: {{ listen: 127.0.0.1:0 }}
+cache_dir: "{{cache}}"
+models:
+  - {{ id: m, demo: {{ arch: qwen2, size: tiny, seed: 1 }}, licence: apache-2.0, max_context: 256, engine: {{ kv_cache_bytes: 4194304 }} }}
+tenants:
+  - {{ id: rpm, keys: [{{ hash: "RPM_HASH" }}], limits: {{ requests_per_minute: 2 }} }}
+ratelimit:
+  backend: redis
+  redis: {{ url_env: TEST_REDIS_URL, key_prefix: "deny-{port}" }}
+  on_store_error: deny
+"#
+    );
+    let (config, [key]) = with_new_keys(&config, ["RPM_HASH"]);
+    let url = format!("redis://:s3cret-pass@127.0.0.1:{port}");
+    let g = Server::start_with_env(&config, &[("TEST_REDIS_URL", url.as_str())]);
+    let c = interleave([&g, &g], 2, &key, "/v1/chat/completions", &one_request(), 3).await;
+    assert_eq!(c[0].0 + c[1].0, 2);
+    // Authenticated: the limits are Redis's.
+    assert_eq!(store_up(&g).await.as_deref(), Some("1"));
+    assert!(
+        !g.logs().contains("s3cret-pass"),
+        "the password reached the logs"
+    );
+
+    // Redis gone, `deny`: a clear 503, not a 500 and not unlimited service.
+    drop(redis);
+    let r = g
+        .post_as(&key, "/v1/chat/completions", &one_request())
+        .await;
+    r.assert_error(503, None, None);
+    assert!(
+        r.text.contains("rate-limit store is unavailable"),
+        "{}",
+        r.text
+    );
+    assert_eq!(store_up(&g).await.as_deref(), Some("0"));
 }
