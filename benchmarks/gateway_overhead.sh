@@ -19,25 +19,8 @@ cd "$root"
 cargo build --release --bin rosetta --bin rosetta-bench
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-# Starts `rosetta serve` with config $1 (and extra args), waits until ready, prints its URL.
-# $ROSETTA is the binary (this build's unless set).
-start() {
-    local name=$1 config=$2; shift 2
-    "${ROSETTA:-$bin/rosetta}" serve --config "$config" "$@" > "$work/$name.out" 2> "$work/$name.err" &
-    pids+=($!)
-    local url=""
-    for _ in $(seq 600); do
-        url=$(sed -n 's/^listening on //p' "$work/$name.out")
-        [[ -n "$url" ]] && curl -sf "$url/ready" > /dev/null && { echo "$url"; return; }
-        sleep 0.1
-    done
-    echo "$name did not become ready; see $work/$name.err" >&2
-    exit 1
-}
+# shellcheck source=benchmarks/common.sh
+source "$root/benchmarks/common.sh"
 
 cat > "$work/engine.yaml" <<YAML
 server: { listen: 127.0.0.1:0 }
@@ -46,7 +29,7 @@ auth: { allow_unauthenticated: true }
 models:
   - { id: tiny, demo: { arch: llama, size: tiny, seed: 0 }, licence: apache-2.0 }
 YAML
-engine=$(start engine "$work/engine.yaml" --engine-only)
+start engine "$work/engine.yaml" --engine-only; engine=$started_url
 # A gateway in front of the engine at $1, written to $2.
 gateway_config() {
     cat > "$2" <<YAML
@@ -57,12 +40,12 @@ models:
 YAML
 }
 gateway_config "$engine" "$work/gateway.yaml"
-gateway=$(start gateway "$work/gateway.yaml")
+start gateway "$work/gateway.yaml"; gateway=$started_url
 targets=(--target "direct=$engine=tiny" --target "gateway=$gateway=tiny")
 if [[ -n "${BASELINE_BIN:-}" ]]; then
-    base_engine=$(ROSETTA="$BASELINE_BIN" start base-engine "$work/engine.yaml" --engine-only)
+    ROSETTA="$BASELINE_BIN" start base-engine "$work/engine.yaml" --engine-only; base_engine=$started_url
     gateway_config "$base_engine" "$work/base-gateway.yaml"
-    base_gateway=$(ROSETTA="$BASELINE_BIN" start base-gateway "$work/base-gateway.yaml")
+    ROSETTA="$BASELINE_BIN" start base-gateway "$work/base-gateway.yaml"; base_gateway=$started_url
     targets+=(--target "baseline-direct=$base_engine=tiny" --target "baseline-gateway=$base_gateway=tiny")
 fi
 "$bin/rosetta-bench" --overhead "${REQUESTS:-500}" "${targets[@]}"

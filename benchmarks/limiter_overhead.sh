@@ -16,27 +16,12 @@ command -v redis-server >/dev/null || { echo "needs redis-server (apt-get instal
 cargo build --release --bin rosetta --bin rosetta-bench
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+# shellcheck source=benchmarks/common.sh
+source "$root/benchmarks/common.sh"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" > "$work/redis.log" 2>&1 &
 pids+=($!)
-
-start() {
-    local name=$1 config=$2
-    "$bin/rosetta" serve --config "$config" > "$work/$name.out" 2> "$work/$name.err" &
-    pids+=($!)
-    local url=""
-    for _ in $(seq 600); do
-        url=$(sed -n 's/^listening on //p' "$work/$name.out")
-        [[ -n "$url" ]] && curl -sf "$url/ready" > /dev/null && { echo "$url"; return; }
-        sleep 0.1
-    done
-    echo "$name did not become ready; see $work/$name.err" >&2
-    exit 1
-}
 
 config() {
     cat <<YAML
@@ -52,8 +37,8 @@ YAML
 }
 config "" > "$work/local.yaml"
 config "ratelimit: { backend: redis, redis: { url: \"redis://127.0.0.1:$port\", key_prefix: bench } }" > "$work/redis.yaml"
-local_url=$(start local "$work/local.yaml")
-redis_url=$(start redis "$work/redis.yaml")
+start local "$work/local.yaml"; local_url=$started_url
+start redis "$work/redis.yaml"; redis_url=$started_url
 "$bin/rosetta-bench" --overhead "${REQUESTS:-2000}" \
     --target "local-limits=$local_url=tiny" --target "redis-limits=$redis_url=tiny"
 grep -q "unavailable" "$work/redis.err" && { echo "the Redis limiter fell back to local limits during the run" >&2; exit 1; }
