@@ -4,6 +4,7 @@
 pub mod demo;
 mod engine;
 mod error;
+pub mod grammar;
 pub mod kv;
 pub mod model;
 mod native;

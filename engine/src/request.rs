@@ -51,6 +51,8 @@ pub struct GenerateRequest {
     pub tenant: Option<Arc<str>>,
     /// Abort the request (freeing its blocks) if it has not finished by then.
     pub deadline: Option<std::time::Instant>,
+    /// Structured output: only tokens that keep the output a valid prefix may be sampled.
+    pub constraint: Option<crate::grammar::Constraint>,
 }
 
 impl GenerateRequest {
@@ -62,6 +64,7 @@ impl GenerateRequest {
             priority: DEFAULT_PRIORITY,
             tenant: None,
             deadline: None,
+            constraint: None,
         }
     }
 

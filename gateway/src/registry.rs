@@ -9,6 +9,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use rosetta_config::{Dtype, EngineDevice, ModelConfig, ModelSource};
 use rosetta_engine::demo::{self, DemoSpec};
+use rosetta_engine::grammar::GrammarCompiler;
 use rosetta_engine::model::{ModelShape, Transformer, WeightDtype};
 use rosetta_engine::text::ModelTokenizer;
 use rosetta_engine::{Engine, NativeEngine, NativeEngineConfig};
@@ -27,6 +28,9 @@ pub struct ServedModel {
     pub vocab_size: usize,
     /// Whether its engine reuses cached prompt prefixes (reported in `vllm:cache_config_info`).
     pub prefix_caching: bool,
+    /// Compiles structured-output grammars for its tokenizer; `None` if that tokenizer
+    /// cannot be prepared for them (such requests then get 400).
+    pub grammar: Option<Arc<GrammarCompiler>>,
 }
 
 /// The default cache folder: `$XDG_CACHE_HOME/rosetta` or `~/.cache/rosetta`.
@@ -95,6 +99,22 @@ pub fn load_model(
         );
     }
     let tokenizer = Arc::new(ModelTokenizer::from_dir(&dir).with_context(context)?);
+    let grammar = match GrammarCompiler::from_tokenizer_file(
+        &dir.join("tokenizer.json"),
+        &tokenizer
+            .special()
+            .eos_ids
+            .iter()
+            .copied()
+            .collect::<Vec<_>>(),
+        shape.vocab_size,
+    ) {
+        Ok(g) => Some(Arc::new(g)),
+        Err(e) => {
+            tracing::warn!(model = %cfg.id, error = %e, "structured outputs are unavailable for this model");
+            None
+        }
+    };
     let started = std::time::Instant::now();
     let observer = options
         .metrics
@@ -153,6 +173,7 @@ pub fn load_model(
         max_context,
         vocab_size: shape.vocab_size,
         prefix_caching: cfg.engine.prefix_caching,
+        grammar,
     })
 }
 

@@ -614,7 +614,12 @@ fn sample_into(
     step: &mut StepStats,
 ) {
     match catch_unwind(AssertUnwindSafe(|| seq.sample_next(row, tok))) {
-        Ok(delta) => {
+        Ok(Err(e)) => {
+            tracing::warn!(request = seq.group, error = %e, "failing the request");
+            group.fail(e);
+            failed.insert(seq.group);
+        }
+        Ok(Ok(delta)) => {
             group.count_token();
             seq.note_token(Instant::now(), &group.times, step);
             if let Some(reason) = delta.finish_reason {

@@ -149,6 +149,8 @@ pub struct Sequence {
     last_token_at: Option<Instant>,
     /// The model's end-of-sequence ids, unless the request ignores them.
     eos_ids: Arc<[u32]>,
+    /// Structured output: this choice's place in the request's grammar.
+    matcher: Option<llguidance::Matcher>,
 }
 
 impl super::waiting::Queued for Sequence {
@@ -203,6 +205,7 @@ impl Sequence {
             scheduled_at: None,
             first_token_at: None,
             last_token_at: None,
+            matcher: req.constraint.as_ref().map(|c| c.matcher()),
         }
     }
 
@@ -296,15 +299,30 @@ impl Sequence {
         self.tokens.len() - self.prompt_len
     }
 
-    /// Samples the next token from `logits` and returns what the client should see.
-    pub fn sample_next(&mut self, logits: &mut [f32], tok: &ModelTokenizer) -> ChoiceDelta {
+    /// Samples the next token from `logits` and returns what the client should see; fails
+    /// only if the request's grammar cannot go on.
+    pub fn sample_next(
+        &mut self,
+        logits: &mut [f32],
+        tok: &ModelTokenizer,
+    ) -> Result<ChoiceDelta, EngineError> {
         let banned: [&[u32]; 2] = if self.generated() < self.params.min_tokens {
             [&self.params.stop_token_ids, &self.eos_ids]
         } else {
             [&[], &[]]
         };
+        if let Some(m) = self.matcher.as_mut() {
+            mask_logits(m, logits)?;
+        }
         let sampled = self.sampler.sample(logits, &banned);
         self.tokens.push(sampled.id);
+        let mut grammar_done = false;
+        if let Some(m) = self.matcher.as_mut() {
+            m.consume_token(sampled.id)
+                .map_err(|e| EngineError::Internal(format!("structured output: {e}")))?;
+            // Complete: nothing more may follow (EOS, if the model sampled it, is the end).
+            grammar_done = m.is_stopped();
+        }
         let mut text = String::new();
         let mut finish = None;
         if self.is_stop_token(sampled.id) {
@@ -316,6 +334,12 @@ impl Sequence {
         } else {
             let piece = self.detok.push(tok, sampled.id).unwrap_or_default();
             self.release(piece, &mut text, &mut finish);
+            if finish.is_none() && grammar_done {
+                let tail = self.detok.flush(tok).unwrap_or_default();
+                self.release(tail, &mut text, &mut finish);
+                text.push_str(&self.stop.flush());
+                finish = Some(FinishReason::Stop);
+            }
             if finish.is_none() && self.generated() >= self.max_tokens {
                 let tail = self.detok.flush(tok).unwrap_or_default();
                 self.release(tail, &mut text, &mut finish);
@@ -325,7 +349,7 @@ impl Sequence {
                 }
             }
         }
-        ChoiceDelta {
+        Ok(ChoiceDelta {
             index: self.index,
             text,
             token: Some(GeneratedToken {
@@ -334,7 +358,7 @@ impl Sequence {
                 top_logprobs: sampled.top_logprobs,
             }),
             finish_reason: finish,
-        }
+        })
     }
 
     /// Passes decoded text through the stop matcher. A piece that cannot be decoded is
@@ -345,5 +369,27 @@ impl Sequence {
         if check.stopped {
             *finish = Some(FinishReason::Stop);
         }
+    }
+}
+
+/// Sets every token the grammar does not allow next to -inf.
+fn mask_logits(m: &mut llguidance::Matcher, logits: &mut [f32]) -> Result<(), EngineError> {
+    let mask = m
+        .compute_mask()
+        .map_err(|e| EngineError::Internal(format!("structured output: {e}")))?;
+    let mut any = false;
+    for (i, l) in logits.iter_mut().enumerate() {
+        if mask.is_allowed(i as u32) {
+            any = true;
+        } else {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+    if any {
+        Ok(())
+    } else {
+        Err(EngineError::Internal(
+            "structured output: the grammar allows no token here".into(),
+        ))
     }
 }

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures::{Stream, StreamExt};
 use rosetta_config::RequestLimits;
+use rosetta_engine::grammar::GrammarSpec;
 use rosetta_engine::text::{ChatMessage, ContentPart, MessageContent};
 use rosetta_engine::{EngineError, GeneratedToken};
 use serde_json::Value;
@@ -164,21 +165,10 @@ fn validate(
             ));
         }
     }
-    if let Some(kind) = req
-        .response_format
-        .as_ref()
-        .and_then(|f| f.get("type"))
-        .and_then(Value::as_str)
-    {
-        if kind != "text" {
-            return Err(ApiError::invalid_param(
-                "response_format",
-                format!(
-                    "response_format `{kind}` is not supported by this server yet; only `text` is."
-                ),
-            ));
-        }
-    }
+    let response_format = match &req.response_format {
+        None => None,
+        Some(f) => response_format(f)?,
+    };
     let top_logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
         (true, k) => Some(params::top_logprobs("top_logprobs", k.unwrap_or(0))?),
         (false, Some(k)) if k > 0 => {
@@ -195,8 +185,17 @@ fn validate(
     } else {
         "max_tokens"
     };
-    let sampling = params::validate(fields, limits, max_tokens, top_logprobs)
+    let mut sampling = params::validate(fields, limits, max_tokens, top_logprobs)
         .map_err(|e| rename_max_tokens(e, param_name))?;
+    if let Some(grammar) = response_format {
+        if sampling.grammar.is_some() {
+            return Err(ApiError::invalid_param(
+                "response_format",
+                "Give one structured-output constraint: `response_format` or vLLM's `guided_*` / `structured_outputs`, not both.",
+            ));
+        }
+        sampling.grammar = Some(std::sync::Arc::new(grammar));
+    }
     Ok(ChatCall {
         model: req.model,
         messages,
@@ -204,6 +203,39 @@ fn validate(
         add_generation_prompt: req.add_generation_prompt.unwrap_or(true),
         stated_language: stated_language(fields),
     })
+}
+
+/// OpenAI's `response_format`: `text` (no constraint), `json_object` (any JSON object), or
+/// `json_schema` with `{name, schema, strict}`.
+fn response_format(f: &Value) -> Result<Option<GrammarSpec>, ApiError> {
+    let kind = f.get("type").and_then(Value::as_str).ok_or_else(|| {
+        ApiError::invalid_param(
+            "response_format.type",
+            "'response_format.type' must be `text`, `json_object` or `json_schema`.",
+        )
+    })?;
+    match kind {
+        "text" => Ok(None),
+        "json_object" => Ok(Some(GrammarSpec::JsonSchema(
+            serde_json::json!({"type": "object"}),
+        ))),
+        "json_schema" => {
+            let schema = f
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .ok_or_else(|| {
+                    ApiError::invalid_param(
+                        "response_format.json_schema.schema",
+                        "'response_format.json_schema.schema' is required for `json_schema`.",
+                    )
+                })?;
+            params::json_schema("response_format.json_schema.schema", schema).map(Some)
+        }
+        other => Err(ApiError::invalid_param(
+            "response_format.type",
+            format!("Invalid 'response_format.type': `{other}`; expected `text`, `json_object` or `json_schema`."),
+        )),
+    }
 }
 
 /// Errors about the length budget name the field the client used.

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rosetta_config::RequestLimits;
+use rosetta_engine::grammar::{Constraint, GrammarSpec};
 use rosetta_engine::{GenerateRequest, GenerationParams, SamplingParams, DEFAULT_PRIORITY};
 
 use super::error::ApiError;
@@ -47,10 +48,90 @@ pub fn at_most(param: &str, what: &str, got: usize, limit: usize) -> Result<(), 
 #[derive(Debug, Clone)]
 pub struct Sampling {
     pub params: Arc<GenerationParams>,
+    /// Structured output: what the text must match (compiled for the model that serves).
+    pub grammar: Option<Arc<GrammarSpec>>,
     /// The endpoint's max_tokens (at least 1) when given.
     pub max_tokens: Option<usize>,
     pub stream: bool,
     pub include_usage: bool,
+}
+
+/// vLLM's structured-output fields: at most one grammar.
+fn vllm_grammar(f: &SamplingFields) -> Result<Option<GrammarSpec>, ApiError> {
+    let mut found: Vec<(&str, GrammarSpec)> = Vec::new();
+    if let Some(schema) = &f.guided_json {
+        found.push(("guided_json", json_schema("guided_json", schema)?));
+    }
+    if let Some(rx) = &f.guided_regex {
+        found.push(("guided_regex", GrammarSpec::Regex(rx.clone())));
+    }
+    if let Some(choices) = &f.guided_choice {
+        found.push(("guided_choice", GrammarSpec::Choice(choices.clone())));
+    }
+    if let Some(g) = &f.guided_grammar {
+        found.push(("guided_grammar", GrammarSpec::Lark(g.clone())));
+    }
+    if let Some(so) = &f.structured_outputs {
+        let field = |k: &str| so.get(k).filter(|v| !v.is_null());
+        let string = |k: &str| -> Result<Option<String>, ApiError> {
+            match field(k) {
+                None => Ok(None),
+                Some(v) => v.as_str().map(|s| Some(s.to_string())).ok_or_else(|| {
+                    ApiError::invalid_param(
+                        &format!("structured_outputs.{k}"),
+                        format!("'structured_outputs.{k}' must be a string."),
+                    )
+                }),
+            }
+        };
+        if let Some(schema) = field("json") {
+            found.push((
+                "structured_outputs.json",
+                json_schema("structured_outputs.json", schema)?,
+            ));
+        }
+        if let Some(rx) = string("regex")? {
+            found.push(("structured_outputs.regex", GrammarSpec::Regex(rx)));
+        }
+        if let Some(choices) = field("choice") {
+            let choices: Vec<String> = serde_json::from_value(choices.clone()).map_err(|_| {
+                ApiError::invalid_param(
+                    "structured_outputs.choice",
+                    "'structured_outputs.choice' must be a list of strings.",
+                )
+            })?;
+            found.push(("structured_outputs.choice", GrammarSpec::Choice(choices)));
+        }
+        if let Some(g) = string("grammar")? {
+            found.push(("structured_outputs.grammar", GrammarSpec::Lark(g)));
+        }
+    }
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop().map(|(_, g)| g)),
+        _ => {
+            let names: Vec<&str> = found.iter().map(|(n, _)| *n).collect();
+            Err(ApiError::invalid_param(
+                names[1],
+                format!(
+                    "Give one structured-output constraint, not several ({}).",
+                    names.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// A JSON schema as a grammar: `true` (any JSON), or an object.
+pub fn json_schema(param: &str, schema: &serde_json::Value) -> Result<GrammarSpec, ApiError> {
+    match schema {
+        serde_json::Value::Object(_) => Ok(GrammarSpec::JsonSchema(schema.clone())),
+        serde_json::Value::Bool(true) => Ok(GrammarSpec::JsonSchema(serde_json::json!({}))),
+        _ => Err(ApiError::invalid_param(
+            param,
+            format!("Invalid '{param}': a JSON schema must be an object."),
+        )),
+    }
 }
 
 /// `logprobs` is the number of alternatives to report per token (None: no logprobs).
@@ -166,7 +247,9 @@ pub fn validate(
         seed: f.seed.map(|s| s as u64),
         logprobs,
     };
+    let grammar = vllm_grammar(f)?.map(Arc::new);
     Ok(Sampling {
+        grammar,
         params: Arc::new(GenerationParams {
             n,
             min_tokens,
@@ -247,6 +330,26 @@ impl Sampling {
 
     /// The engine's request for one prompt: the shared parameters and this prompt's length
     /// budget. Unset max_tokens means the rest of the context.
+    /// The request's grammar compiled for `model`; a grammar it cannot compile is a 400
+    /// naming what is unsupported.
+    pub fn constraint(&self, model: &ServedModel) -> Result<Option<Constraint>, ApiError> {
+        let Some(spec) = &self.grammar else {
+            return Ok(None);
+        };
+        let compiler = model.grammar.as_ref().ok_or_else(|| {
+            ApiError::invalid_param(
+                "response_format",
+                format!("Structured outputs are not available for the model `{}` (its tokenizer could not be prepared for them).", model.id),
+            )
+        })?;
+        compiler.compile(spec).map(Some).map_err(|e| {
+            ApiError::invalid_param(
+                "response_format",
+                format!("The structured-output constraint cannot be used: {e}"),
+            )
+        })
+    }
+
     pub fn request(
         &self,
         model: &ServedModel,
@@ -280,6 +383,8 @@ impl Sampling {
             priority: DEFAULT_PRIORITY,
             tenant: None,
             deadline: None,
+            // Compiled once per request by the pipeline and set on each prompt.
+            constraint: None,
         })
     }
 }

@@ -408,10 +408,16 @@ async fn run_local(
     sampling
         .check_vocabulary(&model)
         .map_err(AttemptError::Final)?;
+    let constraint = sampling.constraint(&model).map_err(AttemptError::Final)?;
     let prompts = call.prompts(&model).map_err(AttemptError::Final)?;
     let mut requests = prompts
         .iter()
-        .map(|p| sampling.request(&model, p.clone()))
+        .map(|p| {
+            sampling.request(&model, p.clone()).map(|mut r| {
+                r.constraint = constraint.clone();
+                r
+            })
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(AttemptError::Final)?;
     let admission = admit(state, caller, &model, &mut requests)

@@ -50,6 +50,13 @@ pub struct SamplingFields {
     pub ignore_eos: Option<bool>,
     pub stop_token_ids: Option<Vec<u32>>,
     pub skip_special_tokens: Option<bool>,
+    /// vLLM's structured-output extensions (older `guided_*` and newer
+    /// `structured_outputs: {json, regex, choice, grammar}`).
+    pub guided_json: Option<serde_json::Value>,
+    pub guided_regex: Option<String>,
+    pub guided_choice: Option<Vec<String>>,
+    pub guided_grammar: Option<String>,
+    pub structured_outputs: Option<serde_json::Value>,
     /// OpenAI's request metadata; Rosetta reads `language` from it.
     pub metadata: Option<Metadata>,
 }

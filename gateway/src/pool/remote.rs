@@ -58,6 +58,13 @@ const VALIDATED_FIELDS: &[&str] = &[
     "repetition_penalty",
     "min_tokens",
     "ignore_eos",
+    // structured outputs
+    "response_format",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "structured_outputs",
     "stop_token_ids",
     "skip_special_tokens",
     // chat
