@@ -45,6 +45,8 @@ struct Target {
     name: String,
     url: String,
     model: String,
+    /// Structured output: every request of this target carries this JSON schema.
+    schema: Option<serde_json::Value>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -100,15 +102,26 @@ fn prompt(stream: usize, request: usize) -> String {
     text
 }
 
+/// NAME=URL=MODEL, or NAME=URL=MODEL=SCHEMA.json to send every request with
+/// `response_format: json_schema` (constrained decoding's cost).
 fn parse_target(s: &str) -> anyhow::Result<Target> {
-    let mut parts = s.splitn(3, '=');
+    let mut parts = s.splitn(4, '=');
     let (Some(name), Some(url), Some(model)) = (parts.next(), parts.next(), parts.next()) else {
-        bail!("--target must be NAME=URL=MODEL, got {s}");
+        bail!("--target must be NAME=URL=MODEL[=SCHEMA.json], got {s}");
+    };
+    let schema = match parts.next() {
+        None => None,
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the schema {file}"))?;
+            Some(serde_json::from_str(&text).with_context(|| format!("{file} is not JSON"))?)
+        }
     };
     Ok(Target {
         name: name.into(),
         url: url.trim_end_matches('/').into(),
         model: model.into(),
+        schema,
     })
 }
 
@@ -118,7 +131,7 @@ async fn stream_chat(
     content: &str,
     max_tokens: usize,
 ) -> anyhow::Result<RequestStats> {
-    let body = json!({
+    let mut body = json!({
         "model": t.model,
         "messages": [{"role": "user", "content": content}],
         "max_tokens": max_tokens,
@@ -128,6 +141,10 @@ async fn stream_chat(
         "ignore_eos": true,
         "min_tokens": max_tokens,
     });
+    if let Some(schema) = &t.schema {
+        body["response_format"] =
+            json!({"type": "json_schema", "json_schema": {"name": "bench", "schema": schema}});
+    }
     // A fresh connection per request (`Connection: close`): servers differ in how they end
     // keep-alive connections, and llama.cpp's sometimes drops one it was handed; such
     // attempts were never processed, so they are retried and the answered one is timed.
@@ -268,6 +285,7 @@ async fn run_level(
             name: t.name.clone(),
             url: t.url.clone(),
             model: t.model.clone(),
+            schema: t.schema.clone(),
         };
         handles.push(tokio::spawn(async move {
             let mut out = Vec::new();

@@ -306,11 +306,13 @@ impl Sequence {
         logits: &mut [f32],
         tok: &ModelTokenizer,
     ) -> Result<ChoiceDelta, EngineError> {
-        let banned: [&[u32]; 2] = if self.generated() < self.params.min_tokens {
-            [&self.params.stop_token_ids, &self.eos_ids]
-        } else {
-            [&[], &[]]
-        };
+        // Under a grammar, the grammar alone decides where the output may end.
+        let banned: [&[u32]; 2] =
+            if self.generated() < self.params.min_tokens && self.matcher.is_none() {
+                [&self.params.stop_token_ids, &self.eos_ids]
+            } else {
+                [&[], &[]]
+            };
         if let Some(m) = self.matcher.as_mut() {
             mask_logits(m, logits)?;
         }
