@@ -202,6 +202,15 @@ async fn streamed_equals_whole_and_json_object_and_vllm_forms_hold() {
         }
     }
 
+    // A grammar that is complete ends the output even before `min_tokens`.
+    let r = s
+        .complete(complete(
+            json!({"guided_choice": ["ja", "nein"], "min_tokens": 20}),
+        ))
+        .await;
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+    assert!(["ja", "nein"].contains(&r["choices"][0]["text"].as_str().unwrap()));
+
     // max_tokens reached inside the JSON: `length`, as OpenAI says.
     let mut short = chat("chatml", schema, 1);
     short["max_tokens"] = json!(3);
