@@ -185,19 +185,23 @@ async fn an_upstream_gets_validated_fields_listed_extensions_and_a_tenant_salt()
     body["cache_salt"] = json!("chosen-by-the-client");
     body["chat_template"] = json!("{{ secrets }}");
     body["guided_json"] = json!({"type": "object"});
+    body["guided_decoding_backend"] = json!("outlines");
     body["chat_template_kwargs"] = json!({"enable_thinking": false});
     g.post_as(&key_a, "/v1/chat/completions", &body).await.ok();
     g.post_as(&key_b, "/v1/chat/completions", &body).await.ok();
     let seen = bodies.lock().unwrap().clone();
     assert_eq!(seen.len(), 2, "{seen:?}");
     for b in &seen {
-        for dropped in ["priority", "chat_template", "guided_json"] {
+        for dropped in ["priority", "chat_template", "guided_decoding_backend"] {
             assert!(
                 b.get(dropped).is_none(),
                 "{dropped} reached the upstream: {b}"
             );
         }
         assert_eq!(b["chat_template_kwargs"], json!({"enable_thinking": false}));
+        // A structured-output constraint Rosetta validated goes on: dropping it would make
+        // the upstream answer unconstrained.
+        assert_eq!(b["guided_json"], json!({"type": "object"}));
         assert_eq!(b["max_tokens"], 3);
         let salt = b["cache_salt"].as_str().unwrap();
         assert_eq!(salt.len(), 32, "{b}");
