@@ -157,6 +157,12 @@ pub async fn run(
     let mut full = 0;
     let mut open = 0;
     for model_id in &candidates {
+        // The tenant's own limits first: a request they would refuse gets its 429 before
+        // any replica is chosen or any prompt is rendered (and before a busy pool's 503).
+        state
+            .access()
+            .precheck(&caller.principal, model_id)
+            .await?;
         let local = state.loaded_model(model_id);
         let (plan, skipped) =
             state
@@ -376,7 +382,7 @@ fn allowed_candidates(
     }
 }
 
-/// On this process's engine: the rate-limit precheck before any prompt work, the model's
+/// On this process's engine (the tenant's limits prechecked by the caller): the model's
 /// checks, tokenization, admission, the engine, then the endpoint's rendering.
 async fn run_local(
     state: &AppState,
@@ -399,11 +405,6 @@ async fn run_local(
             AttemptError::Final(e.into())
         }
     };
-    state
-        .access()
-        .precheck(&caller.principal, &model.id)
-        .await
-        .map_err(refused)?;
     let sampling = call.sampling();
     sampling
         .check_vocabulary(&model)
@@ -494,11 +495,6 @@ async fn run_remote(
 ) -> Result<Response, AttemptError> {
     // The prompt's tokens by the model's own tokenizer where this process has the model;
     // else about a token per 3 bytes of the body. Usage settles the difference either way.
-    state
-        .access()
-        .precheck(&caller.principal, model_id)
-        .await
-        .map_err(|e| AttemptError::Final(e.into()))?;
     let prompt_estimate = state
         .loaded_model(model_id)
         .and_then(|m| call.prompts(&m).ok())
