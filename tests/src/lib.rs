@@ -1034,3 +1034,11 @@ pub async fn dns_zone_server(name: &str, zone: Zone) -> SocketAddr {
     });
     addr
 }
+
+/// A TCP port free on 127.0.0.1 now (for a server the test starts itself, such as Redis).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}

@@ -18,15 +18,6 @@ models:
   - { id: m, demo: { arch: qwen2, size: tiny, seed: 1 }, licence: apache-2.0, max_context: 256, engine: { kv_cache_bytes: 4194304 } }
 "#;
 
-/// A port free on 127.0.0.1 (the engines share it, on two loopback addresses).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Sends chats until `until` holds for the set of replicas that answered in the last
 /// round of ten (or 30 s pass); every request must succeed.
 async fn serve_until(

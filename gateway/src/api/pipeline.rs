@@ -159,10 +159,7 @@ pub async fn run(
     for model_id in &candidates {
         // The tenant's own limits first: a request they would refuse gets its 429 before
         // any replica is chosen or any prompt is rendered (and before a busy pool's 503).
-        state
-            .access()
-            .precheck(&caller.principal, model_id)
-            .await?;
+        state.access().precheck(&caller.principal, model_id).await?;
         let local = state.loaded_model(model_id);
         let (plan, skipped) =
             state
