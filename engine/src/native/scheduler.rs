@@ -415,7 +415,6 @@ impl EngineCore {
             }
         };
         self.process_rows(plan, rows);
-        self.config.observer.0.step(&self.step);
     }
 
     /// One forward pass over the plan's chunks; a panic in it is an error, not the end of
@@ -542,6 +541,9 @@ impl EngineCore {
             }
             self.running.push(fork);
         }
+        // Reported before any request's end goes out, so that a client holding its answer
+        // finds the step's tokens counted.
+        self.config.observer.0.step(&self.step);
         let now = Instant::now();
         for (group_id, index, reason) in finished {
             let Some(pos) = self
