@@ -277,6 +277,25 @@ struct Context<'a> {
     text: &'a str,
 }
 
+impl Context<'_> {
+    /// The measurements of the answer `model_id` gives the request.
+    fn measure(
+        &self,
+        state: &AppState,
+        call: &dyn Generation,
+        model_id: &str,
+    ) -> GenerationMeasure {
+        GenerationMeasure::start(
+            state.metrics().clone(),
+            self.started,
+            call.operation(),
+            call.model(),
+            model_id,
+            &self.language.code,
+        )
+    }
+}
+
 /// The request's span: its GenAI name and request attributes.
 fn describe_span(call: &dyn Generation) {
     let span = tracing::Span::current();
@@ -424,14 +443,7 @@ async fn run_local(
         .map_err(refused)?;
     let rate = admission.state();
     count_language_cost(state, &model, ctx, &prompts);
-    let measure = GenerationMeasure::start(
-        state.metrics().clone(),
-        ctx.started,
-        call.operation(),
-        call.model(),
-        &model.id,
-        &ctx.language.code,
-    );
+    let measure = ctx.measure(state, call, &model.id);
     let items = submit_admitted(&model, requests, admission, hold, measure, &caller.facts)
         .map_err(engine)?;
     let answer = Answer {
@@ -513,16 +525,7 @@ async fn run_remote(
         cache_salt: state.salt_key().tenant_salt(caller.scheduling_tenant()),
     };
     // Measured once the replica has answered (an attempt that fails is not a generation).
-    let measure = || {
-        GenerationMeasure::start(
-            state.metrics().clone(),
-            ctx.started,
-            call.operation(),
-            call.model(),
-            model_id,
-            &ctx.language.code,
-        )
-    };
+    let measure = || ctx.measure(state, call, model_id);
     // The body has been validated in full; only a remote replica needs it as a JSON tree.
     let body: Value = serde_json::from_slice(raw)
         .map_err(|e| AttemptError::Final(ApiError::invalid(format!("Invalid JSON body: {e}"))))?;
