@@ -46,6 +46,23 @@ async fn serve_until(
     }
 }
 
+/// Sends one chat at a time until the answer is `want` (30 s at most); meanwhile every
+/// answer must be `meanwhile`. Returns the `want` answer.
+async fn poll_until(gateway: &Server, want: u16, meanwhile: u16, what: &str) -> Resp {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = gateway
+            .post("/v1/chat/completions", &json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}))
+            .await;
+        if r.status == want {
+            return r;
+        }
+        assert_eq!(r.status, meanwhile, "while waiting for {what}: {}", r.text);
+        assert!(Instant::now() < deadline, "never {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn replicas_join_and_leave_as_dns_changes_while_requests_flow() {
     let zone: Zone = Arc::new(Mutex::new(vec![Ipv4Addr::new(127, 0, 0, 1)]));
@@ -63,18 +80,7 @@ async fn replicas_join_and_leave_as_dns_changes_while_requests_flow() {
     let b = format!("m/remote-0/127.0.0.2:{port}");
 
     // Until the first resolution and health check, no replica: 503s, never a hang.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = gateway
-            .post("/v1/chat/completions", &json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}))
-            .await;
-        if r.status == 200 {
-            break;
-        }
-        assert_eq!(r.status, 503, "{}", r.text);
-        assert!(Instant::now() < deadline, "no replica was ever discovered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until(&gateway, 200, 503, "a replica discovered").await;
     // One record: one replica serves.
     let seen = serve_until(&gateway, "the first replica", |s| s.contains(&a)).await;
     assert_eq!(seen, BTreeSet::from([a.clone()]));
@@ -103,30 +109,8 @@ async fn replicas_join_and_leave_as_dns_changes_while_requests_flow() {
 
     // No records at all: 503, not a hang or a 500; then back.
     zone.lock().unwrap().clear();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = gateway
-            .post("/v1/chat/completions", &json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}))
-            .await;
-        if r.status == 503 {
-            break;
-        }
-        assert_eq!(r.status, 200, "{}", r.text);
-        assert!(Instant::now() < deadline, "replicas never left");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_until(&gateway, 503, 200, "every replica gone").await;
     zone.lock().unwrap().push(Ipv4Addr::new(127, 0, 0, 1));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = gateway
-            .post("/v1/chat/completions", &json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}))
-            .await;
-        if r.status == 200 {
-            assert_eq!(r.header("x-rosetta-replica"), Some(a.as_str()));
-            break;
-        }
-        assert_eq!(r.status, 503, "{}", r.text);
-        assert!(Instant::now() < deadline, "the replica never came back");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let back = poll_until(&gateway, 200, 503, "the replica back").await;
+    assert_eq!(back.header("x-rosetta-replica"), Some(a.as_str()));
 }
