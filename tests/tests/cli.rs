@@ -450,7 +450,7 @@ async fn serve_without_config_serves_the_generated_demo_model() {
     }
     let model_dir = cache
         .path()
-        .join("rosetta/models/llama-small-seed0-f32-1shard");
+        .join("rosetta/models/llama-small-seed0-f32-1shard-r2");
     for f in [
         "config.json",
         "model.safetensors",

@@ -4,6 +4,7 @@
 
 mod corpus;
 mod shapes;
+mod templates;
 mod tokenizer;
 mod weights;
 
@@ -13,6 +14,10 @@ pub use rosetta_config::{Arch, Size};
 pub use shapes::DemoShape;
 
 use crate::EngineError;
+
+/// Bumped whenever the same spec would write different files (revision 2: chat templates
+/// that render tools and thinking).
+const REVISION: u32 = 2;
 
 /// Stored weight precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,14 +49,15 @@ impl DemoSpec {
         }
     }
 
-    /// A folder name that identifies the spec, for caches.
+    /// A folder name that identifies the spec and the generator's revision, for caches (a
+    /// cached model of an older revision is not reused).
     pub fn slug(&self) -> String {
         let dtype = match self.dtype {
             StoredDtype::F32 => "f32",
             StoredDtype::Bf16 => "bf16",
         };
         format!(
-            "{}-{}-seed{}-{dtype}-{}shard",
+            "{}-{}-seed{}-{dtype}-{}shard-r{REVISION}",
             self.arch.name(),
             self.size.name(),
             self.seed,

@@ -9,6 +9,7 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
 
 use super::corpus::CORPUS;
+use super::templates;
 use crate::EngineError;
 
 pub struct TrainedTokenizer {
@@ -18,12 +19,6 @@ pub struct TrainedTokenizer {
     pub bos_id: u32,
     pub eos_id: u32,
 }
-
-/// SmolLM2's template (ChatML with a default system prompt).
-const CHATML_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are Rosetta Demo, a helpful multilingual assistant.<|im_end|>\n' }}{% endif %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
-
-/// Llama 3's header format, with its BOS and role check.
-const LLAMA3_TEMPLATE: &str = "{{- bos_token }}{%- for message in messages %}{%- if message['role'] not in ['system', 'user', 'assistant'] %}{{- raise_exception('Unsupported role: ' + message['role']) }}{%- endif %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + (message['content'] | trim) + '<|eot_id|>' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}";
 
 struct Flavour {
     specials: &'static [&'static str],
@@ -48,15 +43,20 @@ fn flavour(arch: Arch) -> Flavour {
             bos: "<|begin_of_text|>",
             eos: "<|eot_id|>",
             extra_eos: &["<|end_of_text|>"],
-            template: LLAMA3_TEMPLATE,
+            template: templates::LLAMA3,
             add_bos: true,
         },
+        // One vocabulary for the three (the same specials keep token ids as they were).
         Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => Flavour {
             specials: &["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
             bos: "<|endoftext|>",
             eos: "<|im_end|>",
             extra_eos: &["<|endoftext|>"],
-            template: CHATML_TEMPLATE,
+            template: match arch {
+                Arch::Mistral => templates::MISTRAL,
+                Arch::Qwen3 => templates::QWEN3,
+                _ => templates::QWEN2,
+            },
             add_bos: false,
         },
     }

@@ -36,13 +36,33 @@ impl MessageContent {
 }
 
 /// One message as a template sees it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
 pub struct ChatMessage {
     pub role: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<MessageContent>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// An assistant turn's calls, as Hugging Face templates read them:
+    /// `{id, type, function: {name, arguments}}` with `arguments` an object where it parses.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<serde_json::Value>,
+    /// A tool turn's answer to this call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// An earlier assistant turn's thinking, for templates that show or strip it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+}
+
+/// What a rendering takes beside the messages.
+#[derive(Debug, Clone, Default)]
+pub struct RenderOptions<'a> {
+    pub add_generation_prompt: bool,
+    /// Function tools in OpenAI's chat form (`{type: function, function: {...}}`).
+    pub tools: Option<&'a [serde_json::Value]>,
+    /// `chat_template_kwargs`: extra variables (`enable_thinking`, ...), as vLLM passes them.
+    pub kwargs: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 pub struct ChatTemplate {
@@ -68,6 +88,7 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| EngineError::load(format!("invalid chat template: {e}")))?;
         let accepts_parts =
@@ -86,6 +107,21 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, EngineError> {
+        self.render_with(
+            messages,
+            &RenderOptions {
+                add_generation_prompt,
+                ..RenderOptions::default()
+            },
+        )
+    }
+
+    /// Renders the conversation with tools and template variables.
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        options: &RenderOptions<'_>,
+    ) -> Result<String, EngineError> {
         let messages: Vec<ChatMessage> = if self.accepts_parts {
             messages.to_vec()
         } else {
@@ -101,12 +137,17 @@ impl ChatTemplate {
             .env
             .get_template("chat")
             .map_err(|e| EngineError::Internal(e.to_string()))?;
-        let ctx = minijinja::context! {
+        let base = minijinja::context! {
             messages => messages,
-            add_generation_prompt => add_generation_prompt,
+            add_generation_prompt => options.add_generation_prompt,
             bos_token => self.bos_token.clone().unwrap_or_default(),
             eos_token => self.eos_token.clone().unwrap_or_default(),
-            tools => Value::from(()),
+            tools => options.tools.map_or(Value::from(()), Value::from_serialize),
+        };
+        // The request's variables come first so that they cannot replace the messages.
+        let ctx = match options.kwargs {
+            Some(kwargs) => minijinja::context! { ..base, ..Value::from_serialize(kwargs) },
+            None => base,
         };
         tmpl.render(ctx).map_err(|e| {
             let mut msg = e
@@ -119,6 +160,78 @@ impl ChatTemplate {
             EngineError::InvalidRequest(msg)
         })
     }
+}
+
+/// `tojson` as Hugging Face defines it for templates: Python's `json.dumps` with
+/// `ensure_ascii=False` (`", "` and `": "` separators, or `indent`), not minijinja's compact
+/// HTML-escaped form, so that tools render as the model saw them in training.
+fn tojson(value: &Value, kwargs: minijinja::value::Kwargs) -> Result<Value, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(value)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let mut out = String::new();
+    write_python_json(&json, indent, 0, &mut out);
+    Ok(Value::from_safe_string(out))
+}
+
+fn write_python_json(v: &serde_json::Value, indent: Option<usize>, depth: usize, out: &mut String) {
+    use serde_json::Value as J;
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(width) = indent {
+            out.push('\n');
+            out.extend(std::iter::repeat_n(' ', width * depth));
+        }
+    };
+    let separator = if indent.is_some() { "," } else { ", " };
+    match v {
+        J::Object(map) if !map.is_empty() => {
+            out.push('{');
+            for (i, (k, v)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(separator);
+                }
+                newline(out, depth + 1);
+                write_python_string(k, out);
+                out.push_str(": ");
+                write_python_json(v, indent, depth + 1, out);
+            }
+            newline(out, depth);
+            out.push('}');
+        }
+        J::Array(items) if !items.is_empty() => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(separator);
+                }
+                newline(out, depth + 1);
+                write_python_json(v, indent, depth + 1, out);
+            }
+            newline(out, depth);
+            out.push(']');
+        }
+        J::String(s) => write_python_string(s, out),
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+fn write_python_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 fn raise_exception(message: String) -> Result<Value, Error> {
@@ -177,7 +290,7 @@ mod tests {
         ChatMessage {
             role: role.into(),
             content: Some(MessageContent::Text(text.into())),
-            name: None,
+            ..ChatMessage::default()
         }
     }
 
@@ -226,7 +339,7 @@ mod tests {
         let m = ChatMessage {
             role: "user".into(),
             content: Some(parts),
-            name: None,
+            ..ChatMessage::default()
         };
         assert_eq!(
             t.render(&[m], false).unwrap(),

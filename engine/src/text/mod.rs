@@ -5,7 +5,7 @@ mod detok;
 mod stop;
 mod tokenizer;
 
-pub use chat_template::{ChatMessage, ChatTemplate, ContentPart, MessageContent};
+pub use chat_template::{ChatMessage, ChatTemplate, ContentPart, MessageContent, RenderOptions};
 pub use detok::IncrementalDetokenizer;
 pub use stop::StopMatcher;
 pub use tokenizer::{ModelTokenizer, SpecialTokens};
