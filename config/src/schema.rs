@@ -370,6 +370,44 @@ pub struct ModelConfig {
     /// neither `path` nor `demo` is served by its remote replicas only.
     #[serde(default)]
     pub remote: Vec<RemoteReplica>,
+    /// How tool calls are read back out of the model's text (vLLM's `--tool-call-parser`
+    /// names). `auto` picks by the chat template: `<tool_call>` → hermes, `[TOOL_CALLS]` →
+    /// mistral, Llama 3.1's `"parameters"` JSON → llama3_json, else none.
+    #[serde(default)]
+    pub tool_parser: ToolParser,
+    /// How thinking is split from the answer into `reasoning_content`. `auto`: qwen3 when
+    /// the template knows `<think>`, deepseek_r1 when its generation prompt opens one.
+    #[serde(default)]
+    pub reasoning_parser: ReasoningParser,
+}
+
+/// Tool-call formats, by template family.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolParser {
+    #[default]
+    Auto,
+    /// Hermes / Qwen2.5 / Qwen3: `<tool_call>{"name", "arguments"}</tool_call>`.
+    Hermes,
+    /// Llama 3.1+: `{"name", "parameters"}` JSON, several separated by `;`.
+    Llama3Json,
+    /// Mistral: `[TOOL_CALLS] [{"name", "arguments"}, ...]`.
+    Mistral,
+    /// The model cannot call tools; `tools` with `tool_choice: auto` is a 400.
+    None,
+}
+
+/// Thinking formats.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasoningParser {
+    #[default]
+    Auto,
+    /// Thinking only when the output opens `<think>`; it ends at `</think>`.
+    Qwen3,
+    /// The prompt opened `<think>`: thinking from the first token to `</think>`.
+    DeepseekR1,
+    None,
 }
 
 /// Where a model's weights come from.

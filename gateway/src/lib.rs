@@ -5,8 +5,10 @@
 
 pub mod access;
 pub mod api;
+pub mod assistant;
 pub mod auth;
 pub mod drain;
+pub mod ids;
 pub mod language;
 pub mod metrics;
 pub mod policy;

@@ -10,6 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rosetta_config::{Dtype, EngineDevice, ModelConfig, ModelSource};
 use rosetta_engine::demo::{self, DemoSpec};
 use rosetta_engine::grammar::GrammarCompiler;
+
+use crate::assistant::{self, ReasoningFormat, ToolFormat};
 use rosetta_engine::model::{ModelShape, Transformer, WeightDtype};
 use rosetta_engine::text::ModelTokenizer;
 use rosetta_engine::{Engine, NativeEngine, NativeEngineConfig};
@@ -31,6 +33,10 @@ pub struct ServedModel {
     /// Compiles structured-output grammars for its tokenizer; `None` if that tokenizer
     /// cannot be prepared for them (such requests then get 400).
     pub grammar: Option<Arc<GrammarCompiler>>,
+    /// How its tool calls are read out of its text; `None`: it cannot choose tools itself.
+    pub tool_format: Option<ToolFormat>,
+    /// How its thinking is split from its answer; `None`: it does not think.
+    pub reasoning: Option<ReasoningFormat>,
 }
 
 /// The default cache folder: `$XDG_CACHE_HOME/rosetta` or `~/.cache/rosetta`.
@@ -115,6 +121,8 @@ pub fn load_model(
             None
         }
     };
+    let template = tokenizer.chat_template().map(|t| t.source().to_string());
+    let template = template.as_deref();
     let started = std::time::Instant::now();
     let observer = options
         .metrics
@@ -174,6 +182,8 @@ pub fn load_model(
         vocab_size: shape.vocab_size,
         prefix_caching: cfg.engine.prefix_caching,
         grammar,
+        tool_format: assistant::tool_format(cfg.tool_parser, template),
+        reasoning: assistant::reasoning_format(cfg.reasoning_parser, template),
     })
 }
 

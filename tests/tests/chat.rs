@@ -396,9 +396,9 @@ async fn logprobs_without_top_logprobs() {
 }
 
 #[tokio::test]
-async fn llama_template_rejects_roles_it_does_not_know_with_400() {
+async fn a_tool_message_that_answers_no_call_is_a_400() {
     let s = Server::start_default();
-    // `tool` is a valid OpenAI role, but the Llama-3 demo template raises an exception for it.
+    // As OpenAI: a `tool` turn must answer a call an earlier assistant turn made.
     let r = s
         .post(
             "/v1/chat/completions",
@@ -413,6 +413,11 @@ async fn llama_template_rejects_roles_it_does_not_know_with_400() {
         )
         .await;
     r.assert_invalid();
+    assert_eq!(
+        r.json["error"]["param"], "messages[1].tool_call_id",
+        "{}",
+        r.text
+    );
     // And the server is fine afterwards.
     s.greedy_chat("tiny-llama", "hi", 2).await;
 }

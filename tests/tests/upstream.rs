@@ -87,7 +87,7 @@ async fn a_bad_request_gets_the_same_400_from_a_local_and_a_remote_model() {
         json!({"max_tokens": 0}),
         json!({"stream_options": {"include_usage": true}}),
         json!({"top_logprobs": 3}),
-        json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
+        json!({"tools": [{"type": "function"}]}),
     ];
     for extra in bad {
         let mut local = chat("here");

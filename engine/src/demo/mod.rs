@@ -4,7 +4,7 @@
 
 mod corpus;
 mod shapes;
-mod templates;
+pub mod templates;
 mod tokenizer;
 mod weights;
 

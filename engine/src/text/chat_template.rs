@@ -72,6 +72,7 @@ pub struct ChatTemplate {
     /// Whether the template reads content parts itself (`content[...]['type']`); otherwise
     /// multi-part content is flattened to a string, as vLLM does for string-only templates.
     accepts_parts: bool,
+    source: String,
 }
 
 impl ChatTemplate {
@@ -98,7 +99,13 @@ impl ChatTemplate {
             bos_token,
             eos_token,
             accepts_parts,
+            source: source.to_string(),
         })
+    }
+
+    /// The template's Jinja source (read to recognise its tool and thinking formats).
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Renders the conversation. A template's `raise_exception` becomes an InvalidRequest.

@@ -270,22 +270,7 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// A random id such as `chatcmpl-4f2a...`.
-pub fn new_id(prefix: &str) -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    let suffix: String = (0..24)
-        .map(|_| {
-            let i = rng.random_range(0..62u8);
-            (match i {
-                0..=9 => b'0' + i,
-                10..=35 => b'a' + i - 10,
-                _ => b'A' + i - 36,
-            }) as char
-        })
-        .collect();
-    format!("{prefix}-{suffix}")
-}
+pub use crate::ids::new_id;
 
 /// Text of a token for logprobs (lossy where a token is part of a character), and its bytes.
 pub fn token_text(model: &ServedModel, id: u32) -> (String, Vec<u8>) {

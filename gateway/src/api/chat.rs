@@ -10,7 +10,7 @@ use axum::Extension;
 use futures::{Stream, StreamExt};
 use rosetta_config::RequestLimits;
 use rosetta_engine::grammar::GrammarSpec;
-use rosetta_engine::text::{ChatMessage, ContentPart, MessageContent};
+use rosetta_engine::text::{ChatMessage, ContentPart, MessageContent, RenderOptions};
 use rosetta_engine::{EngineError, GeneratedToken};
 use serde_json::Value;
 
@@ -21,7 +21,9 @@ use super::extract::{parse_json, OpenAiJsonRaw};
 use super::params::{self, stated_language};
 use super::pipeline::{self, Answer, Generation, Rendered};
 use super::sse::{self, json_event};
+use super::tool_params::{self, Shape};
 use super::types::*;
+use crate::assistant::{OutputParser, Piece, Toolset, Turn};
 use crate::registry::ServedModel;
 use crate::state::AppState;
 
@@ -43,6 +45,8 @@ pub fn parse_messages(raw: &[Value], limits: &RequestLimits) -> Result<Vec<ChatM
         .map(Vec::len)
         .sum();
     params::at_most("messages", "content parts", parts, limits.max_content_parts)?;
+    // Ids of the calls made so far: a tool turn must answer one of them.
+    let mut call_ids: Vec<String> = Vec::new();
     raw.iter()
         .enumerate()
         .map(|(i, m)| {
@@ -84,9 +88,32 @@ pub fn parse_messages(raw: &[Value], limits: &RequestLimits) -> Result<Vec<ChatM
                 Some(Value::String(n)) => Some(n.clone()),
                 Some(_) => return Err(ApiError::invalid_param(&format!("{param}.name"), format!("Invalid '{param}.name': expected a string."))),
             };
+            let tool_calls = match obj.get("tool_calls") {
+                Some(calls) if role == "assistant" && !calls.is_null() => {
+                    let calls = tool_params::history_calls(calls, &param)?;
+                    call_ids.extend(calls.iter().filter_map(|c| c["id"].as_str().map(str::to_string)));
+                    calls
+                }
+                _ => Vec::new(),
+            };
+            let tool_call_id = if role == "tool" {
+                let id = obj.get("tool_call_id").and_then(Value::as_str).ok_or_else(|| {
+                    ApiError::invalid_param(&format!("{param}.tool_call_id"), format!("Missing required parameter: '{param}.tool_call_id'."))
+                })?;
+                if !call_ids.iter().any(|c| c == id) {
+                    return Err(ApiError::invalid_param(
+                        &format!("{param}.tool_call_id"),
+                        format!("Invalid '{param}': messages with role 'tool' must be a response to a preceding message with 'tool_calls'; no call has the id `{id}`."),
+                    ));
+                }
+                Some(id.to_string())
+            } else {
+                None
+            };
+            let reasoning_content = obj.get("reasoning_content").and_then(Value::as_str).map(str::to_string);
             // OpenAI's `developer` role is the system role of models that predate it.
             let role = if role == "developer" { "system" } else { role };
-            Ok(ChatMessage { role: role.to_string(), content, name })
+            Ok(ChatMessage { role: role.to_string(), content, name, tool_calls, tool_call_id, reasoning_content })
         })
         .collect()
 }
@@ -114,7 +141,7 @@ fn parse_parts(parts: &[Value], param: &str) -> Result<Vec<ContentPart>, ApiErro
 pub fn chat_prompt(
     model: &ServedModel,
     messages: &[ChatMessage],
-    add_generation_prompt: bool,
+    options: &RenderOptions<'_>,
 ) -> Result<Vec<u32>, ApiError> {
     let template = model.tokenizer.chat_template().ok_or_else(|| {
         ApiError::invalid(format!(
@@ -122,7 +149,7 @@ pub fn chat_prompt(
             model.id
         ))
     })?;
-    let text = template.render(messages, add_generation_prompt)?;
+    let text = template.render_with(messages, options)?;
     // The template already holds the special tokens (BOS); add no more, as Hugging Face does.
     Ok(model.tokenizer.encode(&text, false)?)
 }
@@ -148,6 +175,9 @@ pub struct ChatCall {
     pub add_generation_prompt: bool,
     /// `metadata.language`, unchecked.
     pub stated_language: Option<String>,
+    pub tools: Option<Toolset>,
+    /// Variables for the chat template (`chat_template_kwargs`, `reasoning_effort`).
+    pub template_kwargs: Option<serde_json::Map<String, Value>>,
 }
 
 fn validate(
@@ -156,15 +186,15 @@ fn validate(
     limits: &RequestLimits,
 ) -> Result<ChatCall, ApiError> {
     let messages = parse_messages(&req.messages, limits)?;
-    if let Some(tools) = &req.tools {
-        params::at_most("tools", "tools", tools.len(), limits.max_tools)?;
-        if !tools.is_empty() {
-            return Err(ApiError::invalid_param(
-                "tools",
-                "Tool calling is not supported by this server yet.",
-            ));
-        }
-    }
+    let tools = tool_params::toolset(
+        req.tools.as_deref(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls,
+        Shape::Chat,
+        limits,
+    )?;
+    let template_kwargs =
+        template_kwargs(req.chat_template_kwargs, req.reasoning_effort.as_deref())?;
     let response_format = match &req.response_format {
         None => None,
         Some(f) => response_format(f)?,
@@ -196,13 +226,97 @@ fn validate(
         }
         sampling.grammar = Some(std::sync::Arc::new(grammar));
     }
+    force_tool_calls(&mut sampling, tools.as_ref())?;
     Ok(ChatCall {
         model: req.model,
         messages,
         sampling,
         add_generation_prompt: req.add_generation_prompt.unwrap_or(true),
         stated_language: stated_language(fields),
+        tools,
+        template_kwargs,
     })
+}
+
+/// A call the client requires is the grammar the model decodes under; it cannot be
+/// combined with another structured output.
+pub fn force_tool_calls(
+    sampling: &mut params::Sampling,
+    tools: Option<&Toolset>,
+) -> Result<(), ApiError> {
+    let Some(grammar) = tools.and_then(Toolset::forced_grammar) else {
+        return Ok(());
+    };
+    if sampling.grammar.is_some() {
+        return Err(ApiError::invalid_param(
+            "tool_choice",
+            "A required or named tool call cannot be combined with `response_format` or another structured output.",
+        ));
+    }
+    sampling.grammar = Some(std::sync::Arc::new(grammar));
+    Ok(())
+}
+
+/// `reasoning_effort` values OpenAI defines.
+const EFFORTS: [&str; 5] = ["none", "minimal", "low", "medium", "high"];
+
+/// The template's variables: `chat_template_kwargs` as given, and `reasoning_effort`
+/// (which templates of reasoning models read; `none` also turns `enable_thinking` off unless
+/// the kwargs say otherwise).
+pub fn template_kwargs(
+    kwargs: Option<serde_json::Map<String, Value>>,
+    effort: Option<&str>,
+) -> Result<Option<serde_json::Map<String, Value>>, ApiError> {
+    let Some(effort) = effort else {
+        return Ok(kwargs);
+    };
+    if !EFFORTS.contains(&effort) {
+        return Err(ApiError::invalid_param(
+            "reasoning_effort",
+            format!(
+                "Invalid 'reasoning_effort': `{effort}`; expected one of {}.",
+                EFFORTS.join(", ")
+            ),
+        ));
+    }
+    let mut kwargs = kwargs.unwrap_or_default();
+    kwargs
+        .entry("reasoning_effort")
+        .or_insert_with(|| Value::from(effort));
+    if effort == "none" {
+        kwargs
+            .entry("enable_thinking")
+            .or_insert(Value::Bool(false));
+    }
+    Ok(Some(kwargs))
+}
+
+/// The model must be able to choose tools itself when the request leaves it the choice.
+pub fn check_tool_format(model: &ServedModel, tools: Option<&Toolset>) -> Result<(), ApiError> {
+    if tools.is_some_and(Toolset::parsed_from_text) && model.tool_format.is_none() {
+        return Err(ApiError::invalid_param(
+            "tool_choice",
+            format!(
+                "The model `{}` cannot choose tools itself: its chat template has no tool-call format Rosetta reads (set `tool_parser` in its config). Use `tool_choice: required` or name a function.",
+                model.id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The parser of one choice's output.
+pub fn output_parser(
+    model: &ServedModel,
+    tools: Option<&Toolset>,
+    sampling: &params::Sampling,
+) -> OutputParser {
+    OutputParser::new(
+        tools,
+        model.tool_format,
+        model.reasoning,
+        sampling.grammar.is_some() && tools.and_then(Toolset::forced_grammar).is_none(),
+    )
 }
 
 /// OpenAI's `response_format`: `text` (no constraint), `json_object` (any JSON object), or
@@ -292,11 +406,14 @@ impl Generation for ChatCall {
     }
 
     fn prompts(&self, model: &ServedModel) -> Result<Vec<Vec<u32>>, ApiError> {
-        Ok(vec![chat_prompt(
-            model,
-            &self.messages,
-            self.add_generation_prompt,
-        )?])
+        check_tool_format(model, self.tools.as_ref())?;
+        let tools = self.tools.as_ref().and_then(Toolset::for_template);
+        let options = RenderOptions {
+            add_generation_prompt: self.add_generation_prompt,
+            tools: tools.as_deref(),
+            kwargs: self.template_kwargs.as_ref(),
+        };
+        Ok(vec![chat_prompt(model, &self.messages, &options)?])
     }
 
     fn operation(&self) -> &'static str {
@@ -326,8 +443,11 @@ async fn render(chat: &ChatCall, answer: Answer<'_>) -> Result<Response, EngineE
         fingerprint: state.fingerprint().to_string(),
         top_logprobs: chat.sampling.params.sampling.logprobs,
     };
+    let parsers: Vec<OutputParser> = (0..n)
+        .map(|_| output_parser(&model, chat.tools.as_ref(), &chat.sampling))
+        .collect();
     if chat.sampling.stream {
-        let events = stream_chunks(items, meta, model, n, chat.sampling.include_usage);
+        let events = stream_chunks(items, meta, model, parsers, chat.sampling.include_usage);
         return Ok(sse::response(state.drain(), events));
     }
     let (choices, usage) = collect(items, n).await?;
@@ -339,28 +459,104 @@ async fn render(chat: &ChatCall, answer: Answer<'_>) -> Result<Response, EngineE
         system_fingerprint: meta.fingerprint.clone(),
         choices: choices
             .into_iter()
+            .zip(parsers)
             .enumerate()
-            .map(|(index, c)| ChatChoice {
-                index,
-                message: AssistantMessage {
-                    role: "assistant",
-                    content: c.text,
-                    refusal: None,
-                },
-                logprobs: meta.top_logprobs.map(|k| ChatLogprobs {
-                    content: c
-                        .tokens
-                        .iter()
-                        .map(|t| token_logprob(&model, t, k))
-                        .collect(),
-                    refusal: None,
-                }),
-                finish_reason: c.finish.map(|f| f.as_str()),
+            .map(|(index, (c, parser))| {
+                let turn = parser.read_whole(&c.text);
+                let finish = finish_reason(c.finish, !turn.calls.is_empty());
+                ChatChoice {
+                    index,
+                    message: assistant_message(turn),
+                    logprobs: meta.top_logprobs.map(|k| ChatLogprobs {
+                        content: c
+                            .tokens
+                            .iter()
+                            .map(|t| token_logprob(&model, t, k))
+                            .collect(),
+                        refusal: None,
+                    }),
+                    finish_reason: finish,
+                }
             })
             .collect(),
         usage: usage.into(),
     };
     Ok(axum::Json(body).into_response())
+}
+
+/// `tool_calls` when the turn called tools and ended by itself; else the engine's reason.
+fn finish_reason(
+    finish: Option<rosetta_engine::FinishReason>,
+    called: bool,
+) -> Option<&'static str> {
+    finish.map(|f| match f {
+        rosetta_engine::FinishReason::Stop if called => "tool_calls",
+        f => f.as_str(),
+    })
+}
+
+fn assistant_message(turn: Turn) -> AssistantMessage {
+    AssistantMessage {
+        role: "assistant",
+        content: turn.content,
+        refusal: None,
+        tool_calls: turn
+            .calls
+            .into_iter()
+            .map(|c| ToolCallOut {
+                id: c.id,
+                kind: "function",
+                function: FunctionCallOut {
+                    name: c.name,
+                    arguments: c.arguments,
+                },
+            })
+            .collect(),
+        reasoning_content: turn.reasoning,
+    }
+}
+
+/// One piece of a choice's output as a chunk's delta.
+fn piece_delta(piece: Piece) -> ChatDelta {
+    match piece {
+        Piece::Content(text) => ChatDelta {
+            content: Some(text),
+            ..ChatDelta::default()
+        },
+        Piece::Reasoning(text) => ChatDelta {
+            reasoning_content: Some(text),
+            ..ChatDelta::default()
+        },
+        Piece::Call {
+            index,
+            id,
+            name,
+            arguments,
+        } => ChatDelta {
+            tool_calls: Some(vec![ToolCallDelta {
+                index,
+                id: Some(id),
+                kind: Some("function"),
+                function: FunctionDelta {
+                    name: Some(name),
+                    arguments,
+                },
+            }]),
+            ..ChatDelta::default()
+        },
+        Piece::Arguments { index, fragment } => ChatDelta {
+            tool_calls: Some(vec![ToolCallDelta {
+                index,
+                id: None,
+                kind: None,
+                function: FunctionDelta {
+                    name: None,
+                    arguments: fragment,
+                },
+            }]),
+            ..ChatDelta::default()
+        },
+    }
 }
 
 /// What every chunk or body of one answer repeats: its id, time, model and fingerprint.
@@ -413,17 +609,18 @@ fn stream_chunks(
     items: impl Stream<Item = AnswerEvent> + Send + 'static,
     meta: ChatIdentity,
     model: std::sync::Arc<ServedModel>,
-    n: usize,
+    mut parsers: Vec<OutputParser>,
     include_usage: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
     // OpenAI opens each choice with a chunk carrying the role.
-    let opening: Vec<Event> = (0..n)
+    let opening: Vec<Event> = (0..parsers.len())
         .map(|index| {
             let choice = ChatChunkChoice {
                 index,
                 delta: ChatDelta {
                     role: Some("assistant"),
                     content: Some(String::new()),
+                    ..ChatDelta::default()
                 },
                 logprobs: None,
                 finish_reason: None,
@@ -431,11 +628,13 @@ fn stream_chunks(
             json_event(&meta.chunk(vec![choice], include_usage))
         })
         .collect();
+    // Whether each choice has called a tool (its finish reason is then `tool_calls`).
+    let mut called = vec![false; parsers.len()];
     let body = items.flat_map(move |item| {
         let events: Vec<Event> = match item {
             AnswerEvent::Delta(d) => {
                 let mut out = Vec::new();
-                let logprobs = meta.top_logprobs.map(|k| ChatLogprobs {
+                let mut logprobs = meta.top_logprobs.map(|k| ChatLogprobs {
                     content: d
                         .token
                         .iter()
@@ -443,14 +642,33 @@ fn stream_chunks(
                         .collect(),
                     refusal: None,
                 });
-                if !d.text.is_empty() || logprobs.is_some() {
+                let Some(parser) = parsers.get_mut(d.index) else {
+                    return futures::stream::iter(Vec::new().into_iter().map(Ok));
+                };
+                let mut pieces = if parser.is_plain() {
+                    (!d.text.is_empty())
+                        .then(|| Piece::Content(d.text.clone()))
+                        .into_iter()
+                        .collect()
+                } else {
+                    parser.push(&d.text)
+                };
+                if d.finish_reason.is_some() {
+                    pieces.extend(parser.finish());
+                }
+                if pieces.is_empty() && logprobs.is_some() {
+                    // The token's text is held back (it may open a marker); its logprobs
+                    // still go out with it.
+                    pieces.push(Piece::Content(String::new()));
+                }
+                for piece in pieces {
+                    if matches!(piece, Piece::Call { .. }) {
+                        called[d.index] = true;
+                    }
                     let choice = ChatChunkChoice {
                         index: d.index,
-                        delta: ChatDelta {
-                            role: None,
-                            content: Some(d.text),
-                        },
-                        logprobs,
+                        delta: piece_delta(piece),
+                        logprobs: logprobs.take(),
                         finish_reason: None,
                     };
                     out.push(json_event(&meta.chunk(vec![choice], include_usage)));
@@ -460,7 +678,7 @@ fn stream_chunks(
                         index: d.index,
                         delta: ChatDelta::default(),
                         logprobs: None,
-                        finish_reason: Some(f.as_str()),
+                        finish_reason: finish_reason(Some(f), called[d.index]),
                     };
                     out.push(json_event(&meta.chunk(vec![choice], include_usage)));
                 }

@@ -17,6 +17,7 @@ mod scrape;
 mod sse;
 mod sse_relay;
 mod tokenize;
+mod tool_params;
 pub mod types;
 
 use axum::extract::{DefaultBodyLimit, State};

@@ -35,9 +35,14 @@ pub async fn tokenize(
         (Some(p), None) => model
             .tokenizer
             .encode(p, req.add_special_tokens.unwrap_or(true))?,
-        (None, Some(messages)) => {
-            chat_prompt(&model, messages, req.add_generation_prompt.unwrap_or(true))?
-        }
+        (None, Some(messages)) => chat_prompt(
+            &model,
+            messages,
+            &rosetta_engine::text::RenderOptions {
+                add_generation_prompt: req.add_generation_prompt.unwrap_or(true),
+                ..Default::default()
+            },
+        )?,
         _ => {
             return Err(ApiError::invalid(
                 "Give exactly one of 'prompt' or 'messages'.",

@@ -73,6 +73,16 @@ const VALIDATED_FIELDS: &[&str] = &[
     "logprobs",
     "top_logprobs",
     "add_generation_prompt",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "reasoning_effort",
+    // responses
+    "input",
+    "instructions",
+    "max_output_tokens",
+    "text",
+    "store",
     // completions
     "prompt",
     "echo",
