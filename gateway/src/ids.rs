@@ -22,6 +22,11 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", random_alphanumeric(24))
 }
 
+/// A Responses API id, as OpenAI writes them: `resp_…`, `msg_…`, `fc_…`, `rs_…`.
+pub fn item_id(prefix: &str) -> String {
+    format!("{prefix}_{}", random_alphanumeric(24))
+}
+
 /// A tool call's id, as OpenAI writes them: `call_` and 24 characters.
 pub fn tool_call_id() -> String {
     format!("call_{}", random_alphanumeric(24))

@@ -7,6 +7,10 @@ use std::time::Duration;
 use rosetta_tests::*;
 
 fn run_client(config: &str, model: &str) {
+    run_script("openai_client.py", config, model);
+}
+
+fn run_script(script: &str, config: &str, model: &str) {
     let clients = tests_dir().join("clients");
     let python = clients.join(".venv").join("bin").join("python");
     assert!(
@@ -17,13 +21,13 @@ fn run_client(config: &str, model: &str) {
     );
     let s = Server::start(config);
     let mut cmd = Command::new(&python);
-    cmd.arg(clients.join("openai_client.py"))
+    cmd.arg(clients.join(script))
         .args(["--base-url", s.base_url(), "--model", model]);
     let out = run_with_timeout(&mut cmd, Duration::from_secs(180));
     println!("{}", out.stdout);
     assert!(
         out.success(),
-        "openai_client.py failed:\n{}\n{}",
+        "{script} failed:\n{}\n{}",
         out.stdout,
         out.stderr
     );
@@ -47,4 +51,21 @@ models:
 "#,
         "rosetta/tiny-qwen2",
     );
+}
+
+/// Agents' use of the SDK: function tools, `parse` with pydantic, the stream helper with tool
+/// calls, and the Responses API with its streaming events (tests/clients/openai_agents.py),
+/// on a model whose template thinks (Qwen3's) and one of Llama 3.1's family.
+#[test]
+fn openai_python_sdk_as_agents_use_it() {
+    let config = r#"
+cache_dir: "{cache}"
+auth: { allow_unauthenticated: true, anonymous_tenant: local }
+tenants: [{ id: local, accepted_licences: [llama3.1] }]
+models:
+  - { id: qwen3, demo: { arch: qwen3, size: tiny, seed: 1 }, licence: apache-2.0, max_context: 4096, engine: { kv_cache_bytes: 67108864 } }
+  - { id: llama, demo: { arch: llama, size: tiny, seed: 1 }, licence: llama3.1, max_context: 4096, engine: { kv_cache_bytes: 67108864 } }
+"#;
+    run_script("openai_agents.py", config, "qwen3");
+    run_script("openai_agents.py", config, "llama");
 }

@@ -13,6 +13,7 @@ mod observe;
 mod params;
 mod pipeline;
 pub mod ratelimit_headers;
+mod responses;
 mod scrape;
 mod sse;
 mod sse_relay;
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
+        .route("/v1/responses", post(responses::create))
         .route("/v1/models", get(models::list))
         // Ids may contain slashes (`org/name`), which SDKs put in the path unencoded.
         .route("/v1/models/{*id}", get(models::get))

@@ -70,7 +70,7 @@ pub struct Metadata {
 
 /// An integer field: an integer, or a number with no fraction (`1.0`), as OpenAI's API takes
 /// it; anything else is an error naming the field.
-fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     use serde::de::Error;
     match Option::<serde_json::Number>::deserialize(d)? {
         None => Ok(None),
