@@ -610,3 +610,46 @@ async fn stream_options_without_stream_is_rejected() {
     r.assert_error(400, Some("invalid_request_error"), None);
     assert_eq!(r.json["error"]["param"], "stream_options", "{}", r.text);
 }
+
+/// Every field of OpenAI's chat request is accepted; those that have no effect here (listed
+/// in the README) are ignored, never a 400.
+#[tokio::test]
+async fn every_field_of_the_spec_is_accepted() {
+    let s = Server::start_default();
+    let v = s
+        .chat(json!({
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "Habari"}],
+            "max_completion_tokens": 3,
+            "store": true,
+            "service_tier": "auto",
+            "prediction": {"type": "content", "content": "Habari yako"},
+            "web_search_options": {"search_context_size": "low"},
+            "audio": null,
+            "modalities": ["text"],
+            "moderation": null,
+            "prompt_cache_key": "session-1",
+            "prompt_cache_retention": "24h",
+            "safety_identifier": "user-hash",
+            "verbosity": "low",
+            "user": "someone",
+            "metadata": {"team": "sw"},
+            "parallel_tool_calls": true,
+            "reasoning_effort": "low",
+            "frequency_penalty": 0.1,
+            "presence_penalty": 0.1,
+            "logprobs": false,
+            "n": 1,
+            "seed": 4,
+            "stop": null,
+            "stream": false,
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "tool_choice": "none",
+            "tools": [],
+            "response_format": {"type": "text"},
+            "logit_bias": {},
+        }))
+        .await;
+    assert_eq!(v["object"], "chat.completion", "{v}");
+}

@@ -337,3 +337,79 @@ async fn thinking_comes_back_apart_from_the_answer() {
         "{r}"
     );
 }
+
+#[tokio::test]
+async fn deprecated_functions_are_answered_as_function_call() {
+    let s = Server::start(CONFIG);
+    let functions: Vec<Value> = tools()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"].clone())
+        .collect();
+    let r = s
+        .chat(json!({
+            "model": "hermes", "max_tokens": 100, "seed": 2,
+            "messages": [{"role": "user", "content": "Hali ya hewa?"}],
+            "functions": functions, "function_call": {"name": "get_weather"}
+        }))
+        .await;
+    let choice = &r["choices"][0];
+    assert_eq!(choice["finish_reason"], "function_call", "{r}");
+    let call = &choice["message"]["function_call"];
+    assert_eq!(call["name"], "get_weather", "{r}");
+    serde_json::from_str::<Value>(call["arguments"].as_str().unwrap()).unwrap();
+    assert!(choice["message"].get("tool_calls").is_none(), "{r}");
+    // Its result comes back as a `function` message.
+    let r = s
+        .chat(json!({
+            "model": "hermes", "max_tokens": 3, "functions": functions,
+            "messages": [
+                {"role": "user", "content": "Hali ya hewa?"},
+                {"role": "assistant", "content": null, "function_call": call},
+                {"role": "function", "name": "get_weather", "content": "21C"}
+            ]
+        }))
+        .await;
+    assert_eq!(r["object"], "chat.completion", "{r}");
+}
+
+#[tokio::test]
+async fn models_report_their_context_and_capabilities() {
+    let s = Server::start(CONFIG);
+    let list = s.get("/v1/models").await.ok();
+    let model = |id: &str| {
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    for (id, auto, reasoning) in [
+        ("hermes", true, false),
+        ("llama3", true, false),
+        ("mistral", true, false),
+        ("thinker", true, true),
+        ("no-tools", false, false),
+    ] {
+        let m = model(id);
+        assert_eq!(m["context_length"], 4096, "{m}");
+        let c = &m["capabilities"];
+        assert_eq!(c["tools"], true, "{m}");
+        assert_eq!(c["structured_outputs"], true, "{m}");
+        assert_eq!(c["tool_choice_auto"], auto, "{m}");
+        assert_eq!(c["reasoning"], reasoning, "{m}");
+        let params: Vec<&str> = m["supported_parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert!(
+            params.contains(&"tools") && params.contains(&"response_format"),
+            "{m}"
+        );
+    }
+}

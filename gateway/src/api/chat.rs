@@ -27,7 +27,15 @@ use crate::assistant::{OutputParser, Piece, Toolset, Turn};
 use crate::registry::ServedModel;
 use crate::state::AppState;
 
-const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+/// `function` is the deprecated form of `tool` (a result for the last `function_call`).
+const ROLES: [&str; 6] = [
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
 
 /// Checks the messages by hand so each mistake gets a message naming it, and their count and
 /// content parts against the server's limits.
@@ -88,15 +96,29 @@ pub fn parse_messages(raw: &[Value], limits: &RequestLimits) -> Result<Vec<ChatM
                 Some(Value::String(n)) => Some(n.clone()),
                 Some(_) => return Err(ApiError::invalid_param(&format!("{param}.name"), format!("Invalid '{param}.name': expected a string."))),
             };
-            let tool_calls = match obj.get("tool_calls") {
-                Some(calls) if role == "assistant" && !calls.is_null() => {
+            let tool_calls = match (obj.get("tool_calls"), obj.get("function_call")) {
+                (Some(calls), _) if role == "assistant" && !calls.is_null() => {
                     let calls = tool_params::history_calls(calls, &param)?;
                     call_ids.extend(calls.iter().filter_map(|c| c["id"].as_str().map(str::to_string)));
                     calls
                 }
+                // The deprecated single call: given an id its `function` result answers.
+                (_, Some(call)) if role == "assistant" && !call.is_null() => {
+                    let id = format!("call_legacy_{i}");
+                    let calls = serde_json::json!([{"id": id, "type": "function", "function": call}]);
+                    let calls = tool_params::history_calls(&calls, &param)
+                        .map_err(|e| e.with_param(&format!("{param}.function_call")))?;
+                    call_ids.push(id);
+                    calls
+                }
                 _ => Vec::new(),
             };
-            let tool_call_id = if role == "tool" {
+            let tool_call_id = if role == "function" {
+                let id = call_ids.last().filter(|id| id.starts_with("call_legacy_")).ok_or_else(|| {
+                    ApiError::invalid_param(&param, format!("Invalid '{param}': messages with role 'function' must follow an assistant message with a 'function_call'."))
+                })?;
+                Some(id.clone())
+            } else if role == "tool" {
                 let id = obj.get("tool_call_id").and_then(Value::as_str).ok_or_else(|| {
                     ApiError::invalid_param(&format!("{param}.tool_call_id"), format!("Missing required parameter: '{param}.tool_call_id'."))
                 })?;
@@ -112,7 +134,11 @@ pub fn parse_messages(raw: &[Value], limits: &RequestLimits) -> Result<Vec<ChatM
             };
             let reasoning_content = obj.get("reasoning_content").and_then(Value::as_str).map(str::to_string);
             // OpenAI's `developer` role is the system role of models that predate it.
-            let role = if role == "developer" { "system" } else { role };
+            let role = match role {
+                "developer" => "system",
+                "function" => "tool",
+                r => r,
+            };
             Ok(ChatMessage { role: role.to_string(), content, name, tool_calls, tool_call_id, reasoning_content })
         })
         .collect()
@@ -178,6 +204,8 @@ pub struct ChatCall {
     pub tools: Option<Toolset>,
     /// Variables for the chat template (`chat_template_kwargs`, `reasoning_effort`).
     pub template_kwargs: Option<serde_json::Map<String, Value>>,
+    /// The request used `functions`: its call is answered as `function_call`.
+    pub legacy_functions: bool,
 }
 
 fn validate(
@@ -186,13 +214,22 @@ fn validate(
     limits: &RequestLimits,
 ) -> Result<ChatCall, ApiError> {
     let messages = parse_messages(&req.messages, limits)?;
-    let tools = tool_params::toolset(
-        req.tools.as_deref(),
-        req.tool_choice.as_ref(),
-        req.parallel_tool_calls,
-        Shape::Chat,
-        limits,
-    )?;
+    let legacy_functions = req.functions.is_some() && req.tools.is_none();
+    let tools = if legacy_functions {
+        legacy_toolset(
+            req.functions.as_deref().unwrap_or_default(),
+            req.function_call.as_ref(),
+            limits,
+        )?
+    } else {
+        tool_params::toolset(
+            req.tools.as_deref(),
+            req.tool_choice.as_ref(),
+            req.parallel_tool_calls,
+            Shape::Chat,
+            limits,
+        )?
+    };
     let template_kwargs =
         template_kwargs(req.chat_template_kwargs, req.reasoning_effort.as_deref())?;
     let response_format = match &req.response_format {
@@ -235,6 +272,38 @@ fn validate(
         stated_language: stated_language(fields),
         tools,
         template_kwargs,
+        legacy_functions,
+    })
+}
+
+/// `functions` and `function_call` (OpenAI's deprecated forms) as tools: one call at most.
+fn legacy_toolset(
+    functions: &[Value],
+    function_call: Option<&Value>,
+    limits: &RequestLimits,
+) -> Result<Option<Toolset>, ApiError> {
+    let tools: Vec<Value> = functions
+        .iter()
+        .map(|f| serde_json::json!({"type": "function", "function": f}))
+        .collect();
+    let choice = match function_call {
+        Some(Value::Object(o)) => Some(serde_json::json!({"type": "function", "function": o})),
+        other => other.cloned(),
+    };
+    tool_params::toolset(
+        Some(&tools),
+        choice.as_ref(),
+        Some(false),
+        Shape::Chat,
+        limits,
+    )
+    .map_err(|e| match e.body.param.clone() {
+        Some(p) => e.with_param(
+            &p.replace("tools[", "functions[")
+                .replace(".function.", ".")
+                .replace("tool_choice", "function_call"),
+        ),
+        None => e,
     })
 }
 
@@ -447,7 +516,14 @@ async fn render(chat: &ChatCall, answer: Answer<'_>) -> Result<Response, EngineE
         .map(|_| output_parser(&model, chat.tools.as_ref(), &chat.sampling))
         .collect();
     if chat.sampling.stream {
-        let events = stream_chunks(items, meta, model, parsers, chat.sampling.include_usage);
+        let events = stream_chunks(
+            items,
+            meta,
+            model,
+            parsers,
+            chat.sampling.include_usage,
+            chat.legacy_functions,
+        );
         return Ok(sse::response(state.drain(), events));
     }
     let (choices, usage) = collect(items, n).await?;
@@ -463,10 +539,10 @@ async fn render(chat: &ChatCall, answer: Answer<'_>) -> Result<Response, EngineE
             .enumerate()
             .map(|(index, (c, parser))| {
                 let turn = parser.read_whole(&c.text);
-                let finish = finish_reason(c.finish, !turn.calls.is_empty());
+                let finish = finish_reason(c.finish, !turn.calls.is_empty(), chat.legacy_functions);
                 ChatChoice {
                     index,
-                    message: assistant_message(turn),
+                    message: assistant_message(turn, chat.legacy_functions),
                     logprobs: meta.top_logprobs.map(|k| ChatLogprobs {
                         content: c
                             .tokens
@@ -484,41 +560,72 @@ async fn render(chat: &ChatCall, answer: Answer<'_>) -> Result<Response, EngineE
     Ok(axum::Json(body).into_response())
 }
 
-/// `tool_calls` when the turn called tools and ended by itself; else the engine's reason.
+/// `tool_calls` (or `function_call`) when the turn called tools and ended by itself; else
+/// the engine's reason.
 fn finish_reason(
     finish: Option<rosetta_engine::FinishReason>,
     called: bool,
+    legacy: bool,
 ) -> Option<&'static str> {
     finish.map(|f| match f {
+        rosetta_engine::FinishReason::Stop if called && legacy => "function_call",
         rosetta_engine::FinishReason::Stop if called => "tool_calls",
         f => f.as_str(),
     })
 }
 
-fn assistant_message(turn: Turn) -> AssistantMessage {
+fn assistant_message(turn: Turn, legacy: bool) -> AssistantMessage {
+    let calls = turn.calls.into_iter().map(|c| {
+        (
+            c.id,
+            FunctionCallOut {
+                name: c.name,
+                arguments: c.arguments,
+            },
+        )
+    });
+    let (tool_calls, function_call) = if legacy {
+        (Vec::new(), calls.map(|(_, f)| f).next())
+    } else {
+        let calls = calls
+            .map(|(id, function)| ToolCallOut {
+                id,
+                kind: "function",
+                function,
+            })
+            .collect();
+        (calls, None)
+    };
     AssistantMessage {
         role: "assistant",
         content: turn.content,
         refusal: None,
-        tool_calls: turn
-            .calls
-            .into_iter()
-            .map(|c| ToolCallOut {
-                id: c.id,
-                kind: "function",
-                function: FunctionCallOut {
-                    name: c.name,
-                    arguments: c.arguments,
-                },
-            })
-            .collect(),
+        tool_calls,
+        function_call,
         reasoning_content: turn.reasoning,
     }
 }
 
-/// One piece of a choice's output as a chunk's delta.
-fn piece_delta(piece: Piece) -> ChatDelta {
+/// One piece of a choice's output as a chunk's delta (a call as `function_call` for a
+/// request that sent `functions`).
+fn piece_delta(piece: Piece, legacy: bool) -> ChatDelta {
     match piece {
+        Piece::Call {
+            name, arguments, ..
+        } if legacy => ChatDelta {
+            function_call: Some(FunctionDelta {
+                name: Some(name),
+                arguments,
+            }),
+            ..ChatDelta::default()
+        },
+        Piece::Arguments { fragment, .. } if legacy => ChatDelta {
+            function_call: Some(FunctionDelta {
+                name: None,
+                arguments: fragment,
+            }),
+            ..ChatDelta::default()
+        },
         Piece::Content(text) => ChatDelta {
             content: Some(text),
             ..ChatDelta::default()
@@ -611,6 +718,7 @@ fn stream_chunks(
     model: std::sync::Arc<ServedModel>,
     mut parsers: Vec<OutputParser>,
     include_usage: bool,
+    legacy: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
     // OpenAI opens each choice with a chunk carrying the role.
     let opening: Vec<Event> = (0..parsers.len())
@@ -667,7 +775,7 @@ fn stream_chunks(
                     }
                     let choice = ChatChunkChoice {
                         index: d.index,
-                        delta: piece_delta(piece),
+                        delta: piece_delta(piece, legacy),
                         logprobs: logprobs.take(),
                         finish_reason: None,
                     };
@@ -678,7 +786,7 @@ fn stream_chunks(
                         index: d.index,
                         delta: ChatDelta::default(),
                         logprobs: None,
-                        finish_reason: finish_reason(Some(f), called[d.index]),
+                        finish_reason: finish_reason(Some(f), called[d.index], legacy),
                     };
                     out.push(json_event(&meta.chunk(vec![choice], include_usage)));
                 }

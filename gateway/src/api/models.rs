@@ -5,7 +5,7 @@ use axum::{Extension, Json};
 
 use super::authentication::Caller;
 use super::error::ApiError;
-use super::types::{ModelList, ModelObject};
+use super::types::{Capabilities, ModelList, ModelObject};
 use crate::policy::Action;
 use crate::registry::ServedModel;
 use crate::state::AppState;
@@ -21,7 +21,50 @@ fn object(config: &ModelConfig, local: Option<&ServedModel>) -> ModelObject {
         languages: config.languages.clone(),
         routes_to: None,
         max_model_len: local.map(|m| m.max_context),
+        context_length: local.map(|m| m.max_context),
+        capabilities: local.map(capabilities),
+        supported_parameters: local.map(supported_parameters),
     }
+}
+
+fn capabilities(m: &ServedModel) -> Capabilities {
+    let grammar = m.grammar.is_some();
+    Capabilities {
+        tools: grammar || m.tool_format.is_some(),
+        tool_choice_auto: m.tool_format.is_some(),
+        structured_outputs: grammar,
+        reasoning: m.reasoning.is_some(),
+    }
+}
+
+fn supported_parameters(m: &ServedModel) -> Vec<&'static str> {
+    let c = capabilities(m);
+    let mut p = vec![
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "stop",
+        "seed",
+        "n",
+        "frequency_penalty",
+        "presence_penalty",
+        "repetition_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+    ];
+    if c.tools {
+        p.extend(["tools", "tool_choice", "parallel_tool_calls"]);
+    }
+    if c.structured_outputs {
+        p.extend(["response_format", "structured_outputs"]);
+    }
+    if c.reasoning {
+        p.extend(["reasoning", "reasoning_effort"]);
+    }
+    p
 }
 
 /// A route alias as a model the caller can name, if it may reach at least one of its models.
@@ -40,6 +83,9 @@ fn alias_object(state: &AppState, caller: &Caller, alias: &str) -> Option<ModelO
         languages,
         routes_to: Some(reachable),
         max_model_len: None,
+        context_length: None,
+        capabilities: None,
+        supported_parameters: None,
     })
 }
 

@@ -177,6 +177,7 @@ fn validate(
             stated_language: stated_language(fields),
             tools,
             template_kwargs,
+            legacy_functions: false,
         },
         echo,
     })

@@ -103,6 +103,10 @@ pub struct ChatCompletionRequest {
     pub tools: Option<Vec<serde_json::Value>>,
     pub tool_choice: Option<serde_json::Value>,
     pub parallel_tool_calls: Option<bool>,
+    /// The deprecated forms of `tools` and `tool_choice`, answered in their own shape
+    /// (`message.function_call`).
+    pub functions: Option<Vec<serde_json::Value>>,
+    pub function_call: Option<serde_json::Value>,
     pub response_format: Option<serde_json::Value>,
     /// `none`, `minimal`, `low`, `medium`, `high`: `none` turns a thinking template's
     /// thinking off.
@@ -171,6 +175,9 @@ pub struct AssistantMessage {
     pub refusal: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCallOut>,
+    /// The deprecated single call, for requests that sent `functions`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function_call: Option<FunctionCallOut>,
     /// The model's thinking, apart from its answer (vLLM's field).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
@@ -261,6 +268,8 @@ pub struct ChatDelta {
     pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallDelta>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function_call: Option<FunctionDelta>,
 }
 
 // --- completions responses ---
@@ -313,6 +322,28 @@ pub struct ModelObject {
     /// Known for models served here; remote-only models leave it out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_model_len: Option<usize>,
+    /// The same, under OpenRouter's name (which aider and LiteLLM read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<usize>,
+    /// What the model can do here (models served here only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
+    /// OpenRouter's list of the request parameters the model honours.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supported_parameters: Option<Vec<&'static str>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Capabilities {
+    /// Function tools: a required or named call always (constrained decoding), and the
+    /// model's own choice when its template has a tool-call format.
+    pub tools: bool,
+    /// `tool_choice: auto`: the model may choose, and its calls are read back.
+    pub tool_choice_auto: bool,
+    /// `response_format` json_schema / json_object, enforced.
+    pub structured_outputs: bool,
+    /// Thinking returned as `reasoning_content`.
+    pub reasoning: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -76,6 +76,8 @@ const VALIDATED_FIELDS: &[&str] = &[
     "tools",
     "tool_choice",
     "parallel_tool_calls",
+    "functions",
+    "function_call",
     "reasoning_effort",
     // responses
     "input",
