@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The project's one test command: sets up the Python SDK client's virtual environment,
-# builds the `rosetta` binary, and runs every test in the workspace.
+# The project's one test command: sets up the Python SDK clients' virtual environment and
+# the JavaScript clients' node_modules, builds the `rosetta` binary, and runs every test in
+# the workspace.
 #
 #   scripts/test.sh                    # everything
 #   scripts/test.sh -p rosetta-tests   # extra arguments go to `cargo test`
@@ -29,6 +30,9 @@ fi
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# node and npm run the openai npm package and the Vercel AI SDK (tests/clients/js).
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if ((${#missing[@]})); then
     echo "installing Debian packages: ${missing[*]}" >&2
     sudo=()
@@ -37,6 +41,14 @@ if ((${#missing[@]})); then
     "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null \
         || { "${sudo[@]}" apt-get update -qq \
             && "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
+fi
+
+# The JavaScript clients, exactly as locked (package-lock.json), from npm.
+js="$clients/js"
+if ! cmp -s "$js/package-lock.json" "$js/node_modules/.installed-lock.json" 2>/dev/null; then
+    echo "installing $js/node_modules (openai, ai, @ai-sdk/openai-compatible, zod)" >&2
+    (cd "$js" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$js/package-lock.json" "$js/node_modules/.installed-lock.json"
 fi
 
 # The tested binary can inject engine faults (engine/src/native/fault.rs): a test-only

@@ -69,3 +69,36 @@ models:
     run_script("openai_agents.py", config, "qwen3");
     run_script("openai_agents.py", config, "llama");
 }
+
+/// The `openai` npm package and the Vercel AI SDK (`generateObject` with a zod schema,
+/// `generateText` with a tool loop): tests/clients/js/agents.mjs, installed by
+/// scripts/test.sh with `npm ci`.
+#[test]
+fn openai_npm_package_and_vercel_ai_sdk() {
+    let js = tests_dir().join("clients").join("js");
+    assert!(
+        js.join("node_modules").join("ai").is_dir(),
+        "{} is missing: run scripts/test.sh (it runs `npm ci` there)",
+        js.join("node_modules").display()
+    );
+    let config = r#"
+cache_dir: "{cache}"
+auth: { allow_unauthenticated: true, anonymous_tenant: local }
+tenants: [{ id: local, accepted_licences: [llama3.1] }]
+models:
+  - { id: qwen3, demo: { arch: qwen3, size: tiny, seed: 1 }, licence: apache-2.0, max_context: 4096, engine: { kv_cache_bytes: 67108864 } }
+"#;
+    let s = Server::start(config);
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&js)
+        .arg("agents.mjs")
+        .args([s.base_url(), "qwen3"]);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(180));
+    println!("{}", out.stdout);
+    assert!(
+        out.success(),
+        "agents.mjs failed:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+}
