@@ -13,6 +13,8 @@ auth: { allow_unauthenticated: true }
 models:
   - { id: chatml, demo: { arch: qwen2, size: tiny, seed: 1 }, licence: apache-2.0, max_context: 1024, engine: { kv_cache_bytes: 16777216 } }
   - { id: llama3, demo: { arch: llama, size: tiny, seed: 1 }, licence: llama3.1, max_context: 1024, engine: { kv_cache_bytes: 16777216 } }
+  - { id: mistral, demo: { arch: mistral, size: tiny, seed: 1 }, licence: apache-2.0, max_context: 1024, engine: { kv_cache_bytes: 16777216 } }
+  - { id: qwen3, demo: { arch: qwen3, size: tiny, seed: 1 }, licence: apache-2.0, max_context: 1024, engine: { kv_cache_bytes: 16777216 } }
 tenants: [{ id: anonymous, accepted_licences: [llama3.1] }]
 "#;
 
@@ -95,7 +97,8 @@ fn chat(model: &str, schema: &Value, seed: u64) -> Value {
 async fn every_output_validates_against_its_schema_for_every_seed() {
     let s = Server::start(CONFIG);
     let mut checked = 0;
-    for model in ["chatml", "llama3"] {
+    // One model of each template family.
+    for model in ["chatml", "llama3", "mistral", "qwen3"] {
         for schema in schemas() {
             let validator = jsonschema::validator_for(&schema).unwrap();
             for seed in 0..20 {
@@ -117,7 +120,7 @@ async fn every_output_validates_against_its_schema_for_every_seed() {
             }
         }
     }
-    assert_eq!(checked, 2 * 4 * 20);
+    assert_eq!(checked, 4 * 4 * 20);
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 use super::formats::ToolFormat;
-use super::output::Piece;
+use super::piece::Piece;
 use super::partial_marker_len;
 
 /// Reads calls out of text given piece by piece.

@@ -5,11 +5,13 @@
 mod calls;
 mod formats;
 mod output;
+mod piece;
 mod reasoning;
 mod tools;
 
 pub use formats::{reasoning_format, tool_format, ReasoningFormat, ToolFormat};
-pub use output::{OutputParser, Piece, ToolCall, Turn};
+pub use output::{OutputParser, ToolCall, Turn};
+pub use piece::Piece;
 pub use tools::{Tool, ToolChoice, ToolError, Toolset};
 
 /// The longest end of `text` that could be the start of `marker` (held back until the next

@@ -3,29 +3,10 @@
 //! answer and a whole one always agree.
 
 use super::calls::{self, CallReader, NamedCall, RequiredCalls};
+use super::piece::Piece;
 use super::formats::{ReasoningFormat, ToolFormat};
 use super::reasoning::{ReasoningSplitter, Thought};
 use super::tools::{ToolChoice, Toolset};
-
-/// A piece of one choice's output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Piece {
-    Reasoning(String),
-    Content(String),
-    /// A call begins: its id and name, and its arguments so far (all of them, unless
-    /// `Arguments` pieces follow).
-    Call {
-        index: usize,
-        id: String,
-        name: String,
-        arguments: String,
-    },
-    /// More of a call's arguments.
-    Arguments {
-        index: usize,
-        fragment: String,
-    },
-}
 
 /// A complete tool call.
 #[derive(Debug, Clone, PartialEq, Eq)]
