@@ -14,7 +14,7 @@ use rosetta_engine::demo::{Arch, DemoSpec, Size};
 use rosetta_engine::kv::KvLayout;
 use rosetta_engine::model::cuda::CudaTransformer;
 use rosetta_engine::model::{
-    BlockCopy, LoadedModel, LogitRows, ModelRunner, SeqChunk, Transformer, WeightDtype,
+    BlockCopy, LogitRows, ModelRunner, ModelWeights, SeqChunk, Transformer, WeightDtype,
 };
 
 fn chunk<'a>(

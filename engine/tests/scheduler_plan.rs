@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use rosetta_engine::demo::{Arch, DemoSpec, Size};
 use rosetta_engine::kv::KvLayout;
-use rosetta_engine::model::{BlockCopy, LoadedModel, LogitRows, ModelRunner, ModelShape, SeqChunk};
+use rosetta_engine::model::{
+    BlockCopy, LogitRows, ModelRunner, ModelShape, ModelWeights, SeqChunk,
+};
 use rosetta_engine::text::ModelTokenizer;
 use rosetta_engine::{ChoiceEnd, ChoiceStats, EngineObserver, FinishReason, Observer, StepStats};
 use rosetta_engine::{
@@ -46,7 +48,7 @@ struct FakeRunner {
     log: Log,
 }
 
-impl LoadedModel for FakeModel {
+impl ModelWeights for FakeModel {
     fn shape(&self) -> &ModelShape {
         &self.shape
     }

@@ -16,8 +16,9 @@ use rosetta_engine::model::{ModelShape, Transformer, WeightDtype};
 use rosetta_engine::text::ModelTokenizer;
 use rosetta_engine::{Engine, NativeEngine, NativeEngineConfig};
 
-/// A loaded model and the engine that serves it.
-pub struct ServedModel {
+/// A model this process serves itself (not a remote replica's): its engine, tokenizer,
+/// grammar compiler, tool and thinking formats, and what the config says of it.
+pub struct LocalModel {
     pub id: String,
     pub created: u64,
     pub licence: String,
@@ -85,7 +86,7 @@ pub fn load_model(
     cfg: &ModelConfig,
     cache_dir: &Path,
     options: &EngineOptions,
-) -> anyhow::Result<ServedModel> {
+) -> anyhow::Result<LocalModel> {
     let dir = match cfg.source() {
         Some(ModelSource::Path(p)) => p,
         Some(ModelSource::Demo(d)) => {
@@ -168,7 +169,7 @@ pub fn load_model(
     }
     .with_context(context)?;
     tracing::info!(model = %cfg.id, path = %dir.display(), max_context, elapsed_ms = started.elapsed().as_millis() as u64, "model loaded");
-    Ok(ServedModel {
+    Ok(LocalModel {
         id: cfg.id.clone(),
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -9,7 +9,7 @@ use crate::access::Access;
 use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
-use crate::registry::ServedModel;
+use crate::registry::LocalModel;
 use crate::router::Router;
 use crate::secrets::SaltKey;
 
@@ -55,7 +55,7 @@ pub struct Services {
 
 struct Inner {
     /// Set once every local model has loaded; until then the server is alive, not ready.
-    models: OnceLock<HashMap<String, Arc<ServedModel>>>,
+    models: OnceLock<HashMap<String, Arc<LocalModel>>>,
     /// Every configured model, in config order.
     configured: Vec<ModelConfig>,
     fingerprint: String,
@@ -78,7 +78,7 @@ impl AppState {
     }
 
     /// Publishes the loaded models; the server becomes ready.
-    pub fn set_models(&self, models: Vec<ServedModel>) {
+    pub fn set_models(&self, models: Vec<LocalModel>) {
         let map = models
             .into_iter()
             .map(|m| (m.id.clone(), Arc::new(m)))
@@ -104,12 +104,12 @@ impl AppState {
             .is_some_and(|m| m.values().any(|m| !m.engine.is_healthy()))
     }
 
-    fn loaded(&self) -> Result<&HashMap<String, Arc<ServedModel>>, ModelError> {
+    fn loaded(&self) -> Result<&HashMap<String, Arc<LocalModel>>, ModelError> {
         self.inner.models.get().ok_or(ModelError::Loading)
     }
 
     /// The local model a request names: 503 while loading, 404 if unknown here.
-    pub fn model(&self, id: &str) -> Result<Arc<ServedModel>, ModelError> {
+    pub fn model(&self, id: &str) -> Result<Arc<LocalModel>, ModelError> {
         self.loaded()?
             .get(id)
             .cloned()
@@ -117,12 +117,12 @@ impl AppState {
     }
 
     /// The local model, if it is loaded.
-    pub fn loaded_model(&self, id: &str) -> Option<Arc<ServedModel>> {
+    pub fn loaded_model(&self, id: &str) -> Option<Arc<LocalModel>> {
         self.inner.models.get()?.get(id).cloned()
     }
 
     /// Local models, in config order.
-    pub fn models(&self) -> Result<Vec<Arc<ServedModel>>, ModelError> {
+    pub fn models(&self) -> Result<Vec<Arc<LocalModel>>, ModelError> {
         let loaded = self.loaded()?;
         Ok(self
             .inner

@@ -21,7 +21,7 @@ use candle_core::{DType, Device, Tensor};
 use mistralrs_paged_attn::{copy_blocks, gather_kv_cache, paged_attention, reshape_and_cache};
 
 use super::rope::Rope;
-use super::runner::{BlockCopy, LoadedModel, ModelRunner};
+use super::runner::{BlockCopy, ModelRunner, ModelWeights};
 use super::weights::Weights;
 use super::{ModelShape, SeqChunk};
 use crate::error::candle_message;
@@ -199,7 +199,7 @@ impl CudaTransformer {
     }
 }
 
-impl LoadedModel for CudaTransformer {
+impl ModelWeights for CudaTransformer {
     fn shape(&self) -> &ModelShape {
         &self.shape
     }

@@ -19,7 +19,7 @@ pub use candle_core::DType as WeightDtype;
 pub use config::{Family, ModelShape, RopeScaling};
 use matmul::Matrix;
 use rope::Rope;
-pub use runner::{BlockCopy, LoadedModel, ModelRunner};
+pub use runner::{BlockCopy, ModelRunner, ModelWeights};
 use weights::Weights;
 
 use crate::kv::{paged_attention, AttentionSeq, KvPool};

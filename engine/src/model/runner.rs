@@ -13,7 +13,7 @@ pub struct BlockCopy {
     pub slots: usize,
 }
 
-/// A model with its KV cache, on some device.
+/// A model's weights bound to their KV cache, on some device: runs the scheduler's steps.
 pub trait ModelRunner: Send {
     /// Applies `copies`, then runs the chunks in one pass, writing their K/V into the cache,
     /// and returns the requested logits rows in chunk order.
@@ -24,9 +24,10 @@ pub trait ModelRunner: Send {
     ) -> Result<Vec<Vec<f32>>, EngineError>;
 }
 
-/// A loaded model whose KV cache is not made yet: the engine sizes the cache from
-/// `kv_bytes_per_token` and its memory budget, then binds the two.
-pub trait LoadedModel: Send + 'static {
+/// A model's weights loaded on a device, before its KV cache exists: the engine sizes the
+/// cache from `kv_bytes_per_token` and its memory budget, then binds the two into a
+/// [`ModelRunner`].
+pub trait ModelWeights: Send + 'static {
     fn shape(&self) -> &ModelShape;
     /// Bytes one token's K and V take across all layers, as this model stores them.
     fn kv_bytes_per_token(&self) -> usize;
@@ -52,7 +53,7 @@ impl ModelRunner for CpuRunner {
     }
 }
 
-impl LoadedModel for Transformer {
+impl ModelWeights for Transformer {
     fn shape(&self) -> &ModelShape {
         Transformer::shape(self)
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::{self, Sender, UnboundedSender};
 
 use crate::kv::{BlockManager, KvLayout};
-use crate::model::LoadedModel;
+use crate::model::ModelWeights;
 use crate::observe::{Observer, RequestTimes};
 use crate::text::ModelTokenizer;
 use crate::{Engine, EngineError, EngineLoad, EventStream, GenerateEvent, GenerateRequest};
@@ -93,7 +93,7 @@ impl NativeEngine {
     /// Starts the engine loop over `model` (the CPU `Transformer`, or a model on a GPU), its
     /// KV cache sized from `config.kv_cache_bytes`.
     pub fn start(
-        model: impl LoadedModel,
+        model: impl ModelWeights,
         tokenizer: Arc<ModelTokenizer>,
         config: NativeEngineConfig,
     ) -> Result<Self, EngineError> {

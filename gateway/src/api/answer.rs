@@ -16,7 +16,7 @@ use super::authentication::Caller;
 use crate::access::AccessError;
 use crate::metrics::{GenerationMeasure, RequestFacts};
 use crate::ratelimit::{Admission, RateState};
-use crate::registry::ServedModel;
+use crate::registry::LocalModel;
 use crate::state::AppState;
 
 /// Gives the requests the caller's scheduling tier and tenant, and admits them within the
@@ -24,7 +24,7 @@ use crate::state::AppState;
 pub async fn admit(
     state: &AppState,
     caller: &Caller,
-    model: &ServedModel,
+    model: &LocalModel,
     requests: &mut [GenerateRequest],
 ) -> Result<Admission, AccessError> {
     let tenant: Arc<str> = Arc::from(caller.scheduling_tenant());
@@ -68,7 +68,7 @@ impl Drop for Settlement {
 /// as long as the stream and settles to what the engine generated when the stream ends or is
 /// dropped (client gone).
 pub fn submit_admitted(
-    model: &ServedModel,
+    model: &LocalModel,
     requests: Vec<GenerateRequest>,
     admission: Admission,
     hold: impl Send + 'static,
@@ -273,7 +273,7 @@ pub fn now_secs() -> u64 {
 pub use crate::ids::new_id;
 
 /// Text of a token for logprobs (lossy where a token is part of a character), and its bytes.
-pub fn token_text(model: &ServedModel, id: u32) -> (String, Vec<u8>) {
+pub fn token_text(model: &LocalModel, id: u32) -> (String, Vec<u8>) {
     let bytes = model.tokenizer.token_bytes(id).to_vec();
     (String::from_utf8_lossy(&bytes).into_owned(), bytes)
 }

@@ -24,7 +24,7 @@ use super::sse::{self, json_event};
 use super::tool_params::{self, Shape};
 use super::types::*;
 use crate::assistant::{OutputParser, Piece, Toolset, Turn};
-use crate::registry::ServedModel;
+use crate::registry::LocalModel;
 use crate::state::AppState;
 
 /// `function` is the deprecated form of `tool` (a result for the last `function_call`).
@@ -165,7 +165,7 @@ fn parse_parts(parts: &[Value], param: &str) -> Result<Vec<ContentPart>, ApiErro
 
 /// Renders the conversation with the model's chat template and tokenizes it.
 pub fn chat_prompt(
-    model: &ServedModel,
+    model: &LocalModel,
     messages: &[ChatMessage],
     options: &RenderOptions<'_>,
 ) -> Result<Vec<u32>, ApiError> {
@@ -361,7 +361,7 @@ pub fn template_kwargs(
 }
 
 /// The model must be able to choose tools itself when the request leaves it the choice.
-pub fn check_tool_format(model: &ServedModel, tools: Option<&Toolset>) -> Result<(), ApiError> {
+pub fn check_tool_format(model: &LocalModel, tools: Option<&Toolset>) -> Result<(), ApiError> {
     if tools.is_some_and(Toolset::parsed_from_text) && model.tool_format.is_none() {
         return Err(ApiError::invalid_param(
             "tool_choice",
@@ -376,7 +376,7 @@ pub fn check_tool_format(model: &ServedModel, tools: Option<&Toolset>) -> Result
 
 /// The parser of one choice's output.
 pub fn output_parser(
-    model: &ServedModel,
+    model: &LocalModel,
     tools: Option<&Toolset>,
     sampling: &params::Sampling,
 ) -> OutputParser {
@@ -474,7 +474,7 @@ impl Generation for ChatCall {
         1
     }
 
-    fn prompts(&self, model: &ServedModel) -> Result<Vec<Vec<u32>>, ApiError> {
+    fn prompts(&self, model: &LocalModel) -> Result<Vec<Vec<u32>>, ApiError> {
         check_tool_format(model, self.tools.as_ref())?;
         let tools = self.tools.as_ref().and_then(Toolset::for_template);
         let options = RenderOptions {
@@ -689,7 +689,7 @@ impl ChatIdentity {
     }
 }
 
-fn token_logprob(model: &ServedModel, t: &GeneratedToken, k: usize) -> TokenLogprob {
+fn token_logprob(model: &LocalModel, t: &GeneratedToken, k: usize) -> TokenLogprob {
     let (token, bytes) = token_text(model, t.id);
     TokenLogprob {
         token,
@@ -715,7 +715,7 @@ fn token_logprob(model: &ServedModel, t: &GeneratedToken, k: usize) -> TokenLogp
 fn stream_chunks(
     items: impl Stream<Item = AnswerEvent> + Send + 'static,
     meta: ChatIdentity,
-    model: std::sync::Arc<ServedModel>,
+    model: std::sync::Arc<LocalModel>,
     mut parsers: Vec<OutputParser>,
     include_usage: bool,
     legacy: bool,

@@ -22,7 +22,7 @@ use super::params::{self, stated_language};
 use super::pipeline::{self, Answer, Generation, Rendered};
 use super::sse::{self, json_event};
 use super::types::*;
-use crate::registry::ServedModel;
+use crate::registry::LocalModel;
 use crate::state::AppState;
 
 /// OpenAI's default for the legacy endpoint.
@@ -199,7 +199,7 @@ impl Generation for CompletionCall {
         self.prompts.len()
     }
 
-    fn prompts(&self, model: &ServedModel) -> Result<Vec<Vec<u32>>, ApiError> {
+    fn prompts(&self, model: &LocalModel) -> Result<Vec<Vec<u32>>, ApiError> {
         match &self.prompts {
             Prompts::Texts(texts) => Ok(texts
                 .iter()
@@ -335,7 +335,7 @@ impl CompletionIdentity {
 /// Appends tokens in the legacy layout; `offset` is the running character offset of the text.
 fn append_logprobs(
     lp: &mut CompletionLogprobs,
-    model: &ServedModel,
+    model: &LocalModel,
     tokens: &[GeneratedToken],
     k: usize,
     offset: &mut usize,
@@ -359,7 +359,7 @@ fn append_logprobs(
 fn stream_chunks(
     items: impl Stream<Item = AnswerEvent> + Send + 'static,
     meta: CompletionIdentity,
-    model: Arc<ServedModel>,
+    model: Arc<LocalModel>,
     choices: usize,
     include_usage: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {

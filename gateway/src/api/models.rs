@@ -7,11 +7,11 @@ use super::authentication::Caller;
 use super::error::ApiError;
 use super::types::{Capabilities, ModelList, ModelObject};
 use crate::policy::Action;
-use crate::registry::ServedModel;
+use crate::registry::LocalModel;
 use crate::state::AppState;
 use rosetta_config::ModelConfig;
 
-fn object(config: &ModelConfig, local: Option<&ServedModel>) -> ModelObject {
+fn object(config: &ModelConfig, local: Option<&LocalModel>) -> ModelObject {
     ModelObject {
         id: config.id.clone(),
         object: "model",
@@ -27,7 +27,7 @@ fn object(config: &ModelConfig, local: Option<&ServedModel>) -> ModelObject {
     }
 }
 
-fn capabilities(m: &ServedModel) -> Capabilities {
+fn capabilities(m: &LocalModel) -> Capabilities {
     let grammar = m.grammar.is_some();
     Capabilities {
         tools: grammar || m.tool_format.is_some(),
@@ -37,7 +37,7 @@ fn capabilities(m: &ServedModel) -> Capabilities {
     }
 }
 
-fn supported_parameters(m: &ServedModel) -> Vec<&'static str> {
+fn supported_parameters(m: &LocalModel) -> Vec<&'static str> {
     let c = capabilities(m);
     let mut p = vec![
         "max_tokens",

@@ -11,7 +11,7 @@ use rosetta_engine::{GenerateRequest, GenerationParams, SamplingParams, DEFAULT_
 
 use super::error::ApiError;
 use super::types::{SamplingFields, StopField};
-use crate::registry::ServedModel;
+use crate::registry::LocalModel;
 
 /// Most alternatives per token in logprobs.
 pub const MAX_TOP_LOGPROBS: i64 = 20;
@@ -305,7 +305,7 @@ fn logit_bias(
 
 impl Sampling {
     /// Checks the token ids the parameters name against `model`'s vocabulary.
-    pub fn check_vocabulary(&self, model: &ServedModel) -> Result<(), ApiError> {
+    pub fn check_vocabulary(&self, model: &LocalModel) -> Result<(), ApiError> {
         let vocab = model.tokenizer.vocab_size().max(model.vocab_size);
         let p = &self.params;
         if let Some(&(id, _)) = p
@@ -332,7 +332,7 @@ impl Sampling {
     /// budget. Unset max_tokens means the rest of the context.
     /// The request's grammar compiled for `model`; a grammar it cannot compile is a 400
     /// naming what is unsupported.
-    pub fn constraint(&self, model: &ServedModel) -> Result<Option<Constraint>, ApiError> {
+    pub fn constraint(&self, model: &LocalModel) -> Result<Option<Constraint>, ApiError> {
         let Some(spec) = &self.grammar else {
             return Ok(None);
         };
@@ -352,7 +352,7 @@ impl Sampling {
 
     pub fn request(
         &self,
-        model: &ServedModel,
+        model: &LocalModel,
         prompt: Vec<u32>,
     ) -> Result<GenerateRequest, ApiError> {
         let prompt_len = prompt.len();

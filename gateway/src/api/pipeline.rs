@@ -31,7 +31,7 @@ use crate::language::{self, iso, Language};
 use crate::metrics::GenerationMeasure;
 use crate::pool::remote::{ForwardError, Forwarded, OnBehalf, RemoteClient};
 use crate::pool::{InFlight, Replica, ReplicaKind};
-use crate::registry::ServedModel;
+use crate::registry::LocalModel;
 use crate::router::Target;
 use crate::state::AppState;
 
@@ -39,7 +39,7 @@ use crate::state::AppState;
 /// the merged events of all its prompts and choices.
 pub struct Answer<'a> {
     pub state: &'a AppState,
-    pub model: Arc<ServedModel>,
+    pub model: Arc<LocalModel>,
     pub prompts: Vec<Vec<u32>>,
     pub items: BoxStream<'static, AnswerEvent>,
 }
@@ -65,7 +65,7 @@ pub trait Generation: Send + Sync {
     /// How many prompts it holds.
     fn prompt_count(&self) -> usize;
     /// Its prompts rendered and tokenized for `model`.
-    fn prompts(&self, model: &ServedModel) -> Result<Vec<Vec<u32>>, ApiError>;
+    fn prompts(&self, model: &LocalModel) -> Result<Vec<Vec<u32>>, ApiError>;
     /// The endpoint's answer: chunks of a stream, or one JSON body.
     fn render<'a>(&'a self, answer: Answer<'a>) -> Rendered<'a>;
 }
@@ -463,7 +463,7 @@ const LANGUAGE_COST_SAMPLE_CHARS: usize = 4096;
 /// and tokens by the model's own tokenizer.
 fn count_language_cost(
     state: &AppState,
-    model: &ServedModel,
+    model: &LocalModel,
     ctx: &Context<'_>,
     prompts: &[Vec<u32>],
 ) {

@@ -30,7 +30,7 @@ use super::tool_params::{self, Shape};
 use super::types::SamplingFields;
 use crate::assistant::{OutputParser, Piece, Turn};
 use crate::ids::item_id;
-use crate::registry::ServedModel;
+use crate::registry::LocalModel;
 use crate::state::AppState;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -351,7 +351,7 @@ impl Generation for ResponsesCall {
         1
     }
 
-    fn prompts(&self, model: &ServedModel) -> Result<Vec<Vec<u32>>, ApiError> {
+    fn prompts(&self, model: &LocalModel) -> Result<Vec<Vec<u32>>, ApiError> {
         self.chat.prompts(model).map_err(in_input)
     }
 

@@ -6,8 +6,8 @@
 use serde_json::Value;
 
 use super::formats::ToolFormat;
-use super::piece::Piece;
 use super::partial_marker_len;
+use super::piece::Piece;
 
 /// Reads calls out of text given piece by piece.
 pub trait CallReader: Send {

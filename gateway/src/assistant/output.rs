@@ -3,8 +3,8 @@
 //! answer and a whole one always agree.
 
 use super::calls::{self, CallReader, NamedCall, RequiredCalls};
-use super::piece::Piece;
 use super::formats::{ReasoningFormat, ToolFormat};
+use super::piece::Piece;
 use super::reasoning::{ReasoningSplitter, Thought};
 use super::tools::{ToolChoice, Toolset};
 
