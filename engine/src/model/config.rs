@@ -1,9 +1,11 @@
-//! The parts of a Hugging Face `config.json` the Llama-family decoder needs.
+//! The parts of a Hugging Face `config.json` the Llama-family decoder needs; each
+//! architecture's own rules are in `arch/`.
 
 use std::path::Path;
 
 use serde::Deserialize;
 
+use super::arch::{self, WeightNames};
 use crate::EngineError;
 
 /// Which decoder variant a config.json describes; they differ in biases, norms and windows.
@@ -15,8 +17,9 @@ pub enum Family {
     Qwen3,
 }
 
+/// config.json as written, before an architecture reads it.
 #[derive(Debug, Clone, Deserialize)]
-struct RawConfig {
+pub struct RawConfig {
     #[serde(default)]
     model_type: Option<String>,
     #[serde(default)]
@@ -41,15 +44,15 @@ struct RawConfig {
     #[serde(default)]
     tie_word_embeddings: bool,
     #[serde(default)]
-    attention_bias: Option<bool>,
+    pub attention_bias: Option<bool>,
     #[serde(default)]
     mlp_bias: bool,
     #[serde(default)]
-    sliding_window: Option<usize>,
+    pub sliding_window: Option<usize>,
     #[serde(default)]
-    use_sliding_window: Option<bool>,
+    pub use_sliding_window: Option<bool>,
     #[serde(default)]
-    max_window_layers: Option<usize>,
+    pub max_window_layers: Option<usize>,
     #[serde(default)]
     layer_types: Option<Vec<String>>,
     #[serde(default)]
@@ -128,17 +131,13 @@ impl ModelShape {
             .clone()
             .or_else(|| raw.architectures.first().cloned())
             .unwrap_or_default();
-        let family = match kind.as_str() {
-            "llama" | "LlamaForCausalLM" => Family::Llama,
-            "mistral" | "MistralForCausalLM" => Family::Mistral,
-            "qwen2" | "Qwen2ForCausalLM" => Family::Qwen2,
-            "qwen3" | "Qwen3ForCausalLM" => Family::Qwen3,
-            other => {
-                return Err(format!(
-                    "unsupported architecture `{other}`: the native engine supports llama, mistral, qwen2 and qwen3"
-                ))
-            }
-        };
+        let arch = arch::named(&kind).ok_or_else(|| {
+            format!(
+                "unsupported architecture `{kind}`: the native engine supports {}",
+                arch::supported()
+            )
+        })?;
+        let family = arch.family();
         if let Some(act) = raw.hidden_act.as_deref() {
             if act != "silu" && act != "swish" {
                 return Err(format!(
@@ -165,23 +164,14 @@ impl ModelShape {
             return Err(format!("head_dim {head_dim} must be even and positive"));
         }
         let rope_scaling = parse_rope_scaling(raw.rope_scaling.as_ref())?;
-        let attention_bias = raw.attention_bias.unwrap_or(false);
-        let (qkv_bias, o_bias) = match family {
-            Family::Qwen2 => (true, false),
-            Family::Llama | Family::Mistral | Family::Qwen3 => (attention_bias, attention_bias),
-        };
+        let (qkv_bias, o_bias) = arch.attention_biases(&raw);
+        // `layer_types` (newer configs) says per layer; otherwise the architecture's rule.
         let layer_windows = (0..raw.num_hidden_layers)
-            .map(|layer| match (&raw.layer_types, family) {
-                (Some(types), _) => raw
+            .map(|layer| match &raw.layer_types {
+                Some(types) => raw
                     .sliding_window
                     .filter(|_| types.get(layer).is_some_and(|t| t == "sliding_attention")),
-                (None, Family::Mistral | Family::Llama) => raw.sliding_window,
-                // Qwen configs carry a window that is off unless use_sliding_window says so,
-                // and then only from layer max_window_layers on, as in transformers.
-                (None, Family::Qwen2 | Family::Qwen3) => raw.sliding_window.filter(|_| {
-                    raw.use_sliding_window == Some(true)
-                        && layer >= raw.max_window_layers.unwrap_or(28)
-                }),
+                None => arch.window(&raw, layer),
             })
             .collect();
         Ok(Self {
@@ -201,10 +191,15 @@ impl ModelShape {
             qkv_bias,
             o_bias,
             mlp_bias: raw.mlp_bias,
-            qk_norm: family == Family::Qwen3,
+            qk_norm: arch.qk_norm(),
             layer_windows,
             torch_dtype: raw.torch_dtype,
         })
+    }
+
+    /// The checkpoint's tensor names.
+    pub fn weight_names(&self) -> &'static WeightNames {
+        arch::of(self.family).weights()
     }
 
     /// Bytes of K and V one token occupies across all layers, in f32.

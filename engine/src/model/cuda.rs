@@ -122,46 +122,38 @@ impl CudaTransformer {
                 bias,
             })
         };
+        let names = s.weight_names();
         let mut layers = Vec::with_capacity(s.num_layers);
         for i in 0..s.num_layers {
-            let p = format!("model.layers.{i}");
-            let attn = format!("{p}.self_attn");
-            let mlp = format!("{p}.mlp");
-            let head_norm = |name: String| -> Result<Option<Tensor>, EngineError> {
-                s.qk_norm.then(|| load(&name, &[hd])).transpose()
+            let n = names.layer(i);
+            let head_norm = |name: &str| -> Result<Option<Tensor>, EngineError> {
+                s.qk_norm
+                    .then(|| load(&format!("{name}.weight"), &[hd]))
+                    .transpose()
             };
             layers.push(Layer {
-                input_norm: load(&format!("{p}.input_layernorm.weight"), &[h])?,
-                post_norm: load(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                qkv: stacked(
-                    &[
-                        (format!("{attn}.q_proj"), qd),
-                        (format!("{attn}.k_proj"), kvd),
-                        (format!("{attn}.v_proj"), kvd),
-                    ],
-                    h,
-                )?,
-                o: stacked(&[(format!("{attn}.o_proj"), h)], qd)?,
+                input_norm: load(&format!("{}.weight", n.input_norm), &[h])?,
+                post_norm: load(&format!("{}.weight", n.post_norm), &[h])?,
+                qkv: stacked(&[(n.q, qd), (n.k, kvd), (n.v, kvd)], h)?,
+                o: stacked(&[(n.o, h)], qd)?,
                 gate_up: stacked(
-                    &[
-                        (format!("{mlp}.gate_proj"), s.intermediate_size),
-                        (format!("{mlp}.up_proj"), s.intermediate_size),
-                    ],
+                    &[(n.gate, s.intermediate_size), (n.up, s.intermediate_size)],
                     h,
                 )?,
-                down: stacked(&[(format!("{mlp}.down_proj"), h)], s.intermediate_size)?,
-                q_norm: head_norm(format!("{attn}.q_norm.weight"))?,
-                k_norm: head_norm(format!("{attn}.k_norm.weight"))?,
+                down: stacked(&[(n.down, h)], s.intermediate_size)?,
+                q_norm: head_norm(&n.q_norm)?,
+                k_norm: head_norm(&n.k_norm)?,
             });
         }
-        let embed = load("model.embed_tokens.weight", &[s.vocab_size, h])?;
-        let lm_head = if s.tie_word_embeddings && !w.contains("lm_head.weight") {
+        let embed = load(&format!("{}.weight", names.embed), &[s.vocab_size, h])?;
+        let lm_head = if s.tie_word_embeddings && !w.contains(&format!("{}.weight", names.lm_head))
+        {
             Linear {
                 weight: embed.clone(),
                 bias: None,
             }
         } else {
-            stacked(&[("lm_head".to_string(), s.vocab_size)], h)?
+            stacked(&[(names.lm_head.to_string(), s.vocab_size)], h)?
         };
         let rope = Rope::new(hd, s.rope_theta, &s.rope_scaling, max_positions);
         let (cos, sin) = rope.tables();
@@ -171,7 +163,7 @@ impl CudaTransformer {
         Ok(Self {
             cos: table(cos)?,
             sin: table(sin)?,
-            norm: load("model.norm.weight", &[h])?,
+            norm: load(&format!("{}.weight", names.final_norm), &[h])?,
             embed,
             layers,
             lm_head,

@@ -2,6 +2,7 @@
 //! candle (memory-mapped safetensors, dtype conversion); the CPU forward pass runs on our own
 //! batch-invariant kernels (see `matmul`) and reads and writes K/V through the paged cache.
 
+mod arch;
 mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -152,63 +153,48 @@ impl Transformer {
                     bias: any.then_some(biases),
                 })
             };
+        let names = s.weight_names();
         let mut layers = Vec::with_capacity(s.num_layers);
         for i in 0..s.num_layers {
-            let p = format!("model.layers.{i}");
-            let attn = format!("{p}.self_attn");
-            let mlp = format!("{p}.mlp");
-            let head_norm = |name: String| -> Result<Option<Vec<f32>>, EngineError> {
+            let n = names.layer(i);
+            let head_norm = |name: &str| -> Result<Option<Vec<f32>>, EngineError> {
                 if s.qk_norm {
-                    Ok(Some(vector(&name, hd)?))
+                    Ok(Some(vector(&format!("{name}.weight"), hd)?))
                 } else {
                     Ok(None)
                 }
             };
             layers.push(Layer {
-                input_norm: vector(&format!("{p}.input_layernorm.weight"), h)?,
-                post_norm: vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-                qkv: stacked(
-                    &[
-                        (format!("{attn}.q_proj"), qd),
-                        (format!("{attn}.k_proj"), kvd),
-                        (format!("{attn}.v_proj"), kvd),
-                    ],
-                    h,
-                    s.qkv_bias,
-                )?,
-                o: stacked(&[(format!("{attn}.o_proj"), h)], qd, s.o_bias)?,
+                input_norm: vector(&format!("{}.weight", n.input_norm), h)?,
+                post_norm: vector(&format!("{}.weight", n.post_norm), h)?,
+                qkv: stacked(&[(n.q, qd), (n.k, kvd), (n.v, kvd)], h, s.qkv_bias)?,
+                o: stacked(&[(n.o, h)], qd, s.o_bias)?,
                 gate_up: stacked(
-                    &[
-                        (format!("{mlp}.gate_proj"), s.intermediate_size),
-                        (format!("{mlp}.up_proj"), s.intermediate_size),
-                    ],
+                    &[(n.gate, s.intermediate_size), (n.up, s.intermediate_size)],
                     h,
                     s.mlp_bias,
                 )?,
-                down: stacked(
-                    &[(format!("{mlp}.down_proj"), h)],
-                    s.intermediate_size,
-                    s.mlp_bias,
-                )?,
-                q_norm: head_norm(format!("{attn}.q_norm.weight"))?,
-                k_norm: head_norm(format!("{attn}.k_norm.weight"))?,
+                down: stacked(&[(n.down, h)], s.intermediate_size, s.mlp_bias)?,
+                q_norm: head_norm(&n.q_norm)?,
+                k_norm: head_norm(&n.k_norm)?,
             });
         }
-        let embed_t = w.tensor("model.embed_tokens.weight", &[s.vocab_size, h])?;
+        let embed_t = w.tensor(&format!("{}.weight", names.embed), &[s.vocab_size, h])?;
         let embed = Arc::new(w.matrix(&[embed_t], s.vocab_size, h, dtype)?);
-        let lm_head = if s.tie_word_embeddings && !w.contains("lm_head.weight") {
+        let lm_head = if s.tie_word_embeddings && !w.contains(&format!("{}.weight", names.lm_head))
+        {
             Linear {
                 weight: embed.clone(),
                 bias: None,
             }
         } else {
-            stacked(&[("lm_head".to_string(), s.vocab_size)], h, false)?
+            stacked(&[(names.lm_head.to_string(), s.vocab_size)], h, false)?
         };
         let rope = Rope::new(hd, s.rope_theta, &s.rope_scaling, max_positions);
         Ok(Self {
             embed,
             layers,
-            norm: vector("model.norm.weight", h)?,
+            norm: vector(&format!("{}.weight", names.final_norm), h)?,
             lm_head,
             rope,
             shape,
