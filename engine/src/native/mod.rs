@@ -1,8 +1,12 @@
-//! The in-process engine: a scheduler loop on its own thread doing continuous batching over
-//! the paged KV cache (see `scheduler`).
+//! The in-process engine: a loop on its own thread doing continuous batching over the paged
+//! KV cache. `scheduler` decides each step and drives the loop, `kv_manager` keeps each
+//! sequence's blocks, the model runner executes, `output` samples and sends the events,
+//! `waiting` orders the queue by tier and fair share.
 
 #[cfg(feature = "fault-injection")]
 mod fault;
+mod kv_manager;
+mod output;
 mod scheduler;
 mod sequence;
 mod waiting;
@@ -134,7 +138,10 @@ impl NativeEngine {
         let mut worker = scheduler::EngineCore::new(
             runner,
             tokenizer,
-            BlockManager::new(total_blocks, config.block_size, config.prefix_caching),
+            kv_manager::KvCacheManager::new(
+                BlockManager::new(total_blocks, config.block_size, config.prefix_caching),
+                config.block_size,
+            ),
             config.clone(),
             load.clone(),
             alive.clone(),

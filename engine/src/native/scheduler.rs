@@ -12,23 +12,25 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use super::kv_manager::KvCacheManager;
+use super::output::{panic_message, sample_into, StepOutcome};
 use super::sequence::{RequestState, Sequence};
 use super::waiting::WaitingQueue;
 use super::{NativeEngineConfig, Submission};
-use crate::kv::{keyed_salt_hash, BlockManager};
+use crate::kv::keyed_salt_hash;
 use crate::model::{BlockCopy, ModelRunner, SeqChunk};
 use crate::observe::{ChoiceEnd, StepStats};
 use crate::text::ModelTokenizer;
-use crate::{EngineError, EngineLoad, FinishReason, GenerateEvent};
+use crate::{EngineError, EngineLoad, GenerateEvent};
 
-/// The engine loop's state: the waiting and running sequences, their requests, the KV
-/// blocks, and the model runner each step goes to.
+/// The engine loop's state: the waiting and running sequences, their requests, the KV cache
+/// manager, and the model runner each step goes to. Each step the scheduler decides a
+/// [`StepPlan`], the runner executes it, the scheduler updates from its logits rows, and the
+/// output processor (`output.rs`) samples and sends the events.
 pub struct EngineCore {
     model: Box<dyn ModelRunner>,
     tokenizer: Arc<ModelTokenizer>,
-    blocks: BlockManager,
-    /// Copy-on-write copies decided while scheduling, done at the start of the next pass.
-    copies: Vec<BlockCopy>,
+    kv: KvCacheManager,
     config: NativeEngineConfig,
     waiting: WaitingQueue<Sequence>,
     /// Kept sorted by (priority, arrival) at the start of each step: the front is served
@@ -63,11 +65,18 @@ struct Scheduled {
     len: usize,
 }
 
+/// What the scheduler decided for one step, as one value: each running sequence's chunk,
+/// and the block copies (copy on write) the pass makes first.
+struct StepPlan {
+    chunks: Vec<Scheduled>,
+    copies: Vec<BlockCopy>,
+}
+
 impl EngineCore {
     pub fn new(
         model: Box<dyn ModelRunner>,
         tokenizer: Arc<ModelTokenizer>,
-        blocks: BlockManager,
+        kv: KvCacheManager,
         config: NativeEngineConfig,
         load: Arc<Mutex<EngineLoad>>,
         alive: Arc<AtomicBool>,
@@ -75,8 +84,7 @@ impl EngineCore {
         Self {
             model,
             tokenizer,
-            blocks,
-            copies: Vec::new(),
+            kv,
             config,
             waiting: WaitingQueue::default(),
             running: Vec::new(),
@@ -107,7 +115,7 @@ impl EngineCore {
             #[cfg(feature = "fault-injection")]
             super::fault::check_loop(self.waiting.iter().map(|s| s.prompt()));
             let plan = self.schedule();
-            if plan.is_empty() {
+            if plan.chunks.is_empty() {
                 if self.running.is_empty() && !self.waiting.is_empty() {
                     // Cannot happen while one full context fits the pool (checked at start);
                     // fail rather than spin.
@@ -185,7 +193,7 @@ impl EngineCore {
             .chain(self.waiting.iter())
             .filter(|s| ids.contains(&s.group))
         {
-            self.blocks.release(&seq.blocks);
+            self.kv.free(seq);
             self.config.observer.0.choice_ended(&seq.stats(end, now));
         }
         self.running.retain(|s| !ids.contains(&s.group));
@@ -193,8 +201,10 @@ impl EngineCore {
         self.groups.retain(|id, _| !ids.contains(id));
     }
 
-    fn schedule(&mut self) -> Vec<Scheduled> {
-        let bs = self.config.block_size;
+    /// Decides the step: running sequences first (decodes take one token, prefills in
+    /// progress a chunk), preempting from the back when blocks run out; then waiting ones
+    /// admitted while seats, budget and blocks last.
+    fn schedule(&mut self) -> StepPlan {
         let mut budget = self.config.max_num_batched_tokens;
         let mut plan = Vec::new();
         self.running
@@ -243,13 +253,7 @@ impl EngineCore {
                 break;
             }
             let seq = &mut self.waiting[pick];
-            if seq.computed == 0 && seq.blocks.is_empty() {
-                let (hits, last_hash) = self.blocks.lookup_prefix(seq.salt, &seq.tokens);
-                seq.computed = hits.len() * bs;
-                seq.hashed_blocks = hits.len();
-                seq.last_hash = last_hash;
-                seq.blocks = hits;
-            }
+            self.kv.attach_prefix(seq);
             let pending = seq.pending();
             let len = if self.config.chunked_prefill {
                 pending.min(budget)
@@ -257,13 +261,9 @@ impl EngineCore {
                 pending
             };
             let fits_budget = len <= budget || plan.is_empty();
-            let needed = (seq.computed + len)
-                .div_ceil(bs)
-                .saturating_sub(seq.blocks.len());
-            if !fits_budget || needed > self.blocks.free_count() {
+            if !fits_budget || self.kv.blocks_needed(seq, len) > self.kv.free_count() {
                 // Give back the prefix hits; they stay cached for the next try.
-                self.blocks.release(&seq.blocks);
-                seq.reset_for_recompute();
+                self.kv.free_for_recompute(seq);
                 break;
             }
             let mut seq = self.waiting.take(pick);
@@ -284,7 +284,10 @@ impl EngineCore {
             plan.push(Scheduled { seq: at, len });
             budget = budget.saturating_sub(len);
         }
-        plan
+        StepPlan {
+            chunks: plan,
+            copies: self.kv.take_copies(),
+        }
     }
 
     /// Running slots a waiting sequence takes: an unforked first choice becomes all n.
@@ -301,36 +304,9 @@ impl EngineCore {
         self.waiting.next(|s| self.paused.contains(&s.group))
     }
 
-    /// Gives `running[i]` blocks for its next `len` tokens, copying a shared partly filled
-    /// last block first (copy on write). False, changing nothing, if blocks are short.
+    /// Gives `running[i]` blocks for its next `len` tokens (see [`KvCacheManager::reserve`]).
     fn reserve(&mut self, i: usize, len: usize) -> bool {
-        let bs = self.config.block_size;
-        let seq = &self.running[i];
-        let end = seq.computed + len;
-        let fresh = end.div_ceil(bs).saturating_sub(seq.blocks.len());
-        let start = seq.computed;
-        let cow = !start.is_multiple_of(bs) && self.blocks.refs(seq.blocks[start / bs]) > 1;
-        let needed = fresh + usize::from(cow);
-        if needed > self.blocks.free_count() {
-            return false;
-        }
-        let Some(mut new) = self.blocks.allocate(needed) else {
-            return false;
-        };
-        let seq = &mut self.running[i];
-        if cow {
-            let shared = seq.blocks[start / bs];
-            let copy = new.pop().expect("allocated above");
-            self.copies.push(BlockCopy {
-                src: shared,
-                dst: copy,
-                slots: start % bs,
-            });
-            self.blocks.release(&[shared]);
-            seq.blocks[start / bs] = copy;
-        }
-        seq.blocks.extend(new);
-        true
+        self.kv.reserve(&mut self.running[i], len)
     }
 
     /// Paused requests keep their KV only while nobody else needs it: when a runnable
@@ -357,7 +333,7 @@ impl EngineCore {
         if long_paused.is_empty() {
             return;
         }
-        let bs = self.config.block_size;
+        let bs = self.kv.block_size();
         loop {
             let runnable = self
                 .running
@@ -374,7 +350,7 @@ impl EngineCore {
             };
             let short_of_seats =
                 seats > 0 && self.running.len() + seats > self.config.max_num_seqs.max(seats);
-            let short_of_blocks = runnable + prompt_blocks > self.blocks.free_count();
+            let short_of_blocks = runnable + prompt_blocks > self.kv.free_count();
             if !(short_of_seats || short_of_blocks) || (runnable == 0 && seats == 0) {
                 return;
             }
@@ -392,8 +368,7 @@ impl EngineCore {
     /// Takes `running[i]`'s blocks back and queues it to be recomputed.
     fn preempt(&mut self, i: usize) {
         let mut seq = self.running.remove(i);
-        self.blocks.release(&seq.blocks);
-        seq.reset_for_recompute();
+        self.kv.free_for_recompute(&mut seq);
         self.preemptions += 1;
         tracing::debug!(
             group = seq.group,
@@ -403,18 +378,18 @@ impl EngineCore {
         self.waiting.push(seq);
     }
 
-    fn execute(&mut self, plan: &[Scheduled]) {
+    /// Runs the plan on the model runner, then updates from what it returned.
+    fn execute(&mut self, plan: &StepPlan) {
         self.step.clear();
-        self.step.scheduled_tokens = plan.iter().map(|p| p.len).sum();
-        let copies = std::mem::take(&mut self.copies);
-        let rows = match self.forward(&copies, plan) {
+        self.step.scheduled_tokens = plan.chunks.iter().map(|p| p.len).sum();
+        let rows = match self.forward(&plan.copies, &plan.chunks) {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::error!(error = %e, "forward pass failed; running its chunks one by one");
-                self.forward_each(&copies, plan)
+                self.forward_each(&plan.copies, &plan.chunks)
             }
         };
-        self.process_rows(plan, rows);
+        self.update_from_output(&plan.chunks, rows);
     }
 
     /// One forward pass over the plan's chunks; a panic in it is an error, not the end of
@@ -470,39 +445,33 @@ impl EngineCore {
         rows
     }
 
-    /// Samples from each finished chunk's logits, forks choices, emits events and releases
-    /// finished sequences. Requests that failed in this step are skipped, then removed.
-    fn process_rows(&mut self, plan: &[Scheduled], rows: Vec<Vec<f32>>) {
-        let bs = self.config.block_size;
+    /// After the pass: advances each chunk's sequence, registers its newly full blocks,
+    /// forks the other choices of a prompt just computed, has the output processor sample
+    /// every sequence whose chunk ended with logits, and settles what finished or failed.
+    /// Requests that failed in the pass itself are skipped, then removed.
+    fn update_from_output(&mut self, plan: &[Scheduled], rows: Vec<Vec<f32>>) {
         let tok = self.tokenizer.clone();
         // Requests whose forward pass failed have no rows; those failing while sampling
         // below still have theirs, read and ignored.
         let forward_failed = std::mem::take(&mut self.failed_in_step);
-        let mut failed = forward_failed.clone();
+        let mut outcome = StepOutcome {
+            failed: forward_failed.clone(),
+            ..StepOutcome::default()
+        };
         let mut rows = rows.into_iter();
         let mut forks = Vec::new();
-        let mut finished = Vec::new();
         for p in plan {
             let seq = &mut self.running[p.seq];
             if forward_failed.contains(&seq.group) {
                 continue;
             }
             seq.computed += p.len;
-            // Newly full blocks become reusable prefixes.
-            while (seq.hashed_blocks + 1) * bs <= seq.computed {
-                let h = seq.hashed_blocks;
-                seq.last_hash = self.blocks.register_full(
-                    seq.blocks[h],
-                    seq.last_hash,
-                    &seq.tokens[h * bs..(h + 1) * bs],
-                );
-                seq.hashed_blocks += 1;
-            }
+            self.kv.register_computed(seq);
             if seq.computed < seq.tokens.len() {
                 continue; // a prefill chunk that does not end the prompt
             }
             let Some(mut row) = rows.next() else { break };
-            if failed.contains(&seq.group) {
+            if outcome.failed.contains(&seq.group) {
                 continue;
             }
             let Some(group) = self.groups.get_mut(&seq.group) else {
@@ -512,29 +481,22 @@ impl EngineCore {
                 // The prompt is computed once; the other choices share its blocks.
                 for index in 1..group.request.params.n {
                     let fork = seq.fork(index, &group.request, &tok);
-                    self.blocks.share(&fork.blocks);
+                    self.kv.share(&fork);
                     forks.push((fork, row.clone()));
                 }
                 group.forked = true;
             }
-            sample_into(
-                seq,
-                group,
-                &mut row,
-                &tok,
-                (&mut finished, &mut failed),
-                &mut self.step,
-            );
+            sample_into(seq, group, &mut row, &tok, &mut outcome, &mut self.step);
         }
         for (mut fork, mut row) in forks {
             if let Some(group) = self.groups.get_mut(&fork.group) {
-                if !failed.contains(&fork.group) {
+                if !outcome.failed.contains(&fork.group) {
                     sample_into(
                         &mut fork,
                         group,
                         &mut row,
                         &tok,
-                        (&mut finished, &mut failed),
+                        &mut outcome,
                         &mut self.step,
                     );
                 }
@@ -544,8 +506,14 @@ impl EngineCore {
         // Reported before any request's end goes out, so that a client holding its answer
         // finds the step's tokens counted.
         self.config.observer.0.step(&self.step);
+        self.settle(outcome);
+    }
+
+    /// Frees finished choices (a request whose last choice ended gets `Done`) and drops
+    /// failed requests.
+    fn settle(&mut self, outcome: StepOutcome) {
         let now = Instant::now();
-        for (group_id, index, reason) in finished {
+        for (group_id, index, reason) in outcome.finished {
             let Some(pos) = self
                 .running
                 .iter()
@@ -554,7 +522,7 @@ impl EngineCore {
                 continue;
             };
             let seq = self.running.swap_remove(pos);
-            self.blocks.release(&seq.blocks);
+            self.kv.free(&seq);
             let end = ChoiceEnd::Finished(reason);
             self.config.observer.0.choice_ended(&seq.stats(end, now));
             if let Some(group) = self.groups.get_mut(&group_id) {
@@ -565,8 +533,8 @@ impl EngineCore {
                 }
             }
         }
-        if !failed.is_empty() {
-            self.drop_groups(&failed, ChoiceEnd::Failed);
+        if !outcome.failed.is_empty() {
+            self.drop_groups(&outcome.failed, ChoiceEnd::Failed);
         }
     }
 
@@ -584,13 +552,13 @@ impl EngineCore {
     }
 
     fn publish_load(&self) {
-        let stats = self.blocks.stats();
+        let stats = self.kv.stats();
         if let Ok(mut l) = self.load.lock() {
             *l = EngineLoad {
                 running: self.running.len(),
                 waiting: self.waiting.len(),
-                kv_blocks_used: self.blocks.in_use(),
-                kv_blocks_total: self.blocks.total(),
+                kv_blocks_used: self.kv.in_use(),
+                kv_blocks_total: self.kv.total(),
                 kv_block_size: self.config.block_size,
                 kv_slots_unused: self
                     .running
@@ -603,47 +571,4 @@ impl EngineCore {
             };
         }
     }
-}
-
-/// Samples one choice's next token and sends it; a panic while sampling or detokenizing
-/// fails only this request.
-fn sample_into(
-    seq: &mut Sequence,
-    group: &mut RequestState,
-    row: &mut [f32],
-    tok: &ModelTokenizer,
-    (finished, failed): (&mut Vec<(u64, usize, FinishReason)>, &mut HashSet<u64>),
-    step: &mut StepStats,
-) {
-    match catch_unwind(AssertUnwindSafe(|| seq.sample_next(row, tok))) {
-        Ok(Err(e)) => {
-            tracing::warn!(request = seq.group, error = %e, "failing the request");
-            group.fail(e);
-            failed.insert(seq.group);
-        }
-        Ok(Ok(delta)) => {
-            group.count_token();
-            seq.note_token(Instant::now(), &group.times, step);
-            if let Some(reason) = delta.finish_reason {
-                finished.push((seq.group, seq.index, reason));
-            }
-            group.send(Ok(GenerateEvent::Delta(delta)));
-        }
-        Err(panic) => {
-            let message = panic_message(&panic);
-            tracing::error!(request = seq.group, error = %message, "sampling failed; failing the request");
-            group.fail(EngineError::Internal(message));
-            failed.insert(seq.group);
-        }
-    }
-}
-
-/// The text of a caught panic.
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    let detail = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("unknown panic");
-    format!("panic in the engine: {detail}")
 }
