@@ -13,32 +13,13 @@ check passes; otherwise prints each failure and exits 1.
 
 import argparse
 import json
-import sys
-import traceback
 from typing import Literal
 
 import openai
 from openai import OpenAI
 from pydantic import BaseModel, Field
 
-FAILURES = []
-
-
-def check(name):
-    def wrap(fn):
-        def run(*args, **kwargs):
-            try:
-                fn(*args, **kwargs)
-                print(f"ok    {name}")
-            except Exception:  # noqa: BLE001 - report every failure, keep going
-                FAILURES.append(name)
-                print(f"FAIL  {name}")
-                traceback.print_exc()
-
-        run.__name__ = fn.__name__
-        return run
-
-    return wrap
+from checks import check, finish
 
 
 # Bounded fields: whatever the random weights pick, the JSON ends well within max_tokens.
@@ -236,9 +217,7 @@ def main():
                  responses_text, responses_parse, responses_function_call, responses_stream,
                  bad_tool_choice):
         test(client, args.model)
-    if FAILURES:
-        print(f"{len(FAILURES)} failed: {', '.join(FAILURES)}")
-        sys.exit(1)
+    finish()
 
 
 if __name__ == "__main__":

@@ -7,30 +7,11 @@ Exits 0 when every check passes; otherwise prints each failure and exits 1.
 """
 
 import argparse
-import sys
-import traceback
 
 import openai
 from openai import OpenAI
 
-FAILURES = []
-
-
-def check(name):
-    def wrap(fn):
-        def run(*args, **kwargs):
-            try:
-                fn(*args, **kwargs)
-                print(f"ok    {name}")
-            except Exception:  # noqa: BLE001 - report every failure, keep going
-                FAILURES.append(name)
-                print(f"FAIL  {name}")
-                traceback.print_exc()
-
-        run.__name__ = fn.__name__
-        return run
-
-    return wrap
+from checks import check, finish
 
 
 @check("models.list")
@@ -188,10 +169,7 @@ def main():
     for test in (models_list, chat, chat_logprobs, chat_stream, completions, bad_request, empty_messages,
                  unknown_model):
         test(client, args.model)
-    if FAILURES:
-        print(f"{len(FAILURES)} check(s) failed: {', '.join(FAILURES)}")
-        sys.exit(1)
-    print("all checks passed")
+    finish()
 
 
 if __name__ == "__main__":

@@ -41,11 +41,7 @@ mod tests {
     use crate::text::{ChatMessage, ChatTemplate, MessageContent, RenderOptions};
 
     fn msg(role: &str, text: &str) -> ChatMessage {
-        ChatMessage {
-            role: role.into(),
-            content: Some(MessageContent::Text(text.into())),
-            ..ChatMessage::default()
-        }
+        ChatMessage::text(role, text)
     }
 
     fn tools() -> Vec<Value> {

@@ -55,6 +55,17 @@ pub struct ChatMessage {
     pub reasoning_content: Option<String>,
 }
 
+impl ChatMessage {
+    /// A message of plain text.
+    pub fn text(role: &str, text: &str) -> Self {
+        Self {
+            role: role.into(),
+            content: Some(MessageContent::Text(text.into())),
+            ..Self::default()
+        }
+    }
+}
+
 /// What a rendering takes beside the messages.
 #[derive(Debug, Clone, Default)]
 pub struct RenderOptions<'a> {
@@ -294,11 +305,7 @@ mod tests {
     use super::*;
 
     fn msg(role: &str, text: &str) -> ChatMessage {
-        ChatMessage {
-            role: role.into(),
-            content: Some(MessageContent::Text(text.into())),
-            ..ChatMessage::default()
-        }
+        ChatMessage::text(role, text)
     }
 
     const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";

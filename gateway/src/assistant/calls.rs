@@ -338,14 +338,8 @@ mod tests {
         step: usize,
     ) -> (String, Vec<(String, String)>) {
         let mut out = Vec::new();
-        let mut rest = text;
-        while !rest.is_empty() {
-            let mut end = step.min(rest.len());
-            while !rest.is_char_boundary(end) {
-                end += 1;
-            }
-            r.push(&rest[..end], &mut out);
-            rest = &rest[end..];
+        for piece in super::super::in_steps(text, step) {
+            r.push(piece, &mut out);
         }
         r.finish(&mut out);
         let mut content = String::new();

@@ -26,6 +26,22 @@ fn partial_marker_len(text: &str, marker: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// `text` cut into pieces of `step` bytes (at character boundaries), as a stream delivers it.
+#[cfg(test)]
+fn in_steps(text: &str, step: usize) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut end = step.min(rest.len());
+        while !rest.is_char_boundary(end) {
+            end += 1;
+        }
+        pieces.push(&rest[..end]);
+        rest = &rest[end..];
+    }
+    pieces
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -120,14 +120,8 @@ mod tests {
     fn split(format: ReasoningFormat, text: &str, step: usize) -> (String, String) {
         let mut s = ReasoningSplitter::new(format);
         let mut out = Vec::new();
-        let mut rest = text;
-        while !rest.is_empty() {
-            let mut end = step.min(rest.len());
-            while !rest.is_char_boundary(end) {
-                end += 1;
-            }
-            s.push(&rest[..end], &mut out);
-            rest = &rest[end..];
+        for piece in super::super::in_steps(text, step) {
+            s.push(piece, &mut out);
         }
         s.finish(&mut out);
         let (mut r, mut a) = (String::new(), String::new());
