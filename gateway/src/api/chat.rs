@@ -216,7 +216,7 @@ fn validate(
     let messages = parse_messages(&req.messages, limits)?;
     let legacy_functions = req.functions.is_some() && req.tools.is_none();
     let tools = if legacy_functions {
-        legacy_toolset(
+        tool_params::legacy_toolset(
             req.functions.as_deref().unwrap_or_default(),
             req.function_call.as_ref(),
             limits,
@@ -231,7 +231,7 @@ fn validate(
         )?
     };
     let template_kwargs =
-        template_kwargs(req.chat_template_kwargs, req.reasoning_effort.as_deref())?;
+        tool_params::template_kwargs(req.chat_template_kwargs, req.reasoning_effort.as_deref())?;
     let response_format = match &req.response_format {
         None => None,
         Some(f) => response_format(f)?,
@@ -263,7 +263,7 @@ fn validate(
         }
         sampling.grammar = Some(std::sync::Arc::new(grammar));
     }
-    force_tool_calls(&mut sampling, tools.as_ref())?;
+    tool_params::force_tool_calls(&mut sampling, tools.as_ref())?;
     Ok(ChatCall {
         model: req.model,
         messages,
@@ -274,118 +274,6 @@ fn validate(
         template_kwargs,
         legacy_functions,
     })
-}
-
-/// `functions` and `function_call` (OpenAI's deprecated forms) as tools: one call at most.
-fn legacy_toolset(
-    functions: &[Value],
-    function_call: Option<&Value>,
-    limits: &RequestLimits,
-) -> Result<Option<Toolset>, ApiError> {
-    let tools: Vec<Value> = functions
-        .iter()
-        .map(|f| serde_json::json!({"type": "function", "function": f}))
-        .collect();
-    let choice = match function_call {
-        Some(Value::Object(o)) => Some(serde_json::json!({"type": "function", "function": o})),
-        other => other.cloned(),
-    };
-    tool_params::toolset(
-        Some(&tools),
-        choice.as_ref(),
-        Some(false),
-        Shape::Chat,
-        limits,
-    )
-    .map_err(|e| match e.body.param.clone() {
-        Some(p) => e.with_param(
-            &p.replace("tools[", "functions[")
-                .replace(".function.", ".")
-                .replace("tool_choice", "function_call"),
-        ),
-        None => e,
-    })
-}
-
-/// A call the client requires is the grammar the model decodes under; it cannot be
-/// combined with another structured output.
-pub fn force_tool_calls(
-    sampling: &mut params::Sampling,
-    tools: Option<&Toolset>,
-) -> Result<(), ApiError> {
-    let Some(grammar) = tools.and_then(Toolset::forced_grammar) else {
-        return Ok(());
-    };
-    if sampling.grammar.is_some() {
-        return Err(ApiError::invalid_param(
-            "tool_choice",
-            "A required or named tool call cannot be combined with `response_format` or another structured output.",
-        ));
-    }
-    sampling.grammar = Some(std::sync::Arc::new(grammar));
-    Ok(())
-}
-
-/// `reasoning_effort` values OpenAI defines.
-const EFFORTS: [&str; 5] = ["none", "minimal", "low", "medium", "high"];
-
-/// The template's variables: `chat_template_kwargs` as given, and `reasoning_effort`
-/// (which templates of reasoning models read; `none` also turns `enable_thinking` off unless
-/// the kwargs say otherwise).
-pub fn template_kwargs(
-    kwargs: Option<serde_json::Map<String, Value>>,
-    effort: Option<&str>,
-) -> Result<Option<serde_json::Map<String, Value>>, ApiError> {
-    let Some(effort) = effort else {
-        return Ok(kwargs);
-    };
-    if !EFFORTS.contains(&effort) {
-        return Err(ApiError::invalid_param(
-            "reasoning_effort",
-            format!(
-                "Invalid 'reasoning_effort': `{effort}`; expected one of {}.",
-                EFFORTS.join(", ")
-            ),
-        ));
-    }
-    let mut kwargs = kwargs.unwrap_or_default();
-    kwargs
-        .entry("reasoning_effort")
-        .or_insert_with(|| Value::from(effort));
-    if effort == "none" {
-        kwargs
-            .entry("enable_thinking")
-            .or_insert(Value::Bool(false));
-    }
-    Ok(Some(kwargs))
-}
-
-/// The model must be able to choose tools itself when the request leaves it the choice.
-pub fn check_tool_format(model: &LocalModel, tools: Option<&Toolset>) -> Result<(), ApiError> {
-    if tools.is_some_and(Toolset::parsed_from_text) && model.tool_format.is_none() {
-        return Err(ApiError::invalid_param(
-            "tool_choice",
-            format!(
-                "The model `{}` cannot choose tools itself: its chat template has no tool-call format Rosetta reads (set `tool_parser` in its config). Use `tool_choice: required` or name a function.",
-                model.id
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// The parser of one choice's output.
-pub fn output_parser(
-    model: &LocalModel,
-    tools: Option<&Toolset>,
-    sampling: &params::Sampling,
-) -> OutputParser {
-    OutputParser::new(
-        tools,
-        model.tool_format,
-        model.reasoning,
-        sampling.grammar.is_some() && tools.and_then(Toolset::forced_grammar).is_none(),
-    )
 }
 
 /// OpenAI's `response_format`: `text` (no constraint), `json_object` (any JSON object), or
@@ -475,7 +363,7 @@ impl Generation for ChatCall {
     }
 
     fn prompts(&self, model: &LocalModel) -> Result<Vec<Vec<u32>>, ApiError> {
-        check_tool_format(model, self.tools.as_ref())?;
+        tool_params::check_tool_format(model, self.tools.as_ref())?;
         let tools = self.tools.as_ref().and_then(Toolset::for_template);
         let options = RenderOptions {
             add_generation_prompt: self.add_generation_prompt,
@@ -513,7 +401,7 @@ async fn render(chat: &ChatCall, answer: Answer<'_>) -> Result<Response, EngineE
         top_logprobs: chat.sampling.params.sampling.logprobs,
     };
     let parsers: Vec<OutputParser> = (0..n)
-        .map(|_| output_parser(&model, chat.tools.as_ref(), &chat.sampling))
+        .map(|_| tool_params::output_parser(&model, chat.tools.as_ref(), &chat.sampling))
         .collect();
     if chat.sampling.stream {
         let events = stream_chunks(

@@ -134,7 +134,7 @@ fn validate(
         .and_then(|r| r.get("effort"))
         .and_then(Value::as_str);
     let template_kwargs =
-        chat::template_kwargs(None, effort).map_err(|e| e.with_param("reasoning.effort"))?;
+        tool_params::template_kwargs(None, effort).map_err(|e| e.with_param("reasoning.effort"))?;
     let mut sampling =
         params::validate(fields, limits, req.max_output_tokens, None).map_err(|e| {
             if e.body.param.as_deref() == Some("max_tokens") {
@@ -152,7 +152,7 @@ fn validate(
         }
         sampling.grammar = Some(std::sync::Arc::new(grammar));
     }
-    chat::force_tool_calls(&mut sampling, tools.as_ref())?;
+    tool_params::force_tool_calls(&mut sampling, tools.as_ref())?;
     let s = &sampling.params.sampling;
     let echo = Echo {
         instructions: req.instructions,
@@ -375,7 +375,7 @@ async fn render(call: &ResponsesCall, answer: Answer<'_>) -> Result<Response, En
         model: model.id.clone(),
         echo: call.echo.clone(),
     };
-    let parser = chat::output_parser(&model, call.chat.tools.as_ref(), &call.chat.sampling);
+    let parser = tool_params::output_parser(&model, call.chat.tools.as_ref(), &call.chat.sampling);
     if call.chat.sampling.stream {
         let events = stream_events(items, shell, parser);
         return Ok(sse::response(state.drain(), events));

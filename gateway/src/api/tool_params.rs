@@ -1,11 +1,15 @@
-//! `tools`, `tool_choice` and `parallel_tool_calls` as the chat and responses endpoints
-//! write them, read into one [`Toolset`]; and assistant turns' `tool_calls` in history.
+//! What the chat and responses endpoints share about the assistant's turn: `tools`,
+//! `tool_choice` and `parallel_tool_calls` as each writes them, read into one [`Toolset`]
+//! (and the deprecated `functions`); assistant turns' `tool_calls` in history; the grammar a
+//! required call decodes under; the template's variables (`chat_template_kwargs`,
+//! `reasoning_effort`); and the parser that reads a model's output back.
 
 use serde_json::Value;
 
 use super::error::ApiError;
 use super::params;
-use crate::assistant::{Tool, ToolChoice, ToolError, Toolset};
+use crate::assistant::{OutputParser, Tool, ToolChoice, ToolError, Toolset};
+use crate::registry::LocalModel;
 use rosetta_config::RequestLimits;
 
 impl From<ToolError> for ApiError {
@@ -173,4 +177,116 @@ pub fn history_calls(raw: &Value, param: &str) -> Result<Vec<Value>, ApiError> {
             Ok(serde_json::json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}))
         })
         .collect()
+}
+
+/// `functions` and `function_call` (OpenAI's deprecated forms) as tools: one call at most.
+pub fn legacy_toolset(
+    functions: &[Value],
+    function_call: Option<&Value>,
+    limits: &RequestLimits,
+) -> Result<Option<Toolset>, ApiError> {
+    let tools: Vec<Value> = functions
+        .iter()
+        .map(|f| serde_json::json!({"type": "function", "function": f}))
+        .collect();
+    let choice = match function_call {
+        Some(Value::Object(o)) => Some(serde_json::json!({"type": "function", "function": o})),
+        other => other.cloned(),
+    };
+    toolset(
+        Some(&tools),
+        choice.as_ref(),
+        Some(false),
+        Shape::Chat,
+        limits,
+    )
+    .map_err(|e| match e.body.param.clone() {
+        Some(p) => e.with_param(
+            &p.replace("tools[", "functions[")
+                .replace(".function.", ".")
+                .replace("tool_choice", "function_call"),
+        ),
+        None => e,
+    })
+}
+
+/// A call the client requires is the grammar the model decodes under; it cannot be
+/// combined with another structured output.
+pub fn force_tool_calls(
+    sampling: &mut params::Sampling,
+    tools: Option<&Toolset>,
+) -> Result<(), ApiError> {
+    let Some(grammar) = tools.and_then(Toolset::forced_grammar) else {
+        return Ok(());
+    };
+    if sampling.grammar.is_some() {
+        return Err(ApiError::invalid_param(
+            "tool_choice",
+            "A required or named tool call cannot be combined with `response_format` or another structured output.",
+        ));
+    }
+    sampling.grammar = Some(std::sync::Arc::new(grammar));
+    Ok(())
+}
+
+/// `reasoning_effort` values OpenAI defines.
+const EFFORTS: [&str; 5] = ["none", "minimal", "low", "medium", "high"];
+
+/// The template's variables: `chat_template_kwargs` as given, and `reasoning_effort`
+/// (which templates of reasoning models read; `none` also turns `enable_thinking` off unless
+/// the kwargs say otherwise).
+pub fn template_kwargs(
+    kwargs: Option<serde_json::Map<String, Value>>,
+    effort: Option<&str>,
+) -> Result<Option<serde_json::Map<String, Value>>, ApiError> {
+    let Some(effort) = effort else {
+        return Ok(kwargs);
+    };
+    if !EFFORTS.contains(&effort) {
+        return Err(ApiError::invalid_param(
+            "reasoning_effort",
+            format!(
+                "Invalid 'reasoning_effort': `{effort}`; expected one of {}.",
+                EFFORTS.join(", ")
+            ),
+        ));
+    }
+    let mut kwargs = kwargs.unwrap_or_default();
+    kwargs
+        .entry("reasoning_effort")
+        .or_insert_with(|| Value::from(effort));
+    if effort == "none" {
+        kwargs
+            .entry("enable_thinking")
+            .or_insert(Value::Bool(false));
+    }
+    Ok(Some(kwargs))
+}
+
+/// The model must be able to choose tools itself when the request leaves it the choice.
+pub fn check_tool_format(model: &LocalModel, tools: Option<&Toolset>) -> Result<(), ApiError> {
+    if tools.is_some_and(Toolset::parsed_from_text) && model.tool_format.is_none() {
+        return Err(ApiError::invalid_param(
+            "tool_choice",
+            format!(
+                "The model `{}` cannot choose tools itself: its chat template has no tool-call format Rosetta reads (set `tool_parser` in its config). Use `tool_choice: required` or name a function.",
+                model.id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The parser of one choice's output.
+pub fn output_parser(
+    model: &LocalModel,
+    tools: Option<&Toolset>,
+    sampling: &params::Sampling,
+) -> OutputParser {
+    OutputParser::new(
+        tools,
+        model.tool_format,
+        model.reasoning,
+        sampling.grammar.is_some() && tools.and_then(Toolset::forced_grammar).is_none(),
+    )
 }
