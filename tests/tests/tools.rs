@@ -413,3 +413,26 @@ async fn models_report_their_context_and_capabilities() {
         );
     }
 }
+
+/// vLLM's /tokenize takes the tools and template variables too, and counts the prompt the
+/// chat request runs.
+#[tokio::test]
+async fn tokenize_counts_the_prompt_chat_renders_with_tools() {
+    let s = Server::start(CONFIG);
+    let messages = json!([{"role": "user", "content": "Hali ya hewa Nairobi ni gani?"}]);
+    for model in FAMILIES {
+        let counted = s
+            .post(
+                "/tokenize",
+                &json!({"model": model, "messages": messages, "tools": tools(),
+                        "chat_template_kwargs": {"enable_thinking": false}}),
+            )
+            .await
+            .ok();
+        let r = s
+            .chat(json!({"model": model, "messages": messages, "tools": tools(), "max_tokens": 1,
+                         "chat_template_kwargs": {"enable_thinking": false}}))
+            .await;
+        assert_eq!(counted["count"], r["usage"]["prompt_tokens"], "{model}");
+    }
+}

@@ -8,6 +8,8 @@ use super::chat::{chat_prompt, parse_messages};
 use super::error::ApiError;
 use super::extract::OpenAiJson;
 use super::params;
+use super::tool_params;
+use crate::assistant::Toolset;
 use super::types::{DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse};
 use crate::state::AppState;
 
@@ -22,6 +24,16 @@ pub async fn tokenize(
         .as_deref()
         .map(|m| parse_messages(m, limits))
         .transpose()?;
+    // As vLLM's: the tools and template variables a chat request would render with.
+    let tools = tool_params::toolset(
+        req.tools.as_deref(),
+        None,
+        None,
+        tool_params::Shape::Chat,
+        limits,
+    )?;
+    let tools = tools.as_ref().and_then(Toolset::for_template);
+    let kwargs = tool_params::template_kwargs(req.chat_template_kwargs.clone(), None)?;
     let model = state.model(&req.model)?;
     state
         .access()
@@ -40,7 +52,8 @@ pub async fn tokenize(
             messages,
             &rosetta_engine::text::RenderOptions {
                 add_generation_prompt: req.add_generation_prompt.unwrap_or(true),
-                ..Default::default()
+                tools: tools.as_deref(),
+                kwargs: kwargs.as_ref(),
             },
         )?,
         _ => {

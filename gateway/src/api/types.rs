@@ -361,6 +361,9 @@ pub struct TokenizeRequest {
     pub messages: Option<Vec<serde_json::Value>>,
     pub add_special_tokens: Option<bool>,
     pub add_generation_prompt: Option<bool>,
+    /// With `messages`: tools and template variables, rendered as chat would render them.
+    pub tools: Option<Vec<serde_json::Value>>,
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
