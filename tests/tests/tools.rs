@@ -430,8 +430,10 @@ async fn tokenize_counts_the_prompt_chat_renders_with_tools() {
             .await
             .ok();
         let r = s
-            .chat(json!({"model": model, "messages": messages, "tools": tools(), "max_tokens": 1,
-                         "chat_template_kwargs": {"enable_thinking": false}}))
+            .chat(
+                json!({"model": model, "messages": messages, "tools": tools(), "max_tokens": 1,
+                         "chat_template_kwargs": {"enable_thinking": false}}),
+            )
             .await;
         assert_eq!(counted["count"], r["usage"]["prompt_tokens"], "{model}");
     }

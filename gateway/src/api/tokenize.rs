@@ -9,8 +9,8 @@ use super::error::ApiError;
 use super::extract::OpenAiJson;
 use super::params;
 use super::tool_params;
-use crate::assistant::Toolset;
 use super::types::{DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse};
+use crate::assistant::Toolset;
 use crate::state::AppState;
 
 pub async fn tokenize(
