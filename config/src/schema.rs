@@ -458,10 +458,18 @@ pub enum Arch {
     Mistral,
     Qwen2,
     Qwen3,
+    /// A sparse mixture of experts (top-2 of the experts per token), on the CPU path.
+    Mixtral,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 4] = [Arch::Llama, Arch::Mistral, Arch::Qwen2, Arch::Qwen3];
+    pub const ALL: [Arch; 5] = [
+        Arch::Llama,
+        Arch::Mistral,
+        Arch::Qwen2,
+        Arch::Qwen3,
+        Arch::Mixtral,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -469,6 +477,7 @@ impl Arch {
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Mixtral => "mixtral",
         }
     }
 }

@@ -102,6 +102,11 @@ fn qwen3_with_qk_norm_matches_reference() {
 }
 
 #[test]
+fn mixtral_with_top2_of_4_experts_matches_reference() {
+    check(DemoSpec::new(Arch::Mixtral, Size::Tiny, 6));
+}
+
+#[test]
 fn bf16_sharded_checkpoint_matches_reference() {
     let spec = DemoSpec {
         dtype: StoredDtype::Bf16,
@@ -168,9 +173,20 @@ fn missing_tensor_and_unknown_architecture_are_named() {
 /// which other rows share the forward pass; the scheduler's equality guarantees rest on this.
 #[test]
 fn logits_do_not_depend_on_batch_composition() {
+    batch_invariant(DemoSpec::new(Arch::Llama, Size::Tiny, 8));
+}
+
+/// The same for a mixture of experts: each expert runs on the rows routed to it, however
+/// many there are.
+#[test]
+fn mixtral_logits_do_not_depend_on_batch_composition() {
+    batch_invariant(DemoSpec::new(Arch::Mixtral, Size::Tiny, 8));
+}
+
+fn batch_invariant(spec: DemoSpec) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("m");
-    generate(&dir, &DemoSpec::new(Arch::Llama, Size::Tiny, 8));
+    generate(&dir, &spec);
     let model = Transformer::load(&dir, None, 512).unwrap();
     let s = model.shape();
     let layout = KvLayout {

@@ -113,6 +113,7 @@ enum ArchArg {
     Mistral,
     Qwen2,
     Qwen3,
+    Mixtral,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -245,6 +246,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ArchArg::Mistral => Arch::Mistral,
                 ArchArg::Qwen2 => Arch::Qwen2,
                 ArchArg::Qwen3 => Arch::Qwen3,
+                ArchArg::Mixtral => Arch::Mixtral,
             };
             let size = match size {
                 SizeArg::Tiny => Size::Tiny,

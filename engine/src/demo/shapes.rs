@@ -19,6 +19,8 @@ pub struct DemoShape {
     pub vocab_size: usize,
     pub max_positions: usize,
     pub tied: bool,
+    /// Mixtral: (experts, experts per token).
+    pub experts: Option<(usize, usize)>,
 }
 
 impl DemoShape {
@@ -38,6 +40,21 @@ impl DemoShape {
                 max_positions: 2048,
                 // Cover both tied and separate output heads across architectures.
                 tied: matches!(arch, Arch::Llama | Arch::Qwen3),
+                experts: (arch == Arch::Mixtral).then_some((4, 2)),
+            },
+            // A small Mixtral: eight experts, two per token, about 390M parameters.
+            Size::Small if arch == Arch::Mixtral => Self {
+                arch,
+                hidden: 768,
+                intermediate: 1536,
+                layers: 12,
+                heads: 12,
+                kv_heads: 4,
+                head_dim: 64,
+                vocab_size: 49152,
+                max_positions: 8192,
+                tied: false,
+                experts: Some((8, 2)),
             },
             // SmolLM2-135M's exact shape.
             Size::Small => Self {
@@ -51,6 +68,7 @@ impl DemoShape {
                 vocab_size: 49152,
                 max_positions: 8192,
                 tied: true,
+                experts: None,
             },
         }
     }
@@ -65,6 +83,7 @@ impl DemoShape {
             Arch::Mistral => ("mistral", "MistralForCausalLM"),
             Arch::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
             Arch::Qwen3 => ("qwen3", "Qwen3ForCausalLM"),
+            Arch::Mixtral => ("mixtral", "MixtralForCausalLM"),
         };
         let mut c = json!({
             "architectures": [arch_class],
@@ -107,6 +126,12 @@ impl DemoShape {
             Arch::Qwen3 => {
                 json!({ "attention_bias": false, "use_sliding_window": false, "sliding_window": null })
             }
+            Arch::Mixtral => {
+                let (experts, per_token) = self.experts.unwrap_or((8, 2));
+                json!({ "num_local_experts": experts, "num_experts_per_tok": per_token,
+                        "sliding_window": null, "router_aux_loss_coef": 0.02,
+                        "output_router_logits": false, "router_jitter_noise": 0.0 })
+            }
         };
         if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
             c.extend(extra.clone());
@@ -139,9 +164,22 @@ impl DemoShape {
             }
             t.push((format!("{p}.self_attn.o_proj.weight"), vec![h, qd]));
             t.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
-            t.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
-            t.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
-            t.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+            match self.experts {
+                Some((experts, _)) => {
+                    let moe = format!("{p}.block_sparse_moe");
+                    t.push((format!("{moe}.gate.weight"), vec![experts, h]));
+                    for e in 0..experts {
+                        t.push((format!("{moe}.experts.{e}.w1.weight"), vec![i, h]));
+                        t.push((format!("{moe}.experts.{e}.w2.weight"), vec![h, i]));
+                        t.push((format!("{moe}.experts.{e}.w3.weight"), vec![i, h]));
+                    }
+                }
+                None => {
+                    t.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
+                    t.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
+                    t.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+                }
+            }
         }
         t.push(("model.norm.weight".to_string(), vec![h]));
         if !self.tied {

@@ -46,14 +46,14 @@ fn flavour(arch: Arch) -> Flavour {
             template: templates::LLAMA3,
             add_bos: true,
         },
-        // One vocabulary for the three (the same specials keep token ids as they were).
-        Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => Flavour {
+        // One vocabulary for these (the same specials keep token ids as they were).
+        Arch::Mistral | Arch::Mixtral | Arch::Qwen2 | Arch::Qwen3 => Flavour {
             specials: &["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
             bos: "<|endoftext|>",
             eos: "<|im_end|>",
             extra_eos: &["<|endoftext|>"],
             template: match arch {
-                Arch::Mistral => templates::MISTRAL,
+                Arch::Mistral | Arch::Mixtral => templates::MISTRAL,
                 Arch::Qwen3 => templates::QWEN3,
                 _ => templates::QWEN2,
             },

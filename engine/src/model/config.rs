@@ -15,6 +15,15 @@ pub enum Family {
     Mistral,
     Qwen2,
     Qwen3,
+    Mixtral,
+}
+
+/// A sparse mixture of experts in place of each layer's MLP: `top_k` of `count` experts per
+/// token, chosen by a linear router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Experts {
+    pub count: usize,
+    pub top_k: usize,
 }
 
 /// config.json as written, before an architecture reads it.
@@ -59,6 +68,10 @@ pub struct RawConfig {
     hidden_act: Option<String>,
     #[serde(default)]
     torch_dtype: Option<String>,
+    #[serde(default)]
+    pub num_local_experts: Option<usize>,
+    #[serde(default)]
+    pub num_experts_per_tok: Option<usize>,
 }
 
 fn default_eps() -> f64 {
@@ -114,6 +127,8 @@ pub struct ModelShape {
     pub layer_windows: Vec<Option<usize>>,
     /// The dtype the checkpoint was saved in, when it says.
     pub torch_dtype: Option<String>,
+    /// Mixture-of-experts layers (Mixtral); `None` for a dense MLP.
+    pub experts: Option<Experts>,
 }
 
 impl ModelShape {
@@ -165,6 +180,7 @@ impl ModelShape {
         }
         let rope_scaling = parse_rope_scaling(raw.rope_scaling.as_ref())?;
         let (qkv_bias, o_bias) = arch.attention_biases(&raw);
+        let experts = arch.experts(&raw)?;
         // `layer_types` (newer configs) says per layer; otherwise the architecture's rule.
         let layer_windows = (0..raw.num_hidden_layers)
             .map(|layer| match &raw.layer_types {
@@ -194,6 +210,7 @@ impl ModelShape {
             qk_norm: arch.qk_norm(),
             layer_windows,
             torch_dtype: raw.torch_dtype,
+            experts,
         })
     }
 

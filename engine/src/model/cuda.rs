@@ -87,6 +87,12 @@ impl CudaTransformer {
         }
         let device = open_device(ordinal)?;
         let shape = ModelShape::from_file(&dir.join("config.json"))?;
+        if shape.experts.is_some() {
+            return Err(EngineError::load(
+                "mixture-of-experts models (Mixtral) run on the CPU path only for now; \
+                 use `engine.device: cpu`",
+            ));
+        }
         let w = Weights::open(dir, &device)?;
         let s = &shape;
         let (h, hd) = (s.hidden_size, s.head_dim);

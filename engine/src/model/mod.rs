@@ -1,6 +1,7 @@
-//! The Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3). Weights are loaded with
-//! candle (memory-mapped safetensors, dtype conversion); the CPU forward pass runs on our own
-//! batch-invariant kernels (see `matmul`) and reads and writes K/V through the paged cache.
+//! The Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3, and Mixtral's mixture of
+//! experts). Weights are loaded with candle (memory-mapped safetensors, dtype conversion);
+//! the CPU forward pass runs on our own batch-invariant kernels (see `matmul`) and reads and
+//! writes K/V through the paged cache.
 
 mod arch;
 mod config;
@@ -94,11 +95,100 @@ struct Layer {
     /// q, k and v projections fused into one product.
     qkv: Linear,
     o: Linear,
-    /// gate and up projections fused into one product.
-    gate_up: Linear,
-    down: Linear,
+    ffn: FeedForward,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
+}
+
+/// A gated SiLU MLP: gate and up projections fused into one product, then down.
+struct Mlp {
+    gate_up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    /// `x` is `[m, hidden]`; returns `[m, hidden]`.
+    fn forward(&self, x: &[f32], m: usize, inter: usize) -> Vec<f32> {
+        let gu = self.gate_up.forward(x, m);
+        let mut act = vec![0.0f32; m * inter];
+        for (a, g) in act.chunks_mut(inter).zip(gu.chunks(2 * inter)) {
+            let (gate, up) = g.split_at(inter);
+            for ((a, &gv), &uv) in a.iter_mut().zip(gate).zip(up) {
+                *a = gv / (1.0 + (-gv).exp()) * uv;
+            }
+        }
+        self.down.forward(&act, m)
+    }
+}
+
+/// A layer's feed-forward block: one MLP, or a sparse mixture of expert MLPs.
+enum FeedForward {
+    Dense(Mlp),
+    Experts {
+        router: Linear,
+        experts: Vec<Mlp>,
+        top_k: usize,
+    },
+}
+
+impl FeedForward {
+    fn forward(&self, x: &[f32], m: usize, hidden: usize, inter: usize) -> Vec<f32> {
+        match self {
+            Self::Dense(mlp) => mlp.forward(x, m, inter),
+            Self::Experts {
+                router,
+                experts,
+                top_k,
+            } => {
+                let routes = route(&router.forward(x, m), experts.len(), *top_k);
+                // Each expert runs once, on the rows routed to it (gathered); each row's
+                // outputs are added in expert order, whatever the batch, so a row's result
+                // does not depend on the rows beside it.
+                let mut out = vec![0.0f32; m * hidden];
+                let mut rows = Vec::new();
+                let mut gathered = Vec::new();
+                for (e, expert) in experts.iter().enumerate() {
+                    rows.clear();
+                    gathered.clear();
+                    for (r, chosen) in routes.iter().enumerate() {
+                        if let Some(&(_, w)) = chosen.iter().find(|(ce, _)| *ce == e) {
+                            rows.push((r, w));
+                            gathered.extend_from_slice(&x[r * hidden..(r + 1) * hidden]);
+                        }
+                    }
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    let y = expert.forward(&gathered, rows.len(), inter);
+                    for (&(r, w), yr) in rows.iter().zip(y.chunks(hidden)) {
+                        for (o, v) in out[r * hidden..(r + 1) * hidden].iter_mut().zip(yr) {
+                            *o += w * v;
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// Per row of router logits `[m, experts]`: the `top_k` experts with the highest softmax
+/// weight (ties to the lower index) and their weights renormalised to sum to one, as
+/// transformers' Mixtral block computes them.
+fn route(logits: &[f32], experts: usize, top_k: usize) -> Vec<Vec<(usize, f32)>> {
+    logits
+        .chunks(experts)
+        .map(|row| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exp: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
+            let sum: f32 = exp.iter().sum();
+            let mut order: Vec<usize> = (0..experts).collect();
+            order.sort_by(|&a, &b| exp[b].total_cmp(&exp[a]).then(a.cmp(&b)));
+            let chosen = &order[..top_k.min(experts)];
+            let kept: f32 = chosen.iter().map(|&e| exp[e] / sum).sum();
+            chosen.iter().map(|&e| (e, exp[e] / sum / kept)).collect()
+        })
+        .collect()
 }
 
 pub struct Transformer {
@@ -167,14 +257,42 @@ impl Transformer {
             layers.push(Layer {
                 input_norm: vector(&format!("{}.weight", n.input_norm), h)?,
                 post_norm: vector(&format!("{}.weight", n.post_norm), h)?,
-                qkv: stacked(&[(n.q, qd), (n.k, kvd), (n.v, kvd)], h, s.qkv_bias)?,
-                o: stacked(&[(n.o, h)], qd, s.o_bias)?,
-                gate_up: stacked(
-                    &[(n.gate, s.intermediate_size), (n.up, s.intermediate_size)],
+                qkv: stacked(
+                    &[(n.q.clone(), qd), (n.k.clone(), kvd), (n.v.clone(), kvd)],
                     h,
-                    s.mlp_bias,
+                    s.qkv_bias,
                 )?,
-                down: stacked(&[(n.down, h)], s.intermediate_size, s.mlp_bias)?,
+                o: stacked(&[(n.o.clone(), h)], qd, s.o_bias)?,
+                ffn: match s.experts {
+                    None => FeedForward::Dense(Mlp {
+                        gate_up: stacked(
+                            &[
+                                (n.gate.clone(), s.intermediate_size),
+                                (n.up.clone(), s.intermediate_size),
+                            ],
+                            h,
+                            s.mlp_bias,
+                        )?,
+                        down: stacked(&[(n.down.clone(), h)], s.intermediate_size, s.mlp_bias)?,
+                    }),
+                    Some(experts) => FeedForward::Experts {
+                        router: stacked(&[(n.router.clone(), experts.count)], h, false)?,
+                        experts: (0..experts.count)
+                            .map(|e| {
+                                let [gate, up, down] = n.expert(e);
+                                Ok(Mlp {
+                                    gate_up: stacked(
+                                        &[(gate, s.intermediate_size), (up, s.intermediate_size)],
+                                        h,
+                                        false,
+                                    )?,
+                                    down: stacked(&[(down, h)], s.intermediate_size, false)?,
+                                })
+                            })
+                            .collect::<Result<_, EngineError>>()?,
+                        top_k: experts.top_k,
+                    },
+                },
                 q_norm: head_norm(&n.q_norm)?,
                 k_norm: head_norm(&n.k_norm)?,
             });
@@ -276,15 +394,7 @@ impl Transformer {
             let o = layer.o.forward(&attn, n);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             rms_norm_rows(&x, &layer.post_norm, eps, &mut hidden);
-            let gu = layer.gate_up.forward(&hidden, n);
-            let mut act = vec![0.0f32; n * inter];
-            for (a, g) in act.chunks_mut(inter).zip(gu.chunks(2 * inter)) {
-                let (gate, up) = g.split_at(inter);
-                for ((a, &gv), &uv) in a.iter_mut().zip(gate).zip(up) {
-                    *a = gv / (1.0 + (-gv).exp()) * uv;
-                }
-            }
-            let down = layer.down.forward(&act, n);
+            let down = layer.ffn.forward(&hidden, n, h, inter);
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
         }
         if rows.is_empty() {

@@ -1,5 +1,7 @@
 //! An independent reference forward pass for the Llama-family decoders the engine serves
-//! (Llama 2/3, Mistral, Qwen2, Qwen3), used by the integration tests to check the engine's logits.
+//! (Llama 2/3, Mistral, Mixtral, Qwen2, Qwen3), used by the integration tests to check the engine's
+//! logits. Mixtral is Mistral with each layer's MLP replaced by a sparse mixture-of-experts block
+//! (`MixtralSparseMoeBlock` in transformers' `modeling_mixtral.py`).
 //!
 //! It is deliberately naive: every weight is converted to `f32` on load and held in a plain
 //! row-major `Vec<f32>`, every operation is a visible loop, and nothing is shared with the engine
@@ -64,6 +66,17 @@ struct Config {
     rope_scaling: RopeScaling,
     /// Per layer: the sliding attention window, if that layer uses one.
     sliding_window_per_layer: Vec<Option<usize>>,
+    /// Mixtral only: the sparse mixture-of-experts shape that replaces every layer's MLP.
+    moe: Option<MoeConfig>,
+}
+
+/// Mixtral's `num_local_experts` and `num_experts_per_tok`.
+#[derive(Debug, Clone)]
+struct MoeConfig {
+    /// Experts per layer (`num_local_experts`).
+    num_experts: usize,
+    /// Experts each token is routed to (`num_experts_per_tok`, the top-k).
+    top_k: usize,
 }
 
 /// Reads a key, treating JSON `null` the same as an absent key (transformers configs use both).
@@ -107,14 +120,26 @@ impl Config {
             .and_then(Value::as_str)
             .unwrap_or_else(|| panic!("config.json: missing string key `model_type`"))
             .to_string();
-        if !matches!(model_type.as_str(), "llama" | "mistral" | "qwen2" | "qwen3") {
-            panic!("reference model: unsupported model_type {model_type:?} (llama, mistral, qwen2, qwen3)");
+        if !matches!(
+            model_type.as_str(),
+            "llama" | "mistral" | "mixtral" | "qwen2" | "qwen3"
+        ) {
+            panic!(
+                "reference model: unsupported model_type {model_type:?} \
+                 (llama, mistral, mixtral, qwen2, qwen3)"
+            );
         }
+        let is_mixtral = model_type == "mixtral";
 
         let hidden_size = require_usize(json, "hidden_size");
         let num_attention_heads = require_usize(json, "num_attention_heads");
-        let num_key_value_heads =
-            get_usize(json, "num_key_value_heads").unwrap_or(num_attention_heads);
+        // MixtralConfig defaults `num_key_value_heads` to 8 (the other configs here fall back to
+        // multi-head attention).
+        let num_key_value_heads = get_usize(json, "num_key_value_heads").unwrap_or(if is_mixtral {
+            8
+        } else {
+            num_attention_heads
+        });
         let num_hidden_layers = require_usize(json, "num_hidden_layers");
         // Qwen3 (and some Mistral/Llama checkpoints) set head_dim explicitly and it need not equal
         // hidden_size / num_attention_heads.
@@ -132,19 +157,45 @@ impl Config {
         // Newer transformers releases nest theta and scaling under `rope_parameters`; accept it as a
         // fallback so such configs are not silently read with the default theta.
         let rope_parameters = get(json, "rope_parameters");
+        // MixtralConfig's default theta is 1e6; the others default to 10000.
+        let default_theta = if is_mixtral { 1e6 } else { 10000.0 };
         let rope_theta = get_f64(json, "rope_theta")
             .or_else(|| rope_parameters.and_then(|p| get_f64(p, "rope_theta")))
-            .unwrap_or(10000.0);
+            .unwrap_or(default_theta);
         let rope_scaling = parse_rope_scaling(get(json, "rope_scaling").or(rope_parameters));
 
         let config_attention_bias = match model_type.as_str() {
             // Qwen2's attention always has q/k/v bias (and never an o bias).
             "qwen2" => true,
-            "mistral" => false,
+            // Mistral's and Mixtral's attention projections are always bias-free.
+            "mistral" | "mixtral" => false,
             _ => get_bool(json, "attention_bias").unwrap_or(false),
         };
 
         let sliding_window_per_layer = sliding_windows(json, &model_type, num_hidden_layers);
+
+        let moe = is_mixtral.then(|| {
+            // The experts are SwiGLU MLPs: w2(act(w1 x) * w3 x) with act = `hidden_act`.
+            let act = get(json, "hidden_act")
+                .map(|v| {
+                    v.as_str().unwrap_or_else(|| {
+                        panic!("config.json: `hidden_act` should be a string, got {v}")
+                    })
+                })
+                .unwrap_or("silu");
+            assert!(
+                act == "silu",
+                "reference model: unsupported hidden_act {act:?} for mixtral (supported: silu)"
+            );
+            let num_experts = get_usize(json, "num_local_experts").unwrap_or(8);
+            let top_k = get_usize(json, "num_experts_per_tok").unwrap_or(2);
+            assert!(
+                num_experts > 0 && (1..=num_experts).contains(&top_k),
+                "config.json: num_experts_per_tok ({top_k}) must be between 1 and \
+                 num_local_experts ({num_experts})"
+            );
+            MoeConfig { num_experts, top_k }
+        });
 
         Config {
             model_type,
@@ -161,6 +212,7 @@ impl Config {
             config_attention_bias,
             rope_scaling,
             sliding_window_per_layer,
+            moe,
         }
     }
 }
@@ -197,8 +249,8 @@ fn parse_rope_scaling(scaling: Option<&Value>) -> RopeScaling {
 /// Which layers use a sliding attention window, and how wide it is, following transformers.
 fn sliding_windows(json: &Value, model_type: &str, num_layers: usize) -> Vec<Option<usize>> {
     match model_type {
-        // Mistral applies `sliding_window` (when non-null) to every layer.
-        "mistral" => vec![get_usize(json, "sliding_window"); num_layers],
+        // Mistral and Mixtral apply `sliding_window` (when non-null) to every layer.
+        "mistral" | "mixtral" => vec![get_usize(json, "sliding_window"); num_layers],
         // Qwen2/Qwen3: the window exists only when `use_sliding_window` is true, and even then it
         // applies only to the layers marked "sliding_attention" in `layer_types`. When a config has
         // no `layer_types`, transformers derives them: layers with index >= `max_window_layers`
@@ -382,10 +434,157 @@ struct Layer {
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     post_attention_layernorm: Vec<f32>,
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    /// What follows post_attention_layernorm: a dense MLP or (Mixtral) a sparse MoE block.
+    feed_forward: FeedForward,
     sliding_window: Option<usize>,
+}
+
+/// The feed-forward half of a decoder layer.
+enum FeedForward {
+    /// Llama/Mistral/Qwen MLP: down_proj(silu(gate_proj(x)) * up_proj(x)).
+    Dense {
+        gate_proj: Linear,
+        up_proj: Linear,
+        down_proj: Linear,
+    },
+    /// Mixtral's `block_sparse_moe`.
+    SparseMoe(SparseMoe),
+}
+
+/// One Mixtral expert (`MixtralBlockSparseTop2MLP`): w2(silu(w1(x)) * w3(x)), no biases.
+struct Expert {
+    /// [intermediate, hidden]
+    w1: Linear,
+    /// [hidden, intermediate]
+    w2: Linear,
+    /// [intermediate, hidden]
+    w3: Linear,
+}
+
+/// Mixtral's sparse mixture-of-experts block (`MixtralSparseMoeBlock`).
+struct SparseMoe {
+    /// The router: [num_experts, hidden], no bias.
+    gate: Linear,
+    experts: Vec<Expert>,
+    /// How many experts each token is sent to (`num_experts_per_tok`).
+    top_k: usize,
+}
+
+impl FeedForward {
+    /// Applies the block to `rows` normed row vectors stored back to back in `x`.
+    fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        match self {
+            FeedForward::Dense {
+                gate_proj,
+                up_proj,
+                down_proj,
+            } => swiglu(gate_proj, up_proj, down_proj, x, rows),
+            FeedForward::SparseMoe(moe) => moe.forward(x, rows),
+        }
+    }
+}
+
+/// down(silu(gate(x)) * up(x)) on `rows` rows: the dense MLP, and also one Mixtral expert
+/// (w2(silu(w1 x) * w3 x)).
+fn swiglu(gate: &Linear, up: &Linear, down: &Linear, x: &[f32], rows: usize) -> Vec<f32> {
+    let g = gate.forward(x, rows);
+    let u = up.forward(x, rows);
+    let act: Vec<f32> = g.iter().zip(&u).map(|(&g, &u)| silu(g) * u).collect();
+    down.forward(&act, rows)
+}
+
+impl SparseMoe {
+    /// Loads `{prefix}.gate` and `{prefix}.experts.{e}.w1/w2/w3` (the Hub's Mixtral layout).
+    fn load(
+        store: &mut TensorStore,
+        prefix: &str,
+        hidden: usize,
+        inter: usize,
+        moe: &MoeConfig,
+    ) -> SparseMoe {
+        // transformers creates all of these with bias=False; a bias in the checkpoint is left in
+        // the store so that the "unused tensors" check reports it.
+        let load = |store: &mut TensorStore, name: &str, in_dim: usize, out_dim: usize| Linear {
+            weight: store.take(&format!("{name}.weight"), &[out_dim, in_dim]),
+            bias: None,
+            in_dim,
+            out_dim,
+        };
+        let gate = load(store, &format!("{prefix}.gate"), hidden, moe.num_experts);
+        let experts = (0..moe.num_experts)
+            .map(|e| {
+                let p = format!("{prefix}.experts.{e}");
+                Expert {
+                    w1: load(store, &format!("{p}.w1"), hidden, inter),
+                    w2: load(store, &format!("{p}.w2"), inter, hidden),
+                    w3: load(store, &format!("{p}.w3"), hidden, inter),
+                }
+            })
+            .collect();
+        SparseMoe {
+            gate,
+            experts,
+            top_k: moe.top_k,
+        }
+    }
+
+    /// Routes every row independently, as `MixtralSparseMoeBlock.forward` does:
+    ///
+    /// ```text
+    /// router_logits = gate(x)
+    /// routing_weights = softmax(router_logits)            (transformers: in float32)
+    /// routing_weights, selected = topk(routing_weights, top_k)
+    /// routing_weights /= routing_weights.sum()
+    /// out = sum over selected experts e, in increasing e: routing_weight[e] * expert_e(x)
+    /// ```
+    ///
+    /// transformers loops over the experts in increasing index and `index_add_`s each one's
+    /// weighted output into a zeroed buffer; the sum here runs in the same order, in f64.
+    fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let hidden = self.gate.in_dim;
+        let num_experts = self.experts.len();
+        assert_eq!(x.len(), rows * hidden);
+        let mut out = vec![0.0f32; rows * hidden];
+        for r in 0..rows {
+            let row = &x[r * hidden..(r + 1) * hidden];
+
+            // Router logits, one per expert, then a softmax over all experts (in f64).
+            let logits = self.gate.forward(row, 1);
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let exps: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+            let total: f64 = exps.iter().sum();
+            let probs: Vec<f64> = exps.iter().map(|&e| e / total).collect();
+
+            // Top-k by probability: largest first; on an exact tie the lower expert index wins
+            // (the sort is stable over indices 0..num_experts).
+            let mut order: Vec<usize> = (0..num_experts).collect();
+            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+            let selected = &order[..self.top_k];
+
+            // Renormalise the selected probabilities to sum to 1 (Mixtral always does).
+            let selected_sum: f64 = selected.iter().map(|&e| probs[e]).sum();
+            let mut weight = vec![None; num_experts];
+            for &e in selected {
+                weight[e] = Some(probs[e] / selected_sum);
+            }
+
+            // Weighted sum of the selected experts' outputs, experts in increasing index.
+            let mut acc = vec![0.0f64; hidden];
+            for (e, expert) in self.experts.iter().enumerate() {
+                let Some(w) = weight[e] else {
+                    continue;
+                };
+                let y = swiglu(&expert.w1, &expert.w3, &expert.w2, row, 1);
+                for (a, &v) in acc.iter_mut().zip(&y) {
+                    *a += w * v as f64;
+                }
+            }
+            for (o, &a) in out[r * hidden..(r + 1) * hidden].iter_mut().zip(&acc) {
+                *o = a as f32;
+            }
+        }
+        out
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -439,9 +638,35 @@ impl ReferenceModel {
                     .take_optional(&format!("{p}.self_attn.k_norm.weight"), &[config.head_dim]),
                 post_attention_layernorm: store
                     .take(&format!("{p}.post_attention_layernorm.weight"), &[hidden]),
-                gate_proj: Linear::load(&mut store, &format!("{p}.mlp.gate_proj"), hidden, inter),
-                up_proj: Linear::load(&mut store, &format!("{p}.mlp.up_proj"), hidden, inter),
-                down_proj: Linear::load(&mut store, &format!("{p}.mlp.down_proj"), inter, hidden),
+                feed_forward: match &config.moe {
+                    None => FeedForward::Dense {
+                        gate_proj: Linear::load(
+                            &mut store,
+                            &format!("{p}.mlp.gate_proj"),
+                            hidden,
+                            inter,
+                        ),
+                        up_proj: Linear::load(
+                            &mut store,
+                            &format!("{p}.mlp.up_proj"),
+                            hidden,
+                            inter,
+                        ),
+                        down_proj: Linear::load(
+                            &mut store,
+                            &format!("{p}.mlp.down_proj"),
+                            inter,
+                            hidden,
+                        ),
+                    },
+                    Some(moe) => FeedForward::SparseMoe(SparseMoe::load(
+                        &mut store,
+                        &format!("{p}.block_sparse_moe"),
+                        hidden,
+                        inter,
+                        moe,
+                    )),
+                },
                 sliding_window: config.sliding_window_per_layer[i],
             };
 
@@ -545,12 +770,10 @@ impl ReferenceModel {
                 *xi += ai;
             }
 
-            // MLP block with residual: down(silu(gate(n)) * up(n)).
+            // Feed-forward block with residual: the MLP down(silu(gate(n)) * up(n)), or for
+            // Mixtral the sparse MoE block (see `SparseMoe::forward`).
             let normed = rms_norm_rows(&x, &layer.post_attention_layernorm, cfg.rms_norm_eps);
-            let gate = layer.gate_proj.forward(&normed, t);
-            let up = layer.up_proj.forward(&normed, t);
-            let act: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| silu(g) * u).collect();
-            let mlp_out = layer.down_proj.forward(&act, t);
+            let mlp_out = layer.feed_forward.forward(&normed, t);
             for (xi, mi) in x.iter_mut().zip(&mlp_out) {
                 *xi += mi;
             }

@@ -5,10 +5,11 @@
 
 mod llama;
 mod mistral;
+mod mixtral;
 mod qwen2;
 mod qwen3;
 
-use super::config::{Family, RawConfig};
+use super::config::{Experts, Family, RawConfig};
 
 /// What an architecture decides about a config and its weights.
 pub trait Architecture: Sync {
@@ -28,17 +29,22 @@ pub trait Architecture: Sync {
     fn window(&self, config: &RawConfig, _layer: usize) -> Option<usize> {
         config.sliding_window
     }
+    /// Mixture-of-experts layers in place of the MLP, if the architecture has them.
+    fn experts(&self, _config: &RawConfig) -> Result<Option<Experts>, String> {
+        Ok(None)
+    }
     /// Its checkpoint's tensor names.
     fn weights(&self) -> &'static WeightNames {
         &LLAMA_NAMES
     }
 }
 
-const ARCHITECTURES: [&dyn Architecture; 4] = [
+const ARCHITECTURES: [&dyn Architecture; 5] = [
     &llama::Llama,
     &mistral::Mistral,
     &qwen2::Qwen2,
     &qwen3::Qwen3,
+    &mixtral::Mixtral,
 ];
 
 /// The architecture a config names (`model_type`, else its first `architectures` entry).
@@ -83,6 +89,11 @@ pub struct WeightNames {
     pub gate: &'static str,
     pub up: &'static str,
     pub down: &'static str,
+    /// Mixture of experts: the router, and expert `{e}`'s gate, up and down projections.
+    pub router: &'static str,
+    pub expert_gate: &'static str,
+    pub expert_up: &'static str,
+    pub expert_down: &'static str,
 }
 
 /// One layer's tensor names, in full.
@@ -98,10 +109,22 @@ pub struct LayerNames {
     pub gate: String,
     pub up: String,
     pub down: String,
+    pub router: String,
+    prefix: String,
+    names: &'static WeightNames,
+}
+
+impl LayerNames {
+    /// Expert `e`'s (gate, up, down) projections.
+    pub fn expert(&self, e: usize) -> [String; 3] {
+        let n = self.names;
+        [n.expert_gate, n.expert_up, n.expert_down]
+            .map(|name| format!("{}.{}", self.prefix, name.replace("{e}", &e.to_string())))
+    }
 }
 
 impl WeightNames {
-    pub fn layer(&self, i: usize) -> LayerNames {
+    pub fn layer(&'static self, i: usize) -> LayerNames {
         let prefix = self.layer.replace("{i}", &i.to_string());
         let full = |name: &str| format!("{prefix}.{name}");
         LayerNames {
@@ -116,6 +139,9 @@ impl WeightNames {
             gate: full(self.gate),
             up: full(self.up),
             down: full(self.down),
+            router: full(self.router),
+            prefix: prefix.clone(),
+            names: self,
         }
     }
 }
@@ -137,6 +163,11 @@ pub const LLAMA_NAMES: WeightNames = WeightNames {
     gate: "mlp.gate_proj",
     up: "mlp.up_proj",
     down: "mlp.down_proj",
+    // Mixtral's, in the same layout.
+    router: "block_sparse_moe.gate",
+    expert_gate: "block_sparse_moe.experts.{e}.w1",
+    expert_up: "block_sparse_moe.experts.{e}.w3",
+    expert_down: "block_sparse_moe.experts.{e}.w2",
 };
 
 #[cfg(test)]
