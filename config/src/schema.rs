@@ -460,15 +460,19 @@ pub enum Arch {
     Qwen3,
     /// A sparse mixture of experts (top-2 of the experts per token), on the CPU path.
     Mixtral,
+    /// Cohere's decoder (Aya, Command R): parallel block, LayerNorm, interleaved rotary; on
+    /// the CPU path.
+    Cohere,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 5] = [
+    pub const ALL: [Arch; 6] = [
         Arch::Llama,
         Arch::Mistral,
         Arch::Qwen2,
         Arch::Qwen3,
         Arch::Mixtral,
+        Arch::Cohere,
     ];
 
     pub fn name(self) -> &'static str {
@@ -478,6 +482,7 @@ impl Arch {
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
             Arch::Mixtral => "mixtral",
+            Arch::Cohere => "cohere",
         }
     }
 }

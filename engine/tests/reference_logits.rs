@@ -107,6 +107,11 @@ fn mixtral_with_top2_of_4_experts_matches_reference() {
 }
 
 #[test]
+fn cohere_with_parallel_block_and_interleaved_rope_matches_reference() {
+    check(DemoSpec::new(Arch::Cohere, Size::Tiny, 7));
+}
+
+#[test]
 fn bf16_sharded_checkpoint_matches_reference() {
     let spec = DemoSpec {
         dtype: StoredDtype::Bf16,
@@ -181,6 +186,12 @@ fn logits_do_not_depend_on_batch_composition() {
 #[test]
 fn mixtral_logits_do_not_depend_on_batch_composition() {
     batch_invariant(DemoSpec::new(Arch::Mixtral, Size::Tiny, 8));
+}
+
+/// And for Cohere's parallel block.
+#[test]
+fn cohere_logits_do_not_depend_on_batch_composition() {
+    batch_invariant(DemoSpec::new(Arch::Cohere, Size::Tiny, 8));
 }
 
 fn batch_invariant(spec: DemoSpec) {

@@ -114,6 +114,7 @@ enum ArchArg {
     Qwen2,
     Qwen3,
     Mixtral,
+    Cohere,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -247,6 +248,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ArchArg::Qwen2 => Arch::Qwen2,
                 ArchArg::Qwen3 => Arch::Qwen3,
                 ArchArg::Mixtral => Arch::Mixtral,
+                ArchArg::Cohere => Arch::Cohere,
             };
             let size = match size {
                 SizeArg::Tiny => Size::Tiny,

@@ -185,3 +185,42 @@ async fn aliases_route_by_language_policy_and_fallback() {
         .await
         .assert_error(404, None, Some("model_not_found"));
 }
+
+/// The seed's own models: Swahili goes to a generated Aya (Cohere architecture), Chinese to a
+/// generated Mixtral (mixture of experts), the rest to Llama; each answers through the real
+/// binary, streamed and whole.
+#[tokio::test]
+async fn swahili_goes_to_aya_and_chinese_to_mixtral() {
+    let s = Server::start(
+        r#"
+server: { listen: 127.0.0.1:0 }
+cache_dir: "{cache}"
+auth: { allow_unauthenticated: true }
+models:
+  - { id: aya, demo: { arch: cohere, size: tiny, seed: 3 }, licence: apache-2.0, languages: [sw, yo], max_context: 512 }
+  - { id: mixtral, demo: { arch: mixtral, size: tiny, seed: 3 }, licence: apache-2.0, languages: [zh], max_context: 512 }
+  - { id: llama, demo: { arch: llama, size: tiny, seed: 3 }, licence: apache-2.0, max_context: 512 }
+routes:
+  - alias: auto
+    rules:
+      - { languages: [sw, yo], models: [aya] }
+      - { languages: [zh], models: [mixtral] }
+    fallback: [llama]
+"#,
+    );
+    let chinese = "今天天气很好，我们一起去市场买水果和蔬菜吧。";
+    for (text, model, language) in [
+        (SWAHILI, "aya", "sw"),
+        (chinese, "mixtral", "zh"),
+        (ENGLISH, "llama", "en"),
+    ] {
+        let r = s.post("/v1/chat/completions", &chat("auto", text)).await;
+        assert_eq!(served(r), (model.to_string(), language.to_string()));
+        let mut body = chat("auto", text);
+        body["max_tokens"] = json!(6);
+        body["stream"] = json!(true);
+        let events = s.stream("/v1/chat/completions", body).await;
+        assert_eq!(stream_finish_reason(&events, 0), "length", "{model}");
+        assert_eq!(events[0]["model"], model);
+    }
+}

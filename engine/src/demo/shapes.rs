@@ -39,7 +39,7 @@ impl DemoShape {
                 vocab_size: 2048,
                 max_positions: 2048,
                 // Cover both tied and separate output heads across architectures.
-                tied: matches!(arch, Arch::Llama | Arch::Qwen3),
+                tied: matches!(arch, Arch::Llama | Arch::Qwen3 | Arch::Cohere),
                 experts: (arch == Arch::Mixtral).then_some((4, 2)),
             },
             // A small Mixtral: eight experts, two per token, about 390M parameters.
@@ -84,6 +84,7 @@ impl DemoShape {
             Arch::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
             Arch::Qwen3 => ("qwen3", "Qwen3ForCausalLM"),
             Arch::Mixtral => ("mixtral", "MixtralForCausalLM"),
+            Arch::Cohere => ("cohere", "CohereForCausalLM"),
         };
         let mut c = json!({
             "architectures": [arch_class],
@@ -126,6 +127,9 @@ impl DemoShape {
             Arch::Qwen3 => {
                 json!({ "attention_bias": false, "use_sliding_window": false, "sliding_window": null })
             }
+            // Aya's and Command R's keys: LayerNorm epsilon, logit scale, no q/k norm.
+            Arch::Cohere => json!({ "layer_norm_eps": 1e-5, "logit_scale": 0.0625,
+                                    "use_qk_norm": false, "attention_bias": false }),
             Arch::Mixtral => {
                 let (experts, per_token) = self.experts.unwrap_or((8, 2));
                 json!({ "num_local_experts": experts, "num_experts_per_tok": per_token,
@@ -163,7 +167,10 @@ impl DemoShape {
                 t.push((format!("{p}.self_attn.k_norm.weight"), vec![hd]));
             }
             t.push((format!("{p}.self_attn.o_proj.weight"), vec![h, qd]));
-            t.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+            // Cohere's parallel block has one norm per layer.
+            if self.arch != Arch::Cohere {
+                t.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+            }
             match self.experts {
                 Some((experts, _)) => {
                     let moe = format!("{p}.block_sparse_moe");

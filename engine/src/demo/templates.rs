@@ -29,6 +29,9 @@ pub const QWEN3: &str = concat!(
 /// JSON, results in `ipython` turns.
 pub const LLAMA3: &str = include_str!("templates/llama3.jinja");
 
+/// Cohere's (Aya, Command R) turn markers, without its tool and document sections.
+pub const COHERE: &str = include_str!("templates/cohere.jinja");
+
 /// Mistral v0.3's: `[AVAILABLE_TOOLS]` before the last user turn, `[TOOL_CALLS]` with a JSON
 /// list, `[TOOL_RESULTS]`.
 pub const MISTRAL: &str = include_str!("templates/mistral.jinja");

@@ -46,6 +46,23 @@ fn flavour(arch: Arch) -> Flavour {
             template: templates::LLAMA3,
             add_bos: true,
         },
+        Arch::Cohere => Flavour {
+            specials: &[
+                "<PAD>",
+                "<BOS_TOKEN>",
+                "<EOS_TOKEN>",
+                "<|START_OF_TURN_TOKEN|>",
+                "<|END_OF_TURN_TOKEN|>",
+                "<|USER_TOKEN|>",
+                "<|CHATBOT_TOKEN|>",
+                "<|SYSTEM_TOKEN|>",
+            ],
+            bos: "<BOS_TOKEN>",
+            eos: "<|END_OF_TURN_TOKEN|>",
+            extra_eos: &["<EOS_TOKEN>"],
+            template: templates::COHERE,
+            add_bos: true,
+        },
         // One vocabulary for these (the same specials keep token ids as they were).
         Arch::Mistral | Arch::Mixtral | Arch::Qwen2 | Arch::Qwen3 => Flavour {
             specials: &["<|endoftext|>", "<|im_start|>", "<|im_end|>"],

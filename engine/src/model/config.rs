@@ -16,6 +16,16 @@ pub enum Family {
     Qwen2,
     Qwen3,
     Mixtral,
+    Cohere,
+}
+
+/// How hidden states are normalised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    /// RMSNorm with a weight (Llama's).
+    Rms,
+    /// LayerNorm with a weight and no bias (Cohere's): mean and variance.
+    Layer,
 }
 
 /// A sparse mixture of experts in place of each layer's MLP: `top_k` of `count` experts per
@@ -43,7 +53,7 @@ pub struct RawConfig {
     head_dim: Option<usize>,
     vocab_size: usize,
     #[serde(default = "default_eps")]
-    rms_norm_eps: f64,
+    pub rms_norm_eps: f64,
     #[serde(default = "default_theta")]
     rope_theta: f64,
     #[serde(default)]
@@ -51,7 +61,7 @@ pub struct RawConfig {
     #[serde(default = "default_max_pos")]
     max_position_embeddings: usize,
     #[serde(default)]
-    tie_word_embeddings: bool,
+    tie_word_embeddings: Option<bool>,
     #[serde(default)]
     pub attention_bias: Option<bool>,
     #[serde(default)]
@@ -68,6 +78,12 @@ pub struct RawConfig {
     hidden_act: Option<String>,
     #[serde(default)]
     torch_dtype: Option<String>,
+    #[serde(default)]
+    pub layer_norm_eps: Option<f64>,
+    #[serde(default)]
+    pub logit_scale: Option<f64>,
+    #[serde(default)]
+    pub use_qk_norm: Option<bool>,
     #[serde(default)]
     pub num_local_experts: Option<usize>,
     #[serde(default)]
@@ -129,6 +145,14 @@ pub struct ModelShape {
     pub torch_dtype: Option<String>,
     /// Mixture-of-experts layers (Mixtral); `None` for a dense MLP.
     pub experts: Option<Experts>,
+    pub norm: NormKind,
+    /// Attention and MLP both read the same normalised input and add to the residual
+    /// together (Cohere's parallel block); otherwise the MLP follows attention.
+    pub parallel_block: bool,
+    /// Rotary pairs are adjacent elements (Cohere) rather than the two halves.
+    pub rope_interleaved: bool,
+    /// Logits are multiplied by this (Cohere's `logit_scale`).
+    pub logit_scale: Option<f32>,
 }
 
 impl ModelShape {
@@ -181,6 +205,8 @@ impl ModelShape {
         let rope_scaling = parse_rope_scaling(raw.rope_scaling.as_ref())?;
         let (qkv_bias, o_bias) = arch.attention_biases(&raw);
         let experts = arch.experts(&raw)?;
+        arch.check(&raw)?;
+        let norm_eps = arch.norm_eps(&raw);
         // `layer_types` (newer configs) says per layer; otherwise the architecture's rule.
         let layer_windows = (0..raw.num_hidden_layers)
             .map(|layer| match &raw.layer_types {
@@ -199,18 +225,22 @@ impl ModelShape {
             num_kv_heads,
             head_dim,
             vocab_size: raw.vocab_size,
-            rms_norm_eps: raw.rms_norm_eps,
+            rms_norm_eps: norm_eps,
             rope_theta: raw.rope_theta,
             rope_scaling,
             max_position_embeddings: raw.max_position_embeddings,
-            tie_word_embeddings: raw.tie_word_embeddings,
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(arch.tied_by_default()),
             qkv_bias,
             o_bias,
             mlp_bias: raw.mlp_bias,
             qk_norm: arch.qk_norm(),
             layer_windows,
-            torch_dtype: raw.torch_dtype,
+            torch_dtype: raw.torch_dtype.clone(),
             experts,
+            norm: arch.norm(),
+            parallel_block: arch.parallel_block(),
+            rope_interleaved: arch.rope_interleaved(),
+            logit_scale: arch.logit_scale(&raw).map(|s| s as f32),
         })
     }
 

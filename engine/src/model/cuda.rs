@@ -87,10 +87,10 @@ impl CudaTransformer {
         }
         let device = open_device(ordinal)?;
         let shape = ModelShape::from_file(&dir.join("config.json"))?;
-        if shape.experts.is_some() {
+        if shape.experts.is_some() || shape.parallel_block {
             return Err(EngineError::load(
-                "mixture-of-experts models (Mixtral) run on the CPU path only for now; \
-                 use `engine.device: cpu`",
+                "mixture-of-experts (Mixtral) and Cohere models run on the CPU path only for \
+                 now; use `engine.device: cpu`",
             ));
         }
         let w = Weights::open(dir, &device)?;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 
 pub use candle_core::DType as WeightDtype;
-pub use config::{Family, ModelShape, RopeScaling};
+pub use config::{Family, ModelShape, NormKind, RopeScaling};
 use matmul::Matrix;
 use rope::Rope;
 pub use runner::{BlockCopy, ModelRunner, ModelWeights};
@@ -91,7 +91,8 @@ impl Linear {
 
 struct Layer {
     input_norm: Vec<f32>,
-    post_norm: Vec<f32>,
+    /// Before the MLP; none in a parallel block (Cohere's), where one norm feeds both.
+    post_norm: Option<Vec<f32>>,
     /// q, k and v projections fused into one product.
     qkv: Linear,
     o: Linear,
@@ -256,7 +257,11 @@ impl Transformer {
             };
             layers.push(Layer {
                 input_norm: vector(&format!("{}.weight", n.input_norm), h)?,
-                post_norm: vector(&format!("{}.weight", n.post_norm), h)?,
+                post_norm: if s.parallel_block {
+                    None
+                } else {
+                    Some(vector(&format!("{}.weight", n.post_norm), h)?)
+                },
                 qkv: stacked(
                     &[(n.q.clone(), qd), (n.k.clone(), kvd), (n.v.clone(), kvd)],
                     h,
@@ -308,7 +313,8 @@ impl Transformer {
         } else {
             stacked(&[(names.lm_head.to_string(), s.vocab_size)], h, false)?
         };
-        let rope = Rope::new(hd, s.rope_theta, &s.rope_scaling, max_positions);
+        let rope = Rope::new(hd, s.rope_theta, &s.rope_scaling, max_positions)
+            .interleaved(s.rope_interleaved);
         Ok(Self {
             embed,
             layers,
@@ -361,8 +367,12 @@ impl Transformer {
         let layout = kv.layout();
         let inter = s.intermediate_size;
         let mut hidden = vec![0.0f32; n * h];
+        let norm_rows = |x: &[f32], w: &[f32], out: &mut [f32]| match s.norm {
+            NormKind::Rms => rms_norm_rows(x, w, eps, out),
+            NormKind::Layer => layer_norm_rows(x, w, eps, out),
+        };
         for (li, layer) in self.layers.iter().enumerate() {
-            rms_norm_rows(&x, &layer.input_norm, eps, &mut hidden);
+            norm_rows(&x, &layer.input_norm, &mut hidden);
             let qkv = layer.qkv.forward(&hidden, n);
             let width = qd + 2 * kvd;
             let mut q = vec![0.0f32; n * qd];
@@ -393,7 +403,10 @@ impl Transformer {
             let attn = paged_attention(&q, nh, layout, kc, vc, &seqs, s.layer_windows[li], scale);
             let o = layer.o.forward(&attn, n);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
-            rms_norm_rows(&x, &layer.post_norm, eps, &mut hidden);
+            // A parallel block's MLP reads the same normalised input as its attention.
+            if let Some(post_norm) = &layer.post_norm {
+                norm_rows(&x, post_norm, &mut hidden);
+            }
             let down = layer.ffn.forward(&hidden, n, h, inter);
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
         }
@@ -402,10 +415,27 @@ impl Transformer {
         }
         let mut picked = vec![0.0f32; rows.len() * h];
         for (dst, &r) in picked.chunks_mut(h).zip(&rows) {
-            rms_norm_in_place_into(&x[r * h..(r + 1) * h], &self.norm, eps, dst);
+            norm_rows(&x[r * h..(r + 1) * h], &self.norm, dst);
         }
-        let logits = self.lm_head.forward(&picked, rows.len());
+        let mut logits = self.lm_head.forward(&picked, rows.len());
+        if let Some(scale) = s.logit_scale {
+            logits.iter_mut().for_each(|l| *l *= scale);
+        }
         Ok(logits.chunks(s.vocab_size).map(<[f32]>::to_vec).collect())
+    }
+}
+
+/// LayerNorm without bias (Cohere's) of every `w.len()`-wide row of `x` into `out`: mean and
+/// variance over the row.
+fn layer_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    for (src, dst) in x.chunks(w.len()).zip(out.chunks_mut(w.len())) {
+        let n = src.len() as f32;
+        let mean = src.iter().sum::<f32>() / n;
+        let var = src.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((o, v), g) in dst.iter_mut().zip(src).zip(w) {
+            *o = (v - mean) * inv * g;
+        }
     }
 }
 

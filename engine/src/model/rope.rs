@@ -1,4 +1,6 @@
-//! Rotary position embeddings in the Hugging Face (non-interleaved, "rotate_half") layout.
+//! Rotary position embeddings in the Hugging Face "rotate_half" layout (the two halves of a
+//! head rotate together), or interleaved (adjacent pairs rotate together), as Cohere's
+//! models use them.
 
 use super::config::RopeScaling;
 
@@ -7,6 +9,7 @@ pub struct Rope {
     half: usize,
     cos: Vec<f32>,
     sin: Vec<f32>,
+    interleaved: bool,
 }
 
 impl Rope {
@@ -27,7 +30,18 @@ impl Rope {
                 sin.push(a.sin() as f32);
             }
         }
-        Self { half, cos, sin }
+        Self {
+            half,
+            cos,
+            sin,
+            interleaved: false,
+        }
+    }
+
+    /// Rotates adjacent pairs (`x[2j]`, `x[2j + 1]`) by frequency `j` instead of the halves.
+    pub fn interleaved(mut self, interleaved: bool) -> Self {
+        self.interleaved = interleaved;
+        self
     }
 
     /// The cos and sin tables, `[max_positions, head_dim / 2]` row-major, for devices that
@@ -47,6 +61,14 @@ impl Rope {
         let h = self.half;
         let cos = &self.cos[pos * h..(pos + 1) * h];
         let sin = &self.sin[pos * h..(pos + 1) * h];
+        if self.interleaved {
+            for (j, pair) in x.chunks_exact_mut(2).enumerate() {
+                let (x0, x1) = (pair[0], pair[1]);
+                pair[0] = x0 * cos[j] - x1 * sin[j];
+                pair[1] = x1 * cos[j] + x0 * sin[j];
+            }
+            return;
+        }
         let (a, b) = x.split_at_mut(h);
         for j in 0..h {
             let (x0, x1) = (a[j], b[j]);

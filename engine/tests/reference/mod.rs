@@ -1,7 +1,18 @@
 //! An independent reference forward pass for the Llama-family decoders the engine serves
-//! (Llama 2/3, Mistral, Mixtral, Qwen2, Qwen3), used by the integration tests to check the engine's
-//! logits. Mixtral is Mistral with each layer's MLP replaced by a sparse mixture-of-experts block
-//! (`MixtralSparseMoeBlock` in transformers' `modeling_mixtral.py`).
+//! (Llama 2/3, Mistral, Mixtral, Qwen2, Qwen3, Cohere), used by the integration tests to check the
+//! engine's logits. Mixtral is Mistral with each layer's MLP replaced by a sparse mixture-of-experts
+//! block (`MixtralSparseMoeBlock` in transformers' `modeling_mixtral.py`).
+//!
+//! Cohere (`CohereForCausalLM` in transformers' `modeling_cohere.py`: Command R, Aya 23, Aya
+//! Expanse) differs from Llama as follows (each place is marked "Cohere" below):
+//! - its norms are `CohereLayerNorm`, a LayerNorm without bias (mean subtracted, divided by the
+//!   standard deviation, times the weight), not RMSNorm; eps is `layer_norm_eps`;
+//! - each decoder layer is parallel: attention and MLP both read the same normed input and are
+//!   both added to the residual (`h + attn(norm(h)) + mlp(norm(h))`); there is no
+//!   post_attention_layernorm;
+//! - RoPE is interleaved: element 2i pairs with element 2i+1 (rather than i with i + head_dim/2);
+//! - the logits are multiplied by `logit_scale`; and, optionally (`use_qk_norm`), each query and
+//!   key head goes through its own LayerNorm (a separate weight row per head) before RoPE.
 //!
 //! It is deliberately naive: every weight is converted to `f32` on load and held in a plain
 //! row-major `Vec<f32>`, every operation is a visible loop, and nothing is shared with the engine
@@ -10,8 +21,9 @@
 //! read against the Python).
 //!
 //! Precision: values are stored in `f32`, as transformers does with an `f32` model. Dot products
-//! and the reductions in RMSNorm and softmax accumulate in `f64`, so this file is, if anything,
-//! closer to the exact result than an `f32` implementation; RoPE angles are also computed in `f64`.
+//! and the reductions in RMSNorm, LayerNorm and softmax accumulate in `f64`, so this file is, if
+//! anything, closer to the exact result than an `f32` implementation; RoPE angles are also
+//! computed in `f64`.
 //! The differences this causes are far below any sensible test tolerance.
 //!
 //! Usage from a test: `mod reference;` then
@@ -46,6 +58,16 @@ enum RopeScaling {
     },
 }
 
+/// Which normalisation the model's norms use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NormKind {
+    /// Llama-style RMSNorm: x / sqrt(mean(x^2) + eps) * w (eps = `rms_norm_eps`).
+    Rms,
+    /// Cohere's `CohereLayerNorm`: (x - mean) / sqrt(var + eps) * w, no bias
+    /// (eps = `layer_norm_eps`).
+    LayerNorm,
+}
+
 /// The parts of config.json this reference needs, with transformers' defaults filled in.
 #[derive(Debug, Clone)]
 struct Config {
@@ -56,7 +78,10 @@ struct Config {
     num_attention_heads: usize,
     num_key_value_heads: usize,
     head_dim: usize,
-    rms_norm_eps: f64,
+    /// RMSNorm for every model except Cohere, whose norms are LayerNorms.
+    norm_kind: NormKind,
+    /// `rms_norm_eps`, or for Cohere `layer_norm_eps`.
+    norm_eps: f64,
     rope_theta: f64,
     vocab_size: usize,
     tie_word_embeddings: bool,
@@ -68,6 +93,17 @@ struct Config {
     sliding_window_per_layer: Vec<Option<usize>>,
     /// Mixtral only: the sparse mixture-of-experts shape that replaces every layer's MLP.
     moe: Option<MoeConfig>,
+    /// Cohere only: `logit_scale`, the factor the lm_head output is multiplied by.
+    logit_scale: Option<f32>,
+    /// Cohere only: `use_qk_norm`, per-head LayerNorms on queries and keys before RoPE.
+    use_qk_norm: bool,
+}
+
+impl Config {
+    /// Cohere: parallel attention + MLP per layer, interleaved RoPE, LayerNorm, logit_scale.
+    fn is_cohere(&self) -> bool {
+        self.model_type == "cohere"
+    }
 }
 
 /// Mixtral's `num_local_experts` and `num_experts_per_tok`.
@@ -122,14 +158,15 @@ impl Config {
             .to_string();
         if !matches!(
             model_type.as_str(),
-            "llama" | "mistral" | "mixtral" | "qwen2" | "qwen3"
+            "llama" | "mistral" | "mixtral" | "qwen2" | "qwen3" | "cohere"
         ) {
             panic!(
                 "reference model: unsupported model_type {model_type:?} \
-                 (llama, mistral, mixtral, qwen2, qwen3)"
+                 (supported: llama, mistral, mixtral, qwen2, qwen3, cohere)"
             );
         }
         let is_mixtral = model_type == "mixtral";
+        let is_cohere = model_type == "cohere";
 
         let hidden_size = require_usize(json, "hidden_size");
         let num_attention_heads = require_usize(json, "num_attention_heads");
@@ -157,7 +194,7 @@ impl Config {
         // Newer transformers releases nest theta and scaling under `rope_parameters`; accept it as a
         // fallback so such configs are not silently read with the default theta.
         let rope_parameters = get(json, "rope_parameters");
-        // MixtralConfig's default theta is 1e6; the others default to 10000.
+        // MixtralConfig's default theta is 1e6; the others (Cohere included) default to 10000.
         let default_theta = if is_mixtral { 1e6 } else { 10000.0 };
         let rope_theta = get_f64(json, "rope_theta")
             .or_else(|| rope_parameters.and_then(|p| get_f64(p, "rope_theta")))
@@ -197,6 +234,34 @@ impl Config {
             MoeConfig { num_experts, top_k }
         });
 
+        // Cohere: LayerNorm with `layer_norm_eps` (default 1e-5) instead of RMSNorm with
+        // `rms_norm_eps`; `logit_scale` (default 0.0625); optional q/k LayerNorms; its MLP is
+        // down(act(gate x) * up x) with act = `hidden_act` (default silu), of which only silu is
+        // implemented here.
+        let (norm_kind, norm_eps) = if is_cohere {
+            (
+                NormKind::LayerNorm,
+                get_f64(json, "layer_norm_eps").unwrap_or(1e-5),
+            )
+        } else {
+            (NormKind::Rms, require_f64(json, "rms_norm_eps"))
+        };
+        let logit_scale = is_cohere.then(|| get_f64(json, "logit_scale").unwrap_or(0.0625) as f32);
+        let use_qk_norm = is_cohere && get_bool(json, "use_qk_norm").unwrap_or(false);
+        if is_cohere {
+            let act = get(json, "hidden_act")
+                .map(|v| {
+                    v.as_str().unwrap_or_else(|| {
+                        panic!("config.json: `hidden_act` should be a string, got {v}")
+                    })
+                })
+                .unwrap_or("silu");
+            assert!(
+                act == "silu",
+                "reference model: unsupported hidden_act {act:?} for cohere (supported: silu)"
+            );
+        }
+
         Config {
             model_type,
             hidden_size,
@@ -205,14 +270,18 @@ impl Config {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: require_f64(json, "rms_norm_eps"),
+            norm_kind,
+            norm_eps,
             rope_theta,
             vocab_size: require_usize(json, "vocab_size"),
-            tie_word_embeddings: get_bool(json, "tie_word_embeddings").unwrap_or(false),
+            // CohereConfig ties the embeddings by default; the others do not.
+            tie_word_embeddings: get_bool(json, "tie_word_embeddings").unwrap_or(is_cohere),
             config_attention_bias,
             rope_scaling,
             sliding_window_per_layer,
             moe,
+            logit_scale,
+            use_qk_norm,
         }
     }
 }
@@ -430,11 +499,15 @@ struct Layer {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
-    /// Qwen3 only: RMSNorm weights applied to each query/key head before RoPE.
+    /// Norms applied to each query/key head before RoPE. Qwen3: RMSNorm, one [head_dim] weight
+    /// shared by all heads. Cohere with `use_qk_norm`: LayerNorm over head_dim with a weight of
+    /// [num_heads (or num_kv_heads), head_dim], i.e. one weight row per head.
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
-    post_attention_layernorm: Vec<f32>,
-    /// What follows post_attention_layernorm: a dense MLP or (Mixtral) a sparse MoE block.
+    /// Absent for Cohere, whose MLP reads the output of input_layernorm (parallel layer).
+    post_attention_layernorm: Option<Vec<f32>>,
+    /// What follows post_attention_layernorm (Cohere: input_layernorm): a dense MLP or (Mixtral)
+    /// a sparse MoE block.
     feed_forward: FeedForward,
     sliding_window: Option<usize>,
 }
@@ -623,6 +696,18 @@ impl ReferenceModel {
 
         let embed_tokens = store.take("model.embed_tokens.weight", &[config.vocab_size, hidden]);
 
+        let is_cohere = config.is_cohere();
+        // Shapes of the per-head q/k norm weights: Qwen3 shares one [head_dim] weight across heads;
+        // Cohere's `CohereLayerNorm(hidden_size=(num_heads, head_dim))` has one row per head.
+        let (q_norm_shape, k_norm_shape) = if is_cohere {
+            (
+                vec![config.num_attention_heads, config.head_dim],
+                vec![config.num_key_value_heads, config.head_dim],
+            )
+        } else {
+            (vec![config.head_dim], vec![config.head_dim])
+        };
+
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -632,12 +717,13 @@ impl ReferenceModel {
                 k_proj: Linear::load(&mut store, &format!("{p}.self_attn.k_proj"), hidden, kv_dim),
                 v_proj: Linear::load(&mut store, &format!("{p}.self_attn.v_proj"), hidden, kv_dim),
                 o_proj: Linear::load(&mut store, &format!("{p}.self_attn.o_proj"), q_dim, hidden),
-                q_norm: store
-                    .take_optional(&format!("{p}.self_attn.q_norm.weight"), &[config.head_dim]),
-                k_norm: store
-                    .take_optional(&format!("{p}.self_attn.k_norm.weight"), &[config.head_dim]),
-                post_attention_layernorm: store
-                    .take(&format!("{p}.post_attention_layernorm.weight"), &[hidden]),
+                q_norm: store.take_optional(&format!("{p}.self_attn.q_norm.weight"), &q_norm_shape),
+                k_norm: store.take_optional(&format!("{p}.self_attn.k_norm.weight"), &k_norm_shape),
+                // Cohere has none (its layer is parallel); if a checkpoint had one it is left in
+                // the store and reported as unused.
+                post_attention_layernorm: (!is_cohere).then(|| {
+                    store.take(&format!("{p}.post_attention_layernorm.weight"), &[hidden])
+                }),
                 feed_forward: match &config.moe {
                     None => FeedForward::Dense {
                         gate_proj: Linear::load(
@@ -670,14 +756,18 @@ impl ReferenceModel {
                 sliding_window: config.sliding_window_per_layer[i],
             };
 
-            // Qwen3 always has q_norm/k_norm; the others never do. A mismatch means the checkpoint
-            // and config disagree, and guessing would hide the bug.
-            let is_qwen3 = config.model_type == "qwen3";
+            // Qwen3 always has q_norm/k_norm, Cohere exactly when `use_qk_norm` is true; the others
+            // never do. A mismatch means the checkpoint and config disagree, and guessing would
+            // hide the bug.
+            let wants_qk_norm = config.model_type == "qwen3" || config.use_qk_norm;
             assert!(
-                layer.q_norm.is_some() == is_qwen3 && layer.k_norm.is_some() == is_qwen3,
-                "reference model: layer {i}: q_norm/k_norm must be present exactly for qwen3 \
-                 (model_type {:?})",
-                config.model_type
+                layer.q_norm.is_some() == wants_qk_norm && layer.k_norm.is_some() == wants_qk_norm,
+                "reference model: layer {i}: q_norm/k_norm must be present exactly for qwen3 and \
+                 for cohere with use_qk_norm (model_type {:?}, use_qk_norm {}); present: {}/{}",
+                config.model_type,
+                config.use_qk_norm,
+                layer.q_norm.is_some(),
+                layer.k_norm.is_some()
             );
             // Biases are taken wherever the checkpoint has them; but a bias the config demands
             // must be there (transformers would otherwise leave it randomly initialised).
@@ -692,10 +782,18 @@ impl ReferenceModel {
                         "reference model: config implies attention bias but {p}.self_attn.{name}_proj.bias is missing"
                     );
                 }
+                // Cohere's `attention_bias` also puts a bias on o_proj.
+                if is_cohere {
+                    assert!(
+                        layer.o_proj.bias.is_some(),
+                        "reference model: config implies attention bias but {p}.self_attn.o_proj.bias is missing"
+                    );
+                }
             }
             layers.push(layer);
         }
 
+        // Cohere: a CohereLayerNorm (weight only, no bias); the others: RMSNorm.
         let norm = store.take("model.norm.weight", &[hidden]);
 
         let lm_head = if config.tie_word_embeddings {
@@ -763,24 +861,47 @@ impl ReferenceModel {
 
         for layer in &self.layers {
             // Attention block with residual.
-            let normed = rms_norm_rows(&x, &layer.input_layernorm, cfg.rms_norm_eps);
+            let normed = self.norm_rows(&x, &layer.input_layernorm);
             let attn = self.attention(layer, &normed, t);
             let attn_out = layer.o_proj.forward(&attn, t);
-            for (xi, ai) in x.iter_mut().zip(&attn_out) {
-                *xi += ai;
-            }
 
-            // Feed-forward block with residual: the MLP down(silu(gate(n)) * up(n)), or for
-            // Mixtral the sparse MoE block (see `SparseMoe::forward`).
-            let normed = rms_norm_rows(&x, &layer.post_attention_layernorm, cfg.rms_norm_eps);
-            let mlp_out = layer.feed_forward.forward(&normed, t);
-            for (xi, mi) in x.iter_mut().zip(&mlp_out) {
-                *xi += mi;
+            match &layer.post_attention_layernorm {
+                Some(post_norm) => {
+                    // Sequential (Llama and the rest): h = h + attn(norm1(h)), then
+                    // h = h + mlp(norm2(h)). The MLP is down(silu(gate(n)) * up(n)), or for
+                    // Mixtral the sparse MoE block (see `SparseMoe::forward`).
+                    for (xi, ai) in x.iter_mut().zip(&attn_out) {
+                        *xi += ai;
+                    }
+                    let normed = self.norm_rows(&x, post_norm);
+                    let mlp_out = layer.feed_forward.forward(&normed, t);
+                    for (xi, mi) in x.iter_mut().zip(&mlp_out) {
+                        *xi += mi;
+                    }
+                }
+                None => {
+                    // Cohere's parallel layer (`CohereDecoderLayer.forward`):
+                    //   residual = h; h = input_layernorm(h)
+                    //   attn = self_attn(h); mlp = mlp(h)
+                    //   h = residual + attn + mlp
+                    // Both branches read the same normed input; the sums run left to right in
+                    // f32, as torch's `residual + attn + mlp` does.
+                    let mlp_out = layer.feed_forward.forward(&normed, t);
+                    for ((xi, ai), mi) in x.iter_mut().zip(&attn_out).zip(&mlp_out) {
+                        *xi = (*xi + ai) + mi;
+                    }
+                }
             }
         }
 
-        let normed = rms_norm_rows(&x, &self.norm, cfg.rms_norm_eps);
-        let logits = self.lm_head.forward(&normed, t);
+        let normed = self.norm_rows(&x, &self.norm);
+        let mut logits = self.lm_head.forward(&normed, t);
+        // Cohere: `logits = logits * self.logit_scale` after the lm_head (an f32 multiply).
+        if let Some(scale) = cfg.logit_scale {
+            for l in logits.iter_mut() {
+                *l *= scale;
+            }
+        }
         logits
             .chunks_exact(cfg.vocab_size)
             .map(<[f32]>::to_vec)
@@ -801,15 +922,25 @@ impl ReferenceModel {
         let mut k = layer.k_proj.forward(x, t);
         let v = layer.v_proj.forward(x, t);
 
-        // Qwen3: per-head RMSNorm over head_dim, before RoPE.
-        if let Some(w) = &layer.q_norm {
-            for head in q.chunks_exact_mut(hd) {
-                rms_norm_in_place(head, w, cfg.rms_norm_eps);
-            }
-        }
-        if let Some(w) = &layer.k_norm {
-            for head in k.chunks_exact_mut(hd) {
-                rms_norm_in_place(head, w, cfg.rms_norm_eps);
+        // Qwen3: per-head RMSNorm over head_dim with one shared weight, before RoPE.
+        // Cohere with use_qk_norm: per-head LayerNorm over head_dim, before RoPE, where head h
+        // uses row h of the [n_heads, head_dim] weight (`CohereLayerNorm` normalises over the last
+        // dim only and broadcasts its 2-D weight over positions).
+        for (x, norm, heads) in [
+            (&mut q, &layer.q_norm, n_heads),
+            (&mut k, &layer.k_norm, n_kv),
+        ] {
+            let Some(w) = norm else {
+                continue;
+            };
+            for (idx, head) in x.chunks_exact_mut(hd).enumerate() {
+                match cfg.norm_kind {
+                    NormKind::Rms => rms_norm_in_place(head, w, cfg.norm_eps),
+                    NormKind::LayerNorm => {
+                        let h = idx % heads;
+                        layer_norm_in_place(head, &w[h * hd..(h + 1) * hd], cfg.norm_eps);
+                    }
+                }
             }
         }
 
@@ -874,9 +1005,14 @@ impl ReferenceModel {
         out
     }
 
-    /// Rotates one head vector in place for position `pos`, in transformers' non-interleaved
-    /// "rotate_half" layout: element j pairs with element j + head_dim/2.
+    /// Rotates one head vector in place for position `pos`. Llama and the rest use transformers'
+    /// non-interleaved "rotate_half" layout: element j pairs with element j + head_dim/2. Cohere
+    /// uses the interleaved layout (see `apply_rope_interleaved`).
     fn apply_rope(&self, x: &mut [f32], pos: usize) {
+        if self.config.is_cohere() {
+            self.apply_rope_interleaved(x, pos);
+            return;
+        }
         let half = x.len() / 2;
         for j in 0..half {
             let angle = pos as f64 * self.inv_freq[j];
@@ -885,6 +1021,37 @@ impl ReferenceModel {
             let b = x[j + half];
             x[j] = a * cos - b * sin;
             x[j + half] = b * cos + a * sin;
+        }
+    }
+
+    /// Cohere's interleaved RoPE: element 2i pairs with element 2i+1, both rotated by the angle
+    /// pos * inv_freq[i]. In transformers (`modeling_cohere.py`):
+    ///
+    /// ```text
+    /// emb = repeat_interleave(freqs, 2, dim=-1)     # angle for dims 2i and 2i+1 = freqs[i]
+    /// rotate_half(x) = stack([-x[..., 1::2], x[..., ::2]], -1).flatten(-2)
+    ///                 # = [-x1, x0, -x3, x2, ...]
+    /// x_embed = x * cos(emb) + rotate_half(x) * sin(emb)
+    /// ```
+    ///
+    /// so out[2i] = x[2i] cos - x[2i+1] sin and out[2i+1] = x[2i+1] cos + x[2i] sin.
+    fn apply_rope_interleaved(&self, x: &mut [f32], pos: usize) {
+        let half = x.len() / 2;
+        for i in 0..half {
+            let angle = pos as f64 * self.inv_freq[i];
+            let (sin, cos) = (angle.sin() as f32, angle.cos() as f32);
+            let a = x[2 * i];
+            let b = x[2 * i + 1];
+            x[2 * i] = a * cos - b * sin;
+            x[2 * i + 1] = b * cos + a * sin;
+        }
+    }
+
+    /// The model's norm (RMSNorm, or Cohere's LayerNorm) applied to each row of `x`.
+    fn norm_rows(&self, x: &[f32], weight: &[f32]) -> Vec<f32> {
+        match self.config.norm_kind {
+            NormKind::Rms => rms_norm_rows(x, weight, self.config.norm_eps),
+            NormKind::LayerNorm => layer_norm_rows(x, weight, self.config.norm_eps),
         }
     }
 }
@@ -954,6 +1121,37 @@ fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f64) -> Vec<f32> {
     let mut out = x.to_vec();
     for row in out.chunks_exact_mut(weight.len()) {
         rms_norm_in_place(row, weight, eps);
+    }
+    out
+}
+
+/// Cohere's `CohereLayerNorm` of one vector in place: a LayerNorm without bias,
+/// w * (x - mean) / sqrt(var + eps), with var the biased variance mean((x - mean)^2).
+/// transformers computes it in float32; the sums here are in f64.
+fn layer_norm_in_place(x: &mut [f32], weight: &[f32], eps: f64) {
+    assert_eq!(x.len(), weight.len());
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x
+        .iter()
+        .map(|&v| {
+            let d = v as f64 - mean;
+            d * d
+        })
+        .sum::<f64>()
+        / n;
+    let inv_std = 1.0 / (var + eps).sqrt();
+    for (v, &w) in x.iter_mut().zip(weight) {
+        // As transformers: normalise first, then multiply by the weight.
+        *v = w * (((*v as f64 - mean) * inv_std) as f32);
+    }
+}
+
+/// Cohere's LayerNorm applied to each row of a row-major [rows, weight.len()] matrix.
+fn layer_norm_rows(x: &[f32], weight: &[f32], eps: f64) -> Vec<f32> {
+    let mut out = x.to_vec();
+    for row in out.chunks_exact_mut(weight.len()) {
+        layer_norm_in_place(row, weight, eps);
     }
     out
 }

@@ -3,13 +3,14 @@
 //! table that the CPU and CUDA passes both load from. A new architecture whose forward pass
 //! is the Llama decoder's is one new file here.
 
+mod cohere;
 mod llama;
 mod mistral;
 mod mixtral;
 mod qwen2;
 mod qwen3;
 
-use super::config::{Experts, Family, RawConfig};
+use super::config::{Experts, Family, NormKind, RawConfig};
 
 /// What an architecture decides about a config and its weights.
 pub trait Architecture: Sync {
@@ -37,9 +38,35 @@ pub trait Architecture: Sync {
     fn weights(&self) -> &'static WeightNames {
         &LLAMA_NAMES
     }
+    /// How it normalises, and with which epsilon.
+    fn norm(&self) -> NormKind {
+        NormKind::Rms
+    }
+    fn norm_eps(&self, config: &RawConfig) -> f64 {
+        config.rms_norm_eps
+    }
+    /// Attention and MLP in parallel from one norm.
+    fn parallel_block(&self) -> bool {
+        false
+    }
+    fn rope_interleaved(&self) -> bool {
+        false
+    }
+    fn logit_scale(&self, _config: &RawConfig) -> Option<f64> {
+        None
+    }
+    /// `tie_word_embeddings` when the config does not say (transformers' default for it).
+    fn tied_by_default(&self) -> bool {
+        false
+    }
+    /// Refuses config options the engine does not implement for it.
+    fn check(&self, _config: &RawConfig) -> Result<(), String> {
+        Ok(())
+    }
 }
 
-const ARCHITECTURES: [&dyn Architecture; 5] = [
+const ARCHITECTURES: [&dyn Architecture; 6] = [
+    &cohere::Cohere,
     &llama::Llama,
     &mistral::Mistral,
     &qwen2::Qwen2,
