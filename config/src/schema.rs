@@ -463,16 +463,20 @@ pub enum Arch {
     /// Cohere's decoder (Aya, Command R): parallel block, LayerNorm, interleaved rotary; on
     /// the CPU path.
     Cohere,
+    /// BLOOM: ALiBi, fused per-head query_key_value, LayerNorms with bias, GELU; on the CPU
+    /// path.
+    Bloom,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 6] = [
+    pub const ALL: [Arch; 7] = [
         Arch::Llama,
         Arch::Mistral,
         Arch::Qwen2,
         Arch::Qwen3,
         Arch::Mixtral,
         Arch::Cohere,
+        Arch::Bloom,
     ];
 
     pub fn name(self) -> &'static str {
@@ -483,6 +487,7 @@ impl Arch {
             Arch::Qwen3 => "qwen3",
             Arch::Mixtral => "mixtral",
             Arch::Cohere => "cohere",
+            Arch::Bloom => "bloom",
         }
     }
 }

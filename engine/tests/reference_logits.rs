@@ -112,6 +112,11 @@ fn cohere_with_parallel_block_and_interleaved_rope_matches_reference() {
 }
 
 #[test]
+fn bloom_with_alibi_and_fused_per_head_qkv_matches_reference() {
+    check(DemoSpec::new(Arch::Bloom, Size::Tiny, 12));
+}
+
+#[test]
 fn bf16_sharded_checkpoint_matches_reference() {
     let spec = DemoSpec {
         dtype: StoredDtype::Bf16,
@@ -192,6 +197,12 @@ fn mixtral_logits_do_not_depend_on_batch_composition() {
 #[test]
 fn cohere_logits_do_not_depend_on_batch_composition() {
     batch_invariant(DemoSpec::new(Arch::Cohere, Size::Tiny, 8));
+}
+
+/// And for BLOOM's ALiBi attention.
+#[test]
+fn bloom_logits_do_not_depend_on_batch_composition() {
+    batch_invariant(DemoSpec::new(Arch::Bloom, Size::Tiny, 8));
 }
 
 fn batch_invariant(spec: DemoSpec) {

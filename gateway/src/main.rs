@@ -115,6 +115,7 @@ enum ArchArg {
     Qwen3,
     Mixtral,
     Cohere,
+    Bloom,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -249,6 +250,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ArchArg::Qwen3 => Arch::Qwen3,
                 ArchArg::Mixtral => Arch::Mixtral,
                 ArchArg::Cohere => Arch::Cohere,
+                ArchArg::Bloom => Arch::Bloom,
             };
             let size = match size {
                 SizeArg::Tiny => Size::Tiny,

@@ -26,21 +26,36 @@ pub struct DemoShape {
 impl DemoShape {
     pub fn new(arch: Arch, size: Size) -> Self {
         match size {
-            // Small enough to load and answer in milliseconds; still GQA, multi-layer.
+            // Small enough to load and answer in milliseconds; still GQA (but BLOOM, which has
+            // none), multi-layer.
             Size::Tiny => Self {
                 arch,
                 hidden: 64,
-                intermediate: 128,
+                intermediate: if arch == Arch::Bloom { 256 } else { 128 },
                 layers: 2,
                 heads: 4,
-                kv_heads: 2,
+                kv_heads: if arch == Arch::Bloom { 4 } else { 2 },
                 // Qwen3 declares head_dim explicitly; make it differ from hidden / heads.
                 head_dim: if arch == Arch::Qwen3 { 32 } else { 16 },
                 vocab_size: 2048,
                 max_positions: 2048,
                 // Cover both tied and separate output heads across architectures.
-                tied: matches!(arch, Arch::Llama | Arch::Qwen3 | Arch::Cohere),
+                tied: matches!(arch, Arch::Llama | Arch::Qwen3 | Arch::Cohere | Arch::Bloom),
                 experts: (arch == Arch::Mixtral).then_some((4, 2)),
+            },
+            // bloom-560m's shape (with the demo tokenizer's vocabulary).
+            Size::Small if arch == Arch::Bloom => Self {
+                arch,
+                hidden: 1024,
+                intermediate: 4096,
+                layers: 24,
+                heads: 16,
+                kv_heads: 16,
+                head_dim: 64,
+                vocab_size: 49152,
+                max_positions: 2048,
+                tied: true,
+                experts: None,
             },
             // A small Mixtral: eight experts, two per token, about 390M parameters.
             Size::Small if arch == Arch::Mixtral => Self {
@@ -78,6 +93,9 @@ impl DemoShape {
     }
 
     pub fn config_json(&self, spec: &DemoSpec, tok: &TrainedTokenizer) -> serde_json::Value {
+        if self.arch == Arch::Bloom {
+            return self.bloom_config(spec, tok);
+        }
         let (model_type, arch_class) = match self.arch {
             Arch::Llama => ("llama", "LlamaForCausalLM"),
             Arch::Mistral => ("mistral", "MistralForCausalLM"),
@@ -85,6 +103,7 @@ impl DemoShape {
             Arch::Qwen3 => ("qwen3", "Qwen3ForCausalLM"),
             Arch::Mixtral => ("mixtral", "MixtralForCausalLM"),
             Arch::Cohere => ("cohere", "CohereForCausalLM"),
+            Arch::Bloom => ("bloom", "BloomForCausalLM"),
         };
         let mut c = json!({
             "architectures": [arch_class],
@@ -130,6 +149,7 @@ impl DemoShape {
             // Aya's and Command R's keys: LayerNorm epsilon, logit scale, no q/k norm.
             Arch::Cohere => json!({ "layer_norm_eps": 1e-5, "logit_scale": 0.0625,
                                     "use_qk_norm": false, "attention_bias": false }),
+            Arch::Bloom => json!({}),
             Arch::Mixtral => {
                 let (experts, per_token) = self.experts.unwrap_or((8, 2));
                 json!({ "num_local_experts": experts, "num_experts_per_tok": per_token,
@@ -143,8 +163,77 @@ impl DemoShape {
         c
     }
 
+    /// BLOOM's config.json keys (bloom-560m's): `n_layer`, `n_head`, `layer_norm_epsilon`, no
+    /// rotary or MLP-width keys.
+    fn bloom_config(&self, spec: &DemoSpec, tok: &TrainedTokenizer) -> serde_json::Value {
+        json!({
+            "architectures": ["BloomForCausalLM"],
+            "model_type": "bloom",
+            "hidden_size": self.hidden,
+            "n_layer": self.layers,
+            "n_head": self.heads,
+            "vocab_size": self.vocab_size,
+            "layer_norm_epsilon": 1e-5,
+            "apply_residual_connection_post_layernorm": false,
+            "attention_dropout": 0.0,
+            "hidden_dropout": 0.0,
+            "initializer_range": 0.02,
+            "pretraining_tp": 1,
+            "slow_but_exact": false,
+            "tie_word_embeddings": true,
+            "bos_token_id": tok.bos_id,
+            "eos_token_id": tok.eos_id,
+            "torch_dtype": match spec.dtype { StoredDtype::F32 => "float32", StoredDtype::Bf16 => "bfloat16" },
+            "rosetta_demo": { "arch": self.arch.name(), "size": spec.size.name(), "seed": spec.seed },
+        })
+    }
+
+    /// BLOOM's tensors, as transformers' `save_pretrained` names them.
+    fn bloom_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, i) = (self.hidden, self.intermediate);
+        let mut t = vec![
+            (
+                "transformer.word_embeddings.weight".to_string(),
+                vec![self.vocab_size, h],
+            ),
+            (
+                "transformer.word_embeddings_layernorm.weight".to_string(),
+                vec![h],
+            ),
+            (
+                "transformer.word_embeddings_layernorm.bias".to_string(),
+                vec![h],
+            ),
+        ];
+        for l in 0..self.layers {
+            let p = format!("transformer.h.{l}");
+            for (name, shape) in [
+                ("input_layernorm.weight", vec![h]),
+                ("input_layernorm.bias", vec![h]),
+                ("self_attention.query_key_value.weight", vec![3 * h, h]),
+                ("self_attention.query_key_value.bias", vec![3 * h]),
+                ("self_attention.dense.weight", vec![h, h]),
+                ("self_attention.dense.bias", vec![h]),
+                ("post_attention_layernorm.weight", vec![h]),
+                ("post_attention_layernorm.bias", vec![h]),
+                ("mlp.dense_h_to_4h.weight", vec![i, h]),
+                ("mlp.dense_h_to_4h.bias", vec![i]),
+                ("mlp.dense_4h_to_h.weight", vec![h, i]),
+                ("mlp.dense_4h_to_h.bias", vec![h]),
+            ] {
+                t.push((format!("{p}.{name}"), shape));
+            }
+        }
+        t.push(("transformer.ln_f.weight".to_string(), vec![h]));
+        t.push(("transformer.ln_f.bias".to_string(), vec![h]));
+        t
+    }
+
     /// Every tensor of the checkpoint as (name, shape), in a fixed order.
     pub fn tensors(&self) -> Vec<(String, Vec<usize>)> {
+        if self.arch == Arch::Bloom {
+            return self.bloom_tensors();
+        }
         let (h, hd, i) = (self.hidden, self.head_dim, self.intermediate);
         let (qd, kvd) = (self.heads * hd, self.kv_heads * hd);
         let mut t = vec![(

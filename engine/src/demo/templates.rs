@@ -29,6 +29,10 @@ pub const QWEN3: &str = concat!(
 /// JSON, results in `ipython` turns.
 pub const LLAMA3: &str = include_str!("templates/llama3.jinja");
 
+/// BLOOM ships no chat template (BLOOMZ answers plain prompts): the demo's renders the
+/// conversation as `role: text` lines and ends with `assistant:`.
+pub const BLOOM: &str = "{%- for message in messages %}{{- message['role'] + ': ' + (message['content'] or '') + '\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- 'assistant:' }}{%- endif %}";
+
 /// Cohere's (Aya, Command R) turn markers, without its tool and document sections.
 pub const COHERE: &str = include_str!("templates/cohere.jinja");
 

@@ -46,6 +46,15 @@ fn flavour(arch: Arch) -> Flavour {
             template: templates::LLAMA3,
             add_bos: true,
         },
+        // bloom's tokenizer: unk, bos, eos, pad first.
+        Arch::Bloom => Flavour {
+            specials: &["<unk>", "<s>", "</s>", "<pad>"],
+            bos: "<s>",
+            eos: "</s>",
+            extra_eos: &[],
+            template: templates::BLOOM,
+            add_bos: false,
+        },
         Arch::Cohere => Flavour {
             specials: &[
                 "<PAD>",

@@ -32,6 +32,7 @@ pub fn paged_attention(
     seqs: &[AttentionSeq<'_>],
     sliding_window: Option<usize>,
     scale: f32,
+    alibi: Option<&[f32]>,
 ) -> Vec<f32> {
     let hd = layout.head_dim;
     let group = num_heads / layout.kv_heads;
@@ -67,6 +68,7 @@ pub fn paged_attention(
                 first,
                 last: pos,
                 scale,
+                alibi: alibi.map(|slopes| &slopes[kv_head * group..(kv_head + 1) * group]),
             };
             attend(&job, out_group);
         });
@@ -87,6 +89,20 @@ struct Job<'a> {
     first: usize,
     last: usize,
     scale: f32,
+    /// ALiBi slopes of the group's query heads: each score gains `slope × (key − query)`.
+    alibi: Option<&'a [f32]>,
+}
+
+/// Adds the ALiBi bias to a job's scores (`[group, keys]`), the same way on every path.
+fn add_alibi(job: &Job<'_>, scores: &mut [f32]) {
+    let Some(slopes) = job.alibi else { return };
+    let n = job.last + 1 - job.first;
+    for (h, row) in scores.chunks_mut(n).enumerate() {
+        for (i, s) in row.iter_mut().enumerate() {
+            let distance = (job.first + i) as f32 - job.last as f32;
+            *s += slopes[h] * distance;
+        }
+    }
 }
 
 fn attend(job: &Job<'_>, out: &mut [f32]) {
@@ -114,6 +130,7 @@ unsafe fn attend_avx512(job: &Job<'_>, out: &mut [f32]) {
     } else {
         scores_generic(job, &mut scores);
     }
+    add_alibi(job, &mut scores);
     softmax_rows(job, &mut scores);
     if job.layout.head_dim == 64 && job.group <= 4 {
         // Safety: AVX-512F is enabled; the shapes are checked above.
@@ -264,6 +281,7 @@ fn attend_generic(job: &Job<'_>, out: &mut [f32]) {
     // Scores for every head of the group: [group, n].
     let mut scores = vec![0.0f32; job.group * n];
     scores_generic(job, &mut scores);
+    add_alibi(job, &mut scores);
     finish(job, scores, out)
 }
 
@@ -439,6 +457,7 @@ mod tests {
                         &seqs,
                         None,
                         1.0 / (hd as f32).sqrt(),
+                        None,
                     );
                     let want = dense(&q, &k, &v, len, nh, nkv, hd, start);
                     for (a, b) in got.iter().zip(&want) {
@@ -483,6 +502,7 @@ mod tests {
                 first: 2,
                 last: 21,
                 scale: 0.125,
+                alibi: None,
             };
             let n = 20;
             let mut generic = vec![0.0; 3 * n];

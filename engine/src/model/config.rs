@@ -17,6 +17,7 @@ pub enum Family {
     Qwen3,
     Mixtral,
     Cohere,
+    Bloom,
 }
 
 /// How hidden states are normalised.
@@ -24,8 +25,27 @@ pub enum Family {
 pub enum NormKind {
     /// RMSNorm with a weight (Llama's).
     Rms,
-    /// LayerNorm with a weight and no bias (Cohere's): mean and variance.
+    /// LayerNorm: mean and variance, a weight, and a bias where the checkpoint has one
+    /// (BLOOM's; Cohere's has none).
     Layer,
+}
+
+/// The feed-forward activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpKind {
+    /// `down(silu(gate(x)) * up(x))` (Llama's).
+    GatedSilu,
+    /// `down(gelu_tanh(up(x)))` (BLOOM's).
+    Gelu,
+}
+
+/// How positions enter attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Positions {
+    /// Rotary embeddings on q and k (halves, or interleaved pairs).
+    Rope { interleaved: bool },
+    /// ALiBi: a per-head linear bias on attention scores by distance (BLOOM's).
+    Alibi,
 }
 
 /// A sparse mixture of experts in place of each layer's MLP: `top_k` of `count` experts per
@@ -43,9 +63,14 @@ pub struct RawConfig {
     model_type: Option<String>,
     #[serde(default)]
     architectures: Vec<String>,
-    hidden_size: usize,
-    intermediate_size: usize,
+    #[serde(alias = "n_embed")]
+    pub hidden_size: usize,
+    /// BLOOM's configs leave it out (its MLP is 4 × hidden_size).
+    #[serde(default)]
+    intermediate_size: Option<usize>,
+    #[serde(alias = "n_layer")]
     num_hidden_layers: usize,
+    #[serde(alias = "n_head")]
     num_attention_heads: usize,
     #[serde(default)]
     num_key_value_heads: Option<usize>,
@@ -78,8 +103,10 @@ pub struct RawConfig {
     hidden_act: Option<String>,
     #[serde(default)]
     torch_dtype: Option<String>,
-    #[serde(default)]
+    #[serde(default, alias = "layer_norm_epsilon")]
     pub layer_norm_eps: Option<f64>,
+    #[serde(default)]
+    pub apply_residual_connection_post_layernorm: Option<bool>,
     #[serde(default)]
     pub logit_scale: Option<f64>,
     #[serde(default)]
@@ -149,8 +176,14 @@ pub struct ModelShape {
     /// Attention and MLP both read the same normalised input and add to the residual
     /// together (Cohere's parallel block); otherwise the MLP follows attention.
     pub parallel_block: bool,
-    /// Rotary pairs are adjacent elements (Cohere) rather than the two halves.
-    pub rope_interleaved: bool,
+    /// Rotary embeddings (halves or interleaved pairs), or ALiBi.
+    pub positions: Positions,
+    pub mlp: MlpKind,
+    /// The fused query_key_value projection holds each head's q, k and v together
+    /// (BLOOM's `[heads, 3, head_dim]`), not all q then all k then all v.
+    pub qkv_fused_per_head: bool,
+    /// A LayerNorm right after the token embeddings (BLOOM's).
+    pub embed_norm: bool,
     /// Logits are multiplied by this (Cohere's `logit_scale`).
     pub logit_scale: Option<f32>,
 }
@@ -206,6 +239,10 @@ impl ModelShape {
         let (qkv_bias, o_bias) = arch.attention_biases(&raw);
         let experts = arch.experts(&raw)?;
         arch.check(&raw)?;
+        let intermediate_size = raw
+            .intermediate_size
+            .or_else(|| arch.default_intermediate(raw.hidden_size))
+            .ok_or("config.json has no intermediate_size")?;
         let norm_eps = arch.norm_eps(&raw);
         // `layer_types` (newer configs) says per layer; otherwise the architecture's rule.
         let layer_windows = (0..raw.num_hidden_layers)
@@ -219,7 +256,7 @@ impl ModelShape {
         Ok(Self {
             family,
             hidden_size: raw.hidden_size,
-            intermediate_size: raw.intermediate_size,
+            intermediate_size,
             num_layers: raw.num_hidden_layers,
             num_heads: raw.num_attention_heads,
             num_kv_heads,
@@ -239,14 +276,28 @@ impl ModelShape {
             experts,
             norm: arch.norm(),
             parallel_block: arch.parallel_block(),
-            rope_interleaved: arch.rope_interleaved(),
+            positions: arch.positions(),
+            mlp: arch.mlp(),
+            qkv_fused_per_head: arch.qkv_fused_per_head(),
+            embed_norm: arch.embed_norm(),
             logit_scale: arch.logit_scale(&raw).map(|s| s as f32),
         })
     }
 
-    /// The checkpoint's tensor names.
-    pub fn weight_names(&self) -> &'static WeightNames {
-        arch::of(self.family).weights()
+    /// The checkpoint's tensor names: the architecture's, or its other naming where the
+    /// checkpoint (`contains`) has that one's embeddings instead.
+    pub fn weight_names(&self, contains: impl Fn(&str) -> bool) -> &'static WeightNames {
+        let arch = arch::of(self.family);
+        let names = arch.weights();
+        match arch.other_weights() {
+            Some(other)
+                if !contains(&format!("{}.weight", names.embed))
+                    && contains(&format!("{}.weight", other.embed)) =>
+            {
+                other
+            }
+            _ => names,
+        }
     }
 
     /// Bytes of K and V one token occupies across all layers, in f32.

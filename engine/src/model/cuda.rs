@@ -23,7 +23,7 @@ use mistralrs_paged_attn::{copy_blocks, gather_kv_cache, paged_attention, reshap
 use super::rope::Rope;
 use super::runner::{BlockCopy, ModelRunner, ModelWeights};
 use super::weights::Weights;
-use super::{ModelShape, SeqChunk};
+use super::{MlpKind, ModelShape, NormKind, Positions, SeqChunk};
 use crate::error::candle_message;
 use crate::kv::KvLayout;
 use crate::EngineError;
@@ -87,10 +87,18 @@ impl CudaTransformer {
         }
         let device = open_device(ordinal)?;
         let shape = ModelShape::from_file(&dir.join("config.json"))?;
-        if shape.experts.is_some() || shape.parallel_block {
+        // The CUDA pass is the Llama decoder's: RMSNorm, rotary halves, gated SiLU MLP.
+        let llama_like = shape.experts.is_none()
+            && !shape.parallel_block
+            && shape.norm == NormKind::Rms
+            && shape.positions == (Positions::Rope { interleaved: false })
+            && shape.mlp == MlpKind::GatedSilu
+            && !shape.embed_norm
+            && !shape.qkv_fused_per_head;
+        if !llama_like {
             return Err(EngineError::load(
-                "mixture-of-experts (Mixtral) and Cohere models run on the CPU path only for \
-                 now; use `engine.device: cpu`",
+                "Mixtral, Cohere and BLOOM models run on the CPU path only for now; use \
+                 `engine.device: cpu`",
             ));
         }
         let w = Weights::open(dir, &device)?;
@@ -128,7 +136,7 @@ impl CudaTransformer {
                 bias,
             })
         };
-        let names = s.weight_names();
+        let names = s.weight_names(|name| w.contains(name));
         let mut layers = Vec::with_capacity(s.num_layers);
         for i in 0..s.num_layers {
             let n = names.layer(i);

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 
 pub use candle_core::DType as WeightDtype;
-pub use config::{Family, ModelShape, NormKind, RopeScaling};
+pub use config::{Family, MlpKind, ModelShape, NormKind, Positions, RopeScaling};
 use matmul::Matrix;
 use rope::Rope;
 pub use runner::{BlockCopy, ModelRunner, ModelWeights};
@@ -89,10 +89,16 @@ impl Linear {
     }
 }
 
+/// A norm's weight, and its bias where the checkpoint has one (BLOOM's LayerNorms).
+struct Norm {
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
 struct Layer {
-    input_norm: Vec<f32>,
+    input_norm: Norm,
     /// Before the MLP; none in a parallel block (Cohere's), where one norm feeds both.
-    post_norm: Option<Vec<f32>>,
+    post_norm: Option<Norm>,
     /// q, k and v projections fused into one product.
     qkv: Linear,
     o: Linear,
@@ -125,6 +131,8 @@ impl Mlp {
 /// A layer's feed-forward block: one MLP, or a sparse mixture of expert MLPs.
 enum FeedForward {
     Dense(Mlp),
+    /// `down(gelu_tanh(up(x)))` (BLOOM's); `gate_up` holds only `up`.
+    Gelu(Mlp),
     Experts {
         router: Linear,
         experts: Vec<Mlp>,
@@ -136,6 +144,11 @@ impl FeedForward {
     fn forward(&self, x: &[f32], m: usize, hidden: usize, inter: usize) -> Vec<f32> {
         match self {
             Self::Dense(mlp) => mlp.forward(x, m, inter),
+            Self::Gelu(mlp) => {
+                let mut up = mlp.gate_up.forward(x, m);
+                up.iter_mut().for_each(|v| *v = gelu_tanh(*v));
+                mlp.down.forward(&up, m)
+            }
             Self::Experts {
                 router,
                 experts,
@@ -173,6 +186,11 @@ impl FeedForward {
     }
 }
 
+/// GELU with the tanh approximation, as BLOOM computes it.
+fn gelu_tanh(x: f32) -> f32 {
+    x * 0.5 * (1.0 + (0.797_884_6 * x * (1.0 + 0.044_715 * x * x)).tanh())
+}
+
 /// Per row of router logits `[m, experts]`: the `top_k` experts with the highest softmax
 /// weight (ties to the lower index) and their weights renormalised to sum to one, as
 /// transformers' Mixtral block computes them.
@@ -195,10 +213,14 @@ fn route(logits: &[f32], experts: usize, top_k: usize) -> Vec<Vec<(usize, f32)>>
 pub struct Transformer {
     shape: ModelShape,
     embed: Arc<Matrix>,
+    /// The LayerNorm right after the embeddings (BLOOM's).
+    embed_norm: Option<Norm>,
     layers: Vec<Layer>,
-    norm: Vec<f32>,
+    norm: Norm,
     lm_head: Linear,
     rope: Rope,
+    /// ALiBi slopes per head, for architectures without rotary embeddings.
+    alibi: Option<Vec<f32>>,
 }
 
 impl Transformer {
@@ -244,7 +266,45 @@ impl Transformer {
                     bias: any.then_some(biases),
                 })
             };
-        let names = s.weight_names();
+        let names = s.weight_names(|name| w.contains(name));
+        let norm = |name: &str| -> Result<Norm, EngineError> {
+            let bias = format!("{name}.bias");
+            Ok(Norm {
+                weight: vector(&format!("{name}.weight"), h)?,
+                bias: if w.contains(&bias) {
+                    Some(vector(&bias, h)?)
+                } else {
+                    None
+                },
+            })
+        };
+        // BLOOM's fused projection is `[heads, 3, head_dim]`: regrouped at load into all q,
+        // then all k, then all v, the layout the forward pass reads.
+        let fused_per_head = |name: &str| -> Result<Linear, EngineError> {
+            let fused = w.tensor(&format!("{name}.weight"), &[qd + 2 * kvd, h])?;
+            let mut parts = Vec::with_capacity(3 * s.num_heads);
+            for j in 0..3 {
+                for head in 0..s.num_heads {
+                    parts.push(fused.narrow(0, (head * 3 + j) * hd, hd)?);
+                }
+            }
+            let weight = Arc::new(w.matrix(&parts, qd + 2 * kvd, h, dtype)?);
+            let bias_name = format!("{name}.bias");
+            let bias = if w.contains(&bias_name) {
+                let b = vector(&bias_name, qd + 2 * kvd)?;
+                let mut out = Vec::with_capacity(b.len());
+                for j in 0..3 {
+                    for head in 0..s.num_heads {
+                        let at = (head * 3 + j) * hd;
+                        out.extend_from_slice(&b[at..at + hd]);
+                    }
+                }
+                Some(out)
+            } else {
+                None
+            };
+            Ok(Linear { weight, bias })
+        };
         let mut layers = Vec::with_capacity(s.num_layers);
         for i in 0..s.num_layers {
             let n = names.layer(i);
@@ -256,19 +316,27 @@ impl Transformer {
                 }
             };
             layers.push(Layer {
-                input_norm: vector(&format!("{}.weight", n.input_norm), h)?,
+                input_norm: norm(&n.input_norm)?,
                 post_norm: if s.parallel_block {
                     None
                 } else {
-                    Some(vector(&format!("{}.weight", n.post_norm), h)?)
+                    Some(norm(&n.post_norm)?)
                 },
-                qkv: stacked(
-                    &[(n.q.clone(), qd), (n.k.clone(), kvd), (n.v.clone(), kvd)],
-                    h,
-                    s.qkv_bias,
-                )?,
+                qkv: if s.qkv_fused_per_head {
+                    fused_per_head(&n.q)?
+                } else {
+                    stacked(
+                        &[(n.q.clone(), qd), (n.k.clone(), kvd), (n.v.clone(), kvd)],
+                        h,
+                        s.qkv_bias,
+                    )?
+                },
                 o: stacked(&[(n.o.clone(), h)], qd, s.o_bias)?,
                 ffn: match s.experts {
+                    None if s.mlp == MlpKind::Gelu => FeedForward::Gelu(Mlp {
+                        gate_up: stacked(&[(n.up.clone(), s.intermediate_size)], h, s.mlp_bias)?,
+                        down: stacked(&[(n.down.clone(), h)], s.intermediate_size, s.mlp_bias)?,
+                    }),
                     None => FeedForward::Dense(Mlp {
                         gate_up: stacked(
                             &[
@@ -314,13 +382,19 @@ impl Transformer {
             stacked(&[(names.lm_head.to_string(), s.vocab_size)], h, false)?
         };
         let rope = Rope::new(hd, s.rope_theta, &s.rope_scaling, max_positions)
-            .interleaved(s.rope_interleaved);
+            .interleaved(s.positions == Positions::Rope { interleaved: true });
         Ok(Self {
             embed,
+            embed_norm: if s.embed_norm {
+                Some(norm(names.embed_norm)?)
+            } else {
+                None
+            },
             layers,
-            norm: vector(&format!("{}.weight", names.final_norm), h)?,
+            norm: norm(names.final_norm)?,
             lm_head,
             rope,
+            alibi: (s.positions == Positions::Alibi).then(|| arch::alibi_slopes(s.num_heads)),
             shape,
         })
     }
@@ -367,10 +441,15 @@ impl Transformer {
         let layout = kv.layout();
         let inter = s.intermediate_size;
         let mut hidden = vec![0.0f32; n * h];
-        let norm_rows = |x: &[f32], w: &[f32], out: &mut [f32]| match s.norm {
-            NormKind::Rms => rms_norm_rows(x, w, eps, out),
-            NormKind::Layer => layer_norm_rows(x, w, eps, out),
+        let norm_rows = |x: &[f32], n: &Norm, out: &mut [f32]| match s.norm {
+            NormKind::Rms => rms_norm_rows(x, &n.weight, eps, out),
+            NormKind::Layer => layer_norm_rows(x, &n.weight, n.bias.as_deref(), eps, out),
         };
+        if let Some(embed_norm) = &self.embed_norm {
+            let raw = x.clone();
+            norm_rows(&raw, embed_norm, &mut x);
+        }
+        let rotary = matches!(s.positions, Positions::Rope { .. });
         for (li, layer) in self.layers.iter().enumerate() {
             norm_rows(&x, &layer.input_norm, &mut hidden);
             let qkv = layer.qkv.forward(&hidden, n);
@@ -388,19 +467,33 @@ impl Transformer {
                         if let Some(w) = &layer.q_norm {
                             rms_norm_in_place(head, w, eps);
                         }
-                        self.rope.apply(head, pos);
+                        if rotary {
+                            self.rope.apply(head, pos);
+                        }
                     }
                     for head in k.chunks_mut(hd) {
                         if let Some(w) = &layer.k_norm {
                             rms_norm_in_place(head, w, eps);
                         }
-                        self.rope.apply(head, pos);
+                        if rotary {
+                            self.rope.apply(head, pos);
+                        }
                     }
                     kv.write(li, seq.block_table, pos, &k, &src[qd + kvd..]);
                 }
             }
             let (kc, vc) = kv.layer(li);
-            let attn = paged_attention(&q, nh, layout, kc, vc, &seqs, s.layer_windows[li], scale);
+            let attn = paged_attention(
+                &q,
+                nh,
+                layout,
+                kc,
+                vc,
+                &seqs,
+                s.layer_windows[li],
+                scale,
+                self.alibi.as_deref(),
+            );
             let o = layer.o.forward(&attn, n);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             // A parallel block's MLP reads the same normalised input as its attention.
@@ -425,9 +518,9 @@ impl Transformer {
     }
 }
 
-/// LayerNorm without bias (Cohere's) of every `w.len()`-wide row of `x` into `out`: mean and
-/// variance over the row.
-fn layer_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+/// LayerNorm of every `w.len()`-wide row of `x` into `out`: mean and variance over the row,
+/// then the weight, and the bias if there is one (Cohere's has none, BLOOM's has).
+fn layer_norm_rows(x: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, out: &mut [f32]) {
     for (src, dst) in x.chunks(w.len()).zip(out.chunks_mut(w.len())) {
         let n = src.len() as f32;
         let mean = src.iter().sum::<f32>() / n;
@@ -435,6 +528,9 @@ fn layer_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         let inv = 1.0 / (var + eps).sqrt();
         for ((o, v), g) in dst.iter_mut().zip(src).zip(w) {
             *o = (v - mean) * inv * g;
+        }
+        if let Some(b) = b {
+            dst.iter_mut().zip(b).for_each(|(o, b)| *o += b);
         }
     }
 }

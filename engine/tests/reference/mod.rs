@@ -1,6 +1,6 @@
-//! An independent reference forward pass for the Llama-family decoders the engine serves
-//! (Llama 2/3, Mistral, Mixtral, Qwen2, Qwen3, Cohere), used by the integration tests to check the
-//! engine's logits. Mixtral is Mistral with each layer's MLP replaced by a sparse mixture-of-experts
+//! An independent reference forward pass for the decoders the engine serves (the Llama family:
+//! Llama 2/3, Mistral, Mixtral, Qwen2, Qwen3, Cohere; and BLOOM), used by the integration tests to
+//! check the engine's logits. Mixtral is Mistral with each layer's MLP replaced by a sparse mixture-of-experts
 //! block (`MixtralSparseMoeBlock` in transformers' `modeling_mixtral.py`).
 //!
 //! Cohere (`CohereForCausalLM` in transformers' `modeling_cohere.py`: Command R, Aya 23, Aya
@@ -14,6 +14,21 @@
 //! - the logits are multiplied by `logit_scale`; and, optionally (`use_qk_norm`), each query and
 //!   key head goes through its own LayerNorm (a separate weight row per head) before RoPE.
 //!
+//! BLOOM (`BloomForCausalLM` in transformers' `modeling_bloom.py`) is different enough to have its
+//! own config, weights and forward pass (`BloomModel` below; the Llama family is
+//! `LlamaFamilyModel`). Its differences from Llama:
+//! - no RoPE: ALiBi instead, a per-head bias slope_h * key_position added to the attention scores
+//!   (`build_alibi_tensor`); multi-head attention only (no GQA), head_dim = hidden / n_head;
+//! - q, k and v come from one fused `query_key_value` projection whose output is laid out
+//!   [n_head, 3, head_dim] (per head: its q, then its k, then its v);
+//! - every norm is a standard LayerNorm with weight and bias, eps `layer_norm_epsilon`, and the
+//!   embeddings go through one (`word_embeddings_layernorm`) before the first layer;
+//! - every linear layer except the lm_head has a bias; the MLP is
+//!   dense_4h_to_h(gelu_tanh(dense_h_to_4h(x))), 4 * hidden wide, with BLOOM's own tanh GELU;
+//! - with `apply_residual_connection_post_layernorm` the residual added back is the normed input
+//!   rather than the raw hidden state;
+//! - the lm_head is tied to the word embeddings by default.
+//!
 //! It is deliberately naive: every weight is converted to `f32` on load and held in a plain
 //! row-major `Vec<f32>`, every operation is a visible loop, and nothing is shared with the engine
 //! (no candle, no engine code). It follows Hugging Face transformers' modelling code, so a
@@ -22,8 +37,8 @@
 //!
 //! Precision: values are stored in `f32`, as transformers does with an `f32` model. Dot products
 //! and the reductions in RMSNorm, LayerNorm and softmax accumulate in `f64`, so this file is, if
-//! anything, closer to the exact result than an `f32` implementation; RoPE angles are also
-//! computed in `f64`.
+//! anything, closer to the exact result than an `f32` implementation; RoPE angles and BLOOM's GELU
+//! are also computed in `f64`.
 //! The differences this causes are far below any sensible test tolerance.
 //!
 //! Usage from a test: `mod reference;` then
@@ -152,18 +167,13 @@ fn require_f64(json: &Value, key: &str) -> f64 {
 
 impl Config {
     fn parse(json: &Value) -> Config {
-        let model_type = get(json, "model_type")
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("config.json: missing string key `model_type`"))
-            .to_string();
+        let model_type = model_type_of(json).to_string();
+        // BLOOM never gets here: `ReferenceModel::load` sends it to `BloomConfig::parse`.
         if !matches!(
             model_type.as_str(),
             "llama" | "mistral" | "mixtral" | "qwen2" | "qwen3" | "cohere"
         ) {
-            panic!(
-                "reference model: unsupported model_type {model_type:?} \
-                 (supported: llama, mistral, mixtral, qwen2, qwen3, cohere)"
-            );
+            panic!("{}", unsupported_model_type(&model_type));
         }
         let is_mixtral = model_type == "mixtral";
         let is_cohere = model_type == "cohere";
@@ -284,6 +294,21 @@ impl Config {
             use_qk_norm,
         }
     }
+}
+
+/// The panic message for a `model_type` this reference does not implement.
+fn unsupported_model_type(model_type: &str) -> String {
+    format!(
+        "reference model: unsupported model_type {model_type:?} \
+         (supported: llama, mistral, mixtral, qwen2, qwen3, cohere, bloom)"
+    )
+}
+
+/// Reads `model_type` from config.json.
+fn model_type_of(json: &Value) -> &str {
+    get(json, "model_type")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("config.json: missing string key `model_type`"))
 }
 
 fn parse_rope_scaling(scaling: Option<&Value>) -> RopeScaling {
@@ -664,16 +689,14 @@ impl SparseMoe {
 // The model
 // ---------------------------------------------------------------------------------------------
 
+/// The model a test loads: whichever implementation below matches config.json's `model_type`.
 pub struct ReferenceModel {
-    config: Config,
-    /// [vocab, hidden]
-    embed_tokens: Vec<f32>,
-    layers: Vec<Layer>,
-    /// [hidden]
-    norm: Vec<f32>,
-    lm_head: Linear,
-    /// RoPE inverse frequencies, head_dim / 2 of them, already scaled per `rope_scaling`.
-    inv_freq: Vec<f64>,
+    inner: Inner,
+}
+
+enum Inner {
+    LlamaFamily(LlamaFamilyModel),
+    Bloom(BloomModel),
 }
 
 impl ReferenceModel {
@@ -686,7 +709,48 @@ impl ReferenceModel {
             .unwrap_or_else(|e| panic!("reading {}: {e}", config_path.display()));
         let config_json: Value = serde_json::from_str(&config_text)
             .unwrap_or_else(|e| panic!("parsing {}: {e}", config_path.display()));
-        let config = Config::parse(&config_json);
+        let inner = match model_type_of(&config_json) {
+            "bloom" => Inner::Bloom(BloomModel::load(dir, &config_json)),
+            // Any other model_type is checked (and, if unknown, rejected) by `Config::parse`.
+            _ => Inner::LlamaFamily(LlamaFamilyModel::load(dir, &config_json)),
+        };
+        ReferenceModel { inner }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match &self.inner {
+            Inner::LlamaFamily(m) => m.vocab_size(),
+            Inner::Bloom(m) => m.config.vocab_size,
+        }
+    }
+
+    /// Full-sequence causal forward pass from position 0; returns the logits for every position,
+    /// `[tokens.len()][vocab_size]`.
+    pub fn logits(&self, tokens: &[u32]) -> Vec<Vec<f32>> {
+        match &self.inner {
+            Inner::LlamaFamily(m) => m.logits(tokens),
+            Inner::Bloom(m) => m.logits(tokens),
+        }
+    }
+}
+
+/// Llama, Mistral, Mixtral, Qwen2, Qwen3 and Cohere.
+struct LlamaFamilyModel {
+    config: Config,
+    /// [vocab, hidden]
+    embed_tokens: Vec<f32>,
+    layers: Vec<Layer>,
+    /// [hidden]
+    norm: Vec<f32>,
+    lm_head: Linear,
+    /// RoPE inverse frequencies, head_dim / 2 of them, already scaled per `rope_scaling`.
+    inv_freq: Vec<f64>,
+}
+
+impl LlamaFamilyModel {
+    /// Loads the checkpoint in `dir` whose parsed config.json is `config_json`.
+    fn load(dir: &Path, config_json: &Value) -> LlamaFamilyModel {
+        let config = Config::parse(config_json);
 
         let mut store = TensorStore::load(dir);
         let hidden = config.hidden_size;
@@ -826,7 +890,7 @@ impl ReferenceModel {
         }
 
         let inv_freq = rope_inv_freq(&config);
-        ReferenceModel {
+        LlamaFamilyModel {
             config,
             embed_tokens,
             layers,
@@ -836,13 +900,13 @@ impl ReferenceModel {
         }
     }
 
-    pub fn vocab_size(&self) -> usize {
+    fn vocab_size(&self) -> usize {
         self.config.vocab_size
     }
 
     /// Full-sequence causal forward pass from position 0; returns the logits for every position,
     /// `[tokens.len()][vocab_size]`.
-    pub fn logits(&self, tokens: &[u32]) -> Vec<Vec<f32>> {
+    fn logits(&self, tokens: &[u32]) -> Vec<Vec<f32>> {
         let cfg = &self.config;
         let t = tokens.len();
         let hidden = cfg.hidden_size;
@@ -1096,6 +1160,466 @@ fn rope_inv_freq(cfg: &Config) -> Vec<f64> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// BLOOM
+// ---------------------------------------------------------------------------------------------
+//
+// Follows transformers' `models/bloom/configuration_bloom.py` and `models/bloom/modeling_bloom.py`
+// (`BloomConfig`, `build_alibi_tensor`, `bloom_gelu_forward`, `BloomAttention`, `BloomMLP`,
+// `BloomBlock`, `BloomModel`, `BloomForCausalLM`).
+
+/// The parts of a BLOOM config.json this reference needs, with `BloomConfig`'s defaults.
+#[derive(Debug, Clone)]
+struct BloomConfig {
+    /// `hidden_size`, or the older spelling `n_embed`, which wins when both are present (as in
+    /// `BloomConfig.__post_init__`/`__init__`: `hidden_size if n_embed is None else n_embed`).
+    hidden_size: usize,
+    /// `n_layer` (alias `num_hidden_layers`).
+    n_layer: usize,
+    /// `n_head` (alias `num_attention_heads`). Every head has its own k and v (no GQA).
+    n_head: usize,
+    /// hidden_size / n_head (`BloomAttention.head_dim`).
+    head_dim: usize,
+    /// `layer_norm_epsilon`, the eps of every LayerNorm.
+    layer_norm_epsilon: f64,
+    vocab_size: usize,
+    /// `apply_residual_connection_post_layernorm`: the residual added back around attention and
+    /// around the MLP is the LayerNorm output instead of the block's input.
+    apply_residual_connection_post_layernorm: bool,
+    /// `tie_word_embeddings`, true by default for BLOOM.
+    tie_word_embeddings: bool,
+    /// `pretraining_tp > 1 and slow_but_exact`: `BloomAttention` and `BloomMLP` then compute their
+    /// output projections (`dense`, `dense_4h_to_h`) as a sum of `F.linear` calls on column
+    /// slices of the weight, without the bias; mathematically that is the projection with its
+    /// bias dropped.
+    tp_slices_without_bias: bool,
+}
+
+/// A key that has two spellings in BLOOM configs (`BloomConfig.attribute_map` maps
+/// `num_hidden_layers` to `n_layer` and `num_attention_heads` to `n_head`). A config that gives
+/// both with different values is rejected rather than guessed at.
+fn get_usize_aliased(json: &Value, key: &str, alias: &str) -> Option<usize> {
+    match (get_usize(json, key), get_usize(json, alias)) {
+        (Some(a), Some(b)) => {
+            assert_eq!(
+                a, b,
+                "config.json: `{key}` ({a}) and its alias `{alias}` ({b}) disagree"
+            );
+            Some(a)
+        }
+        (a, b) => a.or(b),
+    }
+}
+
+impl BloomConfig {
+    fn parse(json: &Value) -> BloomConfig {
+        assert_eq!(model_type_of(json), "bloom");
+        // Defaults are `BloomConfig`'s: vocab_size 250880, hidden_size 64, n_layer 2, n_head 8,
+        // layer_norm_epsilon 1e-5, apply_residual_connection_post_layernorm False,
+        // pretraining_tp 1, slow_but_exact False, tie_word_embeddings True.
+        let hidden_size = get_usize(json, "n_embed")
+            .or_else(|| get_usize(json, "hidden_size"))
+            .unwrap_or(64);
+        let n_layer = get_usize_aliased(json, "n_layer", "num_hidden_layers").unwrap_or(2);
+        let n_head = get_usize_aliased(json, "n_head", "num_attention_heads").unwrap_or(8);
+        assert!(
+            n_head > 0 && hidden_size.is_multiple_of(n_head),
+            "config.json: hidden_size ({hidden_size}) must be divisible by n_head ({n_head})"
+        );
+        let pretraining_tp = get_usize(json, "pretraining_tp").unwrap_or(1);
+        let slow_but_exact = get_bool(json, "slow_but_exact").unwrap_or(false);
+        BloomConfig {
+            hidden_size,
+            n_layer,
+            n_head,
+            head_dim: hidden_size / n_head,
+            layer_norm_epsilon: get_f64(json, "layer_norm_epsilon").unwrap_or(1e-5),
+            vocab_size: get_usize(json, "vocab_size").unwrap_or(250880),
+            apply_residual_connection_post_layernorm: get_bool(
+                json,
+                "apply_residual_connection_post_layernorm",
+            )
+            .unwrap_or(false),
+            tie_word_embeddings: get_bool(json, "tie_word_embeddings").unwrap_or(true),
+            tp_slices_without_bias: pretraining_tp > 1 && slow_but_exact,
+        }
+    }
+}
+
+/// A standard LayerNorm's parameters (`torch.nn.LayerNorm` with elementwise affine and bias).
+struct LayerNormParams {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl LayerNormParams {
+    fn load(store: &mut TensorStore, prefix: &str, dim: usize) -> LayerNormParams {
+        LayerNormParams {
+            weight: store.take(&format!("{prefix}.weight"), &[dim]),
+            bias: store.take(&format!("{prefix}.bias"), &[dim]),
+        }
+    }
+
+    /// The LayerNorm applied to each row of `x`.
+    fn forward(&self, x: &[f32], eps: f64) -> Vec<f32> {
+        layer_norm_with_bias_rows(x, &self.weight, &self.bias, eps)
+    }
+}
+
+/// `BloomBlock`'s parameters.
+struct BloomLayer {
+    input_layernorm: LayerNormParams,
+    /// [3 * hidden, hidden] with bias; output row r = (head * 3 + c) * head_dim + d, c = 0 for
+    /// the query, 1 for the key, 2 for the value.
+    query_key_value: Linear,
+    /// [hidden, hidden] with bias (dropped when `tp_slices_without_bias`).
+    dense: Linear,
+    post_attention_layernorm: LayerNormParams,
+    /// [4 * hidden, hidden] with bias.
+    dense_h_to_4h: Linear,
+    /// [hidden, 4 * hidden] with bias (dropped when `tp_slices_without_bias`).
+    dense_4h_to_h: Linear,
+}
+
+/// `BloomForCausalLM`.
+struct BloomModel {
+    config: BloomConfig,
+    /// [vocab, hidden]
+    word_embeddings: Vec<f32>,
+    word_embeddings_layernorm: LayerNormParams,
+    layers: Vec<BloomLayer>,
+    ln_f: LayerNormParams,
+    /// [vocab, hidden], no bias; the word embeddings when tied.
+    lm_head: Linear,
+    /// ALiBi slope of each head (`build_alibi_tensor`), in f32 as transformers holds them.
+    alibi_slopes: Vec<f32>,
+}
+
+/// Loads `{prefix}.weight` [out, in] and the bias `{prefix}.bias` [out], which BLOOM's
+/// `nn.Linear`s always have (bias=True).
+fn linear_with_bias(
+    store: &mut TensorStore,
+    prefix: &str,
+    in_dim: usize,
+    out_dim: usize,
+) -> Linear {
+    Linear {
+        weight: store.take(&format!("{prefix}.weight"), &[out_dim, in_dim]),
+        bias: Some(store.take(&format!("{prefix}.bias"), &[out_dim])),
+        in_dim,
+        out_dim,
+    }
+}
+
+/// ALiBi slopes, exactly as `build_alibi_tensor` computes them:
+///
+/// ```text
+/// closest_power_of_2 = 2 ** math.floor(math.log2(num_heads))
+/// base = torch.tensor(2 ** (-(2 ** -(math.log2(closest_power_of_2) - 3))), dtype=torch.float32)
+/// powers = torch.arange(1, 1 + closest_power_of_2, dtype=torch.int32)
+/// slopes = torch.pow(base, powers)
+/// if closest_power_of_2 != num_heads:
+///     extra_base = torch.tensor(2 ** (-(2 ** -(math.log2(2 * closest_power_of_2) - 3))), dtype=torch.float32)
+///     num_remaining_heads = min(closest_power_of_2, num_heads - closest_power_of_2)
+///     extra_powers = torch.arange(1, 1 + 2 * num_remaining_heads, 2, dtype=torch.int32)
+///     slopes = torch.cat([slopes, torch.pow(extra_base, extra_powers)], dim=0)
+/// ```
+///
+/// i.e. with n = closest_power_of_2: slopes 2^(-8k/n) for k = 1..n, then for the remaining heads
+/// 2^(-4k/n) for the odd k = 1, 3, 5, ... The bases are rounded to f32 first, as the
+/// float32 tensors are; each power is computed in f64 and rounded to f32.
+fn alibi_slopes(num_heads: usize) -> Vec<f32> {
+    assert!(num_heads > 0);
+    // 2 ** floor(log2(num_heads)): the largest power of two not above num_heads.
+    let mut closest_power_of_2 = 1usize;
+    while closest_power_of_2 * 2 <= num_heads {
+        closest_power_of_2 *= 2;
+    }
+    // math.log2 of a power of two is exact.
+    let log2 = |n: usize| n.trailing_zeros() as f64;
+    let base = 2f64.powf(-(2f64.powf(-(log2(closest_power_of_2) - 3.0)))) as f32;
+    let mut slopes: Vec<f32> = (1..=closest_power_of_2)
+        .map(|p| (base as f64).powi(p as i32) as f32)
+        .collect();
+    if closest_power_of_2 != num_heads {
+        let extra_base = 2f64.powf(-(2f64.powf(-(log2(2 * closest_power_of_2) - 3.0)))) as f32;
+        let num_remaining_heads = closest_power_of_2.min(num_heads - closest_power_of_2);
+        for p in (1..1 + 2 * num_remaining_heads).step_by(2) {
+            slopes.push((extra_base as f64).powi(p as i32) as f32);
+        }
+    }
+    assert_eq!(slopes.len(), num_heads);
+    slopes
+}
+
+/// `bloom_gelu_forward` (the inference branch of `BloomGelu`), a tanh approximation of GELU with
+/// BLOOM's own rounded constants:
+/// `x * 0.5 * (1.0 + torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))`.
+/// Computed in f64 from the f32 input, rounded once.
+fn bloom_gelu(x: f32) -> f32 {
+    let x = x as f64;
+    (x * 0.5 * (1.0 + (0.79788456 * x * (1.0 + 0.044715 * x * x)).tanh())) as f32
+}
+
+impl BloomModel {
+    /// Loads the checkpoint in `dir` whose parsed config.json is `config_json`.
+    ///
+    /// Tensor names are those of `BloomForCausalLM`'s state dict: `transformer.word_embeddings`,
+    /// `transformer.word_embeddings_layernorm`, `transformer.h.{i}.{input_layernorm,
+    /// self_attention.query_key_value, self_attention.dense, post_attention_layernorm,
+    /// mlp.dense_h_to_4h, mlp.dense_4h_to_h}`, `transformer.ln_f`, `lm_head`. The BigScience Hub
+    /// checkpoints were saved from the bare `BloomModel` and so lack the `transformer.` prefix;
+    /// transformers loads those into `BloomForCausalLM` too (`base_model_prefix = "transformer"`),
+    /// so both spellings are accepted (the whole checkpoint must use one of them).
+    fn load(dir: &Path, config_json: &Value) -> BloomModel {
+        let config = BloomConfig::parse(config_json);
+        let mut store = TensorStore::load(dir);
+        let hidden = config.hidden_size;
+        let vocab = config.vocab_size;
+
+        let prefix = if store
+            .tensors
+            .contains_key("transformer.word_embeddings.weight")
+        {
+            "transformer."
+        } else {
+            ""
+        };
+
+        let word_embeddings =
+            store.take(&format!("{prefix}word_embeddings.weight"), &[vocab, hidden]);
+        let word_embeddings_layernorm = LayerNormParams::load(
+            &mut store,
+            &format!("{prefix}word_embeddings_layernorm"),
+            hidden,
+        );
+
+        let mut layers = Vec::with_capacity(config.n_layer);
+        for i in 0..config.n_layer {
+            let p = format!("{prefix}h.{i}");
+            let mut layer = BloomLayer {
+                input_layernorm: LayerNormParams::load(
+                    &mut store,
+                    &format!("{p}.input_layernorm"),
+                    hidden,
+                ),
+                query_key_value: linear_with_bias(
+                    &mut store,
+                    &format!("{p}.self_attention.query_key_value"),
+                    hidden,
+                    3 * hidden,
+                ),
+                dense: linear_with_bias(
+                    &mut store,
+                    &format!("{p}.self_attention.dense"),
+                    hidden,
+                    hidden,
+                ),
+                post_attention_layernorm: LayerNormParams::load(
+                    &mut store,
+                    &format!("{p}.post_attention_layernorm"),
+                    hidden,
+                ),
+                // `BloomMLP`: nn.Linear(hidden_size, 4 * hidden_size) and back.
+                dense_h_to_4h: linear_with_bias(
+                    &mut store,
+                    &format!("{p}.mlp.dense_h_to_4h"),
+                    hidden,
+                    4 * hidden,
+                ),
+                dense_4h_to_h: linear_with_bias(
+                    &mut store,
+                    &format!("{p}.mlp.dense_4h_to_h"),
+                    4 * hidden,
+                    hidden,
+                ),
+            };
+            if config.tp_slices_without_bias {
+                // The `pretraining_tp > 1 and slow_but_exact` branches of `BloomAttention.forward`
+                // and `BloomMLP.forward` sum `F.linear(slice, weight_slice)` without the bias.
+                layer.dense.bias = None;
+                layer.dense_4h_to_h.bias = None;
+            }
+            layers.push(layer);
+        }
+
+        let ln_f = LayerNormParams::load(&mut store, &format!("{prefix}ln_f"), hidden);
+
+        // `BloomForCausalLM.lm_head = nn.Linear(hidden_size, vocab_size, bias=False)`, tied to the
+        // word embeddings unless `tie_word_embeddings` is false.
+        let lm_head = if config.tie_word_embeddings {
+            // A stored lm_head.weight is ignored in favour of the tie, as transformers does.
+            store.tensors.remove("lm_head.weight");
+            Linear {
+                weight: word_embeddings.clone(),
+                bias: None,
+                in_dim: hidden,
+                out_dim: vocab,
+            }
+        } else {
+            Linear {
+                weight: store.take("lm_head.weight", &[vocab, hidden]),
+                bias: None,
+                in_dim: hidden,
+                out_dim: vocab,
+            }
+        };
+
+        if !store.tensors.is_empty() {
+            let mut left: Vec<&String> = store.tensors.keys().collect();
+            left.sort();
+            panic!("reference model: checkpoint has tensors this reference does not use: {left:?}");
+        }
+
+        let alibi_slopes = alibi_slopes(config.n_head);
+        BloomModel {
+            config,
+            word_embeddings,
+            word_embeddings_layernorm,
+            layers,
+            ln_f,
+            lm_head,
+            alibi_slopes,
+        }
+    }
+
+    /// Full-sequence causal forward pass from position 0 (`BloomModel.forward` then the lm_head),
+    /// with no padding (attention_mask all ones); returns `[tokens.len()][vocab_size]` logits.
+    fn logits(&self, tokens: &[u32]) -> Vec<Vec<f32>> {
+        let cfg = &self.config;
+        let t = tokens.len();
+        let hidden = cfg.hidden_size;
+        let eps = cfg.layer_norm_epsilon;
+
+        // inputs_embeds = word_embeddings(input_ids)
+        let mut embeds = Vec::with_capacity(t * hidden);
+        for &tok in tokens {
+            let tok = tok as usize;
+            assert!(
+                tok < cfg.vocab_size,
+                "token {tok} out of range (vocab {})",
+                cfg.vocab_size
+            );
+            embeds.extend_from_slice(&self.word_embeddings[tok * hidden..(tok + 1) * hidden]);
+        }
+        // hidden_states = word_embeddings_layernorm(inputs_embeds)
+        let mut x = self.word_embeddings_layernorm.forward(&embeds, eps);
+
+        for layer in &self.layers {
+            // `BloomBlock.forward` (dropout is off at inference, so dropout_add(a, r) = r + a):
+            //   layernorm_output = input_layernorm(hidden_states)
+            //   residual = layernorm_output if apply_residual_connection_post_layernorm
+            //              else hidden_states
+            //   attention_output = residual + dense(attention(layernorm_output))
+            //   layernorm_output = post_attention_layernorm(attention_output)
+            //   residual = layernorm_output if apply_residual_connection_post_layernorm
+            //              else attention_output
+            //   output = residual + dense_4h_to_h(gelu(dense_h_to_4h(layernorm_output)))
+            let post = cfg.apply_residual_connection_post_layernorm;
+
+            let normed = layer.input_layernorm.forward(&x, eps);
+            let context = self.attention(layer, &normed, t);
+            let attn = layer.dense.forward(&context, t);
+            let residual = if post { &normed } else { &x };
+            let attention_output: Vec<f32> =
+                residual.iter().zip(&attn).map(|(&r, &a)| r + a).collect();
+
+            let normed = layer
+                .post_attention_layernorm
+                .forward(&attention_output, eps);
+            let mut inner = layer.dense_h_to_4h.forward(&normed, t);
+            for v in inner.iter_mut() {
+                *v = bloom_gelu(*v);
+            }
+            let mlp = layer.dense_4h_to_h.forward(&inner, t);
+            let residual = if post { &normed } else { &attention_output };
+            x = residual.iter().zip(&mlp).map(|(&r, &m)| r + m).collect();
+        }
+
+        // hidden_states = ln_f(hidden_states); lm_logits = lm_head(hidden_states)
+        let normed = self.ln_f.forward(&x, eps);
+        let logits = self.lm_head.forward(&normed, t);
+        logits
+            .chunks_exact(cfg.vocab_size)
+            .map(<[f32]>::to_vec)
+            .collect()
+    }
+
+    /// `BloomAttention.forward` up to (not including) `dense`: `x` is the normed input
+    /// [T, hidden]; returns the merged head outputs [T, hidden] (head h at columns
+    /// h * head_dim .. (h + 1) * head_dim, as `_merge_heads` lays them out).
+    ///
+    /// ```text
+    /// fused_qkv = query_key_value(x)                                  # [T, 3 * hidden]
+    /// fused_qkv = fused_qkv.view(batch, T, num_heads, 3, head_dim)    # `_reshape`
+    /// query, key, value = fused_qkv[..., 0, :], fused_qkv[..., 1, :], fused_qkv[..., 2, :]
+    /// scores = alibi.baddbmm(query, key^T, beta=1.0, alpha=1 / sqrt(head_dim))
+    /// scores = scores + causal_mask                                   # finfo.min above diagonal
+    /// probs = softmax(scores, dim=-1, dtype=float32)
+    /// context = probs @ value
+    /// ```
+    ///
+    /// ALiBi: `build_alibi_tensor` makes alibi[h, 0, j] = slope_h * (cumsum(mask)[j] - 1), which
+    /// with an all-ones mask is slope_h * j for key position j, broadcast over every query row.
+    /// This uses that form, slope_h * key_position (not the relative key - query form of the
+    /// ALiBi paper; softmax is shift-invariant per row, so the two agree up to rounding).
+    fn attention(&self, layer: &BloomLayer, x: &[f32], t: usize) -> Vec<f32> {
+        let cfg = &self.config;
+        let n_heads = cfg.n_head;
+        let hd = cfg.head_dim;
+        let hidden = cfg.hidden_size;
+
+        let qkv = layer.query_key_value.forward(x, t);
+        // Head h's query (c = 0), key (c = 1) or value (c = 2) at position p.
+        let part = |p: usize, h: usize, c: usize| -> &[f32] {
+            let start = p * 3 * hidden + (h * 3 + c) * hd;
+            &qkv[start..start + hd]
+        };
+
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut out = vec![0.0f32; t * hidden];
+        let mut scores = vec![0.0f32; t];
+        for h in 0..n_heads {
+            let slope = self.alibi_slopes[h];
+            for i in 0..t {
+                let q_vec = part(i, h, 0);
+                // Causal: query i attends to keys 0..=i (masked scores become exactly 0 after
+                // softmax in transformers too, since exp(finfo.min - max) underflows to 0).
+                let allowed = 0..=i;
+                for j in allowed.clone() {
+                    let k_vec = part(j, h, 1);
+                    // alibi in f32 (slopes * arange, both float32), then baddbmm:
+                    // beta * alibi + alpha * (q . k) with beta = 1.
+                    let alibi = slope * j as f32;
+                    scores[j] = (alibi as f64 + dot(q_vec, k_vec) * scale) as f32;
+                }
+
+                // Softmax over the allowed keys, subtracting the max for stability.
+                let max = allowed
+                    .clone()
+                    .map(|j| scores[j])
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0f64;
+                for j in allowed.clone() {
+                    scores[j] = (scores[j] - max).exp();
+                    sum += scores[j] as f64;
+                }
+
+                // Weighted sum of the values.
+                let o = &mut out[i * hidden + h * hd..i * hidden + (h + 1) * hd];
+                for d in 0..hd {
+                    let mut acc = 0.0f64;
+                    for j in allowed.clone() {
+                        acc += scores[j] as f64 * part(j, h, 2)[d] as f64;
+                    }
+                    o[d] = (acc / sum) as f32;
+                }
+            }
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Small numeric helpers
 // ---------------------------------------------------------------------------------------------
 
@@ -1152,6 +1676,37 @@ fn layer_norm_rows(x: &[f32], weight: &[f32], eps: f64) -> Vec<f32> {
     let mut out = x.to_vec();
     for row in out.chunks_exact_mut(weight.len()) {
         layer_norm_in_place(row, weight, eps);
+    }
+    out
+}
+
+/// A standard LayerNorm (`torch.nn.LayerNorm`, BLOOM's norms) of one vector in place:
+/// w * (x - mean) / sqrt(var + eps) + b, var the biased variance. transformers computes it in
+/// float32; the sums here are in f64.
+fn layer_norm_with_bias_in_place(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f64) {
+    assert_eq!(x.len(), weight.len());
+    assert_eq!(x.len(), bias.len());
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x
+        .iter()
+        .map(|&v| {
+            let d = v as f64 - mean;
+            d * d
+        })
+        .sum::<f64>()
+        / n;
+    let inv_std = 1.0 / (var + eps).sqrt();
+    for ((v, &w), &b) in x.iter_mut().zip(weight).zip(bias) {
+        *v = ((*v as f64 - mean) * inv_std * w as f64 + b as f64) as f32;
+    }
+}
+
+/// The LayerNorm with bias applied to each row of a row-major [rows, weight.len()] matrix.
+fn layer_norm_with_bias_rows(x: &[f32], weight: &[f32], bias: &[f32], eps: f64) -> Vec<f32> {
+    let mut out = x.to_vec();
+    for row in out.chunks_exact_mut(weight.len()) {
+        layer_norm_with_bias_in_place(row, weight, bias, eps);
     }
     out
 }

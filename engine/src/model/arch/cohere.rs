@@ -4,7 +4,7 @@
 //! are tied.
 
 use super::Architecture;
-use crate::model::config::{Family, NormKind, RawConfig};
+use crate::model::config::{Family, NormKind, Positions, RawConfig};
 
 pub struct Cohere;
 
@@ -29,8 +29,8 @@ impl Architecture for Cohere {
         true
     }
 
-    fn rope_interleaved(&self) -> bool {
-        true
+    fn positions(&self) -> Positions {
+        Positions::Rope { interleaved: true }
     }
 
     fn logit_scale(&self, config: &RawConfig) -> Option<f64> {

@@ -3,6 +3,7 @@
 //! table that the CPU and CUDA passes both load from. A new architecture whose forward pass
 //! is the Llama decoder's is one new file here.
 
+mod bloom;
 mod cohere;
 mod llama;
 mod mistral;
@@ -10,7 +11,9 @@ mod mixtral;
 mod qwen2;
 mod qwen3;
 
-use super::config::{Experts, Family, NormKind, RawConfig};
+pub use bloom::alibi_slopes;
+
+use super::config::{Experts, Family, MlpKind, NormKind, Positions, RawConfig};
 
 /// What an architecture decides about a config and its weights.
 pub trait Architecture: Sync {
@@ -38,6 +41,11 @@ pub trait Architecture: Sync {
     fn weights(&self) -> &'static WeightNames {
         &LLAMA_NAMES
     }
+    /// Another naming its checkpoints are found with (BLOOM's original files lack the
+    /// `transformer.` prefix `save_pretrained` writes today).
+    fn other_weights(&self) -> Option<&'static WeightNames> {
+        None
+    }
     /// How it normalises, and with which epsilon.
     fn norm(&self) -> NormKind {
         NormKind::Rms
@@ -49,8 +57,21 @@ pub trait Architecture: Sync {
     fn parallel_block(&self) -> bool {
         false
     }
-    fn rope_interleaved(&self) -> bool {
+    fn positions(&self) -> Positions {
+        Positions::Rope { interleaved: false }
+    }
+    fn mlp(&self) -> MlpKind {
+        MlpKind::GatedSilu
+    }
+    fn qkv_fused_per_head(&self) -> bool {
         false
+    }
+    fn embed_norm(&self) -> bool {
+        false
+    }
+    /// The MLP's width when the config does not say.
+    fn default_intermediate(&self, _hidden: usize) -> Option<usize> {
+        None
     }
     fn logit_scale(&self, _config: &RawConfig) -> Option<f64> {
         None
@@ -65,7 +86,8 @@ pub trait Architecture: Sync {
     }
 }
 
-const ARCHITECTURES: [&dyn Architecture; 6] = [
+const ARCHITECTURES: [&dyn Architecture; 7] = [
+    &bloom::Bloom,
     &cohere::Cohere,
     &llama::Llama,
     &mistral::Mistral,
@@ -102,6 +124,8 @@ pub fn supported() -> String {
 /// is the layer's index, and the per-layer names follow the layer's prefix.
 pub struct WeightNames {
     pub embed: &'static str,
+    /// The LayerNorm after the embeddings, for architectures that have one.
+    pub embed_norm: &'static str,
     pub final_norm: &'static str,
     pub lm_head: &'static str,
     pub layer: &'static str,
@@ -176,6 +200,7 @@ impl WeightNames {
 /// Transformers' Llama layout, which Mistral and Qwen2/3 share.
 pub const LLAMA_NAMES: WeightNames = WeightNames {
     embed: "model.embed_tokens",
+    embed_norm: "",
     final_norm: "model.norm",
     lm_head: "lm_head",
     layer: "model.layers.{i}",
@@ -209,7 +234,7 @@ mod tests {
             }
             assert_eq!(of(a.family()).family(), a.family());
         }
-        assert!(named("bloom").is_none());
+        assert!(named("gpt_neox").is_none());
         assert_eq!(LLAMA_NAMES.layer(3).q, "model.layers.3.self_attn.q_proj");
     }
 }
