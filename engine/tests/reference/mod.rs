@@ -1606,12 +1606,12 @@ impl BloomModel {
 
                 // Weighted sum of the values.
                 let o = &mut out[i * hidden + h * hd..i * hidden + (h + 1) * hd];
-                for d in 0..hd {
+                for (d, od) in o.iter_mut().enumerate() {
                     let mut acc = 0.0f64;
                     for j in allowed.clone() {
                         acc += scores[j] as f64 * part(j, h, 2)[d] as f64;
                     }
-                    o[d] = (acc / sum) as f32;
+                    *od = (acc / sum) as f32;
                 }
             }
         }
