@@ -34,7 +34,7 @@ fn main() {
         let t = Instant::now();
         for _ in 0..iters {
             std::hint::black_box(paged_attention(
-                &q, nh, layout, &kv, &kv, &seqs, None, 0.125,
+                &q, nh, layout, &kv, &kv, &seqs, None, 0.125, None,
             ));
         }
         let s = t.elapsed().as_secs_f64() / iters as f64;
