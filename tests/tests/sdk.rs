@@ -58,12 +58,9 @@ models:
     );
 }
 
-/// Agents' use of the SDK: function tools, `parse` with pydantic, the stream helper with tool
-/// calls, and the Responses API with its streaming events (tests/clients/openai_agents.py),
-/// on a model whose template thinks (Qwen3's) and one of Llama 3.1's family.
-#[test]
-fn openai_python_sdk_as_agents_use_it() {
-    let config = r#"
+/// A model whose template thinks (Qwen3's) and one of Llama 3.1's family, with room for
+/// rendered tools.
+const AGENT_CONFIG: &str = r#"
 cache_dir: "{cache}"
 auth: { allow_unauthenticated: true, anonymous_tenant: local }
 tenants: [{ id: local, accepted_licences: [llama3.1] }]
@@ -71,8 +68,14 @@ models:
   - { id: qwen3, demo: { arch: qwen3, size: tiny, seed: 1 }, licence: apache-2.0, max_context: 4096, engine: { kv_cache_bytes: 67108864 } }
   - { id: llama, demo: { arch: llama, size: tiny, seed: 1 }, licence: llama3.1, max_context: 4096, engine: { kv_cache_bytes: 67108864 } }
 "#;
-    run_script("openai_agents.py", config, "qwen3");
-    run_script("openai_agents.py", config, "llama");
+
+/// Agents' use of the SDK: function tools, `parse` with pydantic, the stream helper with tool
+/// calls, and the Responses API with its streaming events (tests/clients/openai_agents.py),
+/// on a model whose template thinks (Qwen3's) and one of Llama 3.1's family.
+#[test]
+fn openai_python_sdk_as_agents_use_it() {
+    run_script("openai_agents.py", AGENT_CONFIG, "qwen3");
+    run_script("openai_agents.py", AGENT_CONFIG, "llama");
 }
 
 /// The `openai` npm package and the Vercel AI SDK (`generateObject` with a zod schema,
@@ -86,14 +89,7 @@ fn openai_npm_package_and_vercel_ai_sdk() {
         "{} is missing: run scripts/test.sh (it runs `npm ci` there)",
         js.join("node_modules").display()
     );
-    let config = r#"
-cache_dir: "{cache}"
-auth: { allow_unauthenticated: true, anonymous_tenant: local }
-tenants: [{ id: local, accepted_licences: [llama3.1] }]
-models:
-  - { id: qwen3, demo: { arch: qwen3, size: tiny, seed: 1 }, licence: apache-2.0, max_context: 4096, engine: { kv_cache_bytes: 67108864 } }
-"#;
-    let s = Server::start(config);
+    let s = Server::start(AGENT_CONFIG);
     let mut cmd = Command::new("node");
     cmd.current_dir(&js)
         .arg("agents.mjs")
