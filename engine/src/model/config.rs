@@ -153,6 +153,7 @@ pub struct ModelShape {
     pub num_kv_heads: usize,
     pub head_dim: usize,
     pub vocab_size: usize,
+    /// The norms' epsilon: RMSNorm's, or LayerNorm's where the architecture uses LayerNorm.
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub rope_scaling: RopeScaling,
