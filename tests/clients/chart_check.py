@@ -38,6 +38,7 @@ WRONG = [
     ("bad key hash", {"secrets": {"keyHashes": {"acme": [{"hash": "md5:abc"}]}}}),
     ("model name not a DNS label", {"models": [{"id": "m", "licence": "mit", "name": "Not_A_Label"}]}),
     ("log format", {"config": {"server": {"shutdown_grace_seconds": 30, "log_format": "xml"}}}),
+    ("unknown tool parser", {"models": [{"id": "m", "licence": "mit", "toolParser": "hermes2"}]}),
 ]
 
 

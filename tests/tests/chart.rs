@@ -59,8 +59,8 @@ async fn the_chart_lints_renders_valid_manifests_and_its_configs_serve() {
     for object in [
         "Deployment/rosetta-gateway",
         "Deployment/rosetta-engine-llama-3-1-8b-instruct",
-        "Deployment/rosetta-engine-aya-expanse-8b",
-        "Service/rosetta-engine-aya-expanse-8b-pods",
+        "Deployment/rosetta-engine-qwen2-5-7b-instruct",
+        "Service/rosetta-engine-qwen2-5-7b-instruct-pods",
         "HorizontalPodAutoscaler/rosetta-gateway",
         "ScaledObject/rosetta-engine-llama-3-1-8b-instruct",
         "ServiceMonitor/rosetta-gateway",
@@ -74,6 +74,16 @@ async fn the_chart_lints_renders_valid_manifests_and_its_configs_serve() {
     ] {
         assert!(gpu.contains(&object.to_string()), "{object} not in {gpu:?}");
     }
+    // A model's tool and thinking formats reach its engine's config.
+    let engine = std::fs::read_to_string(
+        out.path()
+            .join("gpu-values/engine-qwen2-5-7b-instruct.yaml"),
+    )
+    .expect("the qwen engine's rosetta.yaml");
+    assert!(
+        engine.contains("tool_parser: hermes") && engine.contains("reasoning_parser: none"),
+        "{engine}"
+    );
     // An existing Secret: the chart makes none.
     assert!(!gpu.iter().any(|o| o.starts_with("Secret/")), "{gpu:?}");
     let default = rendered("default");
