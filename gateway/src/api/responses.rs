@@ -68,6 +68,8 @@ pub async fn create(
 pub struct ResponsesCall {
     chat: ChatCall,
     echo: Echo,
+    /// The field each chat message came from, for error messages.
+    origins: Vec<String>,
 }
 
 /// The request's settings, as the response object repeats them.
@@ -119,8 +121,8 @@ fn validate(
             "'n' is not a parameter of the Responses API.",
         ));
     }
-    let messages = input_messages(&req.input, req.instructions.as_deref())?;
-    let messages = chat::parse_messages(&messages, limits).map_err(in_input)?;
+    let (messages, origins) = input_messages(&req.input, req.instructions.as_deref())?;
+    let messages = chat::parse_messages(&messages, limits).map_err(|e| in_input(e, &origins))?;
     let tools = tool_params::toolset(
         req.tools.as_deref(),
         req.tool_choice.as_ref(),
@@ -180,28 +182,47 @@ fn validate(
             legacy_functions: false,
         },
         echo,
+        origins,
     })
 }
 
-/// Chat-form errors about the converted conversation name `input`.
-fn in_input(e: ApiError) -> ApiError {
-    match e.body.param.clone() {
-        Some(p) if p.starts_with("messages") => e.with_param(&p.replacen("messages", "input", 1)),
-        _ => e,
+/// Chat-form errors about the converted conversation name the field they came from:
+/// `messages[k]…` becomes `input[i]…` (or `instructions`), `messages` becomes `input`.
+fn in_input(e: ApiError, origins: &[String]) -> ApiError {
+    let Some(p) = e.body.param.clone() else {
+        return e;
+    };
+    let Some(rest) = p.strip_prefix("messages") else {
+        return e;
+    };
+    let origin = rest
+        .strip_prefix('[')
+        .and_then(|r| r.split_once(']'))
+        .and_then(|(k, tail)| Some((origins.get(k.parse::<usize>().ok()?)?, tail)));
+    match origin {
+        Some((origin, tail)) => e.with_param(&format!("{origin}{tail}")),
+        None => e.with_param(&format!("input{rest}")),
     }
 }
 
 /// `input` and `instructions` as chat messages (OpenAI's chat JSON, checked by the chat
-/// endpoint's own parser next): consecutive function calls become one assistant turn.
-fn input_messages(input: &Value, instructions: Option<&str>) -> Result<Vec<Value>, ApiError> {
+/// endpoint's own parser next): consecutive function calls become one assistant turn. Beside
+/// each message, the field it came from (`instructions`, `input`, `input[i]`).
+fn input_messages(
+    input: &Value,
+    instructions: Option<&str>,
+) -> Result<(Vec<Value>, Vec<String>), ApiError> {
     let mut messages: Vec<Value> = Vec::new();
+    let mut origins: Vec<String> = Vec::new();
     if let Some(text) = instructions {
         messages.push(json!({"role": "system", "content": text}));
+        origins.push("instructions".into());
     }
     let items = match input {
         Value::String(text) => {
             messages.push(json!({"role": "user", "content": text}));
-            return Ok(messages);
+            origins.push("input".into());
+            return Ok((messages, origins));
         }
         Value::Array(items) => items,
         _ => {
@@ -239,6 +260,7 @@ fn input_messages(input: &Value, instructions: Option<&str>) -> Result<Vec<Value
                     None => Value::Null,
                 };
                 messages.push(json!({"role": role, "content": content}));
+                origins.push(at.clone());
             }
             "function_call" => {
                 let field = |name: &str| {
@@ -257,6 +279,7 @@ fn input_messages(input: &Value, instructions: Option<&str>) -> Result<Vec<Value
                     }
                 } else {
                     messages.push(json!({"role": "assistant", "content": null, "tool_calls": [call]}));
+                    origins.push(at.clone());
                 }
             }
             "function_call_output" => {
@@ -274,6 +297,7 @@ fn input_messages(input: &Value, instructions: Option<&str>) -> Result<Vec<Value
                     _ => return Err(bad("a function_call_output needs an 'output'.".into())),
                 };
                 messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": output}));
+                origins.push(at.clone());
             }
             // Earlier thinking: the stateless model does not need it (templates drop it).
             "reasoning" => {}
@@ -285,7 +309,7 @@ fn input_messages(input: &Value, instructions: Option<&str>) -> Result<Vec<Value
             }
         }
     }
-    Ok(messages)
+    Ok((messages, origins))
 }
 
 /// A text part (`input_text`, `output_text`, `text`) in the chat form.
@@ -352,7 +376,9 @@ impl Generation for ResponsesCall {
     }
 
     fn prompts(&self, model: &LocalModel) -> Result<Vec<Vec<u32>>, ApiError> {
-        self.chat.prompts(model).map_err(in_input)
+        self.chat
+            .prompts(model)
+            .map_err(|e| in_input(e, &self.origins))
     }
 
     fn render<'a>(&'a self, answer: Answer<'a>) -> Rendered<'a> {
