@@ -370,9 +370,6 @@ fn scope(tenant: &str, model: &Option<String>) -> String {
 
 /// A refusal in OpenAI's words (the edge adds Retry-After and the rate-limit headers).
 fn rejection_error(tenant: &str, r: Rejection) -> AccessError {
-    if r == Rejection::StoreUnavailable {
-        return AccessError::StoreUnavailable;
-    }
     let limited = |kind, message, retry_after, state| AccessError::RateLimited {
         kind,
         message,

@@ -10,11 +10,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rosetta_config::{Dtype, EngineDevice, ModelConfig, ModelSource};
 use rosetta_engine::demo::{self, DemoSpec};
 use rosetta_engine::grammar::GrammarCompiler;
+use rosetta_engine::model::{ModelShape, Transformer, WeightDtype};
+use rosetta_engine::text::{ChatTemplate, ModelTokenizer};
+use rosetta_engine::{Engine, NativeEngine, NativeEngineConfig};
 
 use crate::assistant::{self, ReasoningFormat, ToolFormat};
-use rosetta_engine::model::{ModelShape, Transformer, WeightDtype};
-use rosetta_engine::text::ModelTokenizer;
-use rosetta_engine::{Engine, NativeEngine, NativeEngineConfig};
 
 /// A model this process serves itself (not a remote replica's): its engine, tokenizer,
 /// grammar compiler, tool and thinking formats, and what the config says of it.
@@ -122,8 +122,9 @@ pub fn load_model(
             None
         }
     };
-    let template = tokenizer.chat_template().map(|t| t.source().to_string());
-    let template = template.as_deref();
+    let template = tokenizer.chat_template().map(ChatTemplate::source);
+    let tool_format = assistant::tool_format(cfg.tool_parser, template);
+    let reasoning = assistant::reasoning_format(cfg.reasoning_parser, template);
     let started = std::time::Instant::now();
     let observer = options
         .metrics
@@ -183,8 +184,8 @@ pub fn load_model(
         vocab_size: shape.vocab_size,
         prefix_caching: cfg.engine.prefix_caching,
         grammar,
-        tool_format: assistant::tool_format(cfg.tool_parser, template),
-        reasoning: assistant::reasoning_format(cfg.reasoning_parser, template),
+        tool_format,
+        reasoning,
     })
 }
 

@@ -1,5 +1,6 @@
-//! The Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3, and Mixtral's mixture of
-//! experts). Weights are loaded with candle (memory-mapped safetensors, dtype conversion);
+//! The decoder every supported architecture is a variant of (Llama 2/3, Mistral, Qwen2,
+//! Qwen3; Mixtral's mixture of experts, Cohere's parallel block, BLOOM's ALiBi; see
+//! `arch/`). Weights are loaded with candle (memory-mapped safetensors, dtype conversion);
 //! the CPU forward pass runs on our own batch-invariant kernels (see `matmul`) and reads and
 //! writes K/V through the paged cache.
 
@@ -128,7 +129,8 @@ impl Mlp {
     }
 }
 
-/// A layer's feed-forward block: one MLP, or a sparse mixture of expert MLPs.
+/// A layer's feed-forward block: a gated SiLU MLP, a GELU MLP, or a sparse mixture of expert
+/// MLPs.
 enum FeedForward {
     Dense(Mlp),
     /// `down(gelu_tanh(up(x)))` (BLOOM's); `gate_up` holds only `up`.

@@ -329,26 +329,15 @@ impl Sequence {
         let mut finish = None;
         if self.is_stop_token(sampled.id) {
             // The stop token itself is never shown; flush what was held back.
-            let tail = self.detok.flush(tok).unwrap_or_default();
-            self.release(tail, &mut text, &mut finish);
-            text.push_str(&self.stop.flush());
-            finish = Some(FinishReason::Stop);
+            self.end(tok, FinishReason::Stop, &mut text, &mut finish);
         } else {
             let piece = self.detok.push(tok, sampled.id).unwrap_or_default();
             self.release(piece, &mut text, &mut finish);
             if finish.is_none() && grammar_done {
-                let tail = self.detok.flush(tok).unwrap_or_default();
-                self.release(tail, &mut text, &mut finish);
-                text.push_str(&self.stop.flush());
-                finish = Some(FinishReason::Stop);
+                self.end(tok, FinishReason::Stop, &mut text, &mut finish);
             }
             if finish.is_none() && self.generated() >= self.max_tokens {
-                let tail = self.detok.flush(tok).unwrap_or_default();
-                self.release(tail, &mut text, &mut finish);
-                if finish.is_none() {
-                    text.push_str(&self.stop.flush());
-                    finish = Some(FinishReason::Length);
-                }
+                self.end(tok, FinishReason::Length, &mut text, &mut finish);
             }
         }
         Ok(ChoiceDelta {
@@ -361,6 +350,23 @@ impl Sequence {
             }),
             finish_reason: finish,
         })
+    }
+
+    /// Ends the choice for `reason`: what the detokenizer and the stop matcher still hold
+    /// goes out, unless a stop string in it ends the choice first.
+    fn end(
+        &mut self,
+        tok: &ModelTokenizer,
+        reason: FinishReason,
+        text: &mut String,
+        finish: &mut Option<FinishReason>,
+    ) {
+        let tail = self.detok.flush(tok).unwrap_or_default();
+        self.release(tail, text, finish);
+        if finish.is_none() {
+            text.push_str(&self.stop.flush());
+            *finish = Some(reason);
+        }
     }
 
     /// Passes decoded text through the stop matcher. A piece that cannot be decoded is

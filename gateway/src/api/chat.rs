@@ -253,15 +253,9 @@ fn validate(
         "max_tokens"
     };
     let mut sampling = params::validate(fields, limits, max_tokens, top_logprobs)
-        .map_err(|e| rename_max_tokens(e, param_name))?;
+        .map_err(|e| params::rename_max_tokens(e, param_name))?;
     if let Some(grammar) = response_format {
-        if sampling.grammar.is_some() {
-            return Err(ApiError::invalid_param(
-                "response_format",
-                "Give one structured-output constraint: `response_format` or vLLM's `guided_*` / `structured_outputs`, not both.",
-            ));
-        }
-        sampling.grammar = Some(std::sync::Arc::new(grammar));
+        sampling.constrain("response_format", grammar)?;
     }
     tool_params::force_tool_calls(&mut sampling, tools.as_ref())?;
     Ok(ChatCall {
@@ -306,15 +300,6 @@ fn response_format(f: &Value) -> Result<Option<GrammarSpec>, ApiError> {
             "response_format.type",
             format!("Invalid 'response_format.type': `{other}`; expected `text`, `json_object` or `json_schema`."),
         )),
-    }
-}
-
-/// Errors about the length budget name the field the client used.
-fn rename_max_tokens(e: ApiError, param_name: &str) -> ApiError {
-    if e.body.param.as_deref() == Some("max_tokens") {
-        e.with_param(param_name)
-    } else {
-        e
     }
 }
 

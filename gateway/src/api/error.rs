@@ -153,7 +153,9 @@ impl From<AccessError> for ApiError {
         match e {
             AccessError::Unauthenticated(m) => ApiError::unauthorized(m),
             AccessError::Denied(m) => ApiError::forbidden(m),
-            AccessError::StoreUnavailable => ApiError::unavailable(e_store(), 1),
+            AccessError::StoreUnavailable => {
+                ApiError::unavailable(AccessError::StoreUnavailable.to_string(), 1)
+            }
             AccessError::RateLimited {
                 kind,
                 message,
@@ -162,10 +164,6 @@ impl From<AccessError> for ApiError {
             } => ApiError::rate_limited(kind, message, retry_after, state),
         }
     }
-}
-
-fn e_store() -> String {
-    AccessError::StoreUnavailable.to_string()
 }
 
 impl From<ModelError> for ApiError {

@@ -303,7 +303,30 @@ fn logit_bias(
     Ok(out)
 }
 
+/// Errors about the length budget name the field the client used (`max_completion_tokens`,
+/// `max_output_tokens`).
+pub fn rename_max_tokens(e: ApiError, param_name: &str) -> ApiError {
+    if e.body.param.as_deref() == Some("max_tokens") {
+        e.with_param(param_name)
+    } else {
+        e
+    }
+}
+
 impl Sampling {
+    /// Sets the endpoint's own structured output (`param`: the field that gave it); a
+    /// request that also gave one of vLLM's is a 400.
+    pub fn constrain(&mut self, param: &str, grammar: GrammarSpec) -> Result<(), ApiError> {
+        if self.grammar.is_some() {
+            return Err(ApiError::invalid_param(
+                param,
+                format!("Give one structured-output constraint: `{param}` or vLLM's `guided_*` / `structured_outputs`, not both."),
+            ));
+        }
+        self.grammar = Some(Arc::new(grammar));
+        Ok(())
+    }
+
     /// Checks the token ids the parameters name against `model`'s vocabulary.
     pub fn check_vocabulary(&self, model: &LocalModel) -> Result<(), ApiError> {
         let vocab = model.tokenizer.vocab_size().max(model.vocab_size);
@@ -328,8 +351,6 @@ impl Sampling {
         Ok(())
     }
 
-    /// The engine's request for one prompt: the shared parameters and this prompt's length
-    /// budget. Unset max_tokens means the rest of the context.
     /// The request's grammar compiled for `model`; a grammar it cannot compile is a 400
     /// naming what is unsupported.
     pub fn constraint(&self, model: &LocalModel) -> Result<Option<Constraint>, ApiError> {
@@ -350,6 +371,8 @@ impl Sampling {
         })
     }
 
+    /// The engine's request for one prompt: the shared parameters and this prompt's length
+    /// budget. Unset max_tokens means the rest of the context.
     pub fn request(
         &self,
         model: &LocalModel,

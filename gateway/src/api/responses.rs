@@ -137,22 +137,10 @@ fn validate(
         .and_then(Value::as_str);
     let template_kwargs =
         tool_params::template_kwargs(None, effort).map_err(|e| e.with_param("reasoning.effort"))?;
-    let mut sampling =
-        params::validate(fields, limits, req.max_output_tokens, None).map_err(|e| {
-            if e.body.param.as_deref() == Some("max_tokens") {
-                e.with_param("max_output_tokens")
-            } else {
-                e
-            }
-        })?;
+    let mut sampling = params::validate(fields, limits, req.max_output_tokens, None)
+        .map_err(|e| params::rename_max_tokens(e, "max_output_tokens"))?;
     if let Some(grammar) = text_format(req.text.as_ref())? {
-        if sampling.grammar.is_some() {
-            return Err(ApiError::invalid_param(
-                "text.format",
-                "Give one structured-output constraint: `text.format` or vLLM's `structured_outputs`, not both.",
-            ));
-        }
-        sampling.grammar = Some(std::sync::Arc::new(grammar));
+        sampling.constrain("text.format", grammar)?;
     }
     tool_params::force_tool_calls(&mut sampling, tools.as_ref())?;
     let s = &sampling.params.sampling;

@@ -23,14 +23,7 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
     let replicas: Vec<_> = state
         .configured()
         .iter()
-        .flat_map(|m| {
-            state
-                .pool()
-                .replicas(&m.id)
-                .iter()
-                .cloned()
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|m| state.pool().replicas(&m.id).to_vec())
         .filter(|r| r.remote().is_some())
         .collect();
     let snapshot = Snapshot {

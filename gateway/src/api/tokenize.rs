@@ -33,7 +33,6 @@ pub async fn tokenize(
         limits,
     )?;
     let tools = tools.as_ref().and_then(Toolset::for_template);
-    let kwargs = tool_params::template_kwargs(req.chat_template_kwargs.clone(), None)?;
     let model = state.model(&req.model)?;
     state
         .access()
@@ -53,7 +52,7 @@ pub async fn tokenize(
             &rosetta_engine::text::RenderOptions {
                 add_generation_prompt: req.add_generation_prompt.unwrap_or(true),
                 tools: tools.as_deref(),
-                kwargs: kwargs.as_ref(),
+                kwargs: req.chat_template_kwargs.as_ref(),
             },
         )?,
         _ => {

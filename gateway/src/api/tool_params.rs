@@ -287,6 +287,6 @@ pub fn output_parser(
         tools,
         model.tool_format,
         model.reasoning,
-        sampling.grammar.is_some() && tools.and_then(Toolset::forced_grammar).is_none(),
+        sampling.grammar.is_some() && !tools.is_some_and(Toolset::forces_call),
     )
 }

@@ -144,6 +144,12 @@ impl Toolset {
         }
     }
 
+    /// Whether the client requires a call (`required`, or a named function): the grammar of
+    /// [`Toolset::forced_grammar`] then writes it.
+    pub fn forces_call(&self) -> bool {
+        matches!(self.choice, ToolChoice::Required | ToolChoice::Named(_))
+    }
+
     /// Whether the model's calls are read out of free text (and so need its tool format).
     pub fn parsed_from_text(&self) -> bool {
         self.choice == ToolChoice::Auto && !self.tools.is_empty()
