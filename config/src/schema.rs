@@ -466,10 +466,14 @@ pub enum Arch {
     /// BLOOM: ALiBi, fused per-head query_key_value, LayerNorms with bias, GELU; on the CPU
     /// path.
     Bloom,
+    /// XLM-RoBERTa's encoder (multilingual-e5, bge-m3): an embedding model for
+    /// `/v1/embeddings`, with sentence-transformers' pooling.
+    #[serde(rename = "xlm-roberta")]
+    XlmRoberta,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 7] = [
+    pub const ALL: [Arch; 8] = [
         Arch::Llama,
         Arch::Mistral,
         Arch::Qwen2,
@@ -477,6 +481,7 @@ impl Arch {
         Arch::Mixtral,
         Arch::Cohere,
         Arch::Bloom,
+        Arch::XlmRoberta,
     ];
 
     pub fn name(self) -> &'static str {
@@ -488,7 +493,13 @@ impl Arch {
             Arch::Mixtral => "mixtral",
             Arch::Cohere => "cohere",
             Arch::Bloom => "bloom",
+            Arch::XlmRoberta => "xlm-roberta",
         }
+    }
+
+    /// An encoder makes embeddings; every other architecture generates text.
+    pub fn is_encoder(self) -> bool {
+        self == Arch::XlmRoberta
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::mpsc::Receiver;
 
+use crate::encoder::{EmbedRequest, EmbedTicket};
 use crate::{EngineError, EngineLoad, GenerateEvent, GenerateRequest, RequestTimes};
 
 /// Events of one request, ending with `Done` or an error. The channel is bounded: an engine
@@ -67,6 +68,13 @@ impl EventStream {
 pub trait Engine: Send + Sync + 'static {
     /// Queues a request. Errors here mean the request was never accepted.
     fn submit(&self, request: GenerateRequest) -> Result<EventStream, EngineError>;
+
+    /// Queues inputs to embed; only embedding models do.
+    fn embed(&self, _request: EmbedRequest) -> Result<EmbedTicket, EngineError> {
+        Err(EngineError::InvalidRequest(
+            "this model generates text; it makes no embeddings".into(),
+        ))
+    }
 
     /// The current load.
     fn load(&self) -> EngineLoad;

@@ -2,6 +2,7 @@
 //! the sampler, tokenization and chat templates, the engine loop, and the demo-model generator.
 
 pub mod demo;
+pub mod encoder;
 mod engine;
 mod error;
 pub mod grammar;

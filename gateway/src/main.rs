@@ -116,6 +116,8 @@ enum ArchArg {
     Mixtral,
     Cohere,
     Bloom,
+    /// An XLM-RoBERTa encoder for /v1/embeddings.
+    XlmRoberta,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -251,6 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ArchArg::Mixtral => Arch::Mixtral,
                 ArchArg::Cohere => Arch::Cohere,
                 ArchArg::Bloom => Arch::Bloom,
+                ArchArg::XlmRoberta => Arch::XlmRoberta,
             };
             let size = match size {
                 SizeArg::Tiny => Size::Tiny,

@@ -108,11 +108,52 @@ pub fn generate(
     write("tokenizer_config.json", &tok.tokenizer_config)?;
     write("generation_config.json", &tok.generation_config)?;
     write("config.json", &shape.config_json(spec, &tok))?;
+    if spec.arch.is_encoder() {
+        write_sentence_transformers(&tmp, &shape)?;
+    }
     weights::write(&tmp, &shape, spec, progress)?;
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(io)?;
     }
     std::fs::rename(&tmp, dir).map_err(io)?;
+    Ok(())
+}
+
+/// sentence-transformers' files beside an encoder, as multilingual-e5 ships them: mean
+/// pooling, then L2 normalisation.
+fn write_sentence_transformers(dir: &Path, shape: &DemoShape) -> Result<(), EngineError> {
+    let io = |e: std::io::Error| EngineError::Internal(format!("cannot write the demo model: {e}"));
+    let files = [
+        (
+            "modules.json",
+            serde_json::json!([
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+            ]),
+        ),
+        (
+            "sentence_bert_config.json",
+            serde_json::json!({"max_seq_length": 512, "do_lower_case": false}),
+        ),
+        (
+            "1_Pooling/config.json",
+            serde_json::json!({
+                "word_embedding_dimension": shape.hidden,
+                "pooling_mode_cls_token": false,
+                "pooling_mode_mean_tokens": true,
+                "pooling_mode_max_tokens": false,
+                "pooling_mode_mean_sqrt_len_tokens": false
+            }),
+        ),
+    ];
+    std::fs::create_dir_all(dir.join("1_Pooling")).map_err(io)?;
+    std::fs::create_dir_all(dir.join("2_Normalize")).map_err(io)?;
+    for (file, json) in files {
+        let text = serde_json::to_string_pretty(&json)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        std::fs::write(dir.join(file), text + "\n").map_err(io)?;
+    }
     Ok(())
 }
 

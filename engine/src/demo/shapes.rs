@@ -25,6 +25,9 @@ pub struct DemoShape {
 
 impl DemoShape {
     pub fn new(arch: Arch, size: Size) -> Self {
+        if arch == Arch::XlmRoberta {
+            return Self::xlm_roberta(size);
+        }
         match size {
             // Small enough to load and answer in milliseconds; still GQA (but BLOOM, which has
             // none), multi-layer.
@@ -88,6 +91,28 @@ impl DemoShape {
         }
     }
 
+    /// The encoder's shapes: `small` is multilingual-e5-small's (with the demo vocabulary);
+    /// both have XLM-RoBERTa's 514 positions (512 tokens after the padding offset).
+    fn xlm_roberta(size: Size) -> Self {
+        let (hidden, intermediate, layers, heads) = match size {
+            Size::Tiny => (64, 128, 2, 4),
+            Size::Small => (384, 1536, 12, 12),
+        };
+        Self {
+            arch: Arch::XlmRoberta,
+            hidden,
+            intermediate,
+            layers,
+            heads,
+            kv_heads: heads,
+            head_dim: hidden / heads,
+            vocab_size: if size == Size::Tiny { 2048 } else { 49152 },
+            max_positions: 514,
+            tied: false,
+            experts: None,
+        }
+    }
+
     pub fn is_tiny(&self) -> bool {
         self.hidden == 64
     }
@@ -95,6 +120,9 @@ impl DemoShape {
     pub fn config_json(&self, spec: &DemoSpec, tok: &TrainedTokenizer) -> serde_json::Value {
         if self.arch == Arch::Bloom {
             return self.bloom_config(spec, tok);
+        }
+        if self.arch == Arch::XlmRoberta {
+            return self.xlm_roberta_config(spec);
         }
         let (model_type, arch_class) = match self.arch {
             Arch::Llama => ("llama", "LlamaForCausalLM"),
@@ -104,6 +132,7 @@ impl DemoShape {
             Arch::Mixtral => ("mixtral", "MixtralForCausalLM"),
             Arch::Cohere => ("cohere", "CohereForCausalLM"),
             Arch::Bloom => ("bloom", "BloomForCausalLM"),
+            Arch::XlmRoberta => ("xlm-roberta", "XLMRobertaModel"),
         };
         let mut c = json!({
             "architectures": [arch_class],
@@ -149,7 +178,7 @@ impl DemoShape {
             // Aya's and Command R's keys: LayerNorm epsilon, logit scale, no q/k norm.
             Arch::Cohere => json!({ "layer_norm_eps": 1e-5, "logit_scale": 0.0625,
                                     "use_qk_norm": false, "attention_bias": false }),
-            Arch::Bloom => json!({}),
+            Arch::Bloom | Arch::XlmRoberta => json!({}),
             Arch::Mixtral => {
                 let (experts, per_token) = self.experts.unwrap_or((8, 2));
                 json!({ "num_local_experts": experts, "num_experts_per_tok": per_token,
@@ -186,6 +215,74 @@ impl DemoShape {
             "torch_dtype": match spec.dtype { StoredDtype::F32 => "float32", StoredDtype::Bf16 => "bfloat16" },
             "rosetta_demo": { "arch": self.arch.name(), "size": spec.size.name(), "seed": spec.seed },
         })
+    }
+
+    /// multilingual-e5's config.json keys (an `XLMRobertaModel`). The demo declares itself
+    /// Matryoshka-trained so that `dimensions` can be exercised; real checkpoints say so
+    /// only where they are.
+    fn xlm_roberta_config(&self, spec: &DemoSpec) -> serde_json::Value {
+        json!({
+            "architectures": ["XLMRobertaModel"],
+            "model_type": "xlm-roberta",
+            "hidden_size": self.hidden,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "intermediate_size": self.intermediate,
+            "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.1,
+            "attention_probs_dropout_prob": 0.1,
+            "max_position_embeddings": self.max_positions,
+            "type_vocab_size": 1,
+            "initializer_range": 0.02,
+            "layer_norm_eps": 1e-5,
+            "position_embedding_type": "absolute",
+            "vocab_size": self.vocab_size,
+            "bos_token_id": 0,
+            "pad_token_id": 1,
+            "eos_token_id": 2,
+            "is_matryoshka": true,
+            "torch_dtype": match spec.dtype { StoredDtype::F32 => "float32", StoredDtype::Bf16 => "bfloat16" },
+            "rosetta_demo": { "arch": self.arch.name(), "size": spec.size.name(), "seed": spec.seed },
+        })
+    }
+
+    /// An `XLMRobertaModel`'s tensors, as `save_pretrained` names them (pooler included, which
+    /// sentence-transformers' pooling does not use).
+    fn xlm_roberta_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, i) = (self.hidden, self.intermediate);
+        let mut t = vec![
+            ("embeddings.word_embeddings.weight".to_string(), vec![self.vocab_size, h]),
+            ("embeddings.position_embeddings.weight".to_string(), vec![self.max_positions, h]),
+            ("embeddings.token_type_embeddings.weight".to_string(), vec![1, h]),
+            ("embeddings.LayerNorm.weight".to_string(), vec![h]),
+            ("embeddings.LayerNorm.bias".to_string(), vec![h]),
+        ];
+        for l in 0..self.layers {
+            let p = format!("encoder.layer.{l}");
+            for (name, shape) in [
+                ("attention.self.query.weight", vec![h, h]),
+                ("attention.self.query.bias", vec![h]),
+                ("attention.self.key.weight", vec![h, h]),
+                ("attention.self.key.bias", vec![h]),
+                ("attention.self.value.weight", vec![h, h]),
+                ("attention.self.value.bias", vec![h]),
+                ("attention.output.dense.weight", vec![h, h]),
+                ("attention.output.dense.bias", vec![h]),
+                ("attention.output.LayerNorm.weight", vec![h]),
+                ("attention.output.LayerNorm.bias", vec![h]),
+                ("intermediate.dense.weight", vec![i, h]),
+                ("intermediate.dense.bias", vec![i]),
+                ("output.dense.weight", vec![h, i]),
+                ("output.dense.bias", vec![h]),
+                ("output.LayerNorm.weight", vec![h]),
+                ("output.LayerNorm.bias", vec![h]),
+            ] {
+                t.push((format!("{p}.{name}"), shape));
+            }
+        }
+        t.push(("pooler.dense.weight".to_string(), vec![h, h]));
+        t.push(("pooler.dense.bias".to_string(), vec![h]));
+        t
     }
 
     /// BLOOM's tensors, as transformers' `save_pretrained` names them.
@@ -233,6 +330,9 @@ impl DemoShape {
     pub fn tensors(&self) -> Vec<(String, Vec<usize>)> {
         if self.arch == Arch::Bloom {
             return self.bloom_tensors();
+        }
+        if self.arch == Arch::XlmRoberta {
+            return self.xlm_roberta_tensors();
         }
         let (h, hd, i) = (self.hidden, self.head_dim, self.intermediate);
         let (qd, kvd) = (self.heads * hd, self.kv_heads * hd);

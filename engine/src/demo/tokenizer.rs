@@ -26,8 +26,12 @@ struct Flavour {
     eos: &'static str,
     /// Generation also ends on these (Llama 3's end_of_text next to eot_id).
     extra_eos: &'static [&'static str],
-    template: &'static str,
+    /// None: an encoder, which has no chat template.
+    template: Option<&'static str>,
     add_bos: bool,
+    /// The post-processor also closes each sequence with the EOS token (XLM-RoBERTa's
+    /// `<s> $A </s>`).
+    add_eos: bool,
 }
 
 fn flavour(arch: Arch) -> Flavour {
@@ -43,8 +47,9 @@ fn flavour(arch: Arch) -> Flavour {
             bos: "<|begin_of_text|>",
             eos: "<|eot_id|>",
             extra_eos: &["<|end_of_text|>"],
-            template: templates::LLAMA3,
+            template: Some(templates::LLAMA3),
             add_bos: true,
+            add_eos: false,
         },
         // bloom's tokenizer: unk, bos, eos, pad first.
         Arch::Bloom => Flavour {
@@ -52,8 +57,9 @@ fn flavour(arch: Arch) -> Flavour {
             bos: "<s>",
             eos: "</s>",
             extra_eos: &[],
-            template: templates::BLOOM,
+            template: Some(templates::BLOOM),
             add_bos: false,
+            add_eos: false,
         },
         Arch::Cohere => Flavour {
             specials: &[
@@ -69,8 +75,19 @@ fn flavour(arch: Arch) -> Flavour {
             bos: "<BOS_TOKEN>",
             eos: "<|END_OF_TURN_TOKEN|>",
             extra_eos: &["<EOS_TOKEN>"],
-            template: templates::COHERE,
+            template: Some(templates::COHERE),
             add_bos: true,
+            add_eos: false,
+        },
+        // XLM-RoBERTa's specials at its ids (0 to 3); every input is `<s> ... </s>`.
+        Arch::XlmRoberta => Flavour {
+            specials: &["<s>", "<pad>", "</s>", "<unk>"],
+            bos: "<s>",
+            eos: "</s>",
+            extra_eos: &[],
+            template: None,
+            add_bos: true,
+            add_eos: true,
         },
         // One vocabulary for these (the same specials keep token ids as they were).
         Arch::Mistral | Arch::Mixtral | Arch::Qwen2 | Arch::Qwen3 => Flavour {
@@ -78,12 +95,13 @@ fn flavour(arch: Arch) -> Flavour {
             bos: "<|endoftext|>",
             eos: "<|im_end|>",
             extra_eos: &["<|endoftext|>"],
-            template: match arch {
+            template: Some(match arch {
                 Arch::Mistral | Arch::Mixtral => templates::MISTRAL,
                 Arch::Qwen3 => templates::QWEN3,
                 _ => templates::QWEN2,
-            },
+            }),
             add_bos: false,
+            add_eos: false,
         },
     }
 }
@@ -127,11 +145,22 @@ pub fn train(arch: Arch, vocab_size: usize) -> Result<TrainedTokenizer, EngineEr
     let bos_id = id(f.bos, &tokenizer)?;
     let eos_id = id(f.eos, &tokenizer)?;
     if f.add_bos {
+        let (single, pair, specials) = if f.add_eos {
+            let (b, e) = (f.bos, f.eos);
+            (
+                format!("{b} $A {e}"),
+                format!("{b} $A {e} {e} $B {e}"),
+                vec![(b, bos_id), (e, eos_id)],
+            )
+        } else {
+            let b = f.bos;
+            (format!("{b} $A"), format!("{b} $A {b} $B"), vec![(b, bos_id)])
+        };
         let post = TemplateProcessing::builder()
-            .try_single(format!("{} $A", f.bos))
-            .and_then(|b| b.try_pair(format!("{} $A {} $B", f.bos, f.bos)))
+            .try_single(single)
+            .and_then(|b| b.try_pair(pair))
             .map_err(|e| EngineError::Internal(e.to_string()))?
-            .special_tokens(vec![(f.bos, bos_id)])
+            .special_tokens(specials)
             .build()
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         tokenizer.with_post_processor(Some(post));
@@ -142,18 +171,26 @@ pub fn train(arch: Arch, vocab_size: usize) -> Result<TrainedTokenizer, EngineEr
     for t in f.extra_eos {
         eos_ids.push(id(t, &tokenizer)?);
     }
+    let mut tokenizer_config = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": f.bos,
+        "eos_token": f.eos,
+        "pad_token": f.specials[0],
+        "add_bos_token": f.add_bos,
+        "clean_up_tokenization_spaces": false,
+        "model_max_length": 131072,
+    });
+    if let Some(template) = f.template {
+        tokenizer_config["chat_template"] = json!(template);
+    }
+    if arch.is_encoder() {
+        // XLM-RoBERTa's: padding is `<pad>`, and inputs fit its 512 positions.
+        tokenizer_config["pad_token"] = json!("<pad>");
+        tokenizer_config["model_max_length"] = json!(512);
+    }
     Ok(TrainedTokenizer {
         tokenizer_json: json,
-        tokenizer_config: json!({
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": f.bos,
-            "eos_token": f.eos,
-            "pad_token": f.specials[0],
-            "add_bos_token": f.add_bos,
-            "clean_up_tokenization_spaces": false,
-            "model_max_length": 131072,
-            "chat_template": f.template,
-        }),
+        tokenizer_config,
         generation_config: json!({
             "bos_token_id": bos_id,
             "eos_token_id": eos_ids,

@@ -15,7 +15,8 @@ use crate::EngineError;
 /// 1/sqrt(fan_in), so activations and logits stay in a realistic range.
 fn values(rng: &mut ChaCha8Rng, name: &str, shape: &[usize]) -> Vec<f32> {
     let n: usize = shape.iter().product();
-    let (mean, std) = if name.ends_with("norm.weight") {
+    // XLM-RoBERTa spells its norms `LayerNorm`.
+    let (mean, std) = if name.to_ascii_lowercase().ends_with("norm.weight") {
         (1.0, 0.1)
     } else if name.ends_with(".bias") {
         (0.0, 0.1)

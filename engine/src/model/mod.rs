@@ -11,7 +11,7 @@ pub mod cuda;
 pub mod matmul;
 mod rope;
 mod runner;
-mod weights;
+pub(crate) mod weights;
 
 use std::path::Path;
 use std::sync::Arc;

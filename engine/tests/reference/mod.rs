@@ -51,6 +51,7 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
+pub mod encoder;
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
