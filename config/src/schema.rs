@@ -283,6 +283,9 @@ pub struct RequestLimits {
     /// Most tokens in a prompt given as token ids, and most ids sent to /detokenize.
     #[serde(default = "default_max_prompt_tokens")]
     pub max_prompt_tokens: usize,
+    /// Most inputs in one embeddings request (OpenAI's limit).
+    #[serde(default = "default_max_embedding_inputs")]
+    pub max_embedding_inputs: usize,
 }
 
 impl Default for RequestLimits {
@@ -297,8 +300,13 @@ impl Default for RequestLimits {
             max_content_parts: default_max_content_parts(),
             max_tools: default_max_tools(),
             max_prompt_tokens: default_max_prompt_tokens(),
+            max_embedding_inputs: default_max_embedding_inputs(),
         }
     }
+}
+
+fn default_max_embedding_inputs() -> usize {
+    2048
 }
 
 fn default_max_choices() -> usize {

@@ -46,7 +46,10 @@ fn check(spec: DemoSpec, dtype: Option<DType>) {
     generate(&dir, &spec);
     let seqs = inputs(&dir);
     // XLM-RoBERTa's framing: `<s>` (0) first, `</s>` (2) last.
-    assert!(seqs.iter().all(|s| s[0] == 0 && s[s.len() - 1] == 2), "{seqs:?}");
+    assert!(
+        seqs.iter().all(|s| s[0] == 0 && s[s.len() - 1] == 2),
+        "{seqs:?}"
+    );
     let reference = reference::encoder::ReferenceEncoder::load(&dir);
     let encoder = Encoder::load(&dir, dtype).expect("load encoder");
     let h = encoder.shape().hidden_size;
@@ -136,7 +139,11 @@ async fn the_engine_batches_and_answers_each_request() {
     // Wrong inputs are refused before they are queued.
     let long = vec![5u32; encoder.shape().max_tokens() + 1];
     assert!(engine.embed(EmbedRequest { inputs: vec![long] }).is_err());
-    assert!(engine.embed(EmbedRequest { inputs: vec![vec![]] }).is_err());
+    assert!(engine
+        .embed(EmbedRequest {
+            inputs: vec![vec![]]
+        })
+        .is_err());
     assert!(engine
         .embed(EmbedRequest {
             inputs: vec![vec![999_999]]

@@ -9,6 +9,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use rosetta_config::{Dtype, EngineDevice, ModelConfig, ModelSource};
 use rosetta_engine::demo::{self, DemoSpec};
+use rosetta_engine::encoder::{self, EncoderConfig, EncoderEngine};
 use rosetta_engine::grammar::GrammarCompiler;
 use rosetta_engine::model::{ModelShape, Transformer, WeightDtype};
 use rosetta_engine::text::{ChatTemplate, ModelTokenizer};
@@ -38,6 +39,26 @@ pub struct LocalModel {
     pub tool_format: Option<ToolFormat>,
     /// How its thinking is split from its answer; `None`: it does not think.
     pub reasoning: Option<ReasoningFormat>,
+    /// What its embeddings are, for an embedding model (which does not generate).
+    pub embedding: Option<EmbeddingSpec>,
+}
+
+/// An embedding model's vectors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingSpec {
+    /// Values per vector.
+    pub dimensions: usize,
+    /// Matryoshka-trained: `Some(vec![])` may be cut to any length, `Some(lengths)` to those.
+    pub matryoshka: Option<Vec<usize>>,
+    /// Its pooling normalises (a cut vector is then normalised again).
+    pub normalized: bool,
+}
+
+impl LocalModel {
+    /// Whether it makes embeddings rather than text.
+    pub fn embeds(&self) -> bool {
+        self.embedding.is_some()
+    }
 }
 
 /// The default cache folder: `$XDG_CACHE_HOME/rosetta` or `~/.cache/rosetta`.
@@ -95,6 +116,13 @@ pub fn load_model(
         None => anyhow::bail!("model `{}` names neither `path` nor `demo`", cfg.id),
     };
     let context = || format!("loading model `{}` from {}", cfg.id, dir.display());
+    let config_json: serde_json::Value = std::fs::read_to_string(dir.join("config.json"))
+        .map_err(anyhow::Error::from)
+        .and_then(|t| Ok(serde_json::from_str(&t)?))
+        .with_context(context)?;
+    if encoder::is_encoder(&config_json) {
+        return load_encoder(cfg, &dir).with_context(context);
+    }
     let shape = ModelShape::from_file(&dir.join("config.json")).with_context(context)?;
     let max_context = cfg.max_context.unwrap_or(shape.max_position_embeddings);
     if max_context > shape.max_position_embeddings {
@@ -186,6 +214,53 @@ pub fn load_model(
         grammar,
         tool_format,
         reasoning,
+        embedding: None,
+    })
+}
+
+/// An embedding model: its encoder on its own batching engine (CPU only).
+fn load_encoder(cfg: &ModelConfig, dir: &Path) -> anyhow::Result<LocalModel> {
+    if cfg.engine.device != EngineDevice::Cpu {
+        anyhow::bail!("embedding models run on the CPU only; remove `engine.device`");
+    }
+    let dtype = match cfg.dtype {
+        Dtype::Auto | Dtype::F32 => None,
+        Dtype::Bf16 => Some(WeightDtype::BF16),
+    };
+    let started = std::time::Instant::now();
+    let engine = EncoderEngine::load(
+        dir,
+        dtype,
+        EncoderConfig {
+            max_batch_tokens: cfg.engine.max_num_batched_tokens.max(1),
+            max_waiting: cfg.engine.max_num_seqs.max(1),
+        },
+    )?;
+    let tokenizer = Arc::new(ModelTokenizer::from_dir(dir)?);
+    let shape = engine.shape().clone();
+    let pooling = engine.pooling();
+    tracing::info!(model = %cfg.id, path = %dir.display(), pooling = ?pooling.mode, normalized = pooling.normalize, elapsed_ms = started.elapsed().as_millis() as u64, "embedding model loaded");
+    Ok(LocalModel {
+        id: cfg.id.clone(),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        licence: cfg.licence.clone(),
+        languages: cfg.languages.clone(),
+        tokenizer,
+        engine: Arc::new(engine),
+        max_context: shape.max_tokens(),
+        vocab_size: shape.vocab_size,
+        prefix_caching: false,
+        grammar: None,
+        tool_format: None,
+        reasoning: None,
+        embedding: Some(EmbeddingSpec {
+            dimensions: shape.hidden_size,
+            matryoshka: shape.matryoshka.clone(),
+            normalized: pooling.normalize,
+        }),
     })
 }
 

@@ -172,6 +172,7 @@ pub fn endpoint(path: &str) -> &'static str {
         "/v1/chat/completions" => "/v1/chat/completions",
         "/v1/completions" => "/v1/completions",
         "/v1/responses" => "/v1/responses",
+        "/v1/embeddings" => "/v1/embeddings",
         "/v1/models" => "/v1/models",
         "/tokenize" => "/tokenize",
         "/detokenize" => "/detokenize",

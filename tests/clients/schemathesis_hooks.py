@@ -3,7 +3,8 @@
 OpenAI's spec lets `model` be any string (or one of OpenAI's own model names), so almost
 every generated request would stop at Rosetta's 404 for an unknown model and never reach
 the engine. In positive mode this points three of every four JSON bodies that name a model
-at the served test model (ROSETTA_TEST_MODEL), so generation, streaming and the sampling
+at the served test model (ROSETTA_TEST_MODEL; ROSETTA_TEST_EMBEDDING_MODEL for /embeddings),
+so generation, streaming and the sampling
 parameters are exercised too; the fourth keeps the generated name. The choice is a
 checksum of the generated body, so a run stays reproducible under a fixed seed. Negative
 cases are left exactly as generated.
@@ -17,6 +18,7 @@ import schemathesis
 from schemathesis import GenerationMode
 
 MODEL = os.environ.get("ROSETTA_TEST_MODEL", "tiny")
+EMBEDDING_MODEL = os.environ.get("ROSETTA_TEST_EMBEDDING_MODEL", "e5")
 
 
 @schemathesis.hook
@@ -30,6 +32,6 @@ def map_case(context, case):
     digest = zlib.crc32(json.dumps(body, sort_keys=True, default=str).encode())
     if digest % 4 != 0:
         body = dict(body)
-        body["model"] = MODEL
+        body["model"] = EMBEDDING_MODEL if case.operation.path == "/embeddings" else MODEL
         case.body = body
     return case

@@ -43,10 +43,12 @@ models:
     licence: apache-2.0
     max_context: 256
     engine: { kv_block_size: 16, kv_cache_bytes: 16777216, max_num_seqs: 64 }
+  - { id: e5, demo: { arch: xlm-roberta, size: tiny, seed: 1 }, licence: mit }
 routes:
   - { alias: gpt-5.4, fallback: [tiny] }
   - { alias: gpt-4o-mini, fallback: [tiny] }
   - { alias: gpt-3.5-turbo-instruct, fallback: [tiny] }
+  - { alias: text-embedding-3-small, fallback: [e5] }
 "#;
 
 fn clients_dir() -> PathBuf {
@@ -103,6 +105,7 @@ fn schemathesis_command(base_url: &str, mode: &str, work: &Path, report: &Path) 
         .env("PYTHONPATH", &clients)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("ROSETTA_TEST_MODEL", "tiny")
+        .env("ROSETTA_TEST_EMBEDDING_MODEL", "e5")
         // Loopback only, never through a proxy.
         .env("NO_PROXY", "*")
         .env("no_proxy", "*");

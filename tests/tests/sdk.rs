@@ -58,6 +58,22 @@ models:
     );
 }
 
+/// `client.embeddings.create` on a generated XLM-RoBERTa encoder: the SDK's default base64,
+/// floats, `dimensions`, and its exceptions (tests/clients/openai_embeddings.py).
+#[test]
+fn openai_python_sdk_embeddings() {
+    run_script(
+        "openai_embeddings.py",
+        r#"
+cache_dir: "{cache}"
+auth: { allow_unauthenticated: true }
+models:
+  - { id: e5, demo: { arch: xlm-roberta, size: tiny, seed: 1 }, licence: mit }
+"#,
+        "e5",
+    );
+}
+
 /// A model whose template thinks (Qwen3's) and one of Llama 3.1's family, with room for
 /// rendered tools.
 const AGENT_CONFIG: &str = r#"

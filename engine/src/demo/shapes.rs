@@ -251,9 +251,18 @@ impl DemoShape {
     fn xlm_roberta_tensors(&self) -> Vec<(String, Vec<usize>)> {
         let (h, i) = (self.hidden, self.intermediate);
         let mut t = vec![
-            ("embeddings.word_embeddings.weight".to_string(), vec![self.vocab_size, h]),
-            ("embeddings.position_embeddings.weight".to_string(), vec![self.max_positions, h]),
-            ("embeddings.token_type_embeddings.weight".to_string(), vec![1, h]),
+            (
+                "embeddings.word_embeddings.weight".to_string(),
+                vec![self.vocab_size, h],
+            ),
+            (
+                "embeddings.position_embeddings.weight".to_string(),
+                vec![self.max_positions, h],
+            ),
+            (
+                "embeddings.token_type_embeddings.weight".to_string(),
+                vec![1, h],
+            ),
             ("embeddings.LayerNorm.weight".to_string(), vec![h]),
             ("embeddings.LayerNorm.bias".to_string(), vec![h]),
         ];

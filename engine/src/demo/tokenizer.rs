@@ -154,7 +154,11 @@ pub fn train(arch: Arch, vocab_size: usize) -> Result<TrainedTokenizer, EngineEr
             )
         } else {
             let b = f.bos;
-            (format!("{b} $A"), format!("{b} $A {b} $B"), vec![(b, bos_id)])
+            (
+                format!("{b} $A"),
+                format!("{b} $A {b} $B"),
+                vec![(b, bos_id)],
+            )
         };
         let post = TemplateProcessing::builder()
             .try_single(single)

@@ -39,7 +39,10 @@ impl Pooling {
                     .map(Some)
                     .map_err(|e| EngineError::load(format!("invalid {}: {e}", p.display()))),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(EngineError::load(format!("cannot read {}: {e}", p.display()))),
+                Err(e) => Err(EngineError::load(format!(
+                    "cannot read {}: {e}",
+                    p.display()
+                ))),
             }
         };
         let Some(modules) = read(&dir.join("modules.json"))? else {
@@ -63,10 +66,11 @@ impl Pooling {
                 "Transformer" => {}
                 "Normalize" => normalize = true,
                 "Pooling" => {
-                    let path = dir.join(m["path"].as_str().unwrap_or("")).join("config.json");
-                    let config = read(&path)?.ok_or_else(|| {
-                        EngineError::load(format!("missing {}", path.display()))
-                    })?;
+                    let path = dir
+                        .join(m["path"].as_str().unwrap_or(""))
+                        .join("config.json");
+                    let config = read(&path)?
+                        .ok_or_else(|| EngineError::load(format!("missing {}", path.display())))?;
                     mode = Some(Self::mode(&config)?);
                 }
                 other => {
@@ -88,7 +92,10 @@ impl Pooling {
             ("pooling_mode_cls_token", PoolingMode::Cls),
             ("pooling_mode_mean_tokens", PoolingMode::Mean),
             ("pooling_mode_max_tokens", PoolingMode::Max),
-            ("pooling_mode_mean_sqrt_len_tokens", PoolingMode::MeanSqrtLen),
+            (
+                "pooling_mode_mean_sqrt_len_tokens",
+                PoolingMode::MeanSqrtLen,
+            ),
             ("pooling_mode_lasttoken", PoolingMode::LastToken),
         ]
         .into_iter()
@@ -97,7 +104,9 @@ impl Pooling {
         .collect();
         match on.as_slice() {
             [one] => Ok(*one),
-            [] => Err(EngineError::load("the Pooling module names no pooling mode")),
+            [] => Err(EngineError::load(
+                "the Pooling module names no pooling mode",
+            )),
             _ => Err(EngineError::load(
                 "the Pooling module concatenates several modes; only one is supported",
             )),
@@ -158,12 +167,15 @@ mod tests {
         assert_eq!(p(PoolingMode::Mean, false), [2.0, 4.0]);
         assert_eq!(p(PoolingMode::Max, false), [3.0, 6.0]);
         let n = p(PoolingMode::Mean, true);
-        assert!((n[0] - 2.0 / 20f32.sqrt()).abs() < 1e-7 && (n[1] - 4.0 / 20f32.sqrt()).abs() < 1e-7);
+        assert!(
+            (n[0] - 2.0 / 20f32.sqrt()).abs() < 1e-7 && (n[1] - 4.0 / 20f32.sqrt()).abs() < 1e-7
+        );
     }
 
     #[test]
     fn several_modes_at_once_are_refused() {
-        let both = serde_json::json!({"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true});
+        let both =
+            serde_json::json!({"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true});
         assert!(Pooling::mode(&both).is_err());
         assert!(Pooling::mode(&serde_json::json!({})).is_err());
     }

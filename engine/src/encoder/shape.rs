@@ -76,9 +76,12 @@ impl EncoderShape {
             )));
         }
         let matryoshka = match (&c["matryoshka_dimensions"], &c["is_matryoshka"]) {
-            (Value::Array(dims), _) => {
-                Some(dims.iter().filter_map(|d| d.as_u64()).map(|d| d as usize).collect())
-            }
+            (Value::Array(dims), _) => Some(
+                dims.iter()
+                    .filter_map(|d| d.as_u64())
+                    .map(|d| d as usize)
+                    .collect(),
+            ),
             (_, Value::Bool(true)) => Some(Vec::new()),
             _ => None,
         };
@@ -95,7 +98,7 @@ impl EncoderShape {
             activation,
             matryoshka,
         };
-        if shape.num_heads == 0 || shape.hidden_size % shape.num_heads != 0 {
+        if shape.num_heads == 0 || !shape.hidden_size.is_multiple_of(shape.num_heads) {
             return Err(EngineError::load(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 shape.hidden_size, shape.num_heads

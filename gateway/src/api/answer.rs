@@ -124,7 +124,7 @@ pub fn submit_admitted(
 }
 
 /// `error.type` of an engine error.
-fn error_type(e: &EngineError) -> &'static str {
+pub fn error_type(e: &EngineError) -> &'static str {
     match e {
         EngineError::Load(_) => "load",
         EngineError::InvalidRequest(_) => "invalid_request",

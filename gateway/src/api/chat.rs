@@ -19,7 +19,7 @@ use super::authentication::Caller;
 use super::error::ApiError;
 use super::extract::{parse_json, OpenAiJsonRaw};
 use super::params::{self, stated_language};
-use super::pipeline::{self, Answer, Generation, Rendered};
+use super::pipeline::{self, Answer, Generation, Rendered, Work};
 use super::sse::{self, json_event};
 use super::tool_params::{self, Shape};
 use super::types::*;
@@ -188,7 +188,7 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let fields: SamplingFields = parse_json(&raw)?;
     let chat = validate(req, &fields, state.request_limits())?;
-    pipeline::run(&state, &caller, &headers, &chat, &raw).await
+    pipeline::run(&state, &caller, &headers, Work::Generate(&chat), &raw).await
 }
 
 /// A chat request checked in full before any other work: messages, sizes, sampling.

@@ -19,7 +19,8 @@ use super::authentication::Caller;
 use super::error::ApiError;
 use super::extract::{parse_json, OpenAiJsonRaw};
 use super::params::{self, stated_language};
-use super::pipeline::{self, Answer, Generation, Rendered};
+use super::pipeline::{self, Answer, Generation, Rendered, Work};
+use super::prompts::{self, Prompts};
 use super::sse::{self, json_event};
 use super::types::*;
 use crate::registry::LocalModel;
@@ -28,79 +29,19 @@ use crate::state::AppState;
 /// OpenAI's default for the legacy endpoint.
 const DEFAULT_MAX_TOKENS: usize = 16;
 
-/// The prompts of a request, in their validated shape; text is tokenized on the replica.
-#[derive(Debug, Clone)]
-pub enum Prompts {
-    Texts(Vec<String>),
-    Tokens(Vec<Vec<u32>>),
-}
-
-impl Prompts {
-    fn len(&self) -> usize {
-        match self {
-            Prompts::Texts(t) => t.len(),
-            Prompts::Tokens(t) => t.len(),
-        }
-    }
-}
-
-/// `prompt` may be a string, a list of strings, a list of token ids or a list of those.
-/// Counted before anything is copied, so a body of many prompts costs nothing more.
+/// `prompt` may be a string, a list of strings, a list of token ids or a list of those;
+/// prompts × n is counted before any is copied.
 fn parse_prompts(prompt: &Value, n: usize, limits: &RequestLimits) -> Result<Prompts, ApiError> {
-    let bad = || {
-        ApiError::invalid_param("prompt", "Invalid 'prompt': expected a string, an array of strings, an array of token ids, or an array of token-id arrays.")
-    };
-    let tokens = |v: &[Value]| -> Result<Vec<u32>, ApiError> {
-        params::at_most("prompt", "prompt tokens", v.len(), limits.max_prompt_tokens)?;
-        v.iter()
-            .map(|t| {
-                t.as_u64()
-                    .and_then(|id| u32::try_from(id).ok())
-                    .ok_or_else(|| {
-                        ApiError::invalid_param(
-                            "prompt",
-                            format!("Invalid token id {t} in 'prompt'."),
-                        )
-                    })
-            })
-            .collect()
-    };
-    let Value::Array(items) = prompt else {
-        return match prompt {
-            Value::String(s) => Ok(Prompts::Texts(vec![s.clone()])),
-            _ => Err(bad()),
-        };
-    };
-    let Some(first) = items.first() else {
-        return Err(ApiError::invalid_param(
-            "prompt",
-            "'prompt' must not be empty.",
-        ));
-    };
-    let count = if first.is_number() { 1 } else { items.len() };
-    let choices = count.saturating_mul(n);
-    if choices > limits.max_choices {
-        return Err(ApiError::invalid_param(
-            "prompt",
-            format!("Invalid 'prompt': {count} prompts × n = {n} ask for {choices} choices, more than this server's limit of {} per request.", limits.max_choices),
-        )
-        .with_code("request_too_large"));
-    }
-    Ok(match first {
-        Value::String(_) => Prompts::Texts(
-            items
-                .iter()
-                .map(|p| p.as_str().map(str::to_string).ok_or_else(bad))
-                .collect::<Result<_, _>>()?,
-        ),
-        Value::Number(_) => Prompts::Tokens(vec![tokens(items)?]),
-        Value::Array(_) => Prompts::Tokens(
-            items
-                .iter()
-                .map(|p| p.as_array().ok_or_else(bad).and_then(|a| tokens(a)))
-                .collect::<Result<_, _>>()?,
-        ),
-        _ => return Err(bad()),
+    prompts::parse("prompt", prompt, limits, |count| {
+        let choices = count.saturating_mul(n);
+        if choices > limits.max_choices {
+            return Err(ApiError::invalid_param(
+                "prompt",
+                format!("Invalid 'prompt': {count} prompts × n = {n} ask for {choices} choices, more than this server's limit of {} per request.", limits.max_choices),
+            )
+            .with_code("request_too_large"));
+        }
+        Ok(())
     })
 }
 
@@ -112,7 +53,7 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let fields: SamplingFields = parse_json(&raw)?;
     let call = validate(req, &fields, state.request_limits())?;
-    pipeline::run(&state, &caller, &headers, &call, &raw).await
+    pipeline::run(&state, &caller, &headers, Work::Generate(&call), &raw).await
 }
 
 /// A completion request checked in full before any other work.

@@ -6,12 +6,14 @@ mod arbitrary;
 pub mod authentication;
 mod chat;
 mod completions;
+mod embeddings;
 pub mod error;
 mod extract;
 mod models;
 mod observe;
 mod params;
 mod pipeline;
+mod prompts;
 pub mod ratelimit_headers;
 mod responses;
 mod scrape;
@@ -42,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/responses", post(responses::create))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(models::list))
         // Ids may contain slashes (`org/name`), which SDKs put in the path unencoded.
         .route("/v1/models/{*id}", get(models::get))

@@ -34,10 +34,18 @@ fn capabilities(m: &LocalModel) -> Capabilities {
         tool_choice_auto: m.tool_format.is_some(),
         structured_outputs: grammar,
         reasoning: m.reasoning.is_some(),
+        embeddings: m.embeds(),
     }
 }
 
 fn supported_parameters(m: &LocalModel) -> Vec<&'static str> {
+    if let Some(e) = &m.embedding {
+        let mut p = vec!["encoding_format"];
+        if e.matryoshka.is_some() {
+            p.push("dimensions");
+        }
+        return p;
+    }
     let c = capabilities(m);
     let mut p = vec![
         "max_tokens",

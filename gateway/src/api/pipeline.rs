@@ -18,9 +18,10 @@ use axum::response::{IntoResponse, Response};
 use futures::stream::BoxStream;
 use serde_json::Value;
 
+use rosetta_engine::encoder::{EmbedRequest, Embeddings};
 use rosetta_engine::EngineError;
 
-use super::answer::{admit, submit_admitted, with_rate_headers, AnswerEvent};
+use super::answer::{admit, error_type, submit_admitted, with_rate_headers, AnswerEvent};
 use super::authentication::Caller;
 use super::error::ApiError;
 use super::params::Sampling;
@@ -70,6 +71,81 @@ pub trait Generation: Send + Sync {
     fn render<'a>(&'a self, answer: Answer<'a>) -> Rendered<'a>;
 }
 
+/// One validated embeddings request: its inputs, and how their vectors are rendered.
+pub trait Embedding: Send + Sync {
+    /// The model or route alias asked for.
+    fn model(&self) -> &str;
+    /// The text whose language routes the request.
+    fn language_text(&self) -> String;
+    /// Its inputs tokenized for `model`, each checked against it.
+    fn inputs(&self, model: &LocalModel) -> Result<Vec<Vec<u32>>, ApiError>;
+    /// Checks what the request asks of the vectors (`dimensions`) against `model`.
+    fn check(&self, model: &LocalModel) -> Result<(), ApiError>;
+    /// The endpoint's body for the model's vectors.
+    fn render(&self, model: &LocalModel, embeddings: Embeddings) -> Response;
+}
+
+/// What a validated request asks of a model: text, or embeddings.
+#[derive(Clone, Copy)]
+pub enum Work<'a> {
+    Generate(&'a dyn Generation),
+    Embed(&'a dyn Embedding),
+}
+
+impl Work<'_> {
+    fn model(&self) -> &str {
+        match self {
+            Work::Generate(g) => g.model(),
+            Work::Embed(e) => e.model(),
+        }
+    }
+
+    fn path(&self) -> &'static str {
+        match self {
+            Work::Generate(g) => g.path(),
+            Work::Embed(_) => "/v1/embeddings",
+        }
+    }
+
+    fn operation(&self) -> &'static str {
+        match self {
+            Work::Generate(g) => g.operation(),
+            Work::Embed(_) => "embeddings",
+        }
+    }
+
+    fn stated_language(&self) -> Option<&str> {
+        match self {
+            Work::Generate(g) => g.stated_language(),
+            // OpenAI's embeddings request has no metadata; the header states it.
+            Work::Embed(_) => None,
+        }
+    }
+
+    fn language_text(&self) -> String {
+        match self {
+            Work::Generate(g) => g.language_text(),
+            Work::Embed(e) => e.language_text(),
+        }
+    }
+
+    /// Its prompts or inputs, tokenized for `model`.
+    fn prompts(&self, model: &LocalModel) -> Result<Vec<Vec<u32>>, ApiError> {
+        match self {
+            Work::Generate(g) => g.prompts(model),
+            Work::Embed(e) => e.inputs(model),
+        }
+    }
+
+    /// The most tokens it may generate: reserved beside the prompt on a remote replica.
+    fn most_generated(&self) -> u64 {
+        match self {
+            Work::Generate(g) => max_completion_tokens(*g),
+            Work::Embed(_) => 0,
+        }
+    }
+}
+
 /// How one attempt on a replica ended without an answer.
 enum AttemptError {
     /// Nothing reached the client; another replica may serve.
@@ -79,10 +155,7 @@ enum AttemptError {
 }
 
 /// The stated language: header `x-rosetta-language`, else `metadata.language`.
-fn stated_language(
-    headers: &HeaderMap,
-    call: &dyn Generation,
-) -> Result<Option<Language>, ApiError> {
+fn stated_language(headers: &HeaderMap, call: Work<'_>) -> Result<Option<Language>, ApiError> {
     let header = headers
         .get("x-rosetta-language")
         .map(|v| v.to_str().unwrap_or("\u{fffd}").to_string());
@@ -106,7 +179,7 @@ pub async fn run(
     state: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
-    call: &dyn Generation,
+    call: Work<'_>,
     raw: &Bytes,
 ) -> Result<Response, ApiError> {
     // Counted until the answer is out (a stream counts on its own while it lasts).
@@ -191,7 +264,10 @@ pub async fn run(
             attempts += 1;
             let hold = replica.start();
             let outcome = match &replica.kind {
-                ReplicaKind::Local => run_local(state, caller, call, model_id, hold, &ctx).await,
+                ReplicaKind::Local => match call {
+                    Work::Generate(g) => run_local(state, caller, g, model_id, hold, &ctx).await,
+                    Work::Embed(e) => embed_local(state, caller, e, model_id, hold, &ctx).await,
+                },
                 ReplicaKind::Remote(remote) => {
                     run_remote(
                         state,
@@ -279,12 +355,7 @@ struct Context<'a> {
 
 impl Context<'_> {
     /// The measurements of the answer `model_id` gives the request.
-    fn measure(
-        &self,
-        state: &AppState,
-        call: &dyn Generation,
-        model_id: &str,
-    ) -> GenerationMeasure {
+    fn measure(&self, state: &AppState, call: Work<'_>, model_id: &str) -> GenerationMeasure {
         GenerationMeasure::start(
             state.metrics().clone(),
             self.started,
@@ -297,17 +368,18 @@ impl Context<'_> {
 }
 
 /// The request's span: its GenAI name and request attributes.
-fn describe_span(call: &dyn Generation) {
+fn describe_span(work: Work<'_>) {
     let span = tracing::Span::current();
-    let sampling = call.sampling();
-    let s = &sampling.params.sampling;
-    crate::telemetry::attribute(&span, "gen_ai.operation.name", call.operation());
+    crate::telemetry::attribute(&span, "gen_ai.operation.name", work.operation());
     crate::telemetry::attribute(
         &span,
         "gen_ai.provider.name",
         crate::metrics::genai::PROVIDER,
     );
-    crate::telemetry::attribute(&span, "gen_ai.request.model", call.model());
+    crate::telemetry::attribute(&span, "gen_ai.request.model", work.model());
+    let Work::Generate(call) = work else { return };
+    let sampling = call.sampling();
+    let s = &sampling.params.sampling;
     if let Some(max) = sampling.max_tokens {
         crate::telemetry::attribute(&span, "gen_ai.request.max_tokens", max as u64);
     }
@@ -413,6 +485,12 @@ async fn run_local(
         .model(model_id)
         .map_err(|e| AttemptError::Retry(e.into()))?;
     tracing::debug!(model = %model.id, path = call.path(), "generation");
+    if model.embeds() {
+        return Err(AttemptError::Final(ApiError::invalid_param(
+            "model",
+            format!("`{}` is an embedding model; use /v1/embeddings.", model.id),
+        )));
+    }
     let refused = |e: AccessError| AttemptError::Final(e.into());
     let engine = |e: EngineError| {
         if e.is_retryable() {
@@ -443,7 +521,7 @@ async fn run_local(
         .map_err(refused)?;
     let rate = admission.state();
     count_language_cost(state, &model, ctx, &prompts);
-    let measure = ctx.measure(state, call, &model.id);
+    let measure = ctx.measure(state, Work::Generate(call), &model.id);
     let items = submit_admitted(&model, requests, admission, hold, measure, &caller.facts)
         .map_err(engine)?;
     let answer = Answer {
@@ -454,6 +532,69 @@ async fn run_local(
     };
     let response = call.render(answer).await.map_err(engine)?;
     Ok(with_rate_headers(response, rate))
+}
+
+/// An embeddings request on this process's encoder (the tenant's limits prechecked by the
+/// caller): the model's checks, tokenization, admission of the inputs' tokens, the engine,
+/// then the endpoint's body. The inputs' tokens are charged once queued, as a prompt is.
+async fn embed_local(
+    state: &AppState,
+    caller: &Caller,
+    call: &dyn Embedding,
+    model_id: &str,
+    hold: InFlight,
+    ctx: &Context<'_>,
+) -> Result<Response, AttemptError> {
+    let model = state
+        .model(model_id)
+        .map_err(|e| AttemptError::Retry(e.into()))?;
+    if !model.embeds() {
+        return Err(AttemptError::Final(ApiError::invalid_param(
+            "model",
+            format!(
+                "`{}` generates text and makes no embeddings; use /v1/chat/completions or /v1/completions.",
+                model.id
+            ),
+        )));
+    }
+    let engine = |e: EngineError| {
+        if e.is_retryable() {
+            AttemptError::Retry(e.into())
+        } else {
+            AttemptError::Final(e.into())
+        }
+    };
+    call.check(&model).map_err(AttemptError::Final)?;
+    let inputs = call.inputs(&model).map_err(AttemptError::Final)?;
+    let tokens: u64 = inputs.iter().map(|i| i.len() as u64).sum();
+    let admission = state
+        .access()
+        .admit(&caller.principal, &model.id, tokens)
+        .instrument(tracing::info_span!("admission"))
+        .await
+        .map_err(|e| AttemptError::Final(e.into()))?;
+    let rate = admission.state();
+    count_language_cost(state, &model, ctx, &inputs);
+    let mut measure = ctx.measure(state, Work::Embed(call), &model.id);
+    let ticket = model
+        .engine
+        .embed(EmbedRequest { inputs })
+        .inspect_err(|_| measure.discard())
+        .map_err(engine)?;
+    admission.record_usage(tokens);
+    let result = ticket.await;
+    drop(hold);
+    match result {
+        Ok(embeddings) => {
+            measure.usage(embeddings.prompt_tokens as u64, 0);
+            measure.finished("stop");
+            Ok(with_rate_headers(call.render(&model, embeddings), rate))
+        }
+        Err(e) => {
+            measure.failed(error_type(&e));
+            Err(engine(e))
+        }
+    }
 }
 
 /// Characters of a request's text tokenized again to measure its language's cost.
@@ -496,7 +637,7 @@ async fn run_remote(
     caller: &Caller,
     replica: &str,
     remote: &RemoteClient,
-    call: &dyn Generation,
+    call: Work<'_>,
     raw: &Bytes,
     model_id: &str,
     hold: InFlight,
@@ -514,7 +655,7 @@ async fn run_remote(
         .admit(
             &caller.principal,
             model_id,
-            prompt_estimate.saturating_add(max_completion_tokens(call)),
+            prompt_estimate.saturating_add(call.most_generated()),
         )
         .await
         .map_err(|e| AttemptError::Final(e.into()))?;

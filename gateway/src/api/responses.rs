@@ -24,7 +24,7 @@ use super::chat::{self, ChatCall};
 use super::error::ApiError;
 use super::extract::{parse_json, OpenAiJsonRaw};
 use super::params::{self, stated_language};
-use super::pipeline::{self, Answer, Generation, Rendered};
+use super::pipeline::{self, Answer, Generation, Rendered, Work};
 use super::sse;
 use super::tool_params::{self, Shape};
 use super::types::SamplingFields;
@@ -60,7 +60,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let fields: SamplingFields = parse_json(&raw)?;
     let call = validate(req, &fields, state.request_limits())?;
-    pipeline::run(&state, &caller, &headers, &call, &raw).await
+    pipeline::run(&state, &caller, &headers, Work::Generate(&call), &raw).await
 }
 
 /// A responses request: the conversation as a chat, and what the response object echoes.

@@ -344,6 +344,8 @@ pub struct Capabilities {
     pub structured_outputs: bool,
     /// Thinking returned as `reasoning_content`.
     pub reasoning: bool,
+    /// An embedding model: it answers /v1/embeddings, not the generation endpoints.
+    pub embeddings: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

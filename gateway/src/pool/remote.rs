@@ -85,6 +85,9 @@ const VALIDATED_FIELDS: &[&str] = &[
     "max_output_tokens",
     "text",
     "store",
+    // embeddings (and `input` above)
+    "encoding_format",
+    "dimensions",
     // completions
     "prompt",
     "echo",

@@ -6,7 +6,7 @@
 
 SPEC.yaml is OpenAI's own spec (openai-openapi.yaml, MIT licence; the project keeps a copy
 in its shared/ folder, outside this repository). The output keeps `openapi`, `info` (with the
-licence), `security`, the four operations below, and every component they reference
+licence), `security`, the five operations below, and every component they reference
 transitively (`$ref`s are followed through schemas, responses, parameters, ...), each
 unchanged except that OpenAI's documentation-only `x-oaiMeta` blocks (code samples in six
 languages) are dropped. `servers` becomes `[{url: /v1}]`, so a base URL of
@@ -24,6 +24,7 @@ OPERATIONS = [
     ("/completions", "post"),  # createCompletion
     ("/models", "get"),  # listModels
     ("/models/{model}", "get"),  # retrieveModel
+    ("/embeddings", "post"),  # createEmbedding
 ]
 DROPPED_KEYS = {"x-oaiMeta"}
 
