@@ -52,8 +52,9 @@ if ! cmp -s "$js/package-lock.json" "$js/node_modules/.installed-lock.json" 2>/d
 fi
 
 # The tested binary can inject engine faults (engine/src/native/fault.rs): a test-only
-# feature that release builds, and the README's `cargo run --release`, never have.
-features=(--features rosetta-gateway/fault-injection)
+# feature that release builds, and the README's `cargo run --release`, never have. It also
+# has the mistral.rs backend (`backend: mistralrs`), which is tested against the native engine.
+features=(--features rosetta-gateway/fault-injection,rosetta-gateway/mistralrs)
 cargo build --bin rosetta "${features[@]}"
 # The whole workspace unless the arguments pick packages (-p/--package) themselves; the
 # workspace is tested with the same features so the binary above is not rebuilt without them.

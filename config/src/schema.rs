@@ -387,6 +387,25 @@ pub struct ModelConfig {
     /// the template knows `<think>`, deepseek_r1 when its generation prompt opens one.
     #[serde(default)]
     pub reasoning_parser: ReasoningParser,
+    /// Which engine serves it in this process: Rosetta's own (`native`), or mistral.rs
+    /// (`mistralrs`, in a rosetta built with `--features mistralrs`).
+    #[serde(default)]
+    pub backend: Backend,
+    /// mistral.rs only: quantise the weights at load (its names: `Q4K`, `Q8_0`, `Q4_0`, ...).
+    #[serde(default)]
+    pub isq: Option<String>,
+}
+
+/// The engine a model runs on in this process.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Rosetta's engine: paged KV, continuous batching, prefix cache, CPU or CUDA.
+    #[default]
+    Native,
+    /// mistral.rs 0.8.1 on the CPU: the Hugging Face folders it supports, with in-situ
+    /// quantisation (`isq`).
+    Mistralrs,
 }
 
 /// Tool-call formats, by template family.
@@ -696,6 +715,18 @@ impl Config {
             }
             if m.max_context == Some(0) {
                 issue(key("max_context"), "must be at least 1".into());
+            }
+            if m.isq.is_some() && m.backend != Backend::Mistralrs {
+                issue(
+                    key("isq"),
+                    "in-situ quantisation is mistral.rs's: set `backend: mistralrs`".into(),
+                );
+            }
+            if m.backend == Backend::Mistralrs && m.engine.device != EngineDevice::Cpu {
+                issue(
+                    key("engine.device"),
+                    "the mistralrs backend runs on the CPU here".into(),
+                );
             }
             let bs = m.engine.kv_block_size;
             if !(1..=256).contains(&bs) || !bs.is_power_of_two() {

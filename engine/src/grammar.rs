@@ -92,15 +92,22 @@ impl GrammarCompiler {
         let grammar = spec.top_level()?;
         let parser = self
             .factory
-            .create_parser(grammar)
+            .create_parser(grammar.clone())
             .map_err(|e| e.to_string())?;
-        Ok(Constraint(Arc::new(parser)))
+        Ok(Constraint {
+            parser: Arc::new(parser),
+            grammar: Arc::new(grammar),
+        })
     }
 }
 
-/// A compiled grammar, shared by every choice of a request (each gets its own matcher).
+/// A compiled grammar, shared by every choice of a request (each gets its own matcher), and
+/// its source (for engines that compile grammars themselves).
 #[derive(Clone)]
-pub struct Constraint(Arc<TokenParser>);
+pub struct Constraint {
+    parser: Arc<TokenParser>,
+    grammar: Arc<TopLevelGrammar>,
+}
 
 impl std::fmt::Debug for Constraint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,6 +118,11 @@ impl std::fmt::Debug for Constraint {
 impl Constraint {
     /// A fresh matcher at the grammar's start.
     pub fn matcher(&self) -> Matcher {
-        Matcher::new(Ok(self.0.deep_clone()))
+        Matcher::new(Ok(self.parser.deep_clone()))
+    }
+
+    /// The grammar it was compiled from, in llguidance's form.
+    pub fn grammar(&self) -> &TopLevelGrammar {
+        &self.grammar
     }
 }

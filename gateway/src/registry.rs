@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use rosetta_config::{Dtype, EngineDevice, ModelConfig, ModelSource};
+use rosetta_config::{Backend, Dtype, EngineDevice, ModelConfig, ModelSource};
 use rosetta_engine::demo::{self, DemoSpec};
 use rosetta_engine::encoder::{self, EncoderConfig, EncoderEngine};
 use rosetta_engine::grammar::GrammarCompiler;
@@ -171,32 +171,11 @@ pub fn load_model(
         prefix_salt_key: options.prefix_salt_key.clone(),
         observer: observer.clone(),
     };
-    let engine = match cfg.engine.device {
-        EngineDevice::Cpu => {
-            let dtype = match cfg.dtype {
-                Dtype::Auto | Dtype::F32 => None,
-                Dtype::Bf16 => Some(WeightDtype::BF16),
-            };
-            let model = Transformer::load(&dir, dtype, max_context).with_context(context)?;
-            let budget = cfg.engine.kv_cache_budget(available_memory());
-            NativeEngine::start(model, tokenizer.clone(), engine_config(budget))
-        }
-        #[cfg(feature = "cuda")]
-        EngineDevice::Cuda(ordinal) => start_cuda(
-            &dir,
-            ordinal,
-            cfg,
-            max_context,
-            tokenizer.clone(),
-            engine_config,
-        ),
-        #[cfg(not(feature = "cuda"))]
-        EngineDevice::Cuda(ordinal) => Err(rosetta_engine::EngineError::load(format!(
-            "`engine.device: cuda:{ordinal}` needs a rosetta built with the CUDA path: \
-             cargo build --release --features cuda"
-        ))),
-    }
-    .with_context(context)?;
+    let engine: Arc<dyn Engine> = match cfg.backend {
+        Backend::Native => start_native(&dir, cfg, max_context, tokenizer.clone(), engine_config)
+            .with_context(context)?,
+        Backend::Mistralrs => start_mistralrs(&dir, cfg, &tokenizer).with_context(context)?,
+    };
     tracing::info!(model = %cfg.id, path = %dir.display(), max_context, elapsed_ms = started.elapsed().as_millis() as u64, "model loaded");
     Ok(LocalModel {
         id: cfg.id.clone(),
@@ -207,7 +186,7 @@ pub fn load_model(
         licence: cfg.licence.clone(),
         languages: cfg.languages.clone(),
         tokenizer,
-        engine: Arc::new(engine),
+        engine,
         max_context,
         vocab_size: shape.vocab_size,
         prefix_caching: cfg.engine.prefix_caching,
@@ -218,10 +197,77 @@ pub fn load_model(
     })
 }
 
+/// Rosetta's own engine, on the CPU or a CUDA device.
+fn start_native(
+    dir: &Path,
+    cfg: &ModelConfig,
+    max_context: usize,
+    tokenizer: Arc<ModelTokenizer>,
+    engine_config: impl Fn(u64) -> NativeEngineConfig,
+) -> Result<Arc<dyn Engine>, rosetta_engine::EngineError> {
+    let engine = match cfg.engine.device {
+        EngineDevice::Cpu => {
+            let dtype = match cfg.dtype {
+                Dtype::Auto | Dtype::F32 => None,
+                Dtype::Bf16 => Some(WeightDtype::BF16),
+            };
+            let model = Transformer::load(dir, dtype, max_context)?;
+            let budget = cfg.engine.kv_cache_budget(available_memory());
+            NativeEngine::start(model, tokenizer, engine_config(budget))
+        }
+        #[cfg(feature = "cuda")]
+        EngineDevice::Cuda(ordinal) => {
+            start_cuda(dir, ordinal, cfg, max_context, tokenizer, engine_config)
+        }
+        #[cfg(not(feature = "cuda"))]
+        EngineDevice::Cuda(ordinal) => Err(rosetta_engine::EngineError::load(format!(
+            "`engine.device: cuda:{ordinal}` needs a rosetta built with the CUDA path: \
+             cargo build --release --features cuda"
+        ))),
+    }?;
+    Ok(Arc::new(engine))
+}
+
+/// mistral.rs on the CPU (`backend: mistralrs`), sent the prompts this gateway renders.
+#[cfg(feature = "mistralrs")]
+fn start_mistralrs(
+    dir: &Path,
+    cfg: &ModelConfig,
+    tokenizer: &ModelTokenizer,
+) -> Result<Arc<dyn Engine>, rosetta_engine::EngineError> {
+    use rosetta_mistralrs::{MistralRsEngine, MistralRsOptions};
+    let engine = MistralRsEngine::load(MistralRsOptions {
+        dir: dir.to_path_buf(),
+        isq: cfg.isq.clone(),
+        bf16: cfg.dtype == Dtype::Bf16,
+        max_running: cfg.engine.max_num_seqs.min(MISTRALRS_MAX_RUNNING),
+        eos_ids: tokenizer.special().eos_ids.iter().copied().collect(),
+    })?;
+    Ok(Arc::new(engine))
+}
+
+/// mistral.rs 0.8.1's CPU batching panicked at 32 concurrent sequences: fewer run at once.
+#[cfg(feature = "mistralrs")]
+const MISTRALRS_MAX_RUNNING: usize = 16;
+
+#[cfg(not(feature = "mistralrs"))]
+fn start_mistralrs(
+    _dir: &Path,
+    _cfg: &ModelConfig,
+    _tokenizer: &ModelTokenizer,
+) -> Result<Arc<dyn Engine>, rosetta_engine::EngineError> {
+    Err(rosetta_engine::EngineError::load(
+        "`backend: mistralrs` needs a rosetta built with mistral.rs: \
+         cargo build --release --features mistralrs",
+    ))
+}
+
 /// An embedding model: its encoder on its own batching engine (CPU only).
 fn load_encoder(cfg: &ModelConfig, dir: &Path) -> anyhow::Result<LocalModel> {
-    if cfg.engine.device != EngineDevice::Cpu {
-        anyhow::bail!("embedding models run on the CPU only; remove `engine.device`");
+    if cfg.engine.device != EngineDevice::Cpu || cfg.backend != Backend::Native {
+        anyhow::bail!(
+            "embedding models run on the native engine's CPU path only; remove `engine.device` and `backend`"
+        );
     }
     let dtype = match cfg.dtype {
         Dtype::Auto | Dtype::F32 => None,

@@ -107,7 +107,8 @@ pub fn submit_admitted(
         let _ = (&hold, &settlement);
         match &item {
             AnswerEvent::Delta(d) => {
-                if d.token.is_some() {
+                // A token, or text from an engine that streams text only (mistral.rs).
+                if d.token.is_some() || !d.text.is_empty() {
                     measure.token(std::time::Instant::now());
                 }
                 if let Some(reason) = d.finish_reason {

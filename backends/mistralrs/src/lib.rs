@@ -1,0 +1,373 @@
+//! mistral.rs (the `mistralrs` crate) behind Rosetta's [`Engine`] trait: a second backend for
+//! the Hugging Face folders of the architectures mistral.rs supports (DeepSeek V2/V3 among
+//! them), with its in-situ quantisation (`isq: Q4K`, `Q8_0`, ...).
+//!
+//! The gateway renders and tokenizes as for the native engine and sends token ids; mistral.rs
+//! samples and detokenizes, and its answer becomes the engine's events. The answer is taken
+//! whole (a stream to the client gets it in one chunk at the end): mistral.rs 0.8.1's
+//! completion stream carries no usage and drops its final chunk when the last token is an
+//! incomplete UTF-8 sequence, so a stream could not be finished reliably. What mistral.rs
+//! 0.8.1 does not do per request is done here or refused with a clear error:
+//! - `ignore_eos`, `min_tokens` and `logit_bias` (its `logits_bias` is not applied) are a
+//!   logits processor of ours;
+//! - `logprobs`, a `seed` for sampled output, and stop strings together with stop token ids
+//!   are refused (400);
+//! - tenants' tiers and fairness are not applied inside it (the gateway's limits still are).
+//!
+//! Its CPU batching panicked in 0.8.1 with 32 concurrent sequences and its prefix cache on
+//! (`shape mismatch on dim 2` in the KV cache manager): the prefix cache is off and at most
+//! `max_running` sequences run at once; the rest wait here. A panic inside mistral.rs ends its
+//! engine thread: the requests it held fail, the engine reports itself unhealthy (so the pool
+//! stops choosing it and readiness fails), and the process goes on.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use mistralrs::core::{parse_isq_value, RequestMessage, TokenSource};
+use mistralrs::{
+    Constraint, CustomLogitsProcessor, ModelDType, NormalRequest, Request, Response,
+    SamplingParams, StopTokens, Tensor, TextModelBuilder,
+};
+use rosetta_engine::{
+    ChoiceDelta, Engine, EngineError, EngineLoad, EventStream, FinishReason, GenerateEvent,
+    GenerateRequest, Usage,
+};
+use tokio::sync::{mpsc, Semaphore};
+
+/// How to load a model into mistral.rs.
+#[derive(Debug, Clone)]
+pub struct MistralRsOptions {
+    /// A local Hugging Face model folder.
+    pub dir: PathBuf,
+    /// In-situ quantisation at load (`Q4K`, `Q8_0`, `Q4_0`, ...: mistral.rs's names).
+    pub isq: Option<String>,
+    /// Weights and activations in bf16 instead of f32.
+    pub bf16: bool,
+    /// Sequences running at once (more wait their turn).
+    pub max_running: usize,
+    /// The model's end-of-sequence ids (banned for `ignore_eos` and before `min_tokens`).
+    pub eos_ids: Vec<u32>,
+}
+
+/// Checks an `isq` name before anything is loaded.
+pub fn check_isq(name: &str) -> Result<(), String> {
+    parse_isq_value(name, None).map(|_| ())
+}
+
+/// A model served by mistral.rs in this process.
+pub struct MistralRsEngine {
+    model: Arc<mistralrs::Model>,
+    /// Runs the tasks that relay mistral.rs's answers (mistral.rs has its own thread).
+    runtime: Option<tokio::runtime::Runtime>,
+    slots: Arc<Semaphore>,
+    running: Arc<AtomicUsize>,
+    waiting: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
+    next_id: AtomicUsize,
+    eos: Arc<[u32]>,
+}
+
+fn load_error(e: impl std::fmt::Display) -> EngineError {
+    EngineError::load(format!("mistral.rs: {e}"))
+}
+
+impl MistralRsEngine {
+    pub fn load(options: MistralRsOptions) -> Result<Self, EngineError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("rosetta-mistralrs")
+            .enable_all()
+            .build()
+            .map_err(load_error)?;
+        let mut builder = TextModelBuilder::new(options.dir.to_string_lossy())
+            .with_token_source(TokenSource::None)
+            .with_dtype(if options.bf16 {
+                ModelDType::BF16
+            } else {
+                ModelDType::F32
+            })
+            .with_force_cpu()
+            .with_max_num_seqs(options.max_running.max(1))
+            .with_prefix_cache_n(None);
+        if let Some(isq) = &options.isq {
+            builder = builder.with_isq(parse_isq_value(isq, None).map_err(load_error)?);
+        }
+        // Built on a thread of its own: the caller may be inside another runtime.
+        let handle = runtime.handle().clone();
+        let model = std::thread::spawn(move || handle.block_on(builder.build()))
+            .join()
+            .map_err(|_| load_error("loading panicked"))?
+            .map_err(load_error)?;
+        Ok(Self {
+            model: Arc::new(model),
+            runtime: Some(runtime),
+            slots: Arc::new(Semaphore::new(options.max_running.max(1))),
+            running: Arc::default(),
+            waiting: Arc::default(),
+            healthy: Arc::new(AtomicBool::new(true)),
+            next_id: AtomicUsize::new(0),
+            eos: options.eos_ids.into(),
+        })
+    }
+
+    /// mistral.rs's sampling for the request, or why it cannot serve it.
+    fn sampling(&self, request: &GenerateRequest) -> Result<SamplingParams, EngineError> {
+        let p = &request.params;
+        let s = &p.sampling;
+        let refuse = |what: &str| {
+            Err(EngineError::InvalidRequest(format!(
+                "{what} is not available on this model's engine (mistral.rs)"
+            )))
+        };
+        if s.logprobs.is_some() {
+            return refuse("logprobs");
+        }
+        if s.seed.is_some() && !s.is_greedy() {
+            return refuse("a seed for sampled output");
+        }
+        if !p.stop.is_empty() && !p.stop_token_ids.is_empty() {
+            return refuse("`stop` together with `stop_token_ids`");
+        }
+        let stop = if !p.stop.is_empty() {
+            Some(StopTokens::Seqs(p.stop.to_vec()))
+        } else if !p.stop_token_ids.is_empty() {
+            Some(StopTokens::Ids(p.stop_token_ids.clone()))
+        } else {
+            None
+        };
+        let greedy = s.is_greedy();
+        Ok(SamplingParams {
+            temperature: Some(if greedy {
+                0.0
+            } else {
+                f64::from(s.temperature)
+            }),
+            top_k: Some(if greedy { 1 } else { s.top_k }).filter(|&k| k > 0),
+            top_p: (s.top_p < 1.0).then_some(f64::from(s.top_p)),
+            min_p: (s.min_p > 0.0).then_some(f64::from(s.min_p)),
+            top_n_logprobs: 0,
+            frequency_penalty: (s.frequency_penalty != 0.0).then_some(s.frequency_penalty),
+            presence_penalty: (s.presence_penalty != 0.0).then_some(s.presence_penalty),
+            repetition_penalty: (s.repetition_penalty != 1.0).then_some(s.repetition_penalty),
+            stop_toks: stop,
+            max_len: Some(request.max_tokens),
+            logits_bias: None,
+            n_choices: p.n.max(1),
+            dry_params: None,
+        })
+    }
+}
+
+impl Drop for MistralRsEngine {
+    fn drop(&mut self) {
+        // Never blocks, even when dropped inside another runtime.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// `ignore_eos`, `min_tokens` and `logit_bias`, applied to the logits before mistral.rs
+/// samples.
+struct Adjust {
+    bias: Vec<(u32, f32)>,
+    /// Banned while fewer than `until` tokens follow the prompt (forever for ignore_eos).
+    banned: Vec<u32>,
+    until: usize,
+    prompt_len: usize,
+}
+
+impl CustomLogitsProcessor for Adjust {
+    fn apply(&self, logits: &Tensor, context: &[u32]) -> mistralrs::Result<Tensor> {
+        let generated = context.len().saturating_sub(self.prompt_len);
+        let ban = generated < self.until;
+        let dtype = logits.dtype();
+        let mut v: Vec<f32> = logits
+            .to_dtype(mistralrs::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        for &(id, b) in &self.bias {
+            if let Some(x) = v.get_mut(id as usize) {
+                *x += b;
+            }
+        }
+        if ban {
+            for &id in &self.banned {
+                if let Some(x) = v.get_mut(id as usize) {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+        }
+        Tensor::from_vec(v, logits.shape(), logits.device())?.to_dtype(dtype)
+    }
+}
+
+impl Engine for MistralRsEngine {
+    fn submit(&self, request: GenerateRequest) -> Result<EventStream, EngineError> {
+        if !self.is_healthy() {
+            return Err(EngineError::Shutdown);
+        }
+        let sampling = self.sampling(&request)?;
+        let p = &request.params;
+        let mut processors: Vec<Arc<dyn CustomLogitsProcessor>> = Vec::new();
+        let until = if p.ignore_eos {
+            usize::MAX
+        } else {
+            p.min_tokens
+        };
+        if until > 0 || !p.sampling.logit_bias.is_empty() {
+            let mut banned: Vec<u32> = self.eos.to_vec();
+            if !p.ignore_eos {
+                banned.extend(&p.stop_token_ids);
+            }
+            processors.push(Arc::new(Adjust {
+                bias: p.sampling.logit_bias.clone(),
+                banned,
+                until,
+                prompt_len: request.prompt.len(),
+            }));
+        }
+        let constraint = match &request.constraint {
+            Some(c) => Constraint::Llguidance(c.grammar().clone()),
+            None => Constraint::None,
+        };
+        let sender = self.model.inner().get_sender(None).map_err(|e| {
+            self.healthy.store(false, Ordering::Relaxed);
+            EngineError::Internal(format!("mistral.rs: {e}"))
+        })?;
+        let (answers, from) = mpsc::channel(64);
+        let normal = NormalRequest {
+            messages: RequestMessage::CompletionTokens(request.prompt.clone()),
+            sampling_params: sampling,
+            response: answers,
+            return_logprobs: false,
+            // Whole answers: mistral.rs 0.8.1's completion stream carries no usage and drops
+            // its final chunk when the last token is an incomplete UTF-8 sequence.
+            is_streaming: false,
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            constraint,
+            suffix: None,
+            tools: None,
+            tool_choice: None,
+            logits_processors: (!processors.is_empty()).then_some(processors),
+            return_raw_logits: false,
+            web_search_options: None,
+            model_id: None,
+            truncate_sequence: false,
+        };
+        let (to, events) = mpsc::channel(64);
+        let generated = Arc::new(AtomicU64::new(0));
+        let relay = Relay {
+            prompt_tokens: request.prompt.len(),
+            generated: generated.clone(),
+            deadline: request.deadline,
+            to,
+        };
+        let (slots, running, waiting, healthy) = (
+            self.slots.clone(),
+            self.running.clone(),
+            self.waiting.clone(),
+            self.healthy.clone(),
+        );
+        waiting.fetch_add(1, Ordering::Relaxed);
+        let runtime = self.runtime.as_ref().ok_or(EngineError::Shutdown)?;
+        runtime.spawn(async move {
+            let permit = slots.acquire_owned().await;
+            waiting.fetch_sub(1, Ordering::Relaxed);
+            let Ok(_permit) = permit else { return };
+            if relay.to.is_closed() {
+                return; // its client left while it waited
+            }
+            running.fetch_add(1, Ordering::Relaxed);
+            if sender
+                .send(Request::Normal(Box::new(normal)))
+                .await
+                .is_err()
+            {
+                healthy.store(false, Ordering::Relaxed);
+                let _ = relay.to.send(Err(EngineError::Shutdown)).await;
+            } else {
+                relay.run(from).await;
+            }
+            running.fetch_sub(1, Ordering::Relaxed);
+        });
+        Ok(EventStream::new(events, generated))
+    }
+
+    fn load(&self) -> EngineLoad {
+        EngineLoad {
+            running: self.running.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            ..EngineLoad::default()
+        }
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// Turns one request's mistral.rs answer into the engine's events.
+struct Relay {
+    prompt_tokens: usize,
+    generated: Arc<AtomicU64>,
+    deadline: Option<std::time::Instant>,
+    to: mpsc::Sender<Result<GenerateEvent, EngineError>>,
+}
+
+impl Relay {
+    async fn run(self, mut from: mpsc::Receiver<Response>) {
+        // One answer ends the request (or an error does).
+        let deadline = async {
+            match self.deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        let answer = tokio::select! {
+            a = from.recv() => a,
+            // Its client left: dropping `from` makes mistral.rs drop the sequence.
+            () = self.to.closed() => return,
+            () = &mut deadline => {
+                let _ = self.to.send(Err(EngineError::DeadlineExceeded)).await;
+                return;
+            }
+        };
+        let error = match answer {
+            Some(Response::CompletionDone(done)) => {
+                for choice in done.choices {
+                    let finish = match choice.finish_reason.as_str() {
+                        "length" => FinishReason::Length,
+                        _ => FinishReason::Stop,
+                    };
+                    let delta = ChoiceDelta {
+                        index: choice.index,
+                        text: choice.text,
+                        token: None,
+                        finish_reason: Some(finish),
+                    };
+                    if self.to.send(Ok(GenerateEvent::Delta(delta))).await.is_err() {
+                        return;
+                    }
+                }
+                let completion_tokens = done.usage.completion_tokens;
+                self.generated
+                    .store(completion_tokens as u64, Ordering::Relaxed);
+                let usage = Usage {
+                    prompt_tokens: self.prompt_tokens,
+                    completion_tokens,
+                };
+                let _ = self.to.send(Ok(GenerateEvent::Done(usage))).await;
+                return;
+            }
+            Some(Response::ValidationError(e)) => EngineError::InvalidRequest(e.to_string()),
+            Some(Response::InternalError(e)) => EngineError::Internal(e.to_string()),
+            Some(Response::CompletionModelError(e, _)) => EngineError::Internal(e),
+            Some(_) => EngineError::Internal("mistral.rs sent an unexpected answer".into()),
+            None => EngineError::Internal("mistral.rs ended the request without an answer".into()),
+        };
+        let _ = self.to.send(Err(error)).await;
+    }
+}
