@@ -394,6 +394,10 @@ pub struct ModelConfig {
     /// mistral.rs only: quantise the weights at load (its names: `Q4K`, `Q8_0`, `Q4_0`, ...).
     #[serde(default)]
     pub isq: Option<String>,
+    /// mistral.rs only: serve this GGUF file (a name in `path`, which also holds the
+    /// tokenizer and config.json the gateway reads; `rosetta model gguf` writes such a folder).
+    #[serde(default)]
+    pub gguf: Option<String>,
 }
 
 /// The engine a model runs on in this process.
@@ -715,6 +719,19 @@ impl Config {
             }
             if m.max_context == Some(0) {
                 issue(key("max_context"), "must be at least 1".into());
+            }
+            if m.gguf.is_some() && (m.backend != Backend::Mistralrs || m.path.is_none()) {
+                issue(
+                    key("gguf"),
+                    "a GGUF file is served by `backend: mistralrs`, from the folder `path` names"
+                        .into(),
+                );
+            }
+            if m.gguf.is_some() && m.isq.is_some() {
+                issue(
+                    key("isq"),
+                    "a GGUF file is already quantised; remove `isq`".into(),
+                );
             }
             if m.isq.is_some() && m.backend != Backend::Mistralrs {
                 issue(

@@ -105,6 +105,28 @@ enum ModelCommand {
         #[arg(long, default_value_t = 1)]
         shards: usize,
     },
+    /// Write a Llama-architecture Hugging Face folder as a GGUF folder for
+    /// `backend: mistralrs` (or llama.cpp): OUT/model-TYPE.gguf, beside copies of the
+    /// tokenizer and config files the gateway reads.
+    Gguf {
+        /// A Hugging Face model folder (Llama architecture, no rope scaling or sliding window).
+        dir: PathBuf,
+        /// Output folder (created).
+        out: PathBuf,
+        /// The matrices' type; norms stay f32.
+        #[arg(long = "type", value_enum, default_value_t = GgufTypeArg::F32)]
+        ty: GgufTypeArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GgufTypeArg {
+    F32,
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_k")]
+    Q4K,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -283,6 +305,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             bar.finish_and_clear();
             println!("wrote {} model to {}", spec.slug(), dir.display());
+            Ok(())
+        }
+        Command::Model {
+            command: ModelCommand::Gguf { dir, out, ty },
+        } => {
+            use rosetta_engine::model::gguf::{write_gguf, GgufType};
+            let ty = match ty {
+                GgufTypeArg::F32 => GgufType::F32,
+                GgufTypeArg::F16 => GgufType::F16,
+                GgufTypeArg::Q8_0 => GgufType::Q8_0,
+                GgufTypeArg::Q4K => GgufType::Q4K,
+            };
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            for f in [
+                "config.json",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "generation_config.json",
+            ] {
+                if dir.join(f).exists() {
+                    std::fs::copy(dir.join(f), out.join(f))
+                        .with_context(|| format!("copying {f}"))?;
+                }
+            }
+            let file = out.join(format!("model-{}.gguf", ty.name()));
+            write_gguf(&dir, &file, ty)?;
+            println!("wrote {}", file.display());
             Ok(())
         }
     }

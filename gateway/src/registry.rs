@@ -239,6 +239,7 @@ fn start_mistralrs(
     let engine = MistralRsEngine::load(MistralRsOptions {
         dir: dir.to_path_buf(),
         isq: cfg.isq.clone(),
+        gguf: cfg.gguf.clone(),
         bf16: cfg.dtype == Dtype::Bf16,
         max_running: cfg.engine.max_num_seqs.min(MISTRALRS_MAX_RUNNING),
         eos_ids: tokenizer.special().eos_ids.iter().copied().collect(),

@@ -91,3 +91,66 @@ async fn mistralrs_replicas_validate_and_refuse_like_the_native_engine() {
     let load = s.get("/load").await.ok();
     assert!(load["models"]["mrs"]["running"].is_u64(), "{load}");
 }
+
+/// The project's converter writes a Llama folder as GGUF (`rosetta model gguf`); mistral.rs
+/// serves the f32 file with the native engine's greedy tokens, and the Q8_0 file answers.
+/// SmolLM2-135M's shape: the tiny Llama has Llama 3.1 rope scaling, which GGUF's llama does
+/// not carry.
+#[tokio::test]
+async fn gguf_written_by_the_converter_answers_as_the_safetensors_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("small");
+    let long = std::time::Duration::from_secs(120);
+    let run = |args: &[&str]| {
+        let out = run_cli(args, None, long);
+        assert!(out.success(), "rosetta {args:?}: {out:?}");
+    };
+    let hf_s = hf.to_str().unwrap();
+    run(&[
+        "model", "generate", hf_s, "--arch", "llama", "--size", "small", "--seed", "0",
+    ]);
+    let f32_dir = tmp.path().join("gguf-f32");
+    let q8_dir = tmp.path().join("gguf-q8");
+    run(&[
+        "model",
+        "gguf",
+        hf_s,
+        f32_dir.to_str().unwrap(),
+        "--type",
+        "f32",
+    ]);
+    run(&[
+        "model",
+        "gguf",
+        hf_s,
+        q8_dir.to_str().unwrap(),
+        "--type",
+        "q8_0",
+    ]);
+    assert!(f32_dir.join("model-f32.gguf").is_file());
+    let s = Server::start(&format!(
+        r#"
+auth: {{ allow_unauthenticated: true }}
+models:
+  - {{ id: native, path: "{hf}", licence: apache-2.0, max_context: 1024 }}
+  - {{ id: gguf, path: "{f32}", gguf: model-f32.gguf, backend: mistralrs, licence: apache-2.0, max_context: 1024 }}
+  - {{ id: q8, path: "{q8}", gguf: model-q8_0.gguf, backend: mistralrs, licence: apache-2.0, max_context: 1024 }}
+"#,
+        hf = hf.display(),
+        f32 = f32_dir.display(),
+        q8 = q8_dir.display(),
+    ));
+    let complete = |model: &str| {
+        json!({"model": model, "prompt": "Habari ya asubuhi, rafiki", "max_tokens": 12,
+               "temperature": 0, "ignore_eos": true})
+    };
+    let native = s.complete(complete("native")).await;
+    let gguf = s.complete(complete("gguf")).await;
+    // mistral.rs's GGUF path drops the text's leading space when it detokenizes; the
+    // tokens are the same (and so is every character after it).
+    assert_eq!(text(&gguf).trim_start(), text(&native).trim_start());
+    assert_eq!(gguf["usage"], native["usage"]);
+    let q8 = s.complete(complete("q8")).await;
+    assert_eq!(q8["choices"][0]["finish_reason"], "length");
+    assert_eq!(q8["usage"]["completion_tokens"], 12);
+}

@@ -1,6 +1,7 @@
 //! mistral.rs (the `mistralrs` crate) behind Rosetta's [`Engine`] trait: a second backend for
 //! the Hugging Face folders of the architectures mistral.rs supports (DeepSeek V2/V3 among
-//! them), with its in-situ quantisation (`isq: Q4K`, `Q8_0`, ...).
+//! them), with its in-situ quantisation (`isq: Q4K`, `Q8_0`, ...), and GGUF files (such as
+//! `rosetta model gguf` writes).
 //!
 //! The gateway renders and tokenizes as for the native engine and sends token ids; mistral.rs
 //! samples and detokenizes, and its answer becomes the engine's events. The answer is taken
@@ -26,8 +27,8 @@ use std::sync::Arc;
 
 use mistralrs::core::{parse_isq_value, RequestMessage, TokenSource};
 use mistralrs::{
-    Constraint, CustomLogitsProcessor, ModelDType, NormalRequest, Request, Response,
-    SamplingParams, StopTokens, Tensor, TextModelBuilder,
+    Constraint, CustomLogitsProcessor, GgufModelBuilder, ModelDType, NormalRequest, Request,
+    Response, SamplingParams, StopTokens, Tensor, TextModelBuilder,
 };
 use rosetta_engine::{
     ChoiceDelta, Engine, EngineError, EngineLoad, EventStream, FinishReason, GenerateEvent,
@@ -42,6 +43,8 @@ pub struct MistralRsOptions {
     pub dir: PathBuf,
     /// In-situ quantisation at load (`Q4K`, `Q8_0`, `Q4_0`, ...: mistral.rs's names).
     pub isq: Option<String>,
+    /// Serve this GGUF file in `dir` (with `dir`'s tokenizer.json) instead of safetensors.
+    pub gguf: Option<String>,
     /// Weights and activations in bf16 instead of f32.
     pub bf16: bool,
     /// Sequences running at once (more wait their turn).
@@ -80,25 +83,41 @@ impl MistralRsEngine {
             .enable_all()
             .build()
             .map_err(load_error)?;
-        let mut builder = TextModelBuilder::new(options.dir.to_string_lossy())
-            .with_token_source(TokenSource::None)
-            .with_dtype(if options.bf16 {
-                ModelDType::BF16
-            } else {
-                ModelDType::F32
-            })
-            .with_force_cpu()
-            .with_max_num_seqs(options.max_running.max(1))
-            .with_prefix_cache_n(None);
-        if let Some(isq) = &options.isq {
-            builder = builder.with_isq(parse_isq_value(isq, None).map_err(load_error)?);
-        }
+        let dir = options.dir.to_string_lossy().into_owned();
+        let seqs = options.max_running.max(1);
         // Built on a thread of its own: the caller may be inside another runtime.
         let handle = runtime.handle().clone();
-        let model = std::thread::spawn(move || handle.block_on(builder.build()))
-            .join()
-            .map_err(|_| load_error("loading panicked"))?
-            .map_err(load_error)?;
+        let model = if let Some(file) = options.gguf.clone() {
+            let tokenizer = options.dir.join("tokenizer.json");
+            let builder = GgufModelBuilder::new(dir, vec![file])
+                .with_tokenizer_json(tokenizer.to_string_lossy())
+                .with_token_source(TokenSource::None)
+                .with_force_cpu()
+                .with_max_num_seqs(seqs)
+                .with_prefix_cache_n(None);
+            std::thread::spawn(move || handle.block_on(builder.build()))
+                .join()
+                .map_err(|_| load_error("loading panicked"))?
+                .map_err(load_error)?
+        } else {
+            let mut builder = TextModelBuilder::new(dir)
+                .with_token_source(TokenSource::None)
+                .with_dtype(if options.bf16 {
+                    ModelDType::BF16
+                } else {
+                    ModelDType::F32
+                })
+                .with_force_cpu()
+                .with_max_num_seqs(seqs)
+                .with_prefix_cache_n(None);
+            if let Some(isq) = &options.isq {
+                builder = builder.with_isq(parse_isq_value(isq, None).map_err(load_error)?);
+            }
+            std::thread::spawn(move || handle.block_on(builder.build()))
+                .join()
+                .map_err(|_| load_error("loading panicked"))?
+                .map_err(load_error)?
+        };
         Ok(Self {
             model: Arc::new(model),
             runtime: Some(runtime),

@@ -8,6 +8,7 @@ mod arch;
 mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod gguf;
 pub mod matmul;
 mod rope;
 mod runner;
