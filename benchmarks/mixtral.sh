@@ -30,3 +30,18 @@ YAML
 start server "$work/rosetta.yaml"
 "$bin/rosetta-bench" --target "llama-small=$started_url=llama" --target "mixtral-small=$started_url=mixtral" \
     --concurrency 1,8,32 --requests-per-stream 2 --max-tokens 64
+
+# The share of Mixtral's forward time spent in its mixture-of-experts blocks (routing,
+# gathering, the experts' products), per level: /load's counters around one more run each.
+seconds() { curl -sf "$started_url/load" | python3 -c "import json,sys; m=json.load(sys.stdin)['models']['mixtral']; print(m['forward_seconds'], m['experts_seconds'])"; }
+echo
+echo "| streams | Mixtral forward s | in experts s | expert share |"
+echo "|---|---|---|---|"
+for c in 1 8 32; do
+    read -r f0 e0 < <(seconds)
+    "$bin/rosetta-bench" --target "mixtral-small=$started_url=mixtral" --concurrency "$c" \
+        --requests-per-stream 1 --max-tokens 64 > /dev/null
+    read -r f1 e1 < <(seconds)
+    awk -v c="$c" -v f0="$f0" -v f1="$f1" -v e0="$e0" -v e1="$e1" \
+        'BEGIN { f = f1 - f0; e = e1 - e0; printf "| %d | %.2f | %.2f | %.0f%% |\n", c, f, e, 100 * e / f }'
+done

@@ -10,6 +10,10 @@
 #   STREAMS=1,8 benchmarks/serving.sh
 #   KV_BLOCK_SIZE=8 benchmarks/serving.sh   # Rosetta's KV block size (default 16)
 #   MAX_TOKENS=512 STREAMS=32 benchmarks/serving.sh   # longer outputs (default 128)
+#   MISTRALRS=1 benchmarks/serving.sh   # also the same weights on `backend: mistralrs` (a
+#                                       # rosetta built with --features mistralrs), same server
+#   MIXTRAL=1 benchmarks/serving.sh     # also the `mixtral`/`small` demo (benchmarks/mixtral.sh
+#                                       # adds its expert-compute share)
 #   DEVICE=cuda DTYPE=f32 ROSETTA_BIN_DIR=/path/to/bin benchmarks/serving.sh
 #       # Rosetta's engine on a GPU, with binaries built elsewhere (scripts/cuda-device-bundle.sh)
 set -euo pipefail
@@ -22,11 +26,15 @@ max_tokens="${MAX_TOKENS:-128}"
 if [[ -n "${ROSETTA_BIN_DIR:-}" ]]; then
     bin="$(cd "$ROSETTA_BIN_DIR" && pwd)"
 else
-    cargo build --release --bin rosetta --bin rosetta-bench
+    cargo build --release --bin rosetta --bin rosetta-bench ${MISTRALRS:+--features rosetta-gateway/mistralrs}
     bin="${CARGO_TARGET_DIR:-$root/target}/release"
 fi
 model="$work/models/llama-small"
 [[ -f "$model/config.json" ]] || "$bin/rosetta" model generate "$model" --arch llama --size small --seed 0
+mixtral="$work/models/mixtral-small"
+if [[ -n "${MIXTRAL:-}" && ! -f "$mixtral/config.json" ]]; then
+    "$bin/rosetta" model generate "$mixtral" --arch mixtral --size small --seed 0
+fi
 
 # GET answers 2xx; curl where it exists, else Python (GPU images may lack curl).
 probe() {
@@ -52,6 +60,16 @@ models:
     dtype: ${DTYPE:-auto}
     engine: { max_num_seqs: 64, max_num_batched_tokens: 512, kv_block_size: ${KV_BLOCK_SIZE:-16}, device: ${DEVICE:-cpu} }
 YAML
+if [[ -n "${MISTRALRS:-}" ]]; then
+    cat >> "$work/rosetta.yaml" <<YAML
+  - { id: small-mistralrs, path: $model, licence: apache-2.0, max_context: 8192, backend: mistralrs, engine: { max_num_seqs: 32 } }
+YAML
+fi
+if [[ -n "${MIXTRAL:-}" ]]; then
+    cat >> "$work/rosetta.yaml" <<YAML
+  - { id: mixtral, path: $mixtral, licence: apache-2.0, max_context: 8192, engine: { max_num_seqs: 64, max_num_batched_tokens: 512 } }
+YAML
+fi
 "$bin/rosetta" serve --config "$work/rosetta.yaml" > "$work/rosetta.out" 2> "$work/rosetta.err" &
 pids+=($!)
 rosetta_url=""
@@ -63,6 +81,8 @@ for _ in $(seq 600); do
 done
 probe "$rosetta_url/ready" || { tail -n 5 "$work/rosetta.err" >&2; echo "rosetta did not start; see $work/rosetta.err" >&2; exit 1; }
 targets=(--target "rosetta=$rosetta_url=small")
+[[ -n "${MISTRALRS:-}" ]] && targets+=(--target "rosetta-mistralrs=$rosetta_url=small-mistralrs")
+[[ -n "${MIXTRAL:-}" ]] && targets+=(--target "rosetta-mixtral=$rosetta_url=mixtral")
 
 llama_server=$(ls "$work"/build-llama-server-*/bin/llama-server 2>/dev/null | head -n 1 || true)
 if [[ -n "$llama_server" && -x "$llama_server" ]]; then

@@ -143,4 +143,8 @@ pub struct EngineLoad {
     /// Prompt tokens looked up in the prefix cache, and found, since start.
     pub prefix_queried_tokens: u64,
     pub prefix_hit_tokens: u64,
+    /// Time in forward passes since start, and the part in mixture-of-experts blocks
+    /// (engines that measure it).
+    pub forward_ns: u64,
+    pub experts_ns: u64,
 }

@@ -583,6 +583,16 @@ models:
             "{model}: prompt not past the window"
         );
     }
+    // /load says where the forward passes spent their time: Mixtral's partly in its experts.
+    let load = s.get("/load").await.ok();
+    let seconds = |model: &str, key: &str| load["models"][model][key].as_f64().unwrap();
+    let (forward, experts) = (
+        seconds("mixtral", "forward_seconds"),
+        seconds("mixtral", "experts_seconds"),
+    );
+    assert!(experts > 0.0 && experts < forward, "{load}");
+    assert!(seconds("llama", "forward_seconds") > 0.0, "{load}");
+    assert_eq!(seconds("llama", "experts_seconds"), 0.0, "{load}");
 }
 
 #[tokio::test]

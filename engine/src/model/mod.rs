@@ -213,8 +213,17 @@ fn route(logits: &[f32], experts: usize, top_k: usize) -> Vec<Vec<(usize, f32)>>
         .collect()
 }
 
+/// Where a model's forward passes spend their time, since it was loaded: in total, and in
+/// mixture-of-experts blocks (routing, gathering and the experts' products).
+#[derive(Debug, Default)]
+pub struct ComputeTimes {
+    pub forward_ns: std::sync::atomic::AtomicU64,
+    pub experts_ns: std::sync::atomic::AtomicU64,
+}
+
 pub struct Transformer {
     shape: ModelShape,
+    times: Arc<ComputeTimes>,
     embed: Arc<Matrix>,
     /// The LayerNorm right after the embeddings (BLOOM's).
     embed_norm: Option<Norm>,
@@ -399,6 +408,7 @@ impl Transformer {
             rope,
             alibi: (s.positions == Positions::Alibi).then(|| arch::alibi_slopes(s.num_heads)),
             shape,
+            times: Arc::default(),
         })
     }
 
@@ -409,6 +419,25 @@ impl Transformer {
     /// Runs the chunks through the model in one pass, writing their K/V into `kv`, and returns
     /// the requested logits rows in chunk order.
     pub fn forward(
+        &self,
+        chunks: &[SeqChunk<'_>],
+        kv: &mut KvPool,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let started = std::time::Instant::now();
+        let out = self.forward_pass(chunks, kv);
+        self.times.forward_ns.fetch_add(
+            started.elapsed().as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        out
+    }
+
+    /// Its compute times so far (shared: they go on counting).
+    pub fn compute_times(&self) -> Arc<ComputeTimes> {
+        self.times.clone()
+    }
+
+    fn forward_pass(
         &self,
         chunks: &[SeqChunk<'_>],
         kv: &mut KvPool,
@@ -503,7 +532,15 @@ impl Transformer {
             if let Some(post_norm) = &layer.post_norm {
                 norm_rows(&x, post_norm, &mut hidden);
             }
+            let moe =
+                matches!(layer.ffn, FeedForward::Experts { .. }).then(std::time::Instant::now);
             let down = layer.ffn.forward(&hidden, n, h, inter);
+            if let Some(started) = moe {
+                self.times.experts_ns.fetch_add(
+                    started.elapsed().as_nanos() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
         }
         if rows.is_empty() {

@@ -1,6 +1,8 @@
 //! What the scheduler drives each step, whatever the device: a model bound to its KV cache.
 
-use super::{ModelShape, SeqChunk, Transformer};
+use std::sync::Arc;
+
+use super::{ComputeTimes, ModelShape, SeqChunk, Transformer};
 use crate::kv::{KvLayout, KvPool};
 use crate::EngineError;
 
@@ -32,6 +34,10 @@ pub trait ModelWeights: Send + 'static {
     /// Bytes one token's K and V take across all layers, as this model stores them.
     fn kv_bytes_per_token(&self) -> usize;
     fn into_runner(self: Box<Self>, layout: KvLayout) -> Result<Box<dyn ModelRunner>, EngineError>;
+    /// Where its forward passes spend their time, if it measures that.
+    fn compute_times(&self) -> Option<Arc<ComputeTimes>> {
+        None
+    }
 }
 
 /// The CPU path: our own kernels over a KV pool in main memory.
@@ -60,6 +66,10 @@ impl ModelWeights for Transformer {
 
     fn kv_bytes_per_token(&self) -> usize {
         self.shape().kv_bytes_per_token()
+    }
+
+    fn compute_times(&self) -> Option<Arc<ComputeTimes>> {
+        Some(Transformer::compute_times(self))
     }
 
     fn into_runner(self: Box<Self>, layout: KvLayout) -> Result<Box<dyn ModelRunner>, EngineError> {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::{self, Sender, UnboundedSender};
 
 use crate::kv::{BlockManager, KvLayout};
-use crate::model::ModelWeights;
+use crate::model::{ComputeTimes, ModelWeights};
 use crate::observe::{Observer, RequestTimes};
 use crate::text::ModelTokenizer;
 use crate::{Engine, EngineError, EngineLoad, EventStream, GenerateEvent, GenerateRequest};
@@ -91,6 +91,8 @@ pub struct NativeEngine {
     /// Cleared if the engine loop dies; nothing more can be served.
     alive: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// The model's compute times, where it measures them.
+    times: Option<Arc<ComputeTimes>>,
 }
 
 impl NativeEngine {
@@ -133,6 +135,7 @@ impl NativeEngine {
             ..EngineLoad::default()
         }));
         let (tx, rx) = mpsc::unbounded_channel();
+        let times = model.compute_times();
         let runner = Box::new(model).into_runner(layout)?;
         let alive = Arc::new(AtomicBool::new(true));
         let mut worker = scheduler::EngineCore::new(
@@ -174,6 +177,7 @@ impl NativeEngine {
             max_num_seqs: config.max_num_seqs,
             alive,
             thread: Some(thread),
+            times,
         })
     }
 }
@@ -227,7 +231,12 @@ impl Engine for NativeEngine {
     }
 
     fn load(&self) -> EngineLoad {
-        self.load.lock().map(|l| *l).unwrap_or_default()
+        let mut load = self.load.lock().map(|l| *l).unwrap_or_default();
+        if let Some(t) = &self.times {
+            load.forward_ns = t.forward_ns.load(Ordering::Relaxed);
+            load.experts_ns = t.experts_ns.load(Ordering::Relaxed);
+        }
+        load
     }
 
     fn is_healthy(&self) -> bool {

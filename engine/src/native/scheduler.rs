@@ -568,6 +568,8 @@ impl EngineCore {
                 preemptions: self.preemptions,
                 prefix_queried_tokens: stats.queried_tokens,
                 prefix_hit_tokens: stats.hit_tokens,
+                // Filled by the engine from the model's own counters.
+                ..EngineLoad::default()
             };
         }
     }

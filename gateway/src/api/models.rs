@@ -179,6 +179,8 @@ pub async fn load(
             "kv_block_size": l.kv_block_size,
             "kv_slots_unused": l.kv_slots_unused,
             "preemptions": l.preemptions,
+            "forward_seconds": l.forward_ns as f64 / 1e9,
+            "experts_seconds": l.experts_ns as f64 / 1e9,
         });
         if detailed {
             entry["prefix_queried_tokens"] = l.prefix_queried_tokens.into();
