@@ -179,10 +179,7 @@ pub fn load_model(
     tracing::info!(model = %cfg.id, path = %dir.display(), max_context, elapsed_ms = started.elapsed().as_millis() as u64, "model loaded");
     Ok(LocalModel {
         id: cfg.id.clone(),
-        created: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        created: now_secs(),
         licence: cfg.licence.clone(),
         languages: cfg.languages.clone(),
         tokenizer,
@@ -289,10 +286,7 @@ fn load_encoder(cfg: &ModelConfig, dir: &Path) -> anyhow::Result<LocalModel> {
     tracing::info!(model = %cfg.id, path = %dir.display(), pooling = ?pooling.mode, normalized = pooling.normalize, elapsed_ms = started.elapsed().as_millis() as u64, "embedding model loaded");
     Ok(LocalModel {
         id: cfg.id.clone(),
-        created: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        created: now_secs(),
         licence: cfg.licence.clone(),
         languages: cfg.languages.clone(),
         tokenizer,
@@ -330,6 +324,14 @@ fn start_cuda(
     let model = CudaTransformer::load(dir, ordinal, dtype, max_context)?;
     let budget = cfg.engine.kv_cache_budget(model.free_memory()?);
     NativeEngine::start(model, tokenizer, engine_config(budget))
+}
+
+/// Seconds since the Unix epoch (a model's `created`).
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Memory available to new allocations (Linux `MemAvailable`), for `kv_cache_fraction`.

@@ -213,7 +213,7 @@ impl EncoderTensors {
             let st = SafeTensors::deserialize(&bytes)
                 .unwrap_or_else(|e| panic!("parsing safetensors {}: {e:?}", file.display()));
             for (name, view) in st.tensors() {
-                let data = bytes_to_f32(view.dtype(), view.data(), &name);
+                let data = super::to_f32(view.dtype(), view.data(), &name);
                 let previous = tensors.insert(name.clone(), (view.shape().to_vec(), data));
                 assert!(
                     previous.is_none(),
@@ -252,25 +252,6 @@ impl EncoderTensors {
     }
 }
 
-/// Little-endian raw tensor bytes to f32 (BF16 and F16 widen exactly).
-fn bytes_to_f32(dtype: Dtype, bytes: &[u8], name: &str) -> Vec<f32> {
-    match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        other => panic!("reference encoder: tensor {name} has unsupported dtype {other:?}"),
-    }
-}
-
 /// `nn.Linear`: y = x W^T + b with W stored [out, in] row-major.
 struct DenseLayer {
     weight: Vec<f32>,
@@ -294,7 +275,7 @@ impl DenseLayer {
         let mut y = vec![0.0f32; self.out_dim];
         for (o, out) in y.iter_mut().enumerate() {
             let row = &self.weight[o * self.in_dim..(o + 1) * self.in_dim];
-            *out = (dot64(row, x) + self.bias[o] as f64) as f32;
+            *out = (super::dot(row, x) + self.bias[o] as f64) as f32;
         }
         y
     }
@@ -455,7 +436,7 @@ impl ReferenceEncoder {
             for d in 0..h {
                 x[d] = (word[d] + token_type[d]) + position[d];
             }
-            layer_norm_in_place(
+            super::layer_norm_with_bias_in_place(
                 &mut x,
                 &self.embeddings_norm.weight,
                 &self.embeddings_norm.bias,
@@ -493,7 +474,7 @@ impl ReferenceEncoder {
                 // Scores against every key (bidirectional, nothing masked).
                 let mut scores = vec![0.0f64; n];
                 for j in 0..n {
-                    scores[j] = dot64(&q[i][lo..hi], &k[j][lo..hi]) * scale;
+                    scores[j] = super::dot(&q[i][lo..hi], &k[j][lo..hi]) * scale;
                 }
                 let probs = softmax64(&scores);
                 for d in 0..hd {
@@ -513,7 +494,12 @@ impl ReferenceEncoder {
             for d in 0..h {
                 y[d] += input[i][d];
             }
-            layer_norm_in_place(&mut y, &layer.attn_norm.weight, &layer.attn_norm.bias, eps);
+            super::layer_norm_with_bias_in_place(
+                &mut y,
+                &layer.attn_norm.weight,
+                &layer.attn_norm.bias,
+                eps,
+            );
             attention_output.push(y);
         }
 
@@ -528,7 +514,7 @@ impl ReferenceEncoder {
             for d in 0..h {
                 y[d] += x[d];
             }
-            layer_norm_in_place(
+            super::layer_norm_with_bias_in_place(
                 &mut y,
                 &layer.output_norm.weight,
                 &layer.output_norm.bias,
@@ -584,41 +570,8 @@ pub fn pool(hidden: &[Vec<f32>], mode: &str, normalize: bool) -> Vec<f32> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Numeric helpers (own copies: nothing shared with mod.rs or the engine)
+// Numeric helpers (the dot product, LayerNorm and byte conversion are mod.rs's)
 // ---------------------------------------------------------------------------------------------
-
-/// Dot product accumulated in f64.
-fn dot64(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let mut acc = 0.0f64;
-    for i in 0..a.len() {
-        acc += a[i] as f64 * b[i] as f64;
-    }
-    acc
-}
-
-/// `nn.LayerNorm` of one vector in place: (x - mean) / sqrt(var + eps) * w + b, with the biased
-/// variance, mean and variance accumulated in f64.
-fn layer_norm_in_place(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f64) {
-    assert_eq!(x.len(), weight.len());
-    assert_eq!(x.len(), bias.len());
-    let n = x.len() as f64;
-    let mut sum = 0.0f64;
-    for &v in x.iter() {
-        sum += v as f64;
-    }
-    let mean = sum / n;
-    let mut sq = 0.0f64;
-    for &v in x.iter() {
-        let d = v as f64 - mean;
-        sq += d * d;
-    }
-    let var = sq / n;
-    let inv_std = 1.0 / (var + eps).sqrt();
-    for i in 0..x.len() {
-        x[i] = ((x[i] as f64 - mean) * inv_std * weight[i] as f64 + bias[i] as f64) as f32;
-    }
-}
 
 /// Numerically stable softmax in f64.
 fn softmax64(scores: &[f64]) -> Vec<f64> {

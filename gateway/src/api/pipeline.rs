@@ -146,6 +146,16 @@ impl Work<'_> {
     }
 }
 
+/// An engine's error for an attempt: another replica may help only if it was overloaded or
+/// shutting down.
+fn engine_failure(e: EngineError) -> AttemptError {
+    if e.is_retryable() {
+        AttemptError::Retry(e.into())
+    } else {
+        AttemptError::Final(e.into())
+    }
+}
+
 /// How one attempt on a replica ended without an answer.
 enum AttemptError {
     /// Nothing reached the client; another replica may serve.
@@ -492,13 +502,6 @@ async fn run_local(
         )));
     }
     let refused = |e: AccessError| AttemptError::Final(e.into());
-    let engine = |e: EngineError| {
-        if e.is_retryable() {
-            AttemptError::Retry(e.into())
-        } else {
-            AttemptError::Final(e.into())
-        }
-    };
     let sampling = call.sampling();
     sampling
         .check_vocabulary(&model)
@@ -523,14 +526,14 @@ async fn run_local(
     count_language_cost(state, &model, ctx, &prompts);
     let measure = ctx.measure(state, Work::Generate(call), &model.id);
     let items = submit_admitted(&model, requests, admission, hold, measure, &caller.facts)
-        .map_err(engine)?;
+        .map_err(engine_failure)?;
     let answer = Answer {
         state,
         model,
         prompts,
         items: Box::pin(items),
     };
-    let response = call.render(answer).await.map_err(engine)?;
+    let response = call.render(answer).await.map_err(engine_failure)?;
     Ok(with_rate_headers(response, rate))
 }
 
@@ -557,13 +560,6 @@ async fn embed_local(
             ),
         )));
     }
-    let engine = |e: EngineError| {
-        if e.is_retryable() {
-            AttemptError::Retry(e.into())
-        } else {
-            AttemptError::Final(e.into())
-        }
-    };
     call.check(&model).map_err(AttemptError::Final)?;
     let inputs = call.inputs(&model).map_err(AttemptError::Final)?;
     let tokens: u64 = inputs.iter().map(|i| i.len() as u64).sum();
@@ -580,7 +576,7 @@ async fn embed_local(
         .engine
         .embed(EmbedRequest { inputs })
         .inspect_err(|_| measure.discard())
-        .map_err(engine)?;
+        .map_err(engine_failure)?;
     admission.record_usage(tokens);
     let result = ticket.await;
     drop(hold);
@@ -592,7 +588,7 @@ async fn embed_local(
         }
         Err(e) => {
             measure.failed(error_type(&e));
-            Err(engine(e))
+            Err(engine_failure(e))
         }
     }
 }
