@@ -2,11 +2,13 @@
 # /v1/embeddings on the demo `xlm-roberta`/`small` encoder (multilingual-e5-small's shape: 12
 # layers of 384, ~33M parameters with the demo vocabulary), f32, one server with the same
 # weights twice: `e5` batches queued inputs into passes of up to 8192 tokens, `e5-serial`
-# runs one input per pass (`max_num_batched_tokens: 1`). Closed loop at 1 / 8 / 32
-# concurrent clients, one unique ~60-token input per request; prints inputs/s, latency
-# p50/p99 and the batching gain side by side.
+# runs one input per pass (`max_num_batched_tokens: 64`, below one input's length). Closed
+# loop at 1 / 8 / 32 concurrent clients, one unique input of WORDS words per request (40 by
+# default: about 100 tokens); prints inputs/s, latency p50/p99 and the batching gain side by
+# side.
 #
 #   benchmarks/embeddings.sh [REQUESTS_PER_CLIENT]
+#   WORDS=6 benchmarks/embeddings.sh       # short inputs (about 15 tokens)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 work="$root/benchmarks/.work/embeddings"
@@ -26,19 +28,19 @@ server: { listen: 127.0.0.1:0 }
 auth: { allow_unauthenticated: true }
 models:
   - { id: e5, path: $models/e5-small, licence: mit, engine: { max_num_batched_tokens: 8192, max_num_seqs: 256 } }
-  - { id: e5-serial, path: $models/e5-small, licence: mit, engine: { max_num_batched_tokens: 1, max_num_seqs: 256 } }
+  - { id: e5-serial, path: $models/e5-small, licence: mit, engine: { max_num_batched_tokens: 64, max_num_seqs: 64 } }
 YAML
 start server "$work/rosetta.yaml"
-"$python" - "$started_url" "${1:-16}" <<'PY'
-import concurrent.futures as cf, json, statistics, sys, time, urllib.request
+"$python" - "$started_url" "${1:-16}" "${WORDS:-40}" <<'PY'
+import concurrent.futures as cf, json, sys, time, urllib.request
 
-url, per_client = sys.argv[1] + "/v1/embeddings", int(sys.argv[2])
+url, per_client, words = sys.argv[1] + "/v1/embeddings", int(sys.argv[2]), int(sys.argv[3])
 WORDS = ("habari asubuhi soko matunda mboga rafiki shule kitabu maji mvua jua mlima mto "
          "river mountain garden market morning bridge harbor lantern orchard valley").split()
 
 def text(i):
     x, out = i * 2654435761 % 2**32 + 1, []
-    for _ in range(40):
+    for _ in range(words):
         x = (x * 1103515245 + 12345) % 2**31
         out.append(WORDS[x % len(WORDS)])
     return f"{i}: " + " ".join(out)

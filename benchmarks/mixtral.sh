@@ -40,7 +40,7 @@ echo "|---|---|---|---|"
 for c in 1 8 32; do
     read -r f0 e0 < <(seconds)
     "$bin/rosetta-bench" --target "mixtral-small=$started_url=mixtral" --concurrency "$c" \
-        --requests-per-stream 1 --max-tokens 64 > /dev/null
+        --requests-per-stream 1 --max-tokens 64 > /dev/null 2>&1
     read -r f1 e1 < <(seconds)
     awk -v c="$c" -v f0="$f0" -v f1="$f1" -v e0="$e0" -v e1="$e1" \
         'BEGIN { f = f1 - f0; e = e1 - e0; printf "| %d | %.2f | %.2f | %.0f%% |\n", c, f, e, 100 * e / f }'
