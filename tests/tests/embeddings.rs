@@ -273,3 +273,41 @@ async fn embeddings_are_routed_licensed_limited_and_measured() {
         .unwrap_or_else(|| panic!("no embeddings token usage in:\n{metrics}"));
     assert!(!line.ends_with(" 0"), "{line}");
 }
+
+/// A gateway in front of a `rosetta --engine-only` serving the encoder: the same vectors as
+/// from the engine itself, the gateway's model name, its usage; and the same 400 for a bad
+/// request whether the encoder is here or remote.
+#[tokio::test]
+async fn embeddings_through_a_remote_replica_are_the_engines_own() {
+    let engine = Server::start_with_args(
+        r#"
+server: { listen: 127.0.0.1:0 }
+cache_dir: "{cache}"
+auth: { allow_unauthenticated: true }
+models:
+  - { id: e5, demo: { arch: xlm-roberta, size: tiny, seed: 1 }, licence: mit }
+"#,
+        &["--listen", "127.0.0.1:0", "--engine-only"],
+    );
+    let gateway = Server::start(&format!(
+        "cache_dir: \"{{cache}}\"\nauth: {{ allow_unauthenticated: true }}\nmodels:\n  \
+         - {{ id: far-e5, licence: mit, remote: [{{ url: \"{}\", model: e5 }}] }}\n  \
+         - {{ id: e5, demo: {{ arch: xlm-roberta, size: tiny, seed: 1 }}, licence: mit }}\n",
+        engine.base_url()
+    ));
+    let body = |model: &str| json!({"model": model, "input": [SWAHILI, ENGLISH], "dimensions": 32});
+    let direct = engine.post("/v1/embeddings", &body("e5")).await.ok();
+    let r = gateway.post("/v1/embeddings", &body("far-e5")).await;
+    assert_ne!(r.header("x-rosetta-replica"), Some("local"));
+    let far = r.ok();
+    assert_eq!(far["model"], "far-e5");
+    assert_eq!(vectors(&far), vectors(&direct));
+    assert_eq!(vectors(&far)[0].len(), 32);
+    assert_eq!(far["usage"], direct["usage"]);
+    // Validation happens at the gateway, the same for both replicas.
+    let bad = |model: &str| json!({"model": model, "input": [], "encoding_format": "int8"});
+    let here = gateway.post("/v1/embeddings", &bad("e5")).await;
+    let there = gateway.post("/v1/embeddings", &bad("far-e5")).await;
+    here.assert_error(400, Some("invalid_request_error"), None);
+    assert_eq!(here.text, there.text);
+}

@@ -83,6 +83,7 @@ tenants: [{ id: local, accepted_licences: [llama3.1] }]
 models:
   - { id: qwen3, demo: { arch: qwen3, size: tiny, seed: 1 }, licence: apache-2.0, max_context: 4096, engine: { kv_cache_bytes: 67108864 } }
   - { id: llama, demo: { arch: llama, size: tiny, seed: 1 }, licence: llama3.1, max_context: 4096, engine: { kv_cache_bytes: 67108864 } }
+  - { id: e5, demo: { arch: xlm-roberta, size: tiny, seed: 1 }, licence: mit }
 "#;
 
 /// Agents' use of the SDK: function tools, `parse` with pydantic, the stream helper with tool
@@ -94,8 +95,8 @@ fn openai_python_sdk_as_agents_use_it() {
     run_script("openai_agents.py", AGENT_CONFIG, "llama");
 }
 
-/// The `openai` npm package and the Vercel AI SDK (`generateObject` with a zod schema,
-/// `generateText` with a tool loop): tests/clients/js/agents.mjs, installed by
+/// The `openai` npm package (tools, the Responses stream, embeddings in its default base64)
+/// and the Vercel AI SDK (`generateObject` with a zod schema, `generateText` with a tool loop): tests/clients/js/agents.mjs, installed by
 /// scripts/test.sh with `npm ci`.
 #[test]
 fn openai_npm_package_and_vercel_ai_sdk() {
@@ -109,6 +110,6 @@ fn openai_npm_package_and_vercel_ai_sdk() {
     let mut cmd = Command::new("node");
     cmd.current_dir(&js)
         .arg("agents.mjs")
-        .args([s.base_url(), "qwen3"]);
+        .args([s.base_url(), "qwen3", "e5"]);
     passes(&mut cmd, "agents.mjs");
 }

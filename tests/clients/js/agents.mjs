@@ -1,8 +1,9 @@
 // Drives a running Rosetta server with the `openai` npm package and the Vercel AI SDK, as
 // agents written in TypeScript do: tool calls, streamed tool calls, the Responses API's
-// streaming events, `generateObject` with a zod schema and `generateText` with a tool loop.
+// streaming events, `generateObject` with a zod schema and `generateText` with a tool loop;
+// and, given an embedding model, `embeddings.create` in the package's default base64.
 //
-// Usage: node agents.mjs BASE_URL MODEL
+// Usage: node agents.mjs BASE_URL MODEL [EMBEDDING_MODEL]
 //
 // The model has random weights: every check relies only on what constrained decoding
 // guarantees (valid JSON, valid arguments) and on the shapes the clients parse.
@@ -13,7 +14,7 @@ import { createOpenAICompatible } from "@ai-sdk/openai-compatible";
 import { generateObject, generateText, stepCountIs, tool } from "ai";
 import { z } from "zod";
 
-const [baseUrl, modelId] = process.argv.slice(2);
+const [baseUrl, modelId, embeddingModelId] = process.argv.slice(2);
 const failures = [];
 
 async function check(name, fn) {
@@ -146,6 +147,28 @@ await check("ai sdk: generateText with a tool loop", async () => {
   weatherSchema.parse(first.toolCalls[0].input);
   assert(first.toolResults[0].output.temperature === 21, JSON.stringify(first.toolResults));
 });
+
+// The npm package asks for base64 by default and decodes it into floats.
+if (embeddingModelId) {
+  await check("openai: embeddings (default base64, and float)", async () => {
+    const input = ["Habari za asubuhi", "Good morning"];
+    const b64 = await client.embeddings.create({ model: embeddingModelId, input });
+    const floats = await client.embeddings.create({
+      model: embeddingModelId,
+      input,
+      encoding_format: "float",
+    });
+    assert(b64.data.length === 2, JSON.stringify(b64.usage));
+    for (const [i, d] of b64.data.entries()) {
+      assert(Array.isArray(d.embedding) && d.embedding.length === 64, `length ${d.embedding.length}`);
+      const norm = Math.sqrt(d.embedding.reduce((s, x) => s + x * x, 0));
+      assert(Math.abs(norm - 1) < 1e-5, `norm ${norm}`);
+      // JSON carries each f32 in its shortest decimal form: the same f32 once narrowed.
+      const narrowed = Array.from(new Float32Array(floats.data[i].embedding));
+      assert(d.embedding.every((x, j) => x === narrowed[j]), "base64 and float disagree");
+    }
+  });
+}
 
 if (failures.length) {
   console.log(`${failures.length} failed: ${failures.join(", ")}`);
