@@ -53,11 +53,6 @@ pub struct MistralRsOptions {
     pub eos_ids: Vec<u32>,
 }
 
-/// Checks an `isq` name before anything is loaded.
-pub fn check_isq(name: &str) -> Result<(), String> {
-    parse_isq_value(name, None).map(|_| ())
-}
-
 /// A model served by mistral.rs in this process.
 pub struct MistralRsEngine {
     model: Arc<mistralrs::Model>,
