@@ -7,7 +7,7 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin rosetta \
+RUN cargo build --release --locked --bin rosetta --features mistralrs \
     && cp target/release/rosetta /rosetta
 
 FROM debian:bookworm-slim

@@ -39,6 +39,7 @@ WRONG = [
     ("model name not a DNS label", {"models": [{"id": "m", "licence": "mit", "name": "Not_A_Label"}]}),
     ("log format", {"config": {"server": {"shutdown_grace_seconds": 30, "log_format": "xml"}}}),
     ("unknown tool parser", {"models": [{"id": "m", "licence": "mit", "toolParser": "hermes2"}]}),
+    ("unknown backend", {"models": [{"id": "m", "licence": "mit", "backend": "vllm"}]}),
 ]
 
 

@@ -84,6 +84,13 @@ async fn the_chart_lints_renders_valid_manifests_and_its_configs_serve() {
         engine.contains("tool_parser: hermes") && engine.contains("reasoning_parser: none"),
         "{engine}"
     );
+    // The mistral.rs backend and its quantisation reach the engine's config.
+    let mistralrs = std::fs::read_to_string(out.path().join("cpu-values/engine-demo-qwen.yaml"))
+        .expect("the demo-qwen engine's rosetta.yaml");
+    assert!(
+        mistralrs.contains("backend: mistralrs") && mistralrs.contains("isq: Q8_0"),
+        "{mistralrs}"
+    );
     // An existing Secret: the chart makes none.
     assert!(!gpu.iter().any(|o| o.starts_with("Secret/")), "{gpu:?}");
     let default = rendered("default");

@@ -110,6 +110,9 @@ app.kubernetes.io/component: engine
 {{- if $m.maxContext }}{{ $_ := set $model "max_context" (int $m.maxContext) }}{{ end -}}
 {{- if and $m.toolParser (ne $m.toolParser "auto") }}{{ $_ := set $model "tool_parser" $m.toolParser }}{{ end -}}
 {{- if and $m.reasoningParser (ne $m.reasoningParser "auto") }}{{ $_ := set $model "reasoning_parser" $m.reasoningParser }}{{ end -}}
+{{- if and $m.backend (ne $m.backend "native") }}{{ $_ := set $model "backend" $m.backend }}{{ end -}}
+{{- if $m.isq }}{{ $_ := set $model "isq" $m.isq }}{{ end -}}
+{{- if $m.gguf }}{{ $_ := set $model "gguf" $m.gguf }}{{ end -}}
 {{- $server := dict "listen" (printf "0.0.0.0:%v" .root.Values.port) "shutdown_grace_seconds" .root.Values.config.server.shutdown_grace_seconds "log_format" (default "json" .root.Values.config.server.log_format) -}}
 {{- $config := dict "server" $server "cache_dir" "/var/cache/rosetta" "auth" (dict "allow_unauthenticated" true) "models" (list $model) -}}
 {{- toYaml $config -}}
