@@ -102,7 +102,8 @@ impl EncoderEngine {
             pooling,
             jobs,
             counters: counters.clone(),
-            max_batch_tokens: config.max_batch_tokens.max(encoder.shape().max_tokens()),
+            // A pass always takes at least one input, whatever its length.
+            max_batch_tokens: config.max_batch_tokens.max(1),
         };
         std::thread::Builder::new()
             .name("rosetta-encoder".into())
