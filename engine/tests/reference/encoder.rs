@@ -43,10 +43,9 @@
 //! `let enc = reference::encoder::ReferenceEncoder::load(dir);`
 //! `let emb = reference::encoder::pool(&enc.hidden_states(&ids), "mean", true);`
 
-use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::Path;
 
-use safetensors::SafeTensors;
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
@@ -80,37 +79,19 @@ struct EncoderConfig {
     vocab_size: usize,
 }
 
-/// Reads a key, treating JSON `null` like an absent key.
-fn cfg_get<'a>(json: &'a Value, key: &str) -> Option<&'a Value> {
-    json.get(key).filter(|v| !v.is_null())
-}
-
-fn cfg_usize(json: &Value, key: &str) -> Option<usize> {
-    cfg_get(json, key).map(|v| {
-        v.as_u64().unwrap_or_else(|| {
-            panic!("encoder config.json: `{key}` should be a non-negative integer, got {v}")
-        }) as usize
-    })
-}
-
-fn cfg_require_usize(json: &Value, key: &str) -> usize {
-    cfg_usize(json, key)
-        .unwrap_or_else(|| panic!("encoder config.json: missing required key `{key}`"))
-}
-
 impl EncoderConfig {
     fn parse(json: &Value) -> EncoderConfig {
-        let hidden_size = cfg_require_usize(json, "hidden_size");
-        let num_hidden_layers = cfg_require_usize(json, "num_hidden_layers");
-        let num_attention_heads = cfg_require_usize(json, "num_attention_heads");
-        let intermediate_size = cfg_require_usize(json, "intermediate_size");
+        let hidden_size = super::require_usize(json, "hidden_size");
+        let num_hidden_layers = super::require_usize(json, "num_hidden_layers");
+        let num_attention_heads = super::require_usize(json, "num_attention_heads");
+        let intermediate_size = super::require_usize(json, "intermediate_size");
         assert!(
             num_attention_heads > 0 && hidden_size.is_multiple_of(num_attention_heads),
             "encoder config.json: hidden_size ({hidden_size}) must be a multiple of \
              num_attention_heads ({num_attention_heads})"
         );
 
-        let act_name = match cfg_get(json, "hidden_act") {
+        let act_name = match super::get(json, "hidden_act") {
             None => "gelu".to_string(),
             Some(v) => v
                 .as_str()
@@ -126,15 +107,10 @@ impl EncoderConfig {
             other => panic!("reference encoder: unsupported hidden_act {other:?}"),
         };
 
-        let layer_norm_eps = match cfg_get(json, "layer_norm_eps") {
-            None => 1e-12,
-            Some(v) => v.as_f64().unwrap_or_else(|| {
-                panic!("encoder config.json: `layer_norm_eps` should be a number, got {v}")
-            }),
-        };
+        let layer_norm_eps = super::get_f64(json, "layer_norm_eps").unwrap_or(1e-12);
 
         // Only absolute learned positions are implemented (the XLM-RoBERTa default).
-        if let Some(v) = cfg_get(json, "position_embedding_type") {
+        if let Some(v) = super::get(json, "position_embedding_type") {
             assert_eq!(
                 v.as_str(),
                 Some("absolute"),
@@ -142,7 +118,7 @@ impl EncoderConfig {
             );
         }
         // A decoder configuration would make the self-attention causal; not supported here.
-        if let Some(v) = cfg_get(json, "is_decoder") {
+        if let Some(v) = super::get(json, "is_decoder") {
             assert_eq!(
                 v.as_bool(),
                 Some(false),
@@ -158,10 +134,11 @@ impl EncoderConfig {
             intermediate_size,
             activation,
             layer_norm_eps,
-            max_position_embeddings: cfg_usize(json, "max_position_embeddings").unwrap_or(512),
-            type_vocab_size: cfg_usize(json, "type_vocab_size").unwrap_or(2),
-            pad_token_id: cfg_usize(json, "pad_token_id").unwrap_or(1),
-            vocab_size: cfg_usize(json, "vocab_size").unwrap_or(30522),
+            max_position_embeddings: super::get_usize(json, "max_position_embeddings")
+                .unwrap_or(512),
+            type_vocab_size: super::get_usize(json, "type_vocab_size").unwrap_or(2),
+            pad_token_id: super::get_usize(json, "pad_token_id").unwrap_or(1),
+            vocab_size: super::get_usize(json, "vocab_size").unwrap_or(30522),
         }
     }
 }
@@ -176,52 +153,11 @@ struct EncoderTensors {
 }
 
 impl EncoderTensors {
+    /// Every tensor of `model.safetensors` or its shards, read as the decoders' reference does.
     fn load(dir: &Path) -> EncoderTensors {
-        let single = dir.join("model.safetensors");
-        let index = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if single.exists() {
-            vec![single]
-        } else if index.exists() {
-            let text = std::fs::read_to_string(&index)
-                .unwrap_or_else(|e| panic!("reading {}: {e}", index.display()));
-            let json: Value = serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("parsing {}: {e}", index.display()));
-            let weight_map = json
-                .get("weight_map")
-                .and_then(Value::as_object)
-                .unwrap_or_else(|| panic!("{}: missing object `weight_map`", index.display()));
-            let mut shards = BTreeSet::new();
-            for shard in weight_map.values() {
-                let name = shard
-                    .as_str()
-                    .unwrap_or_else(|| panic!("{}: non-string shard name", index.display()));
-                shards.insert(name.to_string());
-            }
-            shards.into_iter().map(|s| dir.join(s)).collect()
-        } else {
-            panic!(
-                "reference encoder: {} has neither model.safetensors nor \
-                 model.safetensors.index.json",
-                dir.display()
-            );
-        };
-
-        let mut tensors = HashMap::new();
-        for file in files {
-            let bytes =
-                std::fs::read(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
-            let st = SafeTensors::deserialize(&bytes)
-                .unwrap_or_else(|e| panic!("parsing safetensors {}: {e:?}", file.display()));
-            for (name, view) in st.tensors() {
-                let data = super::to_f32(view.dtype(), view.data(), &name);
-                let previous = tensors.insert(name.clone(), (view.shape().to_vec(), data));
-                assert!(
-                    previous.is_none(),
-                    "reference encoder: tensor {name} appears in more than one shard"
-                );
-            }
+        EncoderTensors {
+            tensors: super::TensorStore::load(dir).tensors,
         }
-        EncoderTensors { tensors }
     }
 
     /// The tensor `name` (or `roberta.{name}`), which must exist and have `shape`.
@@ -340,7 +276,7 @@ impl ReferenceEncoder {
         // A config without `vocab_size` takes it from the embedding table rather than from
         // XLMRobertaConfig's default (30522), which would not match an XLM-R checkpoint.
         if let Some(shape) = t.shape_of("embeddings.word_embeddings.weight") {
-            if cfg_get(&json, "vocab_size").is_none() && shape.len() == 2 {
+            if super::get(&json, "vocab_size").is_none() && shape.len() == 2 {
                 cfg.vocab_size = shape[0];
             }
         }
