@@ -70,6 +70,18 @@ fn load_error(e: impl std::fmt::Display) -> EngineError {
     EngineError::load(format!("mistral.rs: {e}"))
 }
 
+/// Runs a model builder to its end on `handle`'s runtime, from a thread of its own: the
+/// caller may be inside another runtime.
+fn build_on<E: std::fmt::Display + Send + 'static>(
+    handle: tokio::runtime::Handle,
+    build: impl std::future::Future<Output = Result<mistralrs::Model, E>> + Send + 'static,
+) -> Result<mistralrs::Model, EngineError> {
+    std::thread::spawn(move || handle.block_on(build))
+        .join()
+        .map_err(|_| load_error("loading panicked"))?
+        .map_err(load_error)
+}
+
 impl MistralRsEngine {
     pub fn load(options: MistralRsOptions) -> Result<Self, EngineError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -80,7 +92,6 @@ impl MistralRsEngine {
             .map_err(load_error)?;
         let dir = options.dir.to_string_lossy().into_owned();
         let seqs = options.max_running.max(1);
-        // Built on a thread of its own: the caller may be inside another runtime.
         let handle = runtime.handle().clone();
         let model = if let Some(file) = options.gguf.clone() {
             let tokenizer = options.dir.join("tokenizer.json");
@@ -90,10 +101,7 @@ impl MistralRsEngine {
                 .with_force_cpu()
                 .with_max_num_seqs(seqs)
                 .with_prefix_cache_n(None);
-            std::thread::spawn(move || handle.block_on(builder.build()))
-                .join()
-                .map_err(|_| load_error("loading panicked"))?
-                .map_err(load_error)?
+            build_on(handle, builder.build())?
         } else {
             let mut builder = TextModelBuilder::new(dir)
                 .with_token_source(TokenSource::None)
@@ -108,10 +116,7 @@ impl MistralRsEngine {
             if let Some(isq) = &options.isq {
                 builder = builder.with_isq(parse_isq_value(isq, None).map_err(load_error)?);
             }
-            std::thread::spawn(move || handle.block_on(builder.build()))
-                .join()
-                .map_err(|_| load_error("loading panicked"))?
-                .map_err(load_error)?
+            build_on(handle, builder.build())?
         };
         Ok(Self {
             model: Arc::new(model),

@@ -480,6 +480,30 @@ fn allowed_candidates(
     }
 }
 
+/// The model `model_id` as this process serves it, if it does what `work` asks: a
+/// generation model for text, an embedding model for vectors.
+fn local_model(
+    state: &AppState,
+    model_id: &str,
+    work: Work<'_>,
+) -> Result<Arc<LocalModel>, AttemptError> {
+    // Not loaded (yet) here: another replica may have it.
+    let model = state
+        .model(model_id)
+        .map_err(|e| AttemptError::Retry(e.into()))?;
+    let wrong = match work {
+        Work::Generate(_) if model.embeds() => {
+            format!("`{}` is an embedding model; use /v1/embeddings.", model.id)
+        }
+        Work::Embed(_) if !model.embeds() => format!(
+            "`{}` generates text and makes no embeddings; use /v1/chat/completions or /v1/completions.",
+            model.id
+        ),
+        _ => return Ok(model),
+    };
+    Err(AttemptError::Final(ApiError::invalid_param("model", wrong)))
+}
+
 /// On this process's engine (the tenant's limits prechecked by the caller): the model's
 /// checks, tokenization, admission, the engine, then the endpoint's rendering.
 async fn run_local(
@@ -490,17 +514,8 @@ async fn run_local(
     hold: InFlight,
     ctx: &Context<'_>,
 ) -> Result<Response, AttemptError> {
-    // Not loaded (yet) here: another replica may have it.
-    let model = state
-        .model(model_id)
-        .map_err(|e| AttemptError::Retry(e.into()))?;
+    let model = local_model(state, model_id, Work::Generate(call))?;
     tracing::debug!(model = %model.id, path = call.path(), "generation");
-    if model.embeds() {
-        return Err(AttemptError::Final(ApiError::invalid_param(
-            "model",
-            format!("`{}` is an embedding model; use /v1/embeddings.", model.id),
-        )));
-    }
     let refused = |e: AccessError| AttemptError::Final(e.into());
     let sampling = call.sampling();
     sampling
@@ -548,18 +563,7 @@ async fn embed_local(
     hold: InFlight,
     ctx: &Context<'_>,
 ) -> Result<Response, AttemptError> {
-    let model = state
-        .model(model_id)
-        .map_err(|e| AttemptError::Retry(e.into()))?;
-    if !model.embeds() {
-        return Err(AttemptError::Final(ApiError::invalid_param(
-            "model",
-            format!(
-                "`{}` generates text and makes no embeddings; use /v1/chat/completions or /v1/completions.",
-                model.id
-            ),
-        )));
-    }
+    let model = local_model(state, model_id, Work::Embed(call))?;
     call.check(&model).map_err(AttemptError::Final)?;
     let inputs = call.inputs(&model).map_err(AttemptError::Final)?;
     let tokens: u64 = inputs.iter().map(|i| i.len() as u64).sum();
