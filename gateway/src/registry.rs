@@ -116,14 +116,19 @@ pub fn load_model(
         None => anyhow::bail!("model `{}` names neither `path` nor `demo`", cfg.id),
     };
     let context = || format!("loading model `{}` from {}", cfg.id, dir.display());
-    let config_json: serde_json::Value = std::fs::read_to_string(dir.join("config.json"))
-        .map_err(anyhow::Error::from)
-        .and_then(|t| Ok(serde_json::from_str(&t)?))
+    let config_path = dir.join("config.json");
+    let config_text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("reading {}", config_path.display()))
+        .with_context(context)?;
+    let config_json: serde_json::Value = serde_json::from_str(&config_text)
+        .with_context(|| format!("parsing {}", config_path.display()))
         .with_context(context)?;
     if encoder::is_encoder(&config_json) {
         return load_encoder(cfg, &dir).with_context(context);
     }
-    let shape = ModelShape::from_file(&dir.join("config.json")).with_context(context)?;
+    let shape = ModelShape::from_json(&config_text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))
+        .with_context(context)?;
     let max_context = cfg.max_context.unwrap_or(shape.max_position_embeddings);
     if max_context > shape.max_position_embeddings {
         tracing::warn!(
