@@ -16,6 +16,7 @@ pub mod pool;
 pub mod ratelimit;
 pub mod registry;
 pub mod reload;
+pub mod reply;
 pub mod router;
 pub mod secrets;
 pub mod server;

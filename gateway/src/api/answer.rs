@@ -1,6 +1,6 @@
 //! A request's answer from the engine: admission within the tenant's limits, submitting its
 //! prompts, merging their event streams (choice indices offset) into [`AnswerEvent`]s, token
-//! accounting as the engine generates, and collecting whole answers.
+//! accounting as the engine generates, and reading the tokens as [`ReplyEvent`]s.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +14,8 @@ use rosetta_engine::{
 
 use super::authentication::Caller;
 use crate::access::AccessError;
+use crate::assistant::{OutputParser, Piece};
+use crate::reply::{Finish, ReplyEvent, Step, TokenLogprob, TopLogprob};
 use crate::metrics::{GenerationMeasure, RequestFacts};
 use crate::ratelimit::{Admission, RateState};
 use crate::registry::LocalModel;
@@ -227,40 +229,73 @@ fn merge(streams: Vec<EventStream>, n: usize) -> impl Stream<Item = AnswerEvent>
     })
 }
 
-/// One choice's whole answer.
-#[derive(Debug, Default, Clone)]
-pub struct ChoiceOutput {
-    pub text: String,
-    pub tokens: Vec<GeneratedToken>,
-    pub finish: Option<FinishReason>,
-}
-
-/// Waits for every choice to finish.
-pub async fn collect(
-    items: impl Stream<Item = AnswerEvent>,
-    choices: usize,
-) -> Result<(Vec<ChoiceOutput>, Usage), EngineError> {
-    let mut out = vec![ChoiceOutput::default(); choices];
-    futures::pin_mut!(items);
-    while let Some(item) = items.next().await {
-        match item {
+/// Reads the engine's token events as replies: each choice's text through its output
+/// parser, its tokens' logprobs as text (with `top` alternatives, when asked for), and
+/// `tool_calls` as the end of a choice that called a tool and stopped by itself.
+pub fn replies(
+    items: impl Stream<Item = AnswerEvent> + Send + 'static,
+    model: Arc<LocalModel>,
+    mut parsers: Vec<OutputParser>,
+    top: Option<usize>,
+) -> impl Stream<Item = ReplyEvent> + Send + 'static {
+    let mut called = vec![false; parsers.len()];
+    items.filter_map(move |item| {
+        let event = match item {
             AnswerEvent::Delta(d) => {
-                let Some(c) = out.get_mut(d.index) else {
-                    continue;
+                let logprobs = match top {
+                    Some(k) => d.token.iter().map(|t| token_logprob(&model, t, k)).collect(),
+                    None => Vec::new(),
                 };
-                c.text.push_str(&d.text);
-                c.tokens.extend(d.token);
-                if d.finish_reason.is_some() {
-                    c.finish = d.finish_reason;
+                match (parsers.get_mut(d.index), called.get_mut(d.index)) {
+                    (Some(parser), Some(called)) => {
+                        let mut pieces = parser.push(&d.text);
+                        if d.finish_reason.is_some() {
+                            pieces.extend(parser.finish());
+                        }
+                        *called |= pieces.iter().any(|p| matches!(p, Piece::Call { .. }));
+                        let finish = d.finish_reason.map(|f| match f {
+                            FinishReason::Stop if *called => Finish::ToolCalls,
+                            FinishReason::Stop => Finish::Stop,
+                            FinishReason::Length => Finish::Length,
+                        });
+                        Some(ReplyEvent::Step(Step {
+                            index: d.index,
+                            pieces,
+                            logprobs,
+                            finish,
+                        }))
+                    }
+                    _ => None,
                 }
             }
-            AnswerEvent::Done(usage) => return Ok((out, usage)),
-            AnswerEvent::Error(e) => return Err(e),
-        }
+            AnswerEvent::Done(usage) => Some(ReplyEvent::Done(usage)),
+            AnswerEvent::Error(e) => Some(ReplyEvent::Error(e.into())),
+        };
+        futures::future::ready(event)
+    })
+}
+
+/// A generated token's logprob and its `k` likeliest alternatives, as text.
+fn token_logprob(model: &LocalModel, t: &GeneratedToken, k: usize) -> TokenLogprob {
+    let (token, bytes) = token_text(model, t.id);
+    TokenLogprob {
+        token,
+        bytes,
+        logprob: t.logprob.unwrap_or(0.0),
+        top: t
+            .top_logprobs
+            .iter()
+            .take(k)
+            .map(|&(id, logprob)| {
+                let (token, bytes) = token_text(model, id);
+                TopLogprob {
+                    token,
+                    bytes,
+                    logprob,
+                }
+            })
+            .collect(),
     }
-    Err(EngineError::Internal(
-        "the engine stopped before the request finished".into(),
-    ))
 }
 
 /// Unix seconds, for `created`.

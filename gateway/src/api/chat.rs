@@ -11,10 +11,9 @@ use futures::{Stream, StreamExt};
 use rosetta_config::RequestLimits;
 use rosetta_engine::grammar::GrammarSpec;
 use rosetta_engine::text::{ChatMessage, ContentPart, MessageContent, RenderOptions};
-use rosetta_engine::{EngineError, GeneratedToken};
 use serde_json::Value;
 
-use super::answer::{collect, new_id, now_secs, token_text, AnswerEvent};
+use super::answer::{new_id, now_secs};
 use super::authentication::Caller;
 use super::error::ApiError;
 use super::extract::{parse_json, OpenAiJsonRaw};
@@ -23,7 +22,9 @@ use super::pipeline::{self, Answer, Generation, Rendered, Work};
 use super::sse::{self, json_event};
 use super::tool_params::{self, Shape};
 use super::types::*;
+use super::upstream_body::{self, ChatTemplateFields, UpstreamRequest};
 use crate::assistant::{OutputParser, Piece, Toolset, Turn};
+use crate::reply::{self, Finish, ReplyError, ReplyEvent};
 use crate::registry::LocalModel;
 use crate::state::AppState;
 
@@ -206,6 +207,8 @@ pub struct ChatCall {
     pub template_kwargs: Option<serde_json::Map<String, Value>>,
     /// The request used `functions`: its call is answered as `function_call`.
     pub legacy_functions: bool,
+    /// `reasoning_effort` and `chat_template_kwargs` as sent, for a remote replica.
+    pub template_fields: ChatTemplateFields,
 }
 
 fn validate(
@@ -229,6 +232,11 @@ fn validate(
             Shape::Chat,
             limits,
         )?
+    };
+    let template_fields = ChatTemplateFields {
+        reasoning_effort: req.reasoning_effort.clone(),
+        chat_template_kwargs: req.chat_template_kwargs.clone(),
+        add_generation_prompt: req.add_generation_prompt.unwrap_or(true),
     };
     let template_kwargs =
         tool_params::template_kwargs(req.chat_template_kwargs, req.reasoning_effort.as_deref())?;
@@ -267,6 +275,7 @@ fn validate(
         tools,
         template_kwargs,
         legacy_functions,
+        template_fields,
     })
 }
 
@@ -362,17 +371,30 @@ impl Generation for ChatCall {
         "chat"
     }
 
+    fn output_parser(&self, model: &LocalModel) -> OutputParser {
+        tool_params::output_parser(model, self.tools.as_ref(), &self.sampling)
+    }
+
+    fn upstream(&self) -> UpstreamRequest {
+        upstream_body::chat(
+            &self.messages,
+            &self.sampling,
+            self.tools.as_ref(),
+            &self.template_fields,
+        )
+    }
+
     fn render<'a>(&'a self, answer: Answer<'a>) -> Rendered<'a> {
         Box::pin(render(self, answer))
     }
 }
 
 /// Chat chunks, or one `chat.completion` body.
-async fn render(chat: &ChatCall, answer: Answer<'_>) -> Result<Response, EngineError> {
+async fn render(chat: &ChatCall, answer: Answer<'_>) -> Result<Response, ReplyError> {
     let Answer {
         state,
         model,
-        items,
+        replies,
         ..
     } = answer;
     let n = chat.sampling.params.n;
@@ -381,25 +403,21 @@ async fn render(chat: &ChatCall, answer: Answer<'_>) -> Result<Response, EngineE
     let meta = ChatIdentity {
         id,
         created: now_secs(),
-        model: model.id.clone(),
+        model,
         fingerprint: state.fingerprint().to_string(),
-        top_logprobs: chat.sampling.params.sampling.logprobs,
+        logprobs: chat.sampling.params.sampling.logprobs.is_some(),
     };
-    let parsers: Vec<OutputParser> = (0..n)
-        .map(|_| tool_params::output_parser(&model, chat.tools.as_ref(), &chat.sampling))
-        .collect();
     if chat.sampling.stream {
         let events = stream_chunks(
-            items,
+            replies,
             meta,
-            model,
-            parsers,
+            n,
             chat.sampling.include_usage,
             chat.legacy_functions,
         );
         return Ok(sse::response(state.drain(), events));
     }
-    let (choices, usage) = collect(items, n).await?;
+    let (choices, usage) = reply::collect(replies, n).await?;
     let body = ChatCompletion {
         id: meta.id.clone(),
         object: "chat.completion",
@@ -408,24 +426,15 @@ async fn render(chat: &ChatCall, answer: Answer<'_>) -> Result<Response, EngineE
         system_fingerprint: meta.fingerprint.clone(),
         choices: choices
             .into_iter()
-            .zip(parsers)
             .enumerate()
-            .map(|(index, (c, parser))| {
-                let turn = parser.read_whole(&c.text);
-                let finish = finish_reason(c.finish, !turn.calls.is_empty(), chat.legacy_functions);
-                ChatChoice {
-                    index,
-                    message: assistant_message(turn, chat.legacy_functions),
-                    logprobs: meta.top_logprobs.map(|k| ChatLogprobs {
-                        content: c
-                            .tokens
-                            .iter()
-                            .map(|t| token_logprob(&model, t, k))
-                            .collect(),
-                        refusal: None,
-                    }),
-                    finish_reason: finish,
-                }
+            .map(|(index, c)| ChatChoice {
+                index,
+                message: assistant_message(c.turn(), chat.legacy_functions),
+                logprobs: meta.logprobs.then(|| ChatLogprobs {
+                    content: c.logprobs.iter().map(wire_logprob).collect(),
+                    refusal: None,
+                }),
+                finish_reason: finish_reason(c.finish, chat.legacy_functions),
             })
             .collect(),
         usage: usage.into(),
@@ -433,16 +442,10 @@ async fn render(chat: &ChatCall, answer: Answer<'_>) -> Result<Response, EngineE
     Ok(axum::Json(body).into_response())
 }
 
-/// `tool_calls` (or `function_call`) when the turn called tools and ended by itself; else
-/// the engine's reason.
-fn finish_reason(
-    finish: Option<rosetta_engine::FinishReason>,
-    called: bool,
-    legacy: bool,
-) -> Option<&'static str> {
+/// The reply's reason, with `function_call` for a request that sent `functions`.
+fn finish_reason(finish: Option<Finish>, legacy: bool) -> Option<&'static str> {
     finish.map(|f| match f {
-        rosetta_engine::FinishReason::Stop if called && legacy => "function_call",
-        rosetta_engine::FinishReason::Stop if called => "tool_calls",
+        Finish::ToolCalls if legacy => "function_call",
         f => f.as_str(),
     })
 }
@@ -545,7 +548,8 @@ struct ChatIdentity {
     created: u64,
     model: String,
     fingerprint: String,
-    top_logprobs: Option<usize>,
+    /// Whether the request asked for logprobs.
+    logprobs: bool,
 }
 
 impl ChatIdentity {
@@ -562,23 +566,18 @@ impl ChatIdentity {
     }
 }
 
-fn token_logprob(model: &LocalModel, t: &GeneratedToken, k: usize) -> TokenLogprob {
-    let (token, bytes) = token_text(model, t.id);
+fn wire_logprob(t: &reply::TokenLogprob) -> TokenLogprob {
     TokenLogprob {
-        token,
-        logprob: t.logprob.unwrap_or(0.0),
-        bytes,
+        token: t.token.clone(),
+        logprob: t.logprob,
+        bytes: t.bytes.clone(),
         top_logprobs: Some(
-            t.top_logprobs
+            t.top
                 .iter()
-                .take(k)
-                .map(|&(id, logprob)| {
-                    let (token, bytes) = token_text(model, id);
-                    TopLogprob {
-                        token,
-                        logprob,
-                        bytes,
-                    }
+                .map(|a| TopLogprob {
+                    token: a.token.clone(),
+                    logprob: a.logprob,
+                    bytes: a.bytes.clone(),
                 })
                 .collect(),
         ),
@@ -586,15 +585,14 @@ fn token_logprob(model: &LocalModel, t: &GeneratedToken, k: usize) -> TokenLogpr
 }
 
 fn stream_chunks(
-    items: impl Stream<Item = AnswerEvent> + Send + 'static,
+    replies: impl Stream<Item = ReplyEvent> + Send + 'static,
     meta: ChatIdentity,
-    model: std::sync::Arc<LocalModel>,
-    mut parsers: Vec<OutputParser>,
+    choices: usize,
     include_usage: bool,
     legacy: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
     // OpenAI opens each choice with a chunk carrying the role.
-    let opening: Vec<Event> = (0..parsers.len())
+    let opening: Vec<Event> = (0..choices)
         .map(|index| {
             let choice = ChatChunkChoice {
                 index,
@@ -609,68 +607,46 @@ fn stream_chunks(
             json_event(&meta.chunk(vec![choice], include_usage))
         })
         .collect();
-    // Whether each choice has called a tool (its finish reason is then `tool_calls`).
-    let mut called = vec![false; parsers.len()];
-    let body = items.flat_map(move |item| {
-        let events: Vec<Event> = match item {
-            AnswerEvent::Delta(d) => {
+    let body = replies.flat_map(move |event| {
+        let events: Vec<Event> = match event {
+            ReplyEvent::Step(step) => {
                 let mut out = Vec::new();
-                let mut logprobs = meta.top_logprobs.map(|k| ChatLogprobs {
-                    content: d
-                        .token
-                        .iter()
-                        .map(|t| token_logprob(&model, t, k))
-                        .collect(),
+                let mut logprobs = meta.logprobs.then(|| ChatLogprobs {
+                    content: step.logprobs.iter().map(wire_logprob).collect(),
                     refusal: None,
                 });
-                let Some(parser) = parsers.get_mut(d.index) else {
-                    return futures::stream::iter(Vec::new().into_iter().map(Ok));
-                };
-                let mut pieces = if parser.is_plain() {
-                    (!d.text.is_empty())
-                        .then(|| Piece::Content(d.text.clone()))
-                        .into_iter()
-                        .collect()
-                } else {
-                    parser.push(&d.text)
-                };
-                if d.finish_reason.is_some() {
-                    pieces.extend(parser.finish());
-                }
-                if pieces.is_empty() && logprobs.is_some() {
+                let mut pieces = step.pieces;
+                if pieces.is_empty() && !step.logprobs.is_empty() && logprobs.is_some() {
                     // The token's text is held back (it may open a marker); its logprobs
                     // still go out with it.
                     pieces.push(Piece::Content(String::new()));
                 }
                 for piece in pieces {
-                    if matches!(piece, Piece::Call { .. }) {
-                        called[d.index] = true;
-                    }
                     let choice = ChatChunkChoice {
-                        index: d.index,
+                        index: step.index,
                         delta: piece_delta(piece, legacy),
                         logprobs: logprobs.take(),
                         finish_reason: None,
                     };
                     out.push(json_event(&meta.chunk(vec![choice], include_usage)));
                 }
-                if let Some(f) = d.finish_reason {
+                if step.finish.is_some() {
                     let choice = ChatChunkChoice {
-                        index: d.index,
+                        index: step.index,
                         delta: ChatDelta::default(),
                         logprobs: None,
-                        finish_reason: finish_reason(Some(f), called[d.index], legacy),
+                        finish_reason: finish_reason(step.finish, legacy),
                     };
                     out.push(json_event(&meta.chunk(vec![choice], include_usage)));
                 }
                 out
             }
-            AnswerEvent::Done(usage) => sse::closing(include_usage.then(|| {
+            ReplyEvent::Done(usage) => sse::closing(include_usage.then(|| {
                 let mut last = meta.chunk(Vec::new(), true);
                 last.usage = Some(Some(usage.into()));
                 last
             })),
-            AnswerEvent::Error(e) => sse::error_closing(&e.into()),
+            ReplyEvent::Error(e) => sse::error_closing(&e.into()),
         };
         futures::stream::iter(events.into_iter().map(Ok))
     });

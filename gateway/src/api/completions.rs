@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -11,10 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures::{Stream, StreamExt};
 use rosetta_config::RequestLimits;
-use rosetta_engine::{EngineError, GeneratedToken};
 use serde_json::Value;
 
-use super::answer::{collect, new_id, now_secs, token_text, AnswerEvent};
+use super::answer::{new_id, now_secs};
 use super::authentication::Caller;
 use super::error::ApiError;
 use super::extract::{parse_json, OpenAiJsonRaw};
@@ -23,7 +21,10 @@ use super::pipeline::{self, Answer, Generation, Rendered, Work};
 use super::prompts::{self, Prompts};
 use super::sse::{self, json_event};
 use super::types::*;
+use super::upstream_body::{self, UpstreamRequest};
+use crate::assistant::OutputParser;
 use crate::registry::LocalModel;
+use crate::reply::{self, Finish, ReplyError, ReplyEvent, TokenLogprob};
 use crate::state::AppState;
 
 /// OpenAI's default for the legacy endpoint.
@@ -165,6 +166,18 @@ impl Generation for CompletionCall {
         }
     }
 
+    fn output_parser(&self, _model: &LocalModel) -> OutputParser {
+        OutputParser::plain()
+    }
+
+    fn echoes(&self) -> bool {
+        self.echo
+    }
+
+    fn upstream(&self) -> UpstreamRequest {
+        upstream_body::completion(&self.prompts, &self.sampling, self.echo)
+    }
+
     fn operation(&self) -> &'static str {
         "text_completion"
     }
@@ -175,54 +188,46 @@ impl Generation for CompletionCall {
 }
 
 /// Completion chunks, or one `text_completion` body.
-async fn render(call: &CompletionCall, answer: Answer<'_>) -> Result<Response, EngineError> {
+async fn render(call: &CompletionCall, answer: Answer<'_>) -> Result<Response, ReplyError> {
     let Answer {
         state,
         model,
-        prompts,
-        items,
+        echoes,
+        replies,
     } = answer;
-    let echoes = if call.echo {
-        prompts
-            .iter()
-            .map(|p| model.tokenizer.decode(p, true))
-            .collect::<Result<Vec<_>, _>>()?
-    } else {
-        Vec::new()
-    };
     let per_prompt = call.sampling.params.n;
-    let total_choices = per_prompt * prompts.len();
+    let total_choices = per_prompt * call.prompts.len();
     let id = new_id("cmpl");
     crate::telemetry::attribute(&tracing::Span::current(), "gen_ai.response.id", id.as_str());
     let meta = CompletionIdentity {
         id,
         created: now_secs(),
-        model: model.id.clone(),
+        model,
         fingerprint: state.fingerprint().to_string(),
-        logprobs: call.sampling.params.sampling.logprobs,
+        logprobs: call.sampling.params.sampling.logprobs.is_some(),
         echoes,
         per_prompt,
     };
     let (stream, include_usage) = (call.sampling.stream, call.sampling.include_usage);
     if stream {
-        let events = stream_chunks(items, meta, model, total_choices, include_usage);
+        let events = stream_chunks(replies, meta, total_choices, include_usage);
         return Ok(sse::response(state.drain(), events));
     }
-    let (choices, usage) = collect(items, total_choices).await?;
+    let (choices, usage) = reply::collect(replies, total_choices).await?;
     let body = Completion {
         choices: choices
             .into_iter()
             .enumerate()
             .map(|(index, c)| CompletionChoice {
                 index,
-                text: format!("{}{}", meta.echo_for(index), c.text),
-                logprobs: meta.logprobs.map(|k| {
+                text: format!("{}{}", meta.echo_for(index), c.text()),
+                logprobs: meta.logprobs.then(|| {
                     let mut lp = CompletionLogprobs::default();
                     let mut offset = 0;
-                    append_logprobs(&mut lp, &model, &c.tokens, k, &mut offset);
+                    append_logprobs(&mut lp, &c.logprobs, &mut offset);
                     lp
                 }),
-                finish_reason: c.finish.map(|f| f.as_str()),
+                finish_reason: c.finish.map(Finish::as_str),
             })
             .collect(),
         usage: Some(Some(usage.into())),
@@ -237,8 +242,9 @@ struct CompletionIdentity {
     created: u64,
     model: String,
     fingerprint: String,
-    logprobs: Option<usize>,
-    /// Decoded prompts, when `echo` is set.
+    /// Whether the request asked for logprobs.
+    logprobs: bool,
+    /// The prompts as text, when `echo` is set and the engine does not echo them itself.
     echoes: Vec<String>,
     per_prompt: usize,
 }
@@ -274,33 +280,24 @@ impl CompletionIdentity {
 }
 
 /// Appends tokens in the legacy layout; `offset` is the running character offset of the text.
-fn append_logprobs(
-    lp: &mut CompletionLogprobs,
-    model: &LocalModel,
-    tokens: &[GeneratedToken],
-    k: usize,
-    offset: &mut usize,
-) {
+fn append_logprobs(lp: &mut CompletionLogprobs, tokens: &[TokenLogprob], offset: &mut usize) {
     for t in tokens {
-        let (text, _) = token_text(model, t.id);
         lp.text_offset.push(*offset);
-        *offset += text.chars().count();
-        lp.tokens.push(text);
-        lp.token_logprobs.push(t.logprob.unwrap_or(0.0));
+        *offset += t.token.chars().count();
+        lp.tokens.push(t.token.clone());
+        lp.token_logprobs.push(t.logprob);
         let top: HashMap<String, f32> = t
-            .top_logprobs
+            .top
             .iter()
-            .take(k)
-            .map(|&(id, l)| (token_text(model, id).0, l))
+            .map(|a| (a.token.clone(), a.logprob))
             .collect();
         lp.top_logprobs.push(top);
     }
 }
 
 fn stream_chunks(
-    items: impl Stream<Item = AnswerEvent> + Send + 'static,
+    replies: impl Stream<Item = ReplyEvent> + Send + 'static,
     meta: CompletionIdentity,
-    model: Arc<LocalModel>,
     choices: usize,
     include_usage: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
@@ -317,34 +314,35 @@ fn stream_chunks(
         })
         .collect();
     let mut offsets = vec![0usize; choices];
-    let body = items.flat_map(move |item| {
-        let events: Vec<Event> = match item {
-            AnswerEvent::Delta(d) => {
-                let logprobs = meta.logprobs.map(|k| {
+    let body = replies.flat_map(move |event| {
+        let events: Vec<Event> = match event {
+            ReplyEvent::Step(step) => {
+                let logprobs = meta.logprobs.then(|| {
                     let mut lp = CompletionLogprobs::default();
-                    if let Some(offset) = offsets.get_mut(d.index) {
-                        append_logprobs(&mut lp, &model, d.token.as_slice(), k, offset);
+                    if let Some(offset) = offsets.get_mut(step.index) {
+                        append_logprobs(&mut lp, &step.logprobs, offset);
                     }
                     lp
                 });
-                if d.text.is_empty() && logprobs.is_none() && d.finish_reason.is_none() {
+                let text = reply::content(&step.pieces);
+                if text.is_empty() && logprobs.is_none() && step.finish.is_none() {
                     Vec::new()
                 } else {
                     let choice = CompletionChoice {
-                        index: d.index,
-                        text: d.text,
+                        index: step.index,
+                        text,
                         logprobs,
-                        finish_reason: d.finish_reason.map(|f| f.as_str()),
+                        finish_reason: step.finish.map(Finish::as_str),
                     };
                     vec![json_event(&meta.chunk(choice, include_usage))]
                 }
             }
-            AnswerEvent::Done(usage) => sse::closing(include_usage.then(|| Completion {
+            ReplyEvent::Done(usage) => sse::closing(include_usage.then(|| Completion {
                 choices: Vec::new(),
                 usage: Some(Some(usage.into())),
                 ..meta.header()
             })),
-            AnswerEvent::Error(e) => sse::error_closing(&e.into()),
+            ReplyEvent::Error(e) => sse::error_closing(&e.into()),
         };
         futures::stream::iter(events.into_iter().map(Ok))
     });

@@ -17,6 +17,7 @@ use super::error::ApiError;
 use super::extract::OpenAiJsonRaw;
 use super::pipeline::{self, Embedding, Work};
 use super::prompts::{self, Prompts};
+use super::upstream_body::{self, UpstreamRequest};
 use crate::registry::LocalModel;
 use crate::state::AppState;
 
@@ -113,6 +114,14 @@ pub fn validate(req: EmbeddingRequest, limits: &RequestLimits) -> Result<Embeddi
 impl Embedding for EmbeddingCall {
     fn model(&self) -> &str {
         &self.model
+    }
+
+    fn upstream(&self) -> UpstreamRequest {
+        upstream_body::embeddings(
+            &self.inputs,
+            self.encoding == Encoding::Base64,
+            self.dimensions,
+        )
     }
 
     fn language_text(&self) -> String {

@@ -186,6 +186,17 @@ impl From<UpstreamRefusal> for ApiError {
     }
 }
 
+impl From<crate::reply::ReplyError> for ApiError {
+    fn from(e: crate::reply::ReplyError) -> Self {
+        use crate::reply::ReplyError;
+        match e {
+            ReplyError::Engine(e) => e.into(),
+            ReplyError::Cut(why) => ApiError::unavailable(why, 1),
+            e @ ReplyError::Upstream(_) => ApiError::bad_gateway(e.to_string()),
+        }
+    }
+}
+
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {

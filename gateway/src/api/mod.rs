@@ -18,10 +18,10 @@ pub mod ratelimit_headers;
 mod responses;
 mod scrape;
 mod sse;
-mod sse_relay;
 mod tokenize;
 mod tool_params;
 pub mod types;
+mod upstream_body;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};

@@ -54,6 +54,9 @@ pub struct Sampling {
     pub max_tokens: Option<usize>,
     pub stream: bool,
     pub include_usage: bool,
+    /// The sampling fields the client set, re-encoded from their parsed types: what a
+    /// remote replica is sent (structured-output fields aside; see `upstream_body`).
+    pub stated: serde_json::Map<String, serde_json::Value>,
 }
 
 /// vLLM's structured-output fields: at most one grammar.
@@ -262,7 +265,30 @@ pub fn validate(
         max_tokens,
         stream,
         include_usage: stream && f.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        stated: stated_fields(f),
     })
+}
+
+/// Fields the upstream gets in another form: the constraint (normalised from `grammar`),
+/// the length (from `max_tokens`), and what says how to stream.
+const RESTATED: &[&str] = &[
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "structured_outputs",
+    "max_tokens",
+    "stream",
+    "stream_options",
+];
+
+/// The sampling fields the client set, as the parser read them.
+fn stated_fields(f: &SamplingFields) -> serde_json::Map<String, serde_json::Value> {
+    let Ok(serde_json::Value::Object(mut fields)) = serde_json::to_value(f) else {
+        return serde_json::Map::new();
+    };
+    fields.retain(|k, v| !v.is_null() && !RESTATED.contains(&k.as_str()));
+    fields
 }
 
 /// Parses `logit_bias` keys to token ids, sorted; two keys naming one token is an error.

@@ -16,44 +16,49 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use futures::stream::BoxStream;
+use futures::StreamExt;
 use serde_json::Value;
 
 use rosetta_engine::encoder::{EmbedRequest, Embeddings};
 use rosetta_engine::EngineError;
 
-use super::answer::{admit, error_type, submit_admitted, with_rate_headers, AnswerEvent};
+use super::answer::{admit, error_type, replies, submit_admitted, with_rate_headers};
 use super::authentication::Caller;
 use super::error::ApiError;
 use super::params::Sampling;
 use super::sse;
-use super::sse_relay;
+use super::upstream_body::UpstreamRequest;
 use crate::access::AccessError;
+use crate::assistant::OutputParser;
 use crate::language::{self, iso, Language};
 use crate::metrics::GenerationMeasure;
 use crate::pool::remote::{ForwardError, Forwarded, OnBehalf, RemoteClient};
+use crate::pool::upstream_reply;
 use crate::pool::{InFlight, Replica, ReplicaKind};
 use crate::registry::LocalModel;
+use crate::reply::{ReplyError, ReplyEvent};
 use crate::router::Target;
 use crate::state::AppState;
 
-/// What an endpoint renders: the model that answered, the request's tokenized prompts, and
-/// the merged events of all its prompts and choices.
+/// What an endpoint renders, whichever replica answered: the model's id, the prompts as text
+/// where the endpoint echoes them and the engine does not, and the replies of all its prompts
+/// and choices.
 pub struct Answer<'a> {
     pub state: &'a AppState,
-    pub model: Arc<LocalModel>,
-    pub prompts: Vec<Vec<u32>>,
-    pub items: BoxStream<'static, AnswerEvent>,
+    pub model: String,
+    pub echoes: Vec<String>,
+    pub replies: BoxStream<'static, ReplyEvent>,
 }
 
-/// The endpoint's rendering; what can fail there is the engine (mid-generation, or decoding).
-pub type Rendered<'a> = Pin<Box<dyn Future<Output = Result<Response, EngineError>> + Send + 'a>>;
+/// The endpoint's rendering; what can fail there is the answer (a whole one that broke off).
+pub type Rendered<'a> = Pin<Box<dyn Future<Output = Result<Response, ReplyError>> + Send + 'a>>;
 
 /// One validated generation request, whatever its endpoint: what the pipeline needs to route,
 /// admit and run it, and how the endpoint turns the answer into its wire format.
 pub trait Generation: Send + Sync {
     /// The model or route alias asked for.
     fn model(&self) -> &str;
-    /// The endpoint's path, for remote replicas (which take the same OpenAI request).
+    /// The endpoint's path.
     fn path(&self) -> &'static str;
     /// `gen_ai.operation.name`: `chat` or `text_completion`.
     fn operation(&self) -> &'static str;
@@ -67,6 +72,14 @@ pub trait Generation: Send + Sync {
     fn prompt_count(&self) -> usize;
     /// Its prompts rendered and tokenized for `model`.
     fn prompts(&self, model: &LocalModel) -> Result<Vec<Vec<u32>>, ApiError>;
+    /// How `model`'s text is read into thinking, content and tool calls, for each choice.
+    fn output_parser(&self, model: &LocalModel) -> OutputParser;
+    /// Whether its answer starts with its prompts (a completion's `echo`).
+    fn echoes(&self) -> bool {
+        false
+    }
+    /// What a remote replica is sent.
+    fn upstream(&self) -> UpstreamRequest;
     /// The endpoint's answer: chunks of a stream, or one JSON body.
     fn render<'a>(&'a self, answer: Answer<'a>) -> Rendered<'a>;
 }
@@ -83,6 +96,8 @@ pub trait Embedding: Send + Sync {
     fn check(&self, model: &LocalModel) -> Result<(), ApiError>;
     /// The endpoint's body for the model's vectors.
     fn render(&self, model: &LocalModel, embeddings: Embeddings) -> Response;
+    /// What a remote replica is sent.
+    fn upstream(&self) -> UpstreamRequest;
 }
 
 /// What a validated request asks of a model: text, or embeddings.
@@ -100,10 +115,10 @@ impl Work<'_> {
         }
     }
 
-    fn path(&self) -> &'static str {
+    fn upstream(&self) -> UpstreamRequest {
         match self {
-            Work::Generate(g) => g.path(),
-            Work::Embed(_) => "/v1/embeddings",
+            Work::Generate(g) => g.upstream(),
+            Work::Embed(e) => e.upstream(),
         }
     }
 
@@ -153,6 +168,15 @@ fn engine_failure(e: EngineError) -> AttemptError {
         AttemptError::Retry(e.into())
     } else {
         AttemptError::Final(e.into())
+    }
+}
+
+/// A whole answer that broke off before anything reached the client: another replica may
+/// serve it, unless the native engine says otherwise.
+fn reply_failure(e: ReplyError) -> AttemptError {
+    match e {
+        ReplyError::Engine(e) => engine_failure(e),
+        e => AttemptError::Retry(ApiError::unavailable(e.to_string(), 1)),
     }
 }
 
@@ -540,15 +564,28 @@ async fn run_local(
     let rate = admission.state();
     count_language_cost(state, &model, ctx, &prompts);
     let measure = ctx.measure(state, Work::Generate(call), &model.id);
+    let echoes = if call.echoes() {
+        prompts
+            .iter()
+            .map(|p| model.tokenizer.decode(p, true))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(engine_failure)?
+    } else {
+        Vec::new()
+    };
     let items = submit_admitted(&model, requests, admission, hold, measure, &caller.facts)
         .map_err(engine_failure)?;
+    let parsers = (0..prompts.len() * sampling.params.n)
+        .map(|_| call.output_parser(&model))
+        .collect();
+    let top = sampling.params.sampling.logprobs;
     let answer = Answer {
         state,
-        model,
-        prompts,
-        items: Box::pin(items),
+        model: model.id.clone(),
+        echoes,
+        replies: Box::pin(replies(items, model.clone(), parsers, top)),
     };
-    let response = call.render(answer).await.map_err(engine_failure)?;
+    let response = call.render(answer).await.map_err(reply_failure)?;
     Ok(with_rate_headers(response, rate))
 }
 
@@ -631,6 +668,8 @@ fn count_language_cost(
     }
 }
 
+/// On a remote replica: admission of the estimated tokens, the upstream's answer read as
+/// replies (settling the tenant's tokens on its usage), then the endpoint's rendering.
 #[allow(clippy::too_many_arguments)]
 async fn run_remote(
     state: &AppState,
@@ -643,6 +682,7 @@ async fn run_remote(
     hold: InFlight,
     ctx: &Context<'_>,
 ) -> Result<Response, AttemptError> {
+    let upstream = call.upstream();
     // The prompt's tokens by the model's own tokenizer where this process has the model;
     // else about a token per 3 bytes of the body. Usage settles the difference either way.
     let prompt_estimate = state
@@ -665,84 +705,87 @@ async fn run_remote(
         priority: caller.priority(),
         cache_salt: state.salt_key().tenant_salt(caller.scheduling_tenant()),
     };
-    // Measured once the replica has answered (an attempt that fails is not a generation).
-    let measure = || ctx.measure(state, call, model_id);
-    // The body has been validated in full; only a remote replica needs it as a JSON tree.
-    let body: Value = serde_json::from_slice(raw)
-        .map_err(|e| AttemptError::Final(ApiError::invalid(format!("Invalid JSON body: {e}"))))?;
-    match remote.forward(call.path(), &body, &who).await {
-        Ok(Forwarded::Json(mut body)) => {
-            body["model"] = Value::String(model_id.to_string());
-            if let Some(total) = body["usage"]["total_tokens"].as_u64() {
-                admission.record_usage(total);
-            }
-            measure_upstream(&mut measure(), &body);
-            drop(hold);
-            Ok(with_rate_headers(axum::Json(body).into_response(), rate))
+    // Only the extension fields a replica's config lists are read from the body as sent.
+    let sent: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
+    let answer = match remote.forward(&upstream, &sent, &who).await {
+        Ok(answer) => answer,
+        Err(ForwardError::Unavailable(why)) => {
+            return Err(AttemptError::Retry(ApiError::unavailable(
+                format!("replica {replica} is unavailable: {why}"),
+                1,
+            )))
         }
-        Ok(Forwarded::Stream(first, rest)) => {
-            let mut chunks = 0u64;
-            let mut measure = measure();
-            let events = sse_relay::relay(first, rest, model_id.to_string(), move |event| {
-                let _ = &hold;
-                if event["choices"].as_array().is_some_and(|c| !c.is_empty()) {
-                    measure.token(Instant::now());
-                }
-                measure_upstream(&mut measure, event);
-                match event.get("usage").filter(|u| !u.is_null()) {
-                    Some(u) => admission.record_usage(u["total_tokens"].as_u64().unwrap_or(0)),
-                    // Without usage, count a token per content chunk.
-                    None => {
-                        chunks += 1;
-                        admission.record_usage(prompt_estimate.saturating_add(chunks));
-                    }
-                }
-            });
-            let closing = sse_relay::error_event(&sse::shutting_down())
-                .into_iter()
-                .map(Ok)
-                .collect();
-            let events = state.drain().guard_stream(events, closing);
-            let resp = Response::builder()
-                .header("content-type", "text/event-stream")
-                .header("cache-control", "no-cache")
-                .body(axum::body::Body::from_stream(events))
-                .map_err(|e| AttemptError::Final(ApiError::internal(e.to_string())))?;
-            Ok(with_rate_headers(resp, rate))
-        }
-        Err(ForwardError::Unavailable(why)) => Err(AttemptError::Retry(ApiError::unavailable(
-            format!("replica {replica} is unavailable: {why}"),
-            1,
-        ))),
         // The gateway's own credentials or access were refused: the operator's fault, not
         // the client's; another replica may be configured right.
-        Err(ForwardError::Unauthorized(status)) => Err(AttemptError::Retry(ApiError::bad_gateway(
-            format!("replica {replica} refused the gateway ({status}); check its api_key"),
-        ))),
-        Err(ForwardError::Refused(e)) => Err(AttemptError::Final(e.into())),
-    }
-}
-
-/// A remote replica's answer (a body or a chunk): its finish reasons and usage.
-fn measure_upstream(measure: &mut GenerationMeasure, body: &Value) {
-    for choice in body["choices"].as_array().into_iter().flatten() {
-        if let Some(reason) = choice["finish_reason"].as_str() {
-            measure.finished(match reason {
-                "stop" => "stop",
-                "length" => "length",
-                "tool_calls" => "tool_calls",
-                "content_filter" => "content_filter",
-                _ => "other",
-            });
+        Err(ForwardError::Unauthorized(status)) => {
+            return Err(AttemptError::Retry(ApiError::bad_gateway(format!(
+                "replica {replica} refused the gateway ({status}); check its api_key"
+            ))))
         }
-    }
-    let usage = &body["usage"];
-    if let (Some(input), Some(output)) = (
-        usage["prompt_tokens"].as_u64(),
-        usage["completion_tokens"].as_u64(),
-    ) {
-        measure.usage(input, output);
-    }
+        Err(ForwardError::Refused(e)) => return Err(AttemptError::Final(e.into())),
+    };
+    // Measured once the replica has answered (an attempt that fails is not a generation).
+    let mut measure = ctx.measure(state, call, model_id);
+    let generation = match call {
+        Work::Generate(g) => g,
+        Work::Embed(_) => {
+            let Forwarded::Json(mut body) = answer else {
+                return Err(AttemptError::Retry(ApiError::unavailable(
+                    format!("replica {replica} streamed an embeddings answer"),
+                    1,
+                )));
+            };
+            body["model"] = Value::String(model_id.to_string());
+            let usage = &body["usage"];
+            let prompt = usage["prompt_tokens"].as_u64().unwrap_or(prompt_estimate);
+            admission.record_usage(usage["total_tokens"].as_u64().unwrap_or(prompt));
+            measure.usage(prompt, 0);
+            measure.finished("stop");
+            drop(hold);
+            return Ok(with_rate_headers(axum::Json(body).into_response(), rate));
+        }
+    };
+    let replies: BoxStream<'static, ReplyEvent> = match answer {
+        Forwarded::Json(body) => Box::pin(futures::stream::iter(upstream_reply::whole(&body))),
+        Forwarded::Stream(first, rest) => Box::pin(upstream_reply::stream(first, rest)),
+    };
+    let mut steps = 0u64;
+    let replies = replies.map(move |event| {
+        // Both live as long as the answer.
+        let _ = (&hold, &admission);
+        match &event {
+            ReplyEvent::Step(step) => {
+                if !step.pieces.is_empty() {
+                    measure.token(Instant::now());
+                    steps += 1;
+                    admission.record_usage(prompt_estimate.saturating_add(steps));
+                }
+                if let Some(f) = step.finish {
+                    measure.finished(f.as_str());
+                }
+            }
+            ReplyEvent::Done(u) => {
+                // An upstream that reports no usage is counted a token per step.
+                let prompt = if u.prompt_tokens > 0 {
+                    u.prompt_tokens as u64
+                } else {
+                    prompt_estimate
+                };
+                measure.usage(prompt, u.completion_tokens as u64);
+                admission.record_usage(prompt.saturating_add(u.completion_tokens as u64));
+            }
+            ReplyEvent::Error(_) => measure.failed("replica"),
+        }
+        event
+    });
+    let answer = Answer {
+        state,
+        model: model_id.to_string(),
+        echoes: Vec::new(),
+        replies: Box::pin(replies),
+    };
+    let response = generation.render(answer).await.map_err(reply_failure)?;
+    Ok(with_rate_headers(response, rate))
 }
 
 /// The most completion tokens it may ask for: the reservation for a remote replica.

@@ -14,11 +14,10 @@ use axum::Extension;
 use futures::{Stream, StreamExt};
 use rosetta_config::RequestLimits;
 use rosetta_engine::grammar::GrammarSpec;
-use rosetta_engine::{EngineError, FinishReason};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::answer::{collect, now_secs, AnswerEvent};
+use super::answer::now_secs;
 use super::authentication::Caller;
 use super::chat::{self, ChatCall};
 use super::error::ApiError;
@@ -28,7 +27,9 @@ use super::pipeline::{self, Answer, Generation, Rendered, Work};
 use super::sse;
 use super::tool_params::{self, Shape};
 use super::types::SamplingFields;
+use super::upstream_body::{ChatTemplateFields, UpstreamRequest};
 use crate::assistant::{OutputParser, Piece, Turn};
+use crate::reply::{self, Finish, ReplyError, ReplyEvent};
 use crate::ids::item_id;
 use crate::registry::LocalModel;
 use crate::state::AppState;
@@ -168,6 +169,11 @@ fn validate(
             tools,
             template_kwargs,
             legacy_functions: false,
+            template_fields: ChatTemplateFields {
+                reasoning_effort: effort.map(str::to_string),
+                chat_template_kwargs: None,
+                add_generation_prompt: true,
+            },
         },
         echo,
         origins,
@@ -372,13 +378,22 @@ impl Generation for ResponsesCall {
     fn render<'a>(&'a self, answer: Answer<'a>) -> Rendered<'a> {
         Box::pin(render(self, answer))
     }
+
+    fn output_parser(&self, model: &LocalModel) -> OutputParser {
+        self.chat.output_parser(model)
+    }
+
+    /// The conversation as a chat: any OpenAI-compatible upstream can answer it.
+    fn upstream(&self) -> UpstreamRequest {
+        self.chat.upstream()
+    }
 }
 
-async fn render(call: &ResponsesCall, answer: Answer<'_>) -> Result<Response, EngineError> {
+async fn render(call: &ResponsesCall, answer: Answer<'_>) -> Result<Response, ReplyError> {
     let Answer {
         state,
         model,
-        items,
+        replies,
         ..
     } = answer;
     let id = item_id("resp");
@@ -386,17 +401,16 @@ async fn render(call: &ResponsesCall, answer: Answer<'_>) -> Result<Response, En
     let shell = ResponseShell {
         id,
         created_at: now_secs(),
-        model: model.id.clone(),
+        model,
         echo: call.echo.clone(),
     };
-    let parser = tool_params::output_parser(&model, call.chat.tools.as_ref(), &call.chat.sampling);
     if call.chat.sampling.stream {
-        let events = stream_events(items, shell, parser);
+        let events = stream_events(replies, shell);
         return Ok(sse::response(state.drain(), events));
     }
-    let (choices, usage) = collect(items, 1).await?;
+    let (choices, usage) = reply::collect(replies, 1).await?;
     let choice = choices.into_iter().next().unwrap_or_default();
-    let turn = parser.read_whole(&choice.text);
+    let turn = choice.turn();
     let mut output = Vec::new();
     let Turn {
         reasoning,
@@ -438,13 +452,13 @@ impl ResponseShell {
     /// length limit.
     fn body(
         &self,
-        finish: Option<FinishReason>,
+        finish: Option<Finish>,
         output: Vec<Value>,
         usage: Option<rosetta_engine::Usage>,
     ) -> Value {
         let (status, incomplete) = match finish {
             None => ("in_progress", Value::Null),
-            Some(FinishReason::Length) => ("incomplete", json!({"reason": "max_output_tokens"})),
+            Some(Finish::Length) => ("incomplete", json!({"reason": "max_output_tokens"})),
             Some(_) => ("completed", Value::Null),
         };
         let e = &self.echo;
@@ -680,9 +694,8 @@ impl EventWriter {
 }
 
 fn stream_events(
-    items: impl Stream<Item = AnswerEvent> + Send + 'static,
+    replies: impl Stream<Item = ReplyEvent> + Send + 'static,
     shell: ResponseShell,
-    mut parser: OutputParser,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
     let mut writer = EventWriter {
         sequence: 0,
@@ -695,20 +708,18 @@ fn stream_events(
         writer.event(json!({"type": "response.in_progress", "response": snapshot})),
     ];
     let mut finish = None;
-    let body = items.flat_map(move |item| {
+    let body = replies.flat_map(move |event| {
         let mut out = Vec::new();
-        match item {
-            AnswerEvent::Delta(d) => {
-                let mut pieces = parser.push(&d.text);
-                if d.finish_reason.is_some() {
-                    pieces.extend(parser.finish());
-                    finish = d.finish_reason;
+        match event {
+            ReplyEvent::Step(step) => {
+                if step.finish.is_some() {
+                    finish = step.finish;
                 }
-                for p in pieces {
+                for p in step.pieces {
                     writer.piece(p, &mut out);
                 }
             }
-            AnswerEvent::Done(usage) => {
+            ReplyEvent::Done(usage) => {
                 if writer.done.is_empty() && matches!(writer.open, Open::Nothing) {
                     // An empty answer is still a message.
                     writer.ensure("message", &mut out);
@@ -723,7 +734,7 @@ fn stream_events(
                 };
                 out.push(writer.event(json!({"type": kind, "response": response})));
             }
-            AnswerEvent::Error(e) => {
+            ReplyEvent::Error(e) => {
                 let e = ApiError::from(e);
                 out.push(writer.event(json!({"type": "error", "code": e.body.code,
                     "message": e.body.message, "param": e.body.param})));

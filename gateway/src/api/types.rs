@@ -7,14 +7,14 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 /// `stop`: one string or a list.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum StopField {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
@@ -23,7 +23,7 @@ pub struct StreamOptions {
 /// Sampling and length fields shared by both endpoints, plus vLLM's extensions. Parsed from
 /// the same body as the endpoint's own fields, in a pass of its own (serde's `flatten` would
 /// buffer the whole body a second time).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct SamplingFields {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
@@ -57,7 +57,8 @@ pub struct SamplingFields {
     pub guided_choice: Option<Vec<String>>,
     pub guided_grammar: Option<String>,
     pub structured_outputs: Option<serde_json::Value>,
-    /// OpenAI's request metadata; Rosetta reads `language` from it.
+    /// OpenAI's request metadata; Rosetta reads `language` from it (and keeps it).
+    #[serde(skip_serializing)]
     pub metadata: Option<Metadata>,
 }
 

@@ -108,6 +108,15 @@ impl OutputParser {
         }
     }
 
+    /// A parser that passes text through as content (a completion's).
+    pub fn plain() -> Self {
+        Self {
+            reasoning: None,
+            calls: None,
+            thoughts: Vec::new(),
+        }
+    }
+
     /// Whether text passes through unchanged (nothing to read out of it).
     pub fn is_plain(&self) -> bool {
         self.reasoning.is_none() && self.calls.is_none()

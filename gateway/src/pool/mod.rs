@@ -4,6 +4,7 @@
 pub mod breaker;
 mod discovery;
 pub mod remote;
+pub mod upstream_reply;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};

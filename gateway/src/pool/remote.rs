@@ -35,65 +35,13 @@ pub struct RemoteClient {
     http: reqwest::Client,
 }
 
-/// The request fields Rosetta validates and so may pass on: OpenAI's, and the sampling
-/// extensions vLLM shares with Rosetta's engine. Everything else (priority, cache_salt,
-/// chat_template, guided decoding, ...) is dropped unless a replica's `forward_fields` names it.
-const VALIDATED_FIELDS: &[&str] = &[
-    // both endpoints
-    "model",
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "n",
-    "stop",
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "seed",
-    "user",
-    "stream",
-    "stream_options",
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "min_tokens",
-    "ignore_eos",
-    // structured outputs
-    "response_format",
-    "guided_json",
-    "guided_regex",
-    "guided_choice",
-    "guided_grammar",
-    "structured_outputs",
-    "stop_token_ids",
-    "skip_special_tokens",
-    // chat
-    "messages",
-    "max_completion_tokens",
-    "logprobs",
-    "top_logprobs",
-    "add_generation_prompt",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "functions",
-    "function_call",
-    "reasoning_effort",
-    // responses
-    "input",
-    "instructions",
-    "max_output_tokens",
-    "text",
-    "store",
-    // embeddings (and `input` above)
-    "encoding_format",
-    "dimensions",
-    // completions
-    "prompt",
-    "echo",
-    "best_of",
-    "suffix",
-];
+/// A request for a remote replica, built from a validated one: the path and the body,
+/// without `model` (the replica names its own).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamRequest {
+    pub path: &'static str,
+    pub body: serde_json::Map<String, Value>,
+}
 
 /// Why a forward failed.
 #[derive(Debug)]
@@ -189,29 +137,29 @@ impl RemoteClient {
         *self.load.lock().unwrap_or_else(|p| p.into_inner()) = load;
     }
 
-    /// The body for the upstream: the validated fields of the client's request, plus the
-    /// extension fields this replica's config lists, with the upstream's model name.
-    fn upstream_body(&self, body: &Value) -> Value {
-        let mut out = serde_json::Map::new();
-        if let Value::Object(fields) = body {
-            for (k, v) in fields {
-                if VALIDATED_FIELDS.contains(&k.as_str()) || self.forward_fields.contains(k) {
-                    out.insert(k.clone(), v.clone());
-                }
+    /// The body for the upstream: the request's, the extension fields this replica's
+    /// config lists (taken from what the client sent), and the upstream's model name.
+    fn upstream_body(&self, request: &UpstreamRequest, sent: &Value) -> Value {
+        let mut out = request.body.clone();
+        for field in &self.forward_fields {
+            if let Some(v) = sent.get(field).filter(|v| !v.is_null()) {
+                out.insert(field.clone(), v.clone());
             }
         }
         out.insert("model".into(), Value::String(self.upstream_model.clone()));
         Value::Object(out)
     }
 
-    /// Sends `body` (its `model` replaced by the upstream's name) to `path`.
+    /// Sends `request` (with the upstream's model name, and the extension fields its config
+    /// lists from `sent`, the client's body).
     pub async fn forward(
         &self,
-        path: &str,
-        body: &Value,
+        request: &UpstreamRequest,
+        sent: &Value,
         who: &OnBehalf<'_>,
     ) -> Result<Forwarded, ForwardError> {
-        let mut body = self.upstream_body(body);
+        let path = request.path;
+        let mut body = self.upstream_body(request, sent);
         if self.cache_salt {
             body["cache_salt"] = Value::String(who.cache_salt.clone());
         }
