@@ -2,7 +2,11 @@
 //! its engine token (the gateway without it gets 502 naming the replica by id, never its
 //! URL), the same 400 for a bad request whether the model is served here or remotely, and
 //! what reaches an upstream (validated fields, configured extensions, a per-tenant
-//! `cache_salt`), observed by a fake upstream that records request bodies.
+//! `cache_salt`), observed by a fake upstream that records request bodies. A remote replica's
+//! answer is read into the same replies as the native engine's and rendered by the same
+//! endpoint code: greedy answers (content, logprobs, echo) are identical through a local and a
+//! remote replica of the same weights, and an upstream's streamed thinking and tool calls come
+//! out as each endpoint's own events.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -199,9 +203,13 @@ async fn an_upstream_gets_validated_fields_listed_extensions_and_a_tenant_salt()
             );
         }
         assert_eq!(b["chat_template_kwargs"], json!({"enable_thinking": false}));
-        // A structured-output constraint Rosetta validated goes on: dropping it would make
-        // the upstream answer unconstrained.
-        assert_eq!(b["guided_json"], json!({"type": "object"}));
+        // A structured-output constraint Rosetta validated goes on, as OpenAI's
+        // `response_format`: dropping it would make the upstream answer unconstrained.
+        assert_eq!(
+            b["response_format"]["json_schema"]["schema"],
+            json!({"type": "object"})
+        );
+        assert!(b.get("guided_json").is_none(), "{b}");
         assert_eq!(b["max_tokens"], 3);
         let salt = b["cache_salt"].as_str().unwrap();
         assert_eq!(salt.len(), 32, "{b}");
@@ -241,4 +249,243 @@ async fn upstream_usage_beyond_the_reservation_is_charged_as_debt() {
         wait >= 10,
         "a debt of ~300 at 20 tokens/s: retry-after {wait}"
     );
+}
+
+/// The same request, greedy, through this process's engine and through an engine-only
+/// replica of the same weights.
+#[tokio::test]
+async fn local_and_remote_replicas_of_the_same_weights_answer_alike() {
+    let engine = Server::start_with_args(ENGINE, &["--listen", "127.0.0.1:0", "--engine-only"]);
+    let g = Server::start(&gateway(engine.base_url(), Some("t0ken-for-gateways")));
+    let ask = |model: &str, extra: Value| {
+        let mut body = json!({"model": model, "messages": [{"role": "user", "content": "Habari ya asubuhi"}],
+            "temperature": 0, "max_tokens": 6, "ignore_eos": true, "logprobs": true, "top_logprobs": 2});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let strip = |mut v: Value| {
+        for k in ["id", "created", "model", "system_fingerprint"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        v
+    };
+    let local = g
+        .post("/v1/chat/completions", &ask("here", json!({})))
+        .await
+        .ok();
+    let remote = g
+        .post("/v1/chat/completions", &ask("m", json!({})))
+        .await
+        .ok();
+    assert_eq!(remote["model"], "m");
+    assert_eq!(
+        local["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
+    assert_eq!(strip(local), strip(remote));
+
+    let streamed = json!({"stream": true, "stream_options": {"include_usage": true}});
+    let local = g
+        .stream("/v1/chat/completions", ask("here", streamed.clone()))
+        .await;
+    let remote = g.stream("/v1/chat/completions", ask("m", streamed)).await;
+    let local: Vec<Value> = local.into_iter().map(strip).collect();
+    let remote: Vec<Value> = remote.into_iter().map(strip).collect();
+    assert_eq!(local, remote);
+
+    // A completion's echo and logprobs in the legacy layout.
+    let completion = |model: &str| {
+        json!({"model": model, "prompt": "Jambo", "echo": true, "temperature": 0,
+            "max_tokens": 4, "ignore_eos": true})
+    };
+    let local = g.post("/v1/completions", &completion("here")).await.ok();
+    let remote = g.post("/v1/completions", &completion("m")).await.ok();
+    assert!(local["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("Jambo"));
+    assert_eq!(strip(local), strip(remote));
+    let logprobs = |model: &str| {
+        json!({"model": model, "prompt": "Jambo", "logprobs": 2, "temperature": 0,
+            "max_tokens": 4, "ignore_eos": true, "stream": true})
+    };
+    let local = g.stream("/v1/completions", logprobs("here")).await;
+    let remote = g.stream("/v1/completions", logprobs("m")).await;
+    let local: Vec<Value> = local.into_iter().map(strip).collect();
+    let remote: Vec<Value> = remote.into_iter().map(strip).collect();
+    assert_eq!(local, remote);
+}
+
+/// A fake OpenAI-compatible upstream (for tests about the gateway) that streams `chunks` to
+/// every POST as SSE, and records each request's path and body.
+fn fake_streaming_upstream(chunks: Vec<Value>) -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = requests.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let (seen, chunks) = (seen.clone(), chunks.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                if !request_line.starts_with("POST") {
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+                    );
+                    return;
+                }
+                let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
+                seen.lock()
+                    .unwrap()
+                    .push((path, serde_json::from_slice(&body).unwrap()));
+                let mut events: String = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+                events.push_str("data: [DONE]\n\n");
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{events}",
+                    events.len()
+                );
+            });
+        }
+    });
+    (url, requests)
+}
+
+#[tokio::test]
+async fn an_upstreams_thinking_and_tool_calls_come_out_as_each_endpoints_events() {
+    let delta = |d: Value, finish: Value| {
+        json!({"id": "up", "object": "chat.completion.chunk", "created": 1,
+        "model": "theirs", "choices": [{"index": 0, "delta": d, "finish_reason": finish}]})
+    };
+    let chunks = vec![
+        delta(json!({"role": "assistant", "content": ""}), Value::Null),
+        delta(
+            json!({"reasoning_content": "Weather needs a city."}),
+            Value::Null,
+        ),
+        delta(
+            json!({"tool_calls": [{"index": 0, "id": "call_up1", "type": "function",
+                "function": {"name": "get_weather", "arguments": ""}}]}),
+            Value::Null,
+        ),
+        delta(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\": \"Nairobi\"}"}}]}),
+            Value::Null,
+        ),
+        delta(json!({}), json!("tool_calls")),
+        json!({"id": "up", "object": "chat.completion.chunk", "created": 1, "model": "theirs",
+            "choices": [], "usage": {"prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29}}),
+    ];
+    let (url, requests) = fake_streaming_upstream(chunks);
+    let g = Server::start(&format!(
+        "server: {{ listen: 127.0.0.1:0 }}\nauth: {{ allow_unauthenticated: true }}\n\
+         models:\n  - {{ id: m, licence: apache-2.0, remote: [{{ url: \"{url}\" }}] }}\n"
+    ));
+    let tool = json!({"type": "function", "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}});
+
+    // The Responses API, streamed: the upstream is asked for a chat.
+    // Its events end with `response.completed`, without `[DONE]`.
+    let r = g
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "Weather in Nairobi?", "tools": [tool], "stream": true}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let events: Vec<Value> = sse_data(&r.text)
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert!(
+        kinds.contains(&"response.reasoning_text.delta"),
+        "{kinds:?}"
+    );
+    let done = events
+        .iter()
+        .find(|e| e["type"] == "response.function_call_arguments.done")
+        .unwrap_or_else(|| panic!("{kinds:?}"));
+    assert_eq!(done["arguments"], "{\"city\": \"Nairobi\"}");
+    let completed = events.last().unwrap();
+    assert_eq!(completed["type"], "response.completed", "{completed}");
+    assert_eq!(completed["response"]["model"], "m");
+    assert_eq!(completed["response"]["usage"]["output_tokens"], 9);
+    let call = completed["response"]["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"] == "function_call")
+        .unwrap();
+    assert_eq!(
+        (call["name"].as_str(), call["call_id"].as_str()),
+        (Some("get_weather"), Some("call_up1"))
+    );
+    {
+        let seen = requests.lock().unwrap();
+        let (path, body) = &seen[0];
+        assert_eq!(path, "/v1/chat/completions");
+        assert_eq!(
+            body["messages"],
+            json!([{"role": "user", "content": "Weather in Nairobi?"}])
+        );
+        assert_eq!(body["tools"][0]["function"]["name"], "get_weather");
+        assert_eq!(body["stream_options"]["include_usage"], true);
+    }
+
+    // The deprecated `functions`, whole: answered as `function_call`, as OpenAI does.
+    let r = g
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "m", "messages": [{"role": "user", "content": "Weather?"}],
+                "functions": [{"name": "get_weather", "parameters": tool["parameters"]}],
+                "stream": true}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let chunks = sse_json(&r.text);
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .map(|c| &c["choices"][0]["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finish, vec![&json!("function_call")]);
+    assert_eq!(
+        chunks
+            .iter()
+            .filter(|c| c["choices"][0]["delta"]["function_call"]["name"] == "get_weather")
+            .count(),
+        1
+    );
+    let seen = requests.lock().unwrap();
+    assert_eq!(
+        seen[1].1["tools"][0]["function"]["name"], "get_weather",
+        "{:?}",
+        seen[1].1
+    );
+    assert!(seen[1].1.get("functions").is_none());
 }

@@ -15,10 +15,10 @@ use rosetta_engine::{
 use super::authentication::Caller;
 use crate::access::AccessError;
 use crate::assistant::{OutputParser, Piece};
-use crate::reply::{Finish, ReplyEvent, Step, TokenLogprob, TopLogprob};
 use crate::metrics::{GenerationMeasure, RequestFacts};
 use crate::ratelimit::{Admission, RateState};
 use crate::registry::LocalModel;
+use crate::reply::{Finish, ReplyEvent, Step, TokenLogprob, TopLogprob};
 use crate::state::AppState;
 
 /// Gives the requests the caller's scheduling tier and tenant, and admits them within the
@@ -243,7 +243,11 @@ pub fn replies(
         let event = match item {
             AnswerEvent::Delta(d) => {
                 let logprobs = match top {
-                    Some(k) => d.token.iter().map(|t| token_logprob(&model, t, k)).collect(),
+                    Some(k) => d
+                        .token
+                        .iter()
+                        .map(|t| token_logprob(&model, t, k))
+                        .collect(),
                     None => Vec::new(),
                 };
                 match (parsers.get_mut(d.index), called.get_mut(d.index)) {

@@ -24,8 +24,8 @@ use super::tool_params::{self, Shape};
 use super::types::*;
 use super::upstream_body::{self, ChatTemplateFields, UpstreamRequest};
 use crate::assistant::{OutputParser, Piece, Toolset, Turn};
-use crate::reply::{self, Finish, ReplyError, ReplyEvent};
 use crate::registry::LocalModel;
+use crate::reply::{self, Finish, ReplyError, ReplyEvent};
 use crate::state::AppState;
 
 /// `function` is the deprecated form of `tool` (a result for the last `function_call`).

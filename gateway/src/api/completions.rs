@@ -286,11 +286,8 @@ fn append_logprobs(lp: &mut CompletionLogprobs, tokens: &[TokenLogprob], offset:
         *offset += t.token.chars().count();
         lp.tokens.push(t.token.clone());
         lp.token_logprobs.push(t.logprob);
-        let top: HashMap<String, f32> = t
-            .top
-            .iter()
-            .map(|a| (a.token.clone(), a.logprob))
-            .collect();
+        let top: HashMap<String, f32> =
+            t.top.iter().map(|a| (a.token.clone(), a.logprob)).collect();
         lp.top_logprobs.push(top);
     }
 }

@@ -29,9 +29,9 @@ use super::tool_params::{self, Shape};
 use super::types::SamplingFields;
 use super::upstream_body::{ChatTemplateFields, UpstreamRequest};
 use crate::assistant::{OutputParser, Piece, Turn};
-use crate::reply::{self, Finish, ReplyError, ReplyEvent};
 use crate::ids::item_id;
 use crate::registry::LocalModel;
+use crate::reply::{self, Finish, ReplyError, ReplyEvent};
 use crate::state::AppState;
 
 #[derive(Debug, Clone, Deserialize)]

@@ -32,7 +32,10 @@ pub fn chat(
         body.insert("top_logprobs".into(), json!(k));
     }
     if let Some(tools) = tools {
-        body.insert("tools".into(), Value::Array(tools.tools.iter().map(tool).collect()));
+        body.insert(
+            "tools".into(),
+            Value::Array(tools.tools.iter().map(tool).collect()),
+        );
         body.insert("tool_choice".into(), tool_choice(&tools.choice));
         body.insert("parallel_tool_calls".into(), json!(tools.parallel));
     }
@@ -189,8 +192,10 @@ mod tests {
 
     #[test]
     fn a_chat_goes_upstream_as_validated_with_its_constraint_and_usage() {
-        let s = sampling(json!({"temperature": 0.5, "max_tokens": 3.0, "stream": true,
-            "stop": "x", "guided_regex": "[a-z]+", "metadata": {"language": "sw"}}));
+        let s = sampling(
+            json!({"temperature": 0.5, "max_tokens": 3.0, "stream": true,
+            "stop": "x", "guided_regex": "[a-z]+", "metadata": {"language": "sw"}}),
+        );
         let messages = vec![ChatMessage {
             role: "assistant".into(),
             tool_calls: vec![json!({"id": "call_1", "type": "function",

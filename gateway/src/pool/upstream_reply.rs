@@ -259,7 +259,10 @@ impl ChunkReader {
         if let Some(r) = reasoning(m) {
             out.push(Piece::Reasoning(r.to_string()));
         }
-        for text in [m["content"].as_str(), c["text"].as_str()].into_iter().flatten() {
+        for text in [m["content"].as_str(), c["text"].as_str()]
+            .into_iter()
+            .flatten()
+        {
             if !text.is_empty() {
                 out.push(Piece::Content(text.to_string()));
             }
@@ -273,7 +276,10 @@ impl ChunkReader {
         if let Some(r) = reasoning(d).filter(|r| !r.is_empty()) {
             out.push(Piece::Reasoning(r.to_string()));
         }
-        for text in [d["content"].as_str(), c["text"].as_str()].into_iter().flatten() {
+        for text in [d["content"].as_str(), c["text"].as_str()]
+            .into_iter()
+            .flatten()
+        {
             if !text.is_empty() {
                 out.push(Piece::Content(text.to_string()));
             }
@@ -333,7 +339,12 @@ fn logprobs(v: &Value) -> Vec<TokenLogprob> {
     let bytes = |t: &Value, token: &str| -> Vec<u8> {
         t["bytes"]
             .as_array()
-            .map(|b| b.iter().filter_map(|x| x.as_u64()).map(|x| x as u8).collect())
+            .map(|b| {
+                b.iter()
+                    .filter_map(|x| x.as_u64())
+                    .map(|x| x as u8)
+                    .collect()
+            })
             .unwrap_or_else(|| token.as_bytes().to_vec())
     };
     if let Some(content) = v["content"].as_array() {
@@ -393,9 +404,10 @@ mod tests {
     use super::*;
 
     async fn read(first: &str, rest: Vec<Result<&'static str, String>>) -> Vec<ReplyEvent> {
-        let rest: ByteStream = Box::pin(stream::iter(rest.into_iter().map(|r| {
-            r.map(|s: &'static str| Bytes::from_static(s.as_bytes()))
-        })));
+        let rest: ByteStream =
+            Box::pin(stream::iter(rest.into_iter().map(|r| {
+                r.map(|s: &'static str| Bytes::from_static(s.as_bytes()))
+            })));
         stream(Bytes::from(first.to_string()), rest).collect().await
     }
 
@@ -438,9 +450,9 @@ mod tests {
                 },
             ]
         );
-        assert!(events.iter().any(
-            |e| matches!(e, ReplyEvent::Step(s) if s.finish == Some(Finish::ToolCalls))
-        ));
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, ReplyEvent::Step(s) if s.finish == Some(Finish::ToolCalls))));
         match events.last() {
             Some(ReplyEvent::Done(u)) => assert_eq!((u.prompt_tokens, u.completion_tokens), (5, 3)),
             other => panic!("{other:?}"),
@@ -474,7 +486,9 @@ mod tests {
         let rest: Vec<Result<&'static str, String>> = (0..1024).map(|_| Ok(chunk)).collect();
         let events = read("data: ", rest).await;
         assert_eq!(events.len(), 1);
-        assert!(matches!(&events[0], ReplyEvent::Error(ReplyError::Cut(m)) if m.contains("too long")));
+        assert!(
+            matches!(&events[0], ReplyEvent::Error(ReplyError::Cut(m)) if m.contains("too long"))
+        );
     }
 
     #[test]
@@ -494,13 +508,18 @@ mod tests {
             panic!()
         };
         assert_eq!(first.finish, Some(Finish::ToolCalls));
-        assert!(matches!(&first.pieces[0], Piece::Call { id, arguments, .. } if id == "call_9" && arguments == "{\"a\":1}"));
+        assert!(
+            matches!(&first.pieces[0], Piece::Call { id, arguments, .. } if id == "call_9" && arguments == "{\"a\":1}")
+        );
         let ReplyEvent::Step(second) = &events[1] else {
             panic!()
         };
         assert_eq!(second.logprobs.len(), 2);
         assert_eq!(second.logprobs[1].top[0].token, "ne");
-        assert!(matches!(whole(&json!({"oops": 1})).last(), Some(ReplyEvent::Error(_))));
+        assert!(matches!(
+            whole(&json!({"oops": 1})).last(),
+            Some(ReplyEvent::Error(_))
+        ));
     }
 
     proptest::proptest! {
