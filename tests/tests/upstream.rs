@@ -321,9 +321,12 @@ async fn local_and_remote_replicas_of_the_same_weights_answer_alike() {
     assert_eq!(local, remote);
 }
 
+/// Each request's path and body, as an upstream received them.
+type Requests = Arc<Mutex<Vec<(String, Value)>>>;
+
 /// A fake OpenAI-compatible upstream (for tests about the gateway) that streams `chunks` to
 /// every POST as SSE, and records each request's path and body.
-fn fake_streaming_upstream(chunks: Vec<Value>) -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+fn fake_streaming_upstream(chunks: Vec<Value>) -> (String, Requests) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let requests = Arc::new(Mutex::new(Vec::new()));

@@ -1,7 +1,8 @@
-//! A remote replica: an OpenAI-compatible upstream reached over HTTP. Requests are passed on
-//! with the upstream's model name; answers come back with ours. A stream is committed to the
-//! client only once its first chunk has arrived, so until then a failure can be retried
-//! elsewhere; after that, a failure ends the stream with an error event.
+//! A remote replica: an OpenAI-compatible upstream reached over HTTP. It is sent a body built
+//! from the validated request, with the upstream's model name; its answer is read into the
+//! same replies as the native engine's (`upstream_reply`). A stream is committed to the client
+//! only once its first chunk has arrived, so until then a failure can be retried elsewhere;
+//! after that, a failure ends the stream with an error event.
 
 use std::pin::Pin;
 use std::time::Duration;
