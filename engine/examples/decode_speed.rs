@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use rosetta_engine::kv::{KvLayout, KvPool};
-use rosetta_engine::model::{LogitRows, SeqChunk, Transformer};
+use rosetta_engine::model::{LogitRows, SeqChunk, Transformer, WeightFormat};
 
 fn main() {
     if std::env::var("IN_POOL").is_ok() {
@@ -20,7 +20,7 @@ fn run() {
     let prompt_len: usize = args
         .next()
         .map_or(32, |s| s.parse().expect("PROMPT_TOKENS"));
-    let model = Transformer::load(&dir, None, 8192).expect("load");
+    let model = Transformer::load(&dir, WeightFormat::F32, 8192).expect("load");
     let s = model.shape();
     let blocks = (prompt_len + steps).div_ceil(16);
     let layout = KvLayout {

@@ -15,6 +15,7 @@ use rosetta_engine::kv::KvLayout;
 use rosetta_engine::model::cuda::CudaTransformer;
 use rosetta_engine::model::{
     BlockCopy, LogitRows, ModelRunner, ModelWeights, SeqChunk, Transformer, WeightDtype,
+    WeightFormat,
 };
 
 fn chunk<'a>(
@@ -45,7 +46,7 @@ fn assert_close(cpu: &[Vec<f32>], gpu: &[Vec<f32>], what: &str) {
 
 /// Runs the same three steps on the CPU and CUDA runners of one model and compares logits.
 fn compare(dir: &std::path::Path, block: usize, what: &str) {
-    let cpu_model = Transformer::load(dir, None, 256).unwrap();
+    let cpu_model = Transformer::load(dir, WeightFormat::F32, 256).unwrap();
     let shape = cpu_model.shape().clone();
     let layout = KvLayout {
         num_blocks: 32,

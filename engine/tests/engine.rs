@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rosetta_engine::demo::{Arch, DemoSpec, Size};
-use rosetta_engine::model::Transformer;
+use rosetta_engine::model::{Transformer, WeightFormat};
 use rosetta_engine::text::{IncrementalDetokenizer, ModelTokenizer};
 use rosetta_engine::{
     Engine, FinishReason, GenerateEvent, GenerateRequest, NativeEngine, NativeEngineConfig,
@@ -23,7 +23,7 @@ fn model_dir() -> &'static Path {
 fn start(kv_cache_bytes: u64, max_num_seqs: usize) -> (NativeEngine, Arc<ModelTokenizer>) {
     let dir = model_dir();
     let tok = Arc::new(ModelTokenizer::from_dir(dir).unwrap());
-    let model = Transformer::load(dir, None, 512).unwrap();
+    let model = Transformer::load(dir, WeightFormat::F32, 512).unwrap();
     let cfg = NativeEngineConfig {
         block_size: 4,
         kv_cache_bytes,

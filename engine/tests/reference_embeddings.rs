@@ -7,9 +7,9 @@ mod reference;
 
 use std::path::Path;
 
-use candle_core::DType;
 use rosetta_engine::demo::{self, Arch, DemoSpec, Size, StoredDtype};
 use rosetta_engine::encoder::{EmbedRequest, Encoder, EncoderConfig, EncoderEngine, Pooling};
+use rosetta_engine::model::WeightFormat;
 use rosetta_engine::text::ModelTokenizer;
 use rosetta_engine::Engine;
 
@@ -40,7 +40,7 @@ fn inputs(dir: &Path) -> Vec<Vec<u32>> {
     .collect()
 }
 
-fn check(spec: DemoSpec, dtype: Option<DType>) {
+fn check(spec: DemoSpec, dtype: WeightFormat) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("m");
     generate(&dir, &spec);
@@ -76,7 +76,10 @@ fn check(spec: DemoSpec, dtype: Option<DType>) {
 
 #[test]
 fn xlm_roberta_matches_reference() {
-    check(DemoSpec::new(Arch::XlmRoberta, Size::Tiny, 1), None);
+    check(
+        DemoSpec::new(Arch::XlmRoberta, Size::Tiny, 1),
+        WeightFormat::F32,
+    );
 }
 
 #[test]
@@ -86,7 +89,7 @@ fn xlm_roberta_bf16_sharded_matches_reference() {
         shards: 2,
         ..DemoSpec::new(Arch::XlmRoberta, Size::Tiny, 2)
     };
-    check(spec, Some(DType::BF16));
+    check(spec, WeightFormat::Bf16);
 }
 
 /// The engine batches requests together and splits long ones over several passes; each
@@ -97,7 +100,7 @@ async fn the_engine_batches_and_answers_each_request() {
     let dir = tmp.path().join("m");
     generate(&dir, &DemoSpec::new(Arch::XlmRoberta, Size::Tiny, 3));
     let seqs = inputs(&dir);
-    let encoder = Encoder::load(&dir, None).unwrap();
+    let encoder = Encoder::load(&dir, WeightFormat::F32).unwrap();
     let pooling = Pooling::from_dir(&dir).unwrap();
     let h = encoder.shape().hidden_size;
     let expected: Vec<Vec<f32>> = seqs
@@ -109,7 +112,7 @@ async fn the_engine_batches_and_answers_each_request() {
         max_batch_tokens: 20,
         max_waiting: 8,
     };
-    let engine = EncoderEngine::load(&dir, None, config).unwrap();
+    let engine = EncoderEngine::load(&dir, WeightFormat::F32, config).unwrap();
     let tickets: Vec<_> = (0..6)
         .map(|k| {
             let inputs: Vec<Vec<u32>> = (0..=k % seqs.len())

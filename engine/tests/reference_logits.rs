@@ -5,10 +5,9 @@ mod reference;
 
 use std::path::Path;
 
-use candle_core::DType;
 use rosetta_engine::demo::{self, Arch, DemoSpec, Size, StoredDtype};
 use rosetta_engine::kv::{KvLayout, KvPool};
-use rosetta_engine::model::{LogitRows, SeqChunk, Transformer};
+use rosetta_engine::model::{LogitRows, SeqChunk, Transformer, WeightFormat};
 
 fn generate(dir: &Path, spec: &DemoSpec) {
     demo::generate(dir, spec, &mut |_, _| {}).expect("generate demo model");
@@ -28,7 +27,7 @@ fn engine_logits(
     tokens: &[u32],
     block_size: usize,
     chunk: usize,
-    dtype: Option<DType>,
+    dtype: WeightFormat,
 ) -> Vec<Vec<f32>> {
     let model = Transformer::load(dir, dtype, 4096).expect("load model");
     let s = model.shape();
@@ -68,8 +67,16 @@ fn check(spec: DemoSpec) -> f32 {
     let mut worst = 0.0f32;
     // Whole prompt at once, and token by token (decode path), with different block sizes.
     // bf16 storage widens to f32 for arithmetic, so it matches too (exactly, on bf16 files).
-    let dtype = (spec.dtype == StoredDtype::Bf16).then_some(DType::BF16);
-    for (bs, chunk, dtype) in [(16, 40, None), (4, 1, None), (1, 7, dtype)] {
+    let dtype = if spec.dtype == StoredDtype::Bf16 {
+        WeightFormat::Bf16
+    } else {
+        WeightFormat::F32
+    };
+    for (bs, chunk, dtype) in [
+        (16, 40, WeightFormat::F32),
+        (4, 1, WeightFormat::F32),
+        (1, 7, dtype),
+    ] {
         let got = engine_logits(&dir, &tokens, bs, chunk, dtype);
         assert_eq!(got.len(), want.len());
         for (g, w) in got.iter().zip(&want) {
@@ -162,7 +169,7 @@ fn missing_tensor_and_unknown_architecture_are_named() {
         cfg.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
     )
     .unwrap();
-    let err = Transformer::load(&dir, None, 64)
+    let err = Transformer::load(&dir, WeightFormat::F32, 64)
         .err()
         .expect("must fail")
         .to_string();
@@ -172,7 +179,7 @@ fn missing_tensor_and_unknown_architecture_are_named() {
         cfg.replace("\"model_type\": \"llama\"", "\"model_type\": \"gpt_neox\""),
     )
     .unwrap();
-    let err = Transformer::load(&dir, None, 64)
+    let err = Transformer::load(&dir, WeightFormat::F32, 64)
         .err()
         .expect("must fail")
         .to_string();
@@ -209,7 +216,7 @@ fn batch_invariant(spec: DemoSpec) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("m");
     generate(&dir, &spec);
-    let model = Transformer::load(&dir, None, 512).unwrap();
+    let model = Transformer::load(&dir, WeightFormat::F32, 512).unwrap();
     let s = model.shape();
     let layout = KvLayout {
         num_blocks: 256,

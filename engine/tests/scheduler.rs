@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rosetta_engine::demo::{Arch, DemoSpec, Size};
-use rosetta_engine::model::{ModelShape, Transformer};
+use rosetta_engine::model::{ModelShape, Transformer, WeightFormat};
 use rosetta_engine::text::ModelTokenizer;
 use rosetta_engine::{
     Engine, EventStream, GenerateEvent, GenerateRequest, NativeEngine, NativeEngineConfig,
@@ -32,7 +32,7 @@ fn bytes_per_token() -> u64 {
 fn start(cfg: NativeEngineConfig) -> NativeEngine {
     let dir = model_dir();
     let tok = Arc::new(ModelTokenizer::from_dir(dir).unwrap());
-    let model = Transformer::load(dir, None, CONTEXT).unwrap();
+    let model = Transformer::load(dir, WeightFormat::F32, CONTEXT).unwrap();
     NativeEngine::start(model, tok, cfg).unwrap()
 }
 

@@ -11,7 +11,7 @@ use rosetta_config::{Backend, Dtype, EngineDevice, ModelConfig, ModelSource};
 use rosetta_engine::demo::{self, DemoSpec};
 use rosetta_engine::encoder::{self, EncoderConfig, EncoderEngine};
 use rosetta_engine::grammar::GrammarCompiler;
-use rosetta_engine::model::{ModelShape, Transformer, WeightDtype};
+use rosetta_engine::model::{ModelShape, Transformer, WeightFormat};
 use rosetta_engine::text::{ChatTemplate, ModelTokenizer};
 use rosetta_engine::{Engine, NativeEngine, NativeEngineConfig};
 
@@ -199,6 +199,15 @@ pub fn load_model(
     })
 }
 
+/// How the CPU path holds a model's weights.
+fn cpu_format(dtype: Dtype) -> WeightFormat {
+    match dtype {
+        Dtype::Auto | Dtype::F32 => WeightFormat::F32,
+        Dtype::Bf16 => WeightFormat::Bf16,
+        Dtype::Int8 => WeightFormat::Int8,
+    }
+}
+
 /// Rosetta's own engine, on the CPU or a CUDA device.
 fn start_native(
     dir: &Path,
@@ -209,11 +218,7 @@ fn start_native(
 ) -> Result<Arc<dyn Engine>, rosetta_engine::EngineError> {
     let engine = match cfg.engine.device {
         EngineDevice::Cpu => {
-            let dtype = match cfg.dtype {
-                Dtype::Auto | Dtype::F32 => None,
-                Dtype::Bf16 => Some(WeightDtype::BF16),
-            };
-            let model = Transformer::load(dir, dtype, max_context)?;
+            let model = Transformer::load(dir, cpu_format(cfg.dtype), max_context)?;
             let budget = cfg.engine.kv_cache_budget(available_memory());
             NativeEngine::start(model, tokenizer, engine_config(budget))
         }
@@ -238,6 +243,11 @@ fn start_mistralrs(
     tokenizer: &ModelTokenizer,
 ) -> Result<Arc<dyn Engine>, rosetta_engine::EngineError> {
     use rosetta_mistralrs::{MistralRsEngine, MistralRsOptions};
+    if cfg.dtype == Dtype::Int8 {
+        return Err(rosetta_engine::EngineError::load(
+            "`dtype: int8` is the native engine's format; mistral.rs quantizes with `isq: Q8_0`",
+        ));
+    }
     let engine = MistralRsEngine::load(MistralRsOptions {
         dir: dir.to_path_buf(),
         isq: cfg.isq.clone(),
@@ -272,14 +282,10 @@ fn load_encoder(cfg: &ModelConfig, dir: &Path) -> anyhow::Result<LocalModel> {
             "embedding models run on the native engine's CPU path only; remove `engine.device` and `backend`"
         );
     }
-    let dtype = match cfg.dtype {
-        Dtype::Auto | Dtype::F32 => None,
-        Dtype::Bf16 => Some(WeightDtype::BF16),
-    };
     let started = std::time::Instant::now();
     let engine = EncoderEngine::load(
         dir,
-        dtype,
+        cpu_format(cfg.dtype),
         EncoderConfig {
             max_batch_tokens: cfg.engine.max_num_batched_tokens.max(1),
             max_waiting: cfg.engine.max_num_seqs.max(1),
@@ -322,9 +328,15 @@ fn start_cuda(
     engine_config: impl Fn(u64) -> NativeEngineConfig,
 ) -> Result<NativeEngine, rosetta_engine::EngineError> {
     use rosetta_engine::model::cuda::CudaTransformer;
+    use rosetta_engine::model::WeightDtype;
     let dtype = match cfg.dtype {
         Dtype::Auto | Dtype::Bf16 => WeightDtype::BF16,
         Dtype::F32 => WeightDtype::F32,
+        Dtype::Int8 => {
+            return Err(rosetta_engine::EngineError::load(
+                "`dtype: int8` is a CPU weight format; on a GPU use `bf16` or `f32`",
+            ))
+        }
     };
     let model = CudaTransformer::load(dir, ordinal, dtype, max_context)?;
     let budget = cfg.engine.kv_cache_budget(model.free_memory()?);

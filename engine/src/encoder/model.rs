@@ -6,6 +6,8 @@
 use std::path::Path;
 
 use candle_core::{DType, Device};
+
+use crate::model::WeightFormat;
 use rayon::prelude::*;
 
 use super::shape::{Activation, EncoderShape};
@@ -82,8 +84,8 @@ pub struct Span {
 
 impl Encoder {
     /// Loads an `XLMRobertaModel` checkpoint (names with or without a `roberta.` prefix);
-    /// `dtype` holds the matrices in bf16 where asked, computing in f32.
-    pub fn load(dir: &Path, dtype: Option<DType>) -> Result<Self, EngineError> {
+    /// `dtype` is how the matrices are held; all arithmetic is f32.
+    pub fn load(dir: &Path, dtype: WeightFormat) -> Result<Self, EngineError> {
         let text = std::fs::read_to_string(dir.join("config.json")).map_err(|e| {
             EngineError::load(format!("cannot read {}/config.json: {e}", dir.display()))
         })?;
@@ -97,7 +99,6 @@ impl Encoder {
             ""
         };
         let (h, i) = (shape.hidden_size, shape.intermediate_size);
-        let dtype = dtype.unwrap_or(DType::F32);
         let flat = |name: &str, dims: &[usize]| -> Result<Vec<f32>, EngineError> {
             Ok(w.tensor(&format!("{prefix}{name}"), dims)?
                 .to_dtype(DType::F32)?

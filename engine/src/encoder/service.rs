@@ -12,7 +12,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use candle_core::DType;
+use crate::model::WeightFormat;
 use tokio::sync::oneshot;
 
 use super::model::Encoder;
@@ -90,7 +90,7 @@ impl EncoderEngine {
     /// Loads the encoder and its pooling from `dir` and starts its thread.
     pub fn load(
         dir: &Path,
-        dtype: Option<DType>,
+        dtype: WeightFormat,
         config: EncoderConfig,
     ) -> Result<Self, EngineError> {
         let encoder = Arc::new(Encoder::load(dir, dtype)?);

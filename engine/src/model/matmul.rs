@@ -5,7 +5,11 @@
 //! and greedy outputs could differ between batched and unbatched runs. Here every output
 //! element is one fused multiply-add chain over k in order, whatever the batch and whatever
 //! tile it lands in: results are bit-identical for a row alone or among any others, and on
-//! every CPU path with FMA. It also reads bf16 weights directly, halving memory traffic.
+//! every CPU path with FMA. It also reads bf16 weights directly, halving memory traffic, and
+//! int8 weights (a quarter of it): 8-bit integers with one f32 scale per output row,
+//! quantized at load (symmetric, round to nearest). An int8 product sums `x · q` in the same
+//! order and multiplies each output by its row's scale once at the end, so it is exactly as
+//! batch-invariant as the others; only the quantization itself differs from f32.
 //!
 //! Layout: weights are packed at load into panels of 16 output columns, k-major
 //! (`[n / 16][k][16]`), so the kernel is an outer product: per k it loads a few 16-wide
@@ -25,6 +29,16 @@ const ROW_TILE: usize = 6;
 /// Fewest parallel tasks a product is split into when it has the rows for it.
 const MIN_TASKS: usize = 16;
 
+/// How a model's weight matrices are held in memory (activations are f32 in every format).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WeightFormat {
+    #[default]
+    F32,
+    Bf16,
+    /// 8 bits per weight and an f32 scale per output row, quantized at load.
+    Int8,
+}
+
 /// A `[rows, cols]` weight matrix (`y = x W^T`), stored packed (see the module docs).
 pub struct Matrix {
     pub rows: usize,
@@ -35,6 +49,11 @@ pub struct Matrix {
 enum WeightData {
     F32(Vec<f32>),
     Bf16(Vec<bf16>),
+    Int8 {
+        values: Vec<i8>,
+        /// One per output row: a weight is `value × scale`.
+        scales: Vec<f32>,
+    },
 }
 
 /// Row-major `[rows, cols]` → panels `[rows / 16][cols][16]`, the last panel zero-padded.
@@ -69,6 +88,42 @@ impl Matrix {
         }
     }
 
+    /// Quantizes row-major f32 weights to int8, per output row: the scale maps the row's
+    /// largest magnitude to 127, and each weight rounds to the nearest step.
+    pub fn int8(rows: usize, cols: usize, data: &[f32]) -> Self {
+        debug_assert_eq!(data.len(), rows * cols);
+        let mut values = Vec::with_capacity(rows * cols);
+        let mut scales = Vec::with_capacity(rows);
+        for row in data.chunks_exact(cols.max(1)) {
+            let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let scale = if max > 0.0 && max.is_finite() {
+                max / 127.0
+            } else {
+                1.0
+            };
+            scales.push(scale);
+            // `as` saturates (and maps NaN to 0): no weight can wrap around.
+            values.extend(row.iter().map(|v| (v / scale).round() as i8));
+        }
+        Self {
+            rows,
+            cols,
+            data: WeightData::Int8 {
+                values: pack(rows, cols, &values),
+                scales,
+            },
+        }
+    }
+
+    /// Bytes the weights occupy (what a pass reads from memory once).
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            WeightData::F32(d) => d.len() * 4,
+            WeightData::Bf16(d) => d.len() * 2,
+            WeightData::Int8 { values, scales } => values.len() + scales.len() * 4,
+        }
+    }
+
     /// Copies row `r` into `out` as f32 (embedding lookup).
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
         let base = (r / PANEL) * self.cols * PANEL + r % PANEL;
@@ -81,6 +136,11 @@ impl Matrix {
             WeightData::Bf16(d) => {
                 for (c, o) in out.iter_mut().enumerate() {
                     *o = d[base + c * PANEL].to_f32();
+                }
+            }
+            WeightData::Int8 { values, scales } => {
+                for (c, o) in out.iter_mut().enumerate() {
+                    *o = f32::from(values[base + c * PANEL]) * scales[r];
                 }
             }
         }
@@ -118,8 +178,16 @@ impl Matrix {
             match &self.data {
                 WeightData::F32(w) => unsafe { dispatch(&block, w, dst.0) },
                 WeightData::Bf16(w) => unsafe { dispatch(&block, w, dst.0) },
+                WeightData::Int8 { values, .. } => unsafe { dispatch(&block, values, dst.0) },
             }
         });
+        if let WeightData::Int8 { scales, .. } = &self.data {
+            out.par_chunks_mut(n).for_each(|row| {
+                for (o, s) in row.iter_mut().zip(scales) {
+                    *o *= s;
+                }
+            });
+        }
         if let Some(b) = bias {
             for row in out.chunks_exact_mut(n) {
                 for (o, b) in row.iter_mut().zip(b) {
@@ -183,6 +251,22 @@ impl Weight for bf16 {
             let halves = _mm256_loadu_si256(ptr as *const __m256i);
             _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
         }
+    }
+}
+
+impl Weight for i8 {
+    #[inline(always)]
+    fn get(self) -> f32 {
+        f32::from(self)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(ptr: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // Safety: the caller guarantees 16 readable bytes and AVX-512F.
+        // Sign-extend to 32 bits, then convert exactly (every i8 is an f32).
+        unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(ptr as *const __m128i))) }
     }
 }
 
@@ -496,5 +580,84 @@ mod tests {
         let mut r = vec![0.0; 3];
         m.row_into(37, &mut r);
         assert_eq!(r, big[37 * 3..38 * 3]);
+    }
+
+    /// int8: within half a quantization step per weight of f32's answer, batch-invariant,
+    /// and the same bits on every CPU path.
+    #[test]
+    fn int8_weights_quantize_per_row_and_stay_batch_invariant() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for &(m, n, k) in &[(1, 1, 1), (7, 130, 64), (13, 67, 100), (32, 200, 576)] {
+            let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let mat = Matrix::int8(n, k, &w);
+            let got = mat.matmul(&x, m, None);
+            let want = naive(&x, m, &w, n, k);
+            for i in 0..m {
+                for j in 0..n {
+                    let row = &w[j * k..(j + 1) * k];
+                    let scale = row.iter().fold(0.0f32, |a, v| a.max(v.abs())) / 127.0;
+                    // Each weight is off by at most half a step.
+                    let bound: f32 = x[i * k..(i + 1) * k]
+                        .iter()
+                        .map(|v| v.abs() * scale / 2.0)
+                        .sum::<f32>()
+                        + 1e-4;
+                    let (a, b) = (got[i * n + j], want[i * n + j]);
+                    assert!(
+                        (a - b).abs() <= bound,
+                        "{m}x{n}x{k}: {a} vs {b} (bound {bound})"
+                    );
+                }
+                let alone = mat.matmul(&x[i * k..(i + 1) * k], 1, None);
+                assert_eq!(alone, got[i * n..(i + 1) * n], "{m}x{n}x{k} row {i}");
+            }
+            let mut row = vec![0.0; k];
+            mat.row_into(n - 1, &mut row);
+            for (a, b) in row.iter().zip(&w[(n - 1) * k..]) {
+                assert!((a - b).abs() <= 1.0 / 127.0 / 2.0 + 1e-6);
+            }
+        }
+        // A zero row, and weights exactly on the grid, come back exactly.
+        let w = [0.0, 0.0, 127.0, -63.0, 1.0, 0.5];
+        let mat = Matrix::int8(3, 2, &w);
+        let mut row = [0.0; 2];
+        mat.row_into(0, &mut row);
+        assert_eq!(row, [0.0, 0.0]);
+        mat.row_into(1, &mut row);
+        assert_eq!(row, [127.0, -63.0]);
+        assert_eq!(mat.bytes(), 16 * 2 + 3 * 4);
+    }
+
+    #[test]
+    fn int8_cpu_paths_agree_exactly() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let (m, n, k) = (9, 61, 83);
+        let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let q: Vec<i8> = (0..n * k).map(|_| rng.random_range(-127..=127)).collect();
+        let packed = pack(n, k, &q);
+        let run = |f: unsafe fn(&Block, &[i8], *mut f32)| {
+            let mut out = vec![0.0; m * n];
+            let block = Block {
+                x: &x,
+                rows: 0..m,
+                k,
+                n,
+                panel0: 0,
+                panels: n.div_ceil(PANEL).min(PANELS_PER_TASK),
+            };
+            unsafe { f(&block, &packed, out.as_mut_ptr()) };
+            out
+        };
+        let generic = run(kernel::<i8, Fused>);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                assert_eq!(run(kernel_avx2), generic, "avx2 path");
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                assert_eq!(run(avx512::kernel), generic, "avx512 path");
+            }
+        }
     }
 }

@@ -17,11 +17,12 @@ pub(crate) mod weights;
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 
 pub use candle_core::DType as WeightDtype;
 pub use config::{Family, MlpKind, ModelShape, NormKind, Positions, RopeScaling};
 use matmul::Matrix;
+pub use matmul::WeightFormat;
 use rope::Rope;
 pub use runner::{BlockCopy, ModelRunner, ModelWeights};
 use weights::Weights;
@@ -236,18 +237,14 @@ pub struct Transformer {
 }
 
 impl Transformer {
-    /// Loads a Hugging Face model folder. Weights are held in `dtype` (f32 by default; bf16
-    /// halves their memory and the bytes read per token); all arithmetic is f32.
+    /// Loads a Hugging Face model folder. Weights are held in `dtype` (f32; bf16 halves
+    /// their memory and the bytes read per token, int8 quarters them); all arithmetic is f32.
     pub fn load(
         dir: &Path,
-        dtype: Option<DType>,
+        dtype: WeightFormat,
         max_positions: usize,
     ) -> Result<Self, EngineError> {
         let shape = ModelShape::from_file(&dir.join("config.json"))?;
-        let dtype = match dtype {
-            Some(DType::BF16) => DType::BF16,
-            _ => DType::F32,
-        };
         let w = Weights::open(dir, &Device::Cpu)?;
         let s = &shape;
         let (h, hd) = (s.hidden_size, s.head_dim);

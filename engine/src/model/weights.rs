@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
-use super::matmul::Matrix;
+use super::matmul::{Matrix, WeightFormat};
 
 use crate::EngineError;
 
@@ -59,23 +59,32 @@ impl Weights {
         Ok(t.to_dtype(DType::F32)?.to_vec1::<f32>()?)
     }
 
-    /// Stacks 2-D tensors along their rows into one matrix held in `dtype` (f32 or bf16).
+    /// Stacks 2-D tensors along their rows into one matrix held in `format`.
     pub fn matrix(
         &self,
         parts: &[Tensor],
         rows: usize,
         cols: usize,
-        dtype: DType,
+        format: WeightFormat,
     ) -> Result<Matrix, EngineError> {
         let t = if parts.len() == 1 {
             parts[0].clone()
         } else {
             Tensor::cat(parts, 0)?
         };
-        let flat = t.to_dtype(dtype)?.flatten_all()?;
-        Ok(match dtype {
-            DType::BF16 => Matrix::bf16(rows, cols, flat.to_vec1::<half::bf16>()?),
-            _ => Matrix::f32(rows, cols, flat.to_vec1::<f32>()?),
+        Ok(match format {
+            WeightFormat::Bf16 => {
+                let flat = t.to_dtype(DType::BF16)?.flatten_all()?;
+                Matrix::bf16(rows, cols, flat.to_vec1::<half::bf16>()?)
+            }
+            WeightFormat::F32 => {
+                let flat = t.to_dtype(DType::F32)?.flatten_all()?;
+                Matrix::f32(rows, cols, flat.to_vec1::<f32>()?)
+            }
+            WeightFormat::Int8 => {
+                let flat = t.to_dtype(DType::F32)?.flatten_all()?;
+                Matrix::int8(rows, cols, &flat.to_vec1::<f32>()?)
+            }
         })
     }
 }
