@@ -14,6 +14,10 @@
 #                                       # rosetta built with --features mistralrs), same server
 #   MIXTRAL=1 benchmarks/serving.sh     # also the `mixtral`/`small` demo (benchmarks/mixtral.sh
 #                                       # adds its expert-compute share)
+#   FORMATS=bf16,int8 benchmarks/serving.sh   # also the same weights held as bf16 and int8
+#                                             # (rows rosetta-bf16, rosetta-int8), same server
+#   LLAMA_FORMATS=f32,q8_0,q4_k_m benchmarks/serving.sh  # llama.cpp in each GGUF format
+#                                             # (quantized from the f32 GGUF by llama-quantize)
 #   DEVICE=cuda DTYPE=f32 ROSETTA_BIN_DIR=/path/to/bin benchmarks/serving.sh
 #       # Rosetta's engine on a GPU, with binaries built elsewhere (scripts/cuda-device-bundle.sh)
 set -euo pipefail
@@ -70,6 +74,12 @@ if [[ -n "${MIXTRAL:-}" ]]; then
   - { id: mixtral, path: $mixtral, licence: apache-2.0, max_context: 8192, engine: { max_num_seqs: 64, max_num_batched_tokens: 512 } }
 YAML
 fi
+formats="${FORMATS:-}"
+for fmt in ${formats//,/ }; do
+    cat >> "$work/rosetta.yaml" <<YAML
+  - { id: small-$fmt, path: $model, licence: apache-2.0, max_context: 8192, dtype: $fmt, engine: { max_num_seqs: 64, max_num_batched_tokens: 512, kv_block_size: ${KV_BLOCK_SIZE:-16} } }
+YAML
+done
 "$bin/rosetta" serve --config "$work/rosetta.yaml" > "$work/rosetta.out" 2> "$work/rosetta.err" &
 pids+=($!)
 rosetta_url=""
@@ -83,18 +93,30 @@ probe "$rosetta_url/ready" || { tail -n 5 "$work/rosetta.err" >&2; echo "rosetta
 targets=(--target "rosetta=$rosetta_url=small")
 [[ -n "${MISTRALRS:-}" ]] && targets+=(--target "rosetta-mistralrs=$rosetta_url=small-mistralrs")
 [[ -n "${MIXTRAL:-}" ]] && targets+=(--target "rosetta-mixtral=$rosetta_url=mixtral")
+for fmt in ${formats//,/ }; do
+    targets+=(--target "rosetta-$fmt=$rosetta_url=small-$fmt")
+done
 
 llama_server=$(ls "$work"/build-llama-server-*/bin/llama-server 2>/dev/null | head -n 1 || true)
 if [[ -n "$llama_server" && -x "$llama_server" ]]; then
-    gguf="$work/gguf/llama-small-f32.gguf"
     mkdir -p "$work/gguf"
-    [[ -f "$gguf" ]] || "$work/venv/bin/python" benchmarks/llama_cpp/hf_to_gguf.py "$model" "$gguf"
-    port=$((20000 + RANDOM % 20000))
-    "$llama_server" -m "$gguf" --alias small --host 127.0.0.1 --port "$port" -np 32 -c $((32 * (max_tokens + 128))) -t 2 --cont-batching \
-        > "$work/llama.out" 2>&1 &
-    pids+=($!)
-    for _ in $(seq 600); do probe "http://127.0.0.1:$port/health" && break; sleep 0.1; done
-    targets+=(--target "llama.cpp=http://127.0.0.1:$port=small")
+    f32_gguf="$work/gguf/llama-small-f32.gguf"
+    [[ -f "$f32_gguf" ]] || "$work/venv/bin/python" benchmarks/llama_cpp/hf_to_gguf.py "$model" "$f32_gguf"
+    for fmt in $(echo "${LLAMA_FORMATS:-f32}" | tr ',' ' '); do
+        gguf="$work/gguf/llama-small-$fmt.gguf"
+        if [[ ! -f "$gguf" ]]; then
+            "$(dirname "$llama_server")/llama-quantize" "$f32_gguf" "$gguf" "$(echo "$fmt" | tr '[:lower:]' '[:upper:]')" \
+                > "$work/quantize-$fmt.log" 2>&1
+        fi
+        port=$((20000 + RANDOM % 20000))
+        "$llama_server" -m "$gguf" --alias small --host 127.0.0.1 --port "$port" -np 32 -c $((32 * (max_tokens + 128))) -t 2 --cont-batching \
+            > "$work/llama-$fmt.out" 2>&1 &
+        pids+=($!)
+        for _ in $(seq 600); do probe "http://127.0.0.1:$port/health" && break; sleep 0.1; done
+        name="llama.cpp"
+        [[ "$fmt" != f32 ]] && name="llama.cpp-$fmt"
+        targets+=(--target "$name=http://127.0.0.1:$port=small")
+    done
 else
     echo "llama.cpp's server is not built; run benchmarks/llama_cpp/build.sh to compare" >&2
 fi

@@ -58,7 +58,25 @@ async fn sixteen_concurrent_requests_all_succeed() {
 /// and in a batch of 16.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batched_greedy_equals_unbatched_greedy() {
-    let s = Server::start_default();
+    batched_equals_unbatched(&Server::start_default()).await;
+}
+
+/// The same with int8 weights (`dtype: int8`), quantized at load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn int8_weights_batched_greedy_equals_unbatched_greedy() {
+    let s = Server::start(
+        r#"
+server: { listen: 127.0.0.1:0 }
+cache_dir: "{cache}"
+auth: { allow_unauthenticated: true }
+models:
+  - { id: tiny, demo: { arch: llama, size: tiny, seed: 1 }, licence: apache-2.0, dtype: int8 }
+"#,
+    );
+    batched_equals_unbatched(&s).await;
+}
+
+async fn batched_equals_unbatched(s: &Server) {
     let mut alone = Vec::new();
     for p in PROMPTS {
         alone.push(content(&s.chat(req(p, 24)).await));
