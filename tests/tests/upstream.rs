@@ -492,3 +492,22 @@ async fn an_upstreams_thinking_and_tool_calls_come_out_as_each_endpoints_events(
     );
     assert!(seen[1].1.get("functions").is_none());
 }
+
+/// An upstream that answers a stream request with one JSON body (it does not stream) still
+/// gives a streaming client its chunks.
+#[tokio::test]
+async fn a_non_streaming_upstream_still_answers_a_streaming_client() {
+    let (url, bodies) = fake_upstream(4);
+    let g = Server::start(&format!(
+        "server: {{ listen: 127.0.0.1:0 }}\nauth: {{ allow_unauthenticated: true }}\n\
+         models:\n  - {{ id: m, licence: apache-2.0, remote: [{{ url: \"{url}\" }}] }}\n"
+    ));
+    let mut body = chat("m");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let chunks = g.stream("/v1/chat/completions", body).await;
+    assert_eq!(stream_text(&chunks, 0), "ok");
+    assert_eq!(stream_finish_reason(&chunks, 0), "stop");
+    assert_eq!(chunks.last().unwrap()["usage"]["total_tokens"], 4);
+    assert_eq!(bodies.lock().unwrap()[0]["stream"], true);
+}

@@ -201,7 +201,14 @@ impl RemoteClient {
             let body: Value = resp.json().await.unwrap_or(Value::Null);
             return Err(ForwardError::Refused(upstream_error(status, &body)));
         }
-        if !stream {
+        // An upstream that answers a stream request with one JSON body (it does not stream)
+        // is read as a whole answer.
+        let json_body = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("application/json"));
+        if !stream || json_body {
             let read = tokio::time::timeout(self.request, resp.json::<Value>());
             return match read.await {
                 Ok(Ok(v)) => Ok(Forwarded::Json(v)),
