@@ -661,6 +661,163 @@ mod tests {
     use super::*;
     use crate::api::arbitrary;
 
+    fn step(index: usize, pieces: Vec<Piece>, finish: Option<Finish>) -> ReplyEvent {
+        ReplyEvent::Step(reply::Step {
+            index,
+            pieces,
+            logprobs: Vec::new(),
+            finish,
+        })
+    }
+
+    fn identity(logprobs: bool) -> ChatIdentity {
+        ChatIdentity {
+            id: "chatcmpl-1".into(),
+            created: 1,
+            model: "m".into(),
+            fingerprint: "fp".into(),
+            logprobs,
+        }
+    }
+
+    async fn render_stream(
+        events: Vec<ReplyEvent>,
+        meta: ChatIdentity,
+        legacy: bool,
+    ) -> Vec<Value> {
+        let events = stream_chunks(futures::stream::iter(events), meta, 2, true, legacy);
+        let data = sse::rendered_data(events).await;
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+        data[..data.len() - 1]
+            .iter()
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn replies_render_as_chunks_in_order_with_usage_last() {
+        let call = Piece::Call {
+            index: 0,
+            id: "call_1".into(),
+            name: "f".into(),
+            arguments: String::new(),
+        };
+        let events = vec![
+            step(1, vec![Piece::Content("b".into())], None),
+            step(0, vec![Piece::Reasoning("r".into()), call], None),
+            step(
+                0,
+                vec![Piece::Arguments {
+                    index: 0,
+                    fragment: "{}".into(),
+                }],
+                Some(Finish::ToolCalls),
+            ),
+            step(1, Vec::new(), Some(Finish::Length)),
+            ReplyEvent::Done(rosetta_engine::Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4,
+            }),
+        ];
+        let chunks = render_stream(events, identity(false), false).await;
+        // Both choices open with the role.
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(chunks[1]["choices"][0]["index"], 1);
+        let delta = |i: usize| &chunks[i]["choices"][0]["delta"];
+        assert_eq!(delta(2)["content"], "b");
+        assert_eq!(delta(3)["reasoning_content"], "r");
+        assert_eq!(delta(4)["tool_calls"][0]["id"], "call_1");
+        assert_eq!(delta(4)["tool_calls"][0]["function"]["name"], "f");
+        assert_eq!(delta(5)["tool_calls"][0]["function"]["arguments"], "{}");
+        assert!(delta(5)["tool_calls"][0].get("id").is_none());
+        assert_eq!(chunks[6]["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(chunks[7]["choices"][0]["finish_reason"], "length");
+        let last = chunks.last().unwrap();
+        assert_eq!(last["choices"], json!([]));
+        assert_eq!(last["usage"]["total_tokens"], 7);
+        for c in &chunks {
+            assert_eq!(
+                (c["id"].as_str(), c["model"].as_str()),
+                (Some("chatcmpl-1"), Some("m"))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_for_a_functions_request_renders_as_function_call() {
+        let events = vec![
+            step(
+                0,
+                vec![Piece::Call {
+                    index: 0,
+                    id: "call_1".into(),
+                    name: "f".into(),
+                    arguments: "{\"a\"".into(),
+                }],
+                None,
+            ),
+            step(
+                0,
+                vec![Piece::Arguments {
+                    index: 0,
+                    fragment: ":1}".into(),
+                }],
+                Some(Finish::ToolCalls),
+            ),
+            step(1, Vec::new(), Some(Finish::Stop)),
+            ReplyEvent::Done(rosetta_engine::Usage::default()),
+        ];
+        let chunks = render_stream(events, identity(false), true).await;
+        let delta = |i: usize| &chunks[i]["choices"][0]["delta"];
+        assert_eq!(
+            delta(2)["function_call"],
+            json!({"name": "f", "arguments": "{\"a\""})
+        );
+        assert_eq!(delta(3)["function_call"], json!({"arguments": ":1}"}));
+        assert_eq!(chunks[4]["choices"][0]["finish_reason"], "function_call");
+    }
+
+    #[tokio::test]
+    async fn logprobs_ride_with_the_first_piece_and_held_back_text_still_sends_them() {
+        let lp = reply::TokenLogprob {
+            token: "a".into(),
+            bytes: vec![97],
+            logprob: -0.5,
+            top: vec![reply::TopLogprob {
+                token: "b".into(),
+                bytes: vec![98],
+                logprob: -1.0,
+            }],
+        };
+        let events = vec![
+            ReplyEvent::Step(reply::Step {
+                index: 0,
+                pieces: Vec::new(),
+                logprobs: vec![lp.clone()],
+                finish: None,
+            }),
+            ReplyEvent::Step(reply::Step {
+                index: 0,
+                pieces: vec![Piece::Content("x".into()), Piece::Content("y".into())],
+                logprobs: vec![lp],
+                finish: Some(Finish::Stop),
+            }),
+            step(1, Vec::new(), Some(Finish::Stop)),
+            ReplyEvent::Done(rosetta_engine::Usage::default()),
+        ];
+        let chunks = render_stream(events, identity(true), false).await;
+        let choice = |i: usize| &chunks[i]["choices"][0];
+        assert_eq!(choice(2)["delta"]["content"], "");
+        assert_eq!(
+            choice(2)["logprobs"]["content"][0]["top_logprobs"][0]["token"],
+            "b"
+        );
+        assert_eq!(choice(3)["delta"]["content"], "x");
+        assert_eq!(choice(3)["logprobs"]["content"][0]["logprob"], -0.5);
+        assert_eq!(choice(4)["delta"]["content"], "y");
+        assert!(choice(4)["logprobs"].is_null());
+    }
+
     fn check(body: &Value) -> Result<ChatCall, ApiError> {
         let bytes = serde_json::to_vec(body).unwrap();
         let req: ChatCompletionRequest = parse_json(&bytes)?;

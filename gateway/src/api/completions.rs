@@ -354,6 +354,67 @@ mod tests {
     use super::*;
     use crate::api::arbitrary;
 
+    #[tokio::test]
+    async fn replies_render_as_chunks_after_the_echoed_prompts() {
+        let lp = |token: &str| TokenLogprob {
+            token: token.into(),
+            bytes: token.as_bytes().to_vec(),
+            logprob: -0.25,
+            top: vec![reply::TopLogprob {
+                token: token.into(),
+                bytes: token.as_bytes().to_vec(),
+                logprob: -0.25,
+            }],
+        };
+        let meta = CompletionIdentity {
+            id: "cmpl-1".into(),
+            created: 1,
+            model: "m".into(),
+            fingerprint: "fp".into(),
+            logprobs: true,
+            echoes: vec!["P0".into(), "P1".into()],
+            per_prompt: 1,
+        };
+        let step = |index, text: &str, finish| {
+            ReplyEvent::Step(reply::Step {
+                index,
+                pieces: vec![crate::assistant::Piece::Content(text.into())],
+                logprobs: vec![lp(text)],
+                finish,
+            })
+        };
+        let events = futures::stream::iter(vec![
+            step(0, "ab", None),
+            step(1, "c", Some(Finish::Length)),
+            step(0, "de", Some(Finish::Stop)),
+            ReplyEvent::Done(rosetta_engine::Usage {
+                prompt_tokens: 2,
+                completion_tokens: 3,
+            }),
+        ]);
+        let data = sse::rendered_data(stream_chunks(events, meta, 2, false)).await;
+        let chunks: Vec<Value> = data[..data.len() - 1]
+            .iter()
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+        let choice = |i: usize| &chunks[i]["choices"][0];
+        assert_eq!(
+            (choice(0)["text"].as_str(), choice(1)["text"].as_str()),
+            (Some("P0"), Some("P1"))
+        );
+        assert_eq!(choice(2)["text"], "ab");
+        assert_eq!(choice(3)["finish_reason"], "length");
+        assert_eq!(choice(4)["text"], "de");
+        // Offsets run on per choice, in characters of its generated text.
+        assert_eq!(choice(4)["logprobs"]["text_offset"], json!([2]));
+        assert_eq!(
+            choice(4)["logprobs"]["top_logprobs"],
+            json!([{"de": -0.25}])
+        );
+        assert_eq!(chunks.len(), 5, "no usage chunk unless asked: {chunks:?}");
+    }
+
     fn check(body: &Value) -> Result<CompletionCall, ApiError> {
         let bytes = serde_json::to_vec(body).unwrap();
         let req: CompletionRequest = parse_json(&bytes)?;

@@ -749,6 +749,58 @@ fn stream_events(
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn replies_render_as_numbered_events_ending_incomplete_at_the_length_limit() {
+        let call = check(&json!({"model": "m", "input": "hi", "max_output_tokens": 2})).unwrap();
+        let shell = ResponseShell {
+            id: "resp_1".into(),
+            created_at: 1,
+            model: "m".into(),
+            echo: call.echo.clone(),
+        };
+        let step = |pieces, finish| {
+            ReplyEvent::Step(reply::Step {
+                index: 0,
+                pieces,
+                logprobs: Vec::new(),
+                finish,
+            })
+        };
+        let events = futures::stream::iter(vec![
+            step(vec![Piece::Reasoning("think".into())], None),
+            step(vec![Piece::Content("Hel".into())], None),
+            step(vec![Piece::Content("lo".into())], Some(Finish::Length)),
+            ReplyEvent::Done(rosetta_engine::Usage {
+                prompt_tokens: 4,
+                completion_tokens: 2,
+            }),
+        ]);
+        let data = sse::rendered_data(stream_events(events, shell)).await;
+        let events: Vec<Value> = data
+            .iter()
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e["sequence_number"], i, "{e}");
+        }
+        let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+        assert_eq!(kinds.first(), Some(&"response.created"));
+        assert!(kinds.contains(&"response.reasoning_text.done"), "{kinds:?}");
+        let text_done = events
+            .iter()
+            .find(|e| e["type"] == "response.output_text.done")
+            .unwrap();
+        assert_eq!(text_done["text"], "Hello");
+        let last = events.last().unwrap();
+        assert_eq!(last["type"], "response.incomplete");
+        assert_eq!(
+            last["response"]["incomplete_details"]["reason"],
+            "max_output_tokens"
+        );
+        assert_eq!(last["response"]["usage"]["output_tokens"], 2);
+        assert_eq!(last["response"]["output"].as_array().unwrap().len(), 2);
+    }
+
     fn check(body: &Value) -> Result<ResponsesCall, ApiError> {
         let bytes = serde_json::to_vec(body).unwrap();
         let req: ResponsesRequest = parse_json(&bytes)?;

@@ -61,3 +61,20 @@ pub fn json_event<T: Serialize>(value: &T) -> Event {
 pub fn done_event() -> Event {
     Event::default().data("[DONE]")
 }
+
+/// The `data` of every event a stream renders, as a client reads them (for render tests).
+#[cfg(test)]
+pub async fn rendered_data(
+    events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
+) -> Vec<String> {
+    let body = Sse::new(events).into_response().into_body();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    String::from_utf8(bytes.to_vec())
+        .unwrap()
+        .split("\n\n")
+        .filter_map(|e| {
+            let data: Vec<&str> = e.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+            (!data.is_empty()).then(|| data.join("\n"))
+        })
+        .collect()
+}
