@@ -1,5 +1,7 @@
-//! Prefill and single-sequence decode speed of the forward pass, without the server:
-//! `cargo run --release -p rosetta-engine --example decode_speed -- MODEL_DIR [TOKENS] [PROMPT_TOKENS]`
+//! Prefill and single-sequence decode speed of the forward pass, without the server, beside
+//! the memory-bandwidth bound for single-stream decode (weight bytes read per token ÷ the
+//! machine's measured read bandwidth):
+//! `FORMAT=f32|bf16|int8 cargo run --release -p rosetta-engine --example decode_speed -- MODEL_DIR [TOKENS] [PROMPT_TOKENS]`
 use std::time::Instant;
 
 use rosetta_engine::kv::{KvLayout, KvPool};
@@ -20,7 +22,12 @@ fn run() {
     let prompt_len: usize = args
         .next()
         .map_or(32, |s| s.parse().expect("PROMPT_TOKENS"));
-    let model = Transformer::load(&dir, WeightFormat::F32, 8192).expect("load");
+    let format = match std::env::var("FORMAT").as_deref() {
+        Ok("bf16") => WeightFormat::Bf16,
+        Ok("int8") => WeightFormat::Int8,
+        _ => WeightFormat::F32,
+    };
+    let model = Transformer::load(&dir, format, 8192).expect("load");
     let s = model.shape();
     let blocks = (prompt_len + steps).div_ceil(16);
     let layout = KvLayout {
@@ -60,9 +67,33 @@ fn run() {
         std::hint::black_box(model.forward(&[c], &mut kv).expect("decode"));
     }
     let secs = t.elapsed().as_secs_f64();
+    let rate = steps as f64 / secs;
+    let bytes = model.bytes_per_token();
+    let bandwidth = read_bandwidth();
+    let bound = bandwidth / bytes as f64;
     println!(
-        "decode: {:.1} tokens/s ({:.2} ms/token)",
-        steps as f64 / secs,
-        secs * 1e3 / steps as f64
+        "decode {format:?}: {rate:.1} tokens/s ({:.2} ms/token); {:.1} MB of weights per token, \
+         read bandwidth {:.1} GB/s, bound {bound:.1} tokens/s: {:.0}% of it",
+        secs * 1e3 / steps as f64,
+        bytes as f64 / 1e6,
+        bandwidth / 1e9,
+        rate / bound * 100.0
     );
+}
+
+/// Bytes per second all threads read from a 1 GiB buffer (far beyond the caches), best of 5.
+fn read_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    let data = vec![1u64; 1 << 27];
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let sum: u64 = data
+            .par_chunks(1 << 16)
+            .map(|c| c.iter().fold(0u64, |a, &v| a.wrapping_add(v)))
+            .sum();
+        std::hint::black_box(sum);
+        best = best.max((data.len() * 8) as f64 / t.elapsed().as_secs_f64());
+    }
+    best
 }

@@ -22,12 +22,12 @@ use rayon::prelude::*;
 
 /// Output columns per panel: one AVX-512 vector of f32.
 const PANEL: usize = 16;
-/// Panels per parallel task (64 output columns).
+/// Panels per kernel call (64 output columns): the register tile's width.
 const PANELS_PER_TASK: usize = 4;
 /// Rows of x per register tile.
 const ROW_TILE: usize = 6;
-/// Fewest parallel tasks a product is split into when it has the rows for it.
-const MIN_TASKS: usize = 16;
+/// Parallel tasks per thread a product is split into (when it has the columns or rows).
+const TASKS_PER_THREAD: usize = 4;
 
 /// How a model's weight matrices are held in memory (activations are f32 in every format).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -152,42 +152,49 @@ impl Matrix {
         let (n, k) = (self.rows, self.cols);
         let mut out = vec![0.0f32; m * n];
         let panels = n.div_ceil(PANEL);
-        let column_tasks = panels.div_ceil(PANELS_PER_TASK);
-        // Narrow matrices give few column tasks; split the rows too, so every thread has
-        // work (the split never changes a result: each output is one chain either way).
-        let row_split = MIN_TASKS.div_ceil(column_tasks).min(m / ROW_TILE).max(1);
+        let groups = panels.div_ceil(PANELS_PER_TASK);
+        // A few tasks per thread: enough to balance, few enough that a single row's product
+        // (decode) is not dominated by handing out work. Narrow matrices give few column
+        // tasks; split the rows too (the split never changes a result: each output is one
+        // chain either way).
+        let min_tasks = rayon::current_num_threads() * TASKS_PER_THREAD;
+        let groups_per_task = groups.div_ceil(min_tasks).max(1);
+        let column_tasks = groups.div_ceil(groups_per_task);
+        let row_split = min_tasks.div_ceil(column_tasks).min(m / ROW_TILE).max(1);
         let rows_per_task = m.div_ceil(row_split).div_ceil(ROW_TILE) * ROW_TILE;
         let row_tasks = m.div_ceil(rows_per_task);
         let dst = SharedOut(out.as_mut_ptr());
         (0..column_tasks * row_tasks).into_par_iter().for_each(|t| {
             let (ct, rt) = (t / row_tasks, t % row_tasks);
-            let p0 = ct * PANELS_PER_TASK;
-            let p1 = (p0 + PANELS_PER_TASK).min(panels);
             let r0 = rt * rows_per_task;
-            let block = Block {
-                x,
-                rows: r0..(r0 + rows_per_task).min(m),
-                k,
-                n,
-                panel0: p0,
-                panels: p1 - p0,
-            };
+            let rows = r0..(r0 + rows_per_task).min(m);
+            let g0 = ct * groups_per_task;
             let dst = &dst;
-            // Safety: task t writes only columns [p0 * 16, p1 * 16) ∩ [0, n) of its rows,
-            // which no other task writes; `out` outlives the parallel loop.
-            match &self.data {
-                WeightData::F32(w) => unsafe { dispatch(&block, w, dst.0) },
-                WeightData::Bf16(w) => unsafe { dispatch(&block, w, dst.0) },
-                WeightData::Int8 { values, .. } => unsafe { dispatch(&block, values, dst.0) },
+            for g in g0..(g0 + groups_per_task).min(groups) {
+                let p0 = g * PANELS_PER_TASK;
+                let p1 = (p0 + PANELS_PER_TASK).min(panels);
+                let block = Block {
+                    x,
+                    rows: rows.clone(),
+                    k,
+                    n,
+                    panel0: p0,
+                    panels: p1 - p0,
+                };
+                // Safety: this task writes only columns [p0 * 16, p1 * 16) ∩ [0, n) of its
+                // rows, which no other task writes; `out` outlives the parallel loop.
+                unsafe {
+                    match &self.data {
+                        WeightData::F32(w) => dispatch(&block, w, dst.0),
+                        WeightData::Bf16(w) => dispatch(&block, w, dst.0),
+                        WeightData::Int8 { values, scales } => {
+                            dispatch(&block, values, dst.0);
+                            scale_block(&block, scales, dst.0);
+                        }
+                    }
+                }
             }
         });
-        if let WeightData::Int8 { scales, .. } = &self.data {
-            out.par_chunks_mut(n).for_each(|row| {
-                for (o, s) in row.iter_mut().zip(scales) {
-                    *o *= s;
-                }
-            });
-        }
         if let Some(b) = bias {
             for row in out.chunks_exact_mut(n) {
                 for (o, b) in row.iter_mut().zip(b) {
@@ -196,6 +203,20 @@ impl Matrix {
             }
         }
         out
+    }
+}
+
+/// Multiplies a block's outputs by their rows' int8 scales, once, after the whole sum.
+///
+/// Safety: as for [`dispatch`]: only the block's own columns of its rows are touched.
+unsafe fn scale_block(block: &Block, scales: &[f32], out: *mut f32) {
+    let c0 = block.panel0 * PANEL;
+    let c1 = ((block.panel0 + block.panels) * PANEL).min(block.n);
+    for i in block.rows.clone() {
+        for (c, s) in scales.iter().enumerate().take(c1).skip(c0) {
+            // Safety: (i, c) is inside this block.
+            unsafe { *out.add(i * block.n + c) *= s };
+        }
     }
 }
 

@@ -413,6 +413,32 @@ impl Transformer {
         &self.shape
     }
 
+    /// Bytes of weights one decoded token reads: every layer's projections (a token's
+    /// `top_k` experts of a mixture), and the output head. What bounds single-stream decode
+    /// by memory bandwidth.
+    pub fn bytes_per_token(&self) -> usize {
+        let mlp = |m: &Mlp| m.gate_up.weight.bytes() + m.down.weight.bytes();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                let ffn = match &l.ffn {
+                    FeedForward::Dense(m) | FeedForward::Gelu(m) => mlp(m),
+                    FeedForward::Experts {
+                        router,
+                        experts,
+                        top_k,
+                    } => {
+                        let all: usize = experts.iter().map(mlp).sum();
+                        router.weight.bytes() + all / experts.len().max(1) * top_k
+                    }
+                };
+                l.qkv.weight.bytes() + l.o.weight.bytes() + ffn
+            })
+            .sum();
+        layers + self.lm_head.weight.bytes()
+    }
+
     /// Runs the chunks through the model in one pass, writing their K/V into `kv`, and returns
     /// the requested logits rows in chunk order.
     pub fn forward(
