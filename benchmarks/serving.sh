@@ -99,6 +99,8 @@ done
 
 llama_server=$(ls "$work"/build-llama-server-*/bin/llama-server 2>/dev/null | head -n 1 || true)
 if [[ -n "$llama_server" && -x "$llama_server" ]]; then
+    # As many slots as the most streams asked for (at least 32).
+    slots=$(echo "32,$streams" | tr ',' '\n' | sort -n | tail -n 1)
     mkdir -p "$work/gguf"
     f32_gguf="$work/gguf/llama-small-f32.gguf"
     [[ -f "$f32_gguf" ]] || "$work/venv/bin/python" benchmarks/llama_cpp/hf_to_gguf.py "$model" "$f32_gguf"
@@ -109,7 +111,7 @@ if [[ -n "$llama_server" && -x "$llama_server" ]]; then
                 > "$work/quantize-$fmt.log" 2>&1
         fi
         port=$((20000 + RANDOM % 20000))
-        "$llama_server" -m "$gguf" --alias small --host 127.0.0.1 --port "$port" -np 32 -c $((32 * (max_tokens + 128))) -t 2 --cont-batching \
+        "$llama_server" -m "$gguf" --alias small --host 127.0.0.1 --port "$port" -np "$slots" -c $((slots * (max_tokens + 128))) -t 2 --cont-batching \
             > "$work/llama-$fmt.out" 2>&1 &
         pids+=($!)
         for _ in $(seq 600); do probe "http://127.0.0.1:$port/health" && break; sleep 0.1; done

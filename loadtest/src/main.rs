@@ -54,6 +54,11 @@ struct Level {
     tokens_per_s: f64,
     ttft_ms: f64,
     itl_ms: f64,
+    /// Percentiles: time to first token over requests, gaps between tokens over every gap.
+    ttft_p50_ms: f64,
+    ttft_p99_ms: f64,
+    itl_p50_ms: f64,
+    itl_p99_ms: f64,
     prompt_tokens: f64,
     /// KV use while streams ran (Rosetta's /load only).
     kv: Option<KvSample>,
@@ -72,6 +77,8 @@ struct KvSample {
 struct RequestStats {
     ttft: Duration,
     itl: Option<Duration>,
+    /// Time between consecutive chunks that carried tokens.
+    gaps: Vec<Duration>,
     completion_tokens: usize,
     prompt_tokens: usize,
 }
@@ -93,8 +100,18 @@ const SENTENCES: &[&str] = &[
 
 /// A user message of roughly 32 tokens, different for every (stream, request).
 fn prompt(stream: usize, request: usize) -> String {
+    // Unique per request across levels, targets and runs: no prefix-cache hits between
+    // requests beyond the chat template's own opening.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    static RUN: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() % 1_000_000_007)
+    });
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let start = (stream * 7 + request * 3) % SENTENCES.len();
-    let mut text = format!("Request {stream}-{request}: ");
+    let mut text = format!("Request {run}-{id}: ");
     for i in 0..3 {
         text.push_str(SENTENCES[(start + i * 5) % SENTENCES.len()]);
         text.push(' ');
@@ -175,6 +192,7 @@ async fn stream_chat(
     let mut bytes = resp.bytes_stream();
     let mut buf = Vec::new();
     let (mut first, mut last, mut chunks) = (None, None, 0usize);
+    let mut gaps = Vec::new();
     let (mut completion, mut prompt) = (None, 0);
     while let Some(piece) = bytes.next().await {
         buf.extend_from_slice(&piece?);
@@ -207,6 +225,9 @@ async fn stream_chat(
                 if has_token {
                     let now = Instant::now();
                     first.get_or_insert(now);
+                    if let Some(prev) = last {
+                        gaps.push(now.duration_since(prev));
+                    }
                     last = Some(now);
                     chunks += 1;
                 }
@@ -220,6 +241,7 @@ async fn stream_chat(
     Ok(RequestStats {
         ttft: first.duration_since(start),
         itl,
+        gaps,
         completion_tokens: tokens,
         prompt_tokens: prompt,
     })
@@ -308,13 +330,32 @@ async fn run_level(
         .iter()
         .filter_map(|r| r.itl.map(|d| d.as_secs_f64()))
         .collect();
+    let ttfts: Vec<f64> = all.iter().map(|r| r.ttft.as_secs_f64() * 1e3).collect();
+    let gaps: Vec<f64> = all
+        .iter()
+        .flat_map(|r| r.gaps.iter().map(|d| d.as_secs_f64() * 1e3))
+        .collect();
     Ok(Level {
         tokens_per_s: tokens as f64 / wall,
+        ttft_p50_ms: percentile(&ttfts, 0.50),
+        ttft_p99_ms: percentile(&ttfts, 0.99),
+        itl_p50_ms: percentile(&gaps, 0.50),
+        itl_p99_ms: percentile(&gaps, 0.99),
         ttft_ms: all.iter().map(|r| r.ttft.as_secs_f64()).sum::<f64>() / n * 1e3,
         itl_ms: itls.iter().sum::<f64>() / itls.len().max(1) as f64 * 1e3,
         prompt_tokens: all.iter().map(|r| r.prompt_tokens as f64).sum::<f64>() / n,
         kv,
     })
+}
+
+/// The `q` quantile of `values` (nearest rank); 0 for none.
+fn percentile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n => v[((q * n as f64).ceil() as usize).clamp(1, n) - 1],
+    }
 }
 
 /// Tokens in `text` by the server's /tokenize (Rosetta's and vLLM's shape), if it has one.
@@ -460,8 +501,8 @@ async fn main() -> anyhow::Result<()> {
         }
         results.push(levels);
     }
-    println!("| target | streams | output tok/s | mean TTFT ms | mean ITL ms | prompt tokens | KV unused (tokens/seq) | tok/s vs {} |", targets[0].name);
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| target | streams | output tok/s | mean TTFT ms | mean ITL ms | TTFT p50 / p99 ms | ITL p50 / p99 ms | prompt tokens | KV unused (tokens/seq) | tok/s vs {} |", targets[0].name);
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (t, levels) in targets.iter().zip(&results) {
         for (i, (l, &c)) in levels.iter().zip(&args.concurrency).enumerate() {
             let base = results[0][i].tokens_per_s;
@@ -469,11 +510,15 @@ async fn main() -> anyhow::Result<()> {
                 format!("{:.1}% ({:.0})", k.unused * 100.0, k.tokens_per_seq)
             });
             println!(
-                "| {} | {c} | {:.1} | {:.1} | {:.1} | {:.0} | {kv} | {:.2}x |",
+                "| {} | {c} | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} | {:.1} / {:.1} | {:.0} | {kv} | {:.2}x |",
                 t.name,
                 l.tokens_per_s,
                 l.ttft_ms,
                 l.itl_ms,
+                l.ttft_p50_ms,
+                l.ttft_p99_ms,
+                l.itl_p50_ms,
+                l.itl_p99_ms,
                 l.prompt_tokens,
                 l.tokens_per_s / base
             );
