@@ -470,6 +470,9 @@ pub enum Dtype {
     /// 8-bit weights with an f32 scale per output row, quantized at load from the model's
     /// f32/bf16 safetensors (the native engine's CPU path; activations stay f32).
     Int8,
+    /// int8 weights as `int8`, times activations quantized to int8 per token, summed in
+    /// int32 with AVX-512 VNNI where the CPU has it (CPU path).
+    W8a8,
 }
 
 /// A generated random-weight model in Hugging Face format.

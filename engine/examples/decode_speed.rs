@@ -1,7 +1,7 @@
 //! Prefill and single-sequence decode speed of the forward pass, without the server, beside
 //! the memory-bandwidth bound for single-stream decode (weight bytes read per token ÷ the
 //! machine's measured read bandwidth):
-//! `FORMAT=f32|bf16|int8 cargo run --release -p rosetta-engine --example decode_speed -- MODEL_DIR [TOKENS] [PROMPT_TOKENS]`
+//! `FORMAT=f32|bf16|int8|w8a8 cargo run --release -p rosetta-engine --example decode_speed -- MODEL_DIR [TOKENS] [PROMPT_TOKENS]`
 use std::time::Instant;
 
 use rosetta_engine::kv::{KvLayout, KvPool};
@@ -25,6 +25,7 @@ fn run() {
     let format = match std::env::var("FORMAT").as_deref() {
         Ok("bf16") => WeightFormat::Bf16,
         Ok("int8") => WeightFormat::Int8,
+        Ok("w8a8") => WeightFormat::W8a8,
         _ => WeightFormat::F32,
     };
     let model = Transformer::load(&dir, format, 8192).expect("load");

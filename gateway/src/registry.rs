@@ -205,6 +205,7 @@ fn cpu_format(dtype: Dtype) -> WeightFormat {
         Dtype::Auto | Dtype::F32 => WeightFormat::F32,
         Dtype::Bf16 => WeightFormat::Bf16,
         Dtype::Int8 => WeightFormat::Int8,
+        Dtype::W8a8 => WeightFormat::W8a8,
     }
 }
 
@@ -243,9 +244,9 @@ fn start_mistralrs(
     tokenizer: &ModelTokenizer,
 ) -> Result<Arc<dyn Engine>, rosetta_engine::EngineError> {
     use rosetta_mistralrs::{MistralRsEngine, MistralRsOptions};
-    if cfg.dtype == Dtype::Int8 {
+    if matches!(cfg.dtype, Dtype::Int8 | Dtype::W8a8) {
         return Err(rosetta_engine::EngineError::load(
-            "`dtype: int8` is the native engine's format; mistral.rs quantizes with `isq: Q8_0`",
+            "`dtype: int8` and `w8a8` are the native engine's formats; mistral.rs quantizes with `isq: Q8_0`",
         ));
     }
     let engine = MistralRsEngine::load(MistralRsOptions {
@@ -332,9 +333,9 @@ fn start_cuda(
     let dtype = match cfg.dtype {
         Dtype::Auto | Dtype::Bf16 => WeightDtype::BF16,
         Dtype::F32 => WeightDtype::F32,
-        Dtype::Int8 => {
+        Dtype::Int8 | Dtype::W8a8 => {
             return Err(rosetta_engine::EngineError::load(
-                "`dtype: int8` is a CPU weight format; on a GPU use `bf16` or `f32`",
+                "`dtype: int8` and `w8a8` are CPU weight formats; on a GPU use `bf16` or `f32`",
             ))
         }
     };

@@ -61,19 +61,17 @@ async fn batched_greedy_equals_unbatched_greedy() {
     batched_equals_unbatched(&Server::start_default()).await;
 }
 
-/// The same with int8 weights (`dtype: int8`), quantized at load.
+/// The same with 8-bit weights (`dtype: int8`), and with 8-bit weights and activations
+/// (`dtype: w8a8`), quantized at load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn int8_weights_batched_greedy_equals_unbatched_greedy() {
-    let s = Server::start(
-        r#"
-server: { listen: 127.0.0.1:0 }
-cache_dir: "{cache}"
-auth: { allow_unauthenticated: true }
-models:
-  - { id: tiny, demo: { arch: llama, size: tiny, seed: 1 }, licence: apache-2.0, dtype: int8 }
-"#,
-    );
-    batched_equals_unbatched(&s).await;
+async fn eight_bit_formats_batched_greedy_equals_unbatched_greedy() {
+    for dtype in ["int8", "w8a8"] {
+        let s = Server::start(&format!(
+            "server: {{ listen: 127.0.0.1:0 }}\ncache_dir: \"{{cache}}\"\nauth: {{ allow_unauthenticated: true }}\n\
+             models:\n  - {{ id: tiny, demo: {{ arch: llama, size: tiny, seed: 1 }}, licence: apache-2.0, dtype: {dtype} }}\n"
+        ));
+        batched_equals_unbatched(&s).await;
+    }
 }
 
 async fn batched_equals_unbatched(s: &Server) {

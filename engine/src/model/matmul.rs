@@ -37,6 +37,9 @@ pub enum WeightFormat {
     Bf16,
     /// 8 bits per weight and an f32 scale per output row, quantized at load.
     Int8,
+    /// int8 weights as `Int8`, times activations quantized to int8 per token, summed in
+    /// int32 (AVX-512 VNNI where the CPU has it); see `w8a8`.
+    W8a8,
 }
 
 /// A `[rows, cols]` weight matrix (`y = x W^T`), stored packed (see the module docs).
@@ -54,6 +57,7 @@ enum WeightData {
         /// One per output row: a weight is `value × scale`.
         scales: Vec<f32>,
     },
+    W8a8(super::w8a8::W8a8),
 }
 
 /// Row-major `[rows, cols]` → panels `[rows / 16][cols][16]`, the last panel zero-padded.
@@ -115,17 +119,30 @@ impl Matrix {
         }
     }
 
+    /// Quantizes row-major f32 weights for W8A8 products.
+    pub fn w8a8(rows: usize, cols: usize, data: &[f32]) -> Self {
+        Self {
+            rows,
+            cols,
+            data: WeightData::W8a8(super::w8a8::W8a8::quantize(rows, cols, data)),
+        }
+    }
+
     /// Bytes the weights occupy (what a pass reads from memory once).
     pub fn bytes(&self) -> usize {
         match &self.data {
             WeightData::F32(d) => d.len() * 4,
             WeightData::Bf16(d) => d.len() * 2,
             WeightData::Int8 { values, scales } => values.len() + scales.len() * 4,
+            WeightData::W8a8(w) => w.bytes(),
         }
     }
 
     /// Copies row `r` into `out` as f32 (embedding lookup).
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        if let WeightData::W8a8(w) = &self.data {
+            return w.row_into(r, out);
+        }
         let base = (r / PANEL) * self.cols * PANEL + r % PANEL;
         match &self.data {
             WeightData::F32(d) => {
@@ -143,6 +160,7 @@ impl Matrix {
                     *o = f32::from(values[base + c * PANEL]) * scales[r];
                 }
             }
+            WeightData::W8a8(_) => {}
         }
     }
 
@@ -150,6 +168,11 @@ impl Matrix {
     pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
         debug_assert_eq!(x.len(), m * self.cols);
         let (n, k) = (self.rows, self.cols);
+        if let WeightData::W8a8(w) = &self.data {
+            let mut out = w.matmul(x, m);
+            add_bias(&mut out, n, bias);
+            return out;
+        }
         let mut out = vec![0.0f32; m * n];
         let panels = n.div_ceil(PANEL);
         let groups = panels.div_ceil(PANELS_PER_TASK);
@@ -191,18 +214,23 @@ impl Matrix {
                             dispatch(&block, values, dst.0);
                             scale_block(&block, scales, dst.0);
                         }
+                        WeightData::W8a8(_) => {}
                     }
                 }
             }
         });
-        if let Some(b) = bias {
-            for row in out.chunks_exact_mut(n) {
-                for (o, b) in row.iter_mut().zip(b) {
-                    *o += b;
-                }
+        add_bias(&mut out, n, bias);
+        out
+    }
+}
+
+fn add_bias(out: &mut [f32], n: usize, bias: Option<&[f32]>) {
+    if let Some(b) = bias {
+        for row in out.chunks_exact_mut(n) {
+            for (o, b) in row.iter_mut().zip(b) {
+                *o += b;
             }
         }
-        out
     }
 }
 

@@ -1,0 +1,399 @@
+//! W8A8 products (`dtype: w8a8`): int8 weights with one f32 scale per output row (as
+//! `Matrix::int8`), times int8 activations quantized per token as they arrive (one scale per
+//! row of x: its largest magnitude maps to 127), summed exactly in int32. With AVX-512 VNNI
+//! one `vpdpbusd` does 64 multiply-adds, four times an f32 FMA's; without it the same
+//! integers are summed portably. Integer sums do not depend on their order and the final
+//! scaling is the same few f32 operations everywhere, so every CPU path and every batch gives
+//! the same bits.
+//!
+//! `vpdpbusd` multiplies unsigned by signed bytes, so activations are stored offset by 128
+//! (1..=255) and 128 × each column's weight sum is taken off at the end.
+//!
+//! Layout: panels of 16 output columns with k in groups of 4 (one 32-bit lane):
+//! `[rows / 16][cols / 4][16][4]`, zero-padded.
+
+use rayon::prelude::*;
+
+/// Output columns per panel: one AVX-512 vector of i32.
+const PANEL: usize = 16;
+/// k values per 32-bit lane.
+const GROUP: usize = 4;
+/// Panels per kernel call (64 output columns).
+const PANELS_PER_CALL: usize = 4;
+/// Rows of x per register tile.
+const ROW_TILE: usize = 6;
+/// Parallel tasks per thread.
+const TASKS_PER_THREAD: usize = 4;
+
+/// A weight matrix for W8A8 products.
+pub struct W8a8 {
+    rows: usize,
+    cols: usize,
+    /// Groups of 4 along k.
+    groups: usize,
+    values: Vec<i8>,
+    /// One per output row: a weight is `value × scale`.
+    scales: Vec<f32>,
+    /// 128 × the sum of each output row's values: what the activations' offset adds.
+    offsets: Vec<i32>,
+}
+
+/// A row of x quantized: bytes offset by 128, and its scale.
+struct Activations {
+    bytes: Vec<u8>,
+    scales: Vec<f32>,
+}
+
+/// Symmetric int8 scale of a row: its largest magnitude maps to 127.
+fn scale_of(row: &[f32]) -> f32 {
+    let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    if max > 0.0 && max.is_finite() {
+        max / 127.0
+    } else {
+        1.0
+    }
+}
+
+impl W8a8 {
+    /// Quantizes row-major f32 weights per output row.
+    pub fn quantize(rows: usize, cols: usize, data: &[f32]) -> Self {
+        debug_assert_eq!(data.len(), rows * cols);
+        let groups = cols.div_ceil(GROUP);
+        let mut values = vec![0i8; rows.div_ceil(PANEL) * groups * PANEL * GROUP];
+        let mut scales = Vec::with_capacity(rows);
+        let mut offsets = Vec::with_capacity(rows);
+        for (r, row) in data.chunks_exact(cols.max(1)).enumerate() {
+            let scale = scale_of(row);
+            let mut sum = 0i32;
+            for (c, v) in row.iter().enumerate() {
+                // `as` saturates (and maps NaN to 0).
+                let q = (v / scale).round() as i8;
+                values[index(groups, r, c)] = q;
+                sum += i32::from(q);
+            }
+            scales.push(scale);
+            offsets.push(128 * sum);
+        }
+        Self {
+            rows,
+            cols,
+            groups,
+            values,
+            scales,
+            offsets,
+        }
+    }
+
+    /// Bytes the weights occupy.
+    pub fn bytes(&self) -> usize {
+        self.values.len() + self.scales.len() * 4 + self.offsets.len() * 4
+    }
+
+    /// Copies row `r` into `out` as f32 (embedding lookup).
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        for (c, o) in out.iter_mut().enumerate().take(self.cols) {
+            *o = f32::from(self.values[index(self.groups, r, c)]) * self.scales[r];
+        }
+    }
+
+    /// `x` is `[m, cols]`; returns `[m, rows]` = x W^T.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        debug_assert_eq!(x.len(), m * self.cols);
+        let (n, k) = (self.rows, self.cols);
+        let acts = self.quantize_activations(x, m, k);
+        let mut out = vec![0.0f32; m * n];
+        let calls = n.div_ceil(PANEL).div_ceil(PANELS_PER_CALL);
+        let min_tasks = rayon::current_num_threads() * TASKS_PER_THREAD;
+        let calls_per_task = calls.div_ceil(min_tasks).max(1);
+        let column_tasks = calls.div_ceil(calls_per_task);
+        let row_split = min_tasks.div_ceil(column_tasks).min(m / ROW_TILE).max(1);
+        let rows_per_task = m.div_ceil(row_split).div_ceil(ROW_TILE) * ROW_TILE;
+        let row_tasks = m.div_ceil(rows_per_task);
+        let dst = Shared(out.as_mut_ptr());
+        (0..column_tasks * row_tasks).into_par_iter().for_each(|t| {
+            let dst = &dst;
+            let (ct, rt) = (t / row_tasks, t % row_tasks);
+            let r0 = rt * rows_per_task;
+            let r1 = (r0 + rows_per_task).min(m);
+            let c0 = ct * calls_per_task;
+            for call in c0..(c0 + calls_per_task).min(calls) {
+                let panel0 = call * PANELS_PER_CALL;
+                let panels = PANELS_PER_CALL.min(n.div_ceil(PANEL) - panel0);
+                let mut i = r0;
+                while i < r1 {
+                    let rows = ROW_TILE.min(r1 - i);
+                    // Safety: this task writes only its rows × its panels' columns.
+                    unsafe { self.tile(&acts, i, rows, panel0, panels, dst.0) };
+                    i += rows;
+                }
+            }
+        });
+        out
+    }
+
+    fn quantize_activations(&self, x: &[f32], m: usize, k: usize) -> Activations {
+        let width = self.groups * GROUP;
+        let mut bytes = vec![128u8; m * width];
+        let mut scales = Vec::with_capacity(m);
+        for (row, dst) in x.chunks_exact(k.max(1)).zip(bytes.chunks_exact_mut(width)) {
+            let scale = scale_of(row);
+            let inverse = 1.0 / scale;
+            for (v, d) in row.iter().zip(dst.iter_mut()) {
+                // Round half away from zero with plain arithmetic (no libm call: this runs
+                // for every activation of every product), then offset: |q| ≤ 127, so the
+                // byte is 1..=255.
+                let q = (v * inverse + 0.5f32.copysign(*v)) as i32;
+                *d = (q.clamp(-127, 127) + 128) as u8;
+            }
+            scales.push(scale);
+        }
+        Activations { bytes, scales }
+    }
+
+    /// One register tile: `rows` rows of x from `i0` against `panels` panels from `panel0`.
+    ///
+    /// Safety: `out` is the `[m, rows]` output; only this tile's elements are written.
+    unsafe fn tile(
+        &self,
+        acts: &Activations,
+        i0: usize,
+        rows: usize,
+        panel0: usize,
+        panels: usize,
+        out: *mut f32,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if vnni_available() {
+            // Safety: the CPU has the features; forwarded.
+            return unsafe { vnni::tile(self, acts, i0, rows, panel0, panels, out) };
+        }
+        // Safety: forwarded.
+        unsafe { self.tile_portable(acts, i0, rows, panel0, panels, out) }
+    }
+
+    /// The same integers, one output at a time.
+    unsafe fn tile_portable(
+        &self,
+        acts: &Activations,
+        i0: usize,
+        rows: usize,
+        panel0: usize,
+        panels: usize,
+        out: *mut f32,
+    ) {
+        let width = self.groups * GROUP;
+        let c0 = panel0 * PANEL;
+        let c1 = ((panel0 + panels) * PANEL).min(self.rows);
+        for i in i0..i0 + rows {
+            let xq = &acts.bytes[i * width..(i + 1) * width];
+            for j in c0..c1 {
+                let base = ((j / PANEL) * self.groups) * PANEL * GROUP + (j % PANEL) * GROUP;
+                let mut acc = 0i32;
+                for g in 0..self.groups {
+                    let w = &self.values[base + g * PANEL * GROUP..][..GROUP];
+                    for l in 0..GROUP {
+                        acc += i32::from(xq[g * GROUP + l]) * i32::from(w[l]);
+                    }
+                }
+                let v = finish(acc, self.offsets[j], acts.scales[i], self.scales[j]);
+                // Safety: (i, j) lies in this tile.
+                unsafe { *out.add(i * self.rows + j) = v };
+            }
+        }
+    }
+}
+
+/// An output from its integer sum: the offset taken off, then the two scales, in this order
+/// on every path.
+#[inline(always)]
+fn finish(acc: i32, offset: i32, x_scale: f32, w_scale: f32) -> f32 {
+    (acc.wrapping_sub(offset) as f32) * x_scale * w_scale
+}
+
+/// Where weight (r, c) lives in the packed layout.
+fn index(groups: usize, r: usize, c: usize) -> usize {
+    ((r / PANEL) * groups + c / GROUP) * PANEL * GROUP + (r % PANEL) * GROUP + c % GROUP
+}
+
+#[cfg(target_arch = "x86_64")]
+fn vnni_available() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vnni")
+}
+
+/// The output pointer shared by the parallel tasks, each writing its own elements.
+struct Shared(*mut f32);
+// Safety: tasks write disjoint elements (see `W8a8::matmul`).
+unsafe impl Sync for Shared {}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use std::arch::x86_64::*;
+
+    use super::{Activations, W8a8, GROUP, PANEL};
+
+    /// Safety: needs AVX-512F/BW/VNNI; see `W8a8::tile`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn tile(
+        w: &W8a8,
+        acts: &Activations,
+        i0: usize,
+        rows: usize,
+        panel0: usize,
+        panels: usize,
+        out: *mut f32,
+    ) {
+        macro_rules! shapes {
+            ($($r:literal),*) => {
+                match (rows, panels) {
+                    $(
+                        ($r, 4) => unsafe { tile_rc::<$r, 4>(w, acts, i0, panel0, out) },
+                        ($r, 3) => unsafe { tile_rc::<$r, 3>(w, acts, i0, panel0, out) },
+                        ($r, 2) => unsafe { tile_rc::<$r, 2>(w, acts, i0, panel0, out) },
+                        ($r, _) => unsafe { tile_rc::<$r, 1>(w, acts, i0, panel0, out) },
+                    )*
+                    _ => unreachable!("row tiles hold 1 to 6 rows"),
+                }
+            };
+        }
+        shapes!(1, 2, 3, 4, 5, 6)
+    }
+
+    // Index loops over register tiles read clearer than iterator chains here.
+    #[allow(clippy::needless_range_loop)]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile_rc<const R: usize, const C: usize>(
+        w: &W8a8,
+        acts: &Activations,
+        i0: usize,
+        panel0: usize,
+        out: *mut f32,
+    ) {
+        let groups = w.groups;
+        let width = groups * GROUP;
+        let wp = w.values.as_ptr();
+        let xp = acts.bytes.as_ptr();
+        let mut acc = [[_mm512_setzero_si512(); C]; R];
+        for g in 0..groups {
+            let mut wv = [_mm512_setzero_si512(); C];
+            // Safety: panel (panel0 + c) has `groups` groups of 64 bytes; row i0 + r of the
+            // activations has `width` bytes.
+            unsafe {
+                for c in 0..C {
+                    let at = ((panel0 + c) * groups + g) * PANEL * GROUP;
+                    wv[c] = _mm512_loadu_si512(wp.add(at) as *const __m512i);
+                }
+                for r in 0..R {
+                    let four =
+                        (xp.add((i0 + r) * width + g * GROUP) as *const i32).read_unaligned();
+                    let xv = _mm512_set1_epi32(four);
+                    for c in 0..C {
+                        acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], xv, wv[c]);
+                    }
+                }
+            }
+        }
+        for c in 0..C {
+            let col = (panel0 + c) * PANEL;
+            let valid = w.rows.saturating_sub(col).min(PANEL);
+            let mask: __mmask16 = if valid == PANEL {
+                0xffff
+            } else {
+                (1u16 << valid) - 1
+            };
+            // Safety: only the valid columns are read and written.
+            unsafe {
+                let offsets = _mm512_maskz_loadu_epi32(mask, w.offsets.as_ptr().add(col));
+                let scales = _mm512_maskz_loadu_ps(mask, w.scales.as_ptr().add(col));
+                for r in 0..R {
+                    let i = i0 + r;
+                    let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][c], offsets));
+                    let v = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(acts.scales[i])), scales);
+                    _mm512_mask_storeu_ps(out.add(i * w.rows + col), mask, v);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn random(seed: u64, len: usize) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    /// What the integers say, computed the plain way from the quantized values.
+    fn integer_reference(w: &W8a8, x: &[f32], m: usize) -> Vec<f32> {
+        let acts = w.quantize_activations(x, m, w.cols);
+        let width = w.groups * GROUP;
+        let mut out = vec![0.0; m * w.rows];
+        for i in 0..m {
+            for j in 0..w.rows {
+                let mut acc = 0i32;
+                for c in 0..w.cols {
+                    let xq = i32::from(acts.bytes[i * width + c]) - 128;
+                    acc += xq * i32::from(w.values[index(w.groups, j, c)]);
+                }
+                out[i * w.rows + j] = finish(
+                    acc + w.offsets[j],
+                    w.offsets[j],
+                    acts.scales[i],
+                    w.scales[j],
+                );
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_path_and_batch_gives_the_integer_answer() {
+        for &(m, n, k, seed) in &[
+            (1, 1, 1, 1),
+            (7, 130, 66, 2),
+            (13, 67, 100, 3),
+            (32, 200, 576, 4),
+        ] {
+            let x = random(seed, m * k);
+            let data = random(seed + 100, n * k);
+            let w = W8a8::quantize(n, k, &data);
+            let got = w.matmul(&x, m);
+            assert_eq!(got, integer_reference(&w, &x, m), "{m}x{n}x{k}");
+            for i in 0..m {
+                assert_eq!(w.matmul(&x[i * k..(i + 1) * k], 1), got[i * n..(i + 1) * n]);
+            }
+            // The portable tile, on the whole product.
+            let acts = w.quantize_activations(&x, m, k);
+            let mut portable = vec![0.0; m * n];
+            for panel0 in (0..n.div_ceil(PANEL)).step_by(PANELS_PER_CALL) {
+                let panels = PANELS_PER_CALL.min(n.div_ceil(PANEL) - panel0);
+                unsafe { w.tile_portable(&acts, 0, m, panel0, panels, portable.as_mut_ptr()) };
+            }
+            assert_eq!(portable, got, "{m}x{n}x{k}: portable path");
+            // Within the two quantizations of f32's answer.
+            for i in 0..m {
+                let xs = scale_of(&x[i * k..(i + 1) * k]);
+                for j in 0..n {
+                    let ws = scale_of(&data[j * k..(j + 1) * k]);
+                    let want: f32 = (0..k).map(|c| x[i * k + c] * data[j * k + c]).sum();
+                    let bound = k as f32 * (xs + ws) * 0.5 * 1.01 + 1e-4;
+                    assert!(
+                        (got[i * n + j] - want).abs() <= bound,
+                        "{m}x{n}x{k} ({i},{j})"
+                    );
+                }
+            }
+            let mut row = vec![0.0; k];
+            w.row_into(n - 1, &mut row);
+            for (a, b) in row.iter().zip(&data[(n - 1) * k..]) {
+                assert!((a - b).abs() <= scale_of(&data[(n - 1) * k..]) / 2.0 + 1e-6);
+            }
+        }
+    }
+}
