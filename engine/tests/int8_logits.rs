@@ -5,36 +5,12 @@
 //! them), and each format is as batch-invariant as f32: a prompt run whole and token by token
 //! gives the same logits within the engine's usual 1e-4.
 
+mod forward;
 mod reference;
 
-
+use forward::logits;
 use rosetta_engine::demo::{self, Arch, DemoSpec, Size};
-use rosetta_engine::kv::{KvLayout, KvPool};
-use rosetta_engine::model::{LogitRows, SeqChunk, Transformer, WeightFormat};
-
-fn logits(model: &Transformer, tokens: &[u32], block_size: usize, chunk: usize) -> Vec<Vec<f32>> {
-    let s = model.shape();
-    let layout = KvLayout {
-        num_blocks: 64,
-        block_size,
-        kv_heads: s.num_kv_heads,
-        head_dim: s.head_dim,
-    };
-    let mut kv = KvPool::new(s.num_layers, layout);
-    let table: Vec<u32> = (0..64u32).rev().collect();
-    let mut out = Vec::new();
-    for start in (0..tokens.len()).step_by(chunk) {
-        let end = (start + chunk).min(tokens.len());
-        let c = SeqChunk {
-            tokens: &tokens[start..end],
-            start_pos: start,
-            block_table: &table,
-            logits: LogitRows::All,
-        };
-        out.extend(model.forward(&[c], &mut kv).expect("forward"));
-    }
-    out
-}
+use rosetta_engine::model::{Transformer, WeightFormat};
 
 fn log_softmax(x: &[f32]) -> Vec<f64> {
     let max = x.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;

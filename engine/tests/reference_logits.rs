@@ -1,6 +1,7 @@
 //! The engine's logits equal an independent dense implementation's (tests/reference) on
 //! generated models of every supported architecture, within 1e-4 relative error.
 
+mod forward;
 mod reference;
 
 use std::path::Path;
@@ -30,28 +31,7 @@ fn engine_logits(
     dtype: WeightFormat,
 ) -> Vec<Vec<f32>> {
     let model = Transformer::load(dir, dtype, 4096).expect("load model");
-    let s = model.shape();
-    let layout = KvLayout {
-        num_blocks: 64,
-        block_size,
-        kv_heads: s.num_kv_heads,
-        head_dim: s.head_dim,
-    };
-    let mut kv = KvPool::new(s.num_layers, layout);
-    // Scattered blocks, so the paged path is really exercised.
-    let table: Vec<u32> = (0..64u32).rev().collect();
-    let mut out = Vec::new();
-    for start in (0..tokens.len()).step_by(chunk) {
-        let end = (start + chunk).min(tokens.len());
-        let c = SeqChunk {
-            tokens: &tokens[start..end],
-            start_pos: start,
-            block_table: &table,
-            logits: LogitRows::All,
-        };
-        out.extend(model.forward(&[c], &mut kv).expect("forward"));
-    }
-    out
+    forward::logits(&model, tokens, block_size, chunk)
 }
 
 fn prompt(n: usize) -> Vec<u32> {

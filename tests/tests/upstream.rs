@@ -116,6 +116,29 @@ fn an_engine_only_server_without_a_token_listens_on_loopback_only() {
     assert!(s.logs().contains("loopback only"), "{}", s.logs());
 }
 
+/// One HTTP/1.1 request from a fake upstream's connection: its request line and body; `None`
+/// once the client has closed it.
+fn read_request(reader: &mut BufReader<std::net::TcpStream>) -> Option<(String, Vec<u8>)> {
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    Some((request_line, body))
+}
+
 /// A fake OpenAI-compatible upstream (for tests about the gateway): answers every chat
 /// request with a fixed completion reporting `total_tokens` used, and records the bodies it
 /// received.
@@ -131,23 +154,9 @@ fn fake_upstream(total_tokens: u64) -> (String, Arc<Mutex<Vec<Value>>>) {
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(conn.try_clone().unwrap());
                 loop {
-                    let mut request_line = String::new();
-                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                    let Some((request_line, body)) = read_request(&mut reader) else {
                         return;
-                    }
-                    let mut length = 0;
-                    loop {
-                        let mut line = String::new();
-                        reader.read_line(&mut line).unwrap();
-                        if line.trim().is_empty() {
-                            break;
-                        }
-                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            length = v.trim().parse().unwrap();
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    reader.read_exact(&mut body).unwrap();
+                    };
                     let answer = if request_line.starts_with("POST") {
                         seen.lock()
                             .unwrap()
@@ -337,23 +346,9 @@ fn fake_streaming_upstream(chunks: Vec<Value>) -> (String, Requests) {
             let (seen, chunks) = (seen.clone(), chunks.clone());
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut request_line = String::new();
-                if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                let Some((request_line, body)) = read_request(&mut reader) else {
                     return;
-                }
-                let mut length = 0;
-                loop {
-                    let mut line = String::new();
-                    reader.read_line(&mut line).unwrap();
-                    if line.trim().is_empty() {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap();
-                    }
-                }
-                let mut body = vec![0; length];
-                reader.read_exact(&mut body).unwrap();
+                };
                 if !request_line.starts_with("POST") {
                     let _ = write!(
                         conn,
