@@ -174,54 +174,64 @@ impl Matrix {
             return out;
         }
         let mut out = vec![0.0f32; m * n];
-        let panels = n.div_ceil(PANEL);
-        let groups = panels.div_ceil(PANELS_PER_TASK);
-        // A few tasks per thread: enough to balance, few enough that a single row's product
-        // (decode) is not dominated by handing out work. Narrow matrices give few column
-        // tasks; split the rows too (the split never changes a result: each output is one
-        // chain either way).
-        let min_tasks = rayon::current_num_threads() * TASKS_PER_THREAD;
-        let groups_per_task = groups.div_ceil(min_tasks).max(1);
-        let column_tasks = groups.div_ceil(groups_per_task);
-        let row_split = min_tasks.div_ceil(column_tasks).min(m / ROW_TILE).max(1);
-        let rows_per_task = m.div_ceil(row_split).div_ceil(ROW_TILE) * ROW_TILE;
-        let row_tasks = m.div_ceil(rows_per_task);
         let dst = SharedOut(out.as_mut_ptr());
-        (0..column_tasks * row_tasks).into_par_iter().for_each(|t| {
-            let (ct, rt) = (t / row_tasks, t % row_tasks);
-            let r0 = rt * rows_per_task;
-            let rows = r0..(r0 + rows_per_task).min(m);
-            let g0 = ct * groups_per_task;
+        for_each_block(n, m, |rows, panel0, panels| {
             let dst = &dst;
-            for g in g0..(g0 + groups_per_task).min(groups) {
-                let p0 = g * PANELS_PER_TASK;
-                let p1 = (p0 + PANELS_PER_TASK).min(panels);
-                let block = Block {
-                    x,
-                    rows: rows.clone(),
-                    k,
-                    n,
-                    panel0: p0,
-                    panels: p1 - p0,
-                };
-                // Safety: this task writes only columns [p0 * 16, p1 * 16) ∩ [0, n) of its
-                // rows, which no other task writes; `out` outlives the parallel loop.
-                unsafe {
-                    match &self.data {
-                        WeightData::F32(w) => dispatch(&block, w, dst.0),
-                        WeightData::Bf16(w) => dispatch(&block, w, dst.0),
-                        WeightData::Int8 { values, scales } => {
-                            dispatch(&block, values, dst.0);
-                            scale_block(&block, scales, dst.0);
-                        }
-                        WeightData::W8a8(_) => {}
+            let block = Block {
+                x,
+                rows,
+                k,
+                n,
+                panel0,
+                panels,
+            };
+            // Safety: this block's columns of its rows are written by no other task; `out`
+            // outlives the parallel loop.
+            unsafe {
+                match &self.data {
+                    WeightData::F32(w) => dispatch(&block, w, dst.0),
+                    WeightData::Bf16(w) => dispatch(&block, w, dst.0),
+                    WeightData::Int8 { values, scales } => {
+                        dispatch(&block, values, dst.0);
+                        scale_block(&block, scales, dst.0);
                     }
+                    WeightData::W8a8(_) => {}
                 }
             }
         });
         add_bias(&mut out, n, bias);
         out
     }
+}
+
+/// Calls `work(rows, panel0, panels)` for every block of an `[m, n]` product, in parallel: a
+/// few tasks per thread (enough to balance, few enough that a single row's product, decode,
+/// is not dominated by handing out work), each a range of rows and a run of groups of up to
+/// 4 panels (64 columns). Narrow matrices give few column tasks, so the rows are split too.
+/// Blocks never overlap, and the split never changes a result.
+pub(super) fn for_each_block(
+    n: usize,
+    m: usize,
+    work: impl Fn(std::ops::Range<usize>, usize, usize) + Sync,
+) {
+    let panels = n.div_ceil(PANEL);
+    let groups = panels.div_ceil(PANELS_PER_TASK);
+    let min_tasks = rayon::current_num_threads() * TASKS_PER_THREAD;
+    let groups_per_task = groups.div_ceil(min_tasks).max(1);
+    let column_tasks = groups.div_ceil(groups_per_task);
+    let row_split = min_tasks.div_ceil(column_tasks).min(m / ROW_TILE).max(1);
+    let rows_per_task = m.div_ceil(row_split).div_ceil(ROW_TILE) * ROW_TILE;
+    let row_tasks = m.div_ceil(rows_per_task);
+    (0..column_tasks * row_tasks).into_par_iter().for_each(|t| {
+        let (ct, rt) = (t / row_tasks, t % row_tasks);
+        let r0 = rt * rows_per_task;
+        let rows = r0..(r0 + rows_per_task).min(m);
+        let g0 = ct * groups_per_task;
+        for g in g0..(g0 + groups_per_task).min(groups) {
+            let p0 = g * PANELS_PER_TASK;
+            work(rows.clone(), p0, PANELS_PER_TASK.min(panels - p0));
+        }
+    });
 }
 
 fn add_bias(out: &mut [f32], n: usize, bias: Option<&[f32]>) {
@@ -248,8 +258,8 @@ unsafe fn scale_block(block: &Block, scales: &[f32], out: *mut f32) {
     }
 }
 
-/// The output pointer shared by the parallel tasks, each writing its own columns.
-struct SharedOut(*mut f32);
+/// The output pointer shared by the parallel tasks, each writing its own elements.
+pub(super) struct SharedOut(pub(super) *mut f32);
 // Safety: tasks write disjoint elements (see `Matrix::matmul`).
 unsafe impl Sync for SharedOut {}
 

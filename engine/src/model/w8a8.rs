@@ -12,18 +12,14 @@
 //! Layout: panels of 16 output columns with k in groups of 4 (one 32-bit lane):
 //! `[rows / 16][cols / 4][16][4]`, zero-padded.
 
-use rayon::prelude::*;
+use super::matmul::{for_each_block, SharedOut};
 
 /// Output columns per panel: one AVX-512 vector of i32.
 const PANEL: usize = 16;
 /// k values per 32-bit lane.
 const GROUP: usize = 4;
-/// Panels per kernel call (64 output columns).
-const PANELS_PER_CALL: usize = 4;
 /// Rows of x per register tile.
 const ROW_TILE: usize = 6;
-/// Parallel tasks per thread.
-const TASKS_PER_THREAD: usize = 4;
 
 /// A weight matrix for W8A8 products.
 pub struct W8a8 {
@@ -102,30 +98,15 @@ impl W8a8 {
         let (n, k) = (self.rows, self.cols);
         let acts = self.quantize_activations(x, m, k);
         let mut out = vec![0.0f32; m * n];
-        let calls = n.div_ceil(PANEL).div_ceil(PANELS_PER_CALL);
-        let min_tasks = rayon::current_num_threads() * TASKS_PER_THREAD;
-        let calls_per_task = calls.div_ceil(min_tasks).max(1);
-        let column_tasks = calls.div_ceil(calls_per_task);
-        let row_split = min_tasks.div_ceil(column_tasks).min(m / ROW_TILE).max(1);
-        let rows_per_task = m.div_ceil(row_split).div_ceil(ROW_TILE) * ROW_TILE;
-        let row_tasks = m.div_ceil(rows_per_task);
-        let dst = Shared(out.as_mut_ptr());
-        (0..column_tasks * row_tasks).into_par_iter().for_each(|t| {
+        let dst = SharedOut(out.as_mut_ptr());
+        for_each_block(n, m, |rows, panel0, panels| {
             let dst = &dst;
-            let (ct, rt) = (t / row_tasks, t % row_tasks);
-            let r0 = rt * rows_per_task;
-            let r1 = (r0 + rows_per_task).min(m);
-            let c0 = ct * calls_per_task;
-            for call in c0..(c0 + calls_per_task).min(calls) {
-                let panel0 = call * PANELS_PER_CALL;
-                let panels = PANELS_PER_CALL.min(n.div_ceil(PANEL) - panel0);
-                let mut i = r0;
-                while i < r1 {
-                    let rows = ROW_TILE.min(r1 - i);
-                    // Safety: this task writes only its rows × its panels' columns.
-                    unsafe { self.tile(&acts, i, rows, panel0, panels, dst.0) };
-                    i += rows;
-                }
+            let mut i = rows.start;
+            while i < rows.end {
+                let tile = ROW_TILE.min(rows.end - i);
+                // Safety: this block's elements are written by no other task.
+                unsafe { self.tile(&acts, i, tile, panel0, panels, dst.0) };
+                i += tile;
             }
         });
         out
@@ -221,11 +202,6 @@ fn vnni_available() -> bool {
         && std::is_x86_feature_detected!("avx512bw")
         && std::is_x86_feature_detected!("avx512vnni")
 }
-
-/// The output pointer shared by the parallel tasks, each writing its own elements.
-struct Shared(*mut f32);
-// Safety: tasks write disjoint elements (see `W8a8::matmul`).
-unsafe impl Sync for Shared {}
 
 #[cfg(target_arch = "x86_64")]
 mod vnni {
@@ -371,8 +347,8 @@ mod tests {
             // The portable tile, on the whole product.
             let acts = w.quantize_activations(&x, m, k);
             let mut portable = vec![0.0; m * n];
-            for panel0 in (0..n.div_ceil(PANEL)).step_by(PANELS_PER_CALL) {
-                let panels = PANELS_PER_CALL.min(n.div_ceil(PANEL) - panel0);
+            for panel0 in (0..n.div_ceil(PANEL)).step_by(4) {
+                let panels = 4.min(n.div_ceil(PANEL) - panel0);
                 unsafe { w.tile_portable(&acts, 0, m, panel0, panels, portable.as_mut_ptr()) };
             }
             assert_eq!(portable, got, "{m}x{n}x{k}: portable path");
