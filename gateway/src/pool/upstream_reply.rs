@@ -231,11 +231,10 @@ impl ChunkReader {
         for (position, c) in v["choices"].as_array().into_iter().flatten().enumerate() {
             let index = c["index"].as_u64().map_or(position, |i| i as usize);
             let mut pieces = Vec::new();
-            if whole {
-                self.message(index, c, &mut pieces);
-            } else {
-                self.delta(index, c, &mut pieces);
-            }
+            // A whole answer's choice has `message`, a chunk's `delta` (chat); a completion's
+            // has `text` either way.
+            let m = if whole { &c["message"] } else { &c["delta"] };
+            self.pieces(index, m, c["text"].as_str(), &mut pieces);
             let step = Step {
                 index,
                 pieces,
@@ -253,38 +252,17 @@ impl ChunkReader {
         out
     }
 
-    /// A whole choice: `message` (chat) or `text` (completion).
-    fn message(&mut self, index: usize, c: &Value, out: &mut Vec<Piece>) {
-        let m = &c["message"];
-        if let Some(r) = reasoning(m) {
+    /// One choice's thinking, content (a chat message's, or a completion's `text`) and calls.
+    fn pieces(&mut self, index: usize, m: &Value, text: Option<&str>, out: &mut Vec<Piece>) {
+        if let Some(r) = reasoning(m).filter(|r| !r.is_empty()) {
             out.push(Piece::Reasoning(r.to_string()));
         }
-        for text in [m["content"].as_str(), c["text"].as_str()]
-            .into_iter()
-            .flatten()
-        {
+        for text in [m["content"].as_str(), text].into_iter().flatten() {
             if !text.is_empty() {
                 out.push(Piece::Content(text.to_string()));
             }
         }
         self.calls(index, m, out);
-    }
-
-    /// A chunk's choice: `delta` (chat) or `text` (completion).
-    fn delta(&mut self, index: usize, c: &Value, out: &mut Vec<Piece>) {
-        let d = &c["delta"];
-        if let Some(r) = reasoning(d).filter(|r| !r.is_empty()) {
-            out.push(Piece::Reasoning(r.to_string()));
-        }
-        for text in [d["content"].as_str(), c["text"].as_str()]
-            .into_iter()
-            .flatten()
-        {
-            if !text.is_empty() {
-                out.push(Piece::Content(text.to_string()));
-            }
-        }
-        self.calls(index, d, out);
     }
 
     /// Tool calls (or a deprecated `function_call`) of a message or delta: a call's first
