@@ -705,9 +705,8 @@ async fn run_remote(
         priority: caller.priority(),
         cache_salt: state.salt_key().tenant_salt(caller.scheduling_tenant()),
     };
-    // Only the extension fields a replica's config lists are read from the body as sent.
-    let sent: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
-    let answer = match remote.forward(&upstream, &sent, &who).await {
+    // The body as sent only gives the extension fields a replica's config lists.
+    let answer = match remote.forward(&upstream, raw, &who).await {
         Ok(answer) => answer,
         Err(ForwardError::Unavailable(why)) => {
             return Err(AttemptError::Retry(ApiError::unavailable(

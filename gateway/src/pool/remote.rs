@@ -139,9 +139,15 @@ impl RemoteClient {
     }
 
     /// The body for the upstream: the request's, the extension fields this replica's
-    /// config lists (taken from what the client sent), and the upstream's model name.
-    fn upstream_body(&self, request: &UpstreamRequest, sent: &Value) -> Value {
+    /// config lists (taken from `sent`, the client's body, read only when it lists any), and
+    /// the upstream's model name.
+    fn upstream_body(&self, request: &UpstreamRequest, sent: &[u8]) -> Value {
         let mut out = request.body.clone();
+        let sent: Value = if self.forward_fields.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(sent).unwrap_or(Value::Null)
+        };
         for field in &self.forward_fields {
             if let Some(v) = sent.get(field).filter(|v| !v.is_null()) {
                 out.insert(field.clone(), v.clone());
@@ -156,7 +162,7 @@ impl RemoteClient {
     pub async fn forward(
         &self,
         request: &UpstreamRequest,
-        sent: &Value,
+        sent: &[u8],
         who: &OnBehalf<'_>,
     ) -> Result<Forwarded, ForwardError> {
         let path = request.path;
