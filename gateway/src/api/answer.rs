@@ -313,7 +313,7 @@ pub fn now_secs() -> u64 {
 pub use crate::ids::new_id;
 
 /// Text of a token for logprobs (lossy where a token is part of a character), and its bytes.
-pub fn token_text(model: &LocalModel, id: u32) -> (String, Vec<u8>) {
+fn token_text(model: &LocalModel, id: u32) -> (String, Vec<u8>) {
     let bytes = model.tokenizer.token_bytes(id).to_vec();
     (String::from_utf8_lossy(&bytes).into_owned(), bytes)
 }
