@@ -215,13 +215,12 @@ impl RemoteClient {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|t| t.starts_with("application/json"));
         if !stream || json_body {
-            let read = tokio::time::timeout(self.request, resp.json::<Value>());
+            let read = tokio::time::timeout(self.request, read_capped(resp, MAX_ANSWER_BYTES));
             return match read.await {
-                Ok(Ok(v)) => Ok(Forwarded::Json(v)),
-                Ok(Err(e)) => Err(unavailable(format!(
-                    "unreadable answer: {}",
-                    e.without_url()
-                ))),
+                Ok(Ok(bytes)) => serde_json::from_slice(&bytes)
+                    .map(Forwarded::Json)
+                    .map_err(|e| unavailable(format!("unreadable answer: {e}"))),
+                Ok(Err(why)) => Err(unavailable(why)),
                 Err(_) => Err(unavailable("the answer did not arrive in time".into())),
             };
         }
@@ -245,6 +244,26 @@ impl RemoteClient {
         let rest = chunks.map(|r| r.map_err(|e| e.without_url().to_string()));
         Ok(Forwarded::Stream(first, Box::pin(rest)))
     }
+}
+
+/// Largest whole answer read from an upstream: beyond any real completion (a stream's events
+/// are capped one by one in `upstream_reply`), so a broken upstream cannot fill memory.
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// The body, or why not: a transport failure, or more than `limit` bytes.
+async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("unreadable answer: {}", e.without_url()))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("the answer is larger than {} MiB", limit >> 20));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// An upstream's 4xx: its status, message and parameter, passed on to the client.
@@ -308,6 +327,18 @@ pub fn parse_load(text: &str, model: &str) -> Option<UpstreamLoad> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_whole_answer_past_the_cap_is_refused_not_buffered() {
+        let answer =
+            |len: usize| reqwest::Response::from(axum::http::Response::new(vec![b'x'; len]));
+        assert_eq!(
+            read_capped(answer(100), 100).await.map(|b| b.len()),
+            Ok(100)
+        );
+        let refused = read_capped(answer(101), 100).await.unwrap_err();
+        assert!(refused.contains("larger than"), "{refused}");
+    }
 
     #[test]
     fn reads_rosetta_and_vllm_load_reports() {
