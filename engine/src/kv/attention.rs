@@ -1,9 +1,31 @@
 //! Causal attention that reads K and V in place through block tables (no gather into a
-//! contiguous copy), parallel across query tokens and heads.
+//! contiguous copy), tiled as query tokens × key blocks.
+//!
+//! Work is split into tasks of one KV head and a tile of consecutive query tokens of one
+//! sequence: every query head of the tile that shares the KV head (GQA) is served from one
+//! read of each key and value. K is stored transposed within a block (see `pool`), so a
+//! tile's scores come 16 keys at a time as plain multiply-adds, with no horizontal sums.
+//!
+//! Every query row is computed by the same sequence of floating-point operations whatever
+//! tile, batch or CPU path it lands in, so results are bit-identical across batches and
+//! across the AVX-512 and portable code:
+//! - a score is `(a + b) × scale`, where `a` and `b` are fused multiply-add chains over the
+//!   first and the second half of the head's dimensions, in order;
+//! - softmax uses this module's own `exp` (same bits in scalar and vector code), and sums the
+//!   weights in 16 interleaved lanes reduced by a fixed tree;
+//! - each output is a fused multiply-add chain over the visible keys in position order,
+//!   multiplied by 1 / Σ weights at the end.
 
 use rayon::prelude::*;
 
 use super::KvLayout;
+
+/// Keys per score vector (one AVX-512 register of f32).
+const LANES: usize = 16;
+/// Query rows (tokens × heads of a group) one task holds in registers.
+const MAX_ROWS: usize = 12;
+/// Most query tokens in one tile.
+const MAX_TILE_TOKENS: usize = 8;
 
 /// One sequence's slice of a flat batch of query tokens.
 pub struct AttentionSeq<'a> {
@@ -17,11 +39,8 @@ pub struct AttentionSeq<'a> {
 }
 
 /// `q` is `[tokens, num_heads, head_dim]`; returns `[tokens, num_heads, head_dim]`.
-/// Query at position p sees keys `max(0, p + 1 - window) ..= p`.
-///
-/// One task per (query token, KV head): the query heads that share a KV head (GQA) are
-/// served from one read of each key and value, and keys are walked block by block through
-/// the block table. A query's result depends only on its own sequence, never on the batch.
+/// Query at position p sees keys `max(0, p + 1 - window) ..= p`. A query's result depends
+/// only on its own sequence, never on the batch.
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
     q: &[f32],
@@ -34,329 +53,323 @@ pub fn paged_attention(
     scale: f32,
     alibi: Option<&[f32]>,
 ) -> Vec<f32> {
-    let hd = layout.head_dim;
-    let group = num_heads / layout.kv_heads;
-    let total_tokens: usize = seqs
-        .iter()
-        .map(|s| s.first_token + s.num_tokens)
-        .max()
-        .unwrap_or(0);
-    // Map each flat token to (sequence, position) so every task is independent.
-    let mut owner = vec![(0usize, 0usize); total_tokens];
-    for (si, s) in seqs.iter().enumerate() {
-        for t in 0..s.num_tokens {
-            owner[s.first_token + t] = (si, s.start_pos + t);
-        }
-    }
-    let mut out = vec![0.0f32; total_tokens * num_heads * hd];
-    // Heads of one KV group are adjacent in a token's row, so each task owns one chunk.
-    out.par_chunks_mut(group * hd)
-        .enumerate()
-        .for_each(|(task, out_group)| {
-            let token = task / layout.kv_heads;
-            let kv_head = task % layout.kv_heads;
-            let (si, pos) = owner[token];
-            let first = sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let job = Job {
-                q: &q[task * group * hd..(task + 1) * group * hd],
-                layout,
-                k_cache,
-                v_cache,
-                block_table: seqs[si].block_table,
-                kv_head,
-                group,
-                first,
-                last: pos,
-                scale,
-                alibi: alibi.map(|slopes| &slopes[kv_head * group..(kv_head + 1) * group]),
-            };
-            attend(&job, out_group);
-        });
-    out
+    let batch = Batch {
+        q,
+        num_heads,
+        layout,
+        k_cache,
+        v_cache,
+        seqs,
+        window: sliding_window,
+        scale,
+        alibi,
+    };
+    batch.run(attend)
 }
 
-/// One (query token, KV head) piece of work.
-struct Job<'a> {
-    /// The group's query heads, `[group, head_dim]`.
+/// One call's inputs.
+struct Batch<'a> {
     q: &'a [f32],
+    num_heads: usize,
+    layout: KvLayout,
+    k_cache: &'a [f32],
+    v_cache: &'a [f32],
+    seqs: &'a [AttentionSeq<'a>],
+    window: Option<usize>,
+    scale: f32,
+    alibi: Option<&'a [f32]>,
+}
+
+impl Batch<'_> {
+    /// Splits the batch into tiles, runs `kernel` on each in parallel and assembles the
+    /// output.
+    fn run(&self, kernel: fn(&Job<'_>) -> Vec<f32>) -> Vec<f32> {
+        let l = self.layout;
+        let hd = l.head_dim;
+        let group = self.num_heads / l.kv_heads;
+        let tile = (MAX_ROWS / group).clamp(1, MAX_TILE_TOKENS);
+        let mut jobs = Vec::new();
+        for s in self.seqs {
+            for t0 in (0..s.num_tokens).step_by(tile) {
+                for kv_head in 0..l.kv_heads {
+                    jobs.push(Job {
+                        q: self.q,
+                        q_stride: self.num_heads * hd,
+                        q_first: ((s.first_token + t0) * self.num_heads + kv_head * group) * hd,
+                        tokens: tile.min(s.num_tokens - t0),
+                        pos0: s.start_pos + t0,
+                        layout: l,
+                        k_cache: self.k_cache,
+                        v_cache: self.v_cache,
+                        block_table: s.block_table,
+                        kv_head,
+                        group,
+                        window: self.window,
+                        scale: self.scale,
+                        alibi: self
+                            .alibi
+                            .map(|slopes| &slopes[kv_head * group..(kv_head + 1) * group]),
+                    });
+                }
+            }
+        }
+        let parts: Vec<Vec<f32>> = jobs.par_iter().map(kernel).collect();
+        let total_tokens = self
+            .seqs
+            .iter()
+            .map(|s| s.first_token + s.num_tokens)
+            .max()
+            .unwrap_or(0);
+        let mut out = vec![0.0f32; total_tokens * self.num_heads * hd];
+        // A job's rows are its tokens' group heads, which sit together in each token's row.
+        for (job, part) in jobs.iter().zip(parts) {
+            for (t, rows) in part.chunks_exact(group * hd).enumerate() {
+                let at = job.q_first + t * job.q_stride;
+                out[at..at + group * hd].copy_from_slice(rows);
+            }
+        }
+        out
+    }
+}
+
+/// One (tile of query tokens, KV head) piece of work. Its rows are `token × group + head`.
+struct Job<'a> {
+    q: &'a [f32],
+    /// Floats per token in `q`.
+    q_stride: usize,
+    /// Offset in `q` of the first token's first head of this group.
+    q_first: usize,
+    tokens: usize,
+    /// Position of the first query token; the others follow.
+    pos0: usize,
     layout: KvLayout,
     k_cache: &'a [f32],
     v_cache: &'a [f32],
     block_table: &'a [u32],
     kv_head: usize,
     group: usize,
-    /// Keys `first..=last` are visible.
-    first: usize,
-    last: usize,
+    window: Option<usize>,
     scale: f32,
     /// ALiBi slopes of the group's query heads: each score gains `slope × (key − query)`.
     alibi: Option<&'a [f32]>,
 }
 
-/// Adds the ALiBi bias to a job's scores (`[group, keys]`), the same way on every path.
-fn add_alibi(job: &Job<'_>, scores: &mut [f32]) {
-    let Some(slopes) = job.alibi else { return };
-    let n = job.last + 1 - job.first;
-    for (h, row) in scores.chunks_mut(n).enumerate() {
-        for (i, s) in row.iter_mut().enumerate() {
-            let distance = (job.first + i) as f32 - job.last as f32;
-            *s += slopes[h] * distance;
+impl Job<'_> {
+    fn rows(&self) -> usize {
+        self.tokens * self.group
+    }
+
+    fn query(&self, row: usize) -> &[f32] {
+        let hd = self.layout.head_dim;
+        let (t, h) = (row / self.group, row % self.group);
+        &self.q[self.q_first + t * self.q_stride + h * hd..][..hd]
+    }
+
+    /// The keys `row`'s query sees: `first..=last`.
+    fn visible(&self, row: usize) -> (usize, usize) {
+        let pos = self.pos0 + row / self.group;
+        (self.window.map_or(0, |w| (pos + 1).saturating_sub(w)), pos)
+    }
+
+    /// First key any row sees.
+    fn lo(&self) -> usize {
+        self.visible(0).0
+    }
+
+    /// Keys the tile spans (`lo..=` the last token's position): each row's scores are kept
+    /// at `row × width + key − lo`.
+    fn width(&self) -> usize {
+        self.pos0 + self.tokens - self.lo()
+    }
+
+    fn chunks(&self) -> KeyChunks<'_> {
+        KeyChunks {
+            table: self.block_table,
+            block_size: self.layout.block_size,
+            pos: self.lo(),
+            end: self.pos0 + self.tokens,
         }
     }
 }
 
-fn attend(job: &Job<'_>, out: &mut [f32]) {
+/// Up to 16 consecutive keys that lie in one block.
+struct KeyChunk {
+    pos: usize,
+    len: usize,
+    block: usize,
+    slot: usize,
+}
+
+/// The tile's keys in order, in chunks that never cross a block.
+struct KeyChunks<'a> {
+    table: &'a [u32],
+    block_size: usize,
+    pos: usize,
+    end: usize,
+}
+
+impl Iterator for KeyChunks<'_> {
+    type Item = KeyChunk;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<KeyChunk> {
+        if self.pos >= self.end {
+            return None;
+        }
+        let slot = self.pos % self.block_size;
+        let len = (self.block_size - slot).min(LANES).min(self.end - self.pos);
+        let chunk = KeyChunk {
+            pos: self.pos,
+            len,
+            block: self.table[self.pos / self.block_size] as usize,
+            slot,
+        };
+        self.pos += len;
+        Some(chunk)
+    }
+}
+
+fn attend(job: &Job<'_>) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") {
+        if job.rows() <= MAX_ROWS && std::is_x86_feature_detected!("avx512f") {
             // Safety: the CPU has the features the function is compiled for.
-            return unsafe { attend_avx512(job, out) };
+            return unsafe { attend_avx512(job) };
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return unsafe { attend_avx2(job, out) };
+            // Safety: as above.
+            return unsafe { attend_avx2(job) };
         }
     }
-    attend_generic(job, out)
+    attend_generic(job)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn attend_avx512(job: &Job<'_>, out: &mut [f32]) {
-    let n = job.last + 1 - job.first;
-    let mut scores = vec![0.0f32; job.group * n];
-    if job.layout.head_dim.is_multiple_of(16) && job.group <= 8 {
-        // Safety: AVX-512F is enabled; the shapes are checked above.
-        unsafe { avx512::scores(job, &mut scores) };
-    } else {
-        scores_generic(job, &mut scores);
-    }
-    add_alibi(job, &mut scores);
-    softmax_rows(job, &mut scores);
-    if job.layout.head_dim == 64 && job.group <= 4 {
-        // Safety: AVX-512F is enabled; the shapes are checked above.
-        unsafe { avx512::values_64(job, &scores, out) };
-    } else {
-        weighted_values(job, &scores, out);
-    }
+unsafe fn attend_avx512(job: &Job<'_>) -> Vec<f32> {
+    let mut weights = vec![0.0f32; job.rows() * job.width()];
+    // Safety: AVX-512F is enabled and the job has at most MAX_ROWS rows.
+    unsafe { avx512::scores(job, &mut weights) };
+    let inv = softmax(job, &mut weights);
+    // Safety: as above.
+    unsafe { avx512::values(job, &weights, &inv) }
 }
 
-/// The score loop with explicit registers: each key is loaded once for the whole GQA group,
-/// each dot product's 16 lanes are reduced by the same halving tree as [`reduce16`], in
-/// registers, so the results equal the portable path's bit for bit.
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
-
-    use super::{Job, Slots};
-
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn reduce(v: __m512) -> f32 {
-        // Lanes l + 8, then l + 4, l + 2, l + 1: `reduce16`'s tree.
-        let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(v, v);
-        let s8 = _mm512_castps512_ps256(_mm512_add_ps(v, hi));
-        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        let s1 = _mm_add_ss(s2, _mm_shuffle_ps::<0b01>(s2, s2));
-        _mm_cvtss_f32(s1)
-    }
-
-    /// `weighted_values` for head_dim 64 with the group's outputs held in registers (same
-    /// multiply-then-add per element in position order, so the same bits).
-    ///
-    /// Safety: needs AVX-512F; `head_dim` is 64, `group` at most 4, `out` is `[group, 64]`.
-    #[allow(clippy::needless_range_loop)]
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn values_64(job: &Job<'_>, scores: &[f32], out: &mut [f32]) {
-        let n = job.last + 1 - job.first;
-        let vp = job.v_cache.as_ptr();
-        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-        for (p, off) in Slots::new(job) {
-            let row = p - job.first;
-            // Safety: the value vector at `off` is 64 long.
-            let v = unsafe {
-                [
-                    _mm512_loadu_ps(vp.add(off)),
-                    _mm512_loadu_ps(vp.add(off + 16)),
-                    _mm512_loadu_ps(vp.add(off + 32)),
-                    _mm512_loadu_ps(vp.add(off + 48)),
-                ]
-            };
-            for h in 0..job.group {
-                let w = _mm512_set1_ps(scores[h * n + row]);
-                for c in 0..4 {
-                    acc[h][c] = _mm512_add_ps(acc[h][c], _mm512_mul_ps(w, v[c]));
-                }
-            }
-        }
-        for h in 0..job.group {
-            for c in 0..4 {
-                // Safety: out holds `group` rows of 64.
-                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(h * 64 + c * 16), acc[h][c]) };
-            }
-        }
-    }
-
-    /// Safety: needs AVX-512F; `head_dim` is a multiple of 16 and `group` at most 8.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn scores(job: &Job<'_>, scores: &mut [f32]) {
-        let hd = job.layout.head_dim;
-        let n = job.last + 1 - job.first;
-        let chunks = hd / 16;
-        let kp = job.k_cache.as_ptr();
-        let qp = job.q.as_ptr();
-        for (p, off) in Slots::new(job) {
-            let row = p - job.first;
-            for h in 0..job.group {
-                let mut acc = _mm512_setzero_ps();
-                for c in 0..chunks {
-                    // Safety: q holds `group` heads of `hd`; the key vector is `hd` long.
-                    unsafe {
-                        let q = _mm512_loadu_ps(qp.add(h * hd + c * 16));
-                        let k = _mm512_loadu_ps(kp.add(off + c * 16));
-                        // Multiply then add, as the portable loop does (no fusing).
-                        acc = _mm512_add_ps(acc, _mm512_mul_ps(q, k));
-                    }
-                }
-                scores[h * n + row] = reduce(acc) * job.scale;
-            }
-        }
-    }
-}
-
+/// The portable code compiled for AVX2 and FMA (the lane loops vectorise).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(job: &Job<'_>, out: &mut [f32]) {
-    attend_generic(job, out)
-}
-
-/// The visible key slots in order, as (position, offset of this KV head's vector), walked a
-/// block at a time without dividing per key. An iterator rather than a closure so the loop
-/// bodies compile inside the caller's `target_feature` context.
-struct Slots<'a> {
-    job: &'a Job<'a>,
-    pos: usize,
-    block_end: usize,
-    off: usize,
-}
-
-impl<'a> Slots<'a> {
-    #[inline(always)]
-    fn new(job: &'a Job<'a>) -> Self {
-        Self {
-            job,
-            pos: job.first,
-            block_end: job.first,
-            off: 0,
-        }
-    }
-}
-
-impl Iterator for Slots<'_> {
-    type Item = (usize, usize);
-
-    #[inline(always)]
-    fn next(&mut self) -> Option<(usize, usize)> {
-        let l = self.job.layout;
-        if self.pos > self.job.last {
-            return None;
-        }
-        if self.pos == self.block_end {
-            let block = self.job.block_table[self.pos / l.block_size] as usize;
-            let in_block = self.pos % l.block_size;
-            self.block_end = self.pos - in_block + l.block_size;
-            self.off = (block * l.block_size + in_block) * l.token_stride()
-                + self.job.kv_head * l.head_dim;
-        }
-        let item = (self.pos, self.off);
-        self.pos += 1;
-        self.off += l.token_stride();
-        Some(item)
-    }
+unsafe fn attend_avx2(job: &Job<'_>) -> Vec<f32> {
+    attend_generic(job)
 }
 
 #[inline(always)]
-fn attend_generic(job: &Job<'_>, out: &mut [f32]) {
-    let n = job.last + 1 - job.first;
-    // Scores for every head of the group: [group, n].
-    let mut scores = vec![0.0f32; job.group * n];
-    scores_generic(job, &mut scores);
-    add_alibi(job, &mut scores);
-    finish(job, scores, out)
+fn attend_generic(job: &Job<'_>) -> Vec<f32> {
+    let mut weights = vec![0.0f32; job.rows() * job.width()];
+    scores_generic(job, &mut weights);
+    let inv = softmax(job, &mut weights);
+    values_generic(job, &weights, &inv)
 }
 
+/// Every row's score for every key of the tile (visible or not; softmax drops the others).
 #[inline(always)]
 fn scores_generic(job: &Job<'_>, scores: &mut [f32]) {
-    let hd = job.layout.head_dim;
-    let n = job.last + 1 - job.first;
-    for (p, off) in Slots::new(job) {
-        let k = &job.k_cache[off..off + hd];
-        for h in 0..job.group {
-            scores[h * n + p - job.first] = dot(&job.q[h * hd..(h + 1) * hd], k) * job.scale;
-        }
-    }
-}
-
-/// Softmax of the scores, then the weighted sum of values.
-#[inline(always)]
-fn finish(job: &Job<'_>, mut scores: Vec<f32>, out: &mut [f32]) {
-    softmax_rows(job, &mut scores);
-    weighted_values(job, &scores, out);
-}
-
-/// Each head's scores become probabilities.
-#[inline(always)]
-fn softmax_rows(job: &Job<'_>, scores: &mut [f32]) {
-    let n = job.last + 1 - job.first;
-    for h in 0..job.group {
-        let row = &mut scores[h * n..(h + 1) * n];
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f32;
-        for s in row.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|s| *s *= inv);
-    }
-}
-
-/// `out[h] = Σ_p w[h][p] · v[p]`, in position order.
-#[inline(always)]
-fn weighted_values(job: &Job<'_>, scores: &[f32], out: &mut [f32]) {
-    let hd = job.layout.head_dim;
-    let n = job.last + 1 - job.first;
-    for (p, off) in Slots::new(job) {
-        let v = &job.v_cache[off..off + hd];
-        for h in 0..job.group {
-            let w = scores[h * n + p - job.first];
-            for (o, &x) in out[h * hd..(h + 1) * hd].iter_mut().zip(v) {
-                *o += w * x;
+    let l = job.layout;
+    let (hd, bs) = (l.head_dim, l.block_size);
+    let half = hd / 2;
+    let (lo, width) = (job.lo(), job.width());
+    for c in job.chunks() {
+        let base = l.key_index(c.block, c.slot, job.kv_head);
+        for r in 0..job.rows() {
+            let q = job.query(r);
+            let (mut a, mut b) = ([0.0f32; LANES], [0.0f32; LANES]);
+            for (d, &x) in q.iter().enumerate() {
+                let acc = if d < half { &mut a } else { &mut b };
+                let k = &job.k_cache[base + d * bs..][..c.len];
+                for (acc, &k) in acc.iter_mut().zip(k) {
+                    *acc = x.mul_add(k, *acc);
+                }
+            }
+            let row = &mut scores[r * width + c.pos - lo..][..c.len];
+            for (s, (a, b)) in row.iter_mut().zip(a.iter().zip(&b)) {
+                *s = (a + b) * job.scale;
             }
         }
     }
 }
 
+/// Turns each row's visible scores into unnormalised weights `exp(s − max)` (ALiBi added
+/// first) and every other key's into 0. Returns each row's 1 / Σ weights.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Sixteen independent lanes over exact chunks: vectorises without reassociation.
-    let mut acc = [0.0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..16 {
-            acc[l] += x[l] * y[l];
+fn softmax(job: &Job<'_>, scores: &mut [f32]) -> Vec<f32> {
+    let (lo, width) = (job.lo(), job.width());
+    let mut inv = Vec::with_capacity(job.rows());
+    for (r, row) in scores.chunks_exact_mut(width).enumerate() {
+        let (first, last) = job.visible(r);
+        let (a, b) = (first - lo, last + 1 - lo);
+        if let Some(slopes) = job.alibi {
+            let slope = slopes[r % job.group];
+            for (i, s) in row[a..b].iter_mut().enumerate() {
+                let distance = (first + i) as f32 - last as f32;
+                *s += slope * distance;
+            }
         }
+        row[..a].fill(0.0);
+        row[b..].fill(0.0);
+        let visible = &mut row[a..b];
+        let max = visible.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for s in visible.iter_mut() {
+            *s = exp_nonpositive(*s - max);
+        }
+        inv.push(1.0 / lane_sum(visible));
     }
-    let mut s = reduce16(&acc);
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
+    inv
 }
 
-/// The fixed halving tree over 16 lanes (l + 8, then + 4, + 2, + 1): short dependency
-/// chains, and the order the AVX-512 path computes in registers.
+/// `out[row] = (Σ_key w[row][key] · v[key]) × inv[row]`, keys in position order.
+#[inline(always)]
+fn values_generic(job: &Job<'_>, weights: &[f32], inv: &[f32]) -> Vec<f32> {
+    let l = job.layout;
+    let hd = l.head_dim;
+    let (lo, width) = (job.lo(), job.width());
+    let mut out = vec![0.0f32; job.rows() * hd];
+    for (r, o) in out.chunks_exact_mut(hd).enumerate() {
+        let (first, last) = job.visible(r);
+        for c in job.chunks() {
+            for i in 0..c.len {
+                let p = c.pos + i;
+                if p < first || p > last {
+                    continue;
+                }
+                let v = &job.v_cache[l.value_index(c.block, c.slot + i, job.kv_head)..][..hd];
+                let w = weights[r * width + p - lo];
+                for (o, &x) in o.iter_mut().zip(v) {
+                    *o = w.mul_add(x, *o);
+                }
+            }
+        }
+        o.iter_mut().for_each(|o| *o *= inv[r]);
+    }
+    out
+}
+
+/// Σ x in 16 interleaved lanes (element i into lane i mod 16), reduced by [`reduce16`].
+#[inline(always)]
+fn lane_sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(rest) {
+        *a += v;
+    }
+    reduce16(&acc)
+}
+
+/// The fixed halving tree over 16 lanes (l + 8, then + 4, + 2, + 1).
 #[inline(always)]
 fn reduce16(a: &[f32; 16]) -> f32 {
     let mut s8 = [0.0f32; 8];
@@ -368,12 +381,195 @@ fn reduce16(a: &[f32; 16]) -> f32 {
     s2[0] + s2[1]
 }
 
+/// e^x for x ≤ 0 (softmax's shifted scores), within a few ulp, built from float and integer
+/// operations that give the same bits in scalar and vector code (libm's `expf` is neither
+/// vectorisable nor guaranteed to match a vector version). Below −87 it returns e^−87.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    // Adding 1.5 × 2^23 rounds to an integer, left in the low mantissa bits.
+    const SHIFTER: f32 = 12_582_912.0;
+    // ln 2 split so that n × LN2_HI is exact (Cody and Waite).
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.max(-87.0);
+    let t = x.mul_add(std::f32::consts::LOG2_E, SHIFTER);
+    let n = t - SHIFTER;
+    let r = n.mul_add(-LN2_HI, x);
+    let r = n.mul_add(-LN2_LO, r);
+    // e^r on |r| ≤ ln 2 / 2 (Cephes' expf polynomial).
+    let p = 1.987_569_1e-4f32
+        .mul_add(r, 1.398_199_9e-3)
+        .mul_add(r, 8.333_452e-3)
+        .mul_add(r, 4.166_579_6e-2)
+        .mul_add(r, 0.166_666_65)
+        .mul_add(r, 0.5);
+    let e = p.mul_add(r * r, r) + 1.0;
+    // 2^n: n + 127 into the exponent field (n ≥ −126, so it stays a normal number).
+    e * f32::from_bits(t.to_bits().wrapping_add(127) << 23)
+}
+
+/// The score and value loops with explicit registers: the same per-row operations as the
+/// portable loops, with each key vector loaded once for all the tile's rows.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Job, LANES};
+
+    /// Calls `$f::<R>` for the job's row count (1 ..= MAX_ROWS).
+    macro_rules! by_rows {
+        ($f:ident, $job:expr, $($arg:expr),*) => {
+            match $job.rows() {
+                1 => $f::<1>($job, $($arg),*),
+                2 => $f::<2>($job, $($arg),*),
+                3 => $f::<3>($job, $($arg),*),
+                4 => $f::<4>($job, $($arg),*),
+                5 => $f::<5>($job, $($arg),*),
+                6 => $f::<6>($job, $($arg),*),
+                7 => $f::<7>($job, $($arg),*),
+                8 => $f::<8>($job, $($arg),*),
+                9 => $f::<9>($job, $($arg),*),
+                10 => $f::<10>($job, $($arg),*),
+                11 => $f::<11>($job, $($arg),*),
+                _ => $f::<12>($job, $($arg),*),
+            }
+        };
+    }
+
+    /// Lanes `0..len` set.
+    #[inline(always)]
+    fn mask(len: usize) -> __mmask16 {
+        ((1u32 << len) - 1) as __mmask16
+    }
+
+    /// Safety: needs AVX-512F; the job has 1 ..= MAX_ROWS rows; `scores` is `rows × width`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn scores(job: &Job<'_>, scores: &mut [f32]) {
+        debug_assert!(job.rows() <= super::MAX_ROWS && scores.len() == job.rows() * job.width());
+        // Safety: passed on from the caller.
+        unsafe { by_rows!(scores_rows, job, scores) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scores_rows<const R: usize>(job: &Job<'_>, scores: &mut [f32]) {
+        let l = job.layout;
+        let (hd, bs) = (l.head_dim, l.block_size);
+        let half = hd / 2;
+        let (lo, width) = (job.lo(), job.width());
+        let q: [&[f32]; R] = std::array::from_fn(|r| job.query(r));
+        let scale = _mm512_set1_ps(job.scale);
+        let kp = job.k_cache.as_ptr();
+        let out = scores.as_mut_ptr();
+        for c in job.chunks() {
+            let m = mask(c.len);
+            let base = l.key_index(c.block, c.slot, job.kv_head);
+            let mut a = [_mm512_setzero_ps(); R];
+            let mut b = [_mm512_setzero_ps(); R];
+            for d in 0..half {
+                // Safety: lanes `0..len` of each row lie in this block's row of K (`len` ≤
+                // block_size − slot); the others are masked off and not read.
+                let (ka, kb) = unsafe {
+                    (
+                        _mm512_maskz_loadu_ps(m, kp.add(base + d * bs)),
+                        _mm512_maskz_loadu_ps(m, kp.add(base + (d + half) * bs)),
+                    )
+                };
+                for r in 0..R {
+                    a[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r][d]), ka, a[r]);
+                    b[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r][d + half]), kb, b[r]);
+                }
+            }
+            if hd % 2 == 1 {
+                let d = hd - 1;
+                // Safety: as above.
+                let kb = unsafe { _mm512_maskz_loadu_ps(m, kp.add(base + d * bs)) };
+                for r in 0..R {
+                    b[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r][d]), kb, b[r]);
+                }
+            }
+            for r in 0..R {
+                let s = _mm512_mul_ps(_mm512_add_ps(a[r], b[r]), scale);
+                // Safety: lanes `0..len` are this row's keys `pos..pos + len`, inside the row.
+                unsafe { _mm512_mask_storeu_ps(out.add(r * width + c.pos - lo), m, s) };
+            }
+        }
+    }
+
+    /// Safety: needs AVX-512F; the job has 1 ..= MAX_ROWS rows; `weights` is `rows × width`
+    /// with 0 for every key a row does not see.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn values(job: &Job<'_>, weights: &[f32], inv: &[f32]) -> Vec<f32> {
+        debug_assert!(job.rows() <= super::MAX_ROWS && weights.len() == job.rows() * job.width());
+        // Safety: passed on from the caller.
+        unsafe { by_rows!(values_rows, job, weights, inv) }
+    }
+
+    /// Keys a row does not see have weight +0, and adding 0 × v to an accumulator leaves it
+    /// unchanged (it starts at +0 and can never become −0), so looping over the whole tile
+    /// gives each row exactly its own chain over its visible keys.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn values_rows<const R: usize>(job: &Job<'_>, weights: &[f32], inv: &[f32]) -> Vec<f32> {
+        let l = job.layout;
+        let hd = l.head_dim;
+        let (lo, width) = (job.lo(), job.width());
+        let mut out = vec![0.0f32; R * hd];
+        let vectors = hd.div_ceil(LANES);
+        // Column vectors per pass over the keys: as many as fit in registers beside R rows.
+        let per_pass = (24 / R).clamp(1, 4);
+        let vp = job.v_cache.as_ptr();
+        let mut first = 0;
+        while first < vectors {
+            let n = per_pass.min(vectors - first);
+            let masks: [__mmask16; 4] =
+                std::array::from_fn(|c| mask((hd - ((first + c) * LANES).min(hd)).min(LANES)));
+            let mut acc = [[_mm512_setzero_ps(); 4]; R];
+            for c in job.chunks() {
+                let mut at = l.value_index(c.block, c.slot, job.kv_head) + first * LANES;
+                for i in 0..c.len {
+                    let mut v = [_mm512_setzero_ps(); 4];
+                    for (j, v) in v.iter_mut().enumerate().take(n) {
+                        // Safety: the masks keep each load inside this key's `hd` values.
+                        *v = unsafe { _mm512_maskz_loadu_ps(masks[j], vp.add(at + j * LANES)) };
+                    }
+                    let key = c.pos + i - lo;
+                    for r in 0..R {
+                        let w = _mm512_set1_ps(weights[r * width + key]);
+                        for j in 0..n {
+                            acc[r][j] = _mm512_fmadd_ps(w, v[j], acc[r][j]);
+                        }
+                    }
+                    at += l.token_stride();
+                }
+            }
+            for r in 0..R {
+                let scale = _mm512_set1_ps(inv[r]);
+                for j in 0..n {
+                    let o = _mm512_mul_ps(acc[r][j], scale);
+                    // Safety: the mask keeps the store inside row r's `hd` outputs.
+                    unsafe {
+                        _mm512_mask_storeu_ps(
+                            out.as_mut_ptr().add(r * hd + (first + j) * LANES),
+                            masks[j],
+                            o,
+                        )
+                    };
+                }
+            }
+            first += n;
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::KvPool;
     use rand::{Rng, SeedableRng};
 
-    /// Dense reference: K/V contiguous per sequence, plain loops.
+    /// Dense reference: K/V contiguous per sequence, plain loops, libm's exp.
     #[allow(clippy::too_many_arguments)]
     fn dense(
         q: &[f32],
@@ -384,137 +580,202 @@ mod tests {
         nkv: usize,
         hd: usize,
         start: usize,
+        window: Option<usize>,
+        alibi: Option<&[f32]>,
     ) -> Vec<f32> {
         let mut out = vec![0.0; (len - start) * nh * hd];
         for t in start..len {
+            let first = window.map_or(0, |w| (t + 1).saturating_sub(w));
             for h in 0..nh {
                 let kh = h / (nh / nkv);
                 let qv = &q[((t - start) * nh + h) * hd..][..hd];
-                let s: Vec<f32> = (0..=t)
+                let s: Vec<f32> = (first..=t)
                     .map(|j| {
-                        (0..hd)
+                        let dot = (0..hd)
                             .map(|d| qv[d] * k[(j * nkv + kh) * hd + d])
                             .sum::<f32>()
-                            / (hd as f32).sqrt()
+                            / (hd as f32).sqrt();
+                        dot + alibi.map_or(0.0, |a| a[h] * (j as f32 - t as f32))
                     })
                     .collect();
                 let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                 let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
                 let z: f32 = e.iter().sum();
                 for d in 0..hd {
-                    out[((t - start) * nh + h) * hd + d] =
-                        (0..=t).map(|j| e[j] / z * v[(j * nkv + kh) * hd + d]).sum();
+                    out[((t - start) * nh + h) * hd + d] = (first..=t)
+                        .map(|j| e[j - first] / z * v[(j * nkv + kh) * hd + d])
+                        .sum();
                 }
             }
         }
         out
     }
 
+    /// A sequence of `len` random tokens scattered over shuffled blocks of a pool.
+    struct Case {
+        layout: KvLayout,
+        table: Vec<u32>,
+        k: Vec<f32>,
+        v: Vec<f32>,
+        pool: KvPool,
+    }
+
+    fn case(rng: &mut impl Rng, nkv: usize, hd: usize, bs: usize, len: usize) -> Case {
+        let layout = KvLayout {
+            num_blocks: 64,
+            block_size: bs,
+            kv_heads: nkv,
+            head_dim: hd,
+        };
+        let table: Vec<u32> = (0..len.div_ceil(bs) as u32)
+            .map(|b| (b * 7 + 3) % 64)
+            .collect();
+        let stride = nkv * hd;
+        let k: Vec<f32> = (0..len * stride)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let v: Vec<f32> = (0..len * stride)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let mut pool = KvPool::new(1, layout);
+        for p in 0..len {
+            let s = p * stride..(p + 1) * stride;
+            pool.write(0, &table, p, &k[s.clone()], &v[s]);
+        }
+        Case {
+            layout,
+            table,
+            k,
+            v,
+            pool,
+        }
+    }
+
     #[test]
     fn paged_equals_dense_for_many_shapes() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        for &(nh, nkv, hd, bs) in &[(4, 4, 8, 1), (4, 2, 16, 4), (8, 1, 32, 16), (6, 3, 64, 32)] {
+        let shapes = [
+            (4, 4, 8, 1),
+            (4, 2, 16, 4),
+            (8, 1, 32, 16),
+            (6, 3, 64, 32),
+            (2, 1, 7, 5),
+            (16, 1, 16, 16),
+        ];
+        for &(nh, nkv, hd, bs) in &shapes {
             for &len in &[1usize, 5, 16, 33] {
-                for &start in &[0usize, len - 1] {
-                    let layout = KvLayout {
-                        num_blocks: 64,
-                        block_size: bs,
-                        kv_heads: nkv,
-                        head_dim: hd,
-                    };
-                    let nblocks = len.div_ceil(bs);
-                    // Scatter the sequence over non-contiguous, shuffled blocks.
-                    let table: Vec<u32> = (0..nblocks as u32).map(|b| (b * 7 + 3) % 64).collect();
-                    let stride = nkv * hd;
-                    let k: Vec<f32> = (0..len * stride)
-                        .map(|_| rng.random_range(-1.0..1.0))
-                        .collect();
-                    let v: Vec<f32> = (0..len * stride)
-                        .map(|_| rng.random_range(-1.0..1.0))
-                        .collect();
-                    let q: Vec<f32> = (0..(len - start) * nh * hd)
-                        .map(|_| rng.random_range(-1.0..1.0))
-                        .collect();
-                    let mut kc = vec![0.0; 64 * bs * stride];
-                    let mut vc = vec![0.0; 64 * bs * stride];
-                    for p in 0..len {
-                        let off = layout.slot_offset(&table, p);
-                        kc[off..off + stride].copy_from_slice(&k[p * stride..(p + 1) * stride]);
-                        vc[off..off + stride].copy_from_slice(&v[p * stride..(p + 1) * stride]);
-                    }
-                    let seqs = [AttentionSeq {
-                        first_token: 0,
-                        num_tokens: len - start,
-                        start_pos: start,
-                        block_table: &table,
-                    }];
-                    let got = paged_attention(
-                        &q,
-                        nh,
-                        layout,
-                        &kc,
-                        &vc,
-                        &seqs,
-                        None,
-                        1.0 / (hd as f32).sqrt(),
-                        None,
-                    );
-                    let want = dense(&q, &k, &v, len, nh, nkv, hd, start);
-                    for (a, b) in got.iter().zip(&want) {
-                        assert!(
-                            (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                            "nh={nh} nkv={nkv} hd={hd} bs={bs} len={len}: {a} vs {b}"
-                        );
+                for &start in &[0usize, len - 1, len / 2] {
+                    for window in [None, Some(3), Some(20)] {
+                        for alibi in [false, true] {
+                            let c = case(&mut rng, nkv, hd, bs, len);
+                            let q: Vec<f32> = (0..(len - start) * nh * hd)
+                                .map(|_| rng.random_range(-1.0..1.0))
+                                .collect();
+                            let slopes: Vec<f32> = (0..nh).map(|h| 0.5 / (h + 1) as f32).collect();
+                            let alibi = alibi.then_some(slopes.as_slice());
+                            let seqs = [AttentionSeq {
+                                first_token: 0,
+                                num_tokens: len - start,
+                                start_pos: start,
+                                block_table: &c.table,
+                            }];
+                            let (kc, vc) = c.pool.layer(0);
+                            let scale = 1.0 / (hd as f32).sqrt();
+                            let got = paged_attention(
+                                &q, nh, c.layout, kc, vc, &seqs, window, scale, alibi,
+                            );
+                            let want =
+                                dense(&q, &c.k, &c.v, len, nh, nkv, hd, start, window, alibi);
+                            for (a, b) in got.iter().zip(&want) {
+                                assert!(
+                                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                                    "nh={nh} nkv={nkv} hd={hd} bs={bs} len={len} \
+                                     window={window:?}: {a} vs {b}"
+                                );
+                            }
+                        }
                     }
                 }
             }
         }
     }
 
-    /// The AVX-512 score loop and the portable one give the same bits.
+    /// The AVX-512 kernel and the portable one give the same bits, for every tile shape,
+    /// block size, odd and even head sizes, windows and ALiBi; and a token's output does not
+    /// depend on the tile it is computed in (a prefill chunk equals token-by-token decoding).
     #[test]
-    fn cpu_paths_agree_exactly() {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if !std::is_x86_feature_detected!("avx512f") {
-                return;
+    fn cpu_paths_and_tilings_agree_exactly() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let shapes = [
+            (9, 3, 64, 16),
+            (4, 1, 16, 4),
+            (2, 2, 7, 5),
+            (16, 1, 32, 16),
+            (8, 2, 80, 32),
+        ];
+        for &(nh, nkv, hd, bs) in &shapes {
+            for window in [None, Some(6)] {
+                for alibi in [false, true] {
+                    let len = 37;
+                    let c = case(&mut rng, nkv, hd, bs, len);
+                    let q: Vec<f32> = (0..len * nh * hd)
+                        .map(|_| rng.random_range(-2.0..2.0))
+                        .collect();
+                    let slopes: Vec<f32> = (0..nh).map(|h| 0.25 / (h + 1) as f32).collect();
+                    let (kc, vc) = c.pool.layer(0);
+                    let whole = [AttentionSeq {
+                        first_token: 0,
+                        num_tokens: len,
+                        start_pos: 0,
+                        block_table: &c.table,
+                    }];
+                    let one_by_one: Vec<AttentionSeq<'_>> = (0..len)
+                        .map(|t| AttentionSeq {
+                            first_token: t,
+                            num_tokens: 1,
+                            start_pos: t,
+                            block_table: &c.table,
+                        })
+                        .collect();
+                    let run = |seqs: &[AttentionSeq<'_>], kernel: fn(&Job<'_>) -> Vec<f32>| {
+                        Batch {
+                            q: &q,
+                            num_heads: nh,
+                            layout: c.layout,
+                            k_cache: kc,
+                            v_cache: vc,
+                            seqs,
+                            window,
+                            scale: 0.2,
+                            alibi: alibi.then_some(slopes.as_slice()),
+                        }
+                        .run(kernel)
+                    };
+                    let generic = run(&whole, attend_generic);
+                    let decoded = run(&one_by_one, attend_generic);
+                    assert_eq!(generic, decoded, "tiling changed bits: nh={nh} hd={hd}");
+                    assert_eq!(run(&whole, attend), generic, "nh={nh} hd={hd} bs={bs}");
+                    #[cfg(target_arch = "x86_64")]
+                    if std::is_x86_feature_detected!("avx512f") && nh / nkv <= MAX_ROWS {
+                        let fast: fn(&Job<'_>) -> Vec<f32> = |j| unsafe { attend_avx512(j) };
+                        assert_eq!(run(&whole, fast), generic, "nh={nh} hd={hd} bs={bs}");
+                        assert_eq!(run(&one_by_one, fast), generic);
+                    }
+                }
             }
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
-            let layout = KvLayout {
-                num_blocks: 8,
-                block_size: 4,
-                kv_heads: 2,
-                head_dim: 64,
-            };
-            let table: Vec<u32> = vec![5, 1, 7, 2, 0, 3];
-            let cache: Vec<f32> = (0..8 * 4 * 2 * 64)
-                .map(|_| rng.random_range(-1.0..1.0))
-                .collect();
-            let q: Vec<f32> = (0..3 * 64).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let job = Job {
-                q: &q,
-                layout,
-                k_cache: &cache,
-                v_cache: &cache,
-                block_table: &table,
-                kv_head: 1,
-                group: 3,
-                first: 2,
-                last: 21,
-                scale: 0.125,
-                alibi: None,
-            };
-            let n = 20;
-            let mut generic = vec![0.0; 3 * n];
-            scores_generic(&job, &mut generic);
-            let mut fast = vec![0.0; 3 * n];
-            unsafe { avx512::scores(&job, &mut fast) };
-            assert_eq!(fast, generic);
-            let mut out_generic = vec![0.0; 3 * 64];
-            attend_generic(&job, &mut out_generic);
-            let mut out_fast = vec![0.0; 3 * 64];
-            unsafe { attend_avx512(&job, &mut out_fast) };
-            assert_eq!(out_fast, out_generic);
         }
+    }
+
+    #[test]
+    fn exp_is_close_to_libm() {
+        for i in 0..=100_000 {
+            let x = -90.0 * i as f32 / 100_000.0;
+            let (got, want) = (exp_nonpositive(x), x.max(-87.0).exp());
+            assert!(
+                (got - want).abs() <= 4.0 * f32::EPSILON * want,
+                "{x}: {got} vs {want}"
+            );
+        }
+        assert_eq!(exp_nonpositive(0.0), 1.0);
     }
 }

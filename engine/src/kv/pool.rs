@@ -1,6 +1,12 @@
 //! The CPU storage of the paged KV cache: one K and one V tensor per layer.
+//!
+//! V is stored by token, `[num_blocks, block_size, kv_heads, head_dim]`, so one token's
+//! value vector is contiguous. K is stored transposed within each block,
+//! `[num_blocks, kv_heads, head_dim, block_size]`, so one vector load reads one dimension of
+//! up to 16 consecutive keys: attention computes 16 scores at once with no horizontal sums.
 
-/// Shape of one layer's K (or V) storage: `[num_blocks, block_size, kv_heads, head_dim]`.
+/// Shape of one layer's K (or V) storage: blocks of `block_size` tokens of `kv_heads ×
+/// head_dim` floats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvLayout {
     pub num_blocks: usize,
@@ -15,11 +21,17 @@ impl KvLayout {
         self.kv_heads * self.head_dim
     }
 
-    /// Offset of the token at `pos` of a sequence whose blocks are `block_table`.
+    /// Offset of the value vector of `head` for the token at `slot` of `block`.
     #[inline]
-    pub fn slot_offset(&self, block_table: &[u32], pos: usize) -> usize {
-        let block = block_table[pos / self.block_size] as usize;
-        (block * self.block_size + pos % self.block_size) * self.token_stride()
+    pub fn value_index(&self, block: usize, slot: usize, head: usize) -> usize {
+        ((block * self.block_size + slot) * self.kv_heads + head) * self.head_dim
+    }
+
+    /// Offset of dimension 0 of `head`'s key for the token at `slot` of `block`; dimension
+    /// `d` is `d × block_size` further on.
+    #[inline]
+    pub fn key_index(&self, block: usize, slot: usize, head: usize) -> usize {
+        (block * self.kv_heads + head) * self.head_dim * self.block_size + slot
     }
 }
 
@@ -48,20 +60,35 @@ impl KvPool {
 
     /// Stores one token's K and V (each `kv_heads * head_dim` floats) at `pos`.
     pub fn write(&mut self, layer: usize, block_table: &[u32], pos: usize, k: &[f32], v: &[f32]) {
-        let off = self.layout.slot_offset(block_table, pos);
-        let n = self.layout.token_stride();
-        self.k[layer][off..off + n].copy_from_slice(k);
-        self.v[layer][off..off + n].copy_from_slice(v);
+        let l = self.layout;
+        let (block, slot) = (block_table[pos / l.block_size] as usize, pos % l.block_size);
+        let keys = &mut self.k[layer];
+        for (head, k) in k.chunks_exact(l.head_dim).enumerate() {
+            let base = l.key_index(block, slot, head);
+            for (d, &x) in k.iter().enumerate() {
+                keys[base + d * l.block_size] = x;
+            }
+        }
+        let off = l.value_index(block, slot, 0);
+        self.v[layer][off..off + l.token_stride()].copy_from_slice(v);
     }
 
     /// Copies the first `slots` token slots of block `src` into block `dst` in every layer
     /// (copy-on-write of a shared, partly filled block).
     pub fn copy_block_prefix(&mut self, src: u32, dst: u32, slots: usize) {
-        let stride = self.layout.token_stride();
-        let block = self.layout.block_size * stride;
-        let (s, d) = (src as usize * block, dst as usize * block);
-        for layer in self.k.iter_mut().chain(self.v.iter_mut()) {
-            layer.copy_within(s..s + slots * stride, d);
+        let l = self.layout;
+        let (src, dst) = (src as usize, dst as usize);
+        let (vs, vd) = (l.value_index(src, 0, 0), l.value_index(dst, 0, 0));
+        for layer in &mut self.v {
+            layer.copy_within(vs..vs + slots * l.token_stride(), vd);
+        }
+        // Each (head, dimension) row of a K block holds one value per slot.
+        let (ks, kd) = (l.key_index(src, 0, 0), l.key_index(dst, 0, 0));
+        for layer in &mut self.k {
+            for row in 0..l.kv_heads * l.head_dim {
+                let at = row * l.block_size;
+                layer.copy_within(ks + at..ks + at + slots, kd + at);
+            }
         }
     }
 
