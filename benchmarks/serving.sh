@@ -18,6 +18,9 @@
 #                                             # (rows rosetta-bf16, rosetta-int8), same server
 #   LLAMA_FORMATS=f32,q8_0,q4_k_m benchmarks/serving.sh  # llama.cpp in each GGUF format
 #                                             # (quantized from the f32 GGUF by llama-quantize)
+#   LONG_PROMPT=4096 benchmarks/serving.sh   # then the time to first token of one prompt of
+#                                             # this many tokens, alone, on each target (llama.cpp
+#                                             # restarted with one slot that holds it); 0 skips it
 #   DEVICE=cuda DTYPE=f32 ROSETTA_BIN_DIR=/path/to/bin benchmarks/serving.sh
 #       # Rosetta's engine on a GPU, with binaries built elsewhere (scripts/cuda-device-bundle.sh)
 set -euo pipefail
@@ -98,6 +101,19 @@ for fmt in ${formats//,/ }; do
 done
 
 llama_server=$(ls "$work"/build-llama-server-*/bin/llama-server 2>/dev/null | head -n 1 || true)
+llama_pids=()
+llama_targets=()
+# Starts llama-server on the GGUF of format $1 with $2 slots sharing a context of $3 tokens.
+llama_target() {
+    local port=$((20000 + RANDOM % 20000)) name="llama.cpp"
+    "$llama_server" -m "$work/gguf/llama-small-$1.gguf" --alias small --host 127.0.0.1 --port "$port" -np "$2" -c "$3" -t 2 --cont-batching \
+        > "$work/llama-$1.out" 2>&1 &
+    pids+=($!)
+    llama_pids+=($!)
+    for _ in $(seq 600); do probe "http://127.0.0.1:$port/health" && break; sleep 0.1; done
+    [[ "$1" != f32 ]] && name="llama.cpp-$1"
+    llama_targets+=(--target "$name=http://127.0.0.1:$port=small")
+}
 if [[ -n "$llama_server" && -x "$llama_server" ]]; then
     # As many slots as the most streams asked for (at least 32).
     slots=$(echo "32,$streams" | tr ',' '\n' | sort -n | tail -n 1)
@@ -110,20 +126,13 @@ if [[ -n "$llama_server" && -x "$llama_server" ]]; then
             "$(dirname "$llama_server")/llama-quantize" "$f32_gguf" "$gguf" "$(echo "$fmt" | tr '[:lower:]' '[:upper:]')" \
                 > "$work/quantize-$fmt.log" 2>&1
         fi
-        port=$((20000 + RANDOM % 20000))
-        "$llama_server" -m "$gguf" --alias small --host 127.0.0.1 --port "$port" -np "$slots" -c $((slots * (max_tokens + 128))) -t 2 --cont-batching \
-            > "$work/llama-$fmt.out" 2>&1 &
-        pids+=($!)
-        for _ in $(seq 600); do probe "http://127.0.0.1:$port/health" && break; sleep 0.1; done
-        name="llama.cpp"
-        [[ "$fmt" != f32 ]] && name="llama.cpp-$fmt"
-        targets+=(--target "$name=http://127.0.0.1:$port=small")
+        llama_target "$fmt" "$slots" $((slots * (max_tokens + 128)))
     done
 else
     echo "llama.cpp's server is not built; run benchmarks/llama_cpp/build.sh to compare" >&2
 fi
 
-"$bin/rosetta-bench" "${targets[@]}" --concurrency "$streams" --requests-per-stream 2 --max-tokens "$max_tokens" --prefix-test 1024 \
+"$bin/rosetta-bench" "${targets[@]}" "${llama_targets[@]}" --concurrency "$streams" --requests-per-stream 2 --max-tokens "$max_tokens" --prefix-test 1024 \
     | tee "$work/serving-table.md"
 
 # mistral.rs has no server of ours to call: its bench binary runs the same load in-process,
@@ -143,4 +152,18 @@ if [[ -x "$mistralrs_bench" && -z "${ROSETTA_BIN_DIR:-}" ]]; then
             echo "| $c | failed: $(grep -m 1 -A 1 'panicked' "$work/mistralrs-$c.err" | tail -n 1 || true) (see mistralrs-$c.err) | $ours | - |"
         fi
     done
+fi
+
+long="${LONG_PROMPT:-4096}"
+if [[ "$long" != 0 ]]; then
+    echo
+    if ((${#llama_pids[@]})); then
+        for p in "${llama_pids[@]}"; do kill "$p" 2> /dev/null || true; wait "$p" 2> /dev/null || true; done
+        llama_pids=()
+        llama_targets=()
+        for fmt in $(echo "${LLAMA_FORMATS:-f32}" | tr ',' ' '); do
+            llama_target "$fmt" 1 $((long + 512))
+        done
+    fi
+    "$bin/rosetta-bench" "${targets[@]}" "${llama_targets[@]}" --long-prompt "$long" | tee -a "$work/serving-table.md"
 fi

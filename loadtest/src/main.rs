@@ -36,6 +36,11 @@ struct Args {
     /// each target adds over the first (for example a gateway over the replica it fronts).
     #[arg(long)]
     overhead: Option<usize>,
+    /// Instead of the throughput levels: time to first token of one prompt of about this many
+    /// tokens at a time on an idle server, per target, three rounds interleaved (new text
+    /// each time, so no prefix-cache hits), with the median and ratios against the first.
+    #[arg(long)]
+    long_prompt: Option<usize>,
     /// Send `Authorization: Bearer KEY` to every target (servers that need API keys).
     #[arg(long, env = "ROSETTA_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -383,12 +388,7 @@ async fn prefix_test(
     let rounds = 3;
     for round in 0..rounds {
         // Each round its own prefix, sized with the server's /tokenize where it has one.
-        let text = |words: usize| {
-            (0..words)
-                .map(|i| format!("w{round}x{}", i * 7919 % 10007))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let text = |words: usize| filler(round, words);
         let per_word = count_tokens(client, t, &text(100))
             .await
             .map_or(2.0, |n| n as f64 / 100.0);
@@ -405,6 +405,68 @@ async fn prefix_test(
         );
     }
     Ok((miss / rounds as f64 * 1e3, hit / rounds as f64 * 1e3))
+}
+
+/// Words that differ with `seed`, `count` of them (about two tokens each).
+fn filler(seed: usize, count: usize) -> String {
+    (0..count)
+        .map(|i| format!("w{seed}x{}", (i * 7919 + seed * 31) % 10007))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Time to first token of a long prompt, alone, per target (see `--long-prompt`).
+async fn long_prompt(
+    client: &reqwest::Client,
+    targets: &[Target],
+    tokens: usize,
+) -> anyhow::Result<()> {
+    const ROUNDS: usize = 3;
+    // Sized with the first target's /tokenize; every target gets text of the same shape.
+    let per_word = count_tokens(client, &targets[0], &filler(1, 100))
+        .await
+        .map_or(2.0, |n| n as f64 / 100.0);
+    let words = (tokens as f64 / per_word) as usize;
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| (d.as_secs() % 100_000) as usize);
+    let mut ttft = vec![Vec::new(); targets.len()];
+    let mut prompt_tokens = vec![0; targets.len()];
+    for round in 0..ROUNDS {
+        for (i, t) in targets.iter().enumerate() {
+            // A unique opening: no prefix-cache hits; the words themselves stay one size.
+            let seed = round * targets.len() + i;
+            let text = format!("{run}-{seed}: {}", filler(seed, words));
+            let r = stream_chat(client, t, &text, 1).await?;
+            eprintln!(
+                "{}: prompt {} tokens, TTFT {:.1} ms",
+                t.name,
+                r.prompt_tokens,
+                r.ttft.as_secs_f64() * 1e3
+            );
+            ttft[i].push(r.ttft.as_secs_f64() * 1e3);
+            prompt_tokens[i] = r.prompt_tokens;
+        }
+    }
+    let medians: Vec<f64> = ttft.iter().map(|v| percentile(v, 0.5)).collect();
+    println!(
+        "| target | prompt tokens | TTFT median ms ({ROUNDS} rounds) | min / max ms | TTFT vs {} |",
+        targets[0].name
+    );
+    println!("|---|---|---|---|---|");
+    for (i, t) in targets.iter().enumerate() {
+        let (min, max) = ttft[i]
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(a, b), &x| (a.min(x), b.max(x)));
+        println!(
+            "| {} | {} | {:.0} | {min:.0} / {max:.0} | {:.2}x |",
+            t.name,
+            prompt_tokens[i],
+            medians[i],
+            medians[i] / medians[0]
+        );
+    }
+    Ok(())
 }
 
 /// Latency of small requests per target, interleaved so every target sees the same load.
@@ -483,6 +545,9 @@ async fn main() -> anyhow::Result<()> {
         .build()?;
     if let Some(n) = args.overhead {
         return overhead(&targets, n).await;
+    }
+    if let Some(n) = args.long_prompt {
+        return long_prompt(&client, &targets, n).await;
     }
     let mut results: Vec<Vec<Level>> = Vec::new();
     for t in &targets {

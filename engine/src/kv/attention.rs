@@ -247,12 +247,13 @@ fn attend(job: &Job<'_>) -> Vec<f32> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn attend_avx512(job: &Job<'_>) -> Vec<f32> {
-    let mut weights = vec![0.0f32; job.rows() * job.width()];
-    // Safety: AVX-512F is enabled and the job has at most MAX_ROWS rows.
-    unsafe { avx512::scores(job, &mut weights) };
-    let inv = softmax(job, &mut weights);
-    // Safety: as above.
-    unsafe { avx512::values(job, &weights, &inv) }
+    with_scores(job, |weights| {
+        // Safety: AVX-512F is enabled and the job has at most MAX_ROWS rows.
+        unsafe { avx512::scores(job, weights) };
+        let inv = softmax(job, weights);
+        // Safety: as above.
+        unsafe { avx512::values(job, weights, &inv) }
+    })
 }
 
 /// The portable code compiled for AVX2 and FMA (the lane loops vectorise).
@@ -264,10 +265,31 @@ unsafe fn attend_avx2(job: &Job<'_>) -> Vec<f32> {
 
 #[inline(always)]
 fn attend_generic(job: &Job<'_>) -> Vec<f32> {
-    let mut weights = vec![0.0f32; job.rows() * job.width()];
-    scores_generic(job, &mut weights);
-    let inv = softmax(job, &mut weights);
-    values_generic(job, &weights, &inv)
+    with_scores(job, |weights| {
+        scores_generic(job, weights);
+        let inv = softmax(job, weights);
+        values_generic(job, weights, &inv)
+    })
+}
+
+thread_local! {
+    /// Each thread's score buffer, kept between jobs: at long contexts a fresh one would be
+    /// a fresh mapping from the OS, zeroed page by page, for every tile.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with a `rows × width` score buffer.
+#[inline(always)]
+fn with_scores<T>(job: &Job<'_>, f: impl FnOnce(&mut [f32]) -> T) -> T {
+    SCORES.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => {
+            buffer.clear();
+            buffer.resize(job.rows() * job.width(), 0.0);
+            f(&mut buffer)
+        }
+        // Never nested today; a fresh buffer keeps it correct if it ever is.
+        Err(_) => f(&mut vec![0.0; job.rows() * job.width()]),
+    })
 }
 
 /// Every row's score for every key of the tile (visible or not; softmax drops the others).
@@ -457,35 +479,35 @@ mod avx512 {
         let (hd, bs) = (l.head_dim, l.block_size);
         let half = hd / 2;
         let (lo, width) = (job.lo(), job.width());
-        let q: [&[f32]; R] = std::array::from_fn(|r| job.query(r));
+        let q: [*const f32; R] = std::array::from_fn(|r| job.query(r).as_ptr());
         let scale = _mm512_set1_ps(job.scale);
         let kp = job.k_cache.as_ptr();
         let out = scores.as_mut_ptr();
         for c in job.chunks() {
             let m = mask(c.len);
-            let base = l.key_index(c.block, c.slot, job.kv_head);
+            // Safety (for the loads below): lanes `0..len` of each K row lie in this block
+            // (`len` ≤ block_size − slot); the others are masked off and not read. Each query
+            // row is `hd` long.
+            let k = unsafe { kp.add(l.key_index(c.block, c.slot, job.kv_head)) };
             let mut a = [_mm512_setzero_ps(); R];
             let mut b = [_mm512_setzero_ps(); R];
             for d in 0..half {
-                // Safety: lanes `0..len` of each row lie in this block's row of K (`len` ≤
-                // block_size − slot); the others are masked off and not read.
-                let (ka, kb) = unsafe {
-                    (
-                        _mm512_maskz_loadu_ps(m, kp.add(base + d * bs)),
-                        _mm512_maskz_loadu_ps(m, kp.add(base + (d + half) * bs)),
-                    )
-                };
-                for r in 0..R {
-                    a[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r][d]), ka, a[r]);
-                    b[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r][d + half]), kb, b[r]);
+                unsafe {
+                    let ka = _mm512_maskz_loadu_ps(m, k.add(d * bs));
+                    let kb = _mm512_maskz_loadu_ps(m, k.add((d + half) * bs));
+                    for r in 0..R {
+                        a[r] = _mm512_fmadd_ps(_mm512_set1_ps(*q[r].add(d)), ka, a[r]);
+                        b[r] = _mm512_fmadd_ps(_mm512_set1_ps(*q[r].add(d + half)), kb, b[r]);
+                    }
                 }
             }
             if hd % 2 == 1 {
                 let d = hd - 1;
-                // Safety: as above.
-                let kb = unsafe { _mm512_maskz_loadu_ps(m, kp.add(base + d * bs)) };
-                for r in 0..R {
-                    b[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r][d]), kb, b[r]);
+                unsafe {
+                    let kb = _mm512_maskz_loadu_ps(m, k.add(d * bs));
+                    for r in 0..R {
+                        b[r] = _mm512_fmadd_ps(_mm512_set1_ps(*q[r].add(d)), kb, b[r]);
+                    }
                 }
             }
             for r in 0..R {
@@ -511,33 +533,49 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn values_rows<const R: usize>(job: &Job<'_>, weights: &[f32], inv: &[f32]) -> Vec<f32> {
+        // Column vectors per pass over the keys: as many as fit in registers beside R rows.
+        // Safety: passed on from the caller.
+        unsafe {
+            if R <= 6 {
+                values_passes::<R, 4>(job, weights, inv)
+            } else {
+                values_passes::<R, 2>(job, weights, inv)
+            }
+        }
+    }
+
+    /// `V` output vectors of every row per pass; lanes past `head_dim` are masked off.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn values_passes<const R: usize, const V: usize>(
+        job: &Job<'_>,
+        weights: &[f32],
+        inv: &[f32],
+    ) -> Vec<f32> {
         let l = job.layout;
         let hd = l.head_dim;
         let (lo, width) = (job.lo(), job.width());
         let mut out = vec![0.0f32; R * hd];
-        let vectors = hd.div_ceil(LANES);
-        // Column vectors per pass over the keys: as many as fit in registers beside R rows.
-        let per_pass = (24 / R).clamp(1, 4);
         let vp = job.v_cache.as_ptr();
-        let mut first = 0;
-        while first < vectors {
-            let n = per_pass.min(vectors - first);
-            let masks: [__mmask16; 4] =
-                std::array::from_fn(|c| mask((hd - ((first + c) * LANES).min(hd)).min(LANES)));
-            let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        let wp: [*const f32; R] = std::array::from_fn(|r| weights[r * width..].as_ptr());
+        for first in (0..hd.div_ceil(LANES)).step_by(V) {
+            let masks: [__mmask16; V] =
+                std::array::from_fn(|j| mask((hd - ((first + j) * LANES).min(hd)).min(LANES)));
+            let mut acc = [[_mm512_setzero_ps(); V]; R];
             for c in job.chunks() {
                 let mut at = l.value_index(c.block, c.slot, job.kv_head) + first * LANES;
-                for i in 0..c.len {
-                    let mut v = [_mm512_setzero_ps(); 4];
-                    for (j, v) in v.iter_mut().enumerate().take(n) {
-                        // Safety: the masks keep each load inside this key's `hd` values.
-                        *v = unsafe { _mm512_maskz_loadu_ps(masks[j], vp.add(at + j * LANES)) };
-                    }
-                    let key = c.pos + i - lo;
-                    for r in 0..R {
-                        let w = _mm512_set1_ps(weights[r * width + key]);
-                        for j in 0..n {
-                            acc[r][j] = _mm512_fmadd_ps(w, v[j], acc[r][j]);
+                for key in c.pos - lo..c.pos - lo + c.len {
+                    // Safety: the masks keep each load inside this key's `hd` values; each
+                    // weights row is `width` long and `key` < width.
+                    unsafe {
+                        let v: [__m512; V] = std::array::from_fn(|j| {
+                            _mm512_maskz_loadu_ps(masks[j], vp.add(at + j * LANES))
+                        });
+                        for r in 0..R {
+                            let w = _mm512_set1_ps(*wp[r].add(key));
+                            for j in 0..V {
+                                acc[r][j] = _mm512_fmadd_ps(w, v[j], acc[r][j]);
+                            }
                         }
                     }
                     at += l.token_stride();
@@ -545,7 +583,7 @@ mod avx512 {
             }
             for r in 0..R {
                 let scale = _mm512_set1_ps(inv[r]);
-                for j in 0..n {
+                for j in 0..V {
                     let o = _mm512_mul_ps(acc[r][j], scale);
                     // Safety: the mask keeps the store inside row r's `hd` outputs.
                     unsafe {
@@ -557,7 +595,6 @@ mod avx512 {
                     };
                 }
             }
-            first += n;
         }
         out
     }
