@@ -42,12 +42,54 @@ struct Activations {
 
 /// Symmetric int8 scale of a row: its largest magnitude maps to 127.
 fn scale_of(row: &[f32]) -> f32 {
-    let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    // In 16 lanes so it vectorises; a maximum does not depend on the order.
+    let mut lanes = [0.0f32; 16];
+    let chunks = row.chunks_exact(16);
+    for v in chunks.remainder() {
+        lanes[0] = lanes[0].max(v.abs());
+    }
+    for c in chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v.abs());
+        }
+    }
+    let max = lanes.iter().fold(0.0f32, |m, &v| m.max(v));
     if max > 0.0 && max.is_finite() {
         max / 127.0
     } else {
         1.0
     }
+}
+
+/// Quantizes one row of activations into `dst` (offset by 128); returns its scale. Compiled
+/// for AVX-512 where the CPU has it; every operation is exact per element, so every path
+/// gives the same bytes.
+fn quantize_row(row: &[f32], dst: &mut [u8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
+        // Safety: the CPU has the features.
+        return unsafe { quantize_row_avx512(row, dst) };
+    }
+    quantize_row_portable(row, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_row_avx512(row: &[f32], dst: &mut [u8]) -> f32 {
+    quantize_row_portable(row, dst)
+}
+
+#[inline(always)]
+fn quantize_row_portable(row: &[f32], dst: &mut [u8]) -> f32 {
+    let scale = scale_of(row);
+    let inverse = 1.0 / scale;
+    for (v, d) in row.iter().zip(dst.iter_mut()) {
+        // Round half away from zero with plain arithmetic (no libm call: this runs for every
+        // activation of every product), then offset: |q| ≤ 127, so the byte is 1..=255.
+        let q = (v * inverse + 0.5f32.copysign(*v)) as i32;
+        *d = (q.clamp(-127, 127) + 128) as u8;
+    }
+    scale
 }
 
 impl W8a8 {
@@ -115,18 +157,20 @@ impl W8a8 {
     fn quantize_activations(&self, x: &[f32], m: usize, k: usize) -> Activations {
         let width = self.groups * GROUP;
         let mut bytes = vec![128u8; m * width];
-        let mut scales = Vec::with_capacity(m);
-        for (row, dst) in x.chunks_exact(k.max(1)).zip(bytes.chunks_exact_mut(width)) {
-            let scale = scale_of(row);
-            let inverse = 1.0 / scale;
-            for (v, d) in row.iter().zip(dst.iter_mut()) {
-                // Round half away from zero with plain arithmetic (no libm call: this runs
-                // for every activation of every product), then offset: |q| ≤ 127, so the
-                // byte is 1..=255.
-                let q = (v * inverse + 0.5f32.copysign(*v)) as i32;
-                *d = (q.clamp(-127, 127) + 128) as u8;
+        let mut scales = vec![0.0f32; m];
+        let rows = x.chunks_exact(k.max(1)).zip(bytes.chunks_exact_mut(width));
+        // Rows are independent: a large batch (a prefill chunk) is split across threads, so
+        // this pass does not run on one core while the product waits.
+        if m * k >= 1 << 16 {
+            use rayon::prelude::*;
+            x.par_chunks_exact(k.max(1))
+                .zip(bytes.par_chunks_exact_mut(width))
+                .zip(scales.par_iter_mut())
+                .for_each(|((row, dst), scale)| *scale = quantize_row(row, dst));
+        } else {
+            for ((row, dst), scale) in rows.zip(scales.iter_mut()) {
+                *scale = quantize_row(row, dst);
             }
-            scales.push(scale);
         }
         Activations { bytes, scales }
     }
