@@ -7,6 +7,7 @@ mod engine;
 mod error;
 pub mod grammar;
 pub mod kv;
+mod math;
 pub mod model;
 mod native;
 mod observe;

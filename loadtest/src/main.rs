@@ -437,7 +437,9 @@ async fn long_prompt(
             // A unique opening: no prefix-cache hits; the words themselves stay one size.
             let seed = round * targets.len() + i;
             let text = format!("{run}-{seed}: {}", filler(seed, words));
-            let r = stream_chat(client, t, &text, 1).await?;
+            // A few tokens, not one: a single greedy token may carry no text (a partial
+            // UTF-8 sequence), and the time to the first text is what is measured.
+            let r = stream_chat(client, t, &text, 4).await?;
             eprintln!(
                 "{}: prompt {} tokens, TTFT {:.1} ms",
                 t.name,

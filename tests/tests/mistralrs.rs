@@ -154,3 +154,41 @@ models:
     assert_eq!(q8["choices"][0]["finish_reason"], "length");
     assert_eq!(q8["usage"]["completion_tokens"], 12);
 }
+
+/// A panic inside mistral.rs (a logits processor the fault-injection build of scripts/test.sh
+/// makes panic for prompts holding token 41) fails the requests it held with an OpenAI error,
+/// while the process, the native replica and later mistral.rs requests go on.
+#[tokio::test]
+async fn a_panic_inside_mistralrs_fails_its_request_not_the_process() {
+    let s = Server::start_with_env(CONFIG, &[("ROSETTA_FAULT_TOKEN", "41")]);
+    let faulty = json!({"model": "mrs", "prompt": [5, 41, 7], "max_tokens": 4});
+    let r = s.post("/v1/completions", &faulty).await;
+    assert!(r.status.is_server_error(), "{} {}", r.status, r.text);
+    let body: Value = serde_json::from_str(&r.text).unwrap();
+    assert!(body["error"]["message"].is_string(), "{}", r.text);
+
+    let fine = |model: &str| {
+        json!({"model": model, "prompt": [5, 6, 7], "max_tokens": 4, "temperature": 0,
+               "ignore_eos": true})
+    };
+    let native = s.complete(fine("native")).await;
+    assert_eq!(native["usage"]["completion_tokens"], 4);
+    // mistral.rs 0.8.1 survives the panic of one of its sequences: the replica answers again.
+    let again = s.complete(fine("mrs")).await;
+    assert_eq!(again["usage"]["completion_tokens"], 4, "{again}");
+    // A stream that meets the panic ends with an error (before its first byte, as a 5xx
+    // with an OpenAI error body; after it, as an error event), not a hang.
+    let mut streamed = faulty.clone();
+    streamed["stream"] = json!(true);
+    let r = s.post("/v1/completions", &streamed).await;
+    if r.status.is_success() {
+        let events = sse_json(&r.text);
+        assert!(
+            events.iter().any(|c| c.get("error").is_some()),
+            "{}",
+            r.text
+        );
+    } else {
+        assert!(r.status.is_server_error(), "{} {}", r.status, r.text);
+    }
+}

@@ -17,9 +17,11 @@
 //!
 //! Its CPU batching panicked in 0.8.1 with 32 concurrent sequences and its prefix cache on
 //! (`shape mismatch on dim 2` in the KV cache manager): the prefix cache is off and at most
-//! `max_running` sequences run at once; the rest wait here. A panic inside mistral.rs ends its
-//! engine thread: the requests it held fail, the engine reports itself unhealthy (so the pool
-//! stops choosing it and readiness fails), and the process goes on.
+//! `max_running` sequences run at once; the rest wait here. A panic inside mistral.rs fails the
+//! request it hit with a server error (mistral.rs 0.8.1 catches it and goes on serving; the
+//! end-to-end test injects one). Should its engine thread die outright, sending to it fails
+//! and the engine reports itself unhealthy, so the pool stops choosing it and readiness
+//! fails; the process goes on either way.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -247,6 +249,10 @@ impl Engine for MistralRsEngine {
                 prompt_len: request.prompt.len(),
             }));
         }
+        #[cfg(feature = "fault-injection")]
+        if fault::injected(&request.prompt) {
+            processors.push(Arc::new(fault::Panic));
+        }
         let constraint = match &request.constraint {
             Some(c) => Constraint::Llguidance(c.grammar().clone()),
             None => Constraint::None,
@@ -388,5 +394,35 @@ impl Relay {
             None => EngineError::Internal("mistral.rs ended the request without an answer".into()),
         };
         let _ = self.to.send(Err(error)).await;
+    }
+}
+
+/// Test-only fault injection (cargo feature `fault-injection`, never in a release build): a
+/// prompt holding the token id in `ROSETTA_FAULT_TOKEN` gets a logits processor that panics
+/// inside mistral.rs's engine thread, so an end-to-end test can prove that such a panic fails
+/// only the requests mistral.rs held, never the process.
+#[cfg(feature = "fault-injection")]
+mod fault {
+    use std::sync::OnceLock;
+
+    use mistralrs::{CustomLogitsProcessor, Tensor};
+
+    pub fn injected(prompt: &[u32]) -> bool {
+        static TOKEN: OnceLock<Option<u32>> = OnceLock::new();
+        TOKEN
+            .get_or_init(|| {
+                std::env::var("ROSETTA_FAULT_TOKEN")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+            })
+            .is_some_and(|t| prompt.contains(&t))
+    }
+
+    pub struct Panic;
+
+    impl CustomLogitsProcessor for Panic {
+        fn apply(&self, _: &Tensor, _: &[u32]) -> mistralrs::Result<Tensor> {
+            panic!("injected fault inside mistral.rs");
+        }
     }
 }

@@ -11,7 +11,7 @@
 //! across the AVX-512 and portable code:
 //! - a score is `(a + b) × scale`, where `a` and `b` are fused multiply-add chains over the
 //!   first and the second half of the head's dimensions, in order;
-//! - softmax uses this module's own `exp` (same bits in scalar and vector code), and sums the
+//! - softmax uses `math::exp_nonpositive` (same bits in scalar and vector code), and sums the
 //!   weights in 16 interleaved lanes reduced by a fixed tree;
 //! - each output is a fused multiply-add chain over the visible keys in position order,
 //!   multiplied by 1 / Σ weights at the end.
@@ -19,6 +19,7 @@
 use rayon::prelude::*;
 
 use super::KvLayout;
+use crate::math::exp_nonpositive;
 
 /// Keys per score vector (one AVX-512 register of f32).
 const LANES: usize = 16;
@@ -403,33 +404,6 @@ fn reduce16(a: &[f32; 16]) -> f32 {
     s2[0] + s2[1]
 }
 
-/// e^x for x ≤ 0 (softmax's shifted scores), within a few ulp, built from float and integer
-/// operations that give the same bits in scalar and vector code (libm's `expf` is neither
-/// vectorisable nor guaranteed to match a vector version). Below −87 it returns e^−87.
-#[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
-    // Adding 1.5 × 2^23 rounds to an integer, left in the low mantissa bits.
-    const SHIFTER: f32 = 12_582_912.0;
-    // ln 2 split so that n × LN2_HI is exact (Cody and Waite).
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.max(-87.0);
-    let t = x.mul_add(std::f32::consts::LOG2_E, SHIFTER);
-    let n = t - SHIFTER;
-    let r = n.mul_add(-LN2_HI, x);
-    let r = n.mul_add(-LN2_LO, r);
-    // e^r on |r| ≤ ln 2 / 2 (Cephes' expf polynomial).
-    let p = 1.987_569_1e-4f32
-        .mul_add(r, 1.398_199_9e-3)
-        .mul_add(r, 8.333_452e-3)
-        .mul_add(r, 4.166_579_6e-2)
-        .mul_add(r, 0.166_666_65)
-        .mul_add(r, 0.5);
-    let e = p.mul_add(r * r, r) + 1.0;
-    // 2^n: n + 127 into the exponent field (n ≥ −126, so it stays a normal number).
-    e * f32::from_bits(t.to_bits().wrapping_add(127) << 23)
-}
-
 /// The score and value loops with explicit registers: the same per-row operations as the
 /// portable loops, with each key vector loaded once for all the tile's rows.
 #[cfg(target_arch = "x86_64")]
@@ -801,18 +775,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn exp_is_close_to_libm() {
-        for i in 0..=100_000 {
-            let x = -90.0 * i as f32 / 100_000.0;
-            let (got, want) = (exp_nonpositive(x), x.max(-87.0).exp());
-            assert!(
-                (got - want).abs() <= 4.0 * f32::EPSILON * want,
-                "{x}: {got} vs {want}"
-            );
-        }
-        assert_eq!(exp_nonpositive(0.0), 1.0);
     }
 }

@@ -122,12 +122,7 @@ impl Mlp {
     fn forward(&self, x: &[f32], m: usize, inter: usize) -> Vec<f32> {
         let gu = self.gate_up.forward(x, m);
         let mut act = vec![0.0f32; m * inter];
-        for (a, g) in act.chunks_mut(inter).zip(gu.chunks(2 * inter)) {
-            let (gate, up) = g.split_at(inter);
-            for ((a, &gv), &uv) in a.iter_mut().zip(gate).zip(up) {
-                *a = gv / (1.0 + (-gv).exp()) * uv;
-            }
-        }
+        crate::math::silu_gate(&gu, inter, &mut act);
         self.down.forward(&act, m)
     }
 }
