@@ -585,12 +585,28 @@ pub struct EngineSettings {
     /// Reuse the KV cache of earlier prompts' shared prefixes (never across tenants).
     #[serde(default = "default_true")]
     pub prefix_caching: bool,
+    /// What the KV cache stores (CPU path): `auto` or `f32` (exact), or `bf16`, which halves
+    /// the cache's memory per token (twice the tokens in the same `kv_cache_bytes`) and the
+    /// bytes attention reads, with K and V rounded to bf16 as they are written. On a GPU the
+    /// cache has the weights' dtype; set `auto` there.
+    #[serde(default)]
+    pub kv_cache_dtype: KvCacheDtype,
     /// Where the model runs: `cpu` (default), `cuda` (GPU 0) or `cuda:N`. CUDA needs a
     /// `rosetta` built with `--features cuda`; there `kv_cache_fraction` is of the GPU's
     /// free memory and `dtype: auto` means bf16.
     #[serde(default)]
     #[schemars(with = "String", regex(pattern = r"^(cpu|cuda(:[0-9]+)?)$"))]
     pub device: EngineDevice,
+}
+
+/// What a KV cache element is stored as.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KvCacheDtype {
+    #[default]
+    Auto,
+    F32,
+    Bf16,
 }
 
 /// The device an engine runs on.
@@ -652,6 +668,7 @@ impl Default for EngineSettings {
             max_num_batched_tokens: default_max_num_batched_tokens(),
             chunked_prefill: true,
             prefix_caching: true,
+            kv_cache_dtype: KvCacheDtype::Auto,
             device: EngineDevice::Cpu,
         }
     }

@@ -1,5 +1,7 @@
-//! Paged attention speed for one decode token and for a prefill chunk at a given context:
-//! `cargo run --release -p rosetta-engine --example attention_speed -- [CONTEXT]`
+//! Paged attention speed for one decode token, for a prefill chunk, and for a decode step of
+//! 32 sequences, at a given context:
+//! `[KV=bf16] cargo run --release -p rosetta-engine --example attention_speed -- [CONTEXT]`
+//! (`KV=bf16`: also the 32-sequence step over a bf16 cache)
 use std::time::Instant;
 
 use rosetta_engine::kv::{paged_attention, AttentionSeq, KvLayout};
@@ -20,6 +22,60 @@ fn main() {
         .map(|i| ((i % 101) as f32 - 50.0) / 500.0)
         .collect();
     let table: Vec<u32> = (0..blocks as u32).collect();
+    // A decode step of 32 sequences, each over its own part of the cache.
+    let seqs = 32;
+    let per = blocks / seqs;
+    if per > 0 {
+        let q: Vec<f32> = (0..seqs * nh * hd)
+            .map(|i| ((i % 37) as f32 - 18.0) / 40.0)
+            .collect();
+        let batch: Vec<AttentionSeq<'_>> = (0..seqs)
+            .map(|s| AttentionSeq {
+                first_token: s,
+                num_tokens: 1,
+                start_pos: per * bs - 1,
+                block_table: &table[s * per..(s + 1) * per],
+            })
+            .collect();
+        // K and V of 30 layers, as a forward pass walks them: the cache comes from memory,
+        // not from the CPU's caches.
+        let iters = 5;
+        if std::env::var("KV").as_deref() == Ok("bf16") {
+            let kv16: Vec<half::bf16> = kv.iter().map(|&x| half::bf16::from_f32(x)).collect();
+            let layers: Vec<_> = (0..30).map(|_| (kv16.clone(), kv16.clone())).collect();
+            let t = Instant::now();
+            for _ in 0..iters {
+                for (k, v) in &layers {
+                    std::hint::black_box(paged_attention(
+                        &q, nh, layout, k, v, &batch, None, 0.125, None,
+                    ));
+                }
+            }
+            let s = t.elapsed().as_secs_f64() / (iters * layers.len()) as f64;
+            println!(
+                "32 sequences decoding, bf16 cache: {:.3} ms per layer",
+                s * 1e3
+            );
+        }
+        let layers: Vec<(Vec<f32>, Vec<f32>)> = (0..30).map(|_| (kv.clone(), kv.clone())).collect();
+        let t = Instant::now();
+        for _ in 0..iters {
+            for (k, v) in &layers {
+                std::hint::black_box(paged_attention(
+                    &q, nh, layout, k, v, &batch, None, 0.125, None,
+                ));
+            }
+        }
+        let iters = iters * layers.len();
+        let s = t.elapsed().as_secs_f64() / iters as f64;
+        let flops = 4.0 * (seqs * nh * per * bs * hd) as f64;
+        println!(
+            "32 sequences decoding at context {}: {:.3} ms per layer, {:.1} GFLOP/s",
+            per * bs,
+            s * 1e3,
+            flops / s / 1e9
+        );
+    }
     for tokens in [1usize, 64] {
         let q: Vec<f32> = (0..tokens * nh * hd)
             .map(|i| ((i % 37) as f32 - 18.0) / 40.0)

@@ -8,6 +8,7 @@ mod error;
 pub mod grammar;
 pub mod kv;
 mod math;
+mod memory;
 pub mod model;
 mod native;
 mod observe;

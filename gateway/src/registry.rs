@@ -7,10 +7,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use rosetta_config::{Backend, Dtype, EngineDevice, ModelConfig, ModelSource};
+use rosetta_config::{Backend, Dtype, EngineDevice, KvCacheDtype, ModelConfig, ModelSource};
 use rosetta_engine::demo::{self, DemoSpec};
 use rosetta_engine::encoder::{self, EncoderConfig, EncoderEngine};
 use rosetta_engine::grammar::GrammarCompiler;
+use rosetta_engine::kv::KvDtype;
 use rosetta_engine::model::{ModelShape, Transformer, WeightFormat};
 use rosetta_engine::text::{ChatTemplate, ModelTokenizer};
 use rosetta_engine::{Engine, NativeEngine, NativeEngineConfig};
@@ -219,7 +220,12 @@ fn start_native(
 ) -> Result<Arc<dyn Engine>, rosetta_engine::EngineError> {
     let engine = match cfg.engine.device {
         EngineDevice::Cpu => {
-            let model = Transformer::load(dir, cpu_format(cfg.dtype), max_context)?;
+            let kv = match cfg.engine.kv_cache_dtype {
+                KvCacheDtype::Auto | KvCacheDtype::F32 => KvDtype::F32,
+                KvCacheDtype::Bf16 => KvDtype::Bf16,
+            };
+            let model =
+                Transformer::load(dir, cpu_format(cfg.dtype), max_context)?.with_kv_dtype(kv);
             let budget = cfg.engine.kv_cache_budget(available_memory());
             NativeEngine::start(model, tokenizer, engine_config(budget))
         }
@@ -247,6 +253,11 @@ fn start_mistralrs(
     if matches!(cfg.dtype, Dtype::Int8 | Dtype::W8a8) {
         return Err(rosetta_engine::EngineError::load(
             "`dtype: int8` and `w8a8` are the native engine's formats; mistral.rs quantizes with `isq: Q8_0`",
+        ));
+    }
+    if cfg.engine.kv_cache_dtype != KvCacheDtype::Auto {
+        return Err(rosetta_engine::EngineError::load(
+            "`engine.kv_cache_dtype` is the native engine's CPU setting; remove it for mistral.rs",
         ));
     }
     let engine = MistralRsEngine::load(MistralRsOptions {
@@ -330,6 +341,11 @@ fn start_cuda(
 ) -> Result<NativeEngine, rosetta_engine::EngineError> {
     use rosetta_engine::model::cuda::CudaTransformer;
     use rosetta_engine::model::WeightDtype;
+    if cfg.engine.kv_cache_dtype != KvCacheDtype::Auto {
+        return Err(rosetta_engine::EngineError::load(
+            "on a GPU the KV cache has the weights' dtype: remove `engine.kv_cache_dtype`",
+        ));
+    }
     let dtype = match cfg.dtype {
         Dtype::Auto | Dtype::Bf16 => WeightDtype::BF16,
         Dtype::F32 => WeightDtype::F32,

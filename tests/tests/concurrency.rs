@@ -61,14 +61,19 @@ async fn batched_greedy_equals_unbatched_greedy() {
     batched_equals_unbatched(&Server::start_default()).await;
 }
 
-/// The same with 8-bit weights (`dtype: int8`), and with 8-bit weights and activations
-/// (`dtype: w8a8`), quantized at load.
+/// The same with 8-bit weights (`dtype: int8`), with 8-bit weights and activations
+/// (`dtype: w8a8`), quantized at load, and with a bf16 KV cache (whose shared prompts also
+/// hit the prefix cache).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn eight_bit_formats_batched_greedy_equals_unbatched_greedy() {
-    for dtype in ["int8", "w8a8"] {
+async fn lossy_formats_batched_greedy_equals_unbatched_greedy() {
+    for format in [
+        "dtype: int8",
+        "dtype: w8a8",
+        "engine: { kv_cache_dtype: bf16 }",
+    ] {
         let s = Server::start(&format!(
             "server: {{ listen: 127.0.0.1:0 }}\ncache_dir: \"{{cache}}\"\nauth: {{ allow_unauthenticated: true }}\n\
-             models:\n  - {{ id: tiny, demo: {{ arch: llama, size: tiny, seed: 1 }}, licence: apache-2.0, dtype: {dtype} }}\n"
+             models:\n  - {{ id: tiny, demo: {{ arch: llama, size: tiny, seed: 1 }}, licence: apache-2.0, {format} }}\n"
         ));
         batched_equals_unbatched(&s).await;
     }

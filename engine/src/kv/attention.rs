@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use super::KvLayout;
+use super::{KvElement, KvLayout};
 use crate::math::exp_nonpositive;
 
 /// Keys per score vector (one AVX-512 register of f32).
@@ -43,12 +43,12 @@ pub struct AttentionSeq<'a> {
 /// Query at position p sees keys `max(0, p + 1 - window) ..= p`. A query's result depends
 /// only on its own sequence, never on the batch.
 #[allow(clippy::too_many_arguments)]
-pub fn paged_attention(
+pub fn paged_attention<T: KvElement>(
     q: &[f32],
     num_heads: usize,
     layout: KvLayout,
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[T],
+    v_cache: &[T],
     seqs: &[AttentionSeq<'_>],
     sliding_window: Option<usize>,
     scale: f32,
@@ -69,22 +69,22 @@ pub fn paged_attention(
 }
 
 /// One call's inputs.
-struct Batch<'a> {
+struct Batch<'a, T> {
     q: &'a [f32],
     num_heads: usize,
     layout: KvLayout,
-    k_cache: &'a [f32],
-    v_cache: &'a [f32],
+    k_cache: &'a [T],
+    v_cache: &'a [T],
     seqs: &'a [AttentionSeq<'a>],
     window: Option<usize>,
     scale: f32,
     alibi: Option<&'a [f32]>,
 }
 
-impl Batch<'_> {
+impl<T: KvElement> Batch<'_, T> {
     /// Splits the batch into tiles, runs `kernel` on each in parallel and assembles the
     /// output.
-    fn run(&self, kernel: fn(&Job<'_>) -> Vec<f32>) -> Vec<f32> {
+    fn run(&self, kernel: fn(&Job<'_, T>) -> Vec<f32>) -> Vec<f32> {
         let l = self.layout;
         let hd = l.head_dim;
         let group = self.num_heads / l.kv_heads;
@@ -134,7 +134,7 @@ impl Batch<'_> {
 }
 
 /// One (tile of query tokens, KV head) piece of work. Its rows are `token × group + head`.
-struct Job<'a> {
+struct Job<'a, T> {
     q: &'a [f32],
     /// Floats per token in `q`.
     q_stride: usize,
@@ -144,8 +144,8 @@ struct Job<'a> {
     /// Position of the first query token; the others follow.
     pos0: usize,
     layout: KvLayout,
-    k_cache: &'a [f32],
-    v_cache: &'a [f32],
+    k_cache: &'a [T],
+    v_cache: &'a [T],
     block_table: &'a [u32],
     kv_head: usize,
     group: usize,
@@ -155,7 +155,7 @@ struct Job<'a> {
     alibi: Option<&'a [f32]>,
 }
 
-impl Job<'_> {
+impl<T> Job<'_, T> {
     fn rows(&self) -> usize {
         self.tokens * self.group
     }
@@ -230,10 +230,14 @@ impl Iterator for KeyChunks<'_> {
     }
 }
 
-fn attend(job: &Job<'_>) -> Vec<f32> {
+fn attend<T: KvElement>(job: &Job<'_, T>) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     {
-        if job.rows() <= MAX_ROWS && std::is_x86_feature_detected!("avx512f") {
+        if job.rows() <= MAX_ROWS
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+        {
             // Safety: the CPU has the features the function is compiled for.
             return unsafe { attend_avx512(job) };
         }
@@ -246,8 +250,8 @@ fn attend(job: &Job<'_>) -> Vec<f32> {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn attend_avx512(job: &Job<'_>) -> Vec<f32> {
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn attend_avx512<T: KvElement>(job: &Job<'_, T>) -> Vec<f32> {
     with_scores(job, |weights| {
         // Safety: AVX-512F is enabled and the job has at most MAX_ROWS rows.
         unsafe { avx512::scores(job, weights) };
@@ -260,12 +264,12 @@ unsafe fn attend_avx512(job: &Job<'_>) -> Vec<f32> {
 /// The portable code compiled for AVX2 and FMA (the lane loops vectorise).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(job: &Job<'_>) -> Vec<f32> {
+unsafe fn attend_avx2<T: KvElement>(job: &Job<'_, T>) -> Vec<f32> {
     attend_generic(job)
 }
 
 #[inline(always)]
-fn attend_generic(job: &Job<'_>) -> Vec<f32> {
+fn attend_generic<T: KvElement>(job: &Job<'_, T>) -> Vec<f32> {
     with_scores(job, |weights| {
         scores_generic(job, weights);
         let inv = softmax(job, weights);
@@ -281,7 +285,7 @@ thread_local! {
 
 /// Runs `f` with a `rows × width` score buffer.
 #[inline(always)]
-fn with_scores<T>(job: &Job<'_>, f: impl FnOnce(&mut [f32]) -> T) -> T {
+fn with_scores<T, R>(job: &Job<'_, T>, f: impl FnOnce(&mut [f32]) -> R) -> R {
     SCORES.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buffer) => {
             buffer.clear();
@@ -295,7 +299,7 @@ fn with_scores<T>(job: &Job<'_>, f: impl FnOnce(&mut [f32]) -> T) -> T {
 
 /// Every row's score for every key of the tile (visible or not; softmax drops the others).
 #[inline(always)]
-fn scores_generic(job: &Job<'_>, scores: &mut [f32]) {
+fn scores_generic<T: KvElement>(job: &Job<'_, T>, scores: &mut [f32]) {
     let l = job.layout;
     let (hd, bs) = (l.head_dim, l.block_size);
     let half = hd / 2;
@@ -309,7 +313,7 @@ fn scores_generic(job: &Job<'_>, scores: &mut [f32]) {
                 let acc = if d < half { &mut a } else { &mut b };
                 let k = &job.k_cache[base + d * bs..][..c.len];
                 for (acc, &k) in acc.iter_mut().zip(k) {
-                    *acc = x.mul_add(k, *acc);
+                    *acc = x.mul_add(k.to_f32(), *acc);
                 }
             }
             let row = &mut scores[r * width + c.pos - lo..][..c.len];
@@ -323,7 +327,7 @@ fn scores_generic(job: &Job<'_>, scores: &mut [f32]) {
 /// Turns each row's visible scores into unnormalised weights `exp(s − max)` (ALiBi added
 /// first) and every other key's into 0. Returns each row's 1 / Σ weights.
 #[inline(always)]
-fn softmax(job: &Job<'_>, scores: &mut [f32]) -> Vec<f32> {
+fn softmax<T>(job: &Job<'_, T>, scores: &mut [f32]) -> Vec<f32> {
     let (lo, width) = (job.lo(), job.width());
     let mut inv = Vec::with_capacity(job.rows());
     for (r, row) in scores.chunks_exact_mut(width).enumerate() {
@@ -350,7 +354,7 @@ fn softmax(job: &Job<'_>, scores: &mut [f32]) -> Vec<f32> {
 
 /// `out[row] = (Σ_key w[row][key] · v[key]) × inv[row]`, keys in position order.
 #[inline(always)]
-fn values_generic(job: &Job<'_>, weights: &[f32], inv: &[f32]) -> Vec<f32> {
+fn values_generic<T: KvElement>(job: &Job<'_, T>, weights: &[f32], inv: &[f32]) -> Vec<f32> {
     let l = job.layout;
     let hd = l.head_dim;
     let (lo, width) = (job.lo(), job.width());
@@ -366,7 +370,7 @@ fn values_generic(job: &Job<'_>, weights: &[f32], inv: &[f32]) -> Vec<f32> {
                 let v = &job.v_cache[l.value_index(c.block, c.slot + i, job.kv_head)..][..hd];
                 let w = weights[r * width + p - lo];
                 for (o, &x) in o.iter_mut().zip(v) {
-                    *o = w.mul_add(x, *o);
+                    *o = w.mul_add(x.to_f32(), *o);
                 }
             }
         }
@@ -410,26 +414,36 @@ fn reduce16(a: &[f32; 16]) -> f32 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Job, LANES};
+    use super::{Job, KvElement, LANES};
 
     /// Calls `$f::<R>` for the job's row count (1 ..= MAX_ROWS).
     macro_rules! by_rows {
         ($f:ident, $job:expr, $($arg:expr),*) => {
             match $job.rows() {
-                1 => $f::<1>($job, $($arg),*),
-                2 => $f::<2>($job, $($arg),*),
-                3 => $f::<3>($job, $($arg),*),
-                4 => $f::<4>($job, $($arg),*),
-                5 => $f::<5>($job, $($arg),*),
-                6 => $f::<6>($job, $($arg),*),
-                7 => $f::<7>($job, $($arg),*),
-                8 => $f::<8>($job, $($arg),*),
-                9 => $f::<9>($job, $($arg),*),
-                10 => $f::<10>($job, $($arg),*),
-                11 => $f::<11>($job, $($arg),*),
-                _ => $f::<12>($job, $($arg),*),
+                1 => $f::<T, 1>($job, $($arg),*),
+                2 => $f::<T, 2>($job, $($arg),*),
+                3 => $f::<T, 3>($job, $($arg),*),
+                4 => $f::<T, 4>($job, $($arg),*),
+                5 => $f::<T, 5>($job, $($arg),*),
+                6 => $f::<T, 6>($job, $($arg),*),
+                7 => $f::<T, 7>($job, $($arg),*),
+                8 => $f::<T, 8>($job, $($arg),*),
+                9 => $f::<T, 9>($job, $($arg),*),
+                10 => $f::<T, 10>($job, $($arg),*),
+                11 => $f::<T, 11>($job, $($arg),*),
+                _ => $f::<T, 12>($job, $($arg),*),
             }
         };
+    }
+
+    /// Asks for the cache lines of `len` elements from `at` (a hint: never faults).
+    #[inline(always)]
+    fn prefetch<T>(at: *const T, len: usize) {
+        let (start, bytes) = (at as *const i8, len * std::mem::size_of::<T>());
+        for off in (0..bytes).step_by(64) {
+            // Safety: a prefetch reads nothing and cannot fault, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(off)) };
+        }
     }
 
     /// Lanes `0..len` set.
@@ -438,17 +452,18 @@ mod avx512 {
         ((1u32 << len) - 1) as __mmask16
     }
 
-    /// Safety: needs AVX-512F; the job has 1 ..= MAX_ROWS rows; `scores` is `rows × width`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn scores(job: &Job<'_>, scores: &mut [f32]) {
+    /// Safety: needs AVX-512F/BW/VL; the job has 1 ..= MAX_ROWS rows; `scores` is
+    /// `rows × width`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn scores<T: KvElement>(job: &Job<'_, T>, scores: &mut [f32]) {
         debug_assert!(job.rows() <= super::MAX_ROWS && scores.len() == job.rows() * job.width());
         // Safety: passed on from the caller.
         unsafe { by_rows!(scores_rows, job, scores) }
     }
 
     #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn scores_rows<const R: usize>(job: &Job<'_>, scores: &mut [f32]) {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn scores_rows<T: KvElement, const R: usize>(job: &Job<'_, T>, scores: &mut [f32]) {
         let l = job.layout;
         let (hd, bs) = (l.head_dim, l.block_size);
         let half = hd / 2;
@@ -456,8 +471,23 @@ mod avx512 {
         let q: [*const f32; R] = std::array::from_fn(|r| job.query(r).as_ptr());
         let scale = _mm512_set1_ps(job.scale);
         let kp = job.k_cache.as_ptr();
+        let vp = job.v_cache.as_ptr();
         let out = scores.as_mut_ptr();
-        for c in job.chunks() {
+        let mut chunks = job.chunks().peekable();
+        while let Some(c) = chunks.next() {
+            if let Some(n) = chunks.peek() {
+                // The next block is elsewhere in memory: ask for it while this one computes.
+                let span = (hd - 1) * bs + n.len;
+                prefetch(
+                    kp.wrapping_add(l.key_index(n.block, n.slot, job.kv_head)),
+                    span,
+                );
+            }
+            // And for this chunk's values, which the weighted sum reads after the softmax.
+            for i in 0..c.len {
+                let at = l.value_index(c.block, c.slot + i, job.kv_head);
+                prefetch(vp.wrapping_add(at), hd);
+            }
             let m = mask(c.len);
             // Safety (for the loads below): lanes `0..len` of each K row lie in this block
             // (`len` ≤ block_size − slot); the others are masked off and not read. Each query
@@ -467,8 +497,8 @@ mod avx512 {
             let mut b = [_mm512_setzero_ps(); R];
             for d in 0..half {
                 unsafe {
-                    let ka = _mm512_maskz_loadu_ps(m, k.add(d * bs));
-                    let kb = _mm512_maskz_loadu_ps(m, k.add((d + half) * bs));
+                    let ka = T::load16(m, k.add(d * bs));
+                    let kb = T::load16(m, k.add((d + half) * bs));
                     for r in 0..R {
                         a[r] = _mm512_fmadd_ps(_mm512_set1_ps(*q[r].add(d)), ka, a[r]);
                         b[r] = _mm512_fmadd_ps(_mm512_set1_ps(*q[r].add(d + half)), kb, b[r]);
@@ -478,7 +508,7 @@ mod avx512 {
             if hd % 2 == 1 {
                 let d = hd - 1;
                 unsafe {
-                    let kb = _mm512_maskz_loadu_ps(m, k.add(d * bs));
+                    let kb = T::load16(m, k.add(d * bs));
                     for r in 0..R {
                         b[r] = _mm512_fmadd_ps(_mm512_set1_ps(*q[r].add(d)), kb, b[r]);
                     }
@@ -492,10 +522,10 @@ mod avx512 {
         }
     }
 
-    /// Safety: needs AVX-512F; the job has 1 ..= MAX_ROWS rows; `weights` is `rows × width`
-    /// with 0 for every key a row does not see.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn values(job: &Job<'_>, weights: &[f32], inv: &[f32]) -> Vec<f32> {
+    /// Safety: needs AVX-512F/BW/VL; the job has 1 ..= MAX_ROWS rows; `weights` is
+    /// `rows × width` with 0 for every key a row does not see.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn values<T: KvElement>(job: &Job<'_, T>, weights: &[f32], inv: &[f32]) -> Vec<f32> {
         debug_assert!(job.rows() <= super::MAX_ROWS && weights.len() == job.rows() * job.width());
         // Safety: passed on from the caller.
         unsafe { by_rows!(values_rows, job, weights, inv) }
@@ -505,24 +535,28 @@ mod avx512 {
     /// unchanged (it starts at +0 and can never become −0), so looping over the whole tile
     /// gives each row exactly its own chain over its visible keys.
     #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn values_rows<const R: usize>(job: &Job<'_>, weights: &[f32], inv: &[f32]) -> Vec<f32> {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn values_rows<T: KvElement, const R: usize>(
+        job: &Job<'_, T>,
+        weights: &[f32],
+        inv: &[f32],
+    ) -> Vec<f32> {
         // Column vectors per pass over the keys: as many as fit in registers beside R rows.
         // Safety: passed on from the caller.
         unsafe {
             if R <= 6 {
-                values_passes::<R, 4>(job, weights, inv)
+                values_passes::<T, R, 4>(job, weights, inv)
             } else {
-                values_passes::<R, 2>(job, weights, inv)
+                values_passes::<T, R, 2>(job, weights, inv)
             }
         }
     }
 
     /// `V` output vectors of every row per pass; lanes past `head_dim` are masked off.
     #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn values_passes<const R: usize, const V: usize>(
-        job: &Job<'_>,
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn values_passes<T: KvElement, const R: usize, const V: usize>(
+        job: &Job<'_, T>,
         weights: &[f32],
         inv: &[f32],
     ) -> Vec<f32> {
@@ -536,15 +570,21 @@ mod avx512 {
             let masks: [__mmask16; V] =
                 std::array::from_fn(|j| mask((hd - ((first + j) * LANES).min(hd)).min(LANES)));
             let mut acc = [[_mm512_setzero_ps(); V]; R];
-            for c in job.chunks() {
+            let mut chunks = job.chunks().peekable();
+            while let Some(c) = chunks.next() {
+                if let (0, Some(n)) = (first, chunks.peek()) {
+                    for i in 0..n.len {
+                        let at = l.value_index(n.block, n.slot + i, job.kv_head);
+                        prefetch(vp.wrapping_add(at), hd);
+                    }
+                }
                 let mut at = l.value_index(c.block, c.slot, job.kv_head) + first * LANES;
                 for key in c.pos - lo..c.pos - lo + c.len {
                     // Safety: the masks keep each load inside this key's `hd` values; each
                     // weights row is `width` long and `key` < width.
                     unsafe {
-                        let v: [__m512; V] = std::array::from_fn(|j| {
-                            _mm512_maskz_loadu_ps(masks[j], vp.add(at + j * LANES))
-                        });
+                        let v: [__m512; V] =
+                            std::array::from_fn(|j| T::load16(masks[j], vp.add(at + j * LANES)));
                         for r in 0..R {
                             let w = _mm512_set1_ps(*wp[r].add(key));
                             for j in 0..V {
@@ -577,7 +617,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::KvPool;
+    use crate::kv::{KvDtype, KvLayer, KvPool};
     use rand::{Rng, SeedableRng};
 
     /// Dense reference: K/V contiguous per sequence, plain loops, libm's exp.
@@ -632,6 +672,17 @@ mod tests {
     }
 
     fn case(rng: &mut impl Rng, nkv: usize, hd: usize, bs: usize, len: usize) -> Case {
+        case_in(rng, nkv, hd, bs, len, KvDtype::F32)
+    }
+
+    fn case_in(
+        rng: &mut impl Rng,
+        nkv: usize,
+        hd: usize,
+        bs: usize,
+        len: usize,
+        dtype: KvDtype,
+    ) -> Case {
         let layout = KvLayout {
             num_blocks: 64,
             block_size: bs,
@@ -648,7 +699,7 @@ mod tests {
         let v: Vec<f32> = (0..len * stride)
             .map(|_| rng.random_range(-1.0..1.0))
             .collect();
-        let mut pool = KvPool::new(1, layout);
+        let mut pool = KvPool::with_dtype(1, layout, dtype);
         for p in 0..len {
             let s = p * stride..(p + 1) * stride;
             pool.write(0, &table, p, &k[s.clone()], &v[s]);
@@ -690,7 +741,9 @@ mod tests {
                                 start_pos: start,
                                 block_table: &c.table,
                             }];
-                            let (kc, vc) = c.pool.layer(0);
+                            let KvLayer::F32 { k: kc, v: vc } = c.pool.layer(0) else {
+                                unreachable!("an f32 pool")
+                            };
                             let scale = 1.0 / (hd as f32).sqrt();
                             let got = paged_attention(
                                 &q, nh, c.layout, kc, vc, &seqs, window, scale, alibi,
@@ -727,52 +780,88 @@ mod tests {
         for &(nh, nkv, hd, bs) in &shapes {
             for window in [None, Some(6)] {
                 for alibi in [false, true] {
-                    let len = 37;
-                    let c = case(&mut rng, nkv, hd, bs, len);
-                    let q: Vec<f32> = (0..len * nh * hd)
-                        .map(|_| rng.random_range(-2.0..2.0))
-                        .collect();
-                    let slopes: Vec<f32> = (0..nh).map(|h| 0.25 / (h + 1) as f32).collect();
-                    let (kc, vc) = c.pool.layer(0);
-                    let whole = [AttentionSeq {
-                        first_token: 0,
-                        num_tokens: len,
-                        start_pos: 0,
-                        block_table: &c.table,
-                    }];
-                    let one_by_one: Vec<AttentionSeq<'_>> = (0..len)
-                        .map(|t| AttentionSeq {
-                            first_token: t,
-                            num_tokens: 1,
-                            start_pos: t,
-                            block_table: &c.table,
-                        })
-                        .collect();
-                    let run = |seqs: &[AttentionSeq<'_>], kernel: fn(&Job<'_>) -> Vec<f32>| {
-                        Batch {
+                    for dtype in [KvDtype::F32, KvDtype::Bf16] {
+                        let len = 37;
+                        let c = case_in(&mut rng, nkv, hd, bs, len, dtype);
+                        let q: Vec<f32> = (0..len * nh * hd)
+                            .map(|_| rng.random_range(-2.0..2.0))
+                            .collect();
+                        let slopes: Vec<f32> = (0..nh).map(|h| 0.25 / (h + 1) as f32).collect();
+                        let check = Check {
                             q: &q,
-                            num_heads: nh,
+                            nh,
                             layout: c.layout,
-                            k_cache: kc,
-                            v_cache: vc,
-                            seqs,
+                            table: &c.table,
+                            len,
                             window,
-                            scale: 0.2,
                             alibi: alibi.then_some(slopes.as_slice()),
+                        };
+                        match c.pool.layer(0) {
+                            KvLayer::F32 { k, v } => check.run(k, v),
+                            KvLayer::Bf16 { k, v } => check.run(k, v),
                         }
-                        .run(kernel)
-                    };
-                    let generic = run(&whole, attend_generic);
-                    let decoded = run(&one_by_one, attend_generic);
-                    assert_eq!(generic, decoded, "tiling changed bits: nh={nh} hd={hd}");
-                    assert_eq!(run(&whole, attend), generic, "nh={nh} hd={hd} bs={bs}");
-                    #[cfg(target_arch = "x86_64")]
-                    if std::is_x86_feature_detected!("avx512f") && nh / nkv <= MAX_ROWS {
-                        let fast: fn(&Job<'_>) -> Vec<f32> = |j| unsafe { attend_avx512(j) };
-                        assert_eq!(run(&whole, fast), generic, "nh={nh} hd={hd} bs={bs}");
-                        assert_eq!(run(&one_by_one, fast), generic);
                     }
                 }
+            }
+        }
+    }
+
+    /// One case of `cpu_paths_and_tilings_agree_exactly`, for either cache element type.
+    struct Check<'a> {
+        q: &'a [f32],
+        nh: usize,
+        layout: KvLayout,
+        table: &'a [u32],
+        len: usize,
+        window: Option<usize>,
+        alibi: Option<&'a [f32]>,
+    }
+
+    impl Check<'_> {
+        fn run<T: KvElement>(&self, k: &[T], v: &[T]) {
+            let len = self.len;
+            let whole = [AttentionSeq {
+                first_token: 0,
+                num_tokens: len,
+                start_pos: 0,
+                block_table: self.table,
+            }];
+            let one_by_one: Vec<AttentionSeq<'_>> = (0..len)
+                .map(|t| AttentionSeq {
+                    first_token: t,
+                    num_tokens: 1,
+                    start_pos: t,
+                    block_table: self.table,
+                })
+                .collect();
+            let run = |seqs: &[AttentionSeq<'_>], kernel: fn(&Job<'_, T>) -> Vec<f32>| {
+                Batch {
+                    q: self.q,
+                    num_heads: self.nh,
+                    layout: self.layout,
+                    k_cache: k,
+                    v_cache: v,
+                    seqs,
+                    window: self.window,
+                    scale: 0.2,
+                    alibi: self.alibi,
+                }
+                .run(kernel)
+            };
+            let what = format!("{:?} {}", self.layout, std::any::type_name::<T>());
+            let generic = run(&whole, attend_generic);
+            let decoded = run(&one_by_one, attend_generic);
+            assert_eq!(generic, decoded, "tiling changed bits: {what}");
+            assert_eq!(run(&whole, attend), generic, "{what}");
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vl")
+                && self.nh / self.layout.kv_heads <= MAX_ROWS
+            {
+                let fast: fn(&Job<'_, T>) -> Vec<f32> = |j| unsafe { attend_avx512(j) };
+                assert_eq!(run(&whole, fast), generic, "{what}");
+                assert_eq!(run(&one_by_one, fast), generic, "{what}");
             }
         }
     }

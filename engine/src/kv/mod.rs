@@ -3,10 +3,12 @@
 
 mod attention;
 mod block_manager;
+mod element;
 mod pool;
 
 pub use attention::{paged_attention, AttentionSeq};
 pub use block_manager::{
     chain_hash, keyed_salt_hash, salt_hash, BlockHash, BlockManager, PrefixStats,
 };
-pub use pool::{KvLayout, KvPool};
+pub use element::{KvDtype, KvElement};
+pub use pool::{KvLayer, KvLayout, KvPool};

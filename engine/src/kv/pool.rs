@@ -5,6 +5,10 @@
 //! `[num_blocks, kv_heads, head_dim, block_size]`, so one vector load reads one dimension of
 //! up to 16 consecutive keys: attention computes 16 scores at once with no horizontal sums.
 
+use half::bf16;
+
+use super::element::{KvDtype, KvElement};
+
 /// Shape of one layer's K (or V) storage: blocks of `block_size` tokens of `kv_heads ×
 /// head_dim` floats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,22 +39,54 @@ impl KvLayout {
     }
 }
 
+/// One layer's K and V storage, in the cache's element type.
+enum Store {
+    F32(Vec<f32>),
+    Bf16(Vec<bf16>),
+}
+
+impl Store {
+    fn new(dtype: KvDtype, len: usize) -> Self {
+        // Zeroed allocations are lazily backed by the OS, so an unused pool costs no memory.
+        match dtype {
+            KvDtype::F32 => Store::F32(crate::memory::zeroed(len)),
+            KvDtype::Bf16 => Store::Bf16(crate::memory::zeroed(len)),
+        }
+    }
+
+    fn copy_within(&mut self, from: std::ops::Range<usize>, to: usize) {
+        match self {
+            Store::F32(v) => v.copy_within(from, to),
+            Store::Bf16(v) => v.copy_within(from, to),
+        }
+    }
+}
+
+/// One layer's K and V as attention reads them.
+pub enum KvLayer<'a> {
+    F32 { k: &'a [f32], v: &'a [f32] },
+    Bf16 { k: &'a [bf16], v: &'a [bf16] },
+}
+
 /// K and V for every layer. Blocks are owned by sequences through their block tables; the
-/// pool itself only stores floats.
+/// pool itself only stores values.
 pub struct KvPool {
     layout: KvLayout,
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<Store>,
+    v: Vec<Store>,
 }
 
 impl KvPool {
     pub fn new(num_layers: usize, layout: KvLayout) -> Self {
+        Self::with_dtype(num_layers, layout, KvDtype::F32)
+    }
+
+    pub fn with_dtype(num_layers: usize, layout: KvLayout, dtype: KvDtype) -> Self {
         let len = layout.num_blocks * layout.block_size * layout.token_stride();
-        // Zeroed allocations are lazily backed by the OS, so an unused pool costs no memory.
         Self {
             layout,
-            k: (0..num_layers).map(|_| vec![0.0; len]).collect(),
-            v: (0..num_layers).map(|_| vec![0.0; len]).collect(),
+            k: (0..num_layers).map(|_| Store::new(dtype, len)).collect(),
+            v: (0..num_layers).map(|_| Store::new(dtype, len)).collect(),
         }
     }
 
@@ -60,17 +96,13 @@ impl KvPool {
 
     /// Stores one token's K and V (each `kv_heads * head_dim` floats) at `pos`.
     pub fn write(&mut self, layer: usize, block_table: &[u32], pos: usize, k: &[f32], v: &[f32]) {
-        let l = self.layout;
-        let (block, slot) = (block_table[pos / l.block_size] as usize, pos % l.block_size);
-        let keys = &mut self.k[layer];
-        for (head, k) in k.chunks_exact(l.head_dim).enumerate() {
-            let base = l.key_index(block, slot, head);
-            for (d, &x) in k.iter().enumerate() {
-                keys[base + d * l.block_size] = x;
+        match (&mut self.k[layer], &mut self.v[layer]) {
+            (Store::F32(ks), Store::F32(vs)) => write(self.layout, ks, vs, block_table, pos, k, v),
+            (Store::Bf16(ks), Store::Bf16(vs)) => {
+                write(self.layout, ks, vs, block_table, pos, k, v)
             }
+            _ => unreachable!("K and V share one element type"),
         }
-        let off = l.value_index(block, slot, 0);
-        self.v[layer][off..off + l.token_stride()].copy_from_slice(v);
     }
 
     /// Copies the first `slots` token slots of block `src` into block `dst` in every layer
@@ -92,7 +124,84 @@ impl KvPool {
         }
     }
 
-    pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
-        (&self.k[layer], &self.v[layer])
+    pub fn layer(&self, layer: usize) -> KvLayer<'_> {
+        match (&self.k[layer], &self.v[layer]) {
+            (Store::F32(k), Store::F32(v)) => KvLayer::F32 { k, v },
+            (Store::Bf16(k), Store::Bf16(v)) => KvLayer::Bf16 { k, v },
+            _ => unreachable!("K and V share one element type"),
+        }
+    }
+}
+
+fn write<T: KvElement>(
+    l: KvLayout,
+    keys: &mut [T],
+    values: &mut [T],
+    block_table: &[u32],
+    pos: usize,
+    k: &[f32],
+    v: &[f32],
+) {
+    let (block, slot) = (block_table[pos / l.block_size] as usize, pos % l.block_size);
+    for (head, k) in k.chunks_exact(l.head_dim).enumerate() {
+        let base = l.key_index(block, slot, head);
+        for (d, &x) in k.iter().enumerate() {
+            keys[base + d * l.block_size] = T::from_f32(x);
+        }
+    }
+    let off = l.value_index(block, slot, 0);
+    for (dst, &x) in values[off..off + l.token_stride()].iter_mut().zip(v) {
+        *dst = T::from_f32(x);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A copied block prefix holds the same keys and values as its source, in either element
+    /// type, and the slots after it are untouched.
+    #[test]
+    fn copied_prefixes_read_back_in_both_element_types() {
+        for dtype in [KvDtype::F32, KvDtype::Bf16] {
+            let l = KvLayout {
+                num_blocks: 4,
+                block_size: 8,
+                kv_heads: 2,
+                head_dim: 3,
+            };
+            let mut pool = KvPool::with_dtype(1, l, dtype);
+            // Values bf16 holds exactly (at most 8 significant bits).
+            let token = |p: usize, base: f32| -> Vec<f32> {
+                (0..6).map(|i| base + p as f32 + i as f32 / 8.0).collect()
+            };
+            for p in 0..8 {
+                pool.write(0, &[2], p, &token(p, 1.0), &token(p, 16.0));
+            }
+            pool.copy_block_prefix(2, 0, 5);
+            let read = |k: &dyn Fn(usize) -> f32, v: &dyn Fn(usize) -> f32| {
+                for slot in 0..8 {
+                    for head in 0..2 {
+                        for d in 0..3 {
+                            let (kd, vd) = (
+                                k(l.key_index(0, slot, head) + d * l.block_size),
+                                v(l.value_index(0, slot, head) + d),
+                            );
+                            let i = head * 3 + d;
+                            if slot < 5 {
+                                assert_eq!(kd, token(slot, 1.0)[i], "{dtype:?}");
+                                assert_eq!(vd, token(slot, 16.0)[i], "{dtype:?}");
+                            } else {
+                                assert_eq!((kd, vd), (0.0, 0.0), "{dtype:?}");
+                            }
+                        }
+                    }
+                }
+            };
+            match pool.layer(0) {
+                KvLayer::F32 { k, v } => read(&|i| k[i], &|i| v[i]),
+                KvLayer::Bf16 { k, v } => read(&|i| k[i].to_f32(), &|i| v[i].to_f32()),
+            }
+        }
     }
 }

@@ -61,9 +61,10 @@ enum WeightData {
 }
 
 /// Row-major `[rows, cols]` → panels `[rows / 16][cols][16]`, the last panel zero-padded.
-fn pack<T: Copy + Default>(rows: usize, cols: usize, data: &[T]) -> Vec<T> {
+fn pack<T: crate::memory::ZeroBits>(rows: usize, cols: usize, data: &[T]) -> Vec<T> {
     let panels = rows.div_ceil(PANEL);
-    let mut out = vec![T::default(); panels * cols * PANEL];
+    // Streamed whole for every token: huge pages spare a TLB miss per 4 KiB.
+    let mut out = crate::memory::zeroed(panels * cols * PANEL);
     for (r, row) in data.chunks_exact(cols).enumerate() {
         let base = (r / PANEL) * cols * PANEL + r % PANEL;
         for (c, &v) in row.iter().enumerate() {

@@ -28,7 +28,7 @@ use rope::Rope;
 pub use runner::{BlockCopy, ModelRunner, ModelWeights};
 use weights::Weights;
 
-use crate::kv::{paged_attention, AttentionSeq, KvPool};
+use crate::kv::{paged_attention, AttentionSeq, KvDtype, KvLayer, KvPool};
 use crate::EngineError;
 
 /// Which logits a chunk wants back.
@@ -230,6 +230,8 @@ pub struct Transformer {
     rope: Rope,
     /// ALiBi slopes per head, for architectures without rotary embeddings.
     alibi: Option<Vec<f32>>,
+    /// What its KV cache stores (f32 unless set with `with_kv_dtype`).
+    kv_dtype: KvDtype,
 }
 
 impl Transformer {
@@ -402,7 +404,19 @@ impl Transformer {
             alibi: (s.positions == Positions::Alibi).then(|| arch::alibi_slopes(s.num_heads)),
             shape,
             times: Arc::default(),
+            kv_dtype: KvDtype::F32,
         })
+    }
+
+    /// Stores its KV cache in `dtype` (bf16 halves the cache's memory and the bytes attention
+    /// reads; K and V are rounded to bf16 as they are written).
+    pub fn with_kv_dtype(mut self, dtype: KvDtype) -> Self {
+        self.kv_dtype = dtype;
+        self
+    }
+
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv_dtype
     }
 
     pub fn shape(&self) -> &ModelShape {
@@ -533,18 +547,16 @@ impl Transformer {
                     kv.write(li, seq.block_table, pos, &k, &src[qd + kvd..]);
                 }
             }
-            let (kc, vc) = kv.layer(li);
-            let attn = paged_attention(
-                &q,
-                nh,
-                layout,
-                kc,
-                vc,
-                &seqs,
-                s.layer_windows[li],
-                scale,
-                self.alibi.as_deref(),
-            );
+            let window = s.layer_windows[li];
+            let alibi = self.alibi.as_deref();
+            let attn = match kv.layer(li) {
+                KvLayer::F32 { k, v } => {
+                    paged_attention(&q, nh, layout, k, v, &seqs, window, scale, alibi)
+                }
+                KvLayer::Bf16 { k, v } => {
+                    paged_attention(&q, nh, layout, k, v, &seqs, window, scale, alibi)
+                }
+            };
             let o = layer.o.forward(&attn, n);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             // A parallel block's MLP reads the same normalised input as its attention.

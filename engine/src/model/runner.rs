@@ -65,7 +65,7 @@ impl ModelWeights for Transformer {
     }
 
     fn kv_bytes_per_token(&self) -> usize {
-        self.shape().kv_bytes_per_token()
+        self.shape().kv_bytes_per_token() / 4 * self.kv_dtype().size()
     }
 
     fn compute_times(&self) -> Option<Arc<ComputeTimes>> {
@@ -73,7 +73,7 @@ impl ModelWeights for Transformer {
     }
 
     fn into_runner(self: Box<Self>, layout: KvLayout) -> Result<Box<dyn ModelRunner>, EngineError> {
-        let kv = KvPool::new(self.shape().num_layers, layout);
+        let kv = KvPool::with_dtype(self.shape().num_layers, layout, self.kv_dtype());
         Ok(Box::new(CpuRunner { model: *self, kv }))
     }
 }

@@ -97,7 +97,7 @@ impl W8a8 {
     pub fn quantize(rows: usize, cols: usize, data: &[f32]) -> Self {
         debug_assert_eq!(data.len(), rows * cols);
         let groups = cols.div_ceil(GROUP);
-        let mut values = vec![0i8; rows.div_ceil(PANEL) * groups * PANEL * GROUP];
+        let mut values = crate::memory::zeroed(rows.div_ceil(PANEL) * groups * PANEL * GROUP);
         let mut scales = Vec::with_capacity(rows);
         let mut offsets = Vec::with_capacity(rows);
         for (r, row) in data.chunks_exact(cols.max(1)).enumerate() {

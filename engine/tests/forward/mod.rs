@@ -18,7 +18,7 @@ pub fn logits(
         kv_heads: s.num_kv_heads,
         head_dim: s.head_dim,
     };
-    let mut kv = KvPool::new(s.num_layers, layout);
+    let mut kv = KvPool::with_dtype(s.num_layers, layout, model.kv_dtype());
     let table: Vec<u32> = (0..64u32).rev().collect();
     let mut out = Vec::new();
     for start in (0..tokens.len()).step_by(chunk) {
