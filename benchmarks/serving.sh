@@ -16,6 +16,8 @@
 #                                       # adds its expert-compute share)
 #   FORMATS=bf16,int8 benchmarks/serving.sh   # also the same weights held as bf16 and int8
 #                                             # (rows rosetta-bf16, rosetta-int8), same server
+#   KV_BF16=w8a8 benchmarks/serving.sh   # also these formats with `kv_cache_dtype: bf16`
+#                                         # (rows rosetta-w8a8-kvbf16), same server
 #   LLAMA_FORMATS=f32,q8_0,q4_k_m benchmarks/serving.sh  # llama.cpp in each GGUF format
 #                                             # (quantized from the f32 GGUF by llama-quantize)
 #   LONG_PROMPT=4096 benchmarks/serving.sh   # then the time to first token of one prompt of
@@ -83,6 +85,12 @@ for fmt in ${formats//,/ }; do
   - { id: small-$fmt, path: $model, licence: apache-2.0, max_context: 8192, dtype: $fmt, engine: { max_num_seqs: 64, max_num_batched_tokens: 512, kv_block_size: ${KV_BLOCK_SIZE:-16} } }
 YAML
 done
+kv_bf16="${KV_BF16:-}"
+for fmt in ${kv_bf16//,/ }; do
+    cat >> "$work/rosetta.yaml" <<YAML
+  - { id: small-$fmt-kvbf16, path: $model, licence: apache-2.0, max_context: 8192, dtype: $fmt, engine: { max_num_seqs: 64, max_num_batched_tokens: 512, kv_block_size: ${KV_BLOCK_SIZE:-16}, kv_cache_dtype: bf16 } }
+YAML
+done
 "$bin/rosetta" serve --config "$work/rosetta.yaml" > "$work/rosetta.out" 2> "$work/rosetta.err" &
 pids+=($!)
 rosetta_url=""
@@ -98,6 +106,9 @@ targets=(--target "rosetta=$rosetta_url=small")
 [[ -n "${MIXTRAL:-}" ]] && targets+=(--target "rosetta-mixtral=$rosetta_url=mixtral")
 for fmt in ${formats//,/ }; do
     targets+=(--target "rosetta-$fmt=$rosetta_url=small-$fmt")
+done
+for fmt in ${kv_bf16//,/ }; do
+    targets+=(--target "rosetta-$fmt-kvbf16=$rosetta_url=small-$fmt-kvbf16")
 done
 
 llama_server=$(ls "$work"/build-llama-server-*/bin/llama-server 2>/dev/null | head -n 1 || true)
