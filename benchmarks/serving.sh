@@ -67,7 +67,7 @@ models:
     licence: apache-2.0
     max_context: 8192
     dtype: ${DTYPE:-auto}
-    engine: { max_num_seqs: 64, max_num_batched_tokens: 512, kv_block_size: ${KV_BLOCK_SIZE:-16}, device: ${DEVICE:-cpu} }
+    engine: { max_num_seqs: 64, max_num_batched_tokens: ${BUDGET:-256}, kv_block_size: ${KV_BLOCK_SIZE:-16}, device: ${DEVICE:-cpu} }
 YAML
 if [[ -n "${MISTRALRS:-}" ]]; then
     cat >> "$work/rosetta.yaml" <<YAML
@@ -76,19 +76,19 @@ YAML
 fi
 if [[ -n "${MIXTRAL:-}" ]]; then
     cat >> "$work/rosetta.yaml" <<YAML
-  - { id: mixtral, path: $mixtral, licence: apache-2.0, max_context: 8192, engine: { max_num_seqs: 64, max_num_batched_tokens: 512 } }
+  - { id: mixtral, path: $mixtral, licence: apache-2.0, max_context: 8192, engine: { max_num_seqs: 64, max_num_batched_tokens: ${BUDGET:-256} } }
 YAML
 fi
 formats="${FORMATS:-}"
 for fmt in ${formats//,/ }; do
     cat >> "$work/rosetta.yaml" <<YAML
-  - { id: small-$fmt, path: $model, licence: apache-2.0, max_context: 8192, dtype: $fmt, engine: { max_num_seqs: 64, max_num_batched_tokens: 512, kv_block_size: ${KV_BLOCK_SIZE:-16} } }
+  - { id: small-$fmt, path: $model, licence: apache-2.0, max_context: 8192, dtype: $fmt, engine: { max_num_seqs: 64, max_num_batched_tokens: ${BUDGET:-256}, kv_block_size: ${KV_BLOCK_SIZE:-16} } }
 YAML
 done
 kv_bf16="${KV_BF16:-}"
 for fmt in ${kv_bf16//,/ }; do
     cat >> "$work/rosetta.yaml" <<YAML
-  - { id: small-$fmt-kvbf16, path: $model, licence: apache-2.0, max_context: 8192, dtype: $fmt, engine: { max_num_seqs: 64, max_num_batched_tokens: 512, kv_block_size: ${KV_BLOCK_SIZE:-16}, kv_cache_dtype: bf16 } }
+  - { id: small-$fmt-kvbf16, path: $model, licence: apache-2.0, max_context: 8192, dtype: $fmt, engine: { max_num_seqs: 64, max_num_batched_tokens: ${BUDGET:-256}, kv_block_size: ${KV_BLOCK_SIZE:-16}, kv_cache_dtype: bf16 } }
 YAML
 done
 "$bin/rosetta" serve --config "$work/rosetta.yaml" > "$work/rosetta.out" 2> "$work/rosetta.err" &

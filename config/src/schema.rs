@@ -679,7 +679,7 @@ fn default_kv_block_size() -> usize {
 }
 
 fn default_max_num_batched_tokens() -> usize {
-    512
+    256
 }
 
 fn default_true() -> bool {

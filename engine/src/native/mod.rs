@@ -51,13 +51,13 @@ pub struct NativeEngineConfig {
 }
 
 impl NativeEngineConfig {
-    /// Defaults for a context length: 16-token blocks, 1 GiB of KV, 64 sequences, 512-token steps.
+    /// Defaults for a context length: 16-token blocks, 1 GiB of KV, 64 sequences, 256-token steps.
     pub fn new(max_context: usize) -> Self {
         Self {
             block_size: 16,
             kv_cache_bytes: 1 << 30,
             max_num_seqs: 64,
-            max_num_batched_tokens: 512,
+            max_num_batched_tokens: 256,
             chunked_prefill: true,
             prefix_caching: true,
             max_context,
