@@ -854,6 +854,11 @@ mod tests {
             assert_eq!(generic, decoded, "tiling changed bits: {what}");
             assert_eq!(run(&whole, attend), generic, "{what}");
             #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                let avx2: fn(&Job<'_, T>) -> Vec<f32> = |j| unsafe { attend_avx2(j) };
+                assert_eq!(run(&whole, avx2), generic, "AVX2: {what}");
+            }
+            #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx512f")
                 && std::is_x86_feature_detected!("avx512bw")
                 && std::is_x86_feature_detected!("avx512vl")
