@@ -192,6 +192,7 @@ fn w8a8_stays_close_to_f32_on_every_architecture() {
 fn bf16_kv_cache_stays_close_to_f32_on_every_architecture() {
     for (arch, size, seed) in [
         (Arch::Llama, Size::Tiny, 1),
+        (Arch::Mistral, Size::Tiny, 2),
         (Arch::Qwen2, Size::Tiny, 3),
         (Arch::Qwen3, Size::Tiny, 4),
         (Arch::Mixtral, Size::Tiny, 6),
