@@ -16,8 +16,9 @@
 #                                       # adds its expert-compute share)
 #   FORMATS=bf16,int8 benchmarks/serving.sh   # also the same weights held as bf16 and int8
 #                                             # (rows rosetta-bf16, rosetta-int8), same server
-#   KV_BF16=w8a8 benchmarks/serving.sh   # also these formats with `kv_cache_dtype: bf16`
-#                                         # (rows rosetta-w8a8-kvbf16), same server
+#   KV_BF16=f32 benchmarks/serving.sh    # also these formats with `kv_cache_dtype: bf16`
+#                                         # (rows rosetta-f32-kvbf16), same server; `auto`
+#                                         # already gives bf16/int8/w8a8 weights a bf16 cache
 #   LLAMA_FORMATS=f32,q8_0,q4_k_m benchmarks/serving.sh  # llama.cpp in each GGUF format
 #                                             # (quantized from the f32 GGUF by llama-quantize)
 #   LONG_PROMPT=4096 benchmarks/serving.sh   # then the time to first token of one prompt of

@@ -585,9 +585,10 @@ pub struct EngineSettings {
     /// Reuse the KV cache of earlier prompts' shared prefixes (never across tenants).
     #[serde(default = "default_true")]
     pub prefix_caching: bool,
-    /// What the KV cache stores (CPU path): `auto` or `f32` (exact), or `bf16`, which halves
-    /// the cache's memory per token (twice the tokens in the same `kv_cache_bytes`) and the
-    /// bytes attention reads, with K and V rounded to bf16 as they are written. On a GPU the
+    /// What the KV cache stores (CPU path): `f32` (exact), or `bf16`, which halves the
+    /// cache's memory per token (twice the tokens in the same `kv_cache_bytes`) and the bytes
+    /// attention reads, with K and V rounded to bf16 as they are written. `auto` follows the
+    /// weights: f32 with f32 weights, bf16 with `dtype: bf16`, `int8` or `w8a8`. On a GPU the
     /// cache has the weights' dtype; set `auto` there.
     #[serde(default)]
     pub kv_cache_dtype: KvCacheDtype,

@@ -220,9 +220,13 @@ fn start_native(
 ) -> Result<Arc<dyn Engine>, rosetta_engine::EngineError> {
     let engine = match cfg.engine.device {
         EngineDevice::Cpu => {
-            let kv = match cfg.engine.kv_cache_dtype {
-                KvCacheDtype::Auto | KvCacheDtype::F32 => KvDtype::F32,
-                KvCacheDtype::Bf16 => KvDtype::Bf16,
+            // `auto` follows the weights, as on a GPU: exact with f32 weights, bf16 with
+            // weights that are already bf16 or 8-bit (its drift is a hundredth of theirs).
+            let kv = match (cfg.engine.kv_cache_dtype, cfg.dtype) {
+                (KvCacheDtype::F32, _) | (KvCacheDtype::Auto, Dtype::Auto | Dtype::F32) => {
+                    KvDtype::F32
+                }
+                _ => KvDtype::Bf16,
             };
             let model =
                 Transformer::load(dir, cpu_format(cfg.dtype), max_context)?.with_kv_dtype(kv);
