@@ -4,7 +4,7 @@
 //! (`KV=bf16`: also the 32-sequence step over a bf16 cache)
 use std::time::Instant;
 
-use rosetta_engine::kv::{paged_attention, AttentionSeq, KvLayout};
+use rosetta_engine::kv::{paged_attention, AttentionSeq, KvElement, KvLayout};
 
 fn main() {
     let ctx: usize = std::env::args()
@@ -37,37 +37,15 @@ fn main() {
                 block_table: &table[s * per..(s + 1) * per],
             })
             .collect();
-        // K and V of 30 layers, as a forward pass walks them: the cache comes from memory,
-        // not from the CPU's caches.
-        let iters = 5;
         if std::env::var("KV").as_deref() == Ok("bf16") {
             let kv16: Vec<half::bf16> = kv.iter().map(|&x| half::bf16::from_f32(x)).collect();
-            let layers: Vec<_> = (0..30).map(|_| (kv16.clone(), kv16.clone())).collect();
-            let t = Instant::now();
-            for _ in 0..iters {
-                for (k, v) in &layers {
-                    std::hint::black_box(paged_attention(
-                        &q, nh, layout, k, v, &batch, None, 0.125, None,
-                    ));
-                }
-            }
-            let s = t.elapsed().as_secs_f64() / (iters * layers.len()) as f64;
+            let s = per_layer(&kv16, &q, nh, layout, &batch);
             println!(
                 "32 sequences decoding, bf16 cache: {:.3} ms per layer",
                 s * 1e3
             );
         }
-        let layers: Vec<(Vec<f32>, Vec<f32>)> = (0..30).map(|_| (kv.clone(), kv.clone())).collect();
-        let t = Instant::now();
-        for _ in 0..iters {
-            for (k, v) in &layers {
-                std::hint::black_box(paged_attention(
-                    &q, nh, layout, k, v, &batch, None, 0.125, None,
-                ));
-            }
-        }
-        let iters = iters * layers.len();
-        let s = t.elapsed().as_secs_f64() / iters as f64;
+        let s = per_layer(&kv, &q, nh, layout, &batch);
         let flops = 4.0 * (seqs * nh * per * bs * hd) as f64;
         println!(
             "32 sequences decoding at context {}: {:.3} ms per layer, {:.1} GFLOP/s",
@@ -101,4 +79,26 @@ fn main() {
             flops / s / 1e9
         );
     }
+}
+
+/// Seconds per layer of a decode step over 30 layers, each with its own copies of `kv` as K
+/// and V, as a forward pass walks them: the cache comes from memory, not from the CPU's
+/// caches. Five steps.
+fn per_layer<T: KvElement>(
+    kv: &[T],
+    q: &[f32],
+    nh: usize,
+    layout: KvLayout,
+    batch: &[AttentionSeq<'_>],
+) -> f64 {
+    let layers: Vec<(Vec<T>, Vec<T>)> = (0..30).map(|_| (kv.to_vec(), kv.to_vec())).collect();
+    let t = Instant::now();
+    for _ in 0..5 {
+        for (k, v) in &layers {
+            std::hint::black_box(paged_attention(
+                q, nh, layout, k, v, batch, None, 0.125, None,
+            ));
+        }
+    }
+    t.elapsed().as_secs_f64() / (5 * layers.len()) as f64
 }

@@ -471,7 +471,6 @@ mod avx512 {
         let q: [*const f32; R] = std::array::from_fn(|r| job.query(r).as_ptr());
         let scale = _mm512_set1_ps(job.scale);
         let kp = job.k_cache.as_ptr();
-        let vp = job.v_cache.as_ptr();
         let out = scores.as_mut_ptr();
         let mut chunks = job.chunks().peekable();
         while let Some(c) = chunks.next() {
@@ -482,11 +481,6 @@ mod avx512 {
                     kp.wrapping_add(l.key_index(n.block, n.slot, job.kv_head)),
                     span,
                 );
-            }
-            // And for this chunk's values, which the weighted sum reads after the softmax.
-            for i in 0..c.len {
-                let at = l.value_index(c.block, c.slot + i, job.kv_head);
-                prefetch(vp.wrapping_add(at), hd);
             }
             let m = mask(c.len);
             // Safety (for the loads below): lanes `0..len` of each K row lie in this block

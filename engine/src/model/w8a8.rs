@@ -158,7 +158,6 @@ impl W8a8 {
         let width = self.groups * GROUP;
         let mut bytes = vec![128u8; m * width];
         let mut scales = vec![0.0f32; m];
-        let rows = x.chunks_exact(k.max(1)).zip(bytes.chunks_exact_mut(width));
         // Rows are independent: a large batch (a prefill chunk) is split across threads, so
         // this pass does not run on one core while the product waits.
         if m * k >= 1 << 16 {
@@ -168,6 +167,7 @@ impl W8a8 {
                 .zip(scales.par_iter_mut())
                 .for_each(|((row, dst), scale)| *scale = quantize_row(row, dst));
         } else {
+            let rows = x.chunks_exact(k.max(1)).zip(bytes.chunks_exact_mut(width));
             for ((row, dst), scale) in rows.zip(scales.iter_mut()) {
                 *scale = quantize_row(row, dst);
             }
