@@ -18,10 +18,11 @@
 //! Its CPU batching panicked in 0.8.1 with 32 concurrent sequences and its prefix cache on
 //! (`shape mismatch on dim 2` in the KV cache manager): the prefix cache is off and at most
 //! `max_running` sequences run at once; the rest wait here. A panic inside mistral.rs fails the
-//! request it hit with a server error (mistral.rs 0.8.1 catches it and goes on serving; the
-//! end-to-end test injects one). Should its engine thread die outright, sending to it fails
-//! and the engine reports itself unhealthy, so the pool stops choosing it and readiness
-//! fails; the process goes on either way.
+//! request it hit with a server error (the end-to-end test injects one). mistral.rs 0.8.1
+//! sometimes catches it and goes on serving; sometimes the panic ends its engine thread, and
+//! then sending to it fails and the engine reports itself unhealthy, so the pool stops choosing
+//! it (later requests get a 503) and readiness fails. The process goes on either way; the
+//! replica is not restarted.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
