@@ -379,6 +379,9 @@ mod tests {
             (7, 130, 66, 2),
             (13, 67, 100, 3),
             (32, 200, 576, 4),
+            // Large enough that the activations are quantized across threads; each row alone
+            // (below) takes the serial path.
+            (128, 40, 576, 5),
         ] {
             let x = random(seed, m * k);
             let data = random(seed + 100, n * k);
@@ -390,6 +393,18 @@ mod tests {
             }
             // The portable tile, on the whole product.
             let acts = w.quantize_activations(&x, m, k);
+            // Activations quantized by the portable build equal those of the dispatched one.
+            let width = w.groups * GROUP;
+            for i in 0..m {
+                let mut bytes = vec![128u8; width];
+                let scale = quantize_row_portable(&x[i * k..(i + 1) * k], &mut bytes);
+                assert_eq!(
+                    bytes,
+                    acts.bytes[i * width..(i + 1) * width],
+                    "{m}x{n}x{k} row {i}"
+                );
+                assert_eq!(scale, acts.scales[i]);
+            }
             let mut portable = vec![0.0; m * n];
             for panel0 in (0..n.div_ceil(PANEL)).step_by(4) {
                 let panels = 4.min(n.div_ceil(PANEL) - panel0);
