@@ -501,6 +501,9 @@ pub enum Arch {
     /// Cohere's decoder (Aya, Command R): parallel block, LayerNorm, interleaved rotary; on
     /// the CPU path.
     Cohere,
+    /// Cohere's second decoder (Command R7B, Command A): Cohere's block with three sliding-
+    /// window layers with rotary to every global layer without positions; on the CPU path.
+    Cohere2,
     /// BLOOM: ALiBi, fused per-head query_key_value, LayerNorms with bias, GELU; on the CPU
     /// path.
     Bloom,
@@ -511,13 +514,14 @@ pub enum Arch {
 }
 
 impl Arch {
-    pub const ALL: [Arch; 8] = [
+    pub const ALL: [Arch; 9] = [
         Arch::Llama,
         Arch::Mistral,
         Arch::Qwen2,
         Arch::Qwen3,
         Arch::Mixtral,
         Arch::Cohere,
+        Arch::Cohere2,
         Arch::Bloom,
         Arch::XlmRoberta,
     ];
@@ -530,6 +534,7 @@ impl Arch {
             Arch::Qwen3 => "qwen3",
             Arch::Mixtral => "mixtral",
             Arch::Cohere => "cohere",
+            Arch::Cohere2 => "cohere2",
             Arch::Bloom => "bloom",
             Arch::XlmRoberta => "xlm-roberta",
         }

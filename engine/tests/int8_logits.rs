@@ -142,6 +142,11 @@ fn int8_cohere_stays_close_to_f32() {
 }
 
 #[test]
+fn int8_cohere2_stays_close_to_f32() {
+    assert_close(&check(DemoSpec::new(Arch::Cohere2, Size::Tiny, 7)));
+}
+
+#[test]
 fn int8_bloom_stays_close_to_f32() {
     assert_close(&check(DemoSpec::new(Arch::Bloom, Size::Tiny, 12)));
 }
@@ -172,6 +177,7 @@ fn w8a8_stays_close_to_f32_on_every_architecture() {
         (Arch::Qwen2, 3),
         (Arch::Mixtral, 6),
         (Arch::Cohere, 7),
+        (Arch::Cohere2, 7),
         (Arch::Bloom, 12),
     ] {
         assert_w8a8_close(&check_as(
@@ -197,6 +203,7 @@ fn bf16_kv_cache_stays_close_to_f32_on_every_architecture() {
         (Arch::Qwen3, Size::Tiny, 4),
         (Arch::Mixtral, Size::Tiny, 6),
         (Arch::Cohere, Size::Tiny, 7),
+        (Arch::Cohere2, Size::Tiny, 7),
         (Arch::Bloom, Size::Tiny, 12),
         (Arch::Llama, Size::Small, 0),
     ] {

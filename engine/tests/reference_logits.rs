@@ -98,6 +98,13 @@ fn cohere_with_parallel_block_and_interleaved_rope_matches_reference() {
     check(DemoSpec::new(Arch::Cohere, Size::Tiny, 7));
 }
 
+/// Three sliding layers with a 12-token window and rotary, then a global layer without any
+/// positional encoding, over a 40-token prompt.
+#[test]
+fn cohere2_with_sliding_rotary_and_global_nope_layers_matches_reference() {
+    check(DemoSpec::new(Arch::Cohere2, Size::Tiny, 7));
+}
+
 #[test]
 fn bloom_with_alibi_and_fused_per_head_qkv_matches_reference() {
     check(DemoSpec::new(Arch::Bloom, Size::Tiny, 12));
@@ -184,6 +191,12 @@ fn mixtral_logits_do_not_depend_on_batch_composition() {
 #[test]
 fn cohere_logits_do_not_depend_on_batch_composition() {
     batch_invariant(DemoSpec::new(Arch::Cohere, Size::Tiny, 8));
+}
+
+/// And for Cohere2's mix of windowed and global layers.
+#[test]
+fn cohere2_logits_do_not_depend_on_batch_composition() {
+    batch_invariant(DemoSpec::new(Arch::Cohere2, Size::Tiny, 8));
 }
 
 /// And for BLOOM's ALiBi attention.

@@ -137,6 +137,8 @@ enum ArchArg {
     Qwen3,
     Mixtral,
     Cohere,
+    /// Cohere2 (Command R7B): sliding-window layers with rotary, global layers without.
+    Cohere2,
     Bloom,
     /// An XLM-RoBERTa encoder for /v1/embeddings.
     XlmRoberta,
@@ -274,6 +276,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ArchArg::Qwen3 => Arch::Qwen3,
                 ArchArg::Mixtral => Arch::Mixtral,
                 ArchArg::Cohere => Arch::Cohere,
+                ArchArg::Cohere2 => Arch::Cohere2,
                 ArchArg::Bloom => Arch::Bloom,
                 ArchArg::XlmRoberta => Arch::XlmRoberta,
             };

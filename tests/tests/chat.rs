@@ -565,14 +565,15 @@ models:
   - { id: qwen3, demo: { arch: qwen3, size: tiny, seed: 2 }, licence: apache-2.0 }
   - { id: mixtral, demo: { arch: mixtral, size: tiny, seed: 2 }, licence: apache-2.0 }
   - { id: cohere, demo: { arch: cohere, size: tiny, seed: 2 }, licence: apache-2.0 }
+  - { id: cohere2, demo: { arch: cohere2, size: tiny, seed: 2 }, licence: apache-2.0 }
   - { id: bloom, demo: { arch: bloom, size: tiny, seed: 2 }, licence: apache-2.0 }
 "#,
     );
-    // Mistral's tiny model has a 16-token sliding window: a prompt longer than that
-    // exercises it.
+    // Mistral's tiny model has a 16-token sliding window and Cohere2's a 12-token one: a
+    // prompt longer than that exercises them.
     let long = "Jambo! Habari gani? Nzuri sana, asante. Karibu Rosetta, karibu sana. ".repeat(3);
     for model in [
-        "llama", "mistral", "qwen2", "qwen3", "mixtral", "cohere", "bloom",
+        "llama", "mistral", "qwen2", "qwen3", "mixtral", "cohere", "cohere2", "bloom",
     ] {
         let a = s.greedy_chat(model, &long, 12).await;
         let b = s.greedy_chat(model, &long, 12).await;

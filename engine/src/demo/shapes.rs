@@ -35,7 +35,8 @@ impl DemoShape {
                 arch,
                 hidden: 64,
                 intermediate: if arch == Arch::Bloom { 256 } else { 128 },
-                layers: 2,
+                // Cohere2 needs four layers for one global layer among three sliding ones.
+                layers: if arch == Arch::Cohere2 { 4 } else { 2 },
                 heads: 4,
                 kv_heads: if arch == Arch::Bloom { 4 } else { 2 },
                 // Qwen3 declares head_dim explicitly; make it differ from hidden / heads.
@@ -43,7 +44,10 @@ impl DemoShape {
                 vocab_size: 2048,
                 max_positions: 2048,
                 // Cover both tied and separate output heads across architectures.
-                tied: matches!(arch, Arch::Llama | Arch::Qwen3 | Arch::Cohere | Arch::Bloom),
+                tied: matches!(
+                    arch,
+                    Arch::Llama | Arch::Qwen3 | Arch::Cohere | Arch::Cohere2 | Arch::Bloom
+                ),
                 experts: (arch == Arch::Mixtral).then_some((4, 2)),
             },
             // bloom-560m's shape (with the demo tokenizer's vocabulary).
@@ -131,6 +135,7 @@ impl DemoShape {
             Arch::Qwen3 => ("qwen3", "Qwen3ForCausalLM"),
             Arch::Mixtral => ("mixtral", "MixtralForCausalLM"),
             Arch::Cohere => ("cohere", "CohereForCausalLM"),
+            Arch::Cohere2 => ("cohere2", "Cohere2ForCausalLM"),
             Arch::Bloom => ("bloom", "BloomForCausalLM"),
             Arch::XlmRoberta => ("xlm-roberta", "XLMRobertaModel"),
         };
@@ -178,6 +183,17 @@ impl DemoShape {
             // Aya's and Command R's keys: LayerNorm epsilon, logit scale, no q/k norm.
             Arch::Cohere => json!({ "layer_norm_eps": 1e-5, "logit_scale": 0.0625,
                                     "use_qk_norm": false, "attention_bias": false }),
+            // Command R7B's keys. The tiny model's window is shorter than the tests' prompts and
+            // says which layers slide the old way (`sliding_window_pattern`, as R7B's config on
+            // the Hub); the small one lists `layer_types`, as transformers writes it today.
+            Arch::Cohere2 if self.is_tiny() => json!({ "layer_norm_eps": 1e-5,
+                "logit_scale": 0.0625, "attention_bias": false, "sliding_window": 12,
+                "sliding_window_pattern": 4 }),
+            Arch::Cohere2 => json!({ "layer_norm_eps": 1e-5, "logit_scale": 0.0625,
+                "attention_bias": false, "sliding_window": 4096,
+                "layer_types": (0..self.layers)
+                    .map(|i| if (i + 1) % 4 == 0 { "full_attention" } else { "sliding_attention" })
+                    .collect::<Vec<_>>() }),
             Arch::Bloom | Arch::XlmRoberta => json!({}),
             Arch::Mixtral => {
                 let (experts, per_token) = self.experts.unwrap_or((8, 2));
@@ -366,7 +382,7 @@ impl DemoShape {
             }
             t.push((format!("{p}.self_attn.o_proj.weight"), vec![h, qd]));
             // Cohere's parallel block has one norm per layer.
-            if self.arch != Arch::Cohere {
+            if !matches!(self.arch, Arch::Cohere | Arch::Cohere2) {
                 t.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
             }
             match self.experts {

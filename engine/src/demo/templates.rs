@@ -36,6 +36,10 @@ pub const BLOOM: &str = "{%- for message in messages %}{{- message['role'] + ': 
 /// Cohere's (Aya, Command R) turn markers, without its tool and document sections.
 pub const COHERE: &str = include_str!("templates/cohere.jinja");
 
+/// Command R7B's (Cohere2): Cohere's turns, with each answer between `<|START_RESPONSE|>` and
+/// `<|END_RESPONSE|>`; the generation prompt opens the response.
+pub const COHERE2: &str = include_str!("templates/cohere2.jinja");
+
 /// Mistral v0.3's: `[AVAILABLE_TOOLS]` before the last user turn, `[TOOL_CALLS]` with a JSON
 /// list, `[TOOL_RESULTS]`.
 pub const MISTRAL: &str = include_str!("templates/mistral.jinja");

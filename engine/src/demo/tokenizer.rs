@@ -79,6 +79,27 @@ fn flavour(arch: Arch) -> Flavour {
             add_bos: true,
             add_eos: false,
         },
+        // Command R7B's: Cohere's turn markers, and the answer between response markers.
+        Arch::Cohere2 => Flavour {
+            specials: &[
+                "<PAD>",
+                "<BOS_TOKEN>",
+                "<EOS_TOKEN>",
+                "<|START_OF_TURN_TOKEN|>",
+                "<|END_OF_TURN_TOKEN|>",
+                "<|USER_TOKEN|>",
+                "<|CHATBOT_TOKEN|>",
+                "<|SYSTEM_TOKEN|>",
+                "<|START_RESPONSE|>",
+                "<|END_RESPONSE|>",
+            ],
+            bos: "<BOS_TOKEN>",
+            eos: "<|END_OF_TURN_TOKEN|>",
+            extra_eos: &["<EOS_TOKEN>", "<|END_RESPONSE|>"],
+            template: Some(templates::COHERE2),
+            add_bos: true,
+            add_eos: false,
+        },
         // XLM-RoBERTa's specials at its ids (0 to 3); every input is `<s> ... </s>`.
         Arch::XlmRoberta => Flavour {
             specials: &["<s>", "<pad>", "</s>", "<unk>"],

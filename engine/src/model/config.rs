@@ -17,6 +17,7 @@ pub enum Family {
     Qwen3,
     Mixtral,
     Cohere,
+    Cohere2,
     Bloom,
 }
 
@@ -99,6 +100,9 @@ pub struct RawConfig {
     pub max_window_layers: Option<usize>,
     #[serde(default)]
     layer_types: Option<Vec<String>>,
+    /// Cohere2's older form of `layer_types`: every n-th layer attends fully.
+    #[serde(default)]
+    pub sliding_window_pattern: Option<usize>,
     #[serde(default)]
     hidden_act: Option<String>,
     #[serde(default)]
@@ -169,6 +173,9 @@ pub struct ModelShape {
     /// Per layer: attend only to this many most recent positions (Mistral v0.1; Qwen layers
     /// past `max_window_layers` when `use_sliding_window`).
     pub layer_windows: Vec<Option<usize>>,
+    /// Per layer: whether q and k are rotated (false for Cohere2's global layers, which have no
+    /// positional encoding; always false with ALiBi).
+    pub layer_rotary: Vec<bool>,
     /// The dtype the checkpoint was saved in, when it says.
     pub torch_dtype: Option<String>,
     /// Mixture-of-experts layers (Mixtral); `None` for a dense MLP.
@@ -253,6 +260,11 @@ impl ModelShape {
                     .filter(|_| types.get(layer).is_some_and(|t| t == "sliding_attention")),
                 None => arch.window(&raw, layer),
             })
+            .collect::<Vec<_>>();
+        let rotary = matches!(arch.positions(), Positions::Rope { .. });
+        let layer_rotary = layer_windows
+            .iter()
+            .map(|w| rotary && (w.is_some() || !arch.rotary_only_where_windowed()))
             .collect();
         Ok(Self {
             family,
@@ -273,6 +285,7 @@ impl ModelShape {
             mlp_bias: raw.mlp_bias,
             qk_norm: arch.qk_norm(),
             layer_windows,
+            layer_rotary,
             torch_dtype: raw.torch_dtype.clone(),
             experts,
             norm: arch.norm(),
@@ -333,5 +346,64 @@ fn parse_rope_scaling(v: Option<&serde_json::Value>) -> Result<RopeScaling, Stri
             original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
         }),
         other => Err(format!("unsupported rope_scaling type `{other}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cohere2(extra: &str) -> ModelShape {
+        let text = format!(
+            r#"{{"model_type": "cohere2", "hidden_size": 64, "intermediate_size": 128,
+                "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "vocab_size": 100 {extra}}}"#
+        );
+        ModelShape::from_json(&text).expect("a valid Cohere2 config")
+    }
+
+    /// Command R7B's two spellings of its layer kinds agree: every fourth layer is global, and
+    /// only the sliding layers are rotated.
+    #[test]
+    fn cohere2_layer_kinds_from_the_pattern_or_layer_types() {
+        let sliding = |l: usize| (l + 1) % 4 != 0;
+        let types: Vec<&str> = (0..8)
+            .map(|l| {
+                if sliding(l) {
+                    "\"sliding_attention\""
+                } else {
+                    "\"full_attention\""
+                }
+            })
+            .collect();
+        for shape in [
+            cohere2(r#", "sliding_window": 32, "sliding_window_pattern": 4"#),
+            cohere2(r#", "sliding_window": 32"#),
+            cohere2(&format!(
+                r#", "sliding_window": 32, "layer_types": [{}]"#,
+                types.join(",")
+            )),
+        ] {
+            for l in 0..8 {
+                assert_eq!(
+                    shape.layer_windows[l],
+                    sliding(l).then_some(32),
+                    "layer {l}"
+                );
+                assert_eq!(shape.layer_rotary[l], sliding(l), "layer {l}");
+            }
+        }
+        // No window at all: no layer slides, and none is rotated.
+        let none = cohere2(r#", "sliding_window": null"#);
+        assert!(none.layer_windows.iter().all(Option::is_none));
+        assert!(none.layer_rotary.iter().all(|r| !r));
+        // Every other architecture rotates every layer, windowed or not.
+        let mistral = ModelShape::from_json(
+            r#"{"model_type": "mistral", "hidden_size": 64, "intermediate_size": 128,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100,
+                "sliding_window": 8}"#,
+        )
+        .expect("a valid Mistral config");
+        assert_eq!(mistral.layer_rotary, vec![true, true]);
     }
 }

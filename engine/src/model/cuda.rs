@@ -94,10 +94,11 @@ impl CudaTransformer {
             && shape.positions == (Positions::Rope { interleaved: false })
             && shape.mlp == MlpKind::GatedSilu
             && !shape.embed_norm
-            && !shape.qkv_fused_per_head;
+            && !shape.qkv_fused_per_head
+            && shape.layer_rotary.iter().all(|&r| r);
         if !llama_like {
             return Err(EngineError::load(
-                "Mixtral, Cohere and BLOOM models run on the CPU path only for now; use \
+                "Mixtral, Cohere, Cohere2 and BLOOM models run on the CPU path only for now; use \
                  `engine.device: cpu`",
             ));
         }

@@ -514,8 +514,8 @@ impl Transformer {
             let raw = x.clone();
             norm_rows(&raw, embed_norm, &mut x);
         }
-        let rotary = matches!(s.positions, Positions::Rope { .. });
         for (li, layer) in self.layers.iter().enumerate() {
+            let rotary = s.layer_rotary[li];
             norm_rows(&x, &layer.input_norm, &mut hidden);
             let qkv = layer.qkv.forward(&hidden, n);
             let width = qd + 2 * kvd;

@@ -14,6 +14,15 @@
 //! - the logits are multiplied by `logit_scale`; and, optionally (`use_qk_norm`), each query and
 //!   key head goes through its own LayerNorm (a separate weight row per head) before RoPE.
 //!
+//! Cohere2 (`Cohere2ForCausalLM` in transformers' `modular_cohere2.py`: Command R7B) is Cohere
+//! (without `use_qk_norm`) whose layers are of two kinds (each place is marked "Cohere2"):
+//! - `layer_types[i]` is "sliding_attention" or "full_attention"; a config without it gives the
+//!   old `sliding_window_pattern` p (default 4): layer i slides unless (i + 1) % p == 0;
+//! - a sliding layer attends to the last `sliding_window` positions (default 4096; null means no
+//!   layer slides) and is the only kind that applies RoPE (`if self.sliding_window is not
+//!   None: apply_rotary_pos_emb`): full layers have no positional encoding at all;
+//! - `head_dim` is always hidden_size / num_attention_heads (`__post_init__` overwrites it).
+//!
 //! BLOOM (`BloomForCausalLM` in transformers' `modeling_bloom.py`) is different enough to have its
 //! own config, weights and forward pass (`BloomModel` below; the Llama family is
 //! `LlamaFamilyModel`). Its differences from Llama:
@@ -118,7 +127,12 @@ struct Config {
 impl Config {
     /// Cohere: parallel attention + MLP per layer, interleaved RoPE, LayerNorm, logit_scale.
     fn is_cohere(&self) -> bool {
-        self.model_type == "cohere"
+        self.model_type == "cohere" || self.model_type == "cohere2"
+    }
+
+    /// Whether layer `layer` rotates q and k: every layer but Cohere2's full-attention ones.
+    fn applies_rope(&self, layer: usize) -> bool {
+        self.model_type != "cohere2" || self.sliding_window_per_layer[layer].is_some()
     }
 }
 
@@ -172,12 +186,13 @@ impl Config {
         // BLOOM never gets here: `ReferenceModel::load` sends it to `BloomConfig::parse`.
         if !matches!(
             model_type.as_str(),
-            "llama" | "mistral" | "mixtral" | "qwen2" | "qwen3" | "cohere"
+            "llama" | "mistral" | "mixtral" | "qwen2" | "qwen3" | "cohere" | "cohere2"
         ) {
             panic!("{}", unsupported_model_type(&model_type));
         }
         let is_mixtral = model_type == "mixtral";
-        let is_cohere = model_type == "cohere";
+        let is_cohere = model_type == "cohere" || model_type == "cohere2";
+        let is_cohere2 = model_type == "cohere2";
 
         let hidden_size = require_usize(json, "hidden_size");
         let num_attention_heads = require_usize(json, "num_attention_heads");
@@ -191,7 +206,11 @@ impl Config {
         let num_hidden_layers = require_usize(json, "num_hidden_layers");
         // Qwen3 (and some Mistral/Llama checkpoints) set head_dim explicitly and it need not equal
         // hidden_size / num_attention_heads.
-        let head_dim = get_usize(json, "head_dim").unwrap_or(hidden_size / num_attention_heads);
+        // Cohere2: always hidden_size / num_attention_heads, whatever the key says.
+        let head_dim = match get_usize(json, "head_dim") {
+            Some(d) if !is_cohere2 => d,
+            _ => hidden_size / num_attention_heads,
+        };
         assert!(
             num_key_value_heads > 0 && num_attention_heads.is_multiple_of(num_key_value_heads),
             "config.json: num_attention_heads ({num_attention_heads}) must be a multiple of \
@@ -258,7 +277,9 @@ impl Config {
             (NormKind::Rms, require_f64(json, "rms_norm_eps"))
         };
         let logit_scale = is_cohere.then(|| get_f64(json, "logit_scale").unwrap_or(0.0625) as f32);
-        let use_qk_norm = is_cohere && get_bool(json, "use_qk_norm").unwrap_or(false);
+        // Cohere2Config has no `use_qk_norm`.
+        let use_qk_norm =
+            is_cohere && !is_cohere2 && get_bool(json, "use_qk_norm").unwrap_or(false);
         if is_cohere {
             let act = get(json, "hidden_act")
                 .map(|v| {
@@ -380,6 +401,37 @@ fn sliding_windows(json: &Value, model_type: &str, num_layers: usize) -> Vec<Opt
                     .map(|i| (i >= max_window_layers).then_some(window))
                     .collect()
             }
+        }
+        // Cohere2: `Cohere2Config.sliding_window` defaults to 4096 when the key is absent; an
+        // explicit null means no window. Layer kinds from `layer_types`, else from
+        // `sliding_window_pattern`.
+        "cohere2" => {
+            let window = match json.get("sliding_window") {
+                None => Some(4096),
+                Some(_) => get_usize(json, "sliding_window"),
+            };
+            let sliding: Vec<bool> = match get(json, "layer_types") {
+                Some(types) => types
+                    .as_array()
+                    .unwrap_or_else(|| panic!("config.json: `layer_types` should be an array"))
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        Some("sliding_attention") => true,
+                        Some("full_attention") => false,
+                        _ => panic!("config.json: unknown layer type {t}"),
+                    })
+                    .collect(),
+                None => {
+                    let pattern = get_usize(json, "sliding_window_pattern").unwrap_or(4);
+                    (0..num_layers).map(|i| (i + 1) % pattern != 0).collect()
+                }
+            };
+            assert_eq!(
+                sliding.len(),
+                num_layers,
+                "config.json: `layer_types` length"
+            );
+            sliding.into_iter().map(|s| window.filter(|_| s)).collect()
         }
         // Llama has no sliding window.
         _ => vec![None; num_layers],
@@ -536,6 +588,8 @@ struct Layer {
     /// a sparse MoE block.
     feed_forward: FeedForward,
     sliding_window: Option<usize>,
+    /// Whether q and k are rotated (Cohere2: only in sliding layers).
+    rope: bool,
 }
 
 /// The feed-forward half of a decoder layer.
@@ -819,6 +873,7 @@ impl LlamaFamilyModel {
                     )),
                 },
                 sliding_window: config.sliding_window_per_layer[i],
+                rope: config.applies_rope(i),
             };
 
             // Qwen3 always has q_norm/k_norm, Cohere exactly when `use_qk_norm` is true; the others
@@ -1009,8 +1064,9 @@ impl LlamaFamilyModel {
             }
         }
 
-        // RoPE on every head of every position (position p = row index, since we start at 0).
-        for p in 0..t {
+        // RoPE on every head of every position (position p = row index, since we start at 0);
+        // Cohere2's full-attention layers skip it.
+        for p in (0..t).filter(|_| layer.rope) {
             for h in 0..n_heads {
                 let start = (p * n_heads + h) * hd;
                 self.apply_rope(&mut q[start..start + hd], p);

@@ -5,6 +5,7 @@
 
 mod bloom;
 mod cohere;
+mod cohere2;
 mod llama;
 mod mistral;
 mod mixtral;
@@ -32,6 +33,11 @@ pub trait Architecture: Sync {
     /// Layer `layer`'s attention window when the config has no `layer_types`.
     fn window(&self, config: &RawConfig, _layer: usize) -> Option<usize> {
         config.sliding_window
+    }
+    /// Rotary embeddings only on windowed layers; layers without a window have no positional
+    /// encoding (Cohere2's global layers).
+    fn rotary_only_where_windowed(&self) -> bool {
+        false
     }
     /// Mixture-of-experts layers in place of the MLP, if the architecture has them.
     fn experts(&self, _config: &RawConfig) -> Result<Option<Experts>, String> {
@@ -86,9 +92,10 @@ pub trait Architecture: Sync {
     }
 }
 
-const ARCHITECTURES: [&dyn Architecture; 7] = [
+const ARCHITECTURES: [&dyn Architecture; 8] = [
     &bloom::Bloom,
     &cohere::Cohere,
+    &cohere2::Cohere2,
     &llama::Llama,
     &mistral::Mistral,
     &qwen2::Qwen2,
