@@ -174,16 +174,10 @@ async fn a_panic_inside_mistralrs_fails_its_request_not_the_process() {
     };
     let native = s.complete(fine("native")).await;
     assert_eq!(native["usage"]["completion_tokens"], 4);
-    // Afterwards the replica either answers (mistral.rs 0.8.1 often catches the panic and goes
-    // on) or, when the panic ended its engine thread, is refused at once as unavailable: a
-    // 503 in OpenAI's shape, never a hang or a dead process.
-    let again = s.post("/v1/completions", &fine("mrs")).await;
-    if again.status.is_success() {
-        let v: Value = serde_json::from_str(&again.text).unwrap();
-        assert_eq!(v["usage"]["completion_tokens"], 4, "{}", again.text);
-    } else {
-        again.assert_error(503, Some("server_error"), None);
-    }
+    // Afterwards the replica answers again: at once when mistral.rs's own restart of its
+    // engine thread held, or once the backend has loaded the model afresh. Meanwhile it is
+    // refused at once as unavailable (a 503 in OpenAI's shape), never a hang.
+    serves_again(&s, &fine("mrs")).await;
     let native = s.complete(fine("native")).await;
     assert_eq!(native["usage"]["completion_tokens"], 4);
     // A stream that meets the panic ends with an error (before its first byte, as a 5xx
@@ -200,5 +194,26 @@ async fn a_panic_inside_mistralrs_fails_its_request_not_the_process() {
         );
     } else {
         assert!(r.status.is_server_error(), "{} {}", r.status, r.text);
+    }
+    serves_again(&s, &fine("mrs")).await;
+}
+
+/// Asks `s` for `request` on its mistral.rs replica until it answers (4 tokens), within two
+/// minutes; meanwhile each refusal must be an immediate 503 in OpenAI's shape.
+async fn serves_again(s: &Server, request: &Value) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let again = s.post("/v1/completions", request).await;
+        if again.status.is_success() {
+            let v: Value = serde_json::from_str(&again.text).unwrap();
+            assert_eq!(v["usage"]["completion_tokens"], 4, "{}", again.text);
+            return;
+        }
+        again.assert_error(503, Some("server_error"), None);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mistral.rs replica did not come back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }

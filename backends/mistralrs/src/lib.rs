@@ -18,15 +18,18 @@
 //! Its CPU batching panicked in 0.8.1 with 32 concurrent sequences and its prefix cache on
 //! (`shape mismatch on dim 2` in the KV cache manager): the prefix cache is off and at most
 //! `max_running` sequences run at once; the rest wait here. A panic inside mistral.rs fails the
-//! request it hit with a server error (the end-to-end test injects one). mistral.rs 0.8.1
-//! sometimes catches it and goes on serving; sometimes the panic ends its engine thread, and
-//! then sending to it fails and the engine reports itself unhealthy, so the pool stops choosing
-//! it (later requests get a 503) and readiness fails. The process goes on either way; the
-//! replica is not restarted.
+//! request it hit with a server error (the end-to-end test injects one). mistral.rs 0.8.1 starts
+//! a new engine thread on the same loaded model when it finds its thread dead, but a panic in a
+//! forward pass leaves that model's KV cache lock poisoned, so the new thread may die too. So
+//! when a request ends without an answer or cannot be sent, the replica is rebuilt: it reports
+//! itself unhealthy (the pool stops choosing it, later requests get a 503, readiness fails),
+//! loads the model afresh from the same options on a thread of its own, retrying with backoff,
+//! and serves again once that is done. The process goes on throughout.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use mistralrs::core::{parse_isq_value, RequestMessage, TokenSource};
 use mistralrs::{
@@ -46,7 +49,9 @@ pub struct MistralRsOptions {
     pub dir: PathBuf,
     /// In-situ quantisation at load (`Q4K`, `Q8_0`, `Q4_0`, ...: mistral.rs's names).
     pub isq: Option<String>,
-    /// Serve this GGUF file in `dir` (with `dir`'s tokenizer.json) instead of safetensors.
+    /// Serve this GGUF file in `dir` instead of safetensors. mistral.rs 0.8.1 decodes with the
+    /// vocabulary in the file's metadata (its `with_tokenizer_json` is not applied); the gateway
+    /// encodes with `dir`'s tokenizer.json, which `rosetta model gguf` writes the same.
     pub gguf: Option<String>,
     /// Weights and activations in bf16 instead of f32.
     pub bf16: bool,
@@ -58,31 +63,128 @@ pub struct MistralRsOptions {
 
 /// A model served by mistral.rs in this process.
 pub struct MistralRsEngine {
-    model: Arc<mistralrs::Model>,
     /// Runs the tasks that relay mistral.rs's answers (mistral.rs has its own thread).
     runtime: Option<tokio::runtime::Runtime>,
+    replica: Arc<Replica>,
     slots: Arc<Semaphore>,
     running: Arc<AtomicUsize>,
     waiting: Arc<AtomicUsize>,
-    healthy: Arc<AtomicBool>,
     next_id: AtomicUsize,
     eos: Arc<[u32]>,
+}
+
+/// The loaded model, and what it takes to load it again when its engine dies.
+struct Replica {
+    model: RwLock<Arc<mistralrs::Model>>,
+    options: MistralRsOptions,
+    handle: tokio::runtime::Handle,
+    healthy: AtomicBool,
+    rebuilding: AtomicBool,
+    /// Times the model was rebuilt after its engine died.
+    rebuilds: AtomicU64,
+}
+
+impl Replica {
+    fn model(&self) -> Arc<mistralrs::Model> {
+        match self.model.read() {
+            Ok(m) => m.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The engine died (a request could not be sent, or ended without an answer): stop
+    /// taking requests and load the model afresh on a thread of its own, retrying with
+    /// backoff until it loads. Only one rebuild runs at a time.
+    fn rebuild(self: &Arc<Self>, why: &str) {
+        self.healthy.store(false, Ordering::Relaxed);
+        if self.rebuilding.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!(
+            model = %self.options.dir.display(),
+            "mistral.rs engine died ({why}); reloading the model"
+        );
+        let replica = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("rosetta-mistralrs-reload".into())
+            .spawn(move || {
+                let mut backoff = Duration::from_secs(1);
+                loop {
+                    let build = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        build_model(&replica.options, &replica.handle)
+                    }));
+                    match build {
+                        Ok(Ok(model)) => {
+                            let old = match replica.model.write() {
+                                Ok(mut m) => std::mem::replace(&mut *m, Arc::new(model)),
+                                Err(poisoned) => {
+                                    std::mem::replace(&mut *poisoned.into_inner(), Arc::new(model))
+                                }
+                            };
+                            drop(old);
+                            let n = replica.rebuilds.fetch_add(1, Ordering::Relaxed) + 1;
+                            replica.rebuilding.store(false, Ordering::Release);
+                            replica.healthy.store(true, Ordering::Relaxed);
+                            tracing::info!(
+                                model = %replica.options.dir.display(),
+                                rebuilds = n,
+                                "mistral.rs model reloaded; serving again"
+                            );
+                            return;
+                        }
+                        Ok(Err(e)) => tracing::error!(
+                            "reloading the mistral.rs model failed: {e}; retrying in {backoff:?}"
+                        ),
+                        Err(_) => tracing::error!(
+                            "reloading the mistral.rs model panicked; retrying in {backoff:?}"
+                        ),
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the mistral.rs reload thread: {e}");
+            self.rebuilding.store(false, Ordering::Release);
+        }
+    }
 }
 
 fn load_error(e: impl std::fmt::Display) -> EngineError {
     EngineError::load(format!("mistral.rs: {e}"))
 }
 
-/// Runs a model builder to its end on `handle`'s runtime, from a thread of its own: the
-/// caller may be inside another runtime.
-fn build_on<E: std::fmt::Display + Send + 'static>(
-    handle: tokio::runtime::Handle,
-    build: impl std::future::Future<Output = Result<mistralrs::Model, E>> + Send + 'static,
+/// Loads the model `options` name on `handle`'s runtime. Blocks, so it runs on a thread of
+/// its own (the caller may be inside another runtime).
+fn build_model(
+    options: &MistralRsOptions,
+    handle: &tokio::runtime::Handle,
 ) -> Result<mistralrs::Model, EngineError> {
-    std::thread::spawn(move || handle.block_on(build))
-        .join()
-        .map_err(|_| load_error("loading panicked"))?
-        .map_err(load_error)
+    let dir = options.dir.to_string_lossy().into_owned();
+    let seqs = options.max_running.max(1);
+    if let Some(file) = options.gguf.clone() {
+        let builder = GgufModelBuilder::new(dir, vec![file])
+            .with_token_source(TokenSource::None)
+            .with_force_cpu()
+            .with_max_num_seqs(seqs)
+            .with_prefix_cache_n(None);
+        handle.block_on(builder.build()).map_err(load_error)
+    } else {
+        let mut builder = TextModelBuilder::new(dir)
+            .with_token_source(TokenSource::None)
+            .with_dtype(if options.bf16 {
+                ModelDType::BF16
+            } else {
+                ModelDType::F32
+            })
+            .with_force_cpu()
+            .with_max_num_seqs(seqs)
+            .with_prefix_cache_n(None);
+        if let Some(isq) = &options.isq {
+            builder = builder.with_isq(parse_isq_value(isq, None).map_err(load_error)?);
+        }
+        handle.block_on(builder.build()).map_err(load_error)
+    }
 }
 
 impl MistralRsEngine {
@@ -93,43 +195,30 @@ impl MistralRsEngine {
             .enable_all()
             .build()
             .map_err(load_error)?;
-        let dir = options.dir.to_string_lossy().into_owned();
-        let seqs = options.max_running.max(1);
         let handle = runtime.handle().clone();
-        let model = if let Some(file) = options.gguf.clone() {
-            let tokenizer = options.dir.join("tokenizer.json");
-            let builder = GgufModelBuilder::new(dir, vec![file])
-                .with_tokenizer_json(tokenizer.to_string_lossy())
-                .with_token_source(TokenSource::None)
-                .with_force_cpu()
-                .with_max_num_seqs(seqs)
-                .with_prefix_cache_n(None);
-            build_on(handle, builder.build())?
-        } else {
-            let mut builder = TextModelBuilder::new(dir)
-                .with_token_source(TokenSource::None)
-                .with_dtype(if options.bf16 {
-                    ModelDType::BF16
-                } else {
-                    ModelDType::F32
-                })
-                .with_force_cpu()
-                .with_max_num_seqs(seqs)
-                .with_prefix_cache_n(None);
-            if let Some(isq) = &options.isq {
-                builder = builder.with_isq(parse_isq_value(isq, None).map_err(load_error)?);
-            }
-            build_on(handle, builder.build())?
-        };
+        let model = std::thread::scope(|scope| {
+            scope
+                .spawn(|| build_model(&options, &handle))
+                .join()
+                .map_err(|_| load_error("loading panicked"))?
+        })?;
+        let slots = options.max_running.max(1);
+        let eos = options.eos_ids.clone().into();
         Ok(Self {
-            model: Arc::new(model),
             runtime: Some(runtime),
-            slots: Arc::new(Semaphore::new(options.max_running.max(1))),
+            replica: Arc::new(Replica {
+                model: RwLock::new(Arc::new(model)),
+                options,
+                handle,
+                healthy: AtomicBool::new(true),
+                rebuilding: AtomicBool::new(false),
+                rebuilds: AtomicU64::new(0),
+            }),
+            slots: Arc::new(Semaphore::new(slots)),
             running: Arc::default(),
             waiting: Arc::default(),
-            healthy: Arc::new(AtomicBool::new(true)),
             next_id: AtomicUsize::new(0),
-            eos: options.eos_ids.into(),
+            eos,
         })
     }
 
@@ -258,8 +347,8 @@ impl Engine for MistralRsEngine {
             Some(c) => Constraint::Llguidance(c.grammar().clone()),
             None => Constraint::None,
         };
-        let sender = self.model.inner().get_sender(None).map_err(|e| {
-            self.healthy.store(false, Ordering::Relaxed);
+        let sender = self.replica.model().inner().get_sender(None).map_err(|e| {
+            self.replica.rebuild(&e.to_string());
             EngineError::Internal(format!("mistral.rs: {e}"))
         })?;
         let (answers, from) = mpsc::channel(64);
@@ -289,12 +378,12 @@ impl Engine for MistralRsEngine {
             generated: generated.clone(),
             deadline: request.deadline,
             to,
+            replica: self.replica.clone(),
         };
-        let (slots, running, waiting, healthy) = (
+        let (slots, running, waiting) = (
             self.slots.clone(),
             self.running.clone(),
             self.waiting.clone(),
-            self.healthy.clone(),
         );
         waiting.fetch_add(1, Ordering::Relaxed);
         let runtime = self.runtime.as_ref().ok_or(EngineError::Shutdown)?;
@@ -311,7 +400,7 @@ impl Engine for MistralRsEngine {
                 .await
                 .is_err()
             {
-                healthy.store(false, Ordering::Relaxed);
+                relay.replica.rebuild("its request channel is closed");
                 let _ = relay.to.send(Err(EngineError::Shutdown)).await;
             } else {
                 relay.run(from).await;
@@ -330,7 +419,7 @@ impl Engine for MistralRsEngine {
     }
 
     fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.replica.healthy.load(Ordering::Relaxed)
     }
 }
 
@@ -340,6 +429,7 @@ struct Relay {
     generated: Arc<AtomicU64>,
     deadline: Option<std::time::Instant>,
     to: mpsc::Sender<Result<GenerateEvent, EngineError>>,
+    replica: Arc<Replica>,
 }
 
 impl Relay {
@@ -392,7 +482,11 @@ impl Relay {
             Some(Response::InternalError(e)) => EngineError::Internal(e.to_string()),
             Some(Response::CompletionModelError(e, _)) => EngineError::Internal(e),
             Some(_) => EngineError::Internal("mistral.rs sent an unexpected answer".into()),
-            None => EngineError::Internal("mistral.rs ended the request without an answer".into()),
+            None => {
+                // Only a dead engine thread drops a request without answering it.
+                self.replica.rebuild("a request ended without an answer");
+                EngineError::Internal("mistral.rs ended the request without an answer".into())
+            }
         };
         let _ = self.to.send(Err(error)).await;
     }
