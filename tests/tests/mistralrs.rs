@@ -155,6 +155,64 @@ models:
     assert_eq!(q8["usage"]["completion_tokens"], 12);
 }
 
+/// The converter also writes Qwen2 (q/k/v biases, rotary halves), Qwen3 (q/k norms, a head
+/// wider than hidden / heads) and Mixtral (router and experts, under `llama`); mistral.rs serves
+/// each f32 file with the native engine's greedy tokens on the same weights. What GGUF or
+/// mistral.rs cannot carry is refused by name: a sliding window (the tiny Mistral's), Cohere's
+/// block.
+#[tokio::test]
+async fn gguf_of_qwen2_qwen3_and_mixtral_answers_as_the_native_engine_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let long = std::time::Duration::from_secs(120);
+    let mut models = String::new();
+    for arch in ["qwen2", "qwen3", "mixtral"] {
+        let hf = tmp.path().join(arch);
+        let out = tmp.path().join(format!("{arch}-gguf"));
+        let (hf_s, out_s) = (hf.to_str().unwrap(), out.to_str().unwrap());
+        let generate = [
+            "model", "generate", hf_s, "--arch", arch, "--size", "tiny", "--seed", "5",
+        ];
+        assert!(run_cli(&generate, None, long).success(), "generate {arch}");
+        let convert = run_cli(&["model", "gguf", hf_s, out_s, "--type", "f32"], None, long);
+        assert!(convert.success(), "{arch}: {convert:?}");
+        models += &format!(
+            "  - {{ id: {arch}, path: \"{hf_s}\", licence: apache-2.0, max_context: 512 }}\n  \
+             - {{ id: {arch}-gguf, path: \"{out_s}\", gguf: model-f32.gguf, backend: mistralrs, \
+             licence: apache-2.0, max_context: 512 }}\n"
+        );
+    }
+    for (arch, missing) in [("mistral", "sliding windows"), ("cohere", "Cohere")] {
+        let hf = tmp.path().join(arch);
+        let hf_s = hf.to_str().unwrap();
+        let generate = [
+            "model", "generate", hf_s, "--arch", arch, "--size", "tiny", "--seed", "5",
+        ];
+        assert!(run_cli(&generate, None, long).success(), "generate {arch}");
+        let out = tmp.path().join(format!("{arch}-gguf"));
+        let refused = run_cli(&["model", "gguf", hf_s, out.to_str().unwrap()], None, long);
+        assert!(!refused.success(), "{arch} was converted");
+        assert!(refused.stderr.contains(missing), "{arch}: {refused:?}");
+    }
+    let s = Server::start(&format!(
+        "auth: {{ allow_unauthenticated: true }}\nmodels:\n{models}"
+    ));
+    for arch in ["qwen2", "qwen3", "mixtral"] {
+        let complete = |model: &str| {
+            json!({"model": model, "prompt": "Habari ya asubuhi, rafiki", "max_tokens": 12,
+                   "temperature": 0, "ignore_eos": true})
+        };
+        let native = s.complete(complete(arch)).await;
+        let gguf = s.complete(complete(&format!("{arch}-gguf"))).await;
+        // mistral.rs's GGUF path drops the text's leading space when it detokenizes.
+        assert_eq!(
+            text(&gguf).trim_start(),
+            text(&native).trim_start(),
+            "{arch}"
+        );
+        assert_eq!(gguf["usage"], native["usage"], "{arch}");
+    }
+}
+
 /// A panic inside mistral.rs (a logits processor the fault-injection build of scripts/test.sh
 /// makes panic for prompts holding token 41) fails the requests it held with an OpenAI error,
 /// while the process and the native replica go on; later mistral.rs requests are answered or

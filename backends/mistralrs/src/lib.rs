@@ -33,8 +33,8 @@ use std::time::Duration;
 
 use mistralrs::core::{parse_isq_value, RequestMessage, TokenSource};
 use mistralrs::{
-    Constraint, CustomLogitsProcessor, GgufModelBuilder, ModelDType, NormalRequest, Request,
-    Response, SamplingParams, StopTokens, Tensor, TextModelBuilder,
+    Constraint, CustomLogitsProcessor, DeviceMapSetting, GgufModelBuilder, ModelDType,
+    NormalRequest, Request, Response, SamplingParams, StopTokens, Tensor, TextModelBuilder,
 };
 use rosetta_engine::{
     ChoiceDelta, Engine, EngineError, EngineLoad, EventStream, FinishReason, GenerateEvent,
@@ -163,7 +163,10 @@ fn build_model(
     let dir = options.dir.to_string_lossy().into_owned();
     let seqs = options.max_running.max(1);
     if let Some(file) = options.gguf.clone() {
+        // No automatic device map: on one CPU there is nothing to map, and 0.8.1's estimate
+        // of a GGUF mixture of experts fails (it reads an unprefixed `expert_count`).
         let builder = GgufModelBuilder::new(dir, vec![file])
+            .with_device_mapping(DeviceMapSetting::dummy())
             .with_token_source(TokenSource::None)
             .with_force_cpu()
             .with_max_num_seqs(seqs)

@@ -1,7 +1,10 @@
-//! Writes a Llama-architecture Hugging Face folder as a GGUF file (llama.cpp's format, read by
-//! mistral.rs and llama.cpp): llama.cpp's tensor names and metadata keys, q and k rows
-//! reordered for GGUF's interleaved rotary pairs, the byte-level BPE vocabulary and merges, and
-//! the matrices in f32, f16, Q8_0 or Q4_K (candle's quantisers; norms stay f32).
+//! Writes a Hugging Face folder of the Llama decoder's family (Llama, Mistral without a window,
+//! Mixtral, Qwen2, Qwen3) as a GGUF file (llama.cpp's format, read by mistral.rs and llama.cpp):
+//! llama.cpp's architecture names (`llama` for Llama, Mistral and Mixtral; `qwen2`; `qwen3`),
+//! tensor names and metadata keys, q and k rows reordered for `llama`'s interleaved rotary
+//! pairs, Qwen2's q/k/v biases, Qwen3's q/k norms, Mixtral's router and experts, the byte-level
+//! BPE vocabulary and merges, and the matrices in f32, f16, Q8_0 or Q4_K (candle's quantisers;
+//! norms, biases and the router stay f32).
 
 use std::path::Path;
 
@@ -9,7 +12,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
-use super::config::{MlpKind, ModelShape, NormKind, Positions, RopeScaling};
+use super::config::{Family, MlpKind, ModelShape, NormKind, Positions, RopeScaling};
 use super::weights::Weights;
 use crate::EngineError;
 
@@ -44,18 +47,36 @@ impl GgufType {
 
 fn unsupported(what: &str) -> EngineError {
     EngineError::InvalidRequest(format!(
-        "GGUF conversion covers Llama-architecture models (RMSNorm, rotary, gated SiLU MLP, no \
-         biases) without {what}"
+        "GGUF conversion covers the Llama decoder and its relatives (Llama, Mistral without a \
+         sliding window, Mixtral, Qwen2, Qwen3: RMSNorm, rotary without scaling, gated SiLU \
+         MLP) without {what}"
     ))
+}
+
+/// llama.cpp's name for the architecture in the file, as mistral.rs 0.8.1 loads it.
+fn gguf_architecture(s: &ModelShape) -> Result<&'static str, EngineError> {
+    match s.family {
+        // Mistral and Mixtral are written as `llama`, as llama.cpp's converter does.
+        Family::Llama | Family::Mistral | Family::Mixtral => Ok("llama"),
+        Family::Qwen2 => Ok("qwen2"),
+        Family::Qwen3 => Ok("qwen3"),
+        Family::Cohere | Family::Cohere2 | Family::Bloom => Err(unsupported(
+            "Cohere's or BLOOM's blocks (mistral.rs reads neither from GGUF)",
+        )),
+    }
 }
 
 /// Reads the folder `dir` and writes `out`.
 pub fn write_gguf(dir: &Path, out: &Path, ty: GgufType) -> Result<(), EngineError> {
     let s = ModelShape::from_file(&dir.join("config.json"))?;
+    let arch = gguf_architecture(&s)?;
     let checks = [
-        (s.experts.is_some(), "experts"),
-        (s.qkv_bias || s.o_bias || s.mlp_bias, "biases"),
-        (s.qk_norm, "q/k norms"),
+        // Qwen2's q/k/v biases are in its GGUF; nothing else's are.
+        (
+            s.o_bias || s.mlp_bias || (s.qkv_bias && arch != "qwen2"),
+            "biases other than Qwen2's",
+        ),
+        (s.qk_norm && arch != "qwen3", "q/k norms other than Qwen3's"),
         (s.norm != NormKind::Rms, "LayerNorm"),
         (s.parallel_block, "a parallel block"),
         (s.mlp != MlpKind::GatedSilu, "a GELU MLP"),
@@ -64,6 +85,7 @@ pub fn write_gguf(dir: &Path, out: &Path, ty: GgufType) -> Result<(), EngineErro
             "interleaved rotary or ALiBi",
         ),
         (!matches!(s.rope_scaling, RopeScaling::None), "rope scaling"),
+        // mistral.rs's GGUF models attend to the whole context.
         (
             s.layer_windows.iter().any(Option::is_some),
             "sliding windows",
@@ -77,6 +99,7 @@ pub fn write_gguf(dir: &Path, out: &Path, ty: GgufType) -> Result<(), EngineErro
         return Err(unsupported(what));
     }
     let w = Weights::open(dir, &Device::Cpu)?;
+    let names = s.weight_names(|name| w.contains(name));
     let (h, hd) = (s.hidden_size, s.head_dim);
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let mut put = |name: String, t: Tensor, ty: GgmlDType| -> Result<(), EngineError> {
@@ -87,68 +110,107 @@ pub fn write_gguf(dir: &Path, out: &Path, ty: GgufType) -> Result<(), EngineErro
     let matrix = ty.ggml();
     put(
         "token_embd.weight".into(),
-        w.tensor("model.embed_tokens.weight", &[s.vocab_size, h])?,
+        w.tensor(&format!("{}.weight", names.embed), &[s.vocab_size, h])?,
         matrix,
     )?;
     put(
         "output_norm.weight".into(),
-        w.tensor("model.norm.weight", &[h])?,
+        w.tensor(&format!("{}.weight", names.final_norm), &[h])?,
         GgmlDType::F32,
     )?;
     if !s.tie_word_embeddings {
         put(
             "output.weight".into(),
-            w.tensor("lm_head.weight", &[s.vocab_size, h])?,
+            w.tensor(&format!("{}.weight", names.lm_head), &[s.vocab_size, h])?,
             matrix,
         )?;
     }
+    // llama's rotary pairs are interleaved in GGUF (llama.cpp permutes q and k); qwen2's and
+    // qwen3's rotate halves, as Hugging Face's do.
+    let rows = |t: Tensor, heads: usize| -> Result<Tensor, EngineError> {
+        if arch == "llama" {
+            interleave_rotary(&t, heads, hd)
+        } else {
+            Ok(t)
+        }
+    };
+    let (qd, kvd, i) = (s.num_heads * hd, s.num_kv_heads * hd, s.intermediate_size);
     for l in 0..s.num_layers {
-        let hf = |n: &str| format!("model.layers.{l}.{n}.weight");
-        let gg = |n: &str| format!("blk.{l}.{n}.weight");
+        let n = names.layer(l);
+        let weight = |name: &str, dims: &[usize]| w.tensor(&format!("{name}.weight"), dims);
+        let gg = |name: &str| format!("blk.{l}.{name}.weight");
         put(
             gg("attn_norm"),
-            w.tensor(&hf("input_layernorm"), &[h])?,
+            weight(&n.input_norm, &[h])?,
             GgmlDType::F32,
         )?;
-        put(
-            gg("ffn_norm"),
-            w.tensor(&hf("post_attention_layernorm"), &[h])?,
-            GgmlDType::F32,
-        )?;
-        let q = w.tensor(&hf("self_attn.q_proj"), &[s.num_heads * hd, h])?;
+        put(gg("ffn_norm"), weight(&n.post_norm, &[h])?, GgmlDType::F32)?;
         put(
             gg("attn_q"),
-            interleave_rotary(&q, s.num_heads, hd)?,
+            rows(weight(&n.q, &[qd, h])?, s.num_heads)?,
             matrix,
         )?;
-        let k = w.tensor(&hf("self_attn.k_proj"), &[s.num_kv_heads * hd, h])?;
         put(
             gg("attn_k"),
-            interleave_rotary(&k, s.num_kv_heads, hd)?,
+            rows(weight(&n.k, &[kvd, h])?, s.num_kv_heads)?,
             matrix,
         )?;
-        let v = w.tensor(&hf("self_attn.v_proj"), &[s.num_kv_heads * hd, h])?;
-        put(gg("attn_v"), v, matrix)?;
-        let o = w.tensor(&hf("self_attn.o_proj"), &[h, s.num_heads * hd])?;
-        put(gg("attn_output"), o, matrix)?;
-        let i = s.intermediate_size;
-        put(
-            gg("ffn_gate"),
-            w.tensor(&hf("mlp.gate_proj"), &[i, h])?,
-            matrix,
-        )?;
-        put(gg("ffn_up"), w.tensor(&hf("mlp.up_proj"), &[i, h])?, matrix)?;
-        put(
-            gg("ffn_down"),
-            w.tensor(&hf("mlp.down_proj"), &[h, i])?,
-            matrix,
-        )?;
+        put(gg("attn_v"), weight(&n.v, &[kvd, h])?, matrix)?;
+        put(gg("attn_output"), weight(&n.o, &[h, qd])?, matrix)?;
+        if s.qkv_bias {
+            for (gguf, hf, len) in [
+                ("attn_q", &n.q, qd),
+                ("attn_k", &n.k, kvd),
+                ("attn_v", &n.v, kvd),
+            ] {
+                put(
+                    format!("blk.{l}.{gguf}.bias"),
+                    w.tensor(&format!("{hf}.bias"), &[len])?,
+                    GgmlDType::F32,
+                )?;
+            }
+        }
+        if s.qk_norm {
+            put(gg("attn_q_norm"), weight(&n.q_norm, &[hd])?, GgmlDType::F32)?;
+            put(gg("attn_k_norm"), weight(&n.k_norm, &[hd])?, GgmlDType::F32)?;
+        }
+        match s.experts {
+            // One matrix per expert under llama.cpp's older names: mistral.rs 0.8.1 mis-shapes
+            // the stacked `ffn_*_exps` tensors.
+            Some(experts) => {
+                put(
+                    gg("ffn_gate_inp"),
+                    weight(&n.router, &[experts.count, h])?,
+                    GgmlDType::F32,
+                )?;
+                for e in 0..experts.count {
+                    let [gate, up, down] = n.expert(e);
+                    put(
+                        gg(&format!("ffn_gate.{e}")),
+                        weight(&gate, &[i, h])?,
+                        matrix,
+                    )?;
+                    put(gg(&format!("ffn_up.{e}")), weight(&up, &[i, h])?, matrix)?;
+                    put(
+                        gg(&format!("ffn_down.{e}")),
+                        weight(&down, &[h, i])?,
+                        matrix,
+                    )?;
+                }
+            }
+            None => {
+                put(gg("ffn_gate"), weight(&n.gate, &[i, h])?, matrix)?;
+                put(gg("ffn_up"), weight(&n.up, &[i, h])?, matrix)?;
+                put(gg("ffn_down"), weight(&n.down, &[h, i])?, matrix)?;
+            }
+        }
     }
     let u32v = |v: usize| gguf_file::Value::U32(v as u32);
+    let key = |k: &str| format!("{arch}.{k}");
     let mut meta: Vec<(String, gguf_file::Value)> = vec![
         (
             "general.architecture".into(),
-            gguf_file::Value::String("llama".into()),
+            gguf_file::Value::String(arch.into()),
         ),
         (
             "general.name".into(),
@@ -158,30 +220,28 @@ pub fn write_gguf(dir: &Path, out: &Path, ty: GgufType) -> Result<(), EngineErro
                     .unwrap_or_default(),
             ),
         ),
+        (key("context_length"), u32v(s.max_position_embeddings)),
+        (key("embedding_length"), u32v(h)),
+        (key("block_count"), u32v(s.num_layers)),
+        (key("feed_forward_length"), u32v(i)),
+        (key("attention.head_count"), u32v(s.num_heads)),
+        (key("attention.head_count_kv"), u32v(s.num_kv_heads)),
+        (key("attention.key_length"), u32v(hd)),
+        (key("attention.value_length"), u32v(hd)),
+        (key("rope.dimension_count"), u32v(hd)),
         (
-            "llama.context_length".into(),
-            u32v(s.max_position_embeddings),
-        ),
-        ("llama.embedding_length".into(), u32v(h)),
-        ("llama.block_count".into(), u32v(s.num_layers)),
-        (
-            "llama.feed_forward_length".into(),
-            u32v(s.intermediate_size),
-        ),
-        ("llama.attention.head_count".into(), u32v(s.num_heads)),
-        ("llama.attention.head_count_kv".into(), u32v(s.num_kv_heads)),
-        ("llama.attention.key_length".into(), u32v(hd)),
-        ("llama.attention.value_length".into(), u32v(hd)),
-        ("llama.rope.dimension_count".into(), u32v(hd)),
-        (
-            "llama.attention.layer_norm_rms_epsilon".into(),
+            key("attention.layer_norm_rms_epsilon"),
             gguf_file::Value::F32(s.rms_norm_eps as f32),
         ),
         (
-            "llama.rope.freq_base".into(),
+            key("rope.freq_base"),
             gguf_file::Value::F32(s.rope_theta as f32),
         ),
     ];
+    if let Some(experts) = s.experts {
+        meta.push((key("expert_count"), u32v(experts.count)));
+        meta.push((key("expert_used_count"), u32v(experts.top_k)));
+    }
     meta.extend(tokenizer_metadata(dir)?);
     let io =
         |e: std::io::Error| EngineError::Internal(format!("cannot write {}: {e}", out.display()));
