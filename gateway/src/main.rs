@@ -105,11 +105,12 @@ enum ModelCommand {
         #[arg(long, default_value_t = 1)]
         shards: usize,
     },
-    /// Write a Llama-architecture Hugging Face folder as a GGUF folder for
-    /// `backend: mistralrs` (or llama.cpp): OUT/model-TYPE.gguf, beside copies of the
+    /// Write a Llama, Mistral, Mixtral, Qwen2 or Qwen3 Hugging Face folder as a GGUF folder
+    /// for `backend: mistralrs` (or llama.cpp): OUT/model-TYPE.gguf, beside copies of the
     /// tokenizer and config files the gateway reads.
     Gguf {
-        /// A Hugging Face model folder (Llama architecture, no rope scaling or sliding window).
+        /// A Hugging Face model folder (Llama, Mistral, Mixtral, Qwen2 or Qwen3; no rope
+        /// scaling or sliding window).
         dir: PathBuf,
         /// Output folder (created).
         out: PathBuf,
