@@ -507,6 +507,9 @@ pub enum Arch {
     /// BLOOM: ALiBi, fused per-head query_key_value, LayerNorms with bias, GELU; on the CPU
     /// path.
     Bloom,
+    /// DeepSeek-V3's decoder (multi-head latent attention, routed and shared experts), served
+    /// by the mistral.rs backend (`backend: mistralrs`), not natively.
+    Deepseek,
     /// XLM-RoBERTa's encoder (multilingual-e5, bge-m3): an embedding model for
     /// `/v1/embeddings`, with sentence-transformers' pooling.
     #[serde(rename = "xlm-roberta")]
@@ -514,7 +517,7 @@ pub enum Arch {
 }
 
 impl Arch {
-    pub const ALL: [Arch; 9] = [
+    pub const ALL: [Arch; 10] = [
         Arch::Llama,
         Arch::Mistral,
         Arch::Qwen2,
@@ -523,6 +526,7 @@ impl Arch {
         Arch::Cohere,
         Arch::Cohere2,
         Arch::Bloom,
+        Arch::Deepseek,
         Arch::XlmRoberta,
     ];
 
@@ -536,6 +540,7 @@ impl Arch {
             Arch::Cohere => "cohere",
             Arch::Cohere2 => "cohere2",
             Arch::Bloom => "bloom",
+            Arch::Deepseek => "deepseek",
             Arch::XlmRoberta => "xlm-roberta",
         }
     }

@@ -141,6 +141,8 @@ enum ArchArg {
     /// Cohere2 (Command R7B): sliding-window layers with rotary, global layers without.
     Cohere2,
     Bloom,
+    /// DeepSeek-V3 (latent attention, routed and shared experts), for `backend: mistralrs`.
+    Deepseek,
     /// An XLM-RoBERTa encoder for /v1/embeddings.
     XlmRoberta,
 }
@@ -279,6 +281,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ArchArg::Cohere => Arch::Cohere,
                 ArchArg::Cohere2 => Arch::Cohere2,
                 ArchArg::Bloom => Arch::Bloom,
+                ArchArg::Deepseek => Arch::Deepseek,
                 ArchArg::XlmRoberta => Arch::XlmRoberta,
             };
             let size = match size {

@@ -127,15 +127,29 @@ pub fn load_model(
     if encoder::is_encoder(&config_json) {
         return load_encoder(cfg, &dir).with_context(context);
     }
-    let shape = ModelShape::from_json(&config_text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))
-        .with_context(context)?;
-    let max_context = cfg.max_context.unwrap_or(shape.max_position_embeddings);
-    if max_context > shape.max_position_embeddings {
+    let (trained_context, vocab_size) = match cfg.backend {
+        Backend::Native => {
+            let shape = ModelShape::from_json(&config_text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))
+                .with_context(context)?;
+            (shape.max_position_embeddings, shape.vocab_size)
+        }
+        // mistral.rs serves architectures the native engine does not (DeepSeek) and checks
+        // their configs itself; the gateway needs only these two numbers.
+        Backend::Mistralrs => {
+            let number = |key: &str| config_json[key].as_u64().map(|v| v as usize);
+            let vocab = number("vocab_size")
+                .ok_or_else(|| anyhow::anyhow!("{} has no vocab_size", config_path.display()))
+                .with_context(context)?;
+            (number("max_position_embeddings").unwrap_or(4096), vocab)
+        }
+    };
+    let max_context = cfg.max_context.unwrap_or(trained_context);
+    if max_context > trained_context {
         tracing::warn!(
             model = %cfg.id,
             max_context,
-            trained = shape.max_position_embeddings,
+            trained = trained_context,
             "max_context is longer than the model's max_position_embeddings"
         );
     }
@@ -148,7 +162,7 @@ pub fn load_model(
             .iter()
             .copied()
             .collect::<Vec<_>>(),
-        shape.vocab_size,
+        vocab_size,
     ) {
         Ok(g) => Some(Arc::new(g)),
         Err(e) => {
@@ -191,7 +205,7 @@ pub fn load_model(
         tokenizer,
         engine,
         max_context,
-        vocab_size: shape.vocab_size,
+        vocab_size,
         prefix_caching: cfg.engine.prefix_caching,
         grammar,
         tool_format,

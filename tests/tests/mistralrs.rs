@@ -213,6 +213,82 @@ async fn gguf_of_qwen2_qwen3_and_mixtral_answers_as_the_native_engine_does() {
     }
 }
 
+/// DeepSeek-V3 (latent attention, routed and shared experts), which only the mistral.rs
+/// backend serves, from a generated folder: chat, a stream and a completion through the real
+/// binary, deterministic when greedy. (That its tokens are transformers' is proven against the
+/// independent reference in backends/mistralrs/tests/deepseek.rs.) The native engine refuses
+/// it, naming the backend that serves it.
+#[tokio::test]
+async fn deepseek_v3_is_served_by_the_mistralrs_backend() {
+    let s = Server::start(
+        r#"
+auth: { allow_unauthenticated: true }
+models:
+  - { id: deepseek, demo: { arch: deepseek, size: tiny, seed: 3 }, licence: mit, max_context: 512, backend: mistralrs }
+"#,
+    );
+    let a = s.greedy_chat("deepseek", PROMPT, 12).await;
+    let b = s.greedy_chat("deepseek", PROMPT, 12).await;
+    assert_eq!(content(&a), content(&b), "not deterministic");
+    assert_eq!(a["model"], "deepseek");
+    assert_eq!(a["usage"]["completion_tokens"], 12, "{a}");
+    let body = json!({"model": "deepseek", "messages": [{"role": "user", "content": PROMPT}],
+                      "max_tokens": 12, "temperature": 0, "ignore_eos": true, "stream": true});
+    let chunks = s.stream("/v1/chat/completions", body).await;
+    assert_eq!(stream_text(&chunks, 0), content(&a));
+    assert_eq!(stream_finish_reason(&chunks, 0), "length");
+    let done = s
+        .complete(
+            json!({"model": "deepseek", "prompt": PROMPT, "max_tokens": 6,
+                          "temperature": 0, "ignore_eos": true}),
+        )
+        .await;
+    assert_eq!(done["usage"]["completion_tokens"], 6, "{done}");
+    assert!(!text(&done).is_empty(), "{done}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let native = run_cli(
+        &[
+            "model",
+            "generate",
+            tmp.path().join("d").to_str().unwrap(),
+            "--arch",
+            "deepseek",
+            "--size",
+            "tiny",
+        ],
+        None,
+        std::time::Duration::from_secs(60),
+    );
+    assert!(native.success(), "{native:?}");
+    let config = tmp.path().join("native.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "auth: {{ allow_unauthenticated: true }}\nmodels:\n  - {{ id: d, path: \"{}\", licence: mit }}\n",
+            tmp.path().join("d").display()
+        ),
+    )
+    .unwrap();
+    let refused = run_cli(
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        None,
+        std::time::Duration::from_secs(60),
+    );
+    assert!(
+        !refused.success(),
+        "the native engine loaded DeepSeek: {refused:?}"
+    );
+    let message = &refused.stderr;
+    assert!(message.contains("backend: mistralrs"), "{message}");
+}
+
 /// A panic inside mistral.rs (a logits processor the fault-injection build of scripts/test.sh
 /// makes panic for prompts holding token 41) fails the requests it held with an OpenAI error,
 /// while the process and the native replica go on; later mistral.rs requests are answered or

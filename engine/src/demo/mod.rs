@@ -3,6 +3,7 @@
 //! the demo run without any network. The same spec and seed give the same bytes.
 
 mod corpus;
+mod deepseek;
 mod shapes;
 pub mod templates;
 mod tokenizer;

@@ -3,6 +3,7 @@
 use rosetta_config::{Arch, Size};
 use serde_json::json;
 
+use super::deepseek::DeepseekShape;
 use super::tokenizer::TrainedTokenizer;
 use super::{DemoSpec, StoredDtype};
 
@@ -21,12 +22,31 @@ pub struct DemoShape {
     pub tied: bool,
     /// Mixtral: (experts, experts per token).
     pub experts: Option<(usize, usize)>,
+    /// DeepSeek-V3's own shape (its attention and experts are not the Llama decoder's).
+    pub deepseek: Option<DeepseekShape>,
 }
 
 impl DemoShape {
     pub fn new(arch: Arch, size: Size) -> Self {
         if arch == Arch::XlmRoberta {
             return Self::xlm_roberta(size);
+        }
+        if arch == Arch::Deepseek {
+            let d = DeepseekShape::new(size);
+            return Self {
+                arch,
+                hidden: d.hidden,
+                intermediate: d.intermediate,
+                layers: d.layers,
+                heads: d.heads,
+                kv_heads: d.heads,
+                head_dim: d.qk_nope + d.qk_rope,
+                vocab_size: d.vocab_size,
+                max_positions: d.max_positions,
+                tied: false,
+                experts: Some((d.routed_experts, d.experts_per_token)),
+                deepseek: Some(d),
+            };
         }
         match size {
             // Small enough to load and answer in milliseconds; still GQA (but BLOOM, which has
@@ -49,6 +69,7 @@ impl DemoShape {
                     Arch::Llama | Arch::Qwen3 | Arch::Cohere | Arch::Cohere2 | Arch::Bloom
                 ),
                 experts: (arch == Arch::Mixtral).then_some((4, 2)),
+                deepseek: None,
             },
             // bloom-560m's shape (with the demo tokenizer's vocabulary).
             Size::Small if arch == Arch::Bloom => Self {
@@ -63,6 +84,7 @@ impl DemoShape {
                 max_positions: 2048,
                 tied: true,
                 experts: None,
+                deepseek: None,
             },
             // A small Mixtral: eight experts, two per token, about 390M parameters.
             Size::Small if arch == Arch::Mixtral => Self {
@@ -77,6 +99,7 @@ impl DemoShape {
                 max_positions: 8192,
                 tied: false,
                 experts: Some((8, 2)),
+                deepseek: None,
             },
             // SmolLM2-135M's exact shape.
             Size::Small => Self {
@@ -91,6 +114,7 @@ impl DemoShape {
                 max_positions: 8192,
                 tied: true,
                 experts: None,
+                deepseek: None,
             },
         }
     }
@@ -114,6 +138,7 @@ impl DemoShape {
             max_positions: 514,
             tied: false,
             experts: None,
+            deepseek: None,
         }
     }
 
@@ -128,6 +153,18 @@ impl DemoShape {
         if self.arch == Arch::XlmRoberta {
             return self.xlm_roberta_config(spec);
         }
+        if let Some(d) = &self.deepseek {
+            let mut c = d.config_json();
+            if let Some(c) = c.as_object_mut() {
+                c.extend(json!({
+                    "bos_token_id": tok.bos_id,
+                    "eos_token_id": tok.eos_id,
+                    "torch_dtype": match spec.dtype { StoredDtype::F32 => "float32", StoredDtype::Bf16 => "bfloat16" },
+                    "rosetta_demo": { "arch": self.arch.name(), "size": spec.size.name(), "seed": spec.seed },
+                }).as_object().cloned().unwrap_or_default());
+            }
+            return c;
+        }
         let (model_type, arch_class) = match self.arch {
             Arch::Llama => ("llama", "LlamaForCausalLM"),
             Arch::Mistral => ("mistral", "MistralForCausalLM"),
@@ -138,6 +175,7 @@ impl DemoShape {
             Arch::Cohere2 => ("cohere2", "Cohere2ForCausalLM"),
             Arch::Bloom => ("bloom", "BloomForCausalLM"),
             Arch::XlmRoberta => ("xlm-roberta", "XLMRobertaModel"),
+            Arch::Deepseek => ("deepseek_v3", "DeepseekV3ForCausalLM"),
         };
         let mut c = json!({
             "architectures": [arch_class],
@@ -194,7 +232,7 @@ impl DemoShape {
                 "layer_types": (0..self.layers)
                     .map(|i| if (i + 1) % 4 == 0 { "full_attention" } else { "sliding_attention" })
                     .collect::<Vec<_>>() }),
-            Arch::Bloom | Arch::XlmRoberta => json!({}),
+            Arch::Bloom | Arch::XlmRoberta | Arch::Deepseek => json!({}),
             Arch::Mixtral => {
                 let (experts, per_token) = self.experts.unwrap_or((8, 2));
                 json!({ "num_local_experts": experts, "num_experts_per_tok": per_token,
@@ -358,6 +396,9 @@ impl DemoShape {
         }
         if self.arch == Arch::XlmRoberta {
             return self.xlm_roberta_tensors();
+        }
+        if let Some(d) = &self.deepseek {
+            return d.tensors();
         }
         let (h, hd, i) = (self.hidden, self.head_dim, self.intermediate);
         let (qd, kvd) = (self.heads * hd, self.kv_heads * hd);

@@ -40,6 +40,10 @@ pub const COHERE: &str = include_str!("templates/cohere.jinja");
 /// `<|END_RESPONSE|>`; the generation prompt opens the response.
 pub const COHERE2: &str = include_str!("templates/cohere2.jinja");
 
+/// DeepSeek-V3's turns (without its tool sections): the system prompt after the BOS, then
+/// `<｜User｜>` and `<｜Assistant｜>` turns, each answer closed by the end-of-sentence token.
+pub const DEEPSEEK: &str = include_str!("templates/deepseek.jinja");
+
 /// Mistral v0.3's: `[AVAILABLE_TOOLS]` before the last user turn, `[TOOL_CALLS]` with a JSON
 /// list, `[TOOL_RESULTS]`.
 pub const MISTRAL: &str = include_str!("templates/mistral.jinja");

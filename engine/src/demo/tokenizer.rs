@@ -100,6 +100,21 @@ fn flavour(arch: Arch) -> Flavour {
             add_bos: true,
             add_eos: false,
         },
+        // DeepSeek-V3's: sentence markers and the two role markers.
+        Arch::Deepseek => Flavour {
+            specials: &[
+                "<｜begin▁of▁sentence｜>",
+                "<｜end▁of▁sentence｜>",
+                "<｜User｜>",
+                "<｜Assistant｜>",
+            ],
+            bos: "<｜begin▁of▁sentence｜>",
+            eos: "<｜end▁of▁sentence｜>",
+            extra_eos: &[],
+            template: Some(templates::DEEPSEEK),
+            add_bos: true,
+            add_eos: false,
+        },
         // XLM-RoBERTa's specials at its ids (0 to 3); every input is `<s> ... </s>`.
         Arch::XlmRoberta => Flavour {
             specials: &["<s>", "<pad>", "</s>", "<unk>"],

@@ -20,6 +20,9 @@ fn values(rng: &mut ChaCha8Rng, name: &str, shape: &[usize]) -> Vec<f32> {
         (1.0, 0.1)
     } else if name.ends_with(".bias") {
         (0.0, 0.1)
+    } else if name.ends_with("e_score_correction_bias") {
+        // Small beside the sigmoid scores (0 to 1) it corrects.
+        (0.0, 0.02)
     } else if name.contains("embed_tokens") {
         // Unit-norm rows: large embeddings would dominate the residual stream, and a tied
         // output head would then mostly repeat the last token.
@@ -60,11 +63,22 @@ pub fn write(
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let mut done = 0u64;
     let mut data = Vec::with_capacity(tensors.len());
+    // DeepSeek's routed experts, kept for their stacked copies.
+    let mut experts = std::collections::HashMap::new();
     for (name, dims) in &tensors {
-        let bytes = to_bytes(&values(&mut rng, name, dims), spec.dtype);
+        let v = values(&mut rng, name, dims);
+        let bytes = to_bytes(&v, spec.dtype);
         done += bytes.len() as u64;
         progress(done, total);
         data.push((name.clone(), dims.clone(), bytes));
+        if shape.deepseek.is_some() && name.contains(".mlp.experts.") {
+            experts.insert(name.clone(), v);
+        }
+    }
+    if let Some(d) = &shape.deepseek {
+        for (name, dims, v) in d.stacked(|n| experts.get(n).map(Vec::as_slice)) {
+            data.push((name, dims, to_bytes(&v, spec.dtype)));
+        }
     }
     let dtype = match spec.dtype {
         StoredDtype::F32 => Dtype::F32,
@@ -98,6 +112,7 @@ pub fn write(
             .map_err(|e| err(e.to_string()))?;
     }
     if shards > 1 {
+        let total: usize = data.iter().map(|(_, _, bytes)| bytes.len()).sum();
         let index = json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
         let text = serde_json::to_string_pretty(&index).map_err(|e| err(e.to_string()))?;
         std::fs::write(dir.join("model.safetensors.index.json"), text)

@@ -213,7 +213,8 @@ impl ModelShape {
             .unwrap_or_default();
         let arch = arch::named(&kind).ok_or_else(|| {
             format!(
-                "unsupported architecture `{kind}`: the native engine supports {}",
+                "unsupported architecture `{kind}`: the native engine supports {}; \
+                 `backend: mistralrs` serves others, such as DeepSeek V2/V3",
                 arch::supported()
             )
         })?;
