@@ -4,7 +4,7 @@
 //! (`KV=bf16`: also the 32-sequence step over a bf16 cache)
 use std::time::Instant;
 
-use rosetta_engine::kv::{paged_attention, AttentionSeq, KvElement, KvLayout};
+use rosetta_engine::kv::{paged_attention, AttentionSeq, KvDtype, KvLayer, KvLayout, KvPool};
 
 fn main() {
     let ctx: usize = std::env::args()
@@ -22,6 +22,16 @@ fn main() {
         .map(|i| ((i % 101) as f32 - 50.0) / 500.0)
         .collect();
     let table: Vec<u32> = (0..blocks as u32).collect();
+    // In a serving pool the sequences' blocks are interleaved as they grow: the 32-sequence
+    // step reads its blocks in a shuffled order (a fixed permutation).
+    let mut shuffled = table.clone();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for i in (1..shuffled.len()).rev() {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
+        shuffled.swap(i, (state >> 33) as usize % (i + 1));
+    }
     // A decode step of 32 sequences, each over its own part of the cache.
     let seqs = 32;
     let per = blocks / seqs;
@@ -34,24 +44,28 @@ fn main() {
                 first_token: s,
                 num_tokens: 1,
                 start_pos: per * bs - 1,
-                block_table: &table[s * per..(s + 1) * per],
+                block_table: &shuffled[s * per..(s + 1) * per],
             })
             .collect();
         if std::env::var("KV").as_deref() == Ok("bf16") {
-            let kv16: Vec<half::bf16> = kv.iter().map(|&x| half::bf16::from_f32(x)).collect();
-            let s = per_layer(&kv16, &q, nh, layout, &batch);
+            let s = per_layer(KvDtype::Bf16, &q, nh, layout, &batch);
+            let bytes = (2 * seqs * per * bs * nkv * hd * 2) as f64;
             println!(
-                "32 sequences decoding, bf16 cache: {:.3} ms per layer",
-                s * 1e3
+                "32 sequences decoding, bf16 cache: {:.3} ms per layer, {:.1} GB/s of cache",
+                s * 1e3,
+                bytes / s / 1e9
             );
         }
-        let s = per_layer(&kv, &q, nh, layout, &batch);
+        let s = per_layer(KvDtype::F32, &q, nh, layout, &batch);
         let flops = 4.0 * (seqs * nh * per * bs * hd) as f64;
+        let bytes = (2 * seqs * per * bs * nkv * hd * 4) as f64;
         println!(
-            "32 sequences decoding at context {}: {:.3} ms per layer, {:.1} GFLOP/s",
+            "32 sequences decoding at context {}: {:.3} ms per layer, {:.1} GFLOP/s, {:.1} GB/s \
+             of f32 cache",
             per * bs,
             s * 1e3,
-            flops / s / 1e9
+            flops / s / 1e9,
+            bytes / s / 1e9
         );
     }
     for tokens in [1usize, 64] {
@@ -81,24 +95,40 @@ fn main() {
     }
 }
 
-/// Seconds per layer of a decode step over 30 layers, each with its own copies of `kv` as K
-/// and V, as a forward pass walks them: the cache comes from memory, not from the CPU's
-/// caches. Five steps.
-fn per_layer<T: KvElement>(
-    kv: &[T],
+/// Seconds per layer of a decode step over 30 layers' caches in a [`KvPool`] (allocated as
+/// the server allocates it, with huge pages where the system grants them), as a forward pass
+/// walks them: the cache comes from memory, not from the CPU's caches. Five steps.
+fn per_layer(
+    dtype: KvDtype,
     q: &[f32],
     nh: usize,
     layout: KvLayout,
     batch: &[AttentionSeq<'_>],
 ) -> f64 {
-    let layers: Vec<(Vec<T>, Vec<T>)> = (0..30).map(|_| (kv.to_vec(), kv.to_vec())).collect();
-    let t = Instant::now();
-    for _ in 0..5 {
-        for (k, v) in &layers {
-            std::hint::black_box(paged_attention(
-                q, nh, layout, k, v, batch, None, 0.125, None,
-            ));
+    let layers = 30;
+    let mut pool = KvPool::with_dtype(layers, layout, dtype);
+    let table: Vec<u32> = (0..layout.num_blocks as u32).collect();
+    let width = layout.kv_heads * layout.head_dim;
+    for pos in 0..layout.num_blocks * layout.block_size {
+        let token: Vec<f32> = (0..width)
+            .map(|i| (((pos + i) % 101) as f32 - 50.0) / 500.0)
+            .collect();
+        for layer in 0..layers {
+            pool.write(layer, &table, pos, &token, &token);
         }
     }
-    t.elapsed().as_secs_f64() / (5 * layers.len()) as f64
+    let t = Instant::now();
+    for _ in 0..5 {
+        for layer in 0..layers {
+            match pool.layer(layer) {
+                KvLayer::F32 { k, v } => std::hint::black_box(paged_attention(
+                    q, nh, layout, k, v, batch, None, 0.125, None,
+                )),
+                KvLayer::Bf16 { k, v } => std::hint::black_box(paged_attention(
+                    q, nh, layout, k, v, batch, None, 0.125, None,
+                )),
+            };
+        }
+    }
+    t.elapsed().as_secs_f64() / (5 * layers) as f64
 }

@@ -446,6 +446,19 @@ mod avx512 {
         }
     }
 
+    /// Chunks of keys asked for ahead of the one being computed: enough to cover the
+    /// memory's latency at this kernel's speed.
+    const AHEAD: usize = 2;
+
+    /// Asks for one chunk's values of `head` (contiguous: `len` vectors of `head_dim`).
+    #[inline(always)]
+    fn value_lines<T>(vp: *const T, l: crate::kv::KvLayout, head: usize, n: &super::KeyChunk) {
+        prefetch(
+            vp.wrapping_add(l.value_index(n.block, n.slot, head)),
+            n.len * l.head_dim,
+        );
+    }
+
     /// Lanes `0..len` set.
     #[inline(always)]
     fn mask(len: usize) -> __mmask16 {
@@ -472,15 +485,27 @@ mod avx512 {
         let scale = _mm512_set1_ps(job.scale);
         let kp = job.k_cache.as_ptr();
         let out = scores.as_mut_ptr();
-        let mut chunks = job.chunks().peekable();
-        while let Some(c) = chunks.next() {
-            if let Some(n) = chunks.peek() {
-                // The next block is elsewhere in memory: ask for it while this one computes.
-                let span = (hd - 1) * bs + n.len;
-                prefetch(
-                    kp.wrapping_add(l.key_index(n.block, n.slot, job.kv_head)),
-                    span,
-                );
+        let vp = job.v_cache.as_ptr();
+        // Blocks lie anywhere in memory: ask for the keys `AHEAD` chunks on while this one
+        // computes, and once they are all asked for, for the first values the value loop
+        // will read.
+        let key_lines = |n: &super::KeyChunk| {
+            prefetch(
+                kp.wrapping_add(l.key_index(n.block, n.slot, job.kv_head)),
+                (hd - 1) * bs + n.len,
+            )
+        };
+        let mut keys_ahead = job.chunks();
+        keys_ahead.by_ref().take(AHEAD).for_each(|n| key_lines(&n));
+        let mut values_ahead = job.chunks().take(AHEAD);
+        for c in job.chunks() {
+            match keys_ahead.next() {
+                Some(n) => key_lines(&n),
+                None => {
+                    if let Some(n) = values_ahead.next() {
+                        value_lines(vp, l, job.kv_head, &n);
+                    }
+                }
             }
             let m = mask(c.len);
             // Safety (for the loads below): lanes `0..len` of each K row lie in this block
@@ -564,13 +589,11 @@ mod avx512 {
             let masks: [__mmask16; V] =
                 std::array::from_fn(|j| mask((hd - ((first + j) * LANES).min(hd)).min(LANES)));
             let mut acc = [[_mm512_setzero_ps(); V]; R];
-            let mut chunks = job.chunks().peekable();
-            while let Some(c) = chunks.next() {
-                if let (0, Some(n)) = (first, chunks.peek()) {
-                    for i in 0..n.len {
-                        let at = l.value_index(n.block, n.slot + i, job.kv_head);
-                        prefetch(vp.wrapping_add(at), hd);
-                    }
+            // The score loop asked for the first `AHEAD` chunks' values.
+            let mut ahead = job.chunks().skip(AHEAD);
+            for c in job.chunks() {
+                if let (0, Some(n)) = (first, ahead.next()) {
+                    value_lines(vp, l, job.kv_head, &n);
                 }
                 let mut at = l.value_index(c.block, c.slot, job.kv_head) + first * LANES;
                 for key in c.pos - lo..c.pos - lo + c.len {
@@ -586,7 +609,7 @@ mod avx512 {
                             }
                         }
                     }
-                    at += l.token_stride();
+                    at += hd;
                 }
             }
             for r in 0..R {

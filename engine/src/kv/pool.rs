@@ -1,9 +1,10 @@
 //! The CPU storage of the paged KV cache: one K and one V tensor per layer.
 //!
-//! V is stored by token, `[num_blocks, block_size, kv_heads, head_dim]`, so one token's
-//! value vector is contiguous. K is stored transposed within each block,
-//! `[num_blocks, kv_heads, head_dim, block_size]`, so one vector load reads one dimension of
-//! up to 16 consecutive keys: attention computes 16 scores at once with no horizontal sums.
+//! V is stored by head within each block, `[num_blocks, kv_heads, block_size, head_dim]`, so
+//! the values one attention task reads from a block (one KV head's) are one contiguous run.
+//! K is stored transposed within each block, `[num_blocks, kv_heads, head_dim, block_size]`,
+//! so one vector load reads one dimension of up to 16 consecutive keys: attention computes 16
+//! scores at once with no horizontal sums.
 
 use half::bf16;
 
@@ -25,10 +26,11 @@ impl KvLayout {
         self.kv_heads * self.head_dim
     }
 
-    /// Offset of the value vector of `head` for the token at `slot` of `block`.
+    /// Offset of the value vector of `head` for the token at `slot` of `block`; the next
+    /// slot's follows it.
     #[inline]
     pub fn value_index(&self, block: usize, slot: usize, head: usize) -> usize {
-        ((block * self.block_size + slot) * self.kv_heads + head) * self.head_dim
+        ((block * self.kv_heads + head) * self.block_size + slot) * self.head_dim
     }
 
     /// Offset of dimension 0 of `head`'s key for the token at `slot` of `block`; dimension
@@ -110,9 +112,11 @@ impl KvPool {
     pub fn copy_block_prefix(&mut self, src: u32, dst: u32, slots: usize) {
         let l = self.layout;
         let (src, dst) = (src as usize, dst as usize);
-        let (vs, vd) = (l.value_index(src, 0, 0), l.value_index(dst, 0, 0));
-        for layer in &mut self.v {
-            layer.copy_within(vs..vs + slots * l.token_stride(), vd);
+        for head in 0..l.kv_heads {
+            let (vs, vd) = (l.value_index(src, 0, head), l.value_index(dst, 0, head));
+            for layer in &mut self.v {
+                layer.copy_within(vs..vs + slots * l.head_dim, vd);
+            }
         }
         // Each (head, dimension) row of a K block holds one value per slot.
         let (ks, kd) = (l.key_index(src, 0, 0), l.key_index(dst, 0, 0));
@@ -149,9 +153,11 @@ fn write<T: KvElement>(
             keys[base + d * l.block_size] = T::from_f32(x);
         }
     }
-    let off = l.value_index(block, slot, 0);
-    for (dst, &x) in values[off..off + l.token_stride()].iter_mut().zip(v) {
-        *dst = T::from_f32(x);
+    for (head, v) in v.chunks_exact(l.head_dim).enumerate() {
+        let off = l.value_index(block, slot, head);
+        for (dst, &x) in values[off..off + l.head_dim].iter_mut().zip(v) {
+            *dst = T::from_f32(x);
+        }
     }
 }
 
