@@ -367,7 +367,7 @@ mod tests {
     /// only the sliding layers are rotated.
     #[test]
     fn cohere2_layer_kinds_from_the_pattern_or_layer_types() {
-        let sliding = |l: usize| (l + 1) % 4 != 0;
+        let sliding = |l: usize| !(l + 1).is_multiple_of(4);
         let types: Vec<&str> = (0..8)
             .map(|l| {
                 if sliding(l) {
