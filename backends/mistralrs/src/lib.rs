@@ -80,22 +80,30 @@ struct Replica {
     handle: tokio::runtime::Handle,
     healthy: AtomicBool,
     rebuilding: AtomicBool,
-    /// Times the model was rebuilt after its engine died.
+    /// Times the model was rebuilt after its engine died: the generation of `model`.
     rebuilds: AtomicU64,
+    /// Set when the engine is dropped: a rebuild in progress gives up.
+    closed: AtomicBool,
 }
 
 impl Replica {
-    fn model(&self) -> Arc<mistralrs::Model> {
-        match self.model.read() {
+    /// The model now, and its generation.
+    fn model(&self) -> (Arc<mistralrs::Model>, u64) {
+        let model = match self.model.read() {
             Ok(m) => m.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        };
+        (model, self.rebuilds.load(Ordering::Acquire))
     }
 
-    /// The engine died (a request could not be sent, or ended without an answer): stop
-    /// taking requests and load the model afresh on a thread of its own, retrying with
-    /// backoff until it loads. Only one rebuild runs at a time.
-    fn rebuild(self: &Arc<Self>, why: &str) {
+    /// The engine of generation `generation` died (a request could not be sent, or ended
+    /// without an answer): stop taking requests and load the model afresh on a thread of its
+    /// own, retrying with backoff until it loads. Only one rebuild runs at a time, and news of
+    /// an older generation's death (a request that was still on it) is ignored.
+    fn rebuild(self: &Arc<Self>, generation: u64, why: &str) {
+        if generation != self.rebuilds.load(Ordering::Acquire) {
+            return;
+        }
         self.healthy.store(false, Ordering::Relaxed);
         if self.rebuilding.swap(true, Ordering::AcqRel) {
             return;
@@ -109,7 +117,7 @@ impl Replica {
             .name("rosetta-mistralrs-reload".into())
             .spawn(move || {
                 let mut backoff = Duration::from_secs(1);
-                loop {
+                while !replica.closed.load(Ordering::Relaxed) {
                     let build = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         build_model(&replica.options, &replica.handle)
                     }));
@@ -122,7 +130,7 @@ impl Replica {
                                 }
                             };
                             drop(old);
-                            let n = replica.rebuilds.fetch_add(1, Ordering::Relaxed) + 1;
+                            let n = replica.rebuilds.fetch_add(1, Ordering::AcqRel) + 1;
                             replica.rebuilding.store(false, Ordering::Release);
                             replica.healthy.store(true, Ordering::Relaxed);
                             tracing::info!(
@@ -216,6 +224,7 @@ impl MistralRsEngine {
                 healthy: AtomicBool::new(true),
                 rebuilding: AtomicBool::new(false),
                 rebuilds: AtomicU64::new(0),
+                closed: AtomicBool::new(false),
             }),
             slots: Arc::new(Semaphore::new(slots)),
             running: Arc::default(),
@@ -275,6 +284,7 @@ impl MistralRsEngine {
 
 impl Drop for MistralRsEngine {
     fn drop(&mut self) {
+        self.replica.closed.store(true, Ordering::Relaxed);
         // Never blocks, even when dropped inside another runtime.
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
@@ -350,8 +360,9 @@ impl Engine for MistralRsEngine {
             Some(c) => Constraint::Llguidance(c.grammar().clone()),
             None => Constraint::None,
         };
-        let sender = self.replica.model().inner().get_sender(None).map_err(|e| {
-            self.replica.rebuild(&e.to_string());
+        let (model, generation) = self.replica.model();
+        let sender = model.inner().get_sender(None).map_err(|e| {
+            self.replica.rebuild(generation, &e.to_string());
             EngineError::Internal(format!("mistral.rs: {e}"))
         })?;
         let (answers, from) = mpsc::channel(64);
@@ -382,6 +393,7 @@ impl Engine for MistralRsEngine {
             deadline: request.deadline,
             to,
             replica: self.replica.clone(),
+            generation,
         };
         let (slots, running, waiting) = (
             self.slots.clone(),
@@ -403,7 +415,9 @@ impl Engine for MistralRsEngine {
                 .await
                 .is_err()
             {
-                relay.replica.rebuild("its request channel is closed");
+                relay
+                    .replica
+                    .rebuild(relay.generation, "its request channel is closed");
                 let _ = relay.to.send(Err(EngineError::Shutdown)).await;
             } else {
                 relay.run(from).await;
@@ -433,6 +447,8 @@ struct Relay {
     deadline: Option<std::time::Instant>,
     to: mpsc::Sender<Result<GenerateEvent, EngineError>>,
     replica: Arc<Replica>,
+    /// The generation of the model the request was sent to.
+    generation: u64,
 }
 
 impl Relay {
@@ -487,7 +503,8 @@ impl Relay {
             Some(_) => EngineError::Internal("mistral.rs sent an unexpected answer".into()),
             None => {
                 // Only a dead engine thread drops a request without answering it.
-                self.replica.rebuild("a request ended without an answer");
+                self.replica
+                    .rebuild(self.generation, "a request ended without an answer");
                 EngineError::Internal("mistral.rs ended the request without an answer".into())
             }
         };

@@ -1,6 +1,9 @@
 //! Ownership of KV blocks: reference counts (so choices of one request share their prompt's
 //! blocks), and the prefix cache: full blocks are named by a hash chain over their tokens,
 //! salted per tenant, and freed cached blocks stay findable until reused, oldest first.
+//! Free blocks that hold no cached prefix are reused first, the most recently freed first:
+//! that evicts nothing, and keeps the memory a running server touches (its pages, the CPU's
+//! caches) as small as its load, instead of walking the whole pool.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -50,8 +53,11 @@ pub struct PrefixStats {
 #[derive(Debug)]
 pub struct BlockManager {
     meta: Vec<BlockMeta>,
-    /// Free blocks by the time they were freed; the oldest is reused first.
+    /// Free blocks holding a cached prefix, by the time they were freed; when no plain block
+    /// is free, the oldest is reused (evicted) first.
     free: BTreeMap<u64, u32>,
+    /// Free blocks holding nothing cached; the last pushed is reused first.
+    plain: Vec<u32>,
     tick: u64,
     cache: HashMap<BlockHash, u32>,
     block_size: usize,
@@ -64,15 +70,15 @@ impl BlockManager {
         let mut m = Self {
             meta: vec![BlockMeta::default(); total],
             free: BTreeMap::new(),
+            plain: Vec::with_capacity(total),
             tick: 0,
             cache: HashMap::new(),
             block_size,
             prefix_caching,
             stats: PrefixStats::default(),
         };
-        for b in 0..total as u32 {
-            m.push_free(b);
-        }
+        // Block 0 first.
+        m.plain.extend((0..total as u32).rev());
         m
     }
 
@@ -82,12 +88,12 @@ impl BlockManager {
 
     /// Blocks that can be handed out now (free, whether or not they still hold a cached prefix).
     pub fn free_count(&self) -> usize {
-        self.free.len()
+        self.free.len() + self.plain.len()
     }
 
     /// Blocks referenced by at least one sequence.
     pub fn in_use(&self) -> usize {
-        self.meta.len() - self.free.len()
+        self.meta.len() - self.free_count()
     }
 
     pub fn stats(&self) -> PrefixStats {
@@ -95,6 +101,10 @@ impl BlockManager {
     }
 
     fn push_free(&mut self, b: u32) {
+        if self.meta[b as usize].cached.is_none() {
+            self.plain.push(b);
+            return;
+        }
         self.tick += 1;
         self.free.insert(self.tick, b);
         self.meta[b as usize].free_tick = Some(self.tick);
@@ -106,15 +116,18 @@ impl BlockManager {
         }
     }
 
-    /// Takes `n` fresh blocks (refcount 1), evicting the least recently freed cached blocks
-    /// as needed; none if fewer than `n` are free.
+    /// Takes `n` fresh blocks (refcount 1): plain ones first, then evicting the least
+    /// recently freed cached blocks as needed; none if fewer than `n` are free.
     pub fn allocate(&mut self, n: usize) -> Option<Vec<u32>> {
-        if n > self.free.len() {
+        if n > self.free_count() {
             return None;
         }
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
-            let (_, b) = self.free.pop_first()?;
+            let b = match self.plain.pop() {
+                Some(b) => b,
+                None => self.free.pop_first()?.1,
+            };
             let meta = &mut self.meta[b as usize];
             meta.free_tick = None;
             meta.refs = 1;
@@ -242,6 +255,23 @@ mod tests {
             .is_empty());
         // A prompt that is exactly the cached blocks keeps its last token to compute.
         assert_eq!(m.lookup_prefix(salt, &tokens[..4]).0.len(), 1);
+    }
+
+    /// A plain freed block is reused before any never-used block, and before a cached one is
+    /// evicted.
+    #[test]
+    fn plain_blocks_are_reused_most_recent_first_before_evicting() {
+        let mut m = BlockManager::new(6, 2, true);
+        let salt = salt_hash(None);
+        let a = m.allocate(3).unwrap();
+        assert_eq!(a, [0, 1, 2], "never-used blocks in order");
+        m.register_full(a[0], salt, &[7, 8]);
+        m.release(&a);
+        // 1 and 2 hold nothing cached: reused at once, the last freed (1: release walks the
+        // sequence backwards) first; then the never-used 3, 4, 5; the cached 0 last.
+        assert_eq!(m.allocate(5).unwrap(), [1, 2, 3, 4, 5]);
+        assert_eq!(m.lookup_prefix(salt, &[7, 8, 9]).0, [0], "still cached");
+        assert!(m.allocate(1).is_none());
     }
 
     #[test]
