@@ -59,6 +59,10 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
+# The KV caches are committed at load (CPU), as llama.cpp's is: no level pays the first
+# touch of cache pages the level before it did not reach.
+prefault=true
+[[ "${DEVICE:-cpu}" != cpu ]] && prefault=false
 cat > "$work/rosetta.yaml" <<YAML
 server: { listen: 127.0.0.1:0 }
 auth: { allow_unauthenticated: true }
@@ -68,7 +72,7 @@ models:
     licence: apache-2.0
     max_context: 8192
     dtype: ${DTYPE:-auto}
-    engine: { max_num_seqs: 64, max_num_batched_tokens: ${BUDGET:-256}, kv_block_size: ${KV_BLOCK_SIZE:-16}, device: ${DEVICE:-cpu} }
+    engine: { max_num_seqs: 64, max_num_batched_tokens: ${BUDGET:-256}, kv_block_size: ${KV_BLOCK_SIZE:-16}, device: ${DEVICE:-cpu}, kv_cache_prefault: $prefault }
 YAML
 if [[ -n "${MISTRALRS:-}" ]]; then
     cat >> "$work/rosetta.yaml" <<YAML
@@ -77,19 +81,19 @@ YAML
 fi
 if [[ -n "${MIXTRAL:-}" ]]; then
     cat >> "$work/rosetta.yaml" <<YAML
-  - { id: mixtral, path: $mixtral, licence: apache-2.0, max_context: 8192, engine: { max_num_seqs: 64, max_num_batched_tokens: ${BUDGET:-256} } }
+  - { id: mixtral, path: $mixtral, licence: apache-2.0, max_context: 8192, engine: { max_num_seqs: 64, max_num_batched_tokens: ${BUDGET:-256}, kv_cache_prefault: true } }
 YAML
 fi
 formats="${FORMATS:-}"
 for fmt in ${formats//,/ }; do
     cat >> "$work/rosetta.yaml" <<YAML
-  - { id: small-$fmt, path: $model, licence: apache-2.0, max_context: 8192, dtype: $fmt, engine: { max_num_seqs: 64, max_num_batched_tokens: ${BUDGET:-256}, kv_block_size: ${KV_BLOCK_SIZE:-16} } }
+  - { id: small-$fmt, path: $model, licence: apache-2.0, max_context: 8192, dtype: $fmt, engine: { max_num_seqs: 64, max_num_batched_tokens: ${BUDGET:-256}, kv_block_size: ${KV_BLOCK_SIZE:-16}, kv_cache_prefault: true } }
 YAML
 done
 kv_bf16="${KV_BF16:-}"
 for fmt in ${kv_bf16//,/ }; do
     cat >> "$work/rosetta.yaml" <<YAML
-  - { id: small-$fmt-kvbf16, path: $model, licence: apache-2.0, max_context: 8192, dtype: $fmt, engine: { max_num_seqs: 64, max_num_batched_tokens: ${BUDGET:-256}, kv_block_size: ${KV_BLOCK_SIZE:-16}, kv_cache_dtype: bf16 } }
+  - { id: small-$fmt-kvbf16, path: $model, licence: apache-2.0, max_context: 8192, dtype: $fmt, engine: { max_num_seqs: 64, max_num_batched_tokens: ${BUDGET:-256}, kv_block_size: ${KV_BLOCK_SIZE:-16}, kv_cache_dtype: bf16, kv_cache_prefault: true } }
 YAML
 done
 "$bin/rosetta" serve --config "$work/rosetta.yaml" > "$work/rosetta.out" 2> "$work/rosetta.err" &

@@ -602,6 +602,13 @@ pub struct EngineSettings {
     /// cache has the weights' dtype; set `auto` there.
     #[serde(default)]
     pub kv_cache_dtype: KvCacheDtype,
+    /// Touch the whole KV cache at load (CPU path), as llama.cpp and vLLM do: the system
+    /// commits its memory then, so a cache the machine cannot hold fails at start rather
+    /// than mid-request, and requests never wait on the first touch of a page (about 10%
+    /// of throughput at 32 streams until a lazily touched cache has been used once). Off by
+    /// default: the cache's memory is then taken as it is first used.
+    #[serde(default)]
+    pub kv_cache_prefault: bool,
     /// Where the model runs: `cpu` (default), `cuda` (GPU 0) or `cuda:N`. CUDA needs a
     /// `rosetta` built with `--features cuda`; there `kv_cache_fraction` is of the GPU's
     /// free memory and `dtype: auto` means bf16.
@@ -680,6 +687,7 @@ impl Default for EngineSettings {
             chunked_prefill: true,
             prefix_caching: true,
             kv_cache_dtype: KvCacheDtype::Auto,
+            kv_cache_prefault: false,
             device: EngineDevice::Cpu,
         }
     }

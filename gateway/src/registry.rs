@@ -242,8 +242,9 @@ fn start_native(
                 }
                 _ => KvDtype::Bf16,
             };
-            let model =
-                Transformer::load(dir, cpu_format(cfg.dtype), max_context)?.with_kv_dtype(kv);
+            let model = Transformer::load(dir, cpu_format(cfg.dtype), max_context)?
+                .with_kv_dtype(kv)
+                .with_kv_prefault(cfg.engine.kv_cache_prefault);
             let budget = cfg.engine.kv_cache_budget(available_memory());
             NativeEngine::start(model, tokenizer, engine_config(budget))
         }
@@ -273,9 +274,10 @@ fn start_mistralrs(
             "`dtype: int8` and `w8a8` are the native engine's formats; mistral.rs quantizes with `isq: Q8_0`",
         ));
     }
-    if cfg.engine.kv_cache_dtype != KvCacheDtype::Auto {
+    if cfg.engine.kv_cache_dtype != KvCacheDtype::Auto || cfg.engine.kv_cache_prefault {
         return Err(rosetta_engine::EngineError::load(
-            "`engine.kv_cache_dtype` is the native engine's CPU setting; remove it for mistral.rs",
+            "`engine.kv_cache_dtype` and `kv_cache_prefault` are the native engine's CPU \
+             settings; remove them for mistral.rs",
         ));
     }
     let engine = MistralRsEngine::load(MistralRsOptions {
@@ -359,9 +361,10 @@ fn start_cuda(
 ) -> Result<NativeEngine, rosetta_engine::EngineError> {
     use rosetta_engine::model::cuda::CudaTransformer;
     use rosetta_engine::model::WeightDtype;
-    if cfg.engine.kv_cache_dtype != KvCacheDtype::Auto {
+    if cfg.engine.kv_cache_dtype != KvCacheDtype::Auto || cfg.engine.kv_cache_prefault {
         return Err(rosetta_engine::EngineError::load(
-            "on a GPU the KV cache has the weights' dtype: remove `engine.kv_cache_dtype`",
+            "on a GPU the KV cache has the weights' dtype and is allocated whole: remove \
+             `engine.kv_cache_dtype` and `kv_cache_prefault`",
         ));
     }
     let dtype = match cfg.dtype {

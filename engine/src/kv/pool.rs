@@ -96,6 +96,25 @@ impl KvPool {
         self.layout
     }
 
+    /// Writes one element of every 4 KiB page, so the system commits (and zeroes) the whole
+    /// cache now rather than on the first write to each page while serving. The elements
+    /// written are zeros already: the contents do not change.
+    pub fn prefault(&mut self) {
+        fn touch<T: Copy + Default>(v: &mut [T]) {
+            let step = (4096 / std::mem::size_of::<T>()).max(1);
+            for i in (0..v.len()).step_by(step) {
+                // Safety: `i` is in bounds; volatile so the store is not elided.
+                unsafe { std::ptr::write_volatile(v.as_mut_ptr().add(i), T::default()) };
+            }
+        }
+        for store in self.k.iter_mut().chain(self.v.iter_mut()) {
+            match store {
+                Store::F32(v) => touch(v),
+                Store::Bf16(v) => touch(v),
+            }
+        }
+    }
+
     /// Stores one token's K and V (each `kv_heads * head_dim` floats) at `pos`.
     pub fn write(&mut self, layer: usize, block_table: &[u32], pos: usize, k: &[f32], v: &[f32]) {
         match (&mut self.k[layer], &mut self.v[layer]) {
@@ -164,6 +183,38 @@ fn write<T: KvElement>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Touching the cache commits it without changing it: still all zeros, then written and
+    /// read back as usual.
+    #[test]
+    fn a_prefaulted_cache_is_unchanged_and_usable() {
+        let l = KvLayout {
+            num_blocks: 300,
+            block_size: 16,
+            kv_heads: 2,
+            head_dim: 64,
+        };
+        for dtype in [KvDtype::F32, KvDtype::Bf16] {
+            let mut pool = KvPool::with_dtype(2, l, dtype);
+            pool.prefault();
+            let k: Vec<f32> = (0..128).map(|i| i as f32).collect();
+            pool.write(1, &[299], 3, &k, &k);
+            let zeros = |x: &dyn Fn(usize) -> f32, n: usize| (0..n).all(|i| x(i) == 0.0);
+            match pool.layer(0) {
+                KvLayer::F32 { k, v } => {
+                    assert!(zeros(&|i| k[i], k.len()) && zeros(&|i| v[i], v.len()))
+                }
+                KvLayer::Bf16 { k, v } => assert!(
+                    zeros(&|i| k[i].to_f32(), k.len()) && zeros(&|i| v[i].to_f32(), v.len())
+                ),
+            }
+            let at = l.value_index(299, 3, 1);
+            match pool.layer(1) {
+                KvLayer::F32 { v, .. } => assert_eq!(v[at + 5], 69.0),
+                KvLayer::Bf16 { v, .. } => assert_eq!(v[at + 5].to_f32(), 69.0),
+            }
+        }
+    }
 
     /// A copied block prefix holds the same keys and values as its source, in either element
     /// type, and the slots after it are untouched.

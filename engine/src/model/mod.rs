@@ -232,6 +232,8 @@ pub struct Transformer {
     alibi: Option<Vec<f32>>,
     /// What its KV cache stores (f32 unless set with `with_kv_dtype`).
     kv_dtype: KvDtype,
+    /// Touch the whole KV cache when it is made (`with_kv_prefault`).
+    kv_prefault: bool,
 }
 
 impl Transformer {
@@ -405,6 +407,7 @@ impl Transformer {
             shape,
             times: Arc::default(),
             kv_dtype: KvDtype::F32,
+            kv_prefault: false,
         })
     }
 
@@ -417,6 +420,16 @@ impl Transformer {
 
     pub fn kv_dtype(&self) -> KvDtype {
         self.kv_dtype
+    }
+
+    /// Commits the KV cache's memory when it is made ([`KvPool::prefault`]).
+    pub fn with_kv_prefault(mut self, prefault: bool) -> Self {
+        self.kv_prefault = prefault;
+        self
+    }
+
+    pub fn kv_prefault(&self) -> bool {
+        self.kv_prefault
     }
 
     pub fn shape(&self) -> &ModelShape {

@@ -73,7 +73,10 @@ impl ModelWeights for Transformer {
     }
 
     fn into_runner(self: Box<Self>, layout: KvLayout) -> Result<Box<dyn ModelRunner>, EngineError> {
-        let kv = KvPool::with_dtype(self.shape().num_layers, layout, self.kv_dtype());
+        let mut kv = KvPool::with_dtype(self.shape().num_layers, layout, self.kv_dtype());
+        if self.kv_prefault() {
+            kv.prefault();
+        }
         Ok(Box::new(CpuRunner { model: *self, kv }))
     }
 }
