@@ -229,14 +229,34 @@ impl Sampler {
 }
 
 /// Index of the largest value; the lowest index wins ties so greedy decoding is deterministic.
+/// The first position of the largest value, as a one-pass `x > best` scan gives it (NaN never
+/// wins; with a NaN first, 0). In two vectorisable passes: the scan's branch on every element
+/// cost a millisecond per 32-sequence step over a 49k vocabulary, on one core.
 pub fn argmax(xs: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in xs.iter().enumerate() {
-        if x > xs[best] {
-            best = i;
+    let Some(&first) = xs.first() else {
+        return 0;
+    };
+    if first.is_nan() {
+        return 0;
+    }
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = xs.chunks_exact(16);
+    for &x in chunks.remainder() {
+        if x > lanes[0] {
+            lanes[0] = x;
         }
     }
-    best as u32
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            if x > *l {
+                *l = x;
+            }
+        }
+    }
+    let max = lanes
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &l| if l > m { l } else { m });
+    xs.iter().position(|&x| x == max).unwrap_or(0) as u32
 }
 
 fn log_sum_exp(xs: &[f32]) -> f32 {
@@ -363,5 +383,39 @@ mod tests {
             2,
             "prompt token 1 is penalised 3.0 -> 1.5"
         );
+    }
+
+    /// The vectorised argmax picks what the one-pass scan picks: ties to the first, NaN
+    /// never, signed zeros alike, all -inf to 0, a NaN first to 0.
+    #[test]
+    fn argmax_matches_the_one_pass_scan() {
+        fn scan(xs: &[f32]) -> u32 {
+            let mut best = 0;
+            for (i, &x) in xs.iter().enumerate() {
+                if x > xs[best] {
+                    best = i;
+                }
+            }
+            best as u32
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for len in [0usize, 1, 2, 15, 16, 17, 33, 1000, 49152] {
+            for case in 0..6 {
+                let xs: Vec<f32> = (0..len)
+                    .map(|i| match case {
+                        0 => rng.random_range(-5.0..5.0),
+                        // Few distinct values: many ties.
+                        1 => (rng.random_range(0..4) as f32) - 2.0,
+                        2 if i % 7 == 3 => f32::NAN,
+                        2 => rng.random_range(-5.0..5.0),
+                        3 => f32::NEG_INFINITY,
+                        4 if i == 0 => f32::NAN,
+                        4 => rng.random_range(-5.0..5.0),
+                        _ => [0.0, -0.0, -1.0][i % 3],
+                    })
+                    .collect();
+                assert_eq!(argmax(&xs), scan(&xs), "len {len} case {case}");
+            }
+        }
     }
 }

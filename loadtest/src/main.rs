@@ -437,9 +437,10 @@ async fn long_prompt(
             // A unique opening: no prefix-cache hits; the words themselves stay one size.
             let seed = round * targets.len() + i;
             let text = format!("{run}-{seed}: {}", filler(seed, words));
-            // A few tokens, not one: a single greedy token may carry no text (a partial
-            // UTF-8 sequence), and the time to the first text is what is measured.
-            let r = stream_chat(client, t, &text, 4).await?;
+            // Several tokens, not one: with random weights the first greedy tokens may carry
+            // no text (partial UTF-8 sequences; four once gave none from llama.cpp), and the
+            // time to the first text is what is measured.
+            let r = stream_chat(client, t, &text, 16).await?;
             eprintln!(
                 "{}: prompt {} tokens, TTFT {:.1} ms",
                 t.name,
