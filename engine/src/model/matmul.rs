@@ -176,7 +176,10 @@ impl Matrix {
         }
         let mut out = vec![0.0f32; m * n];
         let dst = SharedOut(out.as_mut_ptr());
-        for_each_block(n, m, |rows, panel0, panels| {
+        // One row has one accumulator per panel: eight panels at a time keep eight FMA chains
+        // in flight instead of four (each output is still one chain over k in order).
+        let panels_per_call = if m == 1 { 8 } else { PANELS_PER_TASK };
+        for_each_block(n, m, panels_per_call, |rows, panel0, panels| {
             let dst = &dst;
             let block = Block {
                 x,
@@ -213,10 +216,11 @@ impl Matrix {
 pub(super) fn for_each_block(
     n: usize,
     m: usize,
+    panels_per_call: usize,
     work: impl Fn(std::ops::Range<usize>, usize, usize) + Sync,
 ) {
     let panels = n.div_ceil(PANEL);
-    let groups = panels.div_ceil(PANELS_PER_TASK);
+    let groups = panels.div_ceil(panels_per_call);
     let min_tasks = rayon::current_num_threads() * TASKS_PER_THREAD;
     let groups_per_task = groups.div_ceil(min_tasks).max(1);
     let column_tasks = groups.div_ceil(groups_per_task);
@@ -229,8 +233,8 @@ pub(super) fn for_each_block(
         let rows = r0..(r0 + rows_per_task).min(m);
         let g0 = ct * groups_per_task;
         for g in g0..(g0 + groups_per_task).min(groups) {
-            let p0 = g * PANELS_PER_TASK;
-            work(rows.clone(), p0, PANELS_PER_TASK.min(panels - p0));
+            let p0 = g * panels_per_call;
+            work(rows.clone(), p0, panels_per_call.min(panels - p0));
         }
     });
 }
@@ -376,7 +380,8 @@ unsafe fn kernel_avx2<W: Weight>(block: &Block, w: &[W], out: *mut f32) {
     unsafe { kernel::<W, Fused>(block, w, out) }
 }
 
-/// Calls `$f::<generics.., R, C>` for the runtime tile shape (R rows ≤ 6, C panels ≤ 4).
+/// Calls `$f::<generics.., R, C>` for the runtime tile shape (R rows ≤ 6, C panels ≤ 4; a
+/// single row, up to 8).
 macro_rules! tile_shapes {
     ($f:ident::<$($g:ty),*>, $r:expr, $c:expr, ($($arg:expr),*)) => {
         match ($r, $c) {
@@ -400,6 +405,10 @@ macro_rules! tile_shapes {
             (2, 3) => $f::<$($g,)* 2, 3>($($arg),*),
             (2, 2) => $f::<$($g,)* 2, 2>($($arg),*),
             (2, 1) => $f::<$($g,)* 2, 1>($($arg),*),
+            (1, 8) => $f::<$($g,)* 1, 8>($($arg),*),
+            (1, 7) => $f::<$($g,)* 1, 7>($($arg),*),
+            (1, 6) => $f::<$($g,)* 1, 6>($($arg),*),
+            (1, 5) => $f::<$($g,)* 1, 5>($($arg),*),
             (1, 4) => $f::<$($g,)* 1, 4>($($arg),*),
             (1, 3) => $f::<$($g,)* 1, 3>($($arg),*),
             (1, 2) => $f::<$($g,)* 1, 2>($($arg),*),

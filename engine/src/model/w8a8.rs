@@ -183,7 +183,7 @@ impl W8a8 {
         let acts = self.quantize_activations(x, m, k);
         let mut out = vec![0.0f32; m * n];
         let dst = SharedOut(out.as_mut_ptr());
-        for_each_block(n, m, |rows, panel0, panels| {
+        for_each_block(n, m, 4, |rows, panel0, panels| {
             let dst = &dst;
             let mut i = rows.start;
             while i < rows.end {
