@@ -239,7 +239,20 @@ async fn stream_chat(
             }
         }
     }
-    let first = first.context("no token arrived")?;
+    // An answer whose tokens carried no text (random weights can give only partial UTF-8
+    // sequences) still counts, with its whole duration as its time to first token, rather
+    // than ending the run.
+    let first = match first {
+        Some(first) => first,
+        None if completion.is_some_and(|c| c > 0) => {
+            eprintln!(
+                "{}: an answer carried no text; its TTFT is its whole duration",
+                t.name
+            );
+            Instant::now()
+        }
+        None => bail!("{}: no token arrived", t.name),
+    };
     let tokens = completion.unwrap_or(chunks);
     let itl =
         (tokens > 1).then(|| last.unwrap_or(first).duration_since(first) / (tokens as u32 - 1));

@@ -34,6 +34,20 @@ struct Flavour {
     add_eos: bool,
 }
 
+/// Command R7B's special tokens; Cohere's first decoder has the first eight.
+const COHERE2_SPECIALS: [&str; 10] = [
+    "<PAD>",
+    "<BOS_TOKEN>",
+    "<EOS_TOKEN>",
+    "<|START_OF_TURN_TOKEN|>",
+    "<|END_OF_TURN_TOKEN|>",
+    "<|USER_TOKEN|>",
+    "<|CHATBOT_TOKEN|>",
+    "<|SYSTEM_TOKEN|>",
+    "<|START_RESPONSE|>",
+    "<|END_RESPONSE|>",
+];
+
 fn flavour(arch: Arch) -> Flavour {
     match arch {
         Arch::Llama => Flavour {
@@ -62,16 +76,7 @@ fn flavour(arch: Arch) -> Flavour {
             add_eos: false,
         },
         Arch::Cohere => Flavour {
-            specials: &[
-                "<PAD>",
-                "<BOS_TOKEN>",
-                "<EOS_TOKEN>",
-                "<|START_OF_TURN_TOKEN|>",
-                "<|END_OF_TURN_TOKEN|>",
-                "<|USER_TOKEN|>",
-                "<|CHATBOT_TOKEN|>",
-                "<|SYSTEM_TOKEN|>",
-            ],
+            specials: &COHERE2_SPECIALS[..8],
             bos: "<BOS_TOKEN>",
             eos: "<|END_OF_TURN_TOKEN|>",
             extra_eos: &["<EOS_TOKEN>"],
@@ -81,18 +86,7 @@ fn flavour(arch: Arch) -> Flavour {
         },
         // Command R7B's: Cohere's turn markers, and the answer between response markers.
         Arch::Cohere2 => Flavour {
-            specials: &[
-                "<PAD>",
-                "<BOS_TOKEN>",
-                "<EOS_TOKEN>",
-                "<|START_OF_TURN_TOKEN|>",
-                "<|END_OF_TURN_TOKEN|>",
-                "<|USER_TOKEN|>",
-                "<|CHATBOT_TOKEN|>",
-                "<|SYSTEM_TOKEN|>",
-                "<|START_RESPONSE|>",
-                "<|END_RESPONSE|>",
-            ],
+            specials: &COHERE2_SPECIALS,
             bos: "<BOS_TOKEN>",
             eos: "<|END_OF_TURN_TOKEN|>",
             extra_eos: &["<EOS_TOKEN>", "<|END_RESPONSE|>"],

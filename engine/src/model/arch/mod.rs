@@ -5,7 +5,6 @@
 
 mod bloom;
 mod cohere;
-mod cohere2;
 mod llama;
 mod mistral;
 mod mixtral;
@@ -94,8 +93,8 @@ pub trait Architecture: Sync {
 
 const ARCHITECTURES: [&dyn Architecture; 8] = [
     &bloom::Bloom,
-    &cohere::Cohere,
-    &cohere2::Cohere2,
+    &cohere::Cohere { second: false },
+    &cohere::Cohere { second: true },
     &llama::Llama,
     &mistral::Mistral,
     &qwen2::Qwen2,
