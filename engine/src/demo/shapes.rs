@@ -142,6 +142,12 @@ impl DemoShape {
         }
     }
 
+    /// Marks the folder as generated, and from which spec (`generate` replaces only such a
+    /// folder).
+    fn demo_marker(&self, spec: &DemoSpec) -> serde_json::Value {
+        json!({ "arch": self.arch.name(), "size": spec.size.name(), "seed": spec.seed })
+    }
+
     pub fn is_tiny(&self) -> bool {
         self.hidden == 64
     }
@@ -156,12 +162,17 @@ impl DemoShape {
         if let Some(d) = &self.deepseek {
             let mut c = d.config_json();
             if let Some(c) = c.as_object_mut() {
-                c.extend(json!({
-                    "bos_token_id": tok.bos_id,
-                    "eos_token_id": tok.eos_id,
-                    "torch_dtype": match spec.dtype { StoredDtype::F32 => "float32", StoredDtype::Bf16 => "bfloat16" },
-                    "rosetta_demo": { "arch": self.arch.name(), "size": spec.size.name(), "seed": spec.seed },
-                }).as_object().cloned().unwrap_or_default());
+                c.extend(
+                    json!({
+                        "bos_token_id": tok.bos_id,
+                        "eos_token_id": tok.eos_id,
+                        "torch_dtype": torch_dtype(spec),
+                        "rosetta_demo": self.demo_marker(spec),
+                    })
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+                );
             }
             return c;
         }
@@ -194,8 +205,8 @@ impl DemoShape {
             "tie_word_embeddings": self.tied,
             "bos_token_id": tok.bos_id,
             "eos_token_id": tok.eos_id,
-            "torch_dtype": match spec.dtype { StoredDtype::F32 => "float32", StoredDtype::Bf16 => "bfloat16" },
-            "rosetta_demo": { "arch": self.arch.name(), "size": spec.size.name(), "seed": spec.seed },
+            "torch_dtype": torch_dtype(spec),
+            "rosetta_demo": self.demo_marker(spec),
         });
         let extra = match self.arch {
             // The tiny Llama exercises Llama 3.1's rope scaling.
@@ -266,8 +277,8 @@ impl DemoShape {
             "tie_word_embeddings": true,
             "bos_token_id": tok.bos_id,
             "eos_token_id": tok.eos_id,
-            "torch_dtype": match spec.dtype { StoredDtype::F32 => "float32", StoredDtype::Bf16 => "bfloat16" },
-            "rosetta_demo": { "arch": self.arch.name(), "size": spec.size.name(), "seed": spec.seed },
+            "torch_dtype": torch_dtype(spec),
+            "rosetta_demo": self.demo_marker(spec),
         })
     }
 
@@ -295,8 +306,8 @@ impl DemoShape {
             "pad_token_id": 1,
             "eos_token_id": 2,
             "is_matryoshka": true,
-            "torch_dtype": match spec.dtype { StoredDtype::F32 => "float32", StoredDtype::Bf16 => "bfloat16" },
-            "rosetta_demo": { "arch": self.arch.name(), "size": spec.size.name(), "seed": spec.seed },
+            "torch_dtype": torch_dtype(spec),
+            "rosetta_demo": self.demo_marker(spec),
         })
     }
 
@@ -448,5 +459,13 @@ impl DemoShape {
             t.push(("lm_head.weight".to_string(), vec![self.vocab_size, h]));
         }
         t
+    }
+}
+
+/// transformers' name for the stored dtype (`torch_dtype`).
+fn torch_dtype(spec: &DemoSpec) -> &'static str {
+    match spec.dtype {
+        StoredDtype::F32 => "float32",
+        StoredDtype::Bf16 => "bfloat16",
     }
 }

@@ -23,7 +23,9 @@ use rayon::prelude::*;
 /// Output columns per panel: one AVX-512 vector of f32.
 const PANEL: usize = 16;
 /// Panels per kernel call (64 output columns): the register tile's width.
-const PANELS_PER_TASK: usize = 4;
+pub(super) const PANELS_PER_TASK: usize = 4;
+/// Panels per kernel call for a single row, whose tile holds one accumulator per panel.
+const PANELS_PER_ROW: usize = 8;
 /// Rows of x per register tile.
 const ROW_TILE: usize = 6;
 /// Parallel tasks per thread a product is split into (when it has the columns or rows).
@@ -178,7 +180,11 @@ impl Matrix {
         let dst = SharedOut(out.as_mut_ptr());
         // One row has one accumulator per panel: eight panels at a time keep eight FMA chains
         // in flight instead of four (each output is still one chain over k in order).
-        let panels_per_call = if m == 1 { 8 } else { PANELS_PER_TASK };
+        let panels_per_call = if m == 1 {
+            PANELS_PER_ROW
+        } else {
+            PANELS_PER_TASK
+        };
         for_each_block(n, m, panels_per_call, |rows, panel0, panels| {
             let dst = &dst;
             let block = Block {

@@ -12,7 +12,7 @@
 //! Layout: panels of 16 output columns with k in groups of 4 (one 32-bit lane):
 //! `[rows / 16][cols / 4][16][4]`, zero-padded.
 
-use super::matmul::{for_each_block, SharedOut};
+use super::matmul::{for_each_block, SharedOut, PANELS_PER_TASK};
 
 /// Output columns per panel: one AVX-512 vector of i32.
 const PANEL: usize = 16;
@@ -183,7 +183,7 @@ impl W8a8 {
         let acts = self.quantize_activations(x, m, k);
         let mut out = vec![0.0f32; m * n];
         let dst = SharedOut(out.as_mut_ptr());
-        for_each_block(n, m, 4, |rows, panel0, panels| {
+        for_each_block(n, m, PANELS_PER_TASK, |rows, panel0, panels| {
             let dst = &dst;
             let mut i = rows.start;
             while i < rows.end {

@@ -1,7 +1,7 @@
 //! An independent reference forward pass for DeepSeek-V3 (`DeepseekV3ForCausalLM` in Hugging
 //! Face transformers' `modular_deepseek_v3.py`), which Rosetta serves through mistral.rs: the
-//! mistral.rs backend's tests compare its greedy output with this. Self-contained (it is also
-//! compiled into the mistral.rs backend's tests), naive and f64-accumulating like `mod.rs`.
+//! mistral.rs backend's tests compare its greedy output with this. Self-contained, since only
+//! those tests (in another crate) include it; naive and f64-accumulating like `mod.rs`.
 //!
 //! What the forward pass does, for one sequence from position 0:
 //! - embeddings, then per layer `h += attn(rms(h))`, `h += mlp(rms(h))` (`LlamaDecoderLayer`),

@@ -60,7 +60,6 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
-pub mod deepseek;
 pub mod encoder;
 
 // ---------------------------------------------------------------------------------------------
