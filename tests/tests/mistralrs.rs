@@ -351,3 +351,49 @@ async fn serves_again(s: &Server, request: &Value) {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// The native engine's CPU cache settings are refused for a mistral.rs model, by name, at
+/// start; a native model with its cache committed at load serves as usual.
+#[tokio::test]
+async fn cpu_cache_settings_are_refused_for_mistralrs_and_prefault_serves_natively() {
+    let tmp = tempfile::tempdir().unwrap();
+    for setting in ["kv_cache_prefault: true", "kv_cache_dtype: bf16"] {
+        let config = tmp.path().join("mrs.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "cache_dir: \"{}\"\nauth: {{ allow_unauthenticated: true }}\nmodels:\n  - {{ id: m, \
+                 demo: {{ arch: llama, size: tiny, seed: 4 }}, licence: apache-2.0, backend: \
+                 mistralrs, engine: {{ {setting} }} }}\n",
+                tmp.path().join("cache").display()
+            ),
+        )
+        .unwrap();
+        let refused = run_cli(
+            &[
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            None,
+            std::time::Duration::from_secs(120),
+        );
+        assert!(!refused.success(), "{setting} was accepted: {refused:?}");
+        let name = setting.split(':').next().unwrap();
+        assert!(refused.stderr.contains(name), "{setting}: {refused:?}");
+    }
+    let s = Server::start(
+        r#"
+auth: { allow_unauthenticated: true }
+models:
+  - { id: native, demo: { arch: llama, size: tiny, seed: 4 }, licence: apache-2.0, max_context: 512, engine: { kv_cache_prefault: true, kv_cache_bytes: 67108864 } }
+"#,
+    );
+    let v = s
+        .complete(json!({"model": "native", "prompt": PROMPT, "max_tokens": 4,
+                         "temperature": 0, "ignore_eos": true}))
+        .await;
+    assert_eq!(v["usage"]["completion_tokens"], 4, "{v}");
+}
