@@ -473,6 +473,11 @@ pub enum Dtype {
     /// int8 weights as `int8`, times activations quantized to int8 per token, summed in
     /// int32 with AVX-512 VNNI where the CPU has it (CPU path).
     W8a8,
+    /// bf16 weights times activations rounded to bf16 as they arrive, summed in f32 with
+    /// AVX-512 BF16 (`vdpbf16ps`) where the CPU has it, as llama.cpp and vLLM compute bf16
+    /// on a CPU (CPU path). `bf16` keeps f32 activations and is exact to f32 arithmetic on
+    /// the bf16 weights; this trades the activations' low bits for speed.
+    W16a16,
 }
 
 /// A generated random-weight model in Hugging Face format.
@@ -598,7 +603,7 @@ pub struct EngineSettings {
     /// What the KV cache stores (CPU path): `f32` (exact), or `bf16`, which halves the
     /// cache's memory per token (twice the tokens in the same `kv_cache_bytes`) and the bytes
     /// attention reads, with K and V rounded to bf16 as they are written. `auto` follows the
-    /// weights: f32 with f32 weights, bf16 with `dtype: bf16`, `int8` or `w8a8`. On a GPU the
+    /// weights: f32 with f32 weights, bf16 with `dtype: bf16`, `int8`, `w8a8` or `w16a16`. On a GPU the
     /// cache has the weights' dtype; set `auto` there.
     #[serde(default)]
     pub kv_cache_dtype: KvCacheDtype,

@@ -1,28 +1,59 @@
 //! Quick look at the linear-layer kernel's speed: GB/s of weights streamed at m = 1, and
 //! GFLOP/s (or GOP/s) at larger m, per weight format:
-//! `FORMAT=f32|bf16|int8|w8a8 cargo run --release -p rosetta-engine --example matmul_speed`
+//! `FORMAT=f32|bf16|int8|w8a8|w16a16 cargo run --release -p rosetta-engine --example matmul_speed`
+//!
+//! With `STREAM=1` it instead runs one row through 30 layers of these shapes (120 matrices) (far more weight
+//! than the caches hold, as in one-stream decode) and prints GB/s beside the machine's plain
+//! read bandwidth: the kernels' share of the bandwidth bound without the rest of the model.
+//! `SHAPE=n,k` measures one shape instead of the model's four.
 use std::time::Instant;
 
 use rosetta_engine::model::matmul::Matrix;
 
+/// SmolLM2-135M's gate+up, q/o and k/v, and down shapes.
+const SHAPES: [(usize, usize); 4] = [(1536 * 2, 576), (576, 576), (192, 576), (576, 1536)];
+
 fn main() {
-    // SmolLM2-135M's gate+up, q/o and k/v shapes.
-    for (n, k) in [(1536 * 2, 576), (576, 576), (192, 576), (576, 1536)] {
+    // `SHAPE=n,k` measures that shape alone.
+    let shapes = match std::env::var("SHAPE") {
+        Ok(s) => {
+            let (n, k) = s.split_once(',').expect("SHAPE=n,k");
+            vec![(n.parse().expect("n"), k.parse().expect("k"))]
+        }
+        Err(_) => SHAPES.to_vec(),
+    };
+    if std::env::var("STREAM").is_ok() {
+        // From inside the pool, as the engine's forward pass runs.
+        let pool = rayon::ThreadPoolBuilder::new().build().expect("pool");
+        return pool.install(|| stream(&shapes));
+    }
+    for (n, k) in shapes {
         println!("n = {n}, k = {k}");
         measure(n, k);
     }
 }
 
-fn measure(n: usize, k: usize) {
+fn matrix(n: usize, k: usize, seed: usize) -> Matrix {
     let w: Vec<f32> = (0..n * k)
-        .map(|i| ((i % 97) as f32 - 48.0) / 97.0)
+        .map(|i| (((i + seed) % 97) as f32 - 48.0) / 97.0)
         .collect();
-    let mat = match std::env::var("FORMAT").as_deref() {
+    match std::env::var("FORMAT").as_deref() {
         Ok("bf16") => Matrix::bf16(n, k, w.iter().map(|&v| half::bf16::from_f32(v)).collect()),
         Ok("int8") => Matrix::int8(n, k, &w),
         Ok("w8a8") => Matrix::w8a8(n, k, &w),
+        Ok("w16a16") => Matrix::w16a16(
+            n,
+            k,
+            &w.iter()
+                .map(|&v| half::bf16::from_f32(v))
+                .collect::<Vec<_>>(),
+        ),
         _ => Matrix::f32(n, k, w),
-    };
+    }
+}
+
+fn measure(n: usize, k: usize) {
+    let mat = matrix(n, k, 0);
     for m in [1usize, 8, 32, 128, 512] {
         let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 / 13.0).collect();
         let iters = (2000 / m.max(1) + 10) * (3072 / n).max(1);
@@ -38,4 +69,53 @@ fn measure(n: usize, k: usize) {
             (2 * m * n * k) as f64 / s / 1e9
         );
     }
+}
+
+fn stream(shapes: &[(usize, usize)]) {
+    let layers: Vec<Matrix> = (0..120 / shapes.len())
+        .flat_map(|l| shapes.iter().map(move |&(n, k)| matrix(n, k, l)))
+        .collect();
+    let bytes: usize = layers.iter().map(Matrix::bytes).sum();
+    let xs: Vec<Vec<f32>> = shapes
+        .iter()
+        .map(|&(_, k)| (0..k).map(|i| (i % 13) as f32 / 13.0).collect())
+        .collect();
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let reps = 20;
+        let t = Instant::now();
+        for _ in 0..reps {
+            for (i, m) in layers.iter().enumerate() {
+                std::hint::black_box(m.matmul(&xs[i % xs.len()], 1, None));
+            }
+        }
+        best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+    }
+    let bandwidth = read_bandwidth();
+    println!(
+        "{} matrices, {:.1} MB: {:.2} ms per pass, {:.1} GB/s; read bandwidth {:.1} GB/s: {:.0}%",
+        layers.len(),
+        bytes as f64 / 1e6,
+        best * 1e3,
+        bytes as f64 / best / 1e9,
+        bandwidth / 1e9,
+        bytes as f64 / best / bandwidth * 100.0
+    );
+}
+
+/// Bytes per second all threads read from a 1 GiB buffer, best of 5 (as `decode_speed`).
+fn read_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    let data = vec![1u64; 1 << 27];
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let sum: u64 = data
+            .par_chunks(1 << 16)
+            .map(|c| c.iter().fold(0u64, |a, &v| a.wrapping_add(v)))
+            .sum();
+        std::hint::black_box(sum);
+        best = best.max((data.len() * 8) as f64 / t.elapsed().as_secs_f64());
+    }
+    best
 }

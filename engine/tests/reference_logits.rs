@@ -205,11 +205,29 @@ fn bloom_logits_do_not_depend_on_batch_composition() {
     batch_invariant(DemoSpec::new(Arch::Bloom, Size::Tiny, 8));
 }
 
+/// And for every weight format: bf16, the 8-bit ones, and bf16 × bf16, whose activations are
+/// rounded (or quantized) per token, never per batch.
+#[test]
+fn every_weight_format_is_batch_invariant() {
+    for format in [
+        WeightFormat::Bf16,
+        WeightFormat::Int8,
+        WeightFormat::W8a8,
+        WeightFormat::W16a16,
+    ] {
+        batch_invariant_as(DemoSpec::new(Arch::Llama, Size::Tiny, 8), format);
+    }
+}
+
 fn batch_invariant(spec: DemoSpec) {
+    batch_invariant_as(spec, WeightFormat::F32)
+}
+
+fn batch_invariant_as(spec: DemoSpec, format: WeightFormat) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("m");
     generate(&dir, &spec);
-    let model = Transformer::load(&dir, WeightFormat::F32, 512).unwrap();
+    let model = Transformer::load(&dir, format, 512).unwrap();
     let s = model.shape();
     let layout = KvLayout {
         num_blocks: 256,
@@ -265,7 +283,7 @@ fn batch_invariant(spec: DemoSpec) {
     for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
         assert!(
             a == b,
-            "sequence {i}: logits differ between batched and alone (max diff {})",
+            "{format:?} sequence {i}: logits differ between batched and alone (max diff {})",
             rel_err(a, b)
         );
     }

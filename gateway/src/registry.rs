@@ -221,6 +221,7 @@ fn cpu_format(dtype: Dtype) -> WeightFormat {
         Dtype::Bf16 => WeightFormat::Bf16,
         Dtype::Int8 => WeightFormat::Int8,
         Dtype::W8a8 => WeightFormat::W8a8,
+        Dtype::W16a16 => WeightFormat::W16a16,
     }
 }
 
@@ -269,9 +270,10 @@ fn start_mistralrs(
     tokenizer: &ModelTokenizer,
 ) -> Result<Arc<dyn Engine>, rosetta_engine::EngineError> {
     use rosetta_mistralrs::{MistralRsEngine, MistralRsOptions};
-    if matches!(cfg.dtype, Dtype::Int8 | Dtype::W8a8) {
+    if matches!(cfg.dtype, Dtype::Int8 | Dtype::W8a8 | Dtype::W16a16) {
         return Err(rosetta_engine::EngineError::load(
-            "`dtype: int8` and `w8a8` are the native engine's formats; mistral.rs quantizes with `isq: Q8_0`",
+            "`dtype: int8`, `w8a8` and `w16a16` are the native engine's formats; mistral.rs \
+             quantizes with `isq: Q8_0` and computes `bf16` in bf16",
         ));
     }
     if cfg.engine.kv_cache_dtype != KvCacheDtype::Auto || cfg.engine.kv_cache_prefault {
@@ -370,9 +372,10 @@ fn start_cuda(
     let dtype = match cfg.dtype {
         Dtype::Auto | Dtype::Bf16 => WeightDtype::BF16,
         Dtype::F32 => WeightDtype::F32,
-        Dtype::Int8 | Dtype::W8a8 => {
+        Dtype::Int8 | Dtype::W8a8 | Dtype::W16a16 => {
             return Err(rosetta_engine::EngineError::load(
-                "`dtype: int8` and `w8a8` are CPU weight formats; on a GPU use `bf16` or `f32`",
+                "`dtype: int8`, `w8a8` and `w16a16` are CPU weight formats; on a GPU use \
+                 `bf16` or `f32`",
             ))
         }
     };

@@ -31,7 +31,8 @@ const ROW_TILE: usize = 6;
 /// Parallel tasks per thread a product is split into (when it has the columns or rows).
 const TASKS_PER_THREAD: usize = 4;
 
-/// How a model's weight matrices are held in memory (activations are f32 in every format).
+/// How a model's weight matrices are held in memory, and the arithmetic of their products
+/// (activations are f32 except in the W8A8 and W16A16 products).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum WeightFormat {
     #[default]
@@ -42,6 +43,9 @@ pub enum WeightFormat {
     /// int8 weights as `Int8`, times activations quantized to int8 per token, summed in
     /// int32 (AVX-512 VNNI where the CPU has it); see `w8a8`.
     W8a8,
+    /// bf16 weights times activations rounded to bf16, summed in f32 (AVX-512 BF16 where
+    /// the CPU has it); see `w16a16`.
+    W16a16,
 }
 
 /// A `[rows, cols]` weight matrix (`y = x W^T`), stored packed (see the module docs).
@@ -60,6 +64,7 @@ enum WeightData {
         scales: Vec<f32>,
     },
     W8a8(super::w8a8::W8a8),
+    W16a16(super::w16a16::W16a16),
 }
 
 /// Row-major `[rows, cols]` → panels `[rows / 16][cols][16]`, the last panel zero-padded.
@@ -131,6 +136,15 @@ impl Matrix {
         }
     }
 
+    /// Packs row-major bf16 weights for bf16 × bf16 products.
+    pub fn w16a16(rows: usize, cols: usize, data: &[bf16]) -> Self {
+        Self {
+            rows,
+            cols,
+            data: WeightData::W16a16(super::w16a16::W16a16::pack(rows, cols, data)),
+        }
+    }
+
     /// Bytes the weights occupy (what a pass reads from memory once).
     pub fn bytes(&self) -> usize {
         match &self.data {
@@ -138,13 +152,16 @@ impl Matrix {
             WeightData::Bf16(d) => d.len() * 2,
             WeightData::Int8 { values, scales } => values.len() + scales.len() * 4,
             WeightData::W8a8(w) => w.bytes(),
+            WeightData::W16a16(w) => w.bytes(),
         }
     }
 
     /// Copies row `r` into `out` as f32 (embedding lookup).
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
-        if let WeightData::W8a8(w) = &self.data {
-            return w.row_into(r, out);
+        match &self.data {
+            WeightData::W8a8(w) => return w.row_into(r, out),
+            WeightData::W16a16(w) => return w.row_into(r, out),
+            _ => {}
         }
         let base = (r / PANEL) * self.cols * PANEL + r % PANEL;
         match &self.data {
@@ -163,7 +180,7 @@ impl Matrix {
                     *o = f32::from(values[base + c * PANEL]) * scales[r];
                 }
             }
-            WeightData::W8a8(_) => {}
+            WeightData::W8a8(_) | WeightData::W16a16(_) => {}
         }
     }
 
@@ -171,8 +188,12 @@ impl Matrix {
     pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
         debug_assert_eq!(x.len(), m * self.cols);
         let (n, k) = (self.rows, self.cols);
-        if let WeightData::W8a8(w) = &self.data {
-            let mut out = w.matmul(x, m);
+        let own_kernel = match &self.data {
+            WeightData::W8a8(w) => Some(w.matmul(x, m)),
+            WeightData::W16a16(w) => Some(w.matmul(x, m)),
+            _ => None,
+        };
+        if let Some(mut out) = own_kernel {
             add_bias(&mut out, n, bias);
             return out;
         }
@@ -205,7 +226,7 @@ impl Matrix {
                         dispatch(&block, values, dst.0);
                         scale_block(&block, scales, dst.0);
                     }
-                    WeightData::W8a8(_) => {}
+                    WeightData::W8a8(_) | WeightData::W16a16(_) => {}
                 }
             }
         });

@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod matmul;
 mod rope;
 mod runner;
+mod w16a16;
 mod w8a8;
 pub(crate) mod weights;
 

@@ -77,6 +77,10 @@ impl Weights {
                 let flat = t.to_dtype(DType::BF16)?.flatten_all()?;
                 Matrix::bf16(rows, cols, flat.to_vec1::<half::bf16>()?)
             }
+            WeightFormat::W16a16 => {
+                let flat = t.to_dtype(DType::BF16)?.flatten_all()?;
+                Matrix::w16a16(rows, cols, &flat.to_vec1::<half::bf16>()?)
+            }
             WeightFormat::F32 => {
                 let flat = t.to_dtype(DType::F32)?.flatten_all()?;
                 Matrix::f32(rows, cols, flat.to_vec1::<f32>()?)
