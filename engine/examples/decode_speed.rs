@@ -1,7 +1,7 @@
 //! Prefill and single-sequence decode speed of the forward pass, without the server, beside
 //! the memory-bandwidth bound for single-stream decode (weight bytes read per token ÷ the
 //! machine's read bandwidth, measured just before each of five rounds of decode):
-//! `FORMAT=f32|bf16|int8|w8a8|w16a16 cargo run --release -p rosetta-engine --example decode_speed -- MODEL_DIR [TOKENS] [PROMPT_TOKENS]`
+//! `FORMAT=f32|bf16|int8|w8a8|w16a16|w4a8 cargo run --release -p rosetta-engine --example decode_speed -- MODEL_DIR [TOKENS] [PROMPT_TOKENS]`
 use std::time::Instant;
 
 use rosetta_engine::kv::{KvLayout, KvPool};
@@ -27,6 +27,7 @@ fn run() {
         Ok("int8") => WeightFormat::Int8,
         Ok("w8a8") => WeightFormat::W8a8,
         Ok("w16a16") => WeightFormat::W16a16,
+        Ok("w4a8") => WeightFormat::W4a8,
         _ => WeightFormat::F32,
     };
     let model = Transformer::load(&dir, format, 8192).expect("load");
@@ -69,8 +70,9 @@ fn run() {
     let bytes = model.bytes_per_token();
     let mut shares = Vec::new();
     let mut pos = prompt_len;
+    let probe = vec![1u64; 1 << 27];
     for round in 0..rounds {
-        let bandwidth = read_bandwidth();
+        let bandwidth = read_bandwidth(&probe);
         let t = Instant::now();
         for i in 0..per_round {
             let tok = [200 + (pos + i) as u32 % 1000];
@@ -107,9 +109,8 @@ fn run() {
 }
 
 /// Bytes per second all threads read from a 1 GiB buffer (far beyond the caches), best of 5.
-fn read_bandwidth() -> f64 {
+fn read_bandwidth(data: &[u64]) -> f64 {
     use rayon::prelude::*;
-    let data = vec![1u64; 1 << 27];
     let mut best = 0.0f64;
     for _ in 0..5 {
         let t = Instant::now();

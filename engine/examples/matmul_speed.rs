@@ -1,6 +1,6 @@
 //! Quick look at the linear-layer kernel's speed: GB/s of weights streamed at m = 1, and
 //! GFLOP/s (or GOP/s) at larger m, per weight format:
-//! `FORMAT=f32|bf16|int8|w8a8|w16a16 cargo run --release -p rosetta-engine --example matmul_speed`
+//! `FORMAT=f32|bf16|int8|w8a8|w16a16|w4a8 cargo run --release -p rosetta-engine --example matmul_speed`
 //!
 //! With `STREAM=1` it instead runs one row through 30 layers of these shapes (120 matrices) (far more weight
 //! than the caches hold, as in one-stream decode) and prints GB/s beside the machine's plain
@@ -41,6 +41,7 @@ fn matrix(n: usize, k: usize, seed: usize) -> Matrix {
         Ok("bf16") => Matrix::bf16(n, k, w.iter().map(|&v| half::bf16::from_f32(v)).collect()),
         Ok("int8") => Matrix::int8(n, k, &w),
         Ok("w8a8") => Matrix::w8a8(n, k, &w),
+        Ok("w4a8") => Matrix::w4a8(n, k, &w),
         Ok("w16a16") => Matrix::w16a16(
             n,
             k,

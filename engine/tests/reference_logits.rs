@@ -205,7 +205,7 @@ fn bloom_logits_do_not_depend_on_batch_composition() {
     batch_invariant(DemoSpec::new(Arch::Bloom, Size::Tiny, 8));
 }
 
-/// And for every weight format: bf16, the 8-bit ones, and bf16 × bf16, whose activations are
+/// And for every weight format: bf16, the 8-bit ones, bf16 × bf16 and 4-bit, whose activations are
 /// rounded (or quantized) per token, never per batch.
 #[test]
 fn every_weight_format_is_batch_invariant() {
@@ -214,6 +214,7 @@ fn every_weight_format_is_batch_invariant() {
         WeightFormat::Int8,
         WeightFormat::W8a8,
         WeightFormat::W16a16,
+        WeightFormat::W4a8,
     ] {
         batch_invariant_as(DemoSpec::new(Arch::Llama, Size::Tiny, 8), format);
     }

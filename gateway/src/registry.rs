@@ -222,6 +222,7 @@ fn cpu_format(dtype: Dtype) -> WeightFormat {
         Dtype::Int8 => WeightFormat::Int8,
         Dtype::W8a8 => WeightFormat::W8a8,
         Dtype::W16a16 => WeightFormat::W16a16,
+        Dtype::W4a8 => WeightFormat::W4a8,
     }
 }
 
@@ -270,10 +271,13 @@ fn start_mistralrs(
     tokenizer: &ModelTokenizer,
 ) -> Result<Arc<dyn Engine>, rosetta_engine::EngineError> {
     use rosetta_mistralrs::{MistralRsEngine, MistralRsOptions};
-    if matches!(cfg.dtype, Dtype::Int8 | Dtype::W8a8 | Dtype::W16a16) {
+    if matches!(
+        cfg.dtype,
+        Dtype::Int8 | Dtype::W8a8 | Dtype::W16a16 | Dtype::W4a8
+    ) {
         return Err(rosetta_engine::EngineError::load(
-            "`dtype: int8`, `w8a8` and `w16a16` are the native engine's formats; mistral.rs \
-             quantizes with `isq: Q8_0` and computes `bf16` in bf16",
+            "`dtype: int8`, `w8a8`, `w16a16` and `w4a8` are the native engine's formats; \
+             mistral.rs quantizes with `isq` (`Q8_0`, `Q4K`, ...) and computes `bf16` in bf16",
         ));
     }
     if cfg.engine.kv_cache_dtype != KvCacheDtype::Auto || cfg.engine.kv_cache_prefault {
@@ -372,10 +376,10 @@ fn start_cuda(
     let dtype = match cfg.dtype {
         Dtype::Auto | Dtype::Bf16 => WeightDtype::BF16,
         Dtype::F32 => WeightDtype::F32,
-        Dtype::Int8 | Dtype::W8a8 | Dtype::W16a16 => {
+        Dtype::Int8 | Dtype::W8a8 | Dtype::W16a16 | Dtype::W4a8 => {
             return Err(rosetta_engine::EngineError::load(
-                "`dtype: int8`, `w8a8` and `w16a16` are CPU weight formats; on a GPU use \
-                 `bf16` or `f32`",
+                "`dtype: int8`, `w8a8`, `w16a16` and `w4a8` are CPU weight formats; on a GPU \
+                 use `bf16` or `f32`",
             ))
         }
     };

@@ -32,7 +32,7 @@ const ROW_TILE: usize = 6;
 const TASKS_PER_THREAD: usize = 4;
 
 /// How a model's weight matrices are held in memory, and the arithmetic of their products
-/// (activations are f32 except in the W8A8 and W16A16 products).
+/// (activations are f32 except in the W8A8, W16A16 and W4A8 products).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum WeightFormat {
     #[default]
@@ -46,6 +46,9 @@ pub enum WeightFormat {
     /// bf16 weights times activations rounded to bf16, summed in f32 (AVX-512 BF16 where
     /// the CPU has it); see `w16a16`.
     W16a16,
+    /// 4-bit weights with an f32 scale per block of 32 (Q4_0's rounding), times activations
+    /// quantized to int8 per token, summed in int32 per block; see `w4a8`.
+    W4a8,
 }
 
 /// A `[rows, cols]` weight matrix (`y = x W^T`), stored packed (see the module docs).
@@ -65,6 +68,7 @@ enum WeightData {
     },
     W8a8(super::w8a8::W8a8),
     W16a16(super::w16a16::W16a16),
+    W4a8(super::w4a8::W4a8),
 }
 
 /// Row-major `[rows, cols]` → panels `[rows / 16][cols][16]`, the last panel zero-padded.
@@ -145,6 +149,15 @@ impl Matrix {
         }
     }
 
+    /// Quantizes row-major f32 weights for W4A8 products.
+    pub fn w4a8(rows: usize, cols: usize, data: &[f32]) -> Self {
+        Self {
+            rows,
+            cols,
+            data: WeightData::W4a8(super::w4a8::W4a8::quantize(rows, cols, data)),
+        }
+    }
+
     /// Bytes the weights occupy (what a pass reads from memory once).
     pub fn bytes(&self) -> usize {
         match &self.data {
@@ -153,6 +166,7 @@ impl Matrix {
             WeightData::Int8 { values, scales } => values.len() + scales.len() * 4,
             WeightData::W8a8(w) => w.bytes(),
             WeightData::W16a16(w) => w.bytes(),
+            WeightData::W4a8(w) => w.bytes(),
         }
     }
 
@@ -161,6 +175,7 @@ impl Matrix {
         match &self.data {
             WeightData::W8a8(w) => return w.row_into(r, out),
             WeightData::W16a16(w) => return w.row_into(r, out),
+            WeightData::W4a8(w) => return w.row_into(r, out),
             _ => {}
         }
         let base = (r / PANEL) * self.cols * PANEL + r % PANEL;
@@ -180,7 +195,7 @@ impl Matrix {
                     *o = f32::from(values[base + c * PANEL]) * scales[r];
                 }
             }
-            WeightData::W8a8(_) | WeightData::W16a16(_) => {}
+            WeightData::W8a8(_) | WeightData::W16a16(_) | WeightData::W4a8(_) => {}
         }
     }
 
@@ -191,6 +206,7 @@ impl Matrix {
         let own_kernel = match &self.data {
             WeightData::W8a8(w) => Some(w.matmul(x, m)),
             WeightData::W16a16(w) => Some(w.matmul(x, m)),
+            WeightData::W4a8(w) => Some(w.matmul(x, m)),
             _ => None,
         };
         if let Some(mut out) = own_kernel {
@@ -226,7 +242,7 @@ impl Matrix {
                         dispatch(&block, values, dst.0);
                         scale_block(&block, scales, dst.0);
                     }
-                    WeightData::W8a8(_) | WeightData::W16a16(_) => {}
+                    WeightData::W8a8(_) | WeightData::W16a16(_) | WeightData::W4a8(_) => {}
                 }
             }
         });

@@ -13,6 +13,7 @@ pub mod matmul;
 mod rope;
 mod runner;
 mod w16a16;
+mod w4a8;
 mod w8a8;
 pub(crate) mod weights;
 

@@ -64,7 +64,7 @@ fn scale_of(row: &[f32]) -> f32 {
 /// Quantizes one row of activations into `dst` (offset by 128); returns its scale. Compiled
 /// for AVX-512 where the CPU has it; every operation is exact per element, so every path
 /// gives the same bytes.
-fn quantize_row(row: &[f32], dst: &mut [u8]) -> f32 {
+pub(super) fn quantize_row(row: &[f32], dst: &mut [u8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
         // Safety: the CPU has the features.
@@ -283,7 +283,7 @@ fn index(groups: usize, r: usize, c: usize) -> usize {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn vnni_available() -> bool {
+pub(super) fn vnni_available() -> bool {
     std::is_x86_feature_detected!("avx512f")
         && std::is_x86_feature_detected!("avx512bw")
         && std::is_x86_feature_detected!("avx512vnni")

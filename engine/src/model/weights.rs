@@ -93,6 +93,10 @@ impl Weights {
                 let flat = t.to_dtype(DType::F32)?.flatten_all()?;
                 Matrix::w8a8(rows, cols, &flat.to_vec1::<f32>()?)
             }
+            WeightFormat::W4a8 => {
+                let flat = t.to_dtype(DType::F32)?.flatten_all()?;
+                Matrix::w4a8(rows, cols, &flat.to_vec1::<f32>()?)
+            }
         })
     }
 }

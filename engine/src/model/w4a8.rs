@@ -1,0 +1,492 @@
+//! W4A8 products (`dtype: w4a8`): 4-bit weights in blocks of 32 along k, each block with its
+//! own f32 scale (llama.cpp's Q4_0 rounding: the block's largest-magnitude weight maps to
+//! -8, the rest round to the nearest of -8..=7 steps), times int8 activations quantized per
+//! token as in `w8a8`. A weight takes 0.625 bytes, five eighths of `int8`'s.
+//!
+//! Each block's integers are summed exactly in int32 (AVX-512 VNNI's `vpdpbusd` where the
+//! CPU has it), then converted and added into an f32 sum with the block's scale, one fused
+//! multiply-add per block in k order; the activation scale multiplies the total once. An
+//! output's arithmetic is the same whatever the batch, the tile and the CPU path.
+//!
+//! `vpdpbusd` multiplies unsigned by signed bytes: the weights are the unsigned side, stored
+//! offset by 8 (0..=15), and 8 × the block's activation sum is taken off each block's sum.
+//!
+//! Layout: panels of 16 output columns; per block of 32 k, four 64-byte vectors, each
+//! holding two groups of 4 k for the 16 columns (the first group in the low nibbles):
+//! `[rows / 16][cols / 32][4][16][4]` bytes, and the scales as `[rows / 16][cols / 32][16]`.
+//! Columns past the last are zero weights.
+
+use super::matmul::{for_each_block, SharedOut, PANELS_PER_TASK};
+use super::w8a8::quantize_row;
+
+/// Output columns per panel: one AVX-512 vector.
+const PANEL: usize = 16;
+/// k values per 32-bit lane.
+const GROUP: usize = 4;
+/// k values per weight scale.
+const BLOCK: usize = 32;
+/// 64-byte vectors per panel per block (two groups each).
+const VECTORS: usize = BLOCK / GROUP / 2;
+/// Rows of x per register tile.
+const ROW_TILE: usize = 6;
+/// Panels per register tile: two keep 6 × 2 integer and 6 × 2 f32 sums in registers. A
+/// single row takes four, each with two integer sums so that more `vpdpbusd` chains are in
+/// flight (a row alone is bound by their latency, not by the weights' bytes).
+const TILE_PANELS: usize = 2;
+const ROW_PANELS: usize = 4;
+
+/// A weight matrix for W4A8 products.
+pub struct W4a8 {
+    rows: usize,
+    cols: usize,
+    blocks: usize,
+    nibbles: Vec<u8>,
+    scales: Vec<f32>,
+}
+
+/// A row of x and its quantized bytes; its scale and block sums.
+type RowIn<'a> = (&'a [f32], &'a mut [i8]);
+type RowOut<'a> = (&'a mut f32, &'a mut [i32]);
+
+/// Activations quantized per row: signed bytes (zero past the last column), the row's scale,
+/// and the sum of each block's bytes.
+struct Activations {
+    bytes: Vec<i8>,
+    scales: Vec<f32>,
+    sums: Vec<i32>,
+}
+
+impl W4a8 {
+    /// Quantizes row-major f32 weights per block of 32 along each output row.
+    pub fn quantize(rows: usize, cols: usize, data: &[f32]) -> Self {
+        debug_assert_eq!(data.len(), rows * cols);
+        let blocks = cols.div_ceil(BLOCK);
+        let panels = rows.div_ceil(PANEL);
+        let mut nibbles = crate::memory::zeroed::<i8>(panels * blocks * BLOCK * PANEL / 2);
+        let mut scales = vec![0.0f32; panels * blocks * PANEL];
+        for (r, row) in data.chunks_exact(cols.max(1)).enumerate() {
+            for (b, block) in row.chunks(BLOCK).enumerate() {
+                let scale = block_scale(block);
+                scales[(r / PANEL * blocks + b) * PANEL + r % PANEL] = scale;
+                for (i, &v) in block.iter().enumerate() {
+                    set_nibble(&mut nibbles, blocks, r, b * BLOCK + i, quantize(v, scale));
+                }
+            }
+            // Padding columns hold the weight 0 (stored as 8).
+            for c in cols..blocks * BLOCK {
+                set_nibble(&mut nibbles, blocks, r, c, 0);
+            }
+        }
+        Self {
+            rows,
+            cols,
+            blocks,
+            nibbles: nibbles.into_iter().map(|b| b as u8).collect(),
+            scales,
+        }
+    }
+
+    /// Bytes the weights occupy.
+    pub fn bytes(&self) -> usize {
+        self.nibbles.len() + self.scales.len() * 4
+    }
+
+    /// Copies row `r` into `out` as f32 (embedding lookup): each weight times its block's
+    /// scale.
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        for (c, o) in out.iter_mut().enumerate().take(self.cols) {
+            *o = f32::from(self.weight(r, c)) * self.scale(r, c / BLOCK);
+        }
+    }
+
+    fn weight(&self, r: usize, c: usize) -> i8 {
+        let (at, high) = nibble_at(self.blocks, r, c);
+        let byte = self.nibbles[at];
+        (if high { byte >> 4 } else { byte & 0x0f }) as i8 - 8
+    }
+
+    fn scale(&self, r: usize, b: usize) -> f32 {
+        self.scales[(r / PANEL * self.blocks + b) * PANEL + r % PANEL]
+    }
+
+    /// `x` is `[m, cols]`; returns `[m, rows]` = x W^T.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        debug_assert_eq!(x.len(), m * self.cols);
+        let acts = self.quantize_activations(x, m);
+        let mut out = vec![0.0f32; m * self.rows];
+        let dst = SharedOut(out.as_mut_ptr());
+        for_each_block(self.rows, m, PANELS_PER_TASK, |rows, panel0, panels| {
+            let dst = &dst;
+            let mut i = rows.start;
+            let step = if m == 1 { ROW_PANELS } else { TILE_PANELS };
+            while i < rows.end {
+                let tile = ROW_TILE.min(rows.end - i);
+                for p in (panel0..panel0 + panels).step_by(step) {
+                    let width = step.min(panel0 + panels - p);
+                    // Safety: this block's elements are written by no other task.
+                    unsafe { self.tile(&acts, i, tile, p, width, dst.0) };
+                }
+                i += tile;
+            }
+        });
+        out
+    }
+
+    fn quantize_activations(&self, x: &[f32], m: usize) -> Activations {
+        let (k, width) = (self.cols, self.blocks * BLOCK);
+        let mut bytes = vec![0i8; m * width];
+        let mut scales = vec![0.0f32; m];
+        let mut sums = vec![0i32; m * self.blocks];
+        let quantize_one = |((row, dst), (scale, sums)): (RowIn<'_>, RowOut<'_>)| {
+            // w8a8's quantizer gives bytes offset by 128; flipping the top bit makes them
+            // the same values as signed bytes.
+            let mut offset = vec![128u8; width];
+            *scale = quantize_row(row, &mut offset);
+            for (d, o) in dst.iter_mut().zip(&offset) {
+                *d = (o ^ 0x80) as i8;
+            }
+            for (s, block) in sums.iter_mut().zip(dst.chunks_exact(BLOCK)) {
+                *s = block.iter().map(|&v| i32::from(v)).sum();
+            }
+        };
+        // Rows are independent: a prefill chunk's are quantized across threads.
+        if m * k >= 1 << 16 {
+            use rayon::prelude::*;
+            x.par_chunks_exact(k.max(1))
+                .zip(bytes.par_chunks_exact_mut(width.max(1)))
+                .zip(
+                    scales
+                        .par_iter_mut()
+                        .zip(sums.par_chunks_exact_mut(self.blocks.max(1))),
+                )
+                .for_each(quantize_one);
+        } else {
+            x.chunks_exact(k.max(1))
+                .zip(bytes.chunks_exact_mut(width.max(1)))
+                .zip(
+                    scales
+                        .iter_mut()
+                        .zip(sums.chunks_exact_mut(self.blocks.max(1))),
+                )
+                .for_each(quantize_one);
+        }
+        Activations {
+            bytes,
+            scales,
+            sums,
+        }
+    }
+
+    /// One register tile: `rows` rows of x from `i0` against `panels` panels from `panel0`
+    /// (at most 2, or 4 for one row).
+    ///
+    /// Safety: `out` is the `[m, rows]` output; only this tile's elements are written.
+    unsafe fn tile(
+        &self,
+        acts: &Activations,
+        i0: usize,
+        rows: usize,
+        panel0: usize,
+        panels: usize,
+        out: *mut f32,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if super::w8a8::vnni_available() {
+            // Safety: the CPU has the features; forwarded.
+            return unsafe { vnni::tile(self, acts, i0, rows, panel0, panels, out) };
+        }
+        // Safety: forwarded.
+        unsafe { self.tile_portable(acts, i0, rows, panel0, panels, out) }
+    }
+
+    /// The same integers and the same f32 operations, one output at a time.
+    unsafe fn tile_portable(
+        &self,
+        acts: &Activations,
+        i0: usize,
+        rows: usize,
+        panel0: usize,
+        panels: usize,
+        out: *mut f32,
+    ) {
+        let width = self.blocks * BLOCK;
+        let c0 = panel0 * PANEL;
+        let c1 = ((panel0 + panels) * PANEL).min(self.rows);
+        for i in i0..i0 + rows {
+            let x = &acts.bytes[i * width..(i + 1) * width];
+            for j in c0..c1 {
+                let mut acc = 0.0f32;
+                for b in 0..self.blocks {
+                    let range = b * BLOCK..(b + 1) * BLOCK;
+                    let sum: i32 = x[range.clone()]
+                        .iter()
+                        .zip(range)
+                        .map(|(&xc, c)| (i32::from(self.weight(j, c)) + 8) * i32::from(xc))
+                        .sum();
+                    let sum = sum - 8 * acts.sums[i * self.blocks + b];
+                    acc = (sum as f32).mul_add(self.scale(j, b), acc);
+                }
+                // Safety: (i, j) lies in this tile.
+                unsafe { *out.add(i * self.rows + j) = acc * acts.scales[i] };
+            }
+        }
+    }
+}
+
+/// A block's scale: its largest-magnitude weight over -8, so that weight is exactly -8
+/// steps; 1 for a block of zeros (or one holding NaN or an infinity, whose steps saturate).
+/// (Choosing among divisors near -8 for the least squared error, as llama.cpp's K-quants
+/// do, changed the drift below by under 10% on the generated models: not kept.)
+fn block_scale(block: &[f32]) -> f32 {
+    let extreme = block
+        .iter()
+        .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    if extreme != 0.0 && extreme.is_finite() {
+        extreme / -8.0
+    } else {
+        1.0
+    }
+}
+
+/// The nearest step, in -8..=7 (`as` saturates and maps NaN to 0).
+fn quantize(v: f32, scale: f32) -> i8 {
+    ((v / scale).round() as i32).clamp(-8, 7) as i8
+}
+
+/// The byte holding weight (r, c), and whether it is the high nibble.
+fn nibble_at(blocks: usize, r: usize, c: usize) -> (usize, bool) {
+    let (b, within) = (c / BLOCK, c % BLOCK);
+    let (group, position) = (within / GROUP, within % GROUP);
+    let vector = ((r / PANEL * blocks + b) * VECTORS + group / 2) * PANEL * GROUP;
+    (vector + (r % PANEL) * GROUP + position, group % 2 == 1)
+}
+
+fn set_nibble(nibbles: &mut [i8], blocks: usize, r: usize, c: usize, q: i8) {
+    let (at, high) = nibble_at(blocks, r, c);
+    let stored = (q + 8) as u8;
+    let byte = nibbles[at] as u8;
+    nibbles[at] = if high {
+        (byte & 0x0f) | stored << 4
+    } else {
+        (byte & 0xf0) | stored
+    } as i8;
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use std::arch::x86_64::*;
+
+    use super::{Activations, W4a8, BLOCK, GROUP, PANEL, VECTORS};
+
+    /// Safety: needs AVX-512F/BW/VNNI; see `W4a8::tile`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn tile(
+        w: &W4a8,
+        acts: &Activations,
+        i0: usize,
+        rows: usize,
+        panel0: usize,
+        panels: usize,
+        out: *mut f32,
+    ) {
+        macro_rules! shapes {
+            ($($r:literal),*) => {
+                match (rows, panels) {
+                    (1, 4) => unsafe { tile_rc::<1, 4, 2>(w, acts, i0, panel0, out) },
+                    (1, 3) => unsafe { tile_rc::<1, 3, 2>(w, acts, i0, panel0, out) },
+                    (1, 2) => unsafe { tile_rc::<1, 2, 2>(w, acts, i0, panel0, out) },
+                    (1, _) => unsafe { tile_rc::<1, 1, 2>(w, acts, i0, panel0, out) },
+                    $(
+                        ($r, 2) => unsafe { tile_rc::<$r, 2, 1>(w, acts, i0, panel0, out) },
+                        ($r, _) => unsafe { tile_rc::<$r, 1, 1>(w, acts, i0, panel0, out) },
+                    )*
+                    _ => unreachable!("row tiles hold 1 to 6 rows"),
+                }
+            };
+        }
+        shapes!(2, 3, 4, 5, 6)
+    }
+
+    // Index loops over register tiles read clearer than iterator chains here.
+    #[allow(clippy::needless_range_loop)]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile_rc<const R: usize, const C: usize, const S: usize>(
+        w: &W4a8,
+        acts: &Activations,
+        i0: usize,
+        panel0: usize,
+        out: *mut f32,
+    ) {
+        let blocks = w.blocks;
+        let width = blocks * BLOCK;
+        let (wp, sp) = (w.nibbles.as_ptr(), w.scales.as_ptr());
+        let xp = acts.bytes.as_ptr();
+        let low = _mm512_set1_epi8(0x0f);
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        for b in 0..blocks {
+            // S independent integer sums per output vector (added exactly at the end).
+            let mut sums = [[[_mm512_setzero_si512(); C]; R]; S];
+            for v in 0..VECTORS {
+                let mut first = [_mm512_setzero_si512(); C];
+                let mut second = [_mm512_setzero_si512(); C];
+                // Safety: panel (panel0 + c) has `blocks` blocks of VECTORS vectors; row
+                // i0 + r of the activations has `width` bytes.
+                unsafe {
+                    for c in 0..C {
+                        let at = (((panel0 + c) * blocks + b) * VECTORS + v) * PANEL * GROUP;
+                        let bytes = _mm512_loadu_si512(wp.add(at) as *const __m512i);
+                        first[c] = _mm512_and_si512(bytes, low);
+                        second[c] = _mm512_and_si512(_mm512_srli_epi16::<4>(bytes), low);
+                    }
+                    for r in 0..R {
+                        let at = xp.add((i0 + r) * width + b * BLOCK + v * 2 * GROUP);
+                        let x0 = _mm512_set1_epi32((at as *const i32).read_unaligned());
+                        let x1 = _mm512_set1_epi32((at.add(GROUP) as *const i32).read_unaligned());
+                        // With two sums, the high nibbles' products go to the second.
+                        let t = S - 1;
+                        for c in 0..C {
+                            sums[0][r][c] = _mm512_dpbusd_epi32(sums[0][r][c], first[c], x0);
+                            sums[t][r][c] = _mm512_dpbusd_epi32(sums[t][r][c], second[c], x1);
+                        }
+                    }
+                }
+            }
+            for c in 0..C {
+                // Safety: every panel has `blocks` scale vectors.
+                let scale = unsafe { _mm512_loadu_ps(sp.add(((panel0 + c) * blocks + b) * PANEL)) };
+                for r in 0..R {
+                    let offset = _mm512_set1_epi32(8 * acts.sums[(i0 + r) * blocks + b]);
+                    let mut total = sums[0][r][c];
+                    for s in 1..S {
+                        total = _mm512_add_epi32(total, sums[s][r][c]);
+                    }
+                    let sum = _mm512_cvtepi32_ps(_mm512_sub_epi32(total, offset));
+                    acc[r][c] = _mm512_fmadd_ps(sum, scale, acc[r][c]);
+                }
+            }
+        }
+        for c in 0..C {
+            let col = (panel0 + c) * PANEL;
+            let valid = w.rows.saturating_sub(col).min(PANEL);
+            let mask: __mmask16 = if valid == PANEL {
+                0xffff
+            } else {
+                (1u16 << valid) - 1
+            };
+            for r in 0..R {
+                let i = i0 + r;
+                let v = _mm512_mul_ps(acc[r][c], _mm512_set1_ps(acts.scales[i]));
+                // Safety: only the valid columns of this row are written.
+                unsafe { _mm512_mask_storeu_ps(out.add(i * w.rows + col), mask, v) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn random(seed: u64, len: usize) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    /// What the integers and scales say, computed the plain way from the quantized values.
+    fn reference(w: &W4a8, x: &[f32], m: usize) -> Vec<f32> {
+        let acts = w.quantize_activations(x, m);
+        let width = w.blocks * BLOCK;
+        let mut out = vec![0.0; m * w.rows];
+        for i in 0..m {
+            for j in 0..w.rows {
+                let mut acc = 0.0f32;
+                for b in 0..w.blocks {
+                    let sum: i32 = (b * BLOCK..(b + 1) * BLOCK)
+                        .map(|c| i32::from(w.weight(j, c)) * i32::from(acts.bytes[i * width + c]))
+                        .sum();
+                    acc = (sum as f32).mul_add(w.scale(j, b), acc);
+                }
+                out[i * w.rows + j] = acc * acts.scales[i];
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_path_and_batch_gives_the_same_answer() {
+        for &(m, n, k, seed) in &[
+            (1, 1, 1, 1),
+            (7, 130, 66, 2),
+            (13, 67, 100, 3),
+            (32, 200, 576, 4),
+            // Quantized across threads; each row alone (below) takes the serial path.
+            (128, 40, 576, 5),
+        ] {
+            let x = random(seed, m * k);
+            let data = random(seed + 100, n * k);
+            let w = W4a8::quantize(n, k, &data);
+            let got = w.matmul(&x, m);
+            assert_eq!(got, reference(&w, &x, m), "{m}x{n}x{k}");
+            for i in 0..m {
+                assert_eq!(w.matmul(&x[i * k..(i + 1) * k], 1), got[i * n..(i + 1) * n]);
+            }
+            let acts = w.quantize_activations(&x, m);
+            let mut portable = vec![0.0; m * n];
+            for panel0 in (0..n.div_ceil(PANEL)).step_by(TILE_PANELS) {
+                let panels = TILE_PANELS.min(n.div_ceil(PANEL) - panel0);
+                unsafe { w.tile_portable(&acts, 0, m, panel0, panels, portable.as_mut_ptr()) };
+            }
+            assert_eq!(portable, got, "{m}x{n}x{k}: portable path");
+            // Within the two quantizations of f32's answer: half a weight step per block
+            // and half an activation step per element.
+            for i in 0..m {
+                let row = &x[i * k..(i + 1) * k];
+                let xs = row.iter().fold(0.0f32, |a, v| a.max(v.abs())) / 127.0;
+                for j in 0..n {
+                    let wrow = &data[j * k..(j + 1) * k];
+                    let want: f32 = row.iter().zip(wrow).map(|(a, b)| a * b).sum();
+                    let bound: f32 = (0..k)
+                        .map(|c| {
+                            let ws = w.scale(j, c / BLOCK).abs();
+                            (row[c].abs() + xs) * ws * 0.5 + wrow[c].abs() * xs * 0.5
+                        })
+                        .sum::<f32>()
+                        * 1.01
+                        + 1e-4;
+                    assert!(
+                        (got[i * n + j] - want).abs() <= bound,
+                        "{m}x{n}x{k} ({i},{j}): {} vs {want}, bound {bound}",
+                        got[i * n + j]
+                    );
+                }
+            }
+        }
+    }
+
+    /// Q4_0's rounding: the largest magnitude is exactly -8 steps, the rest to the nearest
+    /// step within -8..=7; zeros, NaN and infinities quantize without a panic.
+    #[test]
+    fn blocks_round_as_q4_0_does() {
+        let mut row: Vec<f32> = (0..40).map(|i| (i as f32 - 20.0) / 10.0).collect();
+        row[3] = 4.0;
+        let w = W4a8::quantize(1, 40, &row);
+        assert_eq!(w.scale(0, 0), -0.5);
+        assert_eq!(w.weight(0, 3), -8);
+        assert_eq!(w.weight(0, 0), 4); // -2.0 / -0.5
+        assert_eq!(w.weight(0, 1), 4); // -1.9 / -0.5 = 3.8
+        assert_eq!(w.weight(0, 39), -8); // the second block's largest
+        assert_eq!(w.scale(0, 1), 1.9 / -8.0);
+        let mut out = vec![0.0; 40];
+        w.row_into(0, &mut out);
+        assert_eq!(out[3], 4.0);
+        for special in [0.0, f32::NAN, f32::INFINITY] {
+            let w = W4a8::quantize(2, 3, &[special, 1.0, -1.0, 0.0, 0.0, 0.0]);
+            let y = w.matmul(&[1.0, 2.0, 3.0], 1);
+            assert_eq!(y.len(), 2);
+            assert_eq!(y[1], 0.0);
+        }
+    }
+}
