@@ -7,10 +7,11 @@
 /// # Safety
 /// Implement only for such types: `zeroed` hands out zeroed memory as initialised values.
 pub(crate) unsafe trait ZeroBits: Copy {}
-// Safety: zero bits are 0.0, +0 and bf16 0.0.
+// Safety: zero bits are 0.0, 0 and bf16 0.0.
 unsafe impl ZeroBits for f32 {}
 unsafe impl ZeroBits for half::bf16 {}
 unsafe impl ZeroBits for i8 {}
+unsafe impl ZeroBits for u8 {}
 
 /// A zeroed buffer of `len` values, taken zeroed from the allocator (so its pages are only
 /// backed when first written: an unused KV cache costs no memory) and advised to use huge

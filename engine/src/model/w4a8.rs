@@ -62,7 +62,7 @@ impl W4a8 {
         debug_assert_eq!(data.len(), rows * cols);
         let blocks = cols.div_ceil(BLOCK);
         let panels = rows.div_ceil(PANEL);
-        let mut nibbles = crate::memory::zeroed::<i8>(panels * blocks * BLOCK * PANEL / 2);
+        let mut nibbles = crate::memory::zeroed::<u8>(panels * blocks * BLOCK * PANEL / 2);
         let mut scales = vec![0.0f32; panels * blocks * PANEL];
         for (r, row) in data.chunks_exact(cols.max(1)).enumerate() {
             for (b, block) in row.chunks(BLOCK).enumerate() {
@@ -81,7 +81,7 @@ impl W4a8 {
             rows,
             cols,
             blocks,
-            nibbles: nibbles.into_iter().map(|b| b as u8).collect(),
+            nibbles,
             scales,
         }
     }
@@ -261,15 +261,15 @@ fn nibble_at(blocks: usize, r: usize, c: usize) -> (usize, bool) {
     (vector + (r % PANEL) * GROUP + position, group % 2 == 1)
 }
 
-fn set_nibble(nibbles: &mut [i8], blocks: usize, r: usize, c: usize, q: i8) {
+fn set_nibble(nibbles: &mut [u8], blocks: usize, r: usize, c: usize, q: i8) {
     let (at, high) = nibble_at(blocks, r, c);
     let stored = (q + 8) as u8;
-    let byte = nibbles[at] as u8;
+    let byte = nibbles[at];
     nibbles[at] = if high {
         (byte & 0x0f) | stored << 4
     } else {
         (byte & 0xf0) | stored
-    } as i8;
+    };
 }
 
 #[cfg(target_arch = "x86_64")]
