@@ -608,8 +608,8 @@ pub struct EngineSettings {
     /// What the KV cache stores (CPU path): `f32` (exact), or `bf16`, which halves the
     /// cache's memory per token (twice the tokens in the same `kv_cache_bytes`) and the bytes
     /// attention reads, with K and V rounded to bf16 as they are written. `auto` follows the
-    /// weights: f32 with f32 weights, bf16 with `dtype: bf16` or any of the CPU formats. On a GPU the
-    /// cache has the weights' dtype; set `auto` there.
+    /// weights: f32 with f32 weights, bf16 with `dtype: bf16` or any of the CPU formats. On a
+    /// GPU the cache has the weights' dtype; set `auto` there.
     #[serde(default)]
     pub kv_cache_dtype: KvCacheDtype,
     /// Touch the whole KV cache at load (CPU path), as llama.cpp and vLLM do: the system
