@@ -4,7 +4,7 @@
 //! `FORMAT=f32|bf16|int8|w8a8|w16a16|w4a8 cargo run --release -p rosetta-engine --example decode_speed -- MODEL_DIR [TOKENS] [PROMPT_TOKENS]`
 use std::time::Instant;
 
-use rosetta_engine::kv::{KvLayout, KvPool};
+use rosetta_engine::kv::{KvDtype, KvLayout, KvPool};
 use rosetta_engine::model::{LogitRows, SeqChunk, Transformer, WeightFormat};
 
 fn main() {
@@ -39,7 +39,14 @@ fn run() {
         kv_heads: s.num_kv_heads,
         head_dim: s.head_dim,
     };
-    let mut kv = KvPool::new(s.num_layers, layout);
+    // The cache a server gives this format (`kv_cache_dtype: auto`): f32 with f32 weights,
+    // bf16 with any other.
+    let kv_dtype = if format == WeightFormat::F32 {
+        KvDtype::F32
+    } else {
+        KvDtype::Bf16
+    };
+    let mut kv = KvPool::with_dtype(s.num_layers, layout, kv_dtype);
     let table: Vec<u32> = (0..blocks as u32).collect();
     let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| 100 + i % 1000).collect();
     // Twice: the first pass also faults in the KV pool's pages (once in a server's life).
