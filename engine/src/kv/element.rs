@@ -70,7 +70,11 @@ impl KvElement for bf16 {
         // bf16 is the top half of an f32: widen to 32 bits and shift into place (exact).
         // Safety: passed on from the caller.
         unsafe {
-            let halves = _mm256_maskz_loadu_epi16(mask, ptr as *const i16);
+            let halves = if mask == u16::MAX {
+                _mm256_loadu_si256(ptr as *const __m256i)
+            } else {
+                _mm256_maskz_loadu_epi16(mask, ptr as *const i16)
+            };
             _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
         }
     }
