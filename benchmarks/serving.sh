@@ -15,10 +15,11 @@
 #   MIXTRAL=1 benchmarks/serving.sh     # also the `mixtral`/`small` demo (benchmarks/mixtral.sh
 #                                       # adds its expert-compute share)
 #   FORMATS=bf16,int8 benchmarks/serving.sh   # also the same weights held as bf16 and int8
-#                                             # (rows rosetta-bf16, rosetta-int8), same server
+#                                             # (rows rosetta-bf16, rosetta-int8), same server;
+#                                             # any `dtype`: w8a8, w16a16, w4a8 too
 #   KV_BF16=f32 benchmarks/serving.sh    # also these formats with `kv_cache_dtype: bf16`
 #                                         # (rows rosetta-f32-kvbf16), same server; `auto`
-#                                         # already gives bf16/int8/w8a8 weights a bf16 cache
+#                                         # already gives every format but f32 a bf16 cache
 #   LLAMA_FORMATS=f32,q8_0,q4_k_m benchmarks/serving.sh  # llama.cpp in each GGUF format
 #                                             # (quantized from the f32 GGUF by llama-quantize)
 #   LONG_PROMPT=4096 benchmarks/serving.sh   # then the time to first token of one prompt of
