@@ -5,8 +5,8 @@
 //! and greedy outputs could differ between batched and unbatched runs. Here every output
 //! element is one fused multiply-add chain over k in order, whatever the batch and whatever
 //! tile it lands in: results are bit-identical for a row alone or among any others, and on
-//! every CPU path with FMA. It also reads bf16 weights directly, halving memory traffic, and
-//! int8 weights (a quarter of it): 8-bit integers with one f32 scale per output row,
+//! every CPU path with FMA. It also reads bf16 weights directly (module `bf16`, with the
+//! same chains), halving memory traffic, and int8 weights (a quarter of it): 8-bit integers with one f32 scale per output row,
 //! quantized at load (symmetric, round to nearest). An int8 product sums `x · q` in the same
 //! order and multiplies each output by its row's scale once at the end, so it is exactly as
 //! batch-invariant as the others; only the quantization itself differs from f32.
@@ -15,7 +15,9 @@
 //! (`[n / 16][k][16]`), so the kernel is an outer product: per k it loads a few 16-wide
 //! weight vectors and broadcasts one x value per row into a block of accumulators (6 rows ×
 //! 4 panels on AVX-512), which keeps the FMA units busy for large batches and streams the
-//! weights once, contiguously, for a single row.
+//! weights once, contiguously, for a single row. The W8A8, W4A8 and bf16 formats have
+//! layouts and kernels of their own (modules `w8a8`, `w4a8`, `bf16`) and share this module's
+//! split of the product into parallel tasks.
 
 use half::bf16;
 use rayon::prelude::*;
@@ -25,7 +27,7 @@ const PANEL: usize = 16;
 /// Panels per kernel call (64 output columns): the register tile's width.
 pub(super) const PANELS_PER_TASK: usize = 4;
 /// Panels per kernel call for a single row, whose tile holds one accumulator per panel.
-const PANELS_PER_ROW: usize = 8;
+pub(super) const PANELS_PER_ROW: usize = 8;
 /// Rows of x per register tile.
 const ROW_TILE: usize = 6;
 /// Parallel tasks per thread a product is split into (when it has the columns or rows).
@@ -60,14 +62,14 @@ pub struct Matrix {
 
 enum WeightData {
     F32(Vec<f32>),
-    Bf16(Vec<bf16>),
+    Bf16(super::bf16::Bf16Weights),
     Int8 {
         values: Vec<i8>,
         /// One per output row: a weight is `value × scale`.
         scales: Vec<f32>,
     },
     W8a8(super::w8a8::W8a8),
-    W16a16(super::w16a16::W16a16),
+    W16a16(super::bf16::Bf16Weights),
     W4a8(super::w4a8::W4a8),
 }
 
@@ -100,7 +102,7 @@ impl Matrix {
         Self {
             rows,
             cols,
-            data: WeightData::Bf16(pack(rows, cols, &data)),
+            data: WeightData::Bf16(super::bf16::Bf16Weights::pack(rows, cols, &data)),
         }
     }
 
@@ -145,7 +147,7 @@ impl Matrix {
         Self {
             rows,
             cols,
-            data: WeightData::W16a16(super::w16a16::W16a16::pack(rows, cols, data)),
+            data: WeightData::W16a16(super::bf16::Bf16Weights::pack(rows, cols, data)),
         }
     }
 
@@ -162,7 +164,7 @@ impl Matrix {
     pub fn bytes(&self) -> usize {
         match &self.data {
             WeightData::F32(d) => d.len() * 4,
-            WeightData::Bf16(d) => d.len() * 2,
+            WeightData::Bf16(w) => w.bytes(),
             WeightData::Int8 { values, scales } => values.len() + scales.len() * 4,
             WeightData::W8a8(w) => w.bytes(),
             WeightData::W16a16(w) => w.bytes(),
@@ -174,7 +176,7 @@ impl Matrix {
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
         match &self.data {
             WeightData::W8a8(w) => return w.row_into(r, out),
-            WeightData::W16a16(w) => return w.row_into(r, out),
+            WeightData::Bf16(w) | WeightData::W16a16(w) => return w.row_into(r, out),
             WeightData::W4a8(w) => return w.row_into(r, out),
             _ => {}
         }
@@ -185,17 +187,15 @@ impl Matrix {
                     *o = d[base + c * PANEL];
                 }
             }
-            WeightData::Bf16(d) => {
-                for (c, o) in out.iter_mut().enumerate() {
-                    *o = d[base + c * PANEL].to_f32();
-                }
-            }
             WeightData::Int8 { values, scales } => {
                 for (c, o) in out.iter_mut().enumerate() {
                     *o = f32::from(values[base + c * PANEL]) * scales[r];
                 }
             }
-            WeightData::W8a8(_) | WeightData::W16a16(_) | WeightData::W4a8(_) => {}
+            WeightData::Bf16(_)
+            | WeightData::W8a8(_)
+            | WeightData::W16a16(_)
+            | WeightData::W4a8(_) => {}
         }
     }
 
@@ -205,7 +205,8 @@ impl Matrix {
         let (n, k) = (self.rows, self.cols);
         let own_kernel = match &self.data {
             WeightData::W8a8(w) => Some(w.matmul(x, m)),
-            WeightData::W16a16(w) => Some(w.matmul(x, m)),
+            WeightData::Bf16(w) => Some(w.matmul_exact(x, m)),
+            WeightData::W16a16(w) => Some(w.matmul_dot(x, m)),
             WeightData::W4a8(w) => Some(w.matmul(x, m)),
             _ => None,
         };
@@ -237,12 +238,14 @@ impl Matrix {
             unsafe {
                 match &self.data {
                     WeightData::F32(w) => dispatch(&block, w, dst.0),
-                    WeightData::Bf16(w) => dispatch(&block, w, dst.0),
                     WeightData::Int8 { values, scales } => {
                         dispatch(&block, values, dst.0);
                         scale_block(&block, scales, dst.0);
                     }
-                    WeightData::W8a8(_) | WeightData::W16a16(_) | WeightData::W4a8(_) => {}
+                    WeightData::Bf16(_)
+                    | WeightData::W8a8(_)
+                    | WeightData::W16a16(_)
+                    | WeightData::W4a8(_) => {}
                 }
             }
         });
@@ -342,25 +345,6 @@ impl Weight for f32 {
     }
 }
 
-impl Weight for bf16 {
-    #[inline(always)]
-    fn get(self) -> f32 {
-        f32::from_bits((self.to_bits() as u32) << 16)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn load16(ptr: *const Self) -> std::arch::x86_64::__m512 {
-        use std::arch::x86_64::*;
-        // Safety: the caller guarantees 16 readable bf16 values and AVX-512F.
-        // bf16 is the top half of an f32: widen to 32 bits and shift into place.
-        unsafe {
-            let halves = _mm256_loadu_si256(ptr as *const __m256i);
-            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
-        }
-    }
-}
-
 impl Weight for i8 {
     #[inline(always)]
     fn get(self) -> f32 {
@@ -377,12 +361,12 @@ impl Weight for i8 {
     }
 }
 
-trait Fma {
+pub(super) trait Fma {
     fn fma(a: f32, b: f32, c: f32) -> f32;
 }
 
 /// Fused multiply-add, only used where the CPU has it (else `mul_add` is a slow libm call).
-struct Fused;
+pub(super) struct Fused;
 impl Fma for Fused {
     #[inline(always)]
     fn fma(a: f32, b: f32, c: f32) -> f32 {
@@ -392,7 +376,7 @@ impl Fma for Fused {
 
 /// Machines without FMA: the same order, rounded after each multiply (not bit-identical to
 /// the fused paths, but batch-invariant on that machine).
-struct Plain;
+pub(super) struct Plain;
 impl Fma for Plain {
     #[inline(always)]
     fn fma(a: f32, b: f32, c: f32) -> f32 {

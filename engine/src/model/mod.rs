@@ -5,6 +5,7 @@
 //! writes K/V through the paged cache.
 
 mod arch;
+mod bf16;
 mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -12,7 +13,6 @@ pub mod gguf;
 pub mod matmul;
 mod rope;
 mod runner;
-mod w16a16;
 mod w4a8;
 mod w8a8;
 pub(crate) mod weights;

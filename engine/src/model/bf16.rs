@@ -1,22 +1,28 @@
-//! bf16 × bf16 products (`dtype: w16a16`): bf16 weights times activations rounded to bf16
-//! as they arrive, summed in f32 by AVX-512 BF16's `vdpbf16ps`, which does 32
-//! multiply-adds per instruction, twice an f32 FMA's. This is how llama.cpp and vLLM compute
-//! a bf16 model on a CPU. `dtype: bf16` keeps f32 activations and is exact to the reference;
-//! this format trades the activations' low 16 bits for the speed.
+//! bf16 weights and their two products, over one packed layout:
+//! - `dtype: bf16`: f32 activations. Each weight is widened exactly to f32 and each output is
+//!   one fused multiply-add chain over k in order, so the result is bit-identical to f32
+//!   weights holding the same values (and to the reference). Two k values share a 32-bit
+//!   lane, so one 64-byte load gives 32 weights, widened by a shift and a mask.
+//! - `dtype: w16a16`: activations rounded to bf16 as they arrive, summed in f32 by AVX-512
+//!   BF16's `vdpbf16ps`, which does 32 multiply-adds per instruction, twice an f32 FMA's.
+//!   This is how llama.cpp and vLLM compute a bf16 model on a CPU; it trades the
+//!   activations' low 16 bits for the speed.
 //!
 //! `vdpbf16ps` adds, per 32-bit lane j, the product of the odd halves of the two operands'
 //! lane j and then that of the even halves, each product exact and each addition rounded to
 //! nearest even, with subnormal inputs read as zero and subnormal results flushed to zero.
-//! The portable path does the same two fused multiply-adds with the same flushes, so every
-//! CPU path and every batch gives the same bits (each output is one chain over k in order,
-//! whatever the tile).
+//! The portable path does the same two fused multiply-adds with the same flushes.
 //!
-//! Layout: panels of 16 output columns with k in pairs (one 32-bit lane):
-//! `[rows / 16][cols / 2][16][2]`, zero-padded.
+//! In both products every CPU path and every batch gives the same bits.
+//!
+//! Layout: panels of 16 output columns with k in pairs (one 32-bit lane, the even k in the
+//! low half): `[rows / 16][cols / 2][16][2]`, zero-padded.
 
 use half::bf16;
 
-use super::matmul::{for_each_block, SharedOut, PANELS_PER_TASK};
+use super::matmul::{
+    for_each_block, Fma, Fused, Plain, SharedOut, PANELS_PER_ROW, PANELS_PER_TASK,
+};
 
 /// Output columns per panel: one AVX-512 vector of f32.
 const PANEL: usize = 16;
@@ -25,8 +31,8 @@ const PAIR: usize = 2;
 /// Rows of x per register tile.
 const ROW_TILE: usize = 6;
 
-/// A weight matrix for bf16 × bf16 products.
-pub struct W16a16 {
+/// A bf16 weight matrix, packed in pairs along k.
+pub struct Bf16Weights {
     rows: usize,
     cols: usize,
     /// Pairs along k.
@@ -34,7 +40,7 @@ pub struct W16a16 {
     values: Vec<bf16>,
 }
 
-impl W16a16 {
+impl Bf16Weights {
     /// Packs row-major bf16 weights.
     pub fn pack(rows: usize, cols: usize, data: &[bf16]) -> Self {
         debug_assert_eq!(data.len(), rows * cols);
@@ -65,8 +71,99 @@ impl W16a16 {
         }
     }
 
-    /// `x` is `[m, cols]`; returns `[m, rows]` = x W^T, x rounded to bf16.
-    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+    /// `x` is `[m, cols]`; returns `[m, rows]` = x W^T in f32 arithmetic (`dtype: bf16`).
+    pub fn matmul_exact(&self, x: &[f32], m: usize) -> Vec<f32> {
+        debug_assert_eq!(x.len(), m * self.cols);
+        let mut out = vec![0.0f32; m * self.rows];
+        let dst = SharedOut(out.as_mut_ptr());
+        // One row keeps one accumulator per panel: eight panels keep eight chains in flight.
+        let panels_per_call = if m == 1 {
+            PANELS_PER_ROW
+        } else {
+            PANELS_PER_TASK
+        };
+        for_each_block(self.rows, m, panels_per_call, |rows, panel0, panels| {
+            let dst = &dst;
+            let mut i = rows.start;
+            while i < rows.end {
+                let tile = ROW_TILE.min(rows.end - i);
+                // Safety: this block's elements are written by no other task.
+                unsafe { self.exact_tile(x, i, tile, panel0, panels, dst.0) };
+                i += tile;
+            }
+        });
+        out
+    }
+
+    /// Safety: `out` is the `[m, rows]` output; only this tile's elements are written.
+    unsafe fn exact_tile(
+        &self,
+        x: &[f32],
+        i0: usize,
+        rows: usize,
+        panel0: usize,
+        panels: usize,
+        out: *mut f32,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                // Safety: the CPU has the feature; forwarded.
+                return unsafe { exact::tile(self, x, i0, rows, panel0, panels, out) };
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // Safety: as above.
+                return unsafe { self.exact_tile_fma(x, i0, rows, panel0, panels, out) };
+            }
+        }
+        // Safety: forwarded.
+        unsafe { self.exact_tile_portable::<Plain>(x, i0, rows, panel0, panels, out) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn exact_tile_fma(
+        &self,
+        x: &[f32],
+        i0: usize,
+        rows: usize,
+        panel0: usize,
+        panels: usize,
+        out: *mut f32,
+    ) {
+        // Safety: forwarded.
+        unsafe { self.exact_tile_portable::<Fused>(x, i0, rows, panel0, panels, out) }
+    }
+
+    /// One chain per output over k in order, one output at a time (vectorised by the compiler
+    /// where the CPU allows).
+    #[inline(always)]
+    unsafe fn exact_tile_portable<F: Fma>(
+        &self,
+        x: &[f32],
+        i0: usize,
+        rows: usize,
+        panel0: usize,
+        panels: usize,
+        out: *mut f32,
+    ) {
+        let k = self.cols;
+        let c0 = panel0 * PANEL;
+        let c1 = ((panel0 + panels) * PANEL).min(self.rows);
+        for i in i0..i0 + rows {
+            let xr = &x[i * k..(i + 1) * k];
+            for j in c0..c1 {
+                let acc = xr.iter().enumerate().fold(0.0f32, |acc, (c, &xc)| {
+                    F::fma(xc, self.values[index(self.pairs, j, c)].to_f32(), acc)
+                });
+                // Safety: (i, j) lies in this tile.
+                unsafe { *out.add(i * self.rows + j) = acc };
+            }
+        }
+    }
+
+    /// `x` is `[m, cols]`; returns `[m, rows]` = x W^T, x rounded to bf16 (`dtype: w16a16`).
+    pub fn matmul_dot(&self, x: &[f32], m: usize) -> Vec<f32> {
         debug_assert_eq!(x.len(), m * self.cols);
         let acts = self.round_activations(x, m);
         let mut out = vec![0.0f32; m * self.rows];
@@ -194,16 +291,131 @@ fn dot_available() -> bool {
     std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
 }
 
+/// The exact product's AVX-512 kernel: per pair of k, C 64-byte loads widened by a shift
+/// (the even k) and a mask (the odd k), each times R broadcast x values, in k order.
+#[cfg(target_arch = "x86_64")]
+mod exact {
+    use std::arch::x86_64::*;
+
+    use super::{Bf16Weights, PAIR, PANEL};
+
+    /// Safety: needs AVX-512F; see `Bf16Weights::exact_tile`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile(
+        w: &Bf16Weights,
+        x: &[f32],
+        i0: usize,
+        rows: usize,
+        panel0: usize,
+        panels: usize,
+        out: *mut f32,
+    ) {
+        macro_rules! shapes {
+            ($($r:literal),*) => {
+                match (rows, panels) {
+                    (1, 8) => unsafe { tile_rc::<1, 8>(w, x, i0, panel0, out) },
+                    (1, 7) => unsafe { tile_rc::<1, 7>(w, x, i0, panel0, out) },
+                    (1, 6) => unsafe { tile_rc::<1, 6>(w, x, i0, panel0, out) },
+                    (1, 5) => unsafe { tile_rc::<1, 5>(w, x, i0, panel0, out) },
+                    $(
+                        ($r, 4) => unsafe { tile_rc::<$r, 4>(w, x, i0, panel0, out) },
+                        ($r, 3) => unsafe { tile_rc::<$r, 3>(w, x, i0, panel0, out) },
+                        ($r, 2) => unsafe { tile_rc::<$r, 2>(w, x, i0, panel0, out) },
+                        ($r, _) => unsafe { tile_rc::<$r, 1>(w, x, i0, panel0, out) },
+                    )*
+                    _ => unreachable!("row tiles hold 1 to 6 rows"),
+                }
+            };
+        }
+        shapes!(1, 2, 3, 4, 5, 6)
+    }
+
+    // Index loops over register tiles read clearer than iterator chains here.
+    #[allow(clippy::needless_range_loop)]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_rc<const R: usize, const C: usize>(
+        w: &Bf16Weights,
+        x: &[f32],
+        i0: usize,
+        panel0: usize,
+        out: *mut f32,
+    ) {
+        let (k, pairs) = (w.cols, w.pairs);
+        let wp = w.values.as_ptr();
+        let xp = x.as_ptr();
+        let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        // Whole pairs; an odd last column has only its even half.
+        for p in 0..k / PAIR {
+            // Safety: panel (panel0 + c) has `pairs` pairs of 16 lanes; row i0 + r of x has
+            // k values and 2p + 1 < k.
+            unsafe {
+                let mut v = [_mm512_setzero_si512(); C];
+                let mut half = [_mm512_setzero_ps(); C];
+                for c in 0..C {
+                    let at = ((panel0 + c) * pairs + p) * PANEL * PAIR;
+                    v[c] = _mm512_loadu_si512(wp.add(at) as *const __m512i);
+                    half[c] = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v[c]));
+                }
+                for r in 0..R {
+                    let xv = _mm512_set1_ps(*xp.add((i0 + r) * k + PAIR * p));
+                    for c in 0..C {
+                        acc[r][c] = _mm512_fmadd_ps(xv, half[c], acc[r][c]);
+                    }
+                }
+                for c in 0..C {
+                    half[c] = _mm512_castsi512_ps(_mm512_and_si512(v[c], high));
+                }
+                for r in 0..R {
+                    let xv = _mm512_set1_ps(*xp.add((i0 + r) * k + PAIR * p + 1));
+                    for c in 0..C {
+                        acc[r][c] = _mm512_fmadd_ps(xv, half[c], acc[r][c]);
+                    }
+                }
+            }
+        }
+        if k % PAIR == 1 {
+            let p = k / PAIR;
+            // Safety: as above; the last pair's even half is column k - 1.
+            unsafe {
+                for c in 0..C {
+                    let at = ((panel0 + c) * pairs + p) * PANEL * PAIR;
+                    let v = _mm512_loadu_si512(wp.add(at) as *const __m512i);
+                    let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
+                    for r in 0..R {
+                        let xv = _mm512_set1_ps(*xp.add((i0 + r) * k + k - 1));
+                        acc[r][c] = _mm512_fmadd_ps(xv, even, acc[r][c]);
+                    }
+                }
+            }
+        }
+        for c in 0..C {
+            let col = (panel0 + c) * PANEL;
+            let valid = w.rows.saturating_sub(col).min(PANEL);
+            let mask: __mmask16 = if valid == PANEL {
+                0xffff
+            } else {
+                (1u16 << valid) - 1
+            };
+            for r in 0..R {
+                // Safety: only the valid columns of this row are written.
+                unsafe { _mm512_mask_storeu_ps(out.add((i0 + r) * w.rows + col), mask, acc[r][c]) };
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod dot {
     use std::arch::x86_64::*;
 
-    use super::{W16a16, PAIR, PANEL};
+    use super::{Bf16Weights, PAIR, PANEL};
 
-    /// Safety: needs AVX-512F and AVX-512 BF16; see `W16a16::tile`.
+    /// Safety: needs AVX-512F and AVX-512 BF16; see `Bf16Weights::tile`.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn tile(
-        w: &W16a16,
+        w: &Bf16Weights,
         acts: &[u32],
         i0: usize,
         rows: usize,
@@ -232,7 +444,7 @@ mod dot {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn tile_rc<const R: usize, const C: usize>(
-        w: &W16a16,
+        w: &Bf16Weights,
         acts: &[u32],
         i0: usize,
         panel0: usize,
@@ -317,10 +529,10 @@ mod tests {
                 .into_iter()
                 .map(bf16::from_f32)
                 .collect();
-            let w = W16a16::pack(n, k, &data);
-            let got = w.matmul(&x, m);
+            let w = Bf16Weights::pack(n, k, &data);
+            let got = w.matmul_dot(&x, m);
             for i in 0..m {
-                let alone = w.matmul(&x[i * k..(i + 1) * k], 1);
+                let alone = w.matmul_dot(&x[i * k..(i + 1) * k], 1);
                 assert!(
                     bits(&alone) == bits(&got[i * n..(i + 1) * n]),
                     "{m}x{n}x{k}: row {i} alone"
@@ -349,6 +561,47 @@ mod tests {
             w.row_into(n - 1, &mut row);
             let want: Vec<f32> = data[(n - 1) * k..].iter().map(|v| v.to_f32()).collect();
             assert_eq!(row, want);
+        }
+    }
+
+    /// The exact product equals f32 weights holding the same values, bit for bit, on every
+    /// path and batch (odd k, a single row's eight-panel tiles, partial panels).
+    #[test]
+    fn exact_product_is_f32_arithmetic_on_every_path() {
+        for &(m, n, k, seed) in &[
+            (1, 1, 1, 1),
+            (1, 300, 577, 2),
+            (7, 130, 65, 3),
+            (13, 67, 100, 4),
+        ] {
+            let x = random(seed, m * k);
+            let data: Vec<bf16> = random(seed + 100, n * k)
+                .into_iter()
+                .map(bf16::from_f32)
+                .collect();
+            let w = Bf16Weights::pack(n, k, &data);
+            let widened: Vec<f32> = data.iter().map(|v| v.to_f32()).collect();
+            let f32_product = super::super::matmul::Matrix::f32(n, k, widened).matmul(&x, m, None);
+            let got = w.matmul_exact(&x, m);
+            assert!(
+                bits(&got) == bits(&f32_product),
+                "{m}x{n}x{k}: against f32 weights"
+            );
+            for i in 0..m {
+                let alone = w.matmul_exact(&x[i * k..(i + 1) * k], 1);
+                assert!(
+                    bits(&alone) == bits(&got[i * n..(i + 1) * n]),
+                    "{m}x{n}x{k} row {i}"
+                );
+            }
+            let mut portable = vec![0.0; m * n];
+            for panel0 in (0..n.div_ceil(PANEL)).step_by(4) {
+                let panels = 4.min(n.div_ceil(PANEL) - panel0);
+                unsafe {
+                    w.exact_tile_portable::<Fused>(&x, 0, m, panel0, panels, portable.as_mut_ptr())
+                };
+            }
+            assert!(bits(&portable) == bits(&got), "{m}x{n}x{k}: portable path");
         }
     }
 
