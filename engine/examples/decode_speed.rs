@@ -4,6 +4,10 @@
 //! `FORMAT=f32|bf16|int8|w8a8|w16a16|w4a8 cargo run --release -p rosetta-engine --example decode_speed -- MODEL_DIR [TOKENS] [PROMPT_TOKENS]`
 use std::time::Instant;
 
+#[path = "support/bandwidth.rs"]
+mod bandwidth;
+use bandwidth::read_bandwidth;
+
 use rosetta_engine::kv::{KvDtype, KvLayout, KvPool};
 use rosetta_engine::model::{LogitRows, SeqChunk, Transformer, WeightFormat};
 
@@ -77,7 +81,7 @@ fn run() {
     let bytes = model.bytes_per_token();
     let mut shares = Vec::new();
     let mut pos = prompt_len;
-    let probe = vec![1u64; 1 << 27];
+    let probe = bandwidth::probe();
     for round in 0..rounds {
         let bandwidth = read_bandwidth(&probe);
         let t = Instant::now();
@@ -113,20 +117,4 @@ fn run() {
         shares[0] * 100.0,
         shares[rounds - 1] * 100.0
     );
-}
-
-/// Bytes per second all threads read from a 1 GiB buffer (far beyond the caches), best of 5.
-fn read_bandwidth(data: &[u64]) -> f64 {
-    use rayon::prelude::*;
-    let mut best = 0.0f64;
-    for _ in 0..5 {
-        let t = Instant::now();
-        let sum: u64 = data
-            .par_chunks(1 << 16)
-            .map(|c| c.iter().fold(0u64, |a, &v| a.wrapping_add(v)))
-            .sum();
-        std::hint::black_box(sum);
-        best = best.max((data.len() * 8) as f64 / t.elapsed().as_secs_f64());
-    }
-    best
 }

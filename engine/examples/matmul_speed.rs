@@ -8,6 +8,10 @@
 //! `SHAPE=n,k` measures one shape instead of the model's four.
 use std::time::Instant;
 
+#[path = "support/bandwidth.rs"]
+mod bandwidth;
+use bandwidth::read_bandwidth;
+
 use rosetta_engine::model::matmul::Matrix;
 
 /// SmolLM2-135M's gate+up, q/o and k/v, and down shapes.
@@ -92,7 +96,7 @@ fn stream(shapes: &[(usize, usize)]) {
         }
         best = best.min(t.elapsed().as_secs_f64() / reps as f64);
     }
-    let bandwidth = read_bandwidth();
+    let bandwidth = read_bandwidth(&bandwidth::probe());
     println!(
         "{} matrices, {:.1} MB: {:.2} ms per pass, {:.1} GB/s; read bandwidth {:.1} GB/s: {:.0}%",
         layers.len(),
@@ -102,21 +106,4 @@ fn stream(shapes: &[(usize, usize)]) {
         bandwidth / 1e9,
         bytes as f64 / best / bandwidth * 100.0
     );
-}
-
-/// Bytes per second all threads read from a 1 GiB buffer, best of 5 (as `decode_speed`).
-fn read_bandwidth() -> f64 {
-    use rayon::prelude::*;
-    let data = vec![1u64; 1 << 27];
-    let mut best = 0.0f64;
-    for _ in 0..5 {
-        let t = Instant::now();
-        let sum: u64 = data
-            .par_chunks(1 << 16)
-            .map(|c| c.iter().fold(0u64, |a, &v| a.wrapping_add(v)))
-            .sum();
-        std::hint::black_box(sum);
-        best = best.max((data.len() * 8) as f64 / t.elapsed().as_secs_f64());
-    }
-    best
 }

@@ -108,6 +108,19 @@ fn check_with(spec: DemoSpec, format: WeightFormat, kv: KvDtype) -> Drift {
     drift
 }
 
+/// Every architecture's tiny generated model (with a seed), and the benchmark's shape.
+const EVERY_MODEL: [(Arch, Size, u64); 9] = [
+    (Arch::Llama, Size::Tiny, 1),
+    (Arch::Mistral, Size::Tiny, 2),
+    (Arch::Qwen2, Size::Tiny, 3),
+    (Arch::Qwen3, Size::Tiny, 4),
+    (Arch::Mixtral, Size::Tiny, 6),
+    (Arch::Cohere, Size::Tiny, 7),
+    (Arch::Cohere2, Size::Tiny, 7),
+    (Arch::Bloom, Size::Tiny, 12),
+    (Arch::Llama, Size::Small, 0),
+];
+
 /// The stated bounds: per-row int8 is near-lossless (llama.cpp's Q8_0 reports KL ~1e-4 to
 /// 1e-3 on real models); random weights make every logit matter, so the bound is looser.
 fn assert_close(d: &Drift) {
@@ -196,17 +209,7 @@ fn w8a8_stays_close_to_f32_on_every_architecture() {
 /// int8's, on every architecture and the benchmark's shape.
 #[test]
 fn bf16_kv_cache_stays_close_to_f32_on_every_architecture() {
-    for (arch, size, seed) in [
-        (Arch::Llama, Size::Tiny, 1),
-        (Arch::Mistral, Size::Tiny, 2),
-        (Arch::Qwen2, Size::Tiny, 3),
-        (Arch::Qwen3, Size::Tiny, 4),
-        (Arch::Mixtral, Size::Tiny, 6),
-        (Arch::Cohere, Size::Tiny, 7),
-        (Arch::Cohere2, Size::Tiny, 7),
-        (Arch::Bloom, Size::Tiny, 12),
-        (Arch::Llama, Size::Small, 0),
-    ] {
+    for (arch, size, seed) in EVERY_MODEL {
         let d = check_with(
             DemoSpec::new(arch, size, seed),
             WeightFormat::F32,
@@ -225,17 +228,7 @@ fn bf16_kv_cache_stays_close_to_f32_on_every_architecture() {
 /// int8's, on every architecture and the benchmark's shape.
 #[test]
 fn w16a16_stays_close_to_f32_on_every_architecture() {
-    for (arch, size, seed) in [
-        (Arch::Llama, Size::Tiny, 1),
-        (Arch::Mistral, Size::Tiny, 2),
-        (Arch::Qwen2, Size::Tiny, 3),
-        (Arch::Qwen3, Size::Tiny, 4),
-        (Arch::Mixtral, Size::Tiny, 6),
-        (Arch::Cohere, Size::Tiny, 7),
-        (Arch::Cohere2, Size::Tiny, 7),
-        (Arch::Bloom, Size::Tiny, 12),
-        (Arch::Llama, Size::Small, 0),
-    ] {
+    for (arch, size, seed) in EVERY_MODEL {
         let d = check_as(DemoSpec::new(arch, size, seed), WeightFormat::W16a16);
         assert!(d.mean_kl < 5e-4, "{arch:?}: mean KL {}", d.mean_kl);
         assert!(d.max_kl < 2e-3, "{arch:?}: max KL {}", d.max_kl);
@@ -253,17 +246,7 @@ fn w16a16_stays_close_to_f32_on_every_architecture() {
 /// sit over those figures; wrong nibbles give a nat or more (measured by permuting them).
 #[test]
 fn w4a8_stays_close_to_f32_on_every_architecture() {
-    for (arch, size, seed) in [
-        (Arch::Llama, Size::Tiny, 1),
-        (Arch::Mistral, Size::Tiny, 2),
-        (Arch::Qwen2, Size::Tiny, 3),
-        (Arch::Qwen3, Size::Tiny, 4),
-        (Arch::Mixtral, Size::Tiny, 6),
-        (Arch::Cohere, Size::Tiny, 7),
-        (Arch::Cohere2, Size::Tiny, 7),
-        (Arch::Bloom, Size::Tiny, 12),
-        (Arch::Llama, Size::Small, 0),
-    ] {
+    for (arch, size, seed) in EVERY_MODEL {
         let d = check_as(DemoSpec::new(arch, size, seed), WeightFormat::W4a8);
         assert!(d.mean_kl < 0.25, "{arch:?}: mean KL {}", d.mean_kl);
         assert!(d.max_kl < 0.6, "{arch:?}: max KL {}", d.max_kl);

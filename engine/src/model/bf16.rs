@@ -20,16 +20,16 @@
 
 use half::bf16;
 
+use rayon::prelude::*;
+
 use super::matmul::{
-    for_each_block, Fma, Fused, Plain, SharedOut, PANELS_PER_ROW, PANELS_PER_TASK,
+    rows_per_thread, tiled_product, Fma, Fused, Plain, PANELS_PER_ROW, PANELS_PER_TASK,
 };
 
 /// Output columns per panel: one AVX-512 vector of f32.
 const PANEL: usize = 16;
 /// k values per 32-bit lane.
 const PAIR: usize = 2;
-/// Rows of x per register tile.
-const ROW_TILE: usize = 6;
 
 /// A bf16 weight matrix, packed in pairs along k.
 pub struct Bf16Weights {
@@ -74,25 +74,16 @@ impl Bf16Weights {
     /// `x` is `[m, cols]`; returns `[m, rows]` = x W^T in f32 arithmetic (`dtype: bf16`).
     pub fn matmul_exact(&self, x: &[f32], m: usize) -> Vec<f32> {
         debug_assert_eq!(x.len(), m * self.cols);
-        let mut out = vec![0.0f32; m * self.rows];
-        let dst = SharedOut(out.as_mut_ptr());
         // One row keeps one accumulator per panel: eight panels keep eight chains in flight.
-        let panels_per_call = if m == 1 {
+        let panels = if m == 1 {
             PANELS_PER_ROW
         } else {
             PANELS_PER_TASK
         };
-        for_each_block(self.rows, m, panels_per_call, |rows, panel0, panels| {
-            let dst = &dst;
-            let mut i = rows.start;
-            while i < rows.end {
-                let tile = ROW_TILE.min(rows.end - i);
-                // Safety: this block's elements are written by no other task.
-                unsafe { self.exact_tile(x, i, tile, panel0, panels, dst.0) };
-                i += tile;
-            }
-        });
-        out
+        tiled_product(self.rows, m, panels, panels, |i, rows, p, panels, out| {
+            // Safety: tiles never overlap (`tiled_product`).
+            unsafe { self.exact_tile(x, i, rows, p, panels, out) }
+        })
     }
 
     /// Safety: `out` is the `[m, rows]` output; only this tile's elements are written.
@@ -166,19 +157,16 @@ impl Bf16Weights {
     pub fn matmul_dot(&self, x: &[f32], m: usize) -> Vec<f32> {
         debug_assert_eq!(x.len(), m * self.cols);
         let acts = self.round_activations(x, m);
-        let mut out = vec![0.0f32; m * self.rows];
-        let dst = SharedOut(out.as_mut_ptr());
-        for_each_block(self.rows, m, PANELS_PER_TASK, |rows, panel0, panels| {
-            let dst = &dst;
-            let mut i = rows.start;
-            while i < rows.end {
-                let tile = ROW_TILE.min(rows.end - i);
-                // Safety: this block's elements are written by no other task.
-                unsafe { self.tile(&acts, i, tile, panel0, panels, dst.0) };
-                i += tile;
-            }
-        });
-        out
+        tiled_product(
+            self.rows,
+            m,
+            PANELS_PER_TASK,
+            PANELS_PER_TASK,
+            |i, rows, p, panels, out| {
+                // Safety: tiles never overlap (`tiled_product`).
+                unsafe { self.tile(&acts, i, rows, p, panels, out) }
+            },
+        )
     }
 
     /// x rounded to bf16 (to nearest even), two per 32-bit lane: `[m][pairs]`, the even
@@ -193,17 +181,10 @@ impl Bf16Weights {
                 *d = u32::from(even) | u32::from(odd) << 16;
             }
         };
-        // Rows are independent: a prefill chunk's are rounded across threads.
-        if m * k >= 1 << 16 {
-            use rayon::prelude::*;
-            x.par_chunks_exact(k.max(1))
-                .zip(lanes.par_chunks_exact_mut(pairs.max(1)))
-                .for_each(round_row);
-        } else {
-            x.chunks_exact(k.max(1))
-                .zip(lanes.chunks_exact_mut(pairs.max(1)))
-                .for_each(round_row);
-        }
+        x.par_chunks_exact(k.max(1))
+            .zip(lanes.par_chunks_exact_mut(pairs.max(1)))
+            .with_min_len(rows_per_thread(m, k))
+            .for_each(round_row);
         lanes
     }
 
@@ -297,6 +278,7 @@ fn dot_available() -> bool {
 mod exact {
     use std::arch::x86_64::*;
 
+    use super::super::matmul::tile_shapes;
     use super::{Bf16Weights, PAIR, PANEL};
 
     /// Safety: needs AVX-512F; see `Bf16Weights::exact_tile`.
@@ -310,24 +292,8 @@ mod exact {
         panels: usize,
         out: *mut f32,
     ) {
-        macro_rules! shapes {
-            ($($r:literal),*) => {
-                match (rows, panels) {
-                    (1, 8) => unsafe { tile_rc::<1, 8>(w, x, i0, panel0, out) },
-                    (1, 7) => unsafe { tile_rc::<1, 7>(w, x, i0, panel0, out) },
-                    (1, 6) => unsafe { tile_rc::<1, 6>(w, x, i0, panel0, out) },
-                    (1, 5) => unsafe { tile_rc::<1, 5>(w, x, i0, panel0, out) },
-                    $(
-                        ($r, 4) => unsafe { tile_rc::<$r, 4>(w, x, i0, panel0, out) },
-                        ($r, 3) => unsafe { tile_rc::<$r, 3>(w, x, i0, panel0, out) },
-                        ($r, 2) => unsafe { tile_rc::<$r, 2>(w, x, i0, panel0, out) },
-                        ($r, _) => unsafe { tile_rc::<$r, 1>(w, x, i0, panel0, out) },
-                    )*
-                    _ => unreachable!("row tiles hold 1 to 6 rows"),
-                }
-            };
-        }
-        shapes!(1, 2, 3, 4, 5, 6)
+        // Safety: forwarded; the tile lies inside x, the weights and the output.
+        unsafe { tile_shapes!(tile_rc, rows, panels, (w, x, i0, panel0, out)) }
     }
 
     // Index loops over register tiles read clearer than iterator chains here.
@@ -392,12 +358,7 @@ mod exact {
         }
         for c in 0..C {
             let col = (panel0 + c) * PANEL;
-            let valid = w.rows.saturating_sub(col).min(PANEL);
-            let mask: __mmask16 = if valid == PANEL {
-                0xffff
-            } else {
-                (1u16 << valid) - 1
-            };
+            let mask = super::super::matmul::panel_mask(w.rows, col);
             for r in 0..R {
                 // Safety: only the valid columns of this row are written.
                 unsafe { _mm512_mask_storeu_ps(out.add((i0 + r) * w.rows + col), mask, acc[r][c]) };
@@ -477,12 +438,7 @@ mod dot {
         }
         for c in 0..C {
             let col = (panel0 + c) * PANEL;
-            let valid = w.rows.saturating_sub(col).min(PANEL);
-            let mask: __mmask16 = if valid == PANEL {
-                0xffff
-            } else {
-                (1u16 << valid) - 1
-            };
+            let mask = super::super::matmul::panel_mask(w.rows, col);
             for r in 0..R {
                 // Safety: only the valid columns of this row are written.
                 unsafe { _mm512_mask_storeu_ps(out.add((i0 + r) * w.rows + col), mask, acc[r][c]) };

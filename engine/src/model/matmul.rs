@@ -309,6 +309,50 @@ unsafe fn scale_block(block: &Block, scales: &[f32], out: *mut f32) {
     }
 }
 
+/// An `[m, n]` product computed by `tile(i0, rows, panel0, panels, out)` on every register
+/// tile, in parallel (see [`for_each_block`]): rows of x in tiles of up to six, each block's
+/// panels `panels_per_tile` at a time. `out` is the `[m, n]` output, zeroed; a tile must write
+/// only its own elements (no two tiles overlap). For the formats with kernels of their own.
+pub(super) fn tiled_product(
+    n: usize,
+    m: usize,
+    panels_per_call: usize,
+    panels_per_tile: usize,
+    tile: impl Fn(usize, usize, usize, usize, *mut f32) + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; m * n];
+    let dst = SharedOut(out.as_mut_ptr());
+    for_each_block(n, m, panels_per_call, |rows, panel0, panels| {
+        let dst = &dst;
+        let mut i = rows.start;
+        while i < rows.end {
+            let r = ROW_TILE.min(rows.end - i);
+            for p in (panel0..panel0 + panels).step_by(panels_per_tile) {
+                tile(i, r, p, panels_per_tile.min(panel0 + panels - p), dst.0);
+            }
+            i += r;
+        }
+    });
+    out
+}
+
+/// The fewest rows of x a thread takes when activations are prepared (quantized or rounded)
+/// row by row before a product: a large batch (a prefill chunk) is split across threads, so
+/// the pass does not run on one core while the product waits; a small one stays whole.
+pub(super) fn rows_per_thread(m: usize, k: usize) -> usize {
+    if m * k >= 1 << 16 {
+        1
+    } else {
+        m.max(1)
+    }
+}
+
+/// The lanes of the 16-column panel starting at column `col` that hold one of `n` outputs.
+pub(super) fn panel_mask(n: usize, col: usize) -> u16 {
+    let valid = n.saturating_sub(col).min(PANEL);
+    ((1u32 << valid) - 1) as u16
+}
+
 /// The output pointer shared by the parallel tasks, each writing its own elements.
 pub(super) struct SharedOut(pub(super) *mut f32);
 // Safety: tasks write disjoint elements (see `Matrix::matmul`).
@@ -410,6 +454,10 @@ unsafe fn kernel_avx2<W: Weight>(block: &Block, w: &[W], out: *mut f32) {
 /// Calls `$f::<generics.., R, C>` for the runtime tile shape (R rows ≤ 6, C panels ≤ 4; a
 /// single row, up to 8).
 macro_rules! tile_shapes {
+    // A kernel with no other generics (rustfmt writes `f::<>` as `f`).
+    ($f:ident, $r:expr, $c:expr, ($($arg:expr),*)) => {
+        tile_shapes!($f::<>, $r, $c, ($($arg),*))
+    };
     ($f:ident::<$($g:ty),*>, $r:expr, $c:expr, ($($arg:expr),*)) => {
         match ($r, $c) {
             (6, 4) => $f::<$($g,)* 6, 4>($($arg),*),
@@ -443,6 +491,7 @@ macro_rules! tile_shapes {
         }
     };
 }
+pub(super) use tile_shapes;
 
 /// Walks a block in register tiles: rows of x in sixes, the block's panels all at once.
 #[inline(always)]
@@ -505,12 +554,7 @@ mod avx512 {
         for r in 0..R {
             for c in 0..C {
                 let col = (b.panel0 + c) * PANEL;
-                let valid = b.n.saturating_sub(col).min(PANEL);
-                let mask: __mmask16 = if valid == PANEL {
-                    0xffff
-                } else {
-                    (1u16 << valid) - 1
-                };
+                let mask = super::panel_mask(b.n, col);
                 // Safety: only the valid columns of this row are written.
                 unsafe {
                     _mm512_mask_storeu_ps(out.add((i0 + r) * b.n + col), mask, acc[r][c]);

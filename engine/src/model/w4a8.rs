@@ -16,7 +16,9 @@
 //! `[rows / 16][cols / 32][4][16][4]` bytes, and the scales as `[rows / 16][cols / 32][16]`.
 //! Columns past the last are zero weights.
 
-use super::matmul::{for_each_block, SharedOut, PANELS_PER_TASK};
+use rayon::prelude::*;
+
+use super::matmul::{rows_per_thread, tiled_product, PANELS_PER_TASK};
 use super::w8a8::quantize_row;
 
 /// Output columns per panel: one AVX-512 vector.
@@ -27,8 +29,6 @@ const GROUP: usize = 4;
 const BLOCK: usize = 32;
 /// 64-byte vectors per panel per block (two groups each).
 const VECTORS: usize = BLOCK / GROUP / 2;
-/// Rows of x per register tile.
-const ROW_TILE: usize = 6;
 /// Panels per register tile: two keep 6 × 2 integer and 6 × 2 f32 sums in registers. A
 /// single row takes four, each with two integer sums so that more `vpdpbusd` chains are in
 /// flight (a row alone is bound by their latency, not by the weights' bytes).
@@ -113,23 +113,17 @@ impl W4a8 {
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         debug_assert_eq!(x.len(), m * self.cols);
         let acts = self.quantize_activations(x, m);
-        let mut out = vec![0.0f32; m * self.rows];
-        let dst = SharedOut(out.as_mut_ptr());
-        for_each_block(self.rows, m, PANELS_PER_TASK, |rows, panel0, panels| {
-            let dst = &dst;
-            let mut i = rows.start;
-            let step = if m == 1 { ROW_PANELS } else { TILE_PANELS };
-            while i < rows.end {
-                let tile = ROW_TILE.min(rows.end - i);
-                for p in (panel0..panel0 + panels).step_by(step) {
-                    let width = step.min(panel0 + panels - p);
-                    // Safety: this block's elements are written by no other task.
-                    unsafe { self.tile(&acts, i, tile, p, width, dst.0) };
-                }
-                i += tile;
-            }
-        });
-        out
+        let step = if m == 1 { ROW_PANELS } else { TILE_PANELS };
+        tiled_product(
+            self.rows,
+            m,
+            PANELS_PER_TASK,
+            step,
+            |i, rows, p, panels, out| {
+                // Safety: tiles never overlap (`tiled_product`).
+                unsafe { self.tile(&acts, i, rows, p, panels, out) }
+            },
+        )
     }
 
     fn quantize_activations(&self, x: &[f32], m: usize) -> Activations {
@@ -149,27 +143,15 @@ impl W4a8 {
                 *s = block.iter().map(|&v| i32::from(v)).sum();
             }
         };
-        // Rows are independent: a prefill chunk's are quantized across threads.
-        if m * k >= 1 << 16 {
-            use rayon::prelude::*;
-            x.par_chunks_exact(k.max(1))
-                .zip(bytes.par_chunks_exact_mut(width.max(1)))
-                .zip(
-                    scales
-                        .par_iter_mut()
-                        .zip(sums.par_chunks_exact_mut(self.blocks.max(1))),
-                )
-                .for_each(quantize_one);
-        } else {
-            x.chunks_exact(k.max(1))
-                .zip(bytes.chunks_exact_mut(width.max(1)))
-                .zip(
-                    scales
-                        .iter_mut()
-                        .zip(sums.chunks_exact_mut(self.blocks.max(1))),
-                )
-                .for_each(quantize_one);
-        }
+        x.par_chunks_exact(k.max(1))
+            .zip(bytes.par_chunks_exact_mut(width.max(1)))
+            .zip(
+                scales
+                    .par_iter_mut()
+                    .zip(sums.par_chunks_exact_mut(self.blocks.max(1))),
+            )
+            .with_min_len(rows_per_thread(m, k))
+            .for_each(quantize_one);
         Activations {
             bytes,
             scales,
@@ -368,12 +350,7 @@ mod vnni {
         }
         for c in 0..C {
             let col = (panel0 + c) * PANEL;
-            let valid = w.rows.saturating_sub(col).min(PANEL);
-            let mask: __mmask16 = if valid == PANEL {
-                0xffff
-            } else {
-                (1u16 << valid) - 1
-            };
+            let mask = super::super::matmul::panel_mask(w.rows, col);
             for r in 0..R {
                 let i = i0 + r;
                 let v = _mm512_mul_ps(acc[r][c], _mm512_set1_ps(acts.scales[i]));

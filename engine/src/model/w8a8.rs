@@ -12,14 +12,14 @@
 //! Layout: panels of 16 output columns with k in groups of 4 (one 32-bit lane):
 //! `[rows / 16][cols / 4][16][4]`, zero-padded.
 
-use super::matmul::{for_each_block, SharedOut, PANELS_PER_TASK};
+use rayon::prelude::*;
+
+use super::matmul::{rows_per_thread, tiled_product, PANELS_PER_TASK};
 
 /// Output columns per panel: one AVX-512 vector of i32.
 const PANEL: usize = 16;
 /// k values per 32-bit lane.
 const GROUP: usize = 4;
-/// Rows of x per register tile.
-const ROW_TILE: usize = 6;
 
 /// A weight matrix for W8A8 products.
 pub struct W8a8 {
@@ -181,39 +181,27 @@ impl W8a8 {
         debug_assert_eq!(x.len(), m * self.cols);
         let (n, k) = (self.rows, self.cols);
         let acts = self.quantize_activations(x, m, k);
-        let mut out = vec![0.0f32; m * n];
-        let dst = SharedOut(out.as_mut_ptr());
-        for_each_block(n, m, PANELS_PER_TASK, |rows, panel0, panels| {
-            let dst = &dst;
-            let mut i = rows.start;
-            while i < rows.end {
-                let tile = ROW_TILE.min(rows.end - i);
-                // Safety: this block's elements are written by no other task.
-                unsafe { self.tile(&acts, i, tile, panel0, panels, dst.0) };
-                i += tile;
-            }
-        });
-        out
+        tiled_product(
+            n,
+            m,
+            PANELS_PER_TASK,
+            PANELS_PER_TASK,
+            |i, rows, p, panels, out| {
+                // Safety: tiles never overlap (`tiled_product`).
+                unsafe { self.tile(&acts, i, rows, p, panels, out) }
+            },
+        )
     }
 
     fn quantize_activations(&self, x: &[f32], m: usize, k: usize) -> Activations {
         let width = self.groups * GROUP;
         let mut bytes = vec![128u8; m * width];
         let mut scales = vec![0.0f32; m];
-        // Rows are independent: a large batch (a prefill chunk) is split across threads, so
-        // this pass does not run on one core while the product waits.
-        if m * k >= 1 << 16 {
-            use rayon::prelude::*;
-            x.par_chunks_exact(k.max(1))
-                .zip(bytes.par_chunks_exact_mut(width))
-                .zip(scales.par_iter_mut())
-                .for_each(|((row, dst), scale)| *scale = quantize_row(row, dst));
-        } else {
-            let rows = x.chunks_exact(k.max(1)).zip(bytes.chunks_exact_mut(width));
-            for ((row, dst), scale) in rows.zip(scales.iter_mut()) {
-                *scale = quantize_row(row, dst);
-            }
-        }
+        x.par_chunks_exact(k.max(1))
+            .zip(bytes.par_chunks_exact_mut(width))
+            .zip(scales.par_iter_mut())
+            .with_min_len(rows_per_thread(m, k))
+            .for_each(|((row, dst), scale)| *scale = quantize_row(row, dst));
         Activations { bytes, scales }
     }
 
@@ -359,12 +347,7 @@ mod vnni {
         }
         for c in 0..C {
             let col = (panel0 + c) * PANEL;
-            let valid = w.rows.saturating_sub(col).min(PANEL);
-            let mask: __mmask16 = if valid == PANEL {
-                0xffff
-            } else {
-                (1u16 << valid) - 1
-            };
+            let mask = super::super::matmul::panel_mask(w.rows, col);
             // Safety: only the valid columns are read and written.
             unsafe {
                 let offsets = _mm512_maskz_loadu_epi32(mask, w.offsets.as_ptr().add(col));
