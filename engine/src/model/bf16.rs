@@ -278,7 +278,7 @@ fn dot_available() -> bool {
 mod exact {
     use std::arch::x86_64::*;
 
-    use super::super::matmul::tile_shapes;
+    use super::super::matmul::row_tile_shapes;
     use super::{Bf16Weights, PAIR, PANEL};
 
     /// Safety: needs AVX-512F; see `Bf16Weights::exact_tile`.
@@ -293,7 +293,7 @@ mod exact {
         out: *mut f32,
     ) {
         // Safety: forwarded; the tile lies inside x, the weights and the output.
-        unsafe { tile_shapes!(tile_rc, rows, panels, (w, x, i0, panel0, out)) }
+        unsafe { row_tile_shapes!(tile_rc, rows, panels, (w, x, i0, panel0, out)) }
     }
 
     // Index loops over register tiles read clearer than iterator chains here.
@@ -371,6 +371,7 @@ mod exact {
 mod dot {
     use std::arch::x86_64::*;
 
+    use super::super::matmul::tile_shapes;
     use super::{Bf16Weights, PAIR, PANEL};
 
     /// Safety: needs AVX-512F and AVX-512 BF16; see `Bf16Weights::tile`.
@@ -384,20 +385,8 @@ mod dot {
         panels: usize,
         out: *mut f32,
     ) {
-        macro_rules! shapes {
-            ($($r:literal),*) => {
-                match (rows, panels) {
-                    $(
-                        ($r, 4) => unsafe { tile_rc::<$r, 4>(w, acts, i0, panel0, out) },
-                        ($r, 3) => unsafe { tile_rc::<$r, 3>(w, acts, i0, panel0, out) },
-                        ($r, 2) => unsafe { tile_rc::<$r, 2>(w, acts, i0, panel0, out) },
-                        ($r, _) => unsafe { tile_rc::<$r, 1>(w, acts, i0, panel0, out) },
-                    )*
-                    _ => unreachable!("row tiles hold 1 to 6 rows"),
-                }
-            };
-        }
-        shapes!(1, 2, 3, 4, 5, 6)
+        // Safety: forwarded; the tile lies inside the activations, weights and output.
+        unsafe { tile_shapes!(tile_rc, rows, panels, (w, acts, i0, panel0, out)) }
     }
 
     // Index loops over register tiles read clearer than iterator chains here.

@@ -6,8 +6,8 @@
 //! element is one fused multiply-add chain over k in order, whatever the batch and whatever
 //! tile it lands in: results are bit-identical for a row alone or among any others, and on
 //! every CPU path with FMA. It also reads bf16 weights directly (module `bf16`, with the
-//! same chains), halving memory traffic, and int8 weights (a quarter of it): 8-bit integers with one f32 scale per output row,
-//! quantized at load (symmetric, round to nearest). An int8 product sums `x · q` in the same
+//! same chains), halving memory traffic, and int8 weights (a quarter of it): 8-bit integers
+//! with one f32 scale per output row, quantized at load (symmetric, round to nearest). An int8 product sums `x · q` in the same
 //! order and multiplies each output by its row's scale once at the end, so it is exactly as
 //! batch-invariant as the others; only the quantization itself differs from f32.
 //!
@@ -46,7 +46,7 @@ pub enum WeightFormat {
     /// int32 (AVX-512 VNNI where the CPU has it); see `w8a8`.
     W8a8,
     /// bf16 weights times activations rounded to bf16, summed in f32 (AVX-512 BF16 where
-    /// the CPU has it); see `w16a16`.
+    /// the CPU has it); see `bf16`.
     W16a16,
     /// 4-bit weights with an f32 scale per block of 32 (Q4_0's rounding), times activations
     /// quantized to int8 per token, summed in int32 per block; see `w4a8`.
@@ -174,12 +174,7 @@ impl Matrix {
 
     /// Copies row `r` into `out` as f32 (embedding lookup).
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
-        match &self.data {
-            WeightData::W8a8(w) => return w.row_into(r, out),
-            WeightData::Bf16(w) | WeightData::W16a16(w) => return w.row_into(r, out),
-            WeightData::W4a8(w) => return w.row_into(r, out),
-            _ => {}
-        }
+        // Where row r starts in the `[n / 16][k][16]` panels (f32 and int8).
         let base = (r / PANEL) * self.cols * PANEL + r % PANEL;
         match &self.data {
             WeightData::F32(d) => {
@@ -192,28 +187,46 @@ impl Matrix {
                     *o = f32::from(values[base + c * PANEL]) * scales[r];
                 }
             }
-            WeightData::Bf16(_)
-            | WeightData::W8a8(_)
-            | WeightData::W16a16(_)
-            | WeightData::W4a8(_) => {}
+            WeightData::Bf16(w) | WeightData::W16a16(w) => w.row_into(r, out),
+            WeightData::W8a8(w) => w.row_into(r, out),
+            WeightData::W4a8(w) => w.row_into(r, out),
         }
     }
 
     /// `x` is `[m, cols]`; returns `[m, rows]` = x W^T (+ bias).
     pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
         debug_assert_eq!(x.len(), m * self.cols);
-        let (n, k) = (self.rows, self.cols);
-        let own_kernel = match &self.data {
-            WeightData::W8a8(w) => Some(w.matmul(x, m)),
-            WeightData::Bf16(w) => Some(w.matmul_exact(x, m)),
-            WeightData::W16a16(w) => Some(w.matmul_dot(x, m)),
-            WeightData::W4a8(w) => Some(w.matmul(x, m)),
-            _ => None,
+        let mut out = match &self.data {
+            // Safety (both panel products): the kernels write only their block's columns.
+            WeightData::F32(w) => unsafe {
+                self.panel_product(x, m, |block, out| dispatch(block, w, out))
+            },
+            WeightData::Int8 { values, scales } => unsafe {
+                self.panel_product(x, m, |block, out| {
+                    dispatch(block, values, out);
+                    scale_block(block, scales, out);
+                })
+            },
+            WeightData::Bf16(w) => w.matmul_exact(x, m),
+            WeightData::W16a16(w) => w.matmul_dot(x, m),
+            WeightData::W8a8(w) => w.matmul(x, m),
+            WeightData::W4a8(w) => w.matmul(x, m),
         };
-        if let Some(mut out) = own_kernel {
-            add_bias(&mut out, n, bias);
-            return out;
-        }
+        add_bias(&mut out, self.rows, bias);
+        out
+    }
+
+    /// The product over the `[n / 16][k][16]` panels (f32 and int8 weights), `kernel` run on
+    /// every block.
+    ///
+    /// Safety: `kernel(block, out)` writes only that block's columns of its rows of `out`.
+    unsafe fn panel_product(
+        &self,
+        x: &[f32],
+        m: usize,
+        kernel: impl Fn(&Block, *mut f32) + Sync,
+    ) -> Vec<f32> {
+        let (n, k) = (self.rows, self.cols);
         let mut out = vec![0.0f32; m * n];
         let dst = SharedOut(out.as_mut_ptr());
         // One row has one accumulator per panel: eight panels at a time keep eight FMA chains
@@ -233,23 +246,10 @@ impl Matrix {
                 panel0,
                 panels,
             };
-            // Safety: this block's columns of its rows are written by no other task; `out`
+            // Blocks never overlap (the caller's kernel writes only its own), and `out`
             // outlives the parallel loop.
-            unsafe {
-                match &self.data {
-                    WeightData::F32(w) => dispatch(&block, w, dst.0),
-                    WeightData::Int8 { values, scales } => {
-                        dispatch(&block, values, dst.0);
-                        scale_block(&block, scales, dst.0);
-                    }
-                    WeightData::Bf16(_)
-                    | WeightData::W8a8(_)
-                    | WeightData::W16a16(_)
-                    | WeightData::W4a8(_) => {}
-                }
-            }
+            kernel(&block, dst.0);
         });
-        add_bias(&mut out, n, bias);
         out
     }
 }
@@ -451,8 +451,8 @@ unsafe fn kernel_avx2<W: Weight>(block: &Block, w: &[W], out: *mut f32) {
     unsafe { kernel::<W, Fused>(block, w, out) }
 }
 
-/// Calls `$f::<generics.., R, C>` for the runtime tile shape (R rows ≤ 6, C panels ≤ 4; a
-/// single row, up to 8).
+/// Calls `$f::<generics.., R, C>` for the runtime register tile shape: R rows of x (1 to 6)
+/// by C panels (1 to 4).
 macro_rules! tile_shapes {
     // A kernel with no other generics (rustfmt writes `f::<>` as `f`).
     ($f:ident, $r:expr, $c:expr, ($($arg:expr),*)) => {
@@ -480,18 +480,32 @@ macro_rules! tile_shapes {
             (2, 3) => $f::<$($g,)* 2, 3>($($arg),*),
             (2, 2) => $f::<$($g,)* 2, 2>($($arg),*),
             (2, 1) => $f::<$($g,)* 2, 1>($($arg),*),
-            (1, 8) => $f::<$($g,)* 1, 8>($($arg),*),
-            (1, 7) => $f::<$($g,)* 1, 7>($($arg),*),
-            (1, 6) => $f::<$($g,)* 1, 6>($($arg),*),
-            (1, 5) => $f::<$($g,)* 1, 5>($($arg),*),
             (1, 4) => $f::<$($g,)* 1, 4>($($arg),*),
             (1, 3) => $f::<$($g,)* 1, 3>($($arg),*),
             (1, 2) => $f::<$($g,)* 1, 2>($($arg),*),
-            _ => $f::<$($g,)* 1, 1>($($arg),*),
+            (1, 1) => $f::<$($g,)* 1, 1>($($arg),*),
+            _ => unreachable!("register tiles hold 1 to 6 rows of 1 to 4 panels"),
         }
     };
 }
 pub(super) use tile_shapes;
+
+/// [`tile_shapes`], and a single row of up to 8 panels (`PANELS_PER_ROW`).
+macro_rules! row_tile_shapes {
+    ($f:ident, $r:expr, $c:expr, ($($arg:expr),*)) => {
+        row_tile_shapes!($f::<>, $r, $c, ($($arg),*))
+    };
+    ($f:ident::<$($g:ty),*>, $r:expr, $c:expr, ($($arg:expr),*)) => {
+        match ($r, $c) {
+            (1, 8) => $f::<$($g,)* 1, 8>($($arg),*),
+            (1, 7) => $f::<$($g,)* 1, 7>($($arg),*),
+            (1, 6) => $f::<$($g,)* 1, 6>($($arg),*),
+            (1, 5) => $f::<$($g,)* 1, 5>($($arg),*),
+            (r, c) => $crate::model::matmul::tile_shapes!($f::<$($g),*>, r, c, ($($arg),*)),
+        }
+    };
+}
+pub(super) use row_tile_shapes;
 
 /// Walks a block in register tiles: rows of x in sixes, the block's panels all at once.
 #[inline(always)]
@@ -518,7 +532,7 @@ mod avx512 {
         let c = block.panels;
         for_each_tile(block, |i, r| {
             // Safety: forwarded; the tile lies inside x, w and the block's columns.
-            unsafe { tile_shapes!(tile::<W>, r, c, (block, w, out, i)) }
+            unsafe { row_tile_shapes!(tile::<W>, r, c, (block, w, out, i)) }
         });
     }
 
@@ -572,7 +586,7 @@ unsafe fn kernel<W: Weight, F: Fma>(block: &Block, w: &[W], out: *mut f32) {
     let c = block.panels;
     for_each_tile(block, |i, r| {
         // Safety: forwarded.
-        unsafe { tile_shapes!(tile_portable::<W, F>, r, c, (block, w, out, i)) }
+        unsafe { row_tile_shapes!(tile_portable::<W, F>, r, c, (block, w, out, i)) }
     });
 }
 

@@ -281,6 +281,7 @@ pub(super) fn vnni_available() -> bool {
 mod vnni {
     use std::arch::x86_64::*;
 
+    use super::super::matmul::tile_shapes;
     use super::{Activations, W8a8, GROUP, PANEL};
 
     /// Safety: needs AVX-512F/BW/VNNI; see `W8a8::tile`.
@@ -294,20 +295,8 @@ mod vnni {
         panels: usize,
         out: *mut f32,
     ) {
-        macro_rules! shapes {
-            ($($r:literal),*) => {
-                match (rows, panels) {
-                    $(
-                        ($r, 4) => unsafe { tile_rc::<$r, 4>(w, acts, i0, panel0, out) },
-                        ($r, 3) => unsafe { tile_rc::<$r, 3>(w, acts, i0, panel0, out) },
-                        ($r, 2) => unsafe { tile_rc::<$r, 2>(w, acts, i0, panel0, out) },
-                        ($r, _) => unsafe { tile_rc::<$r, 1>(w, acts, i0, panel0, out) },
-                    )*
-                    _ => unreachable!("row tiles hold 1 to 6 rows"),
-                }
-            };
-        }
-        shapes!(1, 2, 3, 4, 5, 6)
+        // Safety: forwarded; the tile lies inside the activations, weights and output.
+        unsafe { tile_shapes!(tile_rc, rows, panels, (w, acts, i0, panel0, out)) }
     }
 
     // Index loops over register tiles read clearer than iterator chains here.
