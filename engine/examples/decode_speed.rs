@@ -4,9 +4,8 @@
 //! `FORMAT=f32|bf16|int8|w8a8|w16a16|w4a8 cargo run --release -p rosetta-engine --example decode_speed -- MODEL_DIR [TOKENS] [PROMPT_TOKENS]`
 use std::time::Instant;
 
-#[path = "support/bandwidth.rs"]
-mod bandwidth;
-use bandwidth::read_bandwidth;
+mod support;
+use support::read_bandwidth;
 
 use rosetta_engine::kv::{KvDtype, KvLayout, KvPool};
 use rosetta_engine::model::{LogitRows, SeqChunk, Transformer, WeightFormat};
@@ -26,14 +25,7 @@ fn run() {
     let prompt_len: usize = args
         .next()
         .map_or(32, |s| s.parse().expect("PROMPT_TOKENS"));
-    let format = match std::env::var("FORMAT").as_deref() {
-        Ok("bf16") => WeightFormat::Bf16,
-        Ok("int8") => WeightFormat::Int8,
-        Ok("w8a8") => WeightFormat::W8a8,
-        Ok("w16a16") => WeightFormat::W16a16,
-        Ok("w4a8") => WeightFormat::W4a8,
-        _ => WeightFormat::F32,
-    };
+    let format = support::format();
     let model = Transformer::load(&dir, format, 8192).expect("load");
     let s = model.shape();
     let blocks = (prompt_len + steps + 16).div_ceil(16);
@@ -81,7 +73,7 @@ fn run() {
     let bytes = model.bytes_per_token();
     let mut shares = Vec::new();
     let mut pos = prompt_len;
-    let probe = bandwidth::probe();
+    let probe = support::probe();
     for round in 0..rounds {
         let bandwidth = read_bandwidth(&probe);
         let t = Instant::now();

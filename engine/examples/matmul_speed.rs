@@ -2,17 +2,19 @@
 //! GFLOP/s (or GOP/s) at larger m, per weight format:
 //! `FORMAT=f32|bf16|int8|w8a8|w16a16|w4a8 cargo run --release -p rosetta-engine --example matmul_speed`
 //!
-//! With `STREAM=1` it instead runs one row through 30 layers of these shapes (120 matrices) (far more weight
-//! than the caches hold, as in one-stream decode) and prints GB/s beside the machine's plain
-//! read bandwidth: the kernels' share of the bandwidth bound without the rest of the model.
+//! With `STREAM=1` it instead runs one row through 120 matrices, 30 layers of these shapes
+//! (far more weight than the caches hold, as in one-stream decode), and prints GB/s beside
+//! the machine's plain read bandwidth: the kernels' share of the bandwidth bound without the
+//! rest of the model.
 //! `SHAPE=n,k` measures one shape instead of the model's four.
 use std::time::Instant;
 
-#[path = "support/bandwidth.rs"]
-mod bandwidth;
-use bandwidth::read_bandwidth;
+mod support;
+use support::read_bandwidth;
 
+use half::bf16;
 use rosetta_engine::model::matmul::Matrix;
+use rosetta_engine::model::WeightFormat;
 
 /// SmolLM2-135M's gate+up, q/o and k/v, and down shapes.
 const SHAPES: [(usize, usize); 4] = [(1536 * 2, 576), (576, 576), (192, 576), (576, 1536)];
@@ -41,19 +43,14 @@ fn matrix(n: usize, k: usize, seed: usize) -> Matrix {
     let w: Vec<f32> = (0..n * k)
         .map(|i| (((i + seed) % 97) as f32 - 48.0) / 97.0)
         .collect();
-    match std::env::var("FORMAT").as_deref() {
-        Ok("bf16") => Matrix::bf16(n, k, w.iter().map(|&v| half::bf16::from_f32(v)).collect()),
-        Ok("int8") => Matrix::int8(n, k, &w),
-        Ok("w8a8") => Matrix::w8a8(n, k, &w),
-        Ok("w4a8") => Matrix::w4a8(n, k, &w),
-        Ok("w16a16") => Matrix::w16a16(
-            n,
-            k,
-            &w.iter()
-                .map(|&v| half::bf16::from_f32(v))
-                .collect::<Vec<_>>(),
-        ),
-        _ => Matrix::f32(n, k, w),
+    let halves = || w.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>();
+    match support::format() {
+        WeightFormat::F32 => Matrix::f32(n, k, w),
+        WeightFormat::Bf16 => Matrix::bf16(n, k, halves()),
+        WeightFormat::W16a16 => Matrix::w16a16(n, k, &halves()),
+        WeightFormat::Int8 => Matrix::int8(n, k, &w),
+        WeightFormat::W8a8 => Matrix::w8a8(n, k, &w),
+        WeightFormat::W4a8 => Matrix::w4a8(n, k, &w),
     }
 }
 
@@ -96,7 +93,7 @@ fn stream(shapes: &[(usize, usize)]) {
         }
         best = best.min(t.elapsed().as_secs_f64() / reps as f64);
     }
-    let bandwidth = read_bandwidth(&bandwidth::probe());
+    let bandwidth = read_bandwidth(&support::probe());
     println!(
         "{} matrices, {:.1} MB: {:.2} ms per pass, {:.1} GB/s; read bandwidth {:.1} GB/s: {:.0}%",
         layers.len(),

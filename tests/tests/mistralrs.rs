@@ -261,24 +261,12 @@ models:
         std::time::Duration::from_secs(60),
     );
     assert!(native.success(), "{native:?}");
-    let config = tmp.path().join("native.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let refused = serve_once(
+        &tmp.path().join("native.yaml"),
+        &format!(
             "auth: {{ allow_unauthenticated: true }}\nmodels:\n  - {{ id: d, path: \"{}\", licence: mit }}\n",
             tmp.path().join("d").display()
         ),
-    )
-    .unwrap();
-    let refused = run_cli(
-        &[
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        None,
         std::time::Duration::from_secs(60),
     );
     assert!(
@@ -358,26 +346,14 @@ async fn serves_again(s: &Server, request: &Value) {
 async fn cpu_cache_settings_are_refused_for_mistralrs_and_prefault_serves_natively() {
     let tmp = tempfile::tempdir().unwrap();
     for setting in ["kv_cache_prefault: true", "kv_cache_dtype: bf16"] {
-        let config = tmp.path().join("mrs.yaml");
-        std::fs::write(
-            &config,
-            format!(
+        let refused = serve_once(
+            &tmp.path().join("mrs.yaml"),
+            &format!(
                 "cache_dir: \"{}\"\nauth: {{ allow_unauthenticated: true }}\nmodels:\n  - {{ id: m, \
                  demo: {{ arch: llama, size: tiny, seed: 4 }}, licence: apache-2.0, backend: \
                  mistralrs, engine: {{ {setting} }} }}\n",
                 tmp.path().join("cache").display()
             ),
-        )
-        .unwrap();
-        let refused = run_cli(
-            &[
-                "serve",
-                "--config",
-                config.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-            ],
-            None,
             std::time::Duration::from_secs(120),
         );
         assert!(!refused.success(), "{setting} was accepted: {refused:?}");
@@ -396,4 +372,21 @@ models:
                          "temperature": 0, "ignore_eos": true}))
         .await;
     assert_eq!(v["usage"]["completion_tokens"], 4, "{v}");
+}
+
+/// Writes `yaml` to `config` and runs `rosetta serve` on it, for a config it must refuse at
+/// start (a command that does not end within `timeout` fails the test).
+fn serve_once(config: &std::path::Path, yaml: &str, timeout: std::time::Duration) -> CliOutput {
+    std::fs::write(config, yaml).unwrap();
+    run_cli(
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        None,
+        timeout,
+    )
 }

@@ -1,7 +1,21 @@
-//! The machine's read bandwidth, shared by the examples that set a kernel against it.
+//! What the speed examples share: the weight format they are asked for, and the machine's
+//! read bandwidth to set a kernel against.
 use std::time::Instant;
 
 use rayon::prelude::*;
+use rosetta_engine::model::WeightFormat;
+
+/// The format named by `FORMAT` (f32, bf16, int8, w8a8, w16a16, w4a8); f32 when unset.
+pub fn format() -> WeightFormat {
+    match std::env::var("FORMAT").as_deref() {
+        Ok("bf16") => WeightFormat::Bf16,
+        Ok("int8") => WeightFormat::Int8,
+        Ok("w8a8") => WeightFormat::W8a8,
+        Ok("w16a16") => WeightFormat::W16a16,
+        Ok("w4a8") => WeightFormat::W4a8,
+        _ => WeightFormat::F32,
+    }
+}
 
 /// A buffer far beyond the caches (1 GiB) to measure with; allocate it once.
 pub fn probe() -> Vec<u64> {
