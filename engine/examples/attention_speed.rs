@@ -1,7 +1,7 @@
 //! Paged attention speed for one decode token, for a prefill chunk, and for a decode step of
 //! 32 sequences, at a given context:
-//! `[KV=bf16] cargo run --release -p rosetta-engine --example attention_speed -- [CONTEXT]`
-//! (`KV=bf16`: also the 32-sequence step over a bf16 cache)
+//! `[KV=bf16] [BS=16] cargo run --release -p rosetta-engine --example attention_speed -- [CONTEXT]`
+//! (`KV=bf16`: also the 32-sequence step over a bf16 cache; `BS`: tokens per KV block)
 use std::time::Instant;
 
 use rosetta_engine::kv::{paged_attention, AttentionSeq, KvDtype, KvLayer, KvLayout, KvPool};
@@ -10,7 +10,8 @@ fn main() {
     let ctx: usize = std::env::args()
         .nth(1)
         .map_or(2048, |s| s.parse().expect("CONTEXT"));
-    let (nh, nkv, hd, bs) = (9, 3, 64, 16);
+    let bs: usize = std::env::var("BS").map_or(16, |s| s.parse().expect("BS"));
+    let (nh, nkv, hd) = (9, 3, 64);
     let blocks = ctx.div_ceil(bs);
     let layout = KvLayout {
         num_blocks: blocks,
