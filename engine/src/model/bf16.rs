@@ -410,9 +410,8 @@ mod dot {
             // activations has `pairs` lanes.
             unsafe {
                 for c in 0..C {
-                    let at = wp.add(((panel0 + c) * pairs + p) * PANEL * PAIR);
-                    super::super::matmul::prefetch_ahead(at);
-                    wv[c] = _mm512_loadu_si512(at as *const __m512i);
+                    let at = ((panel0 + c) * pairs + p) * PANEL * PAIR;
+                    wv[c] = _mm512_loadu_si512(wp.add(at) as *const __m512i);
                 }
                 for r in 0..R {
                     let xv = _mm512_set1_epi32(*xp.add((i0 + r) * pairs + p) as i32);

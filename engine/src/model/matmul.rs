@@ -37,10 +37,11 @@ const TASKS_PER_THREAD: usize = 4;
 /// prefetcher alone keeps too few lines in flight across a tile's several panel streams to
 /// reach the memory's bandwidth. A hint: it never faults, even past the end.
 ///
-/// Only the kernels that spend long on each line ask (int8's widening, w4a8's nibbles,
-/// w16a16's pairs): their one-stream decode gained 6–20% from it, the kernels alone 20–40%
-/// (benchmarks/README.md), while f32, exact bf16 and w8a8, whose loads keep up with the
-/// memory anyway, lost up to 10%.
+/// Only single-row tiles (decode) of the kernels that spend long on each line ask (int8's
+/// widening, w4a8's nibbles): their one-stream decode gained 10–20% from it, the kernels
+/// alone 8–40% (benchmarks/README.md). f32, bf16, w16a16 and w8a8 keep up with the memory
+/// without it, and lost up to 10% with it. A tile of several rows computes long enough per
+/// line for the hardware prefetcher (w4a8's took twice as long with it).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(super) fn prefetch_ahead<T>(at: *const T) {
@@ -585,7 +586,7 @@ mod avx512 {
             unsafe {
                 for c in 0..C {
                     let at = wp.add(((b.panel0 + c) * k + p) * PANEL);
-                    if W::PREFETCH && p % per_line == 0 {
+                    if W::PREFETCH && R == 1 && p % per_line == 0 {
                         super::prefetch_ahead(at);
                     }
                     wv[c] = W::load16(at);

@@ -317,7 +317,9 @@ mod vnni {
                 unsafe {
                     for c in 0..C {
                         let at = (((panel0 + c) * blocks + b) * VECTORS + v) * PANEL * GROUP;
-                        super::super::matmul::prefetch_ahead(wp.add(at));
+                        if R == 1 {
+                            super::super::matmul::prefetch_ahead(wp.add(at));
+                        }
                         let bytes = _mm512_loadu_si512(wp.add(at) as *const __m512i);
                         first[c] = _mm512_and_si512(bytes, low);
                         second[c] = _mm512_and_si512(_mm512_srli_epi16::<4>(bytes), low);
@@ -339,7 +341,9 @@ mod vnni {
                 // Safety: every panel has `blocks` scale vectors.
                 let at = unsafe { sp.add(((panel0 + c) * blocks + b) * PANEL) };
                 // Each panel's scales are a stream of their own, a line per block.
-                super::super::matmul::prefetch_ahead(at);
+                if R == 1 {
+                    super::super::matmul::prefetch_ahead(at);
+                }
                 let scale = unsafe { _mm512_loadu_ps(at) };
                 for r in 0..R {
                     let offset = _mm512_set1_epi32(8 * acts.sums[(i0 + r) * blocks + b]);
