@@ -498,32 +498,23 @@ mod avx512 {
     /// memory's latency at this kernel's speed.
     const AHEAD: usize = 2;
 
-    /// One chunk's keys of `head` (contiguous: `head_dim` rows of `block_size`).
+    /// One chunk's keys of the job's head (contiguous: `head_dim` rows of `block_size`).
     #[inline(always)]
-    fn key_lines<T>(
-        kp: *const T,
-        l: crate::kv::KvLayout,
-        head: usize,
-        n: &super::KeyChunk,
-    ) -> Lines {
+    fn key_lines<T>(job: &Job<'_, T>, n: &super::KeyChunk) -> Lines {
+        let l = job.layout;
+        let at = l.key_index(n.block, n.slot, job.kv_head);
         Lines::of(
-            kp.wrapping_add(l.key_index(n.block, n.slot, head)),
+            job.k_cache.as_ptr().wrapping_add(at),
             (l.head_dim - 1) * l.block_size + n.len,
         )
     }
 
-    /// One chunk's values of `head` (contiguous: `len` vectors of `head_dim`).
+    /// One chunk's values of the job's head (contiguous: `len` vectors of `head_dim`).
     #[inline(always)]
-    fn value_lines<T>(
-        vp: *const T,
-        l: crate::kv::KvLayout,
-        head: usize,
-        n: &super::KeyChunk,
-    ) -> Lines {
-        Lines::of(
-            vp.wrapping_add(l.value_index(n.block, n.slot, head)),
-            n.len * l.head_dim,
-        )
+    fn value_lines<T>(job: &Job<'_, T>, n: &super::KeyChunk) -> Lines {
+        let l = job.layout;
+        let at = l.value_index(n.block, n.slot, job.kv_head);
+        Lines::of(job.v_cache.as_ptr().wrapping_add(at), n.len * l.head_dim)
     }
 
     /// Lanes `0..len` set.
@@ -552,7 +543,6 @@ mod avx512 {
         let scale = _mm512_set1_ps(job.scale);
         let kp = job.k_cache.as_ptr();
         let out = scores.as_mut_ptr();
-        let vp = job.v_cache.as_ptr();
         // Blocks lie anywhere in memory: ask for the keys `AHEAD` chunks on while this one
         // computes, and once they are all asked for, for the first values the value loop
         // will read.
@@ -560,14 +550,14 @@ mod avx512 {
         keys_ahead
             .by_ref()
             .take(AHEAD)
-            .for_each(|n| key_lines(kp, l, job.kv_head, &n).ask_all());
+            .for_each(|n| key_lines(job, &n).ask_all());
         let mut values_ahead = job.chunks().take(AHEAD);
         for c in job.chunks() {
             let ahead = match keys_ahead.next() {
-                Some(n) => key_lines(kp, l, job.kv_head, &n),
+                Some(n) => key_lines(job, &n),
                 None => values_ahead
                     .next()
-                    .map_or(Lines::NONE, |n| value_lines(vp, l, job.kv_head, &n)),
+                    .map_or(Lines::NONE, |n| value_lines(job, &n)),
             }
             .in_parts(half);
             let m = mask(c.len);
@@ -658,7 +648,7 @@ mod avx512 {
             let mut values_ahead = job.chunks().skip(AHEAD);
             for c in job.chunks() {
                 let ahead = match (first, values_ahead.next()) {
-                    (0, Some(n)) => value_lines(vp, l, job.kv_head, &n),
+                    (0, Some(n)) => value_lines(job, &n),
                     _ => Lines::NONE,
                 }
                 .in_parts(c.len);

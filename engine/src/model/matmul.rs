@@ -38,14 +38,15 @@ const TASKS_PER_THREAD: usize = 4;
 /// reach the memory's bandwidth. A hint: it never faults, even past the end.
 ///
 /// Only single-row tiles (decode) of the kernels that spend long on each line ask (int8's
-/// widening, w4a8's nibbles): their one-stream decode gained 10–20% from it, the kernels
-/// alone 8–40% (benchmarks/README.md). f32, bf16, w16a16 and w8a8 keep up with the memory
-/// without it, and lost up to 10% with it. A tile of several rows computes long enough per
-/// line for the hardware prefetcher (w4a8's took twice as long with it).
+/// widening, w4a8's nibbles): their one-stream decode gained 6–20% from it in alternated
+/// runs, the kernels alone 8–40% (benchmarks/README.md). f32, bf16, w16a16 and w8a8 keep up
+/// with the memory without it, and gained nothing or lost up to 12% with it. A tile of
+/// several rows computes long enough per line for the hardware prefetcher (w4a8's took
+/// twice as long with it).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(super) fn prefetch_ahead<T>(at: *const T) {
-    /// 2 KiB: 1 KiB gave about two thirds of the gain, 4 KiB no more.
+    /// 2 KiB: int8 gained two thirds as much at 1 KiB, and 4 KiB gave nothing more.
     const AHEAD: usize = 2048;
     // Safety: a prefetch reads nothing and cannot fault, whatever the address.
     unsafe {
