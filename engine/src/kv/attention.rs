@@ -439,7 +439,7 @@ mod avx512 {
     /// A run of cache lines to ask for ahead of use, a part at a time: spread over the loop
     /// that computes the chunk before them, the requests keep memory busy without a burst of
     /// them waiting on the few line-fill buffers a core has (with a burst per chunk, a
-    /// 32-sequence decode step took 18–32% longer: `attention_speed`).
+    /// 32-sequence decode step took 18–31% longer: `attention_speed`).
     #[derive(Clone, Copy)]
     struct Lines {
         start: *const i8,
