@@ -23,11 +23,9 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::matmul::{
-    rows_per_thread, tiled_product, Fma, Fused, Plain, PANELS_PER_ROW, PANELS_PER_TASK,
+    rows_per_thread, tiled_product, Fma, Fused, Plain, PANEL, PANELS_PER_ROW, PANELS_PER_TASK,
 };
 
-/// Output columns per panel: one AVX-512 vector of f32.
-const PANEL: usize = 16;
 /// k values per 32-bit lane.
 const PAIR: usize = 2;
 

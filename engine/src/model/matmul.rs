@@ -7,9 +7,10 @@
 //! tile it lands in: results are bit-identical for a row alone or among any others, and on
 //! every CPU path with FMA. It also reads bf16 weights directly (module `bf16`, with the
 //! same chains), halving memory traffic, and int8 weights (a quarter of it): 8-bit integers
-//! with one f32 scale per output row, quantized at load (symmetric, round to nearest). An int8 product sums `x · q` in the same
-//! order and multiplies each output by its row's scale once at the end, so it is exactly as
-//! batch-invariant as the others; only the quantization itself differs from f32.
+//! with one f32 scale per output row, quantized at load (symmetric, round to nearest). An
+//! int8 product sums `x · q` in the same order and multiplies each output by its row's scale
+//! once at the end, so it is exactly as batch-invariant as the others; only the
+//! quantization itself differs from f32.
 //!
 //! Layout: weights are packed at load into panels of 16 output columns, k-major
 //! (`[n / 16][k][16]`), so the kernel is an outer product: per k it loads a few 16-wide
@@ -22,8 +23,9 @@
 use half::bf16;
 use rayon::prelude::*;
 
-/// Output columns per panel: one AVX-512 vector of f32.
-const PANEL: usize = 16;
+/// Output columns per panel: one AVX-512 vector of f32 (or i32). Every format packs its
+/// weights in panels of this width: the task split and the output masks count in them.
+pub(super) const PANEL: usize = 16;
 /// Panels per kernel call (64 output columns): the register tile's width.
 pub(super) const PANELS_PER_TASK: usize = 4;
 /// Panels per kernel call for a single row, whose tile holds one accumulator per panel.

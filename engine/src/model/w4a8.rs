@@ -18,11 +18,9 @@
 
 use rayon::prelude::*;
 
-use super::matmul::{rows_per_thread, tiled_product, PANELS_PER_TASK};
+use super::matmul::{rows_per_thread, tiled_product, PANEL, PANELS_PER_TASK};
 use super::w8a8::quantize_row;
 
-/// Output columns per panel: one AVX-512 vector.
-const PANEL: usize = 16;
 /// k values per 32-bit lane.
 const GROUP: usize = 4;
 /// k values per weight scale.

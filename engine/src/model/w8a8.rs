@@ -14,10 +14,8 @@
 
 use rayon::prelude::*;
 
-use super::matmul::{rows_per_thread, tiled_product, PANELS_PER_TASK};
+use super::matmul::{rows_per_thread, tiled_product, PANEL, PANELS_PER_TASK};
 
-/// Output columns per panel: one AVX-512 vector of i32.
-const PANEL: usize = 16;
 /// k values per 32-bit lane.
 const GROUP: usize = 4;
 
