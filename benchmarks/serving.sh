@@ -20,6 +20,8 @@
 #   KV_BF16=f32 benchmarks/serving.sh    # also these formats with `kv_cache_dtype: bf16`
 #                                         # (rows rosetta-f32-kvbf16), same server; `auto`
 #                                         # already gives every format but f32 a bf16 cache
+#   KV_FP8=w8a8 benchmarks/serving.sh    # also these formats with `kv_cache_dtype: fp8`
+#                                         # (rows rosetta-w8a8-kvfp8), same server
 #   LLAMA_FORMATS=f32,q8_0,q4_k_m benchmarks/serving.sh  # llama.cpp in each GGUF format
 #                                             # (quantized from the f32 GGUF by llama-quantize)
 #   LONG_PROMPT=4096 benchmarks/serving.sh   # then the time to first token of one prompt of
@@ -91,10 +93,15 @@ for fmt in ${formats//,/ }; do
   - { id: small-$fmt, path: $model, licence: apache-2.0, max_context: 8192, dtype: $fmt, engine: { max_num_seqs: 64, max_num_batched_tokens: ${BUDGET:-256}, kv_block_size: ${KV_BLOCK_SIZE:-16}, kv_cache_prefault: true } }
 YAML
 done
-kv_bf16="${KV_BF16:-}"
-for fmt in ${kv_bf16//,/ }; do
+# "format cache" pairs: the formats of KV_BF16 with a bf16 cache, those of KV_FP8 with fp8.
+kv_rows=()
+kv_bf16="${KV_BF16:-}" kv_fp8="${KV_FP8:-}"
+for fmt in ${kv_bf16//,/ }; do kv_rows+=("$fmt bf16"); done
+for fmt in ${kv_fp8//,/ }; do kv_rows+=("$fmt fp8"); done
+for row in "${kv_rows[@]}"; do
+    read -r fmt kv <<< "$row"
     cat >> "$work/rosetta.yaml" <<YAML
-  - { id: small-$fmt-kvbf16, path: $model, licence: apache-2.0, max_context: 8192, dtype: $fmt, engine: { max_num_seqs: 64, max_num_batched_tokens: ${BUDGET:-256}, kv_block_size: ${KV_BLOCK_SIZE:-16}, kv_cache_dtype: bf16, kv_cache_prefault: true } }
+  - { id: small-$fmt-kv$kv, path: $model, licence: apache-2.0, max_context: 8192, dtype: $fmt, engine: { max_num_seqs: 64, max_num_batched_tokens: ${BUDGET:-256}, kv_block_size: ${KV_BLOCK_SIZE:-16}, kv_cache_dtype: $kv, kv_cache_prefault: true } }
 YAML
 done
 "$bin/rosetta" serve --config "$work/rosetta.yaml" > "$work/rosetta.out" 2> "$work/rosetta.err" &
@@ -113,8 +120,9 @@ targets=(--target "rosetta=$rosetta_url=small")
 for fmt in ${formats//,/ }; do
     targets+=(--target "rosetta-$fmt=$rosetta_url=small-$fmt")
 done
-for fmt in ${kv_bf16//,/ }; do
-    targets+=(--target "rosetta-$fmt-kvbf16=$rosetta_url=small-$fmt-kvbf16")
+for row in "${kv_rows[@]}"; do
+    read -r fmt kv <<< "$row"
+    targets+=(--target "rosetta-$fmt-kv$kv=$rosetta_url=small-$fmt-kv$kv")
 done
 
 llama_server=$(ls "$work"/build-llama-server-*/bin/llama-server 2>/dev/null | head -n 1 || true)

@@ -607,9 +607,10 @@ pub struct EngineSettings {
     pub prefix_caching: bool,
     /// What the KV cache stores (CPU path): `f32` (exact), or `bf16`, which halves the
     /// cache's memory per token (twice the tokens in the same `kv_cache_bytes`) and the bytes
-    /// attention reads, with K and V rounded to bf16 as they are written. `auto` follows the
-    /// weights: f32 with f32 weights, bf16 with `dtype: bf16` or any of the CPU formats. On a
-    /// GPU the cache has the weights' dtype; set `auto` there.
+    /// attention reads, with K and V rounded to bf16 as they are written, or `fp8` (FP8 E4M3
+    /// with no scale, as vLLM's `fp8`), a quarter of f32's. `auto` follows the weights: f32
+    /// with f32 weights, bf16 with `dtype: bf16` or any of the CPU formats. On a GPU the cache
+    /// has the weights' dtype; set `auto` there.
     #[serde(default)]
     pub kv_cache_dtype: KvCacheDtype,
     /// Touch the whole KV cache at load (CPU path), as llama.cpp and vLLM do: the system
@@ -635,6 +636,9 @@ pub enum KvCacheDtype {
     Auto,
     F32,
     Bf16,
+    /// FP8 E4M3, saturating at ±448 (vLLM's `fp8` and `fp8_e4m3`).
+    #[serde(alias = "fp8_e4m3")]
+    Fp8,
 }
 
 /// The device an engine runs on.

@@ -1,7 +1,7 @@
 //! Paged attention speed for one decode token, for a prefill chunk, and for a decode step of
 //! 32 sequences, at a given context:
-//! `[KV=bf16] [BS=16] cargo run --release -p rosetta-engine --example attention_speed -- [CONTEXT]`
-//! (`KV=bf16`: also the 32-sequence step over a bf16 cache; `BS`: tokens per KV block)
+//! `[KV=bf16|fp8] [BS=16] cargo run --release -p rosetta-engine --example attention_speed -- [CONTEXT]`
+//! (`KV`: also the 32-sequence step over a bf16 or fp8 cache; `BS`: tokens per KV block)
 use std::time::Instant;
 
 use rosetta_engine::kv::{paged_attention, AttentionSeq, KvDtype, KvLayer, KvLayout, KvPool};
@@ -48,11 +48,16 @@ fn main() {
                 block_table: &shuffled[s * per..(s + 1) * per],
             })
             .collect();
-        if std::env::var("KV").as_deref() == Ok("bf16") {
-            let s = per_layer(KvDtype::Bf16, &q, nh, layout, &batch);
-            let bytes = (2 * seqs * per * bs * nkv * hd * 2) as f64;
+        let narrow = match std::env::var("KV").as_deref() {
+            Ok("bf16") => Some(KvDtype::Bf16),
+            Ok("fp8") => Some(KvDtype::Fp8),
+            _ => None,
+        };
+        if let Some(dtype) = narrow {
+            let s = per_layer(dtype, &q, nh, layout, &batch);
+            let bytes = (2 * seqs * per * bs * nkv * hd * dtype.size()) as f64;
             println!(
-                "32 sequences decoding, bf16 cache: {:.3} ms per layer, {:.1} GB/s of cache",
+                "32 sequences decoding, {dtype:?} cache: {:.3} ms per layer, {:.1} GB/s of cache",
                 s * 1e3,
                 bytes / s / 1e9
             );
@@ -129,6 +134,9 @@ fn per_layer(
                     q, nh, layout, k, v, batch, None, 0.125, None,
                 )),
                 KvLayer::Bf16 { k, v } => std::hint::black_box(paged_attention(
+                    q, nh, layout, k, v, batch, None, 0.125, None,
+                )),
+                KvLayer::Fp8 { k, v } => std::hint::black_box(paged_attention(
                     q, nh, layout, k, v, batch, None, 0.125, None,
                 )),
             };

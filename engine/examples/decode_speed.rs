@@ -1,7 +1,7 @@
 //! Prefill and single-sequence decode speed of the forward pass, without the server, beside
 //! the memory-bandwidth bound for single-stream decode (weight bytes read per token ÷ the
 //! machine's read bandwidth, measured just before each of five rounds of decode):
-//! `FORMAT=f32|bf16|int8|w8a8|w16a16|w4a8 cargo run --release -p rosetta-engine --example decode_speed -- MODEL_DIR [TOKENS] [PROMPT_TOKENS]`
+//! `FORMAT=f32|bf16|int8|w8a8|w16a16|w4a8 [KV=f32|bf16|fp8] cargo run --release -p rosetta-engine --example decode_speed -- MODEL_DIR [TOKENS] [PROMPT_TOKENS]`
 use std::time::Instant;
 
 mod support;
@@ -36,11 +36,13 @@ fn run() {
         head_dim: s.head_dim,
     };
     // The cache a server gives this format (`kv_cache_dtype: auto`): f32 with f32 weights,
-    // bf16 with any other.
-    let kv_dtype = if format == WeightFormat::F32 {
-        KvDtype::F32
-    } else {
-        KvDtype::Bf16
+    // bf16 with any other; `KV=f32|bf16|fp8` asks for one.
+    let kv_dtype = match std::env::var("KV").as_deref() {
+        Ok("f32") => KvDtype::F32,
+        Ok("bf16") => KvDtype::Bf16,
+        Ok("fp8") => KvDtype::Fp8,
+        _ if format == WeightFormat::F32 => KvDtype::F32,
+        _ => KvDtype::Bf16,
     };
     let mut kv = KvPool::with_dtype(s.num_layers, layout, kv_dtype);
     let table: Vec<u32> = (0..blocks as u32).collect();

@@ -12,6 +12,8 @@ unsafe impl ZeroBits for f32 {}
 unsafe impl ZeroBits for half::bf16 {}
 unsafe impl ZeroBits for i8 {}
 unsafe impl ZeroBits for u8 {}
+// Safety: the zero code of FP8 E4M3 is +0.0.
+unsafe impl ZeroBits for crate::kv::Fp8 {}
 
 /// A zeroed buffer of `len` values, taken zeroed from the allocator (so its pages are only
 /// backed when first written: an unused KV cache costs no memory) and advised to use huge

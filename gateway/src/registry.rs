@@ -242,6 +242,7 @@ fn start_native(
                 (KvCacheDtype::F32, _) | (KvCacheDtype::Auto, Dtype::Auto | Dtype::F32) => {
                     KvDtype::F32
                 }
+                (KvCacheDtype::Fp8, _) => KvDtype::Fp8,
                 _ => KvDtype::Bf16,
             };
             let model = Transformer::load(dir, cpu_format(cfg.dtype), max_context)?

@@ -64,8 +64,7 @@ async fn batched_greedy_equals_unbatched_greedy() {
 /// The same with 8-bit weights (`dtype: int8`), with 8-bit weights and activations
 /// (`dtype: w8a8`), quantized at load, with bf16 weights and activations (`dtype: w16a16`),
 /// with 4-bit weights and 8-bit activations (`dtype: w4a8`),
-/// and with a bf16 KV cache (whose shared prompts also
-/// hit the prefix cache).
+/// and with bf16 and fp8 KV caches (whose shared prompts also hit the prefix cache).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lossy_formats_batched_greedy_equals_unbatched_greedy() {
     for format in [
@@ -74,6 +73,7 @@ async fn lossy_formats_batched_greedy_equals_unbatched_greedy() {
         "dtype: w16a16",
         "dtype: w4a8",
         "engine: { kv_cache_dtype: bf16 }",
+        "engine: { kv_cache_dtype: fp8 }",
     ] {
         let s = Server::start(&format!(
             "server: {{ listen: 127.0.0.1:0 }}\ncache_dir: \"{{cache}}\"\nauth: {{ allow_unauthenticated: true }}\n\

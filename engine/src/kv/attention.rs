@@ -855,7 +855,7 @@ mod tests {
         for &(nh, nkv, hd, bs) in &shapes {
             for window in [None, Some(6)] {
                 for alibi in [false, true] {
-                    for dtype in [KvDtype::F32, KvDtype::Bf16] {
+                    for dtype in [KvDtype::F32, KvDtype::Bf16, KvDtype::Fp8] {
                         let len = 37;
                         let c = case_in(&mut rng, nkv, hd, bs, len, dtype);
                         let q: Vec<f32> = (0..len * nh * hd)
@@ -874,6 +874,7 @@ mod tests {
                         match c.pool.layer(0) {
                             KvLayer::F32 { k, v } => check.run(k, v),
                             KvLayer::Bf16 { k, v } => check.run(k, v),
+                            KvLayer::Fp8 { k, v } => check.run(k, v),
                         }
                     }
                 }

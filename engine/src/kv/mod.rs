@@ -10,5 +10,5 @@ pub use attention::{paged_attention, AttentionSeq};
 pub use block_manager::{
     chain_hash, keyed_salt_hash, salt_hash, BlockHash, BlockManager, PrefixStats,
 };
-pub use element::{KvDtype, KvElement};
+pub use element::{Fp8, KvDtype, KvElement};
 pub use pool::{KvLayer, KvLayout, KvPool};

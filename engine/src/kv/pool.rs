@@ -8,7 +8,7 @@
 
 use half::bf16;
 
-use super::element::{KvDtype, KvElement};
+use super::element::{Fp8, KvDtype, KvElement};
 
 /// Shape of one layer's K (or V) storage: blocks of `block_size` tokens of `kv_heads ×
 /// head_dim` floats.
@@ -45,6 +45,7 @@ impl KvLayout {
 enum Store {
     F32(Vec<f32>),
     Bf16(Vec<bf16>),
+    Fp8(Vec<Fp8>),
 }
 
 impl Store {
@@ -53,6 +54,7 @@ impl Store {
         match dtype {
             KvDtype::F32 => Store::F32(crate::memory::zeroed(len)),
             KvDtype::Bf16 => Store::Bf16(crate::memory::zeroed(len)),
+            KvDtype::Fp8 => Store::Fp8(crate::memory::zeroed(len)),
         }
     }
 
@@ -60,6 +62,7 @@ impl Store {
         match self {
             Store::F32(v) => v.copy_within(from, to),
             Store::Bf16(v) => v.copy_within(from, to),
+            Store::Fp8(v) => v.copy_within(from, to),
         }
     }
 }
@@ -68,6 +71,7 @@ impl Store {
 pub enum KvLayer<'a> {
     F32 { k: &'a [f32], v: &'a [f32] },
     Bf16 { k: &'a [bf16], v: &'a [bf16] },
+    Fp8 { k: &'a [Fp8], v: &'a [Fp8] },
 }
 
 /// K and V for every layer. Blocks are owned by sequences through their block tables; the
@@ -111,6 +115,7 @@ impl KvPool {
             match store {
                 Store::F32(v) => touch(v),
                 Store::Bf16(v) => touch(v),
+                Store::Fp8(v) => touch(v),
             }
         }
     }
@@ -122,6 +127,7 @@ impl KvPool {
             (Store::Bf16(ks), Store::Bf16(vs)) => {
                 write(self.layout, ks, vs, block_table, pos, k, v)
             }
+            (Store::Fp8(ks), Store::Fp8(vs)) => write(self.layout, ks, vs, block_table, pos, k, v),
             _ => unreachable!("K and V share one element type"),
         }
     }
@@ -151,6 +157,7 @@ impl KvPool {
         match (&self.k[layer], &self.v[layer]) {
             (Store::F32(k), Store::F32(v)) => KvLayer::F32 { k, v },
             (Store::Bf16(k), Store::Bf16(v)) => KvLayer::Bf16 { k, v },
+            (Store::Fp8(k), Store::Fp8(v)) => KvLayer::Fp8 { k, v },
             _ => unreachable!("K and V share one element type"),
         }
     }
@@ -194,33 +201,38 @@ mod tests {
             kv_heads: 2,
             head_dim: 64,
         };
-        for dtype in [KvDtype::F32, KvDtype::Bf16] {
+        for dtype in EVERY_DTYPE {
             let mut pool = KvPool::with_dtype(2, l, dtype);
             pool.prefault();
-            let k: Vec<f32> = (0..128).map(|i| i as f32).collect();
+            // Values every element type holds exactly.
+            let k: Vec<f32> = (0..128).map(|i| (i % 16) as f32).collect();
             pool.write(1, &[299], 3, &k, &k);
-            let zeros = |x: &dyn Fn(usize) -> f32, n: usize| (0..n).all(|i| x(i) == 0.0);
-            match pool.layer(0) {
-                KvLayer::F32 { k, v } => {
-                    assert!(zeros(&|i| k[i], k.len()) && zeros(&|i| v[i], v.len()))
-                }
-                KvLayer::Bf16 { k, v } => assert!(
-                    zeros(&|i| k[i].to_f32(), k.len()) && zeros(&|i| v[i].to_f32(), v.len())
-                ),
-            }
+            let (k0, v0) = floats(pool.layer(0));
+            assert!(k0.iter().chain(&v0).all(|&x| x == 0.0), "{dtype:?}");
             let at = l.value_index(299, 3, 1);
-            match pool.layer(1) {
-                KvLayer::F32 { v, .. } => assert_eq!(v[at + 5], 69.0),
-                KvLayer::Bf16 { v, .. } => assert_eq!(v[at + 5].to_f32(), 69.0),
-            }
+            assert_eq!(floats(pool.layer(1)).1[at + 5], 5.0, "{dtype:?}");
         }
     }
 
-    /// A copied block prefix holds the same keys and values as its source, in either element
+    const EVERY_DTYPE: [KvDtype; 3] = [KvDtype::F32, KvDtype::Bf16, KvDtype::Fp8];
+
+    /// A layer's K and V as f32.
+    fn floats(layer: KvLayer<'_>) -> (Vec<f32>, Vec<f32>) {
+        fn widen<T: KvElement>(x: &[T]) -> Vec<f32> {
+            x.iter().map(|e| e.to_f32()).collect()
+        }
+        match layer {
+            KvLayer::F32 { k, v } => (widen(k), widen(v)),
+            KvLayer::Bf16 { k, v } => (widen(k), widen(v)),
+            KvLayer::Fp8 { k, v } => (widen(k), widen(v)),
+        }
+    }
+
+    /// A copied block prefix holds the same keys and values as its source, in every element
     /// type, and the slots after it are untouched.
     #[test]
-    fn copied_prefixes_read_back_in_both_element_types() {
-        for dtype in [KvDtype::F32, KvDtype::Bf16] {
+    fn copied_prefixes_read_back_in_every_element_type() {
+        for dtype in EVERY_DTYPE {
             let l = KvLayout {
                 num_blocks: 4,
                 block_size: 8,
@@ -228,36 +240,33 @@ mod tests {
                 head_dim: 3,
             };
             let mut pool = KvPool::with_dtype(1, l, dtype);
-            // Values bf16 holds exactly (at most 8 significant bits).
+            // Values every element type holds exactly (integers up to 16).
             let token = |p: usize, base: f32| -> Vec<f32> {
-                (0..6).map(|i| base + p as f32 + i as f32 / 8.0).collect()
+                (0..6).map(|i| base + ((p * 6 + i) % 8) as f32).collect()
             };
             for p in 0..8 {
-                pool.write(0, &[2], p, &token(p, 1.0), &token(p, 16.0));
+                pool.write(0, &[2], p, &token(p, 1.0), &token(p, 8.0));
             }
             pool.copy_block_prefix(2, 0, 5);
-            let read = |k: &dyn Fn(usize) -> f32, v: &dyn Fn(usize) -> f32| {
+            let (k, v) = floats(pool.layer(0));
+            {
                 for slot in 0..8 {
                     for head in 0..2 {
                         for d in 0..3 {
                             let (kd, vd) = (
-                                k(l.key_index(0, slot, head) + d * l.block_size),
-                                v(l.value_index(0, slot, head) + d),
+                                k[l.key_index(0, slot, head) + d * l.block_size],
+                                v[l.value_index(0, slot, head) + d],
                             );
                             let i = head * 3 + d;
                             if slot < 5 {
                                 assert_eq!(kd, token(slot, 1.0)[i], "{dtype:?}");
-                                assert_eq!(vd, token(slot, 16.0)[i], "{dtype:?}");
+                                assert_eq!(vd, token(slot, 8.0)[i], "{dtype:?}");
                             } else {
                                 assert_eq!((kd, vd), (0.0, 0.0), "{dtype:?}");
                             }
                         }
                     }
                 }
-            };
-            match pool.layer(0) {
-                KvLayer::F32 { k, v } => read(&|i| k[i], &|i| v[i]),
-                KvLayer::Bf16 { k, v } => read(&|i| k[i].to_f32(), &|i| v[i].to_f32()),
             }
         }
     }

@@ -571,6 +571,9 @@ impl Transformer {
                 KvLayer::Bf16 { k, v } => {
                     paged_attention(&q, nh, layout, k, v, &seqs, window, scale, alibi)
                 }
+                KvLayer::Fp8 { k, v } => {
+                    paged_attention(&q, nh, layout, k, v, &seqs, window, scale, alibi)
+                }
             };
             let o = layer.o.forward(&attn, n);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
