@@ -12,8 +12,10 @@
 //! offset by 8 (0..=15), and 8 × the block's activation sum is taken off each block's sum.
 //!
 //! Layout: panels of 16 output columns; per block of 32 k, four 64-byte vectors, each
-//! holding two groups of 4 k for the 16 columns (the first group in the low nibbles):
-//! `[rows / 16][cols / 32][4][16][4]` bytes, and the scales as `[rows / 16][cols / 32][16]`.
+//! holding two groups of 4 k for the 16 columns (the first group in the low nibbles), then
+//! the block's 16 scales (f32): `[rows / 16][cols / 32]` units of `[4][16][4]` bytes and
+//! `[16]` f32. Each panel is one stream of memory: with the scales apart, a one-row tile of
+//! four panels read eight, and streamed its weights a fifth slower (benchmarks/README).
 //! Columns past the last are zero weights.
 
 use rayon::prelude::*;
@@ -27,6 +29,9 @@ const GROUP: usize = 4;
 const BLOCK: usize = 32;
 /// 64-byte vectors per panel per block (two groups each).
 const VECTORS: usize = BLOCK / GROUP / 2;
+/// Bytes of a panel's block of weights, and of the unit they lead: then its 16 scales.
+const NIBBLE_BYTES: usize = VECTORS * PANEL * GROUP;
+const UNIT: usize = NIBBLE_BYTES + PANEL * 4;
 /// Panels per register tile: two keep 6 × 2 integer and 6 × 2 f32 sums in registers. A
 /// single row takes four, each with two integer sums so that more `vpdpbusd` chains are in
 /// flight (a row alone is bound by their latency, not by the weights' bytes).
@@ -38,8 +43,8 @@ pub struct W4a8 {
     rows: usize,
     cols: usize,
     blocks: usize,
-    nibbles: Vec<u8>,
-    scales: Vec<f32>,
+    /// The weights and their scales, in units (see the module doc).
+    units: Vec<u8>,
 }
 
 /// A row of x and its quantized bytes; its scale and block sums.
@@ -60,33 +65,32 @@ impl W4a8 {
         debug_assert_eq!(data.len(), rows * cols);
         let blocks = cols.div_ceil(BLOCK);
         let panels = rows.div_ceil(PANEL);
-        let mut nibbles = crate::memory::zeroed::<u8>(panels * blocks * BLOCK * PANEL / 2);
-        let mut scales = vec![0.0f32; panels * blocks * PANEL];
+        let mut units = crate::memory::zeroed::<u8>(panels * blocks * UNIT);
         for (r, row) in data.chunks_exact(cols.max(1)).enumerate() {
             for (b, block) in row.chunks(BLOCK).enumerate() {
                 let scale = block_scale(block);
-                scales[(r / PANEL * blocks + b) * PANEL + r % PANEL] = scale;
+                let at = scale_at(blocks, r, b);
+                units[at..at + 4].copy_from_slice(&scale.to_ne_bytes());
                 for (i, &v) in block.iter().enumerate() {
-                    set_nibble(&mut nibbles, blocks, r, b * BLOCK + i, quantize(v, scale));
+                    set_nibble(&mut units, blocks, r, b * BLOCK + i, quantize(v, scale));
                 }
             }
             // Padding columns hold the weight 0 (stored as 8).
             for c in cols..blocks * BLOCK {
-                set_nibble(&mut nibbles, blocks, r, c, 0);
+                set_nibble(&mut units, blocks, r, c, 0);
             }
         }
         Self {
             rows,
             cols,
             blocks,
-            nibbles,
-            scales,
+            units,
         }
     }
 
-    /// Bytes the weights occupy.
+    /// Bytes the weights occupy, scales included.
     pub fn bytes(&self) -> usize {
-        self.nibbles.len() + self.scales.len() * 4
+        self.units.len()
     }
 
     /// Copies row `r` into `out` as f32 (embedding lookup): each weight times its block's
@@ -99,12 +103,15 @@ impl W4a8 {
 
     fn weight(&self, r: usize, c: usize) -> i8 {
         let (at, high) = nibble_at(self.blocks, r, c);
-        let byte = self.nibbles[at];
+        let byte = self.units[at];
         (if high { byte >> 4 } else { byte & 0x0f }) as i8 - 8
     }
 
     fn scale(&self, r: usize, b: usize) -> f32 {
-        self.scales[(r / PANEL * self.blocks + b) * PANEL + r % PANEL]
+        let at = scale_at(self.blocks, r, b);
+        let mut bytes = [0u8; 4];
+        bytes.copy_from_slice(&self.units[at..at + 4]);
+        f32::from_ne_bytes(bytes)
     }
 
     /// `x` is `[m, cols]`; returns `[m, rows]` = x W^T.
@@ -233,11 +240,21 @@ fn quantize(v: f32, scale: f32) -> i8 {
     ((v / scale).round() as i32).clamp(-8, 7) as i8
 }
 
+/// The first byte of the unit of row `r`'s panel and block `b`.
+fn unit_at(blocks: usize, r: usize, b: usize) -> usize {
+    (r / PANEL * blocks + b) * UNIT
+}
+
+/// The first byte of row `r`'s scale for block `b`.
+fn scale_at(blocks: usize, r: usize, b: usize) -> usize {
+    unit_at(blocks, r, b) + NIBBLE_BYTES + (r % PANEL) * 4
+}
+
 /// The byte holding weight (r, c), and whether it is the high nibble.
 fn nibble_at(blocks: usize, r: usize, c: usize) -> (usize, bool) {
     let (b, within) = (c / BLOCK, c % BLOCK);
     let (group, position) = (within / GROUP, within % GROUP);
-    let vector = ((r / PANEL * blocks + b) * VECTORS + group / 2) * PANEL * GROUP;
+    let vector = unit_at(blocks, r, b) + group / 2 * PANEL * GROUP;
     (vector + (r % PANEL) * GROUP + position, group % 2 == 1)
 }
 
@@ -256,7 +273,7 @@ fn set_nibble(nibbles: &mut [u8], blocks: usize, r: usize, c: usize, q: i8) {
 mod vnni {
     use std::arch::x86_64::*;
 
-    use super::{Activations, W4a8, BLOCK, GROUP, PANEL, VECTORS};
+    use super::{Activations, W4a8, BLOCK, GROUP, NIBBLE_BYTES, PANEL, UNIT, VECTORS};
 
     /// Safety: needs AVX-512F/BW/VNNI; see `W4a8::tile`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -300,7 +317,7 @@ mod vnni {
     ) {
         let blocks = w.blocks;
         let width = blocks * BLOCK;
-        let (wp, sp) = (w.nibbles.as_ptr(), w.scales.as_ptr());
+        let wp = w.units.as_ptr();
         let xp = acts.bytes.as_ptr();
         let low = _mm512_set1_epi8(0x0f);
         let mut acc = [[_mm512_setzero_ps(); C]; R];
@@ -314,7 +331,7 @@ mod vnni {
                 // i0 + r of the activations has `width` bytes.
                 unsafe {
                     for c in 0..C {
-                        let at = (((panel0 + c) * blocks + b) * VECTORS + v) * PANEL * GROUP;
+                        let at = ((panel0 + c) * blocks + b) * UNIT + v * PANEL * GROUP;
                         if R == 1 {
                             super::super::matmul::prefetch_ahead(wp.add(at));
                         }
@@ -336,13 +353,13 @@ mod vnni {
                 }
             }
             for c in 0..C {
-                // Safety: every panel has `blocks` scale vectors.
-                let at = unsafe { sp.add(((panel0 + c) * blocks + b) * PANEL) };
-                // Each panel's scales are a stream of their own, a line per block.
+                // Safety: every unit ends with its 16 scales.
+                let at = unsafe { wp.add(((panel0 + c) * blocks + b) * UNIT + NIBBLE_BYTES) };
+                // The scales' line of the panel's stream.
                 if R == 1 {
                     super::super::matmul::prefetch_ahead(at);
                 }
-                let scale = unsafe { _mm512_loadu_ps(at) };
+                let scale = unsafe { _mm512_loadu_ps(at as *const f32) };
                 for r in 0..R {
                     let offset = _mm512_set1_epi32(8 * acts.sums[(i0 + r) * blocks + b]);
                     let mut total = sums[0][r][c];
