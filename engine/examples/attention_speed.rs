@@ -4,7 +4,9 @@
 //! (`KV`: also the 32-sequence step over a bf16 or fp8 cache; `BS`: tokens per KV block)
 use std::time::Instant;
 
-use rosetta_engine::kv::{paged_attention, AttentionSeq, KvDtype, KvLayer, KvLayout, KvPool};
+use rosetta_engine::kv::{
+    paged_attention, paged_attention_in, AttentionSeq, KvDtype, KvLayout, KvPool,
+};
 
 fn main() {
     let ctx: usize = std::env::args()
@@ -129,17 +131,16 @@ fn per_layer(
     for _ in 0..20 {
         let t = Instant::now();
         for layer in 0..layers {
-            match pool.layer(layer) {
-                KvLayer::F32 { k, v } => std::hint::black_box(paged_attention(
-                    q, nh, layout, k, v, batch, None, 0.125, None,
-                )),
-                KvLayer::Bf16 { k, v } => std::hint::black_box(paged_attention(
-                    q, nh, layout, k, v, batch, None, 0.125, None,
-                )),
-                KvLayer::Fp8 { k, v } => std::hint::black_box(paged_attention(
-                    q, nh, layout, k, v, batch, None, 0.125, None,
-                )),
-            };
+            std::hint::black_box(paged_attention_in(
+                q,
+                nh,
+                layout,
+                pool.layer(layer),
+                batch,
+                None,
+                0.125,
+                None,
+            ));
         }
         best = best.min(t.elapsed().as_secs_f64() / layers as f64);
     }

@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use super::{KvElement, KvLayout};
+use super::{KvElement, KvLayer, KvLayout};
 use crate::math::exp_nonpositive;
 
 /// Keys per score vector (one AVX-512 register of f32).
@@ -66,6 +66,32 @@ pub fn paged_attention<T: KvElement>(
         alibi,
     };
     batch.run(attend)
+}
+
+/// [`paged_attention`] over one layer of a [`KvPool`](super::KvPool), whatever element type
+/// its cache holds.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention_in(
+    q: &[f32],
+    num_heads: usize,
+    layout: KvLayout,
+    layer: KvLayer<'_>,
+    seqs: &[AttentionSeq<'_>],
+    window: Option<usize>,
+    scale: f32,
+    alibi: Option<&[f32]>,
+) -> Vec<f32> {
+    // One call per element type: `paged_attention` is compiled for each.
+    macro_rules! attend {
+        ($k:expr, $v:expr) => {
+            paged_attention(q, num_heads, layout, $k, $v, seqs, window, scale, alibi)
+        };
+    }
+    match layer {
+        KvLayer::F32 { k, v } => attend!(k, v),
+        KvLayer::Bf16 { k, v } => attend!(k, v),
+        KvLayer::Fp8 { k, v } => attend!(k, v),
+    }
 }
 
 /// One call's inputs.

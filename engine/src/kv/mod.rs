@@ -6,7 +6,7 @@ mod block_manager;
 mod element;
 mod pool;
 
-pub use attention::{paged_attention, AttentionSeq};
+pub use attention::{paged_attention, paged_attention_in, AttentionSeq};
 pub use block_manager::{
     chain_hash, keyed_salt_hash, salt_hash, BlockHash, BlockManager, PrefixStats,
 };

@@ -30,7 +30,7 @@ use rope::Rope;
 pub use runner::{BlockCopy, ModelRunner, ModelWeights};
 use weights::Weights;
 
-use crate::kv::{paged_attention, AttentionSeq, KvDtype, KvLayer, KvPool};
+use crate::kv::{paged_attention_in, AttentionSeq, KvDtype, KvPool};
 use crate::EngineError;
 
 /// Which logits a chunk wants back.
@@ -564,17 +564,8 @@ impl Transformer {
             }
             let window = s.layer_windows[li];
             let alibi = self.alibi.as_deref();
-            let attn = match kv.layer(li) {
-                KvLayer::F32 { k, v } => {
-                    paged_attention(&q, nh, layout, k, v, &seqs, window, scale, alibi)
-                }
-                KvLayer::Bf16 { k, v } => {
-                    paged_attention(&q, nh, layout, k, v, &seqs, window, scale, alibi)
-                }
-                KvLayer::Fp8 { k, v } => {
-                    paged_attention(&q, nh, layout, k, v, &seqs, window, scale, alibi)
-                }
-            };
+            let attn =
+                paged_attention_in(&q, nh, layout, kv.layer(li), &seqs, window, scale, alibi);
             let o = layer.o.forward(&attn, n);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             // A parallel block's MLP reads the same normalised input as its attention.

@@ -258,11 +258,11 @@ fn nibble_at(blocks: usize, r: usize, c: usize) -> (usize, bool) {
     (vector + (r % PANEL) * GROUP + position, group % 2 == 1)
 }
 
-fn set_nibble(nibbles: &mut [u8], blocks: usize, r: usize, c: usize, q: i8) {
+fn set_nibble(units: &mut [u8], blocks: usize, r: usize, c: usize, q: i8) {
     let (at, high) = nibble_at(blocks, r, c);
     let stored = (q + 8) as u8;
-    let byte = nibbles[at];
-    nibbles[at] = if high {
+    let byte = units[at];
+    units[at] = if high {
         (byte & 0x0f) | stored << 4
     } else {
         (byte & 0xf0) | stored
