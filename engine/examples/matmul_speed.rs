@@ -6,7 +6,8 @@
 //! (far more weight than the caches hold, as in one-stream decode), and prints GB/s beside
 //! the machine's plain read bandwidth: the kernels' share of the bandwidth bound without the
 //! rest of the model.
-//! `SHAPE=n,k` measures one shape instead of the model's four.
+//! `SHAPE=n,k` measures one shape instead of the model's four, and `M=1,8` only those batch
+//! sizes.
 use std::time::Instant;
 
 mod support;
@@ -56,7 +57,12 @@ fn matrix(n: usize, k: usize, seed: usize) -> Matrix {
 
 fn measure(n: usize, k: usize) {
     let mat = matrix(n, k, 0);
-    for m in [1usize, 8, 32, 128, 512] {
+    // `M=1,8` measures those batch sizes only.
+    let ms: Vec<usize> = match std::env::var("M") {
+        Ok(s) => s.split(',').map(|m| m.parse().expect("M=m,m,…")).collect(),
+        Err(_) => vec![1, 8, 32, 128, 512],
+    };
+    for m in ms {
         let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 / 13.0).collect();
         let iters = (2000 / m.max(1) + 10) * (3072 / n).max(1);
         let t = Instant::now();

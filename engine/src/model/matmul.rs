@@ -35,9 +35,15 @@ const ROW_TILE: usize = 6;
 /// Parallel tasks per thread a product is split into (when it has the columns or rows).
 const TASKS_PER_THREAD: usize = 4;
 
-/// Asks for the line 2 KiB past `at` in a panel's stream, once per line loaded: the hardware
-/// prefetcher alone keeps too few lines in flight across a tile's several panel streams to
-/// reach the memory's bandwidth. A hint: it never faults, even past the end.
+/// Asks for the line 2 KiB past `at` in a panel's stream into L2, once per line loaded: the
+/// hardware prefetcher alone keeps too few lines in flight across a tile's several panel
+/// streams to reach the memory's bandwidth. A hint: it never faults, even past the end.
+///
+/// Into L2 (`T1`), not L1 (`T0`): on a Zen 4 EPYC, whose L1 is 32 KiB and 8-way (Zen 5's is
+/// 48 KiB and 12-way), the lines 2 KiB ahead of eight streams fill half of L1, and asking
+/// for them there made w4a8's one-stream decode 15–40% slower than asking for nothing; into
+/// L2 it was as fast or faster. On a Zen 5 EPYC both hints gave the same speed
+/// (benchmarks/README.md).
 ///
 /// Only single-row tiles (decode) of the kernels that spend long on each line ask (int8's
 /// widening, w4a8's nibbles): their one-stream decode gained 6–20% from it in alternated
@@ -52,7 +58,7 @@ pub(super) fn prefetch_ahead<T>(at: *const T) {
     const AHEAD: usize = 2048;
     // Safety: a prefetch reads nothing and cannot fault, whatever the address.
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
             (at as *const i8).wrapping_add(AHEAD),
         )
     }
