@@ -41,16 +41,16 @@ const TASKS_PER_THREAD: usize = 4;
 ///
 /// Into L2 (`T1`), not L1 (`T0`): on a Zen 4 EPYC, whose L1 is 32 KiB and 8-way (Zen 5's is
 /// 48 KiB and 12-way), the lines 2 KiB ahead of eight streams fill half of L1, and asking
-/// for them there made w4a8's one-stream decode 15–40% slower than asking for nothing; into
-/// L2 it was as fast or faster. On a Zen 5 EPYC both hints gave the same speed
-/// (benchmarks/README.md).
+/// for them there made w4a8's one-stream decode 16–37% slower than asking for nothing; into
+/// L2 it was close to nothing in decode and faster in the kernels alone. On a Zen 5 EPYC
+/// both hints gave the same speed, ahead of nothing (benchmarks/README.md).
 ///
 /// Only single-row tiles (decode) of the kernels that spend long on each line ask (int8's
-/// widening, w4a8's nibbles): their one-stream decode gained 6–20% from it in alternated
-/// runs, the kernels alone 8–40% (benchmarks/README.md). f32, bf16, w16a16 and w8a8 keep up
-/// with the memory without it, and gained nothing or lost up to 12% with it. A tile of
-/// several rows computes long enough per line for the hardware prefetcher (w4a8's took
-/// twice as long with it).
+/// widening, w4a8's nibbles): on Zen 5 their one-stream decode gained 6–20% from it in
+/// alternated runs, the kernels alone 8–40% (benchmarks/README.md). f32, bf16, w16a16 and
+/// w8a8 keep up with the memory without it, and gained nothing or lost up to 12% with it. A
+/// tile of several rows computes long enough per line for the hardware prefetcher (w4a8's
+/// took twice as long with it).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(super) fn prefetch_ahead<T>(at: *const T) {
