@@ -57,7 +57,6 @@ fn matrix(n: usize, k: usize, seed: usize) -> Matrix {
 
 fn measure(n: usize, k: usize) {
     let mat = matrix(n, k, 0);
-    // `M=1,8` measures those batch sizes only.
     let ms: Vec<usize> = match std::env::var("M") {
         Ok(s) => s.split(',').map(|m| m.parse().expect("M=m,m,…")).collect(),
         Err(_) => vec![1, 8, 32, 128, 512],
