@@ -468,7 +468,9 @@ pub enum Dtype {
     F32,
     Bf16,
     /// 8-bit weights with an f32 scale per output row, quantized at load from the model's
-    /// f32/bf16 safetensors (the native engine's CPU path; activations stay f32).
+    /// f32/bf16 safetensors, times activations quantized to 24-bit integers per token (each
+    /// off by at most a 16-millionth of its row's largest magnitude), summed exactly in
+    /// integers with AVX-512 VNNI where the CPU has it (the native engine's CPU path).
     Int8,
     /// int8 weights as `int8`, times activations quantized to int8 per token, summed in
     /// int32 with AVX-512 VNNI where the CPU has it (CPU path).

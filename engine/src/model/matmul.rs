@@ -6,22 +6,22 @@
 //! element is one fused multiply-add chain over k in order, whatever the batch and whatever
 //! tile it lands in: results are bit-identical for a row alone or among any others, and on
 //! every CPU path with FMA. It also reads bf16 weights directly (module `bf16`, with the
-//! same chains), halving memory traffic, and int8 weights (a quarter of it): 8-bit integers
-//! with one f32 scale per output row, quantized at load (symmetric, round to nearest). An
-//! int8 product sums `x · q` in the same order and multiplies each output by its row's scale
-//! once at the end, so it is exactly as batch-invariant as the others; only the
-//! quantization itself differs from f32.
+//! same chains), halving memory traffic. The 8-bit and 4-bit formats sum integers, which do
+//! not depend on their order, and quantize each row of activations on its own, so they are
+//! exactly as batch-invariant (modules `w8a8`, `w4a8`).
 //!
 //! Layout: weights are packed at load into panels of 16 output columns, k-major
 //! (`[n / 16][k][16]`), so the kernel is an outer product: per k it loads a few 16-wide
 //! weight vectors and broadcasts one x value per row into a block of accumulators (6 rows ×
 //! 4 panels on AVX-512), which keeps the FMA units busy for large batches and streams the
-//! weights once, contiguously, for a single row. The W8A8, W4A8 and bf16 formats have
+//! weights once, contiguously, for a single row. The int8, W8A8, W4A8 and bf16 formats have
 //! layouts and kernels of their own (modules `w8a8`, `w4a8`, `bf16`) and share this module's
 //! split of the product into parallel tasks.
 
 use half::bf16;
 use rayon::prelude::*;
+
+use super::w8a8::Activation;
 
 /// Output columns per panel: one AVX-512 vector of f32 (or i32). Every format packs its
 /// weights in panels of this width: the task split and the output masks count in them.
@@ -45,16 +45,16 @@ const TASKS_PER_THREAD: usize = 4;
 /// L2 it was close to nothing in decode and faster in the kernels alone. On a Zen 5 EPYC
 /// both hints gave the same speed, ahead of nothing (benchmarks/README.md).
 ///
-/// Only single-row tiles (decode) of the kernels that spend long on each line ask (int8's
-/// widening, w4a8's nibbles): on Zen 5 their one-stream decode gained 6–20% from it in
-/// alternated runs, the kernels alone 8–40% (benchmarks/README.md). f32, bf16, w16a16 and
-/// w8a8 keep up with the memory without it, and gained nothing or lost up to 12% with it. A
-/// tile of several rows computes long enough per line for the hardware prefetcher (w4a8's
-/// took twice as long with it).
+/// Only w4a8's single-row tiles (decode) ask, as they spend long on each line (the nibbles):
+/// on Zen 5 its one-stream decode gained 6–20% from it in alternated runs, the kernels alone
+/// 8–40%, and so did int8's when it widened weights to f32 (benchmarks/README.md). f32,
+/// bf16, w16a16 and w8a8 keep up with the memory without it, and gained nothing or lost up
+/// to 12% with it. A tile of several rows computes long enough per line for the hardware
+/// prefetcher (w4a8's took twice as long with it).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(super) fn prefetch_ahead<T>(at: *const T) {
-    /// 2 KiB: int8 gained two thirds as much at 1 KiB, and 4 KiB gave nothing more.
+    /// 2 KiB: int8 (widening) gained two thirds as much at 1 KiB, and 4 KiB nothing more.
     const AHEAD: usize = 2048;
     // Safety: a prefetch reads nothing and cannot fault, whatever the address.
     unsafe {
@@ -65,13 +65,14 @@ pub(super) fn prefetch_ahead<T>(at: *const T) {
 }
 
 /// How a model's weight matrices are held in memory, and the arithmetic of their products
-/// (activations are f32 except in the W8A8, W16A16 and W4A8 products).
+/// (activations are f32 in the f32 and bf16 products; the others quantize or round them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum WeightFormat {
     #[default]
     F32,
     Bf16,
-    /// 8 bits per weight and an f32 scale per output row, quantized at load.
+    /// 8 bits per weight and an f32 scale per output row, quantized at load, times
+    /// activations quantized to 24-bit integers per token, summed exactly; see `w8a8`.
     Int8,
     /// int8 weights as `Int8`, times activations quantized to int8 per token, summed in
     /// int32 (AVX-512 VNNI where the CPU has it); see `w8a8`.
@@ -94,11 +95,8 @@ pub struct Matrix {
 enum WeightData {
     F32(Vec<f32>),
     Bf16(super::bf16::Bf16Weights),
-    Int8 {
-        values: Vec<i8>,
-        /// One per output row: a weight is `value × scale`.
-        scales: Vec<f32>,
-    },
+    /// Int8 and W8A8 share weights and kernels; their activations differ.
+    Int8(super::w8a8::W8a8),
     W8a8(super::w8a8::W8a8),
     W16a16(super::bf16::Bf16Weights),
     W4a8(super::w4a8::W4a8),
@@ -138,29 +136,13 @@ impl Matrix {
     }
 
     /// Quantizes row-major f32 weights to int8, per output row: the scale maps the row's
-    /// largest magnitude to 127, and each weight rounds to the nearest step.
+    /// largest magnitude to 127, and each weight rounds to the nearest step. Products take
+    /// activations at 24 bits (see `w8a8`).
     pub fn int8(rows: usize, cols: usize, data: &[f32]) -> Self {
-        debug_assert_eq!(data.len(), rows * cols);
-        let mut values = Vec::with_capacity(rows * cols);
-        let mut scales = Vec::with_capacity(rows);
-        for row in data.chunks_exact(cols.max(1)) {
-            let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let scale = if max > 0.0 && max.is_finite() {
-                max / 127.0
-            } else {
-                1.0
-            };
-            scales.push(scale);
-            // `as` saturates (and maps NaN to 0): no weight can wrap around.
-            values.extend(row.iter().map(|v| (v / scale).round() as i8));
-        }
         Self {
             rows,
             cols,
-            data: WeightData::Int8 {
-                values: pack(rows, cols, &values),
-                scales,
-            },
+            data: WeightData::Int8(super::w8a8::W8a8::quantize(rows, cols, data)),
         }
     }
 
@@ -196,8 +178,7 @@ impl Matrix {
         match &self.data {
             WeightData::F32(d) => d.len() * 4,
             WeightData::Bf16(w) => w.bytes(),
-            WeightData::Int8 { values, scales } => values.len() + scales.len() * 4,
-            WeightData::W8a8(w) => w.bytes(),
+            WeightData::Int8(w) | WeightData::W8a8(w) => w.bytes(),
             WeightData::W16a16(w) => w.bytes(),
             WeightData::W4a8(w) => w.bytes(),
         }
@@ -205,21 +186,16 @@ impl Matrix {
 
     /// Copies row `r` into `out` as f32 (embedding lookup).
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
-        // Where row r starts in the `[n / 16][k][16]` panels (f32 and int8).
-        let base = (r / PANEL) * self.cols * PANEL + r % PANEL;
         match &self.data {
             WeightData::F32(d) => {
+                // Where row r starts in the `[n / 16][k][16]` panels.
+                let base = (r / PANEL) * self.cols * PANEL + r % PANEL;
                 for (c, o) in out.iter_mut().enumerate() {
                     *o = d[base + c * PANEL];
                 }
             }
-            WeightData::Int8 { values, scales } => {
-                for (c, o) in out.iter_mut().enumerate() {
-                    *o = f32::from(values[base + c * PANEL]) * scales[r];
-                }
-            }
             WeightData::Bf16(w) | WeightData::W16a16(w) => w.row_into(r, out),
-            WeightData::W8a8(w) => w.row_into(r, out),
+            WeightData::Int8(w) | WeightData::W8a8(w) => w.row_into(r, out),
             WeightData::W4a8(w) => w.row_into(r, out),
         }
     }
@@ -228,26 +204,21 @@ impl Matrix {
     pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
         debug_assert_eq!(x.len(), m * self.cols);
         let mut out = match &self.data {
-            // Safety (both panel products): the kernels write only their block's columns.
+            // Safety: the kernel writes only its block's columns.
             WeightData::F32(w) => unsafe {
                 self.panel_product(x, m, |block, out| dispatch(block, w, out))
             },
-            WeightData::Int8 { values, scales } => unsafe {
-                self.panel_product(x, m, |block, out| {
-                    dispatch(block, values, out);
-                    scale_block(block, scales, out);
-                })
-            },
+            WeightData::Int8(w) => w.matmul(x, m, Activation::Int24),
             WeightData::Bf16(w) => w.matmul_exact(x, m),
             WeightData::W16a16(w) => w.matmul_dot(x, m),
-            WeightData::W8a8(w) => w.matmul(x, m),
+            WeightData::W8a8(w) => w.matmul(x, m, Activation::Int8),
             WeightData::W4a8(w) => w.matmul(x, m),
         };
         add_bias(&mut out, self.rows, bias);
         out
     }
 
-    /// The product over the `[n / 16][k][16]` panels (f32 and int8 weights), `kernel` run on
+    /// The product over the `[n / 16][k][16]` panels (f32 weights), `kernel` run on
     /// every block.
     ///
     /// Safety: `kernel(block, out)` writes only that block's columns of its rows of `out`.
@@ -326,20 +297,6 @@ fn add_bias(out: &mut [f32], n: usize, bias: Option<&[f32]>) {
     }
 }
 
-/// Multiplies a block's outputs by their rows' int8 scales, once, after the whole sum.
-///
-/// Safety: as for [`dispatch`]: only the block's own columns of its rows are touched.
-unsafe fn scale_block(block: &Block, scales: &[f32], out: *mut f32) {
-    let c0 = block.panel0 * PANEL;
-    let c1 = ((block.panel0 + block.panels) * PANEL).min(block.n);
-    for i in block.rows.clone() {
-        for (c, s) in scales.iter().enumerate().take(c1).skip(c0) {
-            // Safety: (i, c) is inside this block.
-            unsafe { *out.add(i * block.n + c) *= s };
-        }
-    }
-}
-
 /// An `[m, n]` product computed by `tile(i0, rows, panel0, panels, out)` on every register
 /// tile, in parallel (see [`for_each_block`]): rows of x in tiles of up to six, each block's
 /// panels `panels_per_tile` at a time. `out` is the `[m, n]` output, zeroed; a tile must write
@@ -400,8 +357,6 @@ struct Block<'a> {
 }
 
 trait Weight: Copy + Send + Sync {
-    /// Whether the AVX-512 kernel asks for this format's weights ahead ([`prefetch_ahead`]).
-    const PREFETCH: bool;
     fn get(self) -> f32;
     /// Loads 16 consecutive weights widened to f32 (AVX-512).
     #[cfg(target_arch = "x86_64")]
@@ -409,8 +364,6 @@ trait Weight: Copy + Send + Sync {
 }
 
 impl Weight for f32 {
-    const PREFETCH: bool = false;
-
     #[inline(always)]
     fn get(self) -> f32 {
         self
@@ -421,24 +374,6 @@ impl Weight for f32 {
     unsafe fn load16(ptr: *const Self) -> std::arch::x86_64::__m512 {
         // Safety: the caller guarantees 16 readable floats and AVX-512F.
         unsafe { std::arch::x86_64::_mm512_loadu_ps(ptr) }
-    }
-}
-
-impl Weight for i8 {
-    const PREFETCH: bool = true;
-
-    #[inline(always)]
-    fn get(self) -> f32 {
-        f32::from(self)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn load16(ptr: *const Self) -> std::arch::x86_64::__m512 {
-        use std::arch::x86_64::*;
-        // Safety: the caller guarantees 16 readable bytes and AVX-512F.
-        // Sign-extend to 32 bits, then convert exactly (every i8 is an f32).
-        unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(ptr as *const __m128i))) }
     }
 }
 
@@ -587,18 +522,12 @@ mod avx512 {
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         let wp = w.as_ptr();
         let xp = b.x.as_ptr();
-        // Weights per 64-byte line of a panel: ask for the next ones once per line.
-        let per_line = 64 / (PANEL * std::mem::size_of::<W>());
         for p in 0..k {
             let mut wv = [_mm512_setzero_ps(); C];
             // Safety: panel (panel0 + c) has k rows of 16; x row i0 + r has k values.
             unsafe {
                 for c in 0..C {
-                    let at = wp.add(((b.panel0 + c) * k + p) * PANEL);
-                    if W::PREFETCH && R == 1 && p % per_line == 0 {
-                        super::prefetch_ahead(at);
-                    }
-                    wv[c] = W::load16(at);
+                    wv[c] = W::load16(wp.add(((b.panel0 + c) * k + p) * PANEL));
                 }
                 for r in 0..R {
                     let xv = _mm512_set1_ps(*xp.add((i0 + r) * k + p));
@@ -779,8 +708,9 @@ mod tests {
         assert_eq!(r, big[37 * 3..38 * 3]);
     }
 
-    /// int8: within half a quantization step per weight of f32's answer, batch-invariant,
-    /// and the same bits on every CPU path.
+    /// int8: within half a quantization step per weight of f32's answer, and within the
+    /// 24-bit activations' rounding of the answer over the quantized weights (module
+    /// `w8a8`); batch-invariant. Its CPU paths are compared in `w8a8`'s tests.
     #[test]
     fn int8_weights_quantize_per_row_and_stay_batch_invariant() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
@@ -790,23 +720,36 @@ mod tests {
             let mat = Matrix::int8(n, k, &w);
             let got = mat.matmul(&x, m, None);
             let want = naive(&x, m, &w, n, k);
+            let mut quantized = vec![0.0; n * k];
+            for (j, row) in quantized.chunks_exact_mut(k).enumerate() {
+                mat.row_into(j, row);
+            }
+            let exact = naive(&x, m, &quantized, n, k);
             for i in 0..m {
+                let xs = &x[i * k..(i + 1) * k];
+                let x_step = xs.iter().fold(0.0f32, |a, v| a.max(v.abs())) / 8_290_687.0;
                 for j in 0..n {
                     let row = &w[j * k..(j + 1) * k];
                     let scale = row.iter().fold(0.0f32, |a, v| a.max(v.abs())) / 127.0;
                     // Each weight is off by at most half a step.
-                    let bound: f32 = x[i * k..(i + 1) * k]
-                        .iter()
-                        .map(|v| v.abs() * scale / 2.0)
-                        .sum::<f32>()
-                        + 1e-4;
+                    let bound: f32 = xs.iter().map(|v| v.abs() * scale / 2.0).sum::<f32>() + 1e-4;
                     let (a, b) = (got[i * n + j], want[i * n + j]);
                     assert!(
                         (a - b).abs() <= bound,
                         "{m}x{n}x{k}: {a} vs {b} (bound {bound})"
                     );
+                    // Each activation is off by at most a step, and f32 sums round.
+                    let q = &quantized[j * k..(j + 1) * k];
+                    let size: f32 = xs.iter().zip(q).map(|(a, b)| (a * b).abs()).sum();
+                    let steps: f32 = q.iter().map(|v| v.abs() * x_step).sum();
+                    let bound = steps + size * 1e-5 + 1e-6;
+                    let b = exact[i * n + j];
+                    assert!(
+                        (a - b).abs() <= bound,
+                        "{m}x{n}x{k}: {a} vs {b} over int8 weights (bound {bound})"
+                    );
                 }
-                let alone = mat.matmul(&x[i * k..(i + 1) * k], 1, None);
+                let alone = mat.matmul(xs, 1, None);
                 assert_eq!(alone, got[i * n..(i + 1) * n], "{m}x{n}x{k} row {i}");
             }
             let mut row = vec![0.0; k];
@@ -823,38 +766,7 @@ mod tests {
         assert_eq!(row, [0.0, 0.0]);
         mat.row_into(1, &mut row);
         assert_eq!(row, [127.0, -63.0]);
-        assert_eq!(mat.bytes(), 16 * 2 + 3 * 4);
-    }
-
-    #[test]
-    fn int8_cpu_paths_agree_exactly() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
-        let (m, n, k) = (9, 61, 83);
-        let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let q: Vec<i8> = (0..n * k).map(|_| rng.random_range(-127..=127)).collect();
-        let packed = pack(n, k, &q);
-        let run = |f: unsafe fn(&Block, &[i8], *mut f32)| {
-            let mut out = vec![0.0; m * n];
-            let block = Block {
-                x: &x,
-                rows: 0..m,
-                k,
-                n,
-                panel0: 0,
-                panels: n.div_ceil(PANEL).min(PANELS_PER_TASK),
-            };
-            unsafe { f(&block, &packed, out.as_mut_ptr()) };
-            out
-        };
-        let generic = run(kernel::<i8, Fused>);
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                assert_eq!(run(kernel_avx2), generic, "avx2 path");
-            }
-            if std::is_x86_feature_detected!("avx512f") {
-                assert_eq!(run(avx512::kernel), generic, "avx512 path");
-            }
-        }
+        // One panel of one group of four k, three scales and three offsets.
+        assert_eq!(mat.bytes(), 16 * 4 + 3 * 4 + 3 * 4);
     }
 }

@@ -240,7 +240,8 @@ pub struct Transformer {
 
 impl Transformer {
     /// Loads a Hugging Face model folder. Weights are held in `dtype` (f32; bf16 halves
-    /// their memory and the bytes read per token, int8 quarters them); all arithmetic is f32.
+    /// their memory and the bytes read per token, the 8-bit formats quarter them; see
+    /// `WeightFormat` for each one's arithmetic).
     pub fn load(
         dir: &Path,
         dtype: WeightFormat,

@@ -1,12 +1,21 @@
-//! W8A8 products (`dtype: w8a8`): int8 weights with one f32 scale per output row (as
-//! `Matrix::int8`), times int8 activations quantized per token as they arrive (one scale per
-//! row of x: its largest magnitude maps to 127), summed exactly in int32. With AVX-512 VNNI
-//! one `vpdpbusd` does 64 multiply-adds, four times an f32 FMA's; without it the same
-//! integers are summed portably. Integer sums do not depend on their order and the final
-//! scaling is the same few f32 operations everywhere, so every CPU path and every batch gives
-//! the same bits.
+//! Integer products over int8 weights with one f32 scale per output row, quantized at load
+//! (symmetric, round to nearest), times activations quantized per token as they arrive (one
+//! scale per row of x), summed exactly in int32. Two formats share the weights and kernels:
+//! - `dtype: w8a8`: one int8 per activation, the row's largest magnitude mapped to 127.
+//! - `dtype: int8`: a 24-bit integer per activation (the largest magnitude mapped to
+//!   8,290,687), kept as three balanced base-255 digits of −127..=127, one byte plane each.
+//!   Each plane is summed against the weights like a w8a8 row and the three sums are
+//!   combined exactly (`s₂·255² + s₁·255 + s₀`), then rounded to f32 once. The activations
+//!   lose at most a 16-millionth of their row's largest magnitude, so the weights'
+//!   quantization is all that separates it from f32; and it costs three `vpdpbusd` per 64
+//!   weights where widening them to f32 took twelve instructions (benchmarks/README.md).
 //!
-//! `vpdpbusd` multiplies unsigned by signed bytes, so activations are stored offset by 128
+//! With AVX-512 VNNI one `vpdpbusd` does 64 multiply-adds, four times an f32 FMA's; without
+//! it the same integers are summed portably. Integer sums do not depend on their order and
+//! the final scaling is the same few operations everywhere, so every CPU path and every
+//! batch gives the same bits.
+//!
+//! `vpdpbusd` multiplies unsigned by signed bytes, so digits are stored offset by 128
 //! (1..=255) and 128 × each column's weight sum is taken off at the end.
 //!
 //! Layout: panels of 16 output columns with k in groups of 4 (one 32-bit lane):
@@ -18,8 +27,39 @@ use super::matmul::{rows_per_thread, tiled_product, PANEL, PANELS_PER_TASK};
 
 /// k values per 32-bit lane.
 const GROUP: usize = 4;
+/// The base of `Activation::Int24`'s digits: odd, so −127..=127 covers every residue.
+const BASE: i32 = 255;
+/// `Activation::Int24`'s largest integer: (255³ − 1) / 2, three digits of 127.
+const WIDE_MAX: i32 = 8_290_687;
 
-/// A weight matrix for W8A8 products.
+/// How finely each row of activations is quantized before the integer product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Activation {
+    /// One int8 per value (`dtype: w8a8`).
+    Int8,
+    /// A 24-bit integer per value in three byte planes (`dtype: int8`).
+    Int24,
+}
+
+impl Activation {
+    /// Byte planes per row.
+    fn planes(self) -> usize {
+        match self {
+            Self::Int8 => 1,
+            Self::Int24 => 3,
+        }
+    }
+
+    /// The integer the row's largest magnitude maps to.
+    fn levels(self) -> i32 {
+        match self {
+            Self::Int8 => 127,
+            Self::Int24 => WIDE_MAX,
+        }
+    }
+}
+
+/// A weight matrix for integer products.
 pub struct W8a8 {
     rows: usize,
     cols: usize,
@@ -32,14 +72,29 @@ pub struct W8a8 {
     offsets: Vec<i32>,
 }
 
-/// A row of x quantized: bytes offset by 128, and its scale.
+/// Rows of x quantized: `[m][planes][width]` bytes offset by 128, and one scale per row.
 struct Activations {
     bytes: Vec<u8>,
     scales: Vec<f32>,
+    planes: usize,
+}
+
+/// The scale that maps a row's largest magnitude `max` to `levels`.
+fn scale_from(max: f32, levels: i32) -> f32 {
+    if max > 0.0 && max.is_finite() {
+        max / levels as f32
+    } else {
+        1.0
+    }
 }
 
 /// Symmetric int8 scale of a row: its largest magnitude maps to 127.
 fn scale_of(row: &[f32]) -> f32 {
+    scale_from(row_max(row), 127)
+}
+
+/// A row's largest magnitude (NaN skipped).
+fn row_max(row: &[f32]) -> f32 {
     // In 16 lanes so it vectorises; a maximum does not depend on the order.
     let mut lanes = [0.0f32; 16];
     let chunks = row.chunks_exact(16);
@@ -51,38 +106,47 @@ fn scale_of(row: &[f32]) -> f32 {
             *l = l.max(v.abs());
         }
     }
-    let max = lanes.iter().fold(0.0f32, |m, &v| m.max(v));
-    if max > 0.0 && max.is_finite() {
-        max / 127.0
-    } else {
-        1.0
-    }
+    lanes.iter().fold(0.0f32, |m, &v| m.max(v))
 }
 
-/// Quantizes one row of activations into `dst` (offset by 128); returns its scale. Compiled
-/// for AVX-512 where the CPU has it; every operation is exact per element, so every path
-/// gives the same bytes.
-pub(super) fn quantize_row(row: &[f32], dst: &mut [u8]) -> f32 {
+/// The lowest balanced base-255 digit of `x` (−127..=127), and what is left above it.
+#[inline(always)]
+fn split_digit(x: i32) -> (i32, i32) {
+    let d = (x + BASE / 2).rem_euclid(BASE) - BASE / 2;
+    (d, (x - d) / BASE)
+}
+
+/// Quantizes one row of activations into `dst` (offset by 128, `planes` planes of `width`
+/// bytes); returns its scale. Compiled for AVX-512 where the CPU has it; every operation
+/// is exact per element, so every path gives the same bytes.
+fn quantize_into(row: &[f32], dst: &mut [u8], width: usize, activation: Activation) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
         // Safety: the CPU has the features.
-        return unsafe { quantize_row_avx512(row, dst) };
+        return unsafe { quantize_avx512(row, dst, width, activation) };
     }
-    quantize_row_portable(row, dst)
+    quantize_portable(row, dst, width, activation)
 }
 
-/// [`quantize_row_portable`] in explicit vectors (the compiler's version ran at about one
+/// One row quantized to int8 (offset by 128) into `dst`; returns its scale.
+pub(super) fn quantize_row(row: &[f32], dst: &mut [u8]) -> f32 {
+    quantize_into(row, dst, dst.len(), Activation::Int8)
+}
+
+/// [`quantize_portable`] in explicit vectors (the compiler's version ran at about one
 /// element per nanosecond, a tenth of a decode step at 32 rows): the same maximum, the same
-/// multiply then add, and the same clamp and truncation, so the same bytes, NaN and
-/// infinities included.
+/// multiply then add, the same clamp and truncation, and the same digits, so the same bytes,
+/// NaN and infinities included.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn quantize_row_avx512(row: &[f32], dst: &mut [u8]) -> f32 {
+unsafe fn quantize_avx512(row: &[f32], dst: &mut [u8], width: usize, a: Activation) -> f32 {
     use std::arch::x86_64::*;
-    let n = row.len().min(dst.len());
+    let n = row.len().min(width);
+    debug_assert!(dst.len() >= width * a.planes());
     let (src, out) = (row.as_ptr(), dst.as_mut_ptr());
     let tail = |at: usize| -> __mmask16 { ((1u32 << (n - at).min(16)) - 1) as __mmask16 };
-    // Safety (every load and store below): masked to `at..n`, inside both slices.
+    // Safety (every load and store below): masked to `at..n` of the row and of each plane,
+    // inside both slices.
     unsafe {
         // Lanes never hold NaN (they start at 0 and `max_ps` returns its second operand when
         // either is NaN), so a NaN element is skipped, as `f32::max` skips it.
@@ -91,16 +155,13 @@ unsafe fn quantize_row_avx512(row: &[f32], dst: &mut [u8]) -> f32 {
             let v = _mm512_maskz_loadu_ps(tail(at), src.add(at));
             lanes = _mm512_max_ps(_mm512_abs_ps(v), lanes);
         }
-        let max = _mm512_reduce_max_ps(lanes);
-        let scale = if max > 0.0 && max.is_finite() {
-            max / 127.0
-        } else {
-            1.0
-        };
+        let scale = scale_from(_mm512_reduce_max_ps(lanes), a.levels());
         let inverse = _mm512_set1_ps(1.0 / scale);
         let sign = _mm512_set1_epi32(i32::MIN);
         let half = _mm512_castps_si512(_mm512_set1_ps(0.5));
-        let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+        let levels = a.levels() as f32;
+        let (lo, hi) = (_mm512_set1_ps(-levels), _mm512_set1_ps(levels));
+        let offset = _mm512_set1_epi32(128);
         for at in (0..n).step_by(16) {
             let m = tail(at);
             let v = _mm512_maskz_loadu_ps(m, src.add(at));
@@ -111,23 +172,65 @@ unsafe fn quantize_row_avx512(row: &[f32], dst: &mut [u8]) -> f32 {
             let t = _mm512_add_ps(_mm512_mul_ps(v, inverse), signed_half);
             // `as i32` maps NaN to 0 and saturates; clamping first keeps truncation in range.
             let t = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(t, t), t);
-            let q = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(t, lo), hi));
-            let bytes = _mm512_add_epi32(q, _mm512_set1_epi32(128));
-            _mm512_mask_cvtepi32_storeu_epi8(out.add(at) as *mut i8, m, bytes);
+            let mut q = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(t, lo), hi));
+            for p in 0..a.planes() {
+                let digit = if p + 1 < a.planes() {
+                    let (d, rest) = split_digit_avx512(q);
+                    q = rest;
+                    d
+                } else {
+                    q
+                };
+                let bytes = _mm512_add_epi32(digit, offset);
+                _mm512_mask_cvtepi32_storeu_epi8(out.add(p * width + at) as *mut i8, m, bytes);
+            }
         }
         scale
     }
 }
 
+/// [`split_digit`] on 16 lanes (|x| ≤ [`WIDE_MAX`]): the quotient from an f32 division
+/// can miss by one, so the digit is brought back into −127..=127, which makes it the unique
+/// balanced digit, as the integer version's.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn split_digit_avx512(
+    x: std::arch::x86_64::__m512i,
+) -> (std::arch::x86_64::__m512i, std::arch::x86_64::__m512i) {
+    use std::arch::x86_64::*;
+    let base = _mm512_set1_epi32(BASE);
+    let q = _mm512_cvtps_epi32(_mm512_mul_ps(
+        _mm512_cvtepi32_ps(x),
+        _mm512_set1_ps(1.0 / BASE as f32),
+    ));
+    let d = _mm512_sub_epi32(x, _mm512_mullo_epi32(q, base));
+    let over = _mm512_cmpgt_epi32_mask(d, _mm512_set1_epi32(BASE / 2));
+    let under = _mm512_cmplt_epi32_mask(d, _mm512_set1_epi32(-(BASE / 2)));
+    let one = _mm512_set1_epi32(1);
+    let d = _mm512_mask_add_epi32(_mm512_mask_sub_epi32(d, over, d, base), under, d, base);
+    let q = _mm512_mask_sub_epi32(_mm512_mask_add_epi32(q, over, q, one), under, q, one);
+    (d, q)
+}
+
 #[inline(always)]
-fn quantize_row_portable(row: &[f32], dst: &mut [u8]) -> f32 {
-    let scale = scale_of(row);
+fn quantize_portable(row: &[f32], dst: &mut [u8], width: usize, a: Activation) -> f32 {
+    let scale = scale_from(row_max(row), a.levels());
     let inverse = 1.0 / scale;
-    for (v, d) in row.iter().zip(dst.iter_mut()) {
+    for (c, v) in row.iter().enumerate().take(width) {
         // Round half away from zero with plain arithmetic (no libm call: this runs for every
-        // activation of every product), then offset: |q| ≤ 127, so the byte is 1..=255.
-        let q = (v * inverse + 0.5f32.copysign(*v)) as i32;
-        *d = (q.clamp(-127, 127) + 128) as u8;
+        // activation of every product); the digits are offset: each byte is 1..=255.
+        let mut q = ((v * inverse + 0.5f32.copysign(*v)) as i32).clamp(-a.levels(), a.levels());
+        for p in 0..a.planes() {
+            let digit = if p + 1 < a.planes() {
+                let (d, rest) = split_digit(q);
+                q = rest;
+                d
+            } else {
+                q
+            };
+            dst[p * width + c] = (digit + 128) as u8;
+        }
     }
     scale
 }
@@ -144,8 +247,9 @@ impl W8a8 {
             let scale = scale_of(row);
             let mut sum = 0i32;
             for (c, v) in row.iter().enumerate() {
-                // `as` saturates (and maps NaN to 0).
-                let q = (v / scale).round() as i8;
+                // `as` saturates (and maps NaN to 0); -128 (from -inf) is kept out, as the
+                // AVX2 kernel moves activations' signs onto the weights.
+                let q = ((v / scale).round() as i8).max(-127);
                 values[index(groups, r, c)] = q;
                 sum += i32::from(q);
             }
@@ -174,11 +278,11 @@ impl W8a8 {
         }
     }
 
-    /// `x` is `[m, cols]`; returns `[m, rows]` = x W^T.
-    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+    /// `x` is `[m, cols]`; returns `[m, rows]` = x W^T, with x quantized as `activation`.
+    pub(super) fn matmul(&self, x: &[f32], m: usize, activation: Activation) -> Vec<f32> {
         debug_assert_eq!(x.len(), m * self.cols);
         let (n, k) = (self.rows, self.cols);
-        let acts = self.quantize_activations(x, m, k);
+        let acts = self.quantize_activations(x, m, k, activation);
         tiled_product(
             n,
             m,
@@ -191,16 +295,27 @@ impl W8a8 {
         )
     }
 
-    fn quantize_activations(&self, x: &[f32], m: usize, k: usize) -> Activations {
+    fn quantize_activations(
+        &self,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        activation: Activation,
+    ) -> Activations {
         let width = self.groups * GROUP;
-        let mut bytes = vec![128u8; m * width];
+        let planes = activation.planes();
+        let mut bytes = vec![128u8; m * planes * width];
         let mut scales = vec![0.0f32; m];
         x.par_chunks_exact(k.max(1))
-            .zip(bytes.par_chunks_exact_mut(width))
+            .zip(bytes.par_chunks_exact_mut(planes * width))
             .zip(scales.par_iter_mut())
             .with_min_len(rows_per_thread(m, k))
-            .for_each(|((row, dst), scale)| *scale = quantize_row(row, dst));
-        Activations { bytes, scales }
+            .for_each(|((row, dst), scale)| *scale = quantize_into(row, dst, width, activation));
+        Activations {
+            bytes,
+            scales,
+            planes,
+        }
     }
 
     /// One register tile: `rows` rows of x from `i0` against `panels` panels from `panel0`.
@@ -216,9 +331,15 @@ impl W8a8 {
         out: *mut f32,
     ) {
         #[cfg(target_arch = "x86_64")]
-        if vnni_available() {
-            // Safety: the CPU has the features; forwarded.
-            return unsafe { vnni::tile(self, acts, i0, rows, panel0, panels, out) };
+        {
+            if vnni_available() {
+                // Safety: the CPU has the features; forwarded.
+                return unsafe { vnni::tile(self, acts, i0, rows, panel0, panels, out) };
+            }
+            if std::is_x86_feature_detected!("avx2") {
+                // Safety: the CPU has the feature; forwarded.
+                return unsafe { avx2::tile(self, acts, i0, rows, panel0, panels, out) };
+            }
         }
         // Safety: forwarded.
         unsafe { self.tile_portable(acts, i0, rows, panel0, panels, out) }
@@ -238,17 +359,21 @@ impl W8a8 {
         let c0 = panel0 * PANEL;
         let c1 = ((panel0 + panels) * PANEL).min(self.rows);
         for i in i0..i0 + rows {
-            let xq = &acts.bytes[i * width..(i + 1) * width];
             for j in c0..c1 {
                 let base = ((j / PANEL) * self.groups) * PANEL * GROUP + (j % PANEL) * GROUP;
-                let mut acc = 0i32;
-                for g in 0..self.groups {
-                    let w = &self.values[base + g * PANEL * GROUP..][..GROUP];
-                    for l in 0..GROUP {
-                        acc += i32::from(xq[g * GROUP + l]) * i32::from(w[l]);
+                let mut sums = [0i32; 3];
+                for (p, sum) in sums.iter_mut().enumerate().take(acts.planes) {
+                    let xq = &acts.bytes[(i * acts.planes + p) * width..][..width];
+                    let mut acc = 0i32;
+                    for g in 0..self.groups {
+                        let w = &self.values[base + g * PANEL * GROUP..][..GROUP];
+                        for l in 0..GROUP {
+                            acc += i32::from(xq[g * GROUP + l]) * i32::from(w[l]);
+                        }
                     }
+                    *sum = acc.wrapping_sub(self.offsets[j]);
                 }
-                let v = finish(acc, self.offsets[j], acts.scales[i], self.scales[j]);
+                let v = finish(&sums[..acts.planes], acts.scales[i], self.scales[j]);
                 // Safety: (i, j) lies in this tile.
                 unsafe { *out.add(i * self.rows + j) = v };
             }
@@ -256,11 +381,15 @@ impl W8a8 {
     }
 }
 
-/// An output from its integer sum: the offset taken off, then the two scales, in this order
-/// on every path.
+/// An output from its planes' integer sums (offsets taken off, lowest digit first): combined
+/// exactly, rounded to f32 once, then the two scales, in this order on every path.
 #[inline(always)]
-fn finish(acc: i32, offset: i32, x_scale: f32, w_scale: f32) -> f32 {
-    (acc.wrapping_sub(offset) as f32) * x_scale * w_scale
+fn finish(sums: &[i32], x_scale: f32, w_scale: f32) -> f32 {
+    let total = sums
+        .iter()
+        .rev()
+        .fold(0i64, |t, &s| t * i64::from(BASE) + i64::from(s));
+    (total as f32) * x_scale * w_scale
 }
 
 /// Where weight (r, c) lives in the packed layout.
@@ -280,7 +409,7 @@ mod vnni {
     use std::arch::x86_64::*;
 
     use super::super::matmul::tile_shapes;
-    use super::{Activations, W8a8, GROUP, PANEL};
+    use super::{Activations, W8a8, BASE, GROUP, PANEL};
 
     /// Safety: needs AVX-512F/BW/VNNI; see `W8a8::tile`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -293,15 +422,47 @@ mod vnni {
         panels: usize,
         out: *mut f32,
     ) {
-        // Safety: forwarded; the tile lies inside the activations, weights and output.
-        unsafe { tile_shapes!(tile_rc, rows, panels, (w, acts, i0, panel0, out)) }
+        // Safety (both): forwarded; the tile lies inside the activations, weights and output.
+        if acts.planes == 1 {
+            return unsafe { tile_shapes!(tile_rc, rows, panels, (w, acts, i0, panel0, out)) };
+        }
+        // Three planes: two rows of four panels hold 24 accumulators, as six rows do with one.
+        for i in (i0..i0 + rows).step_by(2) {
+            let r = (i0 + rows - i).min(2);
+            unsafe {
+                match (r, panels) {
+                    (2, 4) => tile_planes::<3, 2, 4>(w, acts, i, panel0, out),
+                    (2, 3) => tile_planes::<3, 2, 3>(w, acts, i, panel0, out),
+                    (2, 2) => tile_planes::<3, 2, 2>(w, acts, i, panel0, out),
+                    (2, 1) => tile_planes::<3, 2, 1>(w, acts, i, panel0, out),
+                    (1, 4) => tile_planes::<3, 1, 4>(w, acts, i, panel0, out),
+                    (1, 3) => tile_planes::<3, 1, 3>(w, acts, i, panel0, out),
+                    (1, 2) => tile_planes::<3, 1, 2>(w, acts, i, panel0, out),
+                    (1, 1) => tile_planes::<3, 1, 1>(w, acts, i, panel0, out),
+                    _ => unreachable!("wide tiles hold 1 or 2 rows of 1 to 4 panels"),
+                }
+            }
+        }
+    }
+
+    /// One-plane tiles (`tile_shapes` passes the rows and panels).
+    #[inline(always)]
+    unsafe fn tile_rc<const R: usize, const C: usize>(
+        w: &W8a8,
+        acts: &Activations,
+        i0: usize,
+        panel0: usize,
+        out: *mut f32,
+    ) {
+        // Safety: forwarded.
+        unsafe { tile_planes::<1, R, C>(w, acts, i0, panel0, out) }
     }
 
     // Index loops over register tiles read clearer than iterator chains here.
     #[allow(clippy::needless_range_loop)]
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn tile_rc<const R: usize, const C: usize>(
+    unsafe fn tile_planes<const P: usize, const R: usize, const C: usize>(
         w: &W8a8,
         acts: &Activations,
         i0: usize,
@@ -312,22 +473,24 @@ mod vnni {
         let width = groups * GROUP;
         let wp = w.values.as_ptr();
         let xp = acts.bytes.as_ptr();
-        let mut acc = [[_mm512_setzero_si512(); C]; R];
+        let mut acc = [[[_mm512_setzero_si512(); C]; P]; R];
         for g in 0..groups {
             let mut wv = [_mm512_setzero_si512(); C];
-            // Safety: panel (panel0 + c) has `groups` groups of 64 bytes; row i0 + r of the
-            // activations has `width` bytes.
+            // Safety: panel (panel0 + c) has `groups` groups of 64 bytes; each plane of row
+            // i0 + r of the activations has `width` bytes.
             unsafe {
                 for c in 0..C {
                     let at = ((panel0 + c) * groups + g) * PANEL * GROUP;
                     wv[c] = _mm512_loadu_si512(wp.add(at) as *const __m512i);
                 }
                 for r in 0..R {
-                    let four =
-                        (xp.add((i0 + r) * width + g * GROUP) as *const i32).read_unaligned();
-                    let xv = _mm512_set1_epi32(four);
-                    for c in 0..C {
-                        acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], xv, wv[c]);
+                    for p in 0..P {
+                        let plane = ((i0 + r) * P + p) * width;
+                        let four = (xp.add(plane + g * GROUP) as *const i32).read_unaligned();
+                        let xv = _mm512_set1_epi32(four);
+                        for c in 0..C {
+                            acc[r][p][c] = _mm512_dpbusd_epi32(acc[r][p][c], xv, wv[c]);
+                        }
                     }
                 }
             }
@@ -341,11 +504,135 @@ mod vnni {
                 let scales = _mm512_maskz_loadu_ps(mask, w.scales.as_ptr().add(col));
                 for r in 0..R {
                     let i = i0 + r;
-                    let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][c], offsets));
+                    let mut sums = [_mm512_setzero_si512(); P];
+                    for p in 0..P {
+                        sums[p] = _mm512_sub_epi32(acc[r][p][c], offsets);
+                    }
+                    let v = combine(sums);
                     let v = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(acts.scales[i])), scales);
                     _mm512_mask_storeu_ps(out.add(i * w.rows + col), mask, v);
                 }
             }
+        }
+    }
+
+    /// `super::finish`'s total on 16 lanes, rounded to f32: one plane converts directly;
+    /// several are combined in f64, where every product and sum is exact (|total| < 2⁵³),
+    /// so the one rounding to f32 is the integer's, as `i64 as f32` rounds it.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn combine<const P: usize>(sums: [__m512i; P]) -> __m512 {
+        if P == 1 {
+            return _mm512_cvtepi32_ps(sums[0]);
+        }
+        let (mut lo, mut hi) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+        let mut weight = 1.0f64;
+        for s in sums {
+            let w = _mm512_set1_pd(weight);
+            let low_lanes = _mm512_cvtepi32_pd(_mm512_castsi512_si256(s));
+            let high_lanes = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64::<1>(s));
+            lo = _mm512_add_pd(lo, _mm512_mul_pd(low_lanes, w));
+            hi = _mm512_add_pd(hi, _mm512_mul_pd(high_lanes, w));
+            weight *= f64::from(BASE);
+        }
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+            _mm512_castps_pd(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo))),
+            _mm256_castps_pd(_mm512_cvtpd_ps(hi)),
+        ))
+    }
+}
+
+/// CPUs with AVX2 but not AVX-512 VNNI (Zen 2 and 3, Intel's client cores): the same
+/// integers from `vpmaddubsw`, which multiplies unsigned by signed bytes into i16 pairs. With
+/// the stored digits (1..=255) those pairs could pass i16's range (2 × 255 × 127), so each
+/// digit's magnitude is the unsigned operand and its sign moves onto the weight (`vpsignb`),
+/// as llama.cpp's AVX2 dot products do: a pair stays within 2 × 127², and `vpmaddwd` sums
+/// pairs into i32. These sums carry no offset; the output is `finish`'s, as the portable one.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{finish, Activations, W8a8, GROUP, PANEL};
+
+    /// Safety: needs AVX2; see `W8a8::tile`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn tile(
+        w: &W8a8,
+        acts: &Activations,
+        i0: usize,
+        rows: usize,
+        panel0: usize,
+        panels: usize,
+        out: *mut f32,
+    ) {
+        for i in i0..i0 + rows {
+            for panel in panel0..panel0 + panels {
+                // Safety: forwarded; the row and panel lie inside the tile.
+                unsafe {
+                    match acts.planes {
+                        1 => row_panel::<1>(w, acts, i, panel, out),
+                        _ => row_panel::<3>(w, acts, i, panel, out),
+                    }
+                }
+            }
+        }
+    }
+
+    // Index loops over register tiles read clearer than iterator chains here.
+    #[allow(clippy::needless_range_loop)]
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn row_panel<const P: usize>(
+        w: &W8a8,
+        acts: &Activations,
+        i: usize,
+        panel: usize,
+        out: *mut f32,
+    ) {
+        let groups = w.groups;
+        let width = groups * GROUP;
+        let wp = w.values.as_ptr();
+        let xp = acts.bytes.as_ptr();
+        let ones = _mm256_set1_epi16(1);
+        // Per plane, the panel's columns 0..8 and 8..16.
+        let mut acc = [[_mm256_setzero_si256(); 2]; P];
+        for g in 0..groups {
+            // Safety: the panel has `groups` groups of 64 bytes; each plane of row i has
+            // `width` bytes.
+            unsafe {
+                let at = (panel * groups + g) * PANEL * GROUP;
+                let wv = [
+                    _mm256_loadu_si256(wp.add(at) as *const __m256i),
+                    _mm256_loadu_si256(wp.add(at + 32) as *const __m256i),
+                ];
+                for p in 0..P {
+                    let plane = (i * P + p) * width + g * GROUP;
+                    let four = (xp.add(plane) as *const i32).read_unaligned();
+                    // The stored bytes less 128: the signed digits.
+                    let x = _mm256_set1_epi32(four ^ 0x8080_8080u32 as i32);
+                    let magnitude = _mm256_abs_epi8(x);
+                    for h in 0..2 {
+                        let pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(wv[h], x));
+                        acc[p][h] = _mm256_add_epi32(acc[p][h], _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+            }
+        }
+        let mut sums = [[0i32; PANEL]; P];
+        for p in 0..P {
+            for h in 0..2 {
+                // Safety: eight i32 lanes into eight of the row's sixteen.
+                unsafe {
+                    _mm256_storeu_si256(sums[p][h * 8..].as_mut_ptr() as *mut __m256i, acc[p][h])
+                };
+            }
+        }
+        let col = panel * PANEL;
+        for l in 0..w.rows.saturating_sub(col).min(PANEL) {
+            let lane: [i32; P] = std::array::from_fn(|p| sums[p][l]);
+            let v = finish(&lane, acts.scales[i], w.scales[col + l]);
+            // Safety: a valid column of this row, inside the tile.
+            unsafe { *out.add(i * w.rows + col + l) = v };
         }
     }
 }
@@ -361,27 +648,69 @@ mod tests {
         (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
     }
 
-    /// What the integers say, computed the plain way from the quantized values.
-    fn integer_reference(w: &W8a8, x: &[f32], m: usize) -> Vec<f32> {
-        let acts = w.quantize_activations(x, m, w.cols);
+    const BOTH: [Activation; 2] = [Activation::Int8, Activation::Int24];
+
+    /// What the integers say, computed the plain way from the quantized values: each
+    /// activation rebuilt from its digits, one i64 sum.
+    fn integer_reference(w: &W8a8, x: &[f32], m: usize, activation: Activation) -> Vec<f32> {
+        let acts = w.quantize_activations(x, m, w.cols, activation);
         let width = w.groups * GROUP;
+        let planes = activation.planes();
         let mut out = vec![0.0; m * w.rows];
         for i in 0..m {
             for j in 0..w.rows {
-                let mut acc = 0i32;
+                let mut total = 0i64;
                 for c in 0..w.cols {
-                    let xq = i32::from(acts.bytes[i * width + c]) - 128;
-                    acc += xq * i32::from(w.values[index(w.groups, j, c)]);
+                    let xq = (0..planes).rev().fold(0i64, |v, p| {
+                        v * i64::from(BASE) + i64::from(acts.bytes[(i * planes + p) * width + c])
+                            - 128
+                    });
+                    total += xq * i64::from(w.values[index(w.groups, j, c)]);
                 }
-                out[i * w.rows + j] = finish(
-                    acc + w.offsets[j],
-                    w.offsets[j],
-                    acts.scales[i],
-                    w.scales[j],
-                );
+                out[i * w.rows + j] = (total as f32) * acts.scales[i] * w.scales[j];
             }
         }
         out
+    }
+
+    /// Every integer of the 24-bit range has one set of three balanced digits, and the
+    /// vector split finds the integer version's (its f32 quotient misses by one near the
+    /// halfway points, which the check below would catch).
+    #[test]
+    fn digits_rebuild_every_integer() {
+        let check = |x: i32| {
+            let (d0, rest) = split_digit(x);
+            let (d1, d2) = split_digit(rest);
+            for d in [d0, d1, d2] {
+                assert!((-127..=127).contains(&d), "{x}: digit {d}");
+            }
+            assert_eq!(d0 + BASE * (d1 + BASE * d2), x);
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx512f") {
+                use std::arch::x86_64::*;
+                let lanes: [[i32; 16]; 2] = unsafe {
+                    let (d, rest) = split_digit_avx512(_mm512_set1_epi32(x));
+                    std::mem::transmute((d, rest))
+                };
+                assert_eq!((lanes[0][0], lanes[1][0]), (d0, rest), "{x}");
+            }
+        };
+        for x in (-WIDE_MAX..=WIDE_MAX).step_by(997) {
+            check(x);
+        }
+        // Both ends, and either side of every halfway point of the first digit near them.
+        for x in [-WIDE_MAX, WIDE_MAX, 0, 1, -1, 127, 128, -127, -128] {
+            check(x);
+        }
+        for q in [1, 2, 1000, 32_511, 32_512, 32_513, 32_639] {
+            for d in [126, 127, 128, 129] {
+                for x in [q * BASE + d, -(q * BASE + d), q * BASE - d, -(q * BASE - d)] {
+                    if x.abs() <= WIDE_MAX {
+                        check(x);
+                    }
+                }
+            }
+        }
     }
 
     /// The vector quantizer gives the portable one's bytes and scale on every length (masked
@@ -404,8 +733,11 @@ mod tests {
             63.5,
         ];
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        for len in [1usize, 5, 15, 16, 17, 33, 576] {
-            for case in 0..6 {
+        for (len, activation) in [1usize, 5, 15, 16, 17, 33, 576]
+            .into_iter()
+            .flat_map(|len| BOTH.map(|a| (len, a)))
+        {
+            for case in 0..7 {
                 let row: Vec<f32> = (0..len)
                     .map(|i| match case {
                         0 => 0.0,
@@ -414,16 +746,19 @@ mod tests {
                         // Exact halves of the scale: 127 × i / len steps.
                         3 => (i as f32 - len as f32 / 2.0) * 0.5,
                         4 if i == len / 2 => f32::NAN,
+                        // The 24-bit grid's halves: 8,290,687 steps across the row.
+                        5 => (i as f32 - len as f32 / 2.0) / len as f32 * 2.0,
                         _ => rng.random_range(-1e6..1e6),
                     })
                     .collect();
-                let (mut a, mut b) = (vec![128u8; len], vec![128u8; len]);
-                let sa = quantize_row_portable(&row, &mut a);
-                let sb = quantize_row(&row, &mut b);
+                let planes = activation.planes();
+                let (mut a, mut b) = (vec![128u8; len * planes], vec![128u8; len * planes]);
+                let sa = quantize_portable(&row, &mut a, len, activation);
+                let sb = quantize_into(&row, &mut b, len, activation);
                 assert_eq!(
                     (sa.to_bits(), &a),
                     (sb.to_bits(), &b),
-                    "{len} {case} {row:?}"
+                    "{len} {case} {activation:?} {row:?}"
                 );
             }
         }
@@ -431,6 +766,13 @@ mod tests {
 
     #[test]
     fn every_path_and_batch_gives_the_integer_answer() {
+        for activation in BOTH {
+            every_path_and_batch(activation);
+        }
+    }
+
+    fn every_path_and_batch(activation: Activation) {
+        let planes = activation.planes();
         for &(m, n, k, seed) in &[
             (1, 1, 1, 1),
             (7, 130, 66, 2),
@@ -443,21 +785,24 @@ mod tests {
             let x = random(seed, m * k);
             let data = random(seed + 100, n * k);
             let w = W8a8::quantize(n, k, &data);
-            let got = w.matmul(&x, m);
-            assert_eq!(got, integer_reference(&w, &x, m), "{m}x{n}x{k}");
+            let got = w.matmul(&x, m, activation);
+            let want = integer_reference(&w, &x, m, activation);
+            assert_eq!(got, want, "{m}x{n}x{k} {activation:?}");
             for i in 0..m {
-                assert_eq!(w.matmul(&x[i * k..(i + 1) * k], 1), got[i * n..(i + 1) * n]);
+                let alone = w.matmul(&x[i * k..(i + 1) * k], 1, activation);
+                assert_eq!(alone, got[i * n..(i + 1) * n]);
             }
             // The portable tile, on the whole product.
-            let acts = w.quantize_activations(&x, m, k);
+            let acts = w.quantize_activations(&x, m, k, activation);
             // Activations quantized by the portable build equal those of the dispatched one.
             let width = w.groups * GROUP;
             for i in 0..m {
-                let mut bytes = vec![128u8; width];
-                let scale = quantize_row_portable(&x[i * k..(i + 1) * k], &mut bytes);
+                let mut bytes = vec![128u8; width * planes];
+                let scale =
+                    quantize_portable(&x[i * k..(i + 1) * k], &mut bytes, width, activation);
                 assert_eq!(
                     bytes,
-                    acts.bytes[i * width..(i + 1) * width],
+                    acts.bytes[i * planes * width..(i + 1) * planes * width],
                     "{m}x{n}x{k} row {i}"
                 );
                 assert_eq!(scale, acts.scales[i]);
@@ -468,9 +813,18 @@ mod tests {
                 unsafe { w.tile_portable(&acts, 0, m, panel0, panels, portable.as_mut_ptr()) };
             }
             assert_eq!(portable, got, "{m}x{n}x{k}: portable path");
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                let mut avx2 = vec![0.0; m * n];
+                for panel0 in (0..n.div_ceil(PANEL)).step_by(4) {
+                    let panels = 4.min(n.div_ceil(PANEL) - panel0);
+                    unsafe { avx2::tile(&w, &acts, 0, m, panel0, panels, avx2.as_mut_ptr()) };
+                }
+                assert_eq!(avx2, got, "{m}x{n}x{k}: AVX2 path");
+            }
             // Within the two quantizations of f32's answer.
             for i in 0..m {
-                let xs = scale_of(&x[i * k..(i + 1) * k]);
+                let xs = scale_from(row_max(&x[i * k..(i + 1) * k]), activation.levels());
                 for j in 0..n {
                     let ws = scale_of(&data[j * k..(j + 1) * k]);
                     let want: f32 = (0..k).map(|c| x[i * k + c] * data[j * k + c]).sum();
