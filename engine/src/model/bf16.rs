@@ -102,26 +102,11 @@ impl Bf16Weights {
             }
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 // Safety: as above.
-                return unsafe { self.exact_tile_fma(x, i0, rows, panel0, panels, out) };
+                return unsafe { exact_avx2::tile(self, x, i0, rows, panel0, panels, out) };
             }
         }
         // Safety: forwarded.
         unsafe { self.exact_tile_portable::<Plain>(x, i0, rows, panel0, panels, out) }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn exact_tile_fma(
-        &self,
-        x: &[f32],
-        i0: usize,
-        rows: usize,
-        panel0: usize,
-        panels: usize,
-        out: *mut f32,
-    ) {
-        // Safety: forwarded.
-        unsafe { self.exact_tile_portable::<Fused>(x, i0, rows, panel0, panels, out) }
     }
 
     /// One chain per output over k in order, one output at a time (vectorised by the compiler
@@ -434,6 +419,115 @@ mod dot {
     }
 }
 
+/// `exact` for CPUs with AVX2 but not AVX-512 (Zen 2 and 3, Intel's client cores): each
+/// panel in two 8-wide halves (one 32-byte load holds a half's pair of k), the same chain per
+/// output. Written out because the portable product compiled for AVX2 ran scalar, about 20
+/// times slower than the AVX-512 one (benchmarks/README.md). Sixteen registers hold 2 rows ×
+/// 2 panels or 1 row × 4 panels.
+#[cfg(target_arch = "x86_64")]
+mod exact_avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Bf16Weights, PAIR, PANEL};
+
+    /// Safety: needs AVX2 and FMA; see `Bf16Weights::exact_tile`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile(
+        w: &Bf16Weights,
+        x: &[f32],
+        i0: usize,
+        rows: usize,
+        panel0: usize,
+        panels: usize,
+        out: *mut f32,
+    ) {
+        let mut i = i0;
+        while i < i0 + rows {
+            let r = (i0 + rows - i).min(2);
+            let step = if r == 1 { 4 } else { 2 };
+            for p in (panel0..panel0 + panels).step_by(step) {
+                // Safety: forwarded; the tile lies inside x, the weights and the output.
+                unsafe {
+                    match (r, step.min(panel0 + panels - p)) {
+                        (2, 2) => tile_rc::<2, 2>(w, x, i, p, out),
+                        (2, 1) => tile_rc::<2, 1>(w, x, i, p, out),
+                        (1, 4) => tile_rc::<1, 4>(w, x, i, p, out),
+                        (1, 3) => tile_rc::<1, 3>(w, x, i, p, out),
+                        (1, 2) => tile_rc::<1, 2>(w, x, i, p, out),
+                        (1, 1) => tile_rc::<1, 1>(w, x, i, p, out),
+                        _ => unreachable!("AVX2 tiles hold 2 rows of 2 panels or 1 row of 4"),
+                    }
+                }
+            }
+            i += r;
+        }
+    }
+
+    // Index loops over register tiles read clearer than iterator chains here.
+    #[allow(clippy::needless_range_loop)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile_rc<const R: usize, const C: usize>(
+        w: &Bf16Weights,
+        x: &[f32],
+        i0: usize,
+        panel0: usize,
+        out: *mut f32,
+    ) {
+        let (k, pairs) = (w.cols, w.pairs);
+        let (wp, xp) = (w.values.as_ptr(), x.as_ptr());
+        let high = _mm256_set1_epi32(0xffff_0000u32 as i32);
+        let mut acc = [[[_mm256_setzero_ps(); 2]; C]; R];
+        // Whole pairs, then an odd last column's even half alone.
+        for p in 0..k.div_ceil(PAIR) {
+            let odd = PAIR * p + 1 < k;
+            // Safety: panel (panel0 + c) has `pairs` pairs of 16 lanes; row i0 + r of x has
+            // k values, and 2p + 1 is read only when it is below k.
+            unsafe {
+                let mut even_x = [_mm256_setzero_ps(); R];
+                let mut odd_x = [_mm256_setzero_ps(); R];
+                for r in 0..R {
+                    even_x[r] = _mm256_set1_ps(*xp.add((i0 + r) * k + PAIR * p));
+                    if odd {
+                        odd_x[r] = _mm256_set1_ps(*xp.add((i0 + r) * k + PAIR * p + 1));
+                    }
+                }
+                for c in 0..C {
+                    for h in 0..2 {
+                        let at = ((panel0 + c) * pairs + p) * PANEL * PAIR + h * 8 * PAIR;
+                        let v = _mm256_loadu_si256(wp.add(at) as *const __m256i);
+                        let even = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v));
+                        let odd_w = _mm256_castsi256_ps(_mm256_and_si256(v, high));
+                        for r in 0..R {
+                            acc[r][c][h] = _mm256_fmadd_ps(even_x[r], even, acc[r][c][h]);
+                            if odd {
+                                acc[r][c][h] = _mm256_fmadd_ps(odd_x[r], odd_w, acc[r][c][h]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        for r in 0..R {
+            for c in 0..C {
+                for h in 0..2 {
+                    let col = (panel0 + c) * PANEL + h * 8;
+                    let valid = w.rows.saturating_sub(col).min(8) as i32;
+                    if valid <= 0 {
+                        continue;
+                    }
+                    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), lanes);
+                    // Safety: only the valid columns of this row are written.
+                    unsafe {
+                        _mm256_maskstore_ps(out.add((i0 + r) * w.rows + col), mask, acc[r][c][h])
+                    };
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rand::{Rng, SeedableRng};
@@ -545,6 +639,15 @@ mod tests {
                 };
             }
             assert!(bits(&portable) == bits(&got), "{m}x{n}x{k}: portable path");
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                let mut avx2 = vec![0.0; m * n];
+                for panel0 in (0..n.div_ceil(PANEL)).step_by(4) {
+                    let panels = 4.min(n.div_ceil(PANEL) - panel0);
+                    unsafe { exact_avx2::tile(&w, &x, 0, m, panel0, panels, avx2.as_mut_ptr()) };
+                }
+                assert!(bits(&avx2) == bits(&got), "{m}x{n}x{k}: AVX2 path");
+            }
         }
     }
 
