@@ -22,8 +22,10 @@ use half::bf16;
 
 use rayon::prelude::*;
 
+#[cfg(test)]
+use super::matmul::Fused;
 use super::matmul::{
-    rows_per_thread, tiled_product, Fma, Fused, Plain, PANEL, PANELS_PER_ROW, PANELS_PER_TASK,
+    rows_per_thread, tiled_product, Fma, Plain, PANEL, PANELS_PER_ROW, PANELS_PER_TASK,
 };
 
 /// k values per 32-bit lane.

@@ -381,8 +381,11 @@ pub(super) trait Fma {
     fn fma(a: f32, b: f32, c: f32) -> f32;
 }
 
-/// Fused multiply-add, only used where the CPU has it (else `mul_add` is a slow libm call).
+/// Fused multiply-add: the chain every vector kernel computes per lane, which the tests
+/// check them against (outside tests `mul_add` without FMA would be a slow libm call).
+#[cfg(test)]
 pub(super) struct Fused;
+#[cfg(test)]
 impl Fma for Fused {
     #[inline(always)]
     fn fma(a: f32, b: f32, c: f32) -> f32 {
