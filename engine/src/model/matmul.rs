@@ -45,11 +45,12 @@ const TASKS_PER_THREAD: usize = 4;
 /// L2 it was close to nothing in decode and faster in the kernels alone. On a Zen 5 EPYC
 /// both hints gave the same speed, ahead of nothing (benchmarks/README.md).
 ///
-/// Only w4a8's single-row tiles (decode) ask, as they spend long on each line (the nibbles):
-/// on Zen 5 its one-stream decode gained 6–20% from it in alternated runs, the kernels alone
-/// 8–40%, and so did int8's when it widened weights to f32 (benchmarks/README.md). f32,
-/// bf16, w16a16 and w8a8 keep up with the memory without it, and gained nothing or lost up
-/// to 12% with it. A tile of several rows computes long enough per line for the hardware
+/// Only the single-row tiles (decode) that spend long on each line ask: w4a8's (the
+/// nibbles) and int8's (three digit planes per line). On Zen 5 w4a8's one-stream decode
+/// gained 6–20% from it in alternated runs, the kernels alone 8–40%; on Zen 4 int8's decode
+/// of the demo model gained 7–12 points of the bound (benchmarks/README.md). f32, bf16,
+/// w16a16 and w8a8 keep up with the memory without it, and gained nothing or lost up to 12%
+/// with it on Zen 5. A tile of several rows computes long enough per line for the hardware
 /// prefetcher (w4a8's took twice as long with it).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]

@@ -481,6 +481,10 @@ mod vnni {
             unsafe {
                 for c in 0..C {
                     let at = ((panel0 + c) * groups + g) * PANEL * GROUP;
+                    // One row of int8's three planes spends three instructions per line.
+                    if P > 1 && R == 1 {
+                        super::super::matmul::prefetch_ahead(wp.add(at));
+                    }
                     wv[c] = _mm512_loadu_si512(wp.add(at) as *const __m512i);
                 }
                 for r in 0..R {
