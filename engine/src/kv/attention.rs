@@ -278,16 +278,20 @@ fn attend<T: KvElement>(job: &Job<'_, T>) -> Vec<f32> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 unsafe fn attend_avx512<T: KvElement>(job: &Job<'_, T>) -> Vec<f32> {
-    with_scores(job, |weights| {
-        // Safety: AVX-512F is enabled and the job has at most MAX_ROWS rows.
-        unsafe { avx512::scores(job, weights) };
-        let inv = softmax(job, weights);
-        // Safety: as above.
-        unsafe { avx512::values(job, weights, &inv) }
-    })
+    let mut weights = take_scores(job);
+    // Safety: AVX-512F is enabled and the job has at most MAX_ROWS rows.
+    unsafe { avx512::scores(job, &mut weights) };
+    let inv = softmax(job, &mut weights);
+    // Safety: as above.
+    let out = unsafe { avx512::values(job, &weights, &inv) };
+    SCORES.set(weights);
+    out
 }
 
-/// The portable code compiled for AVX2 and FMA (the lane loops vectorise).
+/// The portable code compiled for AVX2 and FMA (the lane loops vectorise). It must reach the
+/// loops with no closure between: a closure is compiled without its caller's target features,
+/// and the multiply-adds in one (the score buffer was lent through one) became calls to
+/// libm's `fmaf`, 50–115 times slower than the AVX-512 path (benchmarks/README.md).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attend_avx2<T: KvElement>(job: &Job<'_, T>) -> Vec<f32> {
@@ -296,11 +300,12 @@ unsafe fn attend_avx2<T: KvElement>(job: &Job<'_, T>) -> Vec<f32> {
 
 #[inline(always)]
 fn attend_generic<T: KvElement>(job: &Job<'_, T>) -> Vec<f32> {
-    with_scores(job, |weights| {
-        scores_generic(job, weights);
-        let inv = softmax(job, weights);
-        values_generic(job, weights, &inv)
-    })
+    let mut weights = take_scores(job);
+    scores_generic(job, &mut weights);
+    let inv = softmax(job, &mut weights);
+    let out = values_generic(job, &weights, &inv);
+    SCORES.set(weights);
+    out
 }
 
 thread_local! {
@@ -309,18 +314,13 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with a `rows × width` score buffer.
+/// This thread's score buffer, zeroed to `rows × width`; give it back with `SCORES.set`.
 #[inline(always)]
-fn with_scores<T, R>(job: &Job<'_, T>, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCORES.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buffer) => {
-            buffer.clear();
-            buffer.resize(job.rows() * job.width(), 0.0);
-            f(&mut buffer)
-        }
-        // Never nested today; a fresh buffer keeps it correct if it ever is.
-        Err(_) => f(&mut vec![0.0; job.rows() * job.width()]),
-    })
+fn take_scores<T>(job: &Job<'_, T>) -> Vec<f32> {
+    let mut buffer = SCORES.take();
+    buffer.clear();
+    buffer.resize(job.rows() * job.width(), 0.0);
+    buffer
 }
 
 /// Every row's score for every key of the tile (visible or not; softmax drops the others).
