@@ -178,9 +178,15 @@ impl W4a8 {
         out: *mut f32,
     ) {
         #[cfg(target_arch = "x86_64")]
-        if super::w8a8::vnni_available() {
-            // Safety: the CPU has the features; forwarded.
-            return unsafe { vnni::tile(self, acts, i0, rows, panel0, panels, out) };
+        {
+            if super::w8a8::vnni_available() {
+                // Safety: the CPU has the features; forwarded.
+                return unsafe { vnni::tile(self, acts, i0, rows, panel0, panels, out) };
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // Safety: as above.
+                return unsafe { avx2::tile(self, acts, i0, rows, panel0, panels, out) };
+            }
         }
         // Safety: forwarded.
         unsafe { self.tile_portable(acts, i0, rows, panel0, panels, out) }
@@ -384,6 +390,94 @@ mod vnni {
     }
 }
 
+/// CPUs with AVX2 but not AVX-512 VNNI (Zen 2 and 3, Intel's client cores): the same block
+/// sums from `vpmaddubsw`, unsigned nibbles (0..=15) times signed activations into i16 pairs
+/// (at most 2 × 15 × 128, far inside i16), `vpmaddwd` into i32; then the same conversion and
+/// fused multiply-add per block as every other path. One row and one panel (two 8-column
+/// halves) at a time.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Activations, W4a8, BLOCK, GROUP, NIBBLE_BYTES, PANEL, UNIT, VECTORS};
+
+    /// Safety: needs AVX2 and FMA; see `W4a8::tile`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile(
+        w: &W4a8,
+        acts: &Activations,
+        i0: usize,
+        rows: usize,
+        panel0: usize,
+        panels: usize,
+        out: *mut f32,
+    ) {
+        for i in i0..i0 + rows {
+            for panel in panel0..panel0 + panels {
+                // Safety: forwarded; the row and panel lie inside the tile.
+                unsafe { row_panel(w, acts, i, panel, out) };
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn row_panel(w: &W4a8, acts: &Activations, i: usize, panel: usize, out: *mut f32) {
+        let width = w.blocks * BLOCK;
+        let low = _mm256_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for b in 0..w.blocks {
+            // Safety: the panel's unit for block b and row i's block b of activations lie
+            // inside their buffers.
+            unsafe {
+                let unit = w.units.as_ptr().add((panel * w.blocks + b) * UNIT);
+                let x = acts.bytes.as_ptr().add(i * width + b * BLOCK);
+                let mut sums = [_mm256_setzero_si256(); 2];
+                for v in 0..VECTORS {
+                    // Vector v holds groups 2v (low nibbles) and 2v + 1 (high nibbles).
+                    let group = |g: usize| (x.add(g * GROUP) as *const i32).read_unaligned();
+                    let (x_low, x_high) = (
+                        _mm256_set1_epi32(group(2 * v)),
+                        _mm256_set1_epi32(group(2 * v + 1)),
+                    );
+                    for (h, sum) in sums.iter_mut().enumerate() {
+                        let at = unit.add(v * PANEL * GROUP + h * 32);
+                        let bytes = _mm256_loadu_si256(at as *const __m256i);
+                        let lo = _mm256_and_si256(bytes, low);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low);
+                        let pairs = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(lo, x_low),
+                            _mm256_maddubs_epi16(hi, x_high),
+                        );
+                        *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+                let offset = _mm256_set1_epi32(8 * acts.sums[i * w.blocks + b]);
+                for (h, a) in acc.iter_mut().enumerate() {
+                    let s = _mm256_cvtepi32_ps(_mm256_sub_epi32(sums[h], offset));
+                    let scales = _mm256_loadu_ps(unit.add(NIBBLE_BYTES + h * 32) as *const f32);
+                    *a = _mm256_fmadd_ps(s, scales, *a);
+                }
+            }
+        }
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let x_scale = _mm256_set1_ps(acts.scales[i]);
+        for (h, a) in acc.iter().enumerate() {
+            let col = panel * PANEL + h * 8;
+            let valid = w.rows.saturating_sub(col).min(8) as i32;
+            if valid <= 0 {
+                continue;
+            }
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), lanes);
+            // Safety: only the valid columns of this row are written.
+            unsafe {
+                _mm256_maskstore_ps(out.add(i * w.rows + col), mask, _mm256_mul_ps(*a, x_scale))
+            };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rand::{Rng, SeedableRng};
@@ -440,6 +534,15 @@ mod tests {
                 unsafe { w.tile_portable(&acts, 0, m, panel0, panels, portable.as_mut_ptr()) };
             }
             assert_eq!(portable, got, "{m}x{n}x{k}: portable path");
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                let mut avx2 = vec![0.0; m * n];
+                for panel0 in (0..n.div_ceil(PANEL)).step_by(TILE_PANELS) {
+                    let panels = TILE_PANELS.min(n.div_ceil(PANEL) - panel0);
+                    unsafe { avx2::tile(&w, &acts, 0, m, panel0, panels, avx2.as_mut_ptr()) };
+                }
+                assert_eq!(avx2, got, "{m}x{n}x{k}: AVX2 path");
+            }
             // Within the two quantizations of f32's answer: half a weight step per block
             // and half an activation step per element.
             for i in 0..m {
