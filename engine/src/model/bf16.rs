@@ -253,7 +253,7 @@ fn index(pairs: usize, r: usize, c: usize) -> usize {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn dot_available() -> bool {
+pub(super) fn dot_available() -> bool {
     std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
 }
 

@@ -247,6 +247,9 @@ impl Transformer {
         dtype: WeightFormat,
         max_positions: usize,
     ) -> Result<Self, EngineError> {
+        if let Some(why) = dtype.slow_on_this_cpu() {
+            tracing::warn!(?dtype, "{why}");
+        }
         let shape = ModelShape::from_file(&dir.join("config.json"))?;
         let w = Weights::open(dir, &Device::Cpu)?;
         let s = &shape;
