@@ -750,7 +750,7 @@ mod tests {
                         // Exact halves of the scale: 127 × i / len steps.
                         3 => (i as f32 - len as f32 / 2.0) * 0.5,
                         4 if i == len / 2 => f32::NAN,
-                        // The 24-bit grid's halves: 8,290,687 steps across the row.
+                        // Evenly spaced across -1..1: many digit carries in the 24-bit split.
                         5 => (i as f32 - len as f32 / 2.0) / len as f32 * 2.0,
                         _ => rng.random_range(-1e6..1e6),
                     })
