@@ -430,6 +430,7 @@ mod dot {
 mod exact_avx2 {
     use std::arch::x86_64::*;
 
+    use super::super::matmul::{avx2_tile_shapes, avx2_tiles, store_half_panel};
     use super::{Bf16Weights, PAIR, PANEL};
 
     /// Safety: needs AVX2 and FMA; see `Bf16Weights::exact_tile`.
@@ -443,25 +444,9 @@ mod exact_avx2 {
         panels: usize,
         out: *mut f32,
     ) {
-        let mut i = i0;
-        while i < i0 + rows {
-            let r = (i0 + rows - i).min(2);
-            let step = if r == 1 { 4 } else { 2 };
-            for p in (panel0..panel0 + panels).step_by(step) {
-                // Safety: forwarded; the tile lies inside x, the weights and the output.
-                unsafe {
-                    match (r, step.min(panel0 + panels - p)) {
-                        (2, 2) => tile_rc::<2, 2>(w, x, i, p, out),
-                        (2, 1) => tile_rc::<2, 1>(w, x, i, p, out),
-                        (1, 4) => tile_rc::<1, 4>(w, x, i, p, out),
-                        (1, 3) => tile_rc::<1, 3>(w, x, i, p, out),
-                        (1, 2) => tile_rc::<1, 2>(w, x, i, p, out),
-                        (1, 1) => tile_rc::<1, 1>(w, x, i, p, out),
-                        _ => unreachable!("AVX2 tiles hold 2 rows of 2 panels or 1 row of 4"),
-                    }
-                }
-            }
-            i += r;
+        for (i, r, p, c) in avx2_tiles(i0..i0 + rows, panels) {
+            // Safety: forwarded; the tile lies inside x, the weights and the output.
+            unsafe { avx2_tile_shapes!(tile_rc, r, c, (w, x, i, panel0 + p, out)) }
         }
     }
 
@@ -510,20 +495,13 @@ mod exact_avx2 {
                 }
             }
         }
-        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         for r in 0..R {
             for c in 0..C {
                 for h in 0..2 {
                     let col = (panel0 + c) * PANEL + h * 8;
-                    let valid = w.rows.saturating_sub(col).min(8) as i32;
-                    if valid <= 0 {
-                        continue;
-                    }
-                    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), lanes);
-                    // Safety: only the valid columns of this row are written.
-                    unsafe {
-                        _mm256_maskstore_ps(out.add((i0 + r) * w.rows + col), mask, acc[r][c][h])
-                    };
+                    let row = out.wrapping_add((i0 + r) * w.rows);
+                    // Safety: row i0 + r of the output; only its valid columns are written.
+                    unsafe { store_half_panel(row, w.rows, col, acc[r][c][h]) };
                 }
             }
         }

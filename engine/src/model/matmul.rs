@@ -391,27 +391,6 @@ struct Block<'a> {
     panels: usize,
 }
 
-trait Weight: Copy + Send + Sync {
-    fn get(self) -> f32;
-    /// Loads 16 consecutive weights widened to f32 (AVX-512).
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn load16(ptr: *const Self) -> std::arch::x86_64::__m512;
-}
-
-impl Weight for f32 {
-    #[inline(always)]
-    fn get(self) -> f32 {
-        self
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn load16(ptr: *const Self) -> std::arch::x86_64::__m512 {
-        // Safety: the caller guarantees 16 readable floats and AVX-512F.
-        unsafe { std::arch::x86_64::_mm512_loadu_ps(ptr) }
-    }
-}
-
 pub(super) trait Fma {
     fn fma(a: f32, b: f32, c: f32) -> f32;
 }
@@ -452,7 +431,67 @@ unsafe fn dispatch(block: &Block, w: &[f32], out: *mut f32) {
             return unsafe { avx2::kernel(block, w, out) };
         }
     }
-    unsafe { kernel::<f32, Plain>(block, w, out) }
+    unsafe { kernel::<Plain>(block, w, out) }
+}
+
+/// The AVX2 kernels' register tiles over `rows` and `panels` panels (counted from the
+/// block's first): two rows of up to two panels, or a last single row of up to four, eight
+/// accumulators of the sixteen registers either way. Yields (first row, rows, first panel,
+/// panels), for [`avx2_tile_shapes`].
+#[cfg(target_arch = "x86_64")]
+pub(super) fn avx2_tiles(
+    rows: std::ops::Range<usize>,
+    panels: usize,
+) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    let end = rows.end;
+    rows.step_by(2).flat_map(move |i| {
+        let r = (end - i).min(2);
+        let step = if r == 1 { 4 } else { 2 };
+        (0..panels)
+            .step_by(step)
+            .map(move |p| (i, r, p, step.min(panels - p)))
+    })
+}
+
+/// Calls `$f::<R, C>` for an [`avx2_tiles`] shape: R rows of x and C panels.
+#[cfg(target_arch = "x86_64")]
+macro_rules! avx2_tile_shapes {
+    ($f:ident, $r:expr, $c:expr, ($($arg:expr),*)) => {
+        match ($r, $c) {
+            (2, 2) => $f::<2, 2>($($arg),*),
+            (2, 1) => $f::<2, 1>($($arg),*),
+            (1, 4) => $f::<1, 4>($($arg),*),
+            (1, 3) => $f::<1, 3>($($arg),*),
+            (1, 2) => $f::<1, 2>($($arg),*),
+            (1, 1) => $f::<1, 1>($($arg),*),
+            _ => unreachable!("AVX2 tiles hold 2 rows of 2 panels or 1 row of 4"),
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(super) use avx2_tile_shapes;
+
+/// Stores `v`, the outputs of columns `col..col + 8` of an output row of `n` columns starting
+/// at `row`, writing only the columns below `n`: the AVX2 kernels' half-panel store.
+///
+/// Safety: needs AVX2; `row` is the start of an output row of `n` floats.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn store_half_panel(
+    row: *mut f32,
+    n: usize,
+    col: usize,
+    v: std::arch::x86_64::__m256,
+) {
+    use std::arch::x86_64::*;
+    let valid = n.saturating_sub(col).min(8) as i32;
+    if valid > 0 {
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), lanes);
+        // Safety: the mask keeps the store inside the row's n columns.
+        unsafe { _mm256_maskstore_ps(row.add(col), mask, v) }
+    }
 }
 
 /// The AVX2 kernel (CPUs without AVX-512: Zen 2 and 3, Intel's client cores): each panel in
@@ -463,31 +502,15 @@ unsafe fn dispatch(block: &Block, w: &[f32], out: *mut f32) {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Block, PANEL};
+    use super::{store_half_panel, Block, PANEL};
 
     /// Safety: needs AVX2 and FMA; see [`super::dispatch`].
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn kernel(block: &Block, w: &[f32], out: *mut f32) {
-        let mut i = block.rows.start;
-        while i < block.rows.end {
-            let rows = (block.rows.end - i).min(2);
-            let step = if rows == 1 { 4 } else { 2 };
-            for p in (0..block.panels).step_by(step) {
-                let panel0 = block.panel0 + p;
-                // Safety: forwarded; the tile lies inside the block.
-                unsafe {
-                    match (rows, step.min(block.panels - p)) {
-                        (2, 2) => tile::<2, 2>(block, w, out, i, panel0),
-                        (2, 1) => tile::<2, 1>(block, w, out, i, panel0),
-                        (1, 4) => tile::<1, 4>(block, w, out, i, panel0),
-                        (1, 3) => tile::<1, 3>(block, w, out, i, panel0),
-                        (1, 2) => tile::<1, 2>(block, w, out, i, panel0),
-                        (1, 1) => tile::<1, 1>(block, w, out, i, panel0),
-                        _ => unreachable!("AVX2 tiles hold 2 rows of 2 panels or 1 row of 4"),
-                    }
-                }
-            }
-            i += rows;
+        for (i, r, p, c) in super::avx2_tiles(block.rows.clone(), block.panels) {
+            let panel0 = block.panel0 + p;
+            // Safety: forwarded; the tile lies inside the block.
+            unsafe { avx2_tile_shapes!(tile, r, c, (block, w, out, i, panel0)) }
         }
     }
 
@@ -522,20 +545,12 @@ mod avx2 {
                 }
             }
         }
-        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         for r in 0..R {
             for c in 0..C {
                 for h in 0..2 {
                     let col = (panel0 + c) * PANEL + h * 8;
-                    let valid = b.n.saturating_sub(col).min(8) as i32;
-                    if valid <= 0 {
-                        continue;
-                    }
-                    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), lanes);
-                    // Safety: only the valid columns of this row are written.
-                    unsafe {
-                        _mm256_maskstore_ps(out.add((i0 + r) * b.n + col), mask, acc[r][c][h])
-                    };
+                    // Safety: row i0 + r of the output; only its valid columns are written.
+                    unsafe { store_half_panel(out.add((i0 + r) * b.n), b.n, col, acc[r][c][h]) };
                 }
             }
         }
@@ -615,15 +630,15 @@ fn for_each_tile(block: &Block, mut f: impl FnMut(usize, usize)) {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{for_each_tile, Block, Weight, PANEL};
+    use super::{for_each_tile, Block, PANEL};
 
     /// Safety: needs AVX-512F; see [`super::dispatch`].
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn kernel<W: Weight>(block: &Block, w: &[W], out: *mut f32) {
+    pub unsafe fn kernel(block: &Block, w: &[f32], out: *mut f32) {
         let c = block.panels;
         for_each_tile(block, |i, r| {
             // Safety: forwarded; the tile lies inside x, w and the block's columns.
-            unsafe { row_tile_shapes!(tile::<W>, r, c, (block, w, out, i)) }
+            unsafe { row_tile_shapes!(tile, r, c, (block, w, out, i)) }
         });
     }
 
@@ -631,12 +646,7 @@ mod avx512 {
     #[allow(clippy::needless_range_loop)]
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile<W: Weight, const R: usize, const C: usize>(
-        b: &Block,
-        w: &[W],
-        out: *mut f32,
-        i0: usize,
-    ) {
+    unsafe fn tile<const R: usize, const C: usize>(b: &Block, w: &[f32], out: *mut f32, i0: usize) {
         let k = b.k;
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         let wp = w.as_ptr();
@@ -646,7 +656,7 @@ mod avx512 {
             // Safety: panel (panel0 + c) has k rows of 16; x row i0 + r has k values.
             unsafe {
                 for c in 0..C {
-                    wv[c] = W::load16(wp.add(((b.panel0 + c) * k + p) * PANEL));
+                    wv[c] = _mm512_loadu_ps(wp.add(((b.panel0 + c) * k + p) * PANEL));
                 }
                 for r in 0..R {
                     let xv = _mm512_set1_ps(*xp.add((i0 + r) * k + p));
@@ -673,20 +683,20 @@ mod avx512 {
 ///
 /// Safety: see [`dispatch`].
 #[inline(always)]
-unsafe fn kernel<W: Weight, F: Fma>(block: &Block, w: &[W], out: *mut f32) {
+unsafe fn kernel<F: Fma>(block: &Block, w: &[f32], out: *mut f32) {
     let c = block.panels;
     for_each_tile(block, |i, r| {
         // Safety: forwarded.
-        unsafe { row_tile_shapes!(tile_portable::<W, F>, r, c, (block, w, out, i)) }
+        unsafe { row_tile_shapes!(tile_portable::<F>, r, c, (block, w, out, i)) }
     });
 }
 
 // Index loops over register tiles read clearer than iterator chains here.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn tile_portable<W: Weight, F: Fma, const R: usize, const C: usize>(
+unsafe fn tile_portable<F: Fma, const R: usize, const C: usize>(
     b: &Block,
-    w: &[W],
+    w: &[f32],
     out: *mut f32,
     i0: usize,
 ) {
@@ -696,9 +706,7 @@ unsafe fn tile_portable<W: Weight, F: Fma, const R: usize, const C: usize>(
         let mut wv = [[0.0f32; PANEL]; C];
         for c in 0..C {
             let at = ((b.panel0 + c) * k + p) * PANEL;
-            for l in 0..PANEL {
-                wv[c][l] = w[at + l].get();
-            }
+            wv[c].copy_from_slice(&w[at..at + PANEL]);
         }
         for r in 0..R {
             let xv = b.x[(i0 + r) * k + p];
@@ -797,7 +805,7 @@ mod tests {
         let (m, n, k) = (9, 61, 83);
         let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
         let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let generic = run(kernel::<f32, Fused>, &x, m, &w, n, k);
+        let generic = run(kernel::<Fused>, &x, m, &w, n, k);
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {

@@ -399,6 +399,7 @@ mod vnni {
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::super::matmul::store_half_panel;
     use super::{Activations, W4a8, BLOCK, GROUP, NIBBLE_BYTES, PANEL, UNIT, VECTORS};
 
     /// Safety: needs AVX2 and FMA; see `W4a8::tile`.
@@ -461,19 +462,11 @@ mod avx2 {
                 }
             }
         }
-        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let x_scale = _mm256_set1_ps(acts.scales[i]);
         for (h, a) in acc.iter().enumerate() {
-            let col = panel * PANEL + h * 8;
-            let valid = w.rows.saturating_sub(col).min(8) as i32;
-            if valid <= 0 {
-                continue;
-            }
-            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), lanes);
-            // Safety: only the valid columns of this row are written.
-            unsafe {
-                _mm256_maskstore_ps(out.add(i * w.rows + col), mask, _mm256_mul_ps(*a, x_scale))
-            };
+            let (row, col) = (out.wrapping_add(i * w.rows), panel * PANEL + h * 8);
+            // Safety: row i of the output; only its valid columns are written.
+            unsafe { store_half_panel(row, w.rows, col, _mm256_mul_ps(*a, x_scale)) };
         }
     }
 }
