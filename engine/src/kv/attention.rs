@@ -8,7 +8,7 @@
 //!
 //! Every query row is computed by the same sequence of floating-point operations whatever
 //! tile, batch or CPU path it lands in, so results are bit-identical across batches and
-//! across the AVX-512 and portable code:
+//! across the AVX-512, AVX2 and portable code:
 //! - a score is `(a + b) × scale`, where `a` and `b` are fused multiply-add chains over the
 //!   first and the second half of the head's dimensions, in order;
 //! - softmax uses `math::exp_nonpositive` (same bits in scalar and vector code), and sums the
@@ -288,14 +288,20 @@ unsafe fn attend_avx512<T: KvElement>(job: &Job<'_, T>) -> Vec<f32> {
     out
 }
 
-/// The portable code compiled for AVX2 and FMA (the lane loops vectorise). It must reach the
-/// loops with no closure between: a closure is compiled without its caller's target features,
-/// and the multiply-adds in one (the score buffer was lent through one) became calls to
-/// libm's `fmaf`, 50–115 times slower than the AVX-512 path (benchmarks/README.md).
+/// The AVX2 kernels, softmax between them compiled for AVX2 and FMA. It must be reached with
+/// no closure between: a closure is compiled without its caller's target features, and the
+/// multiply-adds in one became calls to libm's `fmaf`, 50–115 times slower (benchmarks/README.md).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attend_avx2<T: KvElement>(job: &Job<'_, T>) -> Vec<f32> {
-    attend_generic(job)
+    let mut weights = take_scores(job);
+    // Safety: AVX2 and FMA are enabled.
+    unsafe { avx2::scores(job, &mut weights) };
+    let inv = softmax(job, &mut weights);
+    // Safety: as above.
+    let out = unsafe { avx2::values(job, &weights, &inv) };
+    SCORES.set(weights);
+    out
 }
 
 #[inline(always)]
@@ -434,12 +440,164 @@ fn reduce16(a: &[f32; 16]) -> f32 {
     s2[0] + s2[1]
 }
 
+/// Asking for K and V ahead of use, for the vector kernels: blocks lie anywhere in memory.
+#[cfg(target_arch = "x86_64")]
+mod ahead {
+    use std::arch::x86_64::*;
+
+    use super::Job;
+
+    /// A run of cache lines to ask for ahead of use, a part at a time: spread over the loop
+    /// that computes the chunk before them, the requests keep memory busy without a burst of
+    /// them waiting on the few line-fill buffers a core has (with a burst per chunk, a
+    /// 32-sequence decode step took 18–31% longer: `attention_speed`).
+    #[derive(Clone, Copy)]
+    pub(super) struct Lines {
+        start: *const i8,
+        lines: usize,
+    }
+
+    impl Lines {
+        const NONE: Lines = Lines {
+            start: std::ptr::null(),
+            lines: 0,
+        };
+
+        fn of<T>(at: *const T, len: usize) -> Self {
+            Lines {
+                start: at as *const i8,
+                lines: (len * std::mem::size_of::<T>()).div_ceil(64),
+            }
+        }
+
+        /// Split into parts of `per_part` lines, the last perhaps shorter or empty.
+        #[inline(always)]
+        pub(super) fn in_parts(self, parts: usize) -> Parts {
+            Parts {
+                lines: self,
+                per_part: self.lines.div_ceil(parts.max(1)),
+            }
+        }
+
+        /// Asks for all of it at once.
+        #[inline(always)]
+        fn ask_all(self) {
+            self.in_parts(1).ask(0);
+        }
+    }
+
+    /// [`Lines`] asked for a part at a time (no division in the loop that asks).
+    #[derive(Clone, Copy)]
+    pub(super) struct Parts {
+        lines: Lines,
+        per_part: usize,
+    }
+
+    impl Parts {
+        /// Asks for part `i` (a hint: never faults).
+        #[inline(always)]
+        pub(super) fn ask(self, i: usize) {
+            let first = i * self.per_part;
+            for line in first..(first + self.per_part).min(self.lines.lines) {
+                // Safety: a prefetch reads nothing and cannot fault, whatever the address.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(self.lines.start.wrapping_add(line * 64)) };
+            }
+        }
+    }
+
+    /// Chunks of keys asked for ahead of the one being computed: enough to cover the
+    /// memory's latency at this kernel's speed.
+    const AHEAD: usize = 2;
+
+    /// What the score loop asks for while it computes each chunk: the keys `AHEAD` chunks
+    /// on, and once they are all asked for, the first values the value loop will read.
+    pub(super) struct WhileScoring<'j, 'a, T> {
+        job: &'j Job<'a, T>,
+        keys: super::KeyChunks<'j>,
+        values: std::iter::Take<super::KeyChunks<'j>>,
+    }
+
+    impl<'j, 'a, T> WhileScoring<'j, 'a, T> {
+        /// Asks for the first `AHEAD` chunks' keys now.
+        #[inline(always)]
+        pub(super) fn start(job: &'j Job<'a, T>) -> Self {
+            let mut keys = job.chunks();
+            keys.by_ref()
+                .take(AHEAD)
+                .for_each(|n| key_lines(job, &n).ask_all());
+            WhileScoring {
+                job,
+                keys,
+                values: job.chunks().take(AHEAD),
+            }
+        }
+
+        /// The lines to ask for while the next chunk computes.
+        #[inline(always)]
+        pub(super) fn next_lines(&mut self) -> Lines {
+            match self.keys.next() {
+                Some(n) => key_lines(self.job, &n),
+                None => self
+                    .values
+                    .next()
+                    .map_or(Lines::NONE, |n| value_lines(self.job, &n)),
+            }
+        }
+    }
+
+    /// What the value loop asks for while it weighs each chunk: the values `AHEAD` chunks on
+    /// (the score loop asked for the first `AHEAD`), or nothing on a pass that finds them in
+    /// cache.
+    pub(super) struct WhileWeighing<'j, 'a, T> {
+        job: &'j Job<'a, T>,
+        values: Option<std::iter::Skip<super::KeyChunks<'j>>>,
+    }
+
+    impl<'j, 'a, T> WhileWeighing<'j, 'a, T> {
+        #[inline(always)]
+        pub(super) fn start(job: &'j Job<'a, T>, ask: bool) -> Self {
+            WhileWeighing {
+                job,
+                values: ask.then(|| job.chunks().skip(AHEAD)),
+            }
+        }
+
+        #[inline(always)]
+        pub(super) fn next_lines(&mut self) -> Lines {
+            self.values
+                .as_mut()
+                .and_then(Iterator::next)
+                .map_or(Lines::NONE, |n| value_lines(self.job, &n))
+        }
+    }
+
+    /// One chunk's keys of the job's head (contiguous: `head_dim` rows of `block_size`).
+    #[inline(always)]
+    fn key_lines<T>(job: &Job<'_, T>, n: &super::KeyChunk) -> Lines {
+        let l = job.layout;
+        let at = l.key_index(n.block, n.slot, job.kv_head);
+        Lines::of(
+            job.k_cache.as_ptr().wrapping_add(at),
+            (l.head_dim - 1) * l.block_size + n.len,
+        )
+    }
+
+    /// One chunk's values of the job's head (contiguous: `len` vectors of `head_dim`).
+    #[inline(always)]
+    fn value_lines<T>(job: &Job<'_, T>, n: &super::KeyChunk) -> Lines {
+        let l = job.layout;
+        let at = l.value_index(n.block, n.slot, job.kv_head);
+        Lines::of(job.v_cache.as_ptr().wrapping_add(at), n.len * l.head_dim)
+    }
+}
+
 /// The score and value loops with explicit registers: the same per-row operations as the
 /// portable loops, with each key vector loaded once for all the tile's rows.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::ahead::{WhileScoring, WhileWeighing};
     use super::{Job, KvElement, LANES};
 
     /// Calls `$f::<R>` for the job's row count (1 ..= MAX_ROWS).
@@ -460,87 +618,6 @@ mod avx512 {
                 _ => $f::<T, 12>($job, $($arg),*),
             }
         };
-    }
-
-    /// A run of cache lines to ask for ahead of use, a part at a time: spread over the loop
-    /// that computes the chunk before them, the requests keep memory busy without a burst of
-    /// them waiting on the few line-fill buffers a core has (with a burst per chunk, a
-    /// 32-sequence decode step took 18–31% longer: `attention_speed`).
-    #[derive(Clone, Copy)]
-    struct Lines {
-        start: *const i8,
-        lines: usize,
-    }
-
-    impl Lines {
-        const NONE: Lines = Lines {
-            start: std::ptr::null(),
-            lines: 0,
-        };
-
-        fn of<T>(at: *const T, len: usize) -> Self {
-            Lines {
-                start: at as *const i8,
-                lines: (len * std::mem::size_of::<T>()).div_ceil(64),
-            }
-        }
-
-        /// Split into parts of `per_part` lines, the last perhaps shorter or empty.
-        #[inline(always)]
-        fn in_parts(self, parts: usize) -> Parts {
-            Parts {
-                lines: self,
-                per_part: self.lines.div_ceil(parts.max(1)),
-            }
-        }
-
-        /// Asks for all of it at once.
-        #[inline(always)]
-        fn ask_all(self) {
-            self.in_parts(1).ask(0);
-        }
-    }
-
-    /// [`Lines`] asked for a part at a time (no division in the loop that asks).
-    #[derive(Clone, Copy)]
-    struct Parts {
-        lines: Lines,
-        per_part: usize,
-    }
-
-    impl Parts {
-        /// Asks for part `i` (a hint: never faults).
-        #[inline(always)]
-        fn ask(self, i: usize) {
-            let first = i * self.per_part;
-            for line in first..(first + self.per_part).min(self.lines.lines) {
-                // Safety: a prefetch reads nothing and cannot fault, whatever the address.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(self.lines.start.wrapping_add(line * 64)) };
-            }
-        }
-    }
-
-    /// Chunks of keys asked for ahead of the one being computed: enough to cover the
-    /// memory's latency at this kernel's speed.
-    const AHEAD: usize = 2;
-
-    /// One chunk's keys of the job's head (contiguous: `head_dim` rows of `block_size`).
-    #[inline(always)]
-    fn key_lines<T>(job: &Job<'_, T>, n: &super::KeyChunk) -> Lines {
-        let l = job.layout;
-        let at = l.key_index(n.block, n.slot, job.kv_head);
-        Lines::of(
-            job.k_cache.as_ptr().wrapping_add(at),
-            (l.head_dim - 1) * l.block_size + n.len,
-        )
-    }
-
-    /// One chunk's values of the job's head (contiguous: `len` vectors of `head_dim`).
-    #[inline(always)]
-    fn value_lines<T>(job: &Job<'_, T>, n: &super::KeyChunk) -> Lines {
-        let l = job.layout;
-        let at = l.value_index(n.block, n.slot, job.kv_head);
-        Lines::of(job.v_cache.as_ptr().wrapping_add(at), n.len * l.head_dim)
     }
 
     /// Lanes `0..len` set.
@@ -569,23 +646,9 @@ mod avx512 {
         let scale = _mm512_set1_ps(job.scale);
         let kp = job.k_cache.as_ptr();
         let out = scores.as_mut_ptr();
-        // Blocks lie anywhere in memory: ask for the keys `AHEAD` chunks on while this one
-        // computes, and once they are all asked for, for the first values the value loop
-        // will read.
-        let mut keys_ahead = job.chunks();
-        keys_ahead
-            .by_ref()
-            .take(AHEAD)
-            .for_each(|n| key_lines(job, &n).ask_all());
-        let mut values_ahead = job.chunks().take(AHEAD);
+        let mut ahead = WhileScoring::start(job);
         for c in job.chunks() {
-            let ahead = match keys_ahead.next() {
-                Some(n) => key_lines(job, &n),
-                None => values_ahead
-                    .next()
-                    .map_or(Lines::NONE, |n| value_lines(job, &n)),
-            }
-            .in_parts(half);
+            let ahead = ahead.next_lines().in_parts(half);
             let m = mask(c.len);
             // Safety (for the loads below): lanes `0..len` of each K row lie in this block
             // (`len` ≤ block_size − slot); the others are masked off and not read. Each query
@@ -669,15 +732,11 @@ mod avx512 {
             let masks: [__mmask16; V] =
                 std::array::from_fn(|j| mask((hd - ((first + j) * LANES).min(hd)).min(LANES)));
             let mut acc = [[_mm512_setzero_ps(); V]; R];
-            // The score loop asked for the first `AHEAD` chunks' values; the first pass over
-            // the keys asks for the rest (the later passes find them in cache).
-            let mut values_ahead = job.chunks().skip(AHEAD);
+            // The first pass over the keys asks for values ahead; the later passes find them
+            // in cache.
+            let mut ahead = WhileWeighing::start(job, first == 0);
             for c in job.chunks() {
-                let ahead = match (first, values_ahead.next()) {
-                    (0, Some(n)) => value_lines(job, &n),
-                    _ => Lines::NONE,
-                }
-                .in_parts(c.len);
+                let ahead = ahead.next_lines().in_parts(c.len);
                 let mut at = l.value_index(c.block, c.slot, job.kv_head) + first * LANES;
                 for (i, key) in (c.pos - lo..c.pos - lo + c.len).enumerate() {
                     ahead.ask(i);
@@ -712,6 +771,207 @@ mod avx512 {
             }
         }
         out
+    }
+}
+
+/// The AVX2 score and value loops: the portable loops' per-row operations, 8 lanes to a
+/// register, with each key and value vector loaded once for a group of rows. 16 registers
+/// hold fewer rows than AVX-512's 32, so a tile's rows go in groups, each a pass over the keys.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::super::element::load_up_to8;
+    use super::ahead::{WhileScoring, WhileWeighing};
+    use super::{Job, KvElement};
+
+    /// Lanes per register.
+    const LANES: usize = 8;
+    /// Rows per pass: two accumulators each for the scores (the halves of the head's
+    /// dimensions), two value vectors each for the outputs, beside the loaded vectors.
+    const ROWS: usize = 6;
+    /// Output vectors per row in one pass over the values.
+    const VALUE_VECTORS: usize = 2;
+
+    /// Calls `$f::<T, R>` for a group of `$rows` (1 ..= ROWS) rows.
+    macro_rules! by_rows {
+        ($f:ident, $rows:expr, $($arg:expr),*) => {
+            match $rows {
+                1 => $f::<T, 1>($($arg),*),
+                2 => $f::<T, 2>($($arg),*),
+                3 => $f::<T, 3>($($arg),*),
+                4 => $f::<T, 4>($($arg),*),
+                5 => $f::<T, 5>($($arg),*),
+                _ => $f::<T, 6>($($arg),*),
+            }
+        };
+    }
+
+    /// Lanes `0..len` of a store mask.
+    #[inline(always)]
+    unsafe fn store_mask(len: usize) -> __m256i {
+        // Safety: the CPU has AVX2 (the callers' target features).
+        unsafe {
+            _mm256_cmpgt_epi32(
+                _mm256_set1_epi32(len as i32),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            )
+        }
+    }
+
+    /// Safety: needs AVX2 and FMA; `scores` is `rows × width`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scores<T: KvElement>(job: &Job<'_, T>, scores: &mut [f32]) {
+        debug_assert_eq!(scores.len(), job.rows() * job.width());
+        for r0 in (0..job.rows()).step_by(ROWS) {
+            let rows = (job.rows() - r0).min(ROWS);
+            // Safety: passed on from the caller.
+            unsafe { by_rows!(scores_rows, rows, job, r0, scores) }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scores_rows<T: KvElement, const R: usize>(
+        job: &Job<'_, T>,
+        r0: usize,
+        scores: &mut [f32],
+    ) {
+        let l = job.layout;
+        let (hd, bs) = (l.head_dim, l.block_size);
+        let half = hd / 2;
+        let (lo, width) = (job.lo(), job.width());
+        let q: [*const f32; R] = std::array::from_fn(|r| job.query(r0 + r).as_ptr());
+        let scale = _mm256_set1_ps(job.scale);
+        let kp = job.k_cache.as_ptr();
+        let out = scores.as_mut_ptr();
+        // The first group of rows asks for memory ahead; the others find it in cache.
+        let mut ahead = (r0 == 0).then(|| WhileScoring::start(job));
+        for c in job.chunks() {
+            let k = kp.wrapping_add(l.key_index(c.block, c.slot, job.kv_head));
+            for first in (0..c.len).step_by(LANES) {
+                let len = (c.len - first).min(LANES);
+                let ask = match (&mut ahead, first) {
+                    (Some(a), 0) => Some(a.next_lines().in_parts(half)),
+                    _ => None,
+                };
+                let mut a = [_mm256_setzero_ps(); R];
+                let mut b = [_mm256_setzero_ps(); R];
+                for d in 0..half {
+                    if let Some(ask) = ask {
+                        ask.ask(d);
+                    }
+                    // Safety (for the loads below): keys `first..first + len` of each K row
+                    // lie in this block (`len` ≤ block_size − slot − first); each query row is
+                    // `hd` long.
+                    unsafe {
+                        let ka = load_up_to8(len, k.add(d * bs + first));
+                        let kb = load_up_to8(len, k.add((d + half) * bs + first));
+                        for r in 0..R {
+                            a[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q[r].add(d)), ka, a[r]);
+                            b[r] = _mm256_fmadd_ps(
+                                _mm256_broadcast_ss(&*q[r].add(d + half)),
+                                kb,
+                                b[r],
+                            );
+                        }
+                    }
+                }
+                if hd % 2 == 1 {
+                    let d = hd - 1;
+                    // Safety: as above.
+                    unsafe {
+                        let kb = load_up_to8(len, k.add(d * bs + first));
+                        for r in 0..R {
+                            b[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q[r].add(d)), kb, b[r]);
+                        }
+                    }
+                }
+                let mask = store_mask(len);
+                for r in 0..R {
+                    let s = _mm256_mul_ps(_mm256_add_ps(a[r], b[r]), scale);
+                    // Safety: lanes `0..len` are this row's keys `pos + first ..`, inside it.
+                    unsafe {
+                        _mm256_maskstore_ps(out.add((r0 + r) * width + c.pos + first - lo), mask, s)
+                    };
+                }
+            }
+        }
+    }
+
+    /// Safety: needs AVX2 and FMA; `weights` is `rows × width` with 0 for every key a row
+    /// does not see (adding 0 × v leaves an accumulator as it is, as in the AVX-512 loop).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn values<T: KvElement>(job: &Job<'_, T>, weights: &[f32], inv: &[f32]) -> Vec<f32> {
+        debug_assert_eq!(weights.len(), job.rows() * job.width());
+        let mut out = vec![0.0f32; job.rows() * job.layout.head_dim];
+        for r0 in (0..job.rows()).step_by(ROWS) {
+            let rows = (job.rows() - r0).min(ROWS);
+            // Safety: passed on from the caller.
+            unsafe { by_rows!(values_rows, rows, job, r0, weights, inv, &mut out) }
+        }
+        out
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn values_rows<T: KvElement, const R: usize>(
+        job: &Job<'_, T>,
+        r0: usize,
+        weights: &[f32],
+        inv: &[f32],
+        out: &mut [f32],
+    ) {
+        const V: usize = VALUE_VECTORS;
+        let l = job.layout;
+        let hd = l.head_dim;
+        let (lo, width) = (job.lo(), job.width());
+        let vp = job.v_cache.as_ptr();
+        let wp: [*const f32; R] = std::array::from_fn(|r| weights[(r0 + r) * width..].as_ptr());
+        for first in (0..hd.div_ceil(LANES)).step_by(V) {
+            let lens: [usize; V] =
+                std::array::from_fn(|j| hd.saturating_sub((first + j) * LANES).min(LANES));
+            let mut acc = [[_mm256_setzero_ps(); V]; R];
+            let mut ahead = WhileWeighing::start(job, r0 == 0 && first == 0);
+            for c in job.chunks() {
+                let ask = ahead.next_lines().in_parts(c.len);
+                let mut at = l.value_index(c.block, c.slot, job.kv_head) + first * LANES;
+                for (i, key) in (c.pos - lo..c.pos - lo + c.len).enumerate() {
+                    ask.ask(i);
+                    // Safety: each load reads only this key's values (`lens`; none past `hd`,
+                    // where the pointer may lie outside the cache); each weights row is
+                    // `width` long and `key` < width.
+                    unsafe {
+                        let v: [__m256; V] = std::array::from_fn(|j| {
+                            load_up_to8(lens[j], vp.wrapping_add(at + j * LANES))
+                        });
+                        for r in 0..R {
+                            let w = _mm256_broadcast_ss(&*wp[r].add(key));
+                            for j in 0..V {
+                                acc[r][j] = _mm256_fmadd_ps(w, v[j], acc[r][j]);
+                            }
+                        }
+                    }
+                    at += hd;
+                }
+            }
+            for r in 0..R {
+                let scale = _mm256_set1_ps(inv[r0 + r]);
+                for j in 0..V {
+                    let o = _mm256_mul_ps(acc[r][j], scale);
+                    // Safety: the mask keeps the store inside row r's `hd` outputs (none at
+                    // all past them, where the pointer may lie outside `out`).
+                    unsafe {
+                        _mm256_maskstore_ps(
+                            out.as_mut_ptr()
+                                .wrapping_add((r0 + r) * hd + (first + j) * LANES),
+                            store_mask(lens[j]),
+                            o,
+                        )
+                    };
+                }
+            }
+        }
     }
 }
 
@@ -865,7 +1125,7 @@ mod tests {
         }
     }
 
-    /// The AVX-512 kernel and the portable one give the same bits, for every tile shape,
+    /// The AVX-512, AVX2 and portable kernels give the same bits, for every tile shape,
     /// block size, odd and even head sizes, windows and ALiBi; and a token's output does not
     /// depend on the tile it is computed in (a prefill chunk equals token-by-token decoding).
     #[test]

@@ -35,6 +35,36 @@ pub trait KvElement: Copy + Default + Send + Sync + 'static {
     /// The masked lanes are readable; the CPU has AVX-512F, AVX-512BW and AVX-512VL.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load16(mask: u16, ptr: *const Self) -> std::arch::x86_64::__m512;
+    /// Loads 8 consecutive elements as f32.
+    ///
+    /// # Safety
+    /// The 8 elements are readable; the CPU has AVX2.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(ptr: *const Self) -> std::arch::x86_64::__m256;
+}
+
+/// Loads elements `0..len` (`len` ≤ 8) of `ptr` as f32, the other lanes 0 and not read:
+/// [`KvElement::load8`] when all 8 are there, else widened one by one (the same values).
+///
+/// # Safety
+/// The `len` elements are readable; the CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn load_up_to8<T: KvElement>(
+    len: usize,
+    ptr: *const T,
+) -> std::arch::x86_64::__m256 {
+    if len == 8 {
+        // Safety: passed on from the caller.
+        return unsafe { T::load8(ptr) };
+    }
+    let mut lanes = [0.0f32; 8];
+    for (i, lane) in lanes.iter_mut().enumerate().take(len) {
+        // Safety: element i < len is readable.
+        *lane = unsafe { *ptr.add(i) }.to_f32();
+    }
+    // Safety: the CPU has AVX (implied by AVX2); `lanes` holds 8 floats.
+    unsafe { std::arch::x86_64::_mm256_loadu_ps(lanes.as_ptr()) }
 }
 
 impl KvElement for f32 {
@@ -53,6 +83,13 @@ impl KvElement for f32 {
     unsafe fn load16(mask: u16, ptr: *const Self) -> std::arch::x86_64::__m512 {
         // Safety: passed on from the caller.
         unsafe { std::arch::x86_64::_mm512_maskz_loadu_ps(mask, ptr) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(ptr: *const Self) -> std::arch::x86_64::__m256 {
+        // Safety: passed on from the caller.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(ptr) }
     }
 }
 
@@ -80,6 +117,18 @@ impl KvElement for bf16 {
                 _mm256_maskz_loadu_epi16(mask, ptr as *const i16)
             };
             _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(ptr: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // As `load16`, 8 lanes.
+        // Safety: passed on from the caller.
+        unsafe {
+            let halves = _mm_loadu_si128(ptr as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves)))
         }
     }
 }
@@ -151,6 +200,22 @@ impl KvElement for Fp8 {
                 _mm512_set1_epi32(Self::FIELDS as i32),
             );
             _mm512_mul_ps(_mm512_castsi512_ps(bits), _mm512_set1_ps(Self::REBIAS))
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(ptr: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // As `load16`, 8 lanes.
+        // Safety: passed on from the caller.
+        unsafe {
+            let bytes = _mm_loadl_epi64(ptr as *const __m128i);
+            let bits = _mm256_and_si256(
+                _mm256_slli_epi32::<20>(_mm256_cvtepi8_epi32(bytes)),
+                _mm256_set1_epi32(Self::FIELDS as i32),
+            );
+            _mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_set1_ps(Self::REBIAS))
         }
     }
 }
