@@ -80,10 +80,16 @@ impl Bf16Weights {
         } else {
             PANELS_PER_TASK
         };
-        tiled_product(self.rows, m, panels, panels, |i, rows, p, panels, out| {
-            // Safety: tiles never overlap (`tiled_product`).
-            unsafe { self.exact_tile(x, i, rows, p, panels, out) }
-        })
+        tiled_product(
+            self.rows,
+            m,
+            panels,
+            panels,
+            |i, rows, p, panels, _, out| {
+                // Safety: tiles never overlap (`tiled_product`).
+                unsafe { self.exact_tile(x, i, rows, p, panels, out) }
+            },
+        )
     }
 
     /// Safety: `out` is the `[m, rows]` output; only this tile's elements are written.
@@ -147,7 +153,7 @@ impl Bf16Weights {
             m,
             PANELS_PER_TASK,
             PANELS_PER_TASK,
-            |i, rows, p, panels, out| {
+            |i, rows, p, panels, _, out| {
                 // Safety: tiles never overlap (`tiled_product`).
                 unsafe { self.tile(&acts, i, rows, p, panels, out) }
             },

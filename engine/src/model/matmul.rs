@@ -51,7 +51,9 @@ const TASKS_PER_THREAD: usize = 4;
 /// of the demo model gained 7–12 points of the bound (benchmarks/README.md). f32, bf16,
 /// w16a16 and w8a8 keep up with the memory without it, and gained nothing or lost up to 12%
 /// with it on Zen 5. A tile of several rows computes long enough per line for the hardware
-/// prefetcher (w4a8's took twice as long with it).
+/// prefetcher (w4a8's took twice as long with it in every such tile); only w8a8 asks in the
+/// first of a block's row tiles, the one that reads the block from memory (on Zen 4, 5% off
+/// its 32-row product; w4a8 and int8 gained nothing from it).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(super) fn prefetch_ahead<T>(at: *const T) {
@@ -332,16 +334,18 @@ fn add_bias(out: &mut [f32], n: usize, bias: Option<&[f32]>) {
     }
 }
 
-/// An `[m, n]` product computed by `tile(i0, rows, panel0, panels, out)` on every register
-/// tile, in parallel (see [`for_each_block`]): rows of x in tiles of up to six, each block's
-/// panels `panels_per_tile` at a time. `out` is the `[m, n]` output, zeroed; a tile must write
-/// only its own elements (no two tiles overlap). For the formats with kernels of their own.
+/// An `[m, n]` product computed by `tile(i0, rows, panel0, panels, first, out)` on every
+/// register tile, in parallel (see [`for_each_block`]): rows of x in tiles of up to six, each
+/// block's panels `panels_per_tile` at a time. `first` is set for a block's first row tile,
+/// the one that reads its panels from memory (the others find them in cache). `out` is the
+/// `[m, n]` output, zeroed; a tile must write only its own elements (no two tiles overlap).
+/// For the formats with kernels of their own.
 pub(super) fn tiled_product(
     n: usize,
     m: usize,
     panels_per_call: usize,
     panels_per_tile: usize,
-    tile: impl Fn(usize, usize, usize, usize, *mut f32) + Sync,
+    tile: impl Fn(usize, usize, usize, usize, bool, *mut f32) + Sync,
 ) -> Vec<f32> {
     let mut out = vec![0.0f32; m * n];
     let dst = SharedOut(out.as_mut_ptr());
@@ -351,7 +355,8 @@ pub(super) fn tiled_product(
         while i < rows.end {
             let r = ROW_TILE.min(rows.end - i);
             for p in (panel0..panel0 + panels).step_by(panels_per_tile) {
-                tile(i, r, p, panels_per_tile.min(panel0 + panels - p), dst.0);
+                let panels = panels_per_tile.min(panel0 + panels - p);
+                tile(i, r, p, panels, i == rows.start, dst.0);
             }
             i += r;
         }

@@ -124,7 +124,7 @@ impl W4a8 {
             m,
             PANELS_PER_TASK,
             step,
-            |i, rows, p, panels, out| {
+            |i, rows, p, panels, _, out| {
                 // Safety: tiles never overlap (`tiled_product`).
                 unsafe { self.tile(&acts, i, rows, p, panels, out) }
             },

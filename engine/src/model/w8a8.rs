@@ -288,9 +288,9 @@ impl W8a8 {
             m,
             PANELS_PER_TASK,
             PANELS_PER_TASK,
-            |i, rows, p, panels, out| {
+            |i, rows, p, panels, first, out| {
                 // Safety: tiles never overlap (`tiled_product`).
-                unsafe { self.tile(&acts, i, rows, p, panels, out) }
+                unsafe { self.tile(&acts, i, rows, p, panels, first, out) }
             },
         )
     }
@@ -318,9 +318,11 @@ impl W8a8 {
         }
     }
 
-    /// One register tile: `rows` rows of x from `i0` against `panels` panels from `panel0`.
+    /// One register tile: `rows` rows of x from `i0` against `panels` panels from `panel0`;
+    /// `first` when it is the first to read those panels (see `tiled_product`).
     ///
     /// Safety: `out` is the `[m, rows]` output; only this tile's elements are written.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn tile(
         &self,
         acts: &Activations,
@@ -328,13 +330,14 @@ impl W8a8 {
         rows: usize,
         panel0: usize,
         panels: usize,
+        first: bool,
         out: *mut f32,
     ) {
         #[cfg(target_arch = "x86_64")]
         {
             if vnni_available() {
                 // Safety: the CPU has the features; forwarded.
-                return unsafe { vnni::tile(self, acts, i0, rows, panel0, panels, out) };
+                return unsafe { vnni::tile(self, acts, i0, rows, panel0, panels, first, out) };
             }
             if std::is_x86_feature_detected!("avx2") {
                 // Safety: the CPU has the feature; forwarded.
@@ -412,6 +415,7 @@ mod vnni {
     use super::{Activations, W8a8, BASE, GROUP, PANEL};
 
     /// Safety: needs AVX-512F/BW/VNNI; see `W8a8::tile`.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn tile(
         w: &W8a8,
@@ -420,25 +424,33 @@ mod vnni {
         rows: usize,
         panel0: usize,
         panels: usize,
+        first: bool,
         out: *mut f32,
     ) {
         // Safety (both): forwarded; the tile lies inside the activations, weights and output.
         if acts.planes == 1 {
-            return unsafe { tile_shapes!(tile_rc, rows, panels, (w, acts, i0, panel0, out)) };
+            // The first of several rows' tiles over a block reads it from memory, and asking
+            // 2 KiB ahead there took 5% off the 32-row product with the demo's output head
+            // and gave 32 streams 5% more tokens (benchmarks/README.md). One row keeps up
+            // with the memory without it.
+            let ask = first && rows > 1;
+            return unsafe { tile_shapes!(tile_rc, rows, panels, (w, acts, i0, panel0, ask, out)) };
         }
         // Three planes: two rows of four panels hold 24 accumulators, as six rows do with one.
         for i in (i0..i0 + rows).step_by(2) {
             let r = (i0 + rows - i).min(2);
             unsafe {
+                // One row of three planes spends three instructions per line: it asks ahead.
+                let ask = r == 1;
                 match (r, panels) {
-                    (2, 4) => tile_planes::<3, 2, 4>(w, acts, i, panel0, out),
-                    (2, 3) => tile_planes::<3, 2, 3>(w, acts, i, panel0, out),
-                    (2, 2) => tile_planes::<3, 2, 2>(w, acts, i, panel0, out),
-                    (2, 1) => tile_planes::<3, 2, 1>(w, acts, i, panel0, out),
-                    (1, 4) => tile_planes::<3, 1, 4>(w, acts, i, panel0, out),
-                    (1, 3) => tile_planes::<3, 1, 3>(w, acts, i, panel0, out),
-                    (1, 2) => tile_planes::<3, 1, 2>(w, acts, i, panel0, out),
-                    (1, 1) => tile_planes::<3, 1, 1>(w, acts, i, panel0, out),
+                    (2, 4) => tile_planes::<3, 2, 4>(w, acts, i, panel0, ask, out),
+                    (2, 3) => tile_planes::<3, 2, 3>(w, acts, i, panel0, ask, out),
+                    (2, 2) => tile_planes::<3, 2, 2>(w, acts, i, panel0, ask, out),
+                    (2, 1) => tile_planes::<3, 2, 1>(w, acts, i, panel0, ask, out),
+                    (1, 4) => tile_planes::<3, 1, 4>(w, acts, i, panel0, ask, out),
+                    (1, 3) => tile_planes::<3, 1, 3>(w, acts, i, panel0, ask, out),
+                    (1, 2) => tile_planes::<3, 1, 2>(w, acts, i, panel0, ask, out),
+                    (1, 1) => tile_planes::<3, 1, 1>(w, acts, i, panel0, ask, out),
                     _ => unreachable!("wide tiles hold 1 or 2 rows of 1 to 4 panels"),
                 }
             }
@@ -452,21 +464,24 @@ mod vnni {
         acts: &Activations,
         i0: usize,
         panel0: usize,
+        ask: bool,
         out: *mut f32,
     ) {
         // Safety: forwarded.
-        unsafe { tile_planes::<1, R, C>(w, acts, i0, panel0, out) }
+        unsafe { tile_planes::<1, R, C>(w, acts, i0, panel0, ask, out) }
     }
 
     // Index loops over register tiles read clearer than iterator chains here.
     #[allow(clippy::needless_range_loop)]
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    /// `ask`: ask for each panel's lines 2 KiB ahead, into L2 (see `prefetch_ahead`).
     unsafe fn tile_planes<const P: usize, const R: usize, const C: usize>(
         w: &W8a8,
         acts: &Activations,
         i0: usize,
         panel0: usize,
+        ask: bool,
         out: *mut f32,
     ) {
         let groups = w.groups;
@@ -481,8 +496,7 @@ mod vnni {
             unsafe {
                 for c in 0..C {
                     let at = ((panel0 + c) * groups + g) * PANEL * GROUP;
-                    // One row of int8's three planes spends three instructions per line.
-                    if P > 1 && R == 1 {
+                    if ask {
                         super::super::matmul::prefetch_ahead(wp.add(at));
                     }
                     wv[c] = _mm512_loadu_si512(wp.add(at) as *const __m512i);
