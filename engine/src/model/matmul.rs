@@ -18,7 +18,10 @@
 //! layouts and kernels of their own (modules `w8a8`, `w4a8`, `bf16`) and share this module's
 //! split of the product into parallel tasks.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use half::bf16;
+
 use rayon::prelude::*;
 
 use super::w8a8::Activation;
@@ -32,7 +35,7 @@ pub(super) const PANELS_PER_TASK: usize = 4;
 pub(super) const PANELS_PER_ROW: usize = 8;
 /// Rows of x per register tile.
 const ROW_TILE: usize = 6;
-/// Parallel tasks per thread a product is split into (when it has the columns or rows).
+/// Blocks per thread a product needs before its rows are split too (narrow matrices).
 const TASKS_PER_THREAD: usize = 4;
 
 /// Asks for the line 2 KiB past `at` in a panel's stream into L2, once per line loaded: the
@@ -294,10 +297,10 @@ impl Matrix {
 }
 
 /// Calls `work(rows, panel0, panels)` for every block of an `[m, n]` product, in parallel: a
-/// few tasks per thread (enough to balance, few enough that a single row's product, decode,
-/// is not dominated by handing out work), each a range of rows and a run of groups of up to
-/// 4 panels (64 columns). Narrow matrices give few column tasks, so the rows are split too.
-/// Blocks never overlap, and the split never changes a result.
+/// run of `panels_per_call` panels for a range of rows. Rows are split only when the columns
+/// give too few groups to keep the threads busy (narrow matrices). The threads take the
+/// blocks in runs that shrink as the product runs out (see [`in_shrinking_runs`]). Blocks
+/// never overlap, and the split never changes a result.
 pub(super) fn for_each_block(
     n: usize,
     m: usize,
@@ -306,20 +309,57 @@ pub(super) fn for_each_block(
 ) {
     let panels = n.div_ceil(PANEL);
     let groups = panels.div_ceil(panels_per_call);
-    let min_tasks = rayon::current_num_threads() * TASKS_PER_THREAD;
-    let groups_per_task = groups.div_ceil(min_tasks).max(1);
-    let column_tasks = groups.div_ceil(groups_per_task);
-    let row_split = min_tasks.div_ceil(column_tasks).min(m / ROW_TILE).max(1);
+    let threads = rayon::current_num_threads();
+    let row_split = (threads * TASKS_PER_THREAD)
+        .div_ceil(groups)
+        .min(m / ROW_TILE)
+        .max(1);
     let rows_per_task = m.div_ceil(row_split).div_ceil(ROW_TILE) * ROW_TILE;
     let row_tasks = m.div_ceil(rows_per_task);
-    (0..column_tasks * row_tasks).into_par_iter().for_each(|t| {
-        let (ct, rt) = (t / row_tasks, t % row_tasks);
-        let r0 = rt * rows_per_task;
-        let rows = r0..(r0 + rows_per_task).min(m);
-        let g0 = ct * groups_per_task;
-        for g in g0..(g0 + groups_per_task).min(groups) {
+    in_shrinking_runs(row_tasks * groups, threads, |blocks| {
+        for b in blocks {
+            let (rt, g) = (b / groups, b % groups);
+            let r0 = rt * rows_per_task;
             let p0 = g * panels_per_call;
-            work(rows.clone(), p0, panels_per_call.min(panels - p0));
+            work(
+                r0..(r0 + rows_per_task).min(m),
+                p0,
+                panels_per_call.min(panels - p0),
+            );
+        }
+    });
+}
+
+/// Runs `work` over `0..units` on `threads` threads, each taking the next run of units as it
+/// finishes one. A run is a `2 × threads`-th of what is left: long at first (few hand-overs,
+/// long streams for the prefetchers), one unit at the end, so the threads finish within one
+/// unit of each other instead of one task (a one-row product left a thread idle 14% of its
+/// time with eight equal tasks).
+fn in_shrinking_runs(units: usize, threads: usize, work: impl Fn(std::ops::Range<usize>) + Sync) {
+    let next = AtomicUsize::new(0);
+    let claim = || {
+        // The run's length depends on how much is left when it is taken; a compare-exchange
+        // loop keeps each claim's start and length consistent.
+        let mut start = next.load(Ordering::Relaxed);
+        loop {
+            if start >= units {
+                return None;
+            }
+            let len = (units - start).div_ceil(2 * threads).max(1);
+            match next.compare_exchange_weak(
+                start,
+                start + len,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(start..start + len),
+                Err(now) => start = now,
+            }
+        }
+    };
+    (0..threads).into_par_iter().for_each(|_| {
+        while let Some(run) = claim() {
+            work(run);
         }
     });
 }
@@ -777,6 +817,25 @@ mod tests {
             for i in 0..m {
                 let alone = mat.matmul(&x[i * k..(i + 1) * k], 1, None);
                 assert_eq!(alone, got[i * n..(i + 1) * n], "{m}x{n}x{k} row {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn shrinking_runs_cover_every_unit_once() {
+        use std::sync::atomic::AtomicU32;
+        for units in [0, 1, 7, 64, 1000] {
+            for threads in [1, 2, 5] {
+                let seen: Vec<AtomicU32> = (0..units).map(|_| AtomicU32::new(0)).collect();
+                let longest = AtomicUsize::new(0);
+                in_shrinking_runs(units, threads, |run| {
+                    longest.fetch_max(run.len(), Ordering::Relaxed);
+                    for u in run {
+                        seen[u].fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 1));
+                assert!(longest.into_inner() <= units.div_ceil(2 * threads));
             }
         }
     }
