@@ -7,6 +7,7 @@
 //! scores at once with no horizontal sums.
 
 use half::bf16;
+use rayon::prelude::*;
 
 use super::element::{Fp8, KvDtype, KvElement};
 
@@ -120,6 +121,23 @@ impl KvPool {
         }
     }
 
+    /// Stores many tokens' K and V at once: row `r` of `k` and of `v` (each `kv_heads ×
+    /// head_dim` floats) goes to slot `slots[r].1` of block `slots[r].0`. Each token's key
+    /// scatters over its block's rows (K is transposed), one cache line missed per two
+    /// dimensions, so a step of 32 decodes spent tens of microseconds a layer here on one
+    /// core while the others waited; rows are spread over the threads when no two name the
+    /// same slot (they never should; if they do, the rows are written in order, the last
+    /// winning, as one by one).
+    pub fn write_rows(&mut self, layer: usize, slots: &[(usize, usize)], k: &[f32], v: &[f32]) {
+        let l = self.layout;
+        match (&mut self.k[layer], &mut self.v[layer]) {
+            (Store::F32(ks), Store::F32(vs)) => write_rows(l, ks, vs, slots, k, v),
+            (Store::Bf16(ks), Store::Bf16(vs)) => write_rows(l, ks, vs, slots, k, v),
+            (Store::Fp8(ks), Store::Fp8(vs)) => write_rows(l, ks, vs, slots, k, v),
+            _ => unreachable!("K and V share one element type"),
+        }
+    }
+
     /// Stores one token's K and V (each `kv_heads * head_dim` floats) at `pos`.
     pub fn write(&mut self, layer: usize, block_table: &[u32], pos: usize, k: &[f32], v: &[f32]) {
         match (&mut self.k[layer], &mut self.v[layer]) {
@@ -173,6 +191,18 @@ fn write<T: KvElement>(
     v: &[f32],
 ) {
     let (block, slot) = (block_table[pos / l.block_size] as usize, pos % l.block_size);
+    write_slot(l, keys, values, block, slot, k, v);
+}
+
+fn write_slot<T: KvElement>(
+    l: KvLayout,
+    keys: &mut [T],
+    values: &mut [T],
+    block: usize,
+    slot: usize,
+    k: &[f32],
+    v: &[f32],
+) {
     for (head, k) in k.chunks_exact(l.head_dim).enumerate() {
         let base = l.key_index(block, slot, head);
         for (d, &x) in k.iter().enumerate() {
@@ -186,6 +216,68 @@ fn write<T: KvElement>(
         }
     }
 }
+
+/// Rows a thread takes at least when token writes are spread over the threads.
+const WRITE_ROWS_PER_TASK: usize = 4;
+
+fn write_rows<T: KvElement>(
+    l: KvLayout,
+    keys: &mut [T],
+    values: &mut [T],
+    slots: &[(usize, usize)],
+    k: &[f32],
+    v: &[f32],
+) {
+    let stride = l.token_stride().max(1);
+    assert!(k.len() == slots.len() * l.token_stride() && v.len() == k.len());
+    let distinct = {
+        let mut sorted = slots.to_vec();
+        sorted.sort_unstable();
+        sorted.windows(2).all(|w| w[0] != w[1])
+    };
+    if !distinct || slots.len() < 2 * WRITE_ROWS_PER_TASK {
+        for ((&(block, slot), k), v) in slots.iter().zip(k.chunks(stride)).zip(v.chunks(stride)) {
+            write_slot(l, keys, values, block, slot, k, v);
+        }
+        return;
+    }
+    // Indexing would panic on a block or slot out of range; checked here, before the
+    // unchecked writes below.
+    assert!(slots
+        .iter()
+        .all(|&(block, slot)| block < l.num_blocks && slot < l.block_size));
+    assert!(keys.len() >= l.num_blocks * l.block_size * stride && values.len() == keys.len());
+    let (kp, vp) = (Shared(keys.as_mut_ptr()), Shared(values.as_mut_ptr()));
+    slots
+        .par_iter()
+        .zip(k.par_chunks(stride))
+        .zip(v.par_chunks(stride))
+        .with_min_len(WRITE_ROWS_PER_TASK)
+        .for_each(|((&(block, slot), k), v)| {
+            let (kp, vp) = (&kp, &vp);
+            for (head, k) in k.chunks_exact(l.head_dim).enumerate() {
+                let base = l.key_index(block, slot, head);
+                for (d, &x) in k.iter().enumerate() {
+                    // Safety: in bounds (block and slot checked above); no other row writes
+                    // this slot's elements (the slots are distinct), and nothing reads the
+                    // store during the loop (`&mut` to it is held).
+                    unsafe { *kp.0.add(base + d * l.block_size) = T::from_f32(x) };
+                }
+            }
+            for (head, v) in v.chunks_exact(l.head_dim).enumerate() {
+                let off = l.value_index(block, slot, head);
+                for (i, &x) in v.iter().enumerate() {
+                    // Safety: as for the keys.
+                    unsafe { *vp.0.add(off + i) = T::from_f32(x) };
+                }
+            }
+        });
+}
+
+/// A store's base pointer shared by the threads writing distinct slots of it.
+struct Shared<T>(*mut T);
+// Safety: the writers touch disjoint elements (see `write_rows`).
+unsafe impl<T: Send> Sync for Shared<T> {}
 
 #[cfg(test)]
 mod tests {
@@ -215,6 +307,55 @@ mod tests {
     }
 
     const EVERY_DTYPE: [KvDtype; 3] = [KvDtype::F32, KvDtype::Bf16, KvDtype::Fp8];
+
+    /// Many tokens written at once, spread over the threads, leave the cache as writing them
+    /// one by one does: decodes in blocks of their own, a prefill filling one block after
+    /// another, and rows naming one slot twice (the last wins).
+    #[test]
+    fn rows_written_at_once_match_rows_written_one_by_one() {
+        let l = KvLayout {
+            num_blocks: 40,
+            block_size: 16,
+            kv_heads: 2,
+            head_dim: 8,
+        };
+        let decodes: Vec<(usize, usize)> = (0..32).map(|i| (39 - i, (i * 7) % 16)).collect();
+        let prefill: Vec<(usize, usize)> = (0..40).map(|p| (3 + p / 16, p % 16)).collect();
+        let twice = vec![
+            (5, 1),
+            (6, 2),
+            (5, 1),
+            (7, 0),
+            (8, 0),
+            (9, 0),
+            (10, 0),
+            (11, 0),
+            (12, 0),
+        ];
+        for dtype in EVERY_DTYPE {
+            for slots in [&decodes, &prefill, &twice] {
+                // Values every element type holds exactly.
+                let rows: Vec<f32> = (0..slots.len() * 16).map(|i| (i % 13) as f32).collect();
+                let mut at_once = KvPool::with_dtype(2, l, dtype);
+                at_once.write_rows(1, slots, &rows, &rows);
+                let mut one_by_one = KvPool::with_dtype(2, l, dtype);
+                for (&(block, slot), row) in slots.iter().zip(rows.chunks(16)) {
+                    // Position `slot` of a one-block table: that block, that slot.
+                    one_by_one.write(1, &[block as u32], slot, row, row);
+                }
+                assert_eq!(
+                    floats(at_once.layer(1)),
+                    floats(one_by_one.layer(1)),
+                    "{dtype:?}"
+                );
+                assert_eq!(
+                    floats(at_once.layer(0)),
+                    floats(one_by_one.layer(0)),
+                    "{dtype:?}"
+                );
+            }
+        }
+    }
 
     /// A layer's K and V as f32.
     fn floats(layer: KvLayer<'_>) -> (Vec<f32>, Vec<f32>) {

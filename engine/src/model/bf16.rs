@@ -80,16 +80,12 @@ impl Bf16Weights {
         } else {
             PANELS_PER_TASK
         };
-        tiled_product(
-            self.rows,
-            m,
-            panels,
-            panels,
-            |i, rows, p, panels, _, out| {
-                // Safety: tiles never overlap (`tiled_product`).
-                unsafe { self.exact_tile(x, i, rows, p, panels, out) }
-            },
-        )
+        let tile = |i, rows, p, panels, _, out| {
+            // Safety: tiles never overlap (`tiled_product`).
+            unsafe { self.exact_tile(x, i, rows, p, panels, out) }
+        };
+        // Safety: every tile writes all of its elements, and only those.
+        unsafe { tiled_product(self.rows, m, panels, panels, tile) }
     }
 
     /// Safety: `out` is the `[m, rows]` output; only this tile's elements are written.
@@ -148,16 +144,12 @@ impl Bf16Weights {
     pub fn matmul_dot(&self, x: &[f32], m: usize) -> Vec<f32> {
         debug_assert_eq!(x.len(), m * self.cols);
         let acts = self.round_activations(x, m);
-        tiled_product(
-            self.rows,
-            m,
-            PANELS_PER_TASK,
-            PANELS_PER_TASK,
-            |i, rows, p, panels, _, out| {
-                // Safety: tiles never overlap (`tiled_product`).
-                unsafe { self.tile(&acts, i, rows, p, panels, out) }
-            },
-        )
+        let tile = |i, rows, p, panels, _, out| {
+            // Safety: tiles never overlap (`tiled_product`).
+            unsafe { self.tile(&acts, i, rows, p, panels, out) }
+        };
+        // Safety: every tile writes all of its elements, and only those.
+        unsafe { tiled_product(self.rows, m, PANELS_PER_TASK, PANELS_PER_TASK, tile) }
     }
 
     /// x rounded to bf16 (to nearest even), two per 32-bit lane: `[m][pairs]`, the even

@@ -269,8 +269,6 @@ impl Matrix {
         kernel: impl Fn(&Block, *mut f32) + Sync,
     ) -> Vec<f32> {
         let (n, k) = (self.rows, self.cols);
-        let mut out = vec![0.0f32; m * n];
-        let dst = SharedOut(out.as_mut_ptr());
         // One row has one accumulator per panel: eight panels at a time keep eight FMA chains
         // in flight instead of four (each output is still one chain over k in order).
         let panels_per_call = if m == 1 {
@@ -278,21 +276,24 @@ impl Matrix {
         } else {
             PANELS_PER_TASK
         };
-        for_each_block(n, m, panels_per_call, |rows, panel0, panels| {
-            let dst = &dst;
-            let block = Block {
-                x,
-                rows,
-                k,
-                n,
-                panel0,
-                panels,
-            };
-            // Blocks never overlap (the caller's kernel writes only its own), and `out`
-            // outlives the parallel loop.
-            kernel(&block, dst.0);
-        });
-        out
+        // Safety: the blocks cover the output and every kernel writes all of its block.
+        unsafe {
+            written_in_full(m * n, |dst| {
+                for_each_block(n, m, panels_per_call, |rows, panel0, panels| {
+                    let block = Block {
+                        x,
+                        rows,
+                        k,
+                        n,
+                        panel0,
+                        panels,
+                    };
+                    // Blocks never overlap (the caller's kernel writes only its own), and the
+                    // output outlives the parallel loop.
+                    kernel(&block, dst.0);
+                })
+            })
+        }
     }
 }
 
@@ -378,37 +379,61 @@ fn add_bias(out: &mut [f32], n: usize, bias: Option<&[f32]>) {
 /// register tile, in parallel (see [`for_each_block`]): rows of x in tiles of up to six, each
 /// block's panels `panels_per_tile` at a time. `first` is set for a block's first row tile,
 /// the one that reads its panels from memory (the others find them in cache). `out` is the
-/// `[m, n]` output, zeroed; a tile must write only its own elements (no two tiles overlap).
-/// For the formats with kernels of their own.
-pub(super) fn tiled_product(
+/// `[m, n]` output, not initialised (see [`written_in_full`]). For the formats with kernels
+/// of their own.
+///
+/// Safety: a tile writes every one of its elements (its rows, its panels' columns below
+/// `n`) and no other (no two tiles overlap).
+pub(super) unsafe fn tiled_product(
     n: usize,
     m: usize,
     panels_per_call: usize,
     panels_per_tile: usize,
     tile: impl Fn(usize, usize, usize, usize, bool, *mut f32) + Sync,
 ) -> Vec<f32> {
-    let mut out = vec![0.0f32; m * n];
-    let dst = SharedOut(out.as_mut_ptr());
-    for_each_block(n, m, panels_per_call, |rows, panel0, panels| {
-        let dst = &dst;
-        let mut i = rows.start;
-        while i < rows.end {
-            let r = ROW_TILE.min(rows.end - i);
-            for p in (panel0..panel0 + panels).step_by(panels_per_tile) {
-                let panels = panels_per_tile.min(panel0 + panels - p);
-                tile(i, r, p, panels, i == rows.start, dst.0);
-            }
-            i += r;
-        }
-    });
+    // Safety: the blocks cover the output, their tiles cover each block, and every tile
+    // writes all of its elements (the caller's promise).
+    unsafe {
+        written_in_full(m * n, |dst| {
+            for_each_block(n, m, panels_per_call, |rows, panel0, panels| {
+                let mut i = rows.start;
+                while i < rows.end {
+                    let r = ROW_TILE.min(rows.end - i);
+                    for p in (panel0..panel0 + panels).step_by(panels_per_tile) {
+                        let panels = panels_per_tile.min(panel0 + panels - p);
+                        tile(i, r, p, panels, i == rows.start, dst.0);
+                    }
+                    i += r;
+                }
+            })
+        })
+    }
+}
+
+/// A `len`-long output that `fill` writes in full, in parallel, through the pointer it is
+/// given. It is not zeroed first: that was a memset on one core while the others waited (6
+/// MB for the output head of a 32-sequence step). Debug builds fill it with NaN first, so
+/// that an element a kernel leaves unwritten fails the tests.
+///
+/// Safety: `fill` writes every element.
+unsafe fn written_in_full(len: usize, fill: impl FnOnce(&SharedOut)) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    if cfg!(debug_assertions) {
+        out.resize(len, f32::NAN);
+        out.clear();
+    }
+    fill(&SharedOut(out.as_mut_ptr()));
+    // Safety: every element is written (the caller's promise), and `len` is the capacity.
+    unsafe { out.set_len(len) };
     out
 }
 
 /// The fewest rows of x a thread takes when activations are prepared (quantized or rounded)
-/// row by row before a product: a large batch (a prefill chunk) is split across threads, so
-/// the pass does not run on one core while the product waits; a small one stays whole.
+/// row by row before a product: a batch of decodes or a prefill chunk is split across
+/// threads, so the pass does not run on one core while the others wait; a few rows stay
+/// whole.
 pub(super) fn rows_per_thread(m: usize, k: usize) -> usize {
-    if m * k >= 1 << 16 {
+    if m * k >= 1 << 14 {
         1
     } else {
         m.max(1)

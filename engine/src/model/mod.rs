@@ -21,6 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::Device;
+use rayon::prelude::*;
 
 pub use candle_core::DType as WeightDtype;
 pub use config::{Family, MlpKind, ModelShape, NormKind, Positions, RopeScaling};
@@ -516,13 +517,32 @@ impl Transformer {
         if n == 0 {
             return Ok(Vec::new());
         }
+        let positions: Vec<usize> = seqs
+            .iter()
+            .flat_map(|seq| seq.start_pos..seq.start_pos + seq.num_tokens)
+            .collect();
+        // Where each row's K and V go in the cache: a block of its table and a slot in it.
+        let layout = kv.layout();
+        let mut slots = Vec::with_capacity(n);
+        for seq in &seqs {
+            for pos in seq.start_pos..seq.start_pos + seq.num_tokens {
+                let block = seq.block_table.get(pos / layout.block_size).copied();
+                match block.map(|b| b as usize) {
+                    Some(b) if b < layout.num_blocks => slots.push((b, pos % layout.block_size)),
+                    _ => {
+                        return Err(EngineError::Internal(format!(
+                            "no cache block for position {pos}"
+                        )))
+                    }
+                }
+            }
+        }
         let mut x = vec![0.0f32; n * h];
         for (row, &id) in x.chunks_mut(h).zip(&ids) {
             self.embed.row_into(id as usize, row);
         }
         let eps = s.rms_norm_eps as f32;
         let scale = 1.0 / (hd as f32).sqrt();
-        let layout = kv.layout();
         let inter = s.intermediate_size;
         let mut hidden = vec![0.0f32; n * h];
         let norm_rows = |x: &[f32], n: &Norm, out: &mut [f32]| match s.norm {
@@ -538,34 +558,33 @@ impl Transformer {
             norm_rows(&x, &layer.input_norm, &mut hidden);
             let qkv = layer.qkv.forward(&hidden, n);
             let width = qd + 2 * kvd;
+            // Each row's q and k heads normalised (Qwen3) and rotated, rows spread over the
+            // threads; then its k and v go into the cache.
             let mut q = vec![0.0f32; n * qd];
-            for seq in &seqs {
-                for t in 0..seq.num_tokens {
-                    let row = seq.first_token + t;
-                    let pos = seq.start_pos + t;
-                    let src = &qkv[row * width..(row + 1) * width];
-                    let qrow = &mut q[row * qd..(row + 1) * qd];
-                    qrow.copy_from_slice(&src[..qd]);
-                    let mut k = src[qd..qd + kvd].to_vec();
-                    for head in qrow.chunks_mut(hd) {
-                        if let Some(w) = &layer.q_norm {
-                            rms_norm_in_place(head, w, eps);
-                        }
-                        if rotary {
-                            self.rope.apply(head, pos);
-                        }
-                    }
-                    for head in k.chunks_mut(hd) {
-                        if let Some(w) = &layer.k_norm {
-                            rms_norm_in_place(head, w, eps);
-                        }
-                        if rotary {
-                            self.rope.apply(head, pos);
+            let mut k = vec![0.0f32; n * kvd];
+            let mut v = vec![0.0f32; n * kvd];
+            q.par_chunks_mut(qd.max(1))
+                .zip(k.par_chunks_mut(kvd.max(1)))
+                .zip(v.par_chunks_mut(kvd.max(1)))
+                .zip(qkv.par_chunks(width.max(1)))
+                .zip(&positions)
+                .with_min_len(ROWS_PER_TASK)
+                .for_each(|((((q, k), v), src), &pos)| {
+                    q.copy_from_slice(&src[..qd]);
+                    k.copy_from_slice(&src[qd..qd + kvd]);
+                    v.copy_from_slice(&src[qd + kvd..]);
+                    for (heads, norm) in [(q, &layer.q_norm), (k, &layer.k_norm)] {
+                        for head in heads.chunks_mut(hd) {
+                            if let Some(w) = norm {
+                                rms_norm_in_place(head, w, eps);
+                            }
+                            if rotary {
+                                self.rope.apply(head, pos);
+                            }
                         }
                     }
-                    kv.write(li, seq.block_table, pos, &k, &src[qd + kvd..]);
-                }
-            }
+                });
+            kv.write_rows(li, &slots, &k, &v);
             let window = s.layer_windows[li];
             let alibi = self.alibi.as_deref();
             let attn =
@@ -605,7 +624,7 @@ impl Transformer {
 /// LayerNorm of every `w.len()`-wide row of `x` into `out`: mean and variance over the row,
 /// then the weight, and the bias if there is one (Cohere's has none, BLOOM's has).
 fn layer_norm_rows(x: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, out: &mut [f32]) {
-    for (src, dst) in x.chunks(w.len()).zip(out.chunks_mut(w.len())) {
+    for_each_row(x, w.len(), out, |src, dst| {
         let n = src.len() as f32;
         let mean = src.iter().sum::<f32>() / n;
         let var = src.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
@@ -616,14 +635,29 @@ fn layer_norm_rows(x: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, out: &mut 
         if let Some(b) = b {
             dst.iter_mut().zip(b).for_each(|(o, b)| *o += b);
         }
-    }
+    });
 }
 
 /// RMSNorm of every `w.len()`-wide row of `x` into `out`.
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    for (src, dst) in x.chunks(w.len()).zip(out.chunks_mut(w.len())) {
-        rms_norm_in_place_into(src, w, eps, dst);
-    }
+    for_each_row(x, w.len(), out, |src, dst| {
+        rms_norm_in_place_into(src, w, eps, dst)
+    });
+}
+
+/// Rows a thread takes at least in the forward pass's row-wise steps (norms, RoPE): a batch
+/// of decodes or a prefill chunk is spread over the threads, which would otherwise wait
+/// while one core works through every row (a norm's sum is one chain of adds per row); a
+/// single decode row stays on its thread.
+const ROWS_PER_TASK: usize = 4;
+
+/// `f(x row, out row)` on every `width`-wide row, rows spread over the threads.
+fn for_each_row(x: &[f32], width: usize, out: &mut [f32], f: impl Fn(&[f32], &mut [f32]) + Sync) {
+    let width = width.max(1);
+    out.par_chunks_mut(width)
+        .zip(x.par_chunks(width))
+        .with_min_len(ROWS_PER_TASK)
+        .for_each(|(dst, src)| f(src, dst));
 }
 
 fn rms_norm_in_place_into(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {

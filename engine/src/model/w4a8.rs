@@ -119,16 +119,12 @@ impl W4a8 {
         debug_assert_eq!(x.len(), m * self.cols);
         let acts = self.quantize_activations(x, m);
         let step = if m == 1 { ROW_PANELS } else { TILE_PANELS };
-        tiled_product(
-            self.rows,
-            m,
-            PANELS_PER_TASK,
-            step,
-            |i, rows, p, panels, _, out| {
-                // Safety: tiles never overlap (`tiled_product`).
-                unsafe { self.tile(&acts, i, rows, p, panels, out) }
-            },
-        )
+        let tile = |i, rows, p, panels, _, out| {
+            // Safety: tiles never overlap (`tiled_product`).
+            unsafe { self.tile(&acts, i, rows, p, panels, out) }
+        };
+        // Safety: every tile writes all of its elements, and only those.
+        unsafe { tiled_product(self.rows, m, PANELS_PER_TASK, step, tile) }
     }
 
     fn quantize_activations(&self, x: &[f32], m: usize) -> Activations {

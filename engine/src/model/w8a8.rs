@@ -283,16 +283,12 @@ impl W8a8 {
         debug_assert_eq!(x.len(), m * self.cols);
         let (n, k) = (self.rows, self.cols);
         let acts = self.quantize_activations(x, m, k, activation);
-        tiled_product(
-            n,
-            m,
-            PANELS_PER_TASK,
-            PANELS_PER_TASK,
-            |i, rows, p, panels, first, out| {
-                // Safety: tiles never overlap (`tiled_product`).
-                unsafe { self.tile(&acts, i, rows, p, panels, first, out) }
-            },
-        )
+        let tile = |i, rows, p, panels, first, out| {
+            // Safety: tiles never overlap (`tiled_product`).
+            unsafe { self.tile(&acts, i, rows, p, panels, first, out) }
+        };
+        // Safety: every tile writes all of its elements, and only those.
+        unsafe { tiled_product(n, m, PANELS_PER_TASK, PANELS_PER_TASK, tile) }
     }
 
     fn quantize_activations(
