@@ -59,3 +59,10 @@ pub(crate) fn advise_huge_pages<T>(buf: &[T]) {
     #[cfg(not(target_os = "linux"))]
     let _ = buf;
 }
+
+/// A buffer's base pointer shared by parallel tasks that each write their own elements of it
+/// (a product's output tiles, a step's KV cache slots).
+pub(crate) struct SharedMut<T>(pub(crate) *mut T);
+// Safety: the tasks write disjoint elements, each user's contract (`Matrix::matmul`,
+// `KvPool::write_rows`).
+unsafe impl<T: Send> Sync for SharedMut<T> {}

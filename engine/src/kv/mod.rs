@@ -11,4 +11,4 @@ pub use block_manager::{
     chain_hash, keyed_salt_hash, salt_hash, BlockHash, BlockManager, PrefixStats,
 };
 pub use element::{Fp8, KvDtype, KvElement};
-pub use pool::{KvLayer, KvLayout, KvPool};
+pub use pool::{KvLayer, KvLayout, KvPool, TokenSlots};

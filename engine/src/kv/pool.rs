@@ -10,6 +10,8 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::element::{Fp8, KvDtype, KvElement};
+use crate::memory::SharedMut;
+use crate::EngineError;
 
 /// Shape of one layer's K (or V) storage: blocks of `block_size` tokens of `kv_heads ×
 /// head_dim` floats.
@@ -121,14 +123,45 @@ impl KvPool {
         }
     }
 
+    /// Where tokens go in the cache, in row order: for each `(block table, position)`, the
+    /// table's block for that position and the slot in it. Looked up and checked once per
+    /// step, since every layer writes the same slots; an error if a table has no block, or
+    /// one outside the pool, for its position.
+    pub fn token_slots<'a>(
+        &self,
+        rows: impl IntoIterator<Item = (&'a [u32], usize)>,
+    ) -> Result<TokenSlots, EngineError> {
+        let l = self.layout;
+        let slots = rows
+            .into_iter()
+            .map(|(table, pos)| match table.get(pos / l.block_size) {
+                Some(&block) if (block as usize) < l.num_blocks => {
+                    Ok((block as usize, pos % l.block_size))
+                }
+                _ => Err(EngineError::Internal(format!(
+                    "no cache block for position {pos}"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut sorted = slots.clone();
+        sorted.sort_unstable();
+        let distinct = sorted.windows(2).all(|w| w[0] != w[1]);
+        Ok(TokenSlots {
+            layout: l,
+            slots,
+            distinct,
+        })
+    }
+
     /// Stores many tokens' K and V at once: row `r` of `k` and of `v` (each `kv_heads ×
-    /// head_dim` floats) goes to slot `slots[r].1` of block `slots[r].0`. Each token's key
-    /// scatters over its block's rows (K is transposed), one cache line missed per two
-    /// dimensions, so a step of 32 decodes spent tens of microseconds a layer here on one
-    /// core while the others waited; rows are spread over the threads when no two name the
-    /// same slot (they never should; if they do, the rows are written in order, the last
-    /// winning, as one by one).
-    pub fn write_rows(&mut self, layer: usize, slots: &[(usize, usize)], k: &[f32], v: &[f32]) {
+    /// head_dim` floats) goes to the `r`-th of `slots`. Each token's key scatters over its
+    /// block's rows (K is transposed), one cache line missed per two dimensions, so a step
+    /// of 32 decodes spent tens of microseconds a layer here on one core while the others
+    /// waited; rows are spread over the threads when no two name the same slot (they never
+    /// should; if they do, the rows are written in order, the last winning, as one by one).
+    pub fn write_rows(&mut self, layer: usize, slots: &TokenSlots, k: &[f32], v: &[f32]) {
+        // The slots were checked against this pool's layout.
+        assert_eq!(slots.layout, self.layout, "slots of another pool");
         let l = self.layout;
         match (&mut self.k[layer], &mut self.v[layer]) {
             (Store::F32(ks), Store::F32(vs)) => write_rows(l, ks, vs, slots, k, v),
@@ -224,32 +257,22 @@ fn write_rows<T: KvElement>(
     l: KvLayout,
     keys: &mut [T],
     values: &mut [T],
-    slots: &[(usize, usize)],
+    slots: &TokenSlots,
     k: &[f32],
     v: &[f32],
 ) {
     let stride = l.token_stride().max(1);
-    assert!(k.len() == slots.len() * l.token_stride() && v.len() == k.len());
-    let distinct = {
-        let mut sorted = slots.to_vec();
-        sorted.sort_unstable();
-        sorted.windows(2).all(|w| w[0] != w[1])
-    };
-    if !distinct || slots.len() < 2 * WRITE_ROWS_PER_TASK {
-        for ((&(block, slot), k), v) in slots.iter().zip(k.chunks(stride)).zip(v.chunks(stride)) {
+    let rows = &slots.slots;
+    assert!(k.len() == rows.len() * l.token_stride() && v.len() == k.len());
+    if !slots.distinct || rows.len() < 2 * WRITE_ROWS_PER_TASK {
+        for ((&(block, slot), k), v) in rows.iter().zip(k.chunks(stride)).zip(v.chunks(stride)) {
             write_slot(l, keys, values, block, slot, k, v);
         }
         return;
     }
-    // Indexing would panic on a block or slot out of range; checked here, before the
-    // unchecked writes below.
-    assert!(slots
-        .iter()
-        .all(|&(block, slot)| block < l.num_blocks && slot < l.block_size));
     assert!(keys.len() >= l.num_blocks * l.block_size * stride && values.len() == keys.len());
-    let (kp, vp) = (Shared(keys.as_mut_ptr()), Shared(values.as_mut_ptr()));
-    slots
-        .par_iter()
+    let (kp, vp) = (SharedMut(keys.as_mut_ptr()), SharedMut(values.as_mut_ptr()));
+    rows.par_iter()
         .zip(k.par_chunks(stride))
         .zip(v.par_chunks(stride))
         .with_min_len(WRITE_ROWS_PER_TASK)
@@ -258,9 +281,10 @@ fn write_rows<T: KvElement>(
             for (head, k) in k.chunks_exact(l.head_dim).enumerate() {
                 let base = l.key_index(block, slot, head);
                 for (d, &x) in k.iter().enumerate() {
-                    // Safety: in bounds (block and slot checked above); no other row writes
-                    // this slot's elements (the slots are distinct), and nothing reads the
-                    // store during the loop (`&mut` to it is held).
+                    // Safety: in bounds (`token_slots` checked each block and slot against
+                    // this layout); no other row writes this slot's elements (the slots are
+                    // distinct), and nothing reads the store during the loop (`&mut` to it
+                    // is held).
                     unsafe { *kp.0.add(base + d * l.block_size) = T::from_f32(x) };
                 }
             }
@@ -274,10 +298,14 @@ fn write_rows<T: KvElement>(
         });
 }
 
-/// A store's base pointer shared by the threads writing distinct slots of it.
-struct Shared<T>(*mut T);
-// Safety: the writers touch disjoint elements (see `write_rows`).
-unsafe impl<T: Send> Sync for Shared<T> {}
+/// A step's cache slots, one `(block, slot)` per row, from [`KvPool::token_slots`].
+pub struct TokenSlots {
+    /// The layout the slots were checked against.
+    layout: KvLayout,
+    slots: Vec<(usize, usize)>,
+    /// No two rows name one slot, so the rows can be written on every thread.
+    distinct: bool,
+}
 
 #[cfg(test)]
 mod tests {
@@ -336,12 +364,15 @@ mod tests {
             for slots in [&decodes, &prefill, &twice] {
                 // Values every element type holds exactly.
                 let rows: Vec<f32> = (0..slots.len() * 16).map(|i| (i % 13) as f32).collect();
+                // Position `slot` of a one-block table: that block, that slot.
+                let tables: Vec<[u32; 1]> = slots.iter().map(|&(b, _)| [b as u32]).collect();
+                let rows_at = || tables.iter().zip(slots).map(|(t, &(_, s))| (&t[..], s));
                 let mut at_once = KvPool::with_dtype(2, l, dtype);
-                at_once.write_rows(1, slots, &rows, &rows);
+                let checked = at_once.token_slots(rows_at()).unwrap();
+                at_once.write_rows(1, &checked, &rows, &rows);
                 let mut one_by_one = KvPool::with_dtype(2, l, dtype);
-                for (&(block, slot), row) in slots.iter().zip(rows.chunks(16)) {
-                    // Position `slot` of a one-block table: that block, that slot.
-                    one_by_one.write(1, &[block as u32], slot, row, row);
+                for ((table, slot), row) in rows_at().zip(rows.chunks(16)) {
+                    one_by_one.write(1, table, slot, row, row);
                 }
                 assert_eq!(
                     floats(at_once.layer(1)),
@@ -354,6 +385,30 @@ mod tests {
                     "{dtype:?}"
                 );
             }
+        }
+    }
+
+    /// A position its block table has no block for, or whose block is outside the pool, is
+    /// an error, not a write out of bounds.
+    #[test]
+    fn a_position_without_a_block_in_the_pool_is_an_error() {
+        let l = KvLayout {
+            num_blocks: 4,
+            block_size: 16,
+            kv_heads: 1,
+            head_dim: 8,
+        };
+        let pool = KvPool::new(1, l);
+        let table = [3u32, 1];
+        assert!(pool.token_slots([(&table[..], 31)]).is_ok());
+        for (table, pos) in [(&table[..], 32), (&[4u32][..], 0), (&[][..], 0)] {
+            let err = pool.token_slots([(table, pos)]).err();
+            assert_eq!(
+                err,
+                Some(EngineError::Internal(format!(
+                    "no cache block for position {pos}"
+                )))
+            );
         }
     }
 

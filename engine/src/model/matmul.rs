@@ -21,10 +21,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use half::bf16;
-
 use rayon::prelude::*;
 
 use super::w8a8::Activation;
+use crate::memory::SharedMut;
 
 /// Output columns per panel: one AVX-512 vector of f32 (or i32). Every format packs its
 /// weights in panels of this width: the task split and the output masks count in them.
@@ -416,13 +416,13 @@ pub(super) unsafe fn tiled_product(
 /// that an element a kernel leaves unwritten fails the tests.
 ///
 /// Safety: `fill` writes every element.
-unsafe fn written_in_full(len: usize, fill: impl FnOnce(&SharedOut)) -> Vec<f32> {
+unsafe fn written_in_full(len: usize, fill: impl FnOnce(&SharedMut<f32>)) -> Vec<f32> {
     let mut out: Vec<f32> = Vec::with_capacity(len);
     if cfg!(debug_assertions) {
         out.resize(len, f32::NAN);
         out.clear();
     }
-    fill(&SharedOut(out.as_mut_ptr()));
+    fill(&SharedMut(out.as_mut_ptr()));
     // Safety: every element is written (the caller's promise), and `len` is the capacity.
     unsafe { out.set_len(len) };
     out
@@ -445,11 +445,6 @@ pub(super) fn panel_mask(n: usize, col: usize) -> u16 {
     let valid = n.saturating_sub(col).min(PANEL);
     ((1u32 << valid) - 1) as u16
 }
-
-/// The output pointer shared by the parallel tasks, each writing its own elements.
-pub(super) struct SharedOut(pub(super) *mut f32);
-// Safety: tasks write disjoint elements (see `Matrix::matmul`).
-unsafe impl Sync for SharedOut {}
 
 /// One task's share: panels `panel0 .. panel0 + panels` for some rows of x.
 struct Block<'a> {

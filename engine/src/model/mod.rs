@@ -522,21 +522,10 @@ impl Transformer {
             .flat_map(|seq| seq.start_pos..seq.start_pos + seq.num_tokens)
             .collect();
         // Where each row's K and V go in the cache: a block of its table and a slot in it.
+        let slots = kv.token_slots(seqs.iter().flat_map(|seq| {
+            (seq.start_pos..seq.start_pos + seq.num_tokens).map(|pos| (seq.block_table, pos))
+        }))?;
         let layout = kv.layout();
-        let mut slots = Vec::with_capacity(n);
-        for seq in &seqs {
-            for pos in seq.start_pos..seq.start_pos + seq.num_tokens {
-                let block = seq.block_table.get(pos / layout.block_size).copied();
-                match block.map(|b| b as usize) {
-                    Some(b) if b < layout.num_blocks => slots.push((b, pos % layout.block_size)),
-                    _ => {
-                        return Err(EngineError::Internal(format!(
-                            "no cache block for position {pos}"
-                        )))
-                    }
-                }
-            }
-        }
         let mut x = vec![0.0f32; n * h];
         for (row, &id) in x.chunks_mut(h).zip(&ids) {
             self.embed.row_into(id as usize, row);
