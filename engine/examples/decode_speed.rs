@@ -1,6 +1,7 @@
 //! Prefill and single-sequence decode speed of the forward pass, without the server, beside
 //! the memory-bandwidth bound for single-stream decode (weight bytes read per token ÷ the
-//! machine's read bandwidth, measured just before each of five rounds of decode):
+//! machine's read bandwidth, measured just before each of five rounds of decode, and a read
+//! of as many bytes just before each token):
 //! `FORMAT=f32|bf16|int8|w8a8|w16a16|w4a8 [KV=f32|bf16|fp8] cargo run --release -p rosetta-engine --example decode_speed -- MODEL_DIR [TOKENS] [PROMPT_TOKENS]`
 use std::time::Instant;
 
@@ -69,17 +70,25 @@ fn run() {
     }
     // Rounds of (the machine's read bandwidth, then decode) side by side: on a shared machine
     // the bandwidth moves by half between minutes, so each round's decode is set against the
-    // bandwidth measured just before it, and the median round is reported.
+    // bandwidth measured just before it (best of five reads of 1 GiB), and the median round
+    // is reported. Beside it, each token is paired with one read of as many bytes as its
+    // weights, just before it: that pair's time ratio is its share of the bound, both sides
+    // measured the same way within milliseconds of each other.
     let rounds = 5;
     let per_round = steps.div_ceil(rounds);
     let bytes = model.bytes_per_token();
     let mut shares = Vec::new();
+    let mut paired = Vec::new();
+    let (mut read_secs, mut decode_secs) = (0.0, 0.0);
     let mut pos = prompt_len;
     let probe = support::probe();
+    let mut reader = support::Reader::new(bytes);
     for round in 0..rounds {
         let bandwidth = read_bandwidth(&probe);
-        let t = Instant::now();
+        let mut secs = 0.0;
+        let mut round_paired = Vec::new();
         for i in 0..per_round {
+            let read = reader.read(bytes);
             let tok = [200 + (pos + i) as u32 % 1000];
             let c = SeqChunk {
                 tokens: &tok,
@@ -87,22 +96,33 @@ fn run() {
                 block_table: &table,
                 logits: LogitRows::Last,
             };
+            let t = Instant::now();
             std::hint::black_box(model.forward(&[c], &mut kv).expect("decode"));
+            let step = t.elapsed().as_secs_f64();
+            secs += step;
+            read_secs += read;
+            decode_secs += step;
+            round_paired.push(read / step);
         }
         pos += per_round;
-        let secs = t.elapsed().as_secs_f64();
         let rate = per_round as f64 / secs;
         let bound = bandwidth / bytes as f64;
+        paired.extend_from_slice(&round_paired);
+        round_paired.sort_by(f64::total_cmp);
         println!(
             "round {round}: decode {format:?} {rate:.1} tokens/s ({:.2} ms/token); read \
-             bandwidth {:.1} GB/s, bound {bound:.1} tokens/s: {:.0}% of it",
+             bandwidth {:.1} GB/s, bound {bound:.1} tokens/s: {:.0}% of it; paired with \
+             reads, median {:.0}%",
             secs * 1e3 / per_round as f64,
             bandwidth / 1e9,
-            rate / bound * 100.0
+            rate / bound * 100.0,
+            round_paired[round_paired.len() / 2] * 100.0
         );
         shares.push(rate / bound);
     }
     shares.sort_by(f64::total_cmp);
+    paired.sort_by(f64::total_cmp);
+    let quartile = |q: usize| paired[(paired.len() - 1) * q / 4] * 100.0;
     println!(
         "decode {format:?}: {:.1} MB of weights per token; median share of the bandwidth bound \
          {:.0}% (rounds from {:.0}% to {:.0}%)",
@@ -110,5 +130,13 @@ fn run() {
         shares[rounds / 2] * 100.0,
         shares[0] * 100.0,
         shares[rounds - 1] * 100.0
+    );
+    println!(
+        "decode {format:?}, each token paired with a read of its weights' bytes: median share \
+         {:.0}% (quartiles {:.0}% and {:.0}%), all tokens together {:.0}%",
+        quartile(2),
+        quartile(1),
+        quartile(3),
+        read_secs / decode_secs * 100.0
     );
 }

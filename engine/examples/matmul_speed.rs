@@ -3,15 +3,14 @@
 //! `FORMAT=f32|bf16|int8|w8a8|w16a16|w4a8 cargo run --release -p rosetta-engine --example matmul_speed`
 //!
 //! With `STREAM=1` it instead runs one row through 120 matrices, 30 layers of these shapes
-//! (far more weight than the caches hold, as in one-stream decode), and prints GB/s beside
-//! the machine's plain read bandwidth: the kernels' share of the bandwidth bound without the
-//! rest of the model.
+//! (far more weight than the caches hold, as in one-stream decode), each pass beside a plain
+//! read of as many bytes: the kernels' share of the bandwidth bound without the rest of the
+//! model.
 //! `SHAPE=n,k` measures one shape instead of the model's four, and `M=1,8` only those batch
 //! sizes.
 use std::time::Instant;
 
 mod support;
-use support::read_bandwidth;
 
 use half::bf16;
 use rosetta_engine::model::matmul::Matrix;
@@ -87,25 +86,32 @@ fn stream(shapes: &[(usize, usize)]) {
         .iter()
         .map(|&(_, k)| (0..k).map(|i| (i % 13) as f32 / 13.0).collect())
         .collect();
-    let mut best = f64::MAX;
-    for _ in 0..5 {
-        let reps = 20;
+    // Each pass over the matrices beside a read of as many bytes just before it (see
+    // `support::Reader`): the pair's time ratio is the pass's share of the bound.
+    let mut reader = support::Reader::new(bytes);
+    let (mut passes, mut shares) = (Vec::new(), Vec::new());
+    for _ in 0..100 {
+        let read = reader.read(bytes);
         let t = Instant::now();
-        for _ in 0..reps {
-            for (i, m) in layers.iter().enumerate() {
-                std::hint::black_box(m.matmul(&xs[i % xs.len()], 1, None));
-            }
+        for (i, m) in layers.iter().enumerate() {
+            std::hint::black_box(m.matmul(&xs[i % xs.len()], 1, None));
         }
-        best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+        let pass = t.elapsed().as_secs_f64();
+        passes.push(pass);
+        shares.push(read / pass);
     }
-    let bandwidth = read_bandwidth(&support::probe());
+    passes.sort_by(f64::total_cmp);
+    shares.sort_by(f64::total_cmp);
+    let pass = passes[passes.len() / 2];
     println!(
-        "{} matrices, {:.1} MB: {:.2} ms per pass, {:.1} GB/s; read bandwidth {:.1} GB/s: {:.0}%",
+        "{} matrices, {:.1} MB: {:.2} ms per pass (median), {:.1} GB/s; each pass paired with \
+         a read of as many bytes: median share of the bound {:.0}% (quartiles {:.0}% and {:.0}%)",
         layers.len(),
         bytes as f64 / 1e6,
-        best * 1e3,
-        bytes as f64 / best / 1e9,
-        bandwidth / 1e9,
-        bytes as f64 / best / bandwidth * 100.0
+        pass * 1e3,
+        bytes as f64 / pass / 1e9,
+        shares[50] * 100.0,
+        shares[25] * 100.0,
+        shares[75] * 100.0
     );
 }

@@ -10,7 +10,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::element::{Fp8, KvDtype, KvElement};
-use crate::memory::SharedMut;
+use crate::memory::{Buffer, SharedMut};
 use crate::EngineError;
 
 /// Shape of one layer's K (or V) storage: blocks of `block_size` tokens of `kv_heads ×
@@ -46,9 +46,9 @@ impl KvLayout {
 
 /// One layer's K and V storage, in the cache's element type.
 enum Store {
-    F32(Vec<f32>),
-    Bf16(Vec<bf16>),
-    Fp8(Vec<Fp8>),
+    F32(Buffer<f32>),
+    Bf16(Buffer<bf16>),
+    Fp8(Buffer<Fp8>),
 }
 
 impl Store {

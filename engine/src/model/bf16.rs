@@ -37,7 +37,7 @@ pub struct Bf16Weights {
     cols: usize,
     /// Pairs along k.
     pairs: usize,
-    values: Vec<bf16>,
+    values: crate::memory::Buffer<bf16>,
 }
 
 impl Bf16Weights {

@@ -133,7 +133,7 @@ pub struct Matrix {
 }
 
 enum WeightData {
-    F32(Vec<f32>),
+    F32(crate::memory::Buffer<f32>),
     Bf16(super::bf16::Bf16Weights),
     /// Int8 and W8A8 share weights and kernels; their activations differ.
     Int8(super::w8a8::W8a8),
@@ -143,7 +143,11 @@ enum WeightData {
 }
 
 /// Row-major `[rows, cols]` → panels `[rows / 16][cols][16]`, the last panel zero-padded.
-fn pack<T: crate::memory::ZeroBits>(rows: usize, cols: usize, data: &[T]) -> Vec<T> {
+fn pack<T: crate::memory::ZeroBits>(
+    rows: usize,
+    cols: usize,
+    data: &[T],
+) -> crate::memory::Buffer<T> {
     let panels = rows.div_ceil(PANEL);
     // Streamed whole for every token: huge pages spare a TLB miss per 4 KiB.
     let mut out = crate::memory::zeroed(panels * cols * PANEL);

@@ -44,7 +44,7 @@ pub struct W4a8 {
     cols: usize,
     blocks: usize,
     /// The weights and their scales, in units (see the module doc).
-    units: Vec<u8>,
+    units: crate::memory::Buffer<u8>,
 }
 
 /// A row of x and its quantized bytes; its scale and block sums.

@@ -65,7 +65,7 @@ pub struct W8a8 {
     cols: usize,
     /// Groups of 4 along k.
     groups: usize,
-    values: Vec<i8>,
+    values: crate::memory::Buffer<i8>,
     /// One per output row: a weight is `value × scale`.
     scales: Vec<f32>,
     /// 128 × the sum of each output row's values: what the activations' offset adds.
@@ -424,6 +424,18 @@ mod vnni {
         out: *mut f32,
     ) {
         // Safety (both): forwarded; the tile lies inside the activations, weights and output.
+        if rows == 1 && acts.planes == 1 {
+            // One row reads each panel whole, one after the next: a single stream through
+            // memory, where four panels side by side were four short ones (on the demo's
+            // 576-wide matrices each is 9 KiB, and every call started three new streams for
+            // the prefetcher to find). Its one-stream decode gained 5 points of the
+            // bandwidth bound (benchmarks/README.md).
+            for panel in panel0..panel0 + panels {
+                // Safety: forwarded; the panel lies inside the tile.
+                unsafe { row_panel(w, acts, i0, panel, out) };
+            }
+            return;
+        }
         if acts.planes == 1 {
             // The first of several rows' tiles over a block reads it from memory, and asking
             // 2 KiB ahead there took 5% off the 32-row product with the demo's output head
@@ -450,6 +462,56 @@ mod vnni {
                     _ => unreachable!("wide tiles hold 1 or 2 rows of 1 to 4 panels"),
                 }
             }
+        }
+    }
+
+    /// Row `i` of one-plane activations against one panel. Its groups go to `SUMS`
+    /// independent sums in turn, so that more `vpdpbusd` run at once than one chain's
+    /// latency allows; integer sums are exact in any order, so the output is the four-panel
+    /// tile's, bit for bit.
+    ///
+    /// Safety: needs AVX-512F/BW/VNNI; row `i` and the panel lie inside the activations,
+    /// the weights and `out` (the `[m, rows]` output), of which only the panel's columns
+    /// of row `i` are written.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn row_panel(w: &W8a8, acts: &Activations, i: usize, panel: usize, out: *mut f32) {
+        const SUMS: usize = 4;
+        let groups = w.groups;
+        let width = groups * GROUP;
+        // Safety (every access below): the panel's `groups` groups of 64 bytes lie inside
+        // the weights, the row's `width` bytes inside the activations, and the panel's
+        // valid columns (masked) inside the scales, the offsets and row i of `out`.
+        unsafe {
+            let wp = w.values.as_ptr().add(panel * groups * PANEL * GROUP);
+            let xp = acts.bytes.as_ptr().add(i * width);
+            let group = |g: usize| {
+                let wv = _mm512_loadu_si512(wp.add(g * PANEL * GROUP) as *const __m512i);
+                let four = (xp.add(g * GROUP) as *const i32).read_unaligned();
+                (wv, _mm512_set1_epi32(four))
+            };
+            let mut sums = [_mm512_setzero_si512(); SUMS];
+            let whole = groups / SUMS * SUMS;
+            for g0 in (0..whole).step_by(SUMS) {
+                for (s, sum) in sums.iter_mut().enumerate() {
+                    let (wv, xv) = group(g0 + s);
+                    *sum = _mm512_dpbusd_epi32(*sum, xv, wv);
+                }
+            }
+            for g in whole..groups {
+                let (wv, xv) = group(g);
+                sums[0] = _mm512_dpbusd_epi32(sums[0], xv, wv);
+            }
+            let total = sums[1..]
+                .iter()
+                .fold(sums[0], |t, &s| _mm512_add_epi32(t, s));
+            let col = panel * PANEL;
+            let mask = super::super::matmul::panel_mask(w.rows, col);
+            let offsets = _mm512_maskz_loadu_epi32(mask, w.offsets.as_ptr().add(col));
+            let scales = _mm512_maskz_loadu_ps(mask, w.scales.as_ptr().add(col));
+            let v = combine([_mm512_sub_epi32(total, offsets)]);
+            let v = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(acts.scales[i])), scales);
+            _mm512_mask_storeu_ps(out.add(i * w.rows + col), mask, v);
         }
     }
 
