@@ -157,24 +157,16 @@ mod tests {
     /// read back intact.
     #[test]
     fn buffers_start_zeroed_and_never_overlap() {
-        let sizes = [
-            0,
-            1,
-            63,
-            64,
-            65,
-            4096,
-            100_000,
-            HUGE / 4 - 1,
-            HUGE / 4,
-            HUGE / 4 + 3,
-        ];
         let mut buffers: Vec<Buffer<f32>> = Vec::new();
-        // About 2.4 MB carved a round: three shared mappings' worth in all.
+        // About 2.4 MB carved a round: two and a half shared mappings' worth in all.
         for round in 0..(2 * CHUNK / HUGE) {
-            for &len in &sizes {
-                buffers.push(zeroed(len + round));
+            let f32s = HUGE / 4;
+            for len in [0, 1, 63, 64, 65, 4096, 100_000 + round] {
+                buffers.push(zeroed(len));
             }
+            // Just below the size that gets a mapping of its own, and at or above it.
+            buffers.push(zeroed(f32s - 1 - round % 3));
+            buffers.push(zeroed(f32s + round % 3));
         }
         buffers.push(zeroed(HUGE));
         for (i, b) in buffers.iter_mut().enumerate() {
