@@ -71,8 +71,9 @@ fn mapping(bytes: usize) -> Option<Arc<memmap2::MmapRaw>> {
 static CARVING: Mutex<Option<(Arc<memmap2::MmapRaw>, usize)>> = Mutex::new(None);
 
 /// `bytes` (below `HUGE`) of the shared mapping, never handed out before (so still zero);
-/// a new mapping when the current one is full. A mapping is unmapped when the last buffer
-/// carved from it is dropped; the space of one dropped earlier is not reused.
+/// a new mapping when the current one is full. A full mapping is unmapped when the last
+/// buffer carved from it is dropped; the space of one dropped earlier is not reused (at most
+/// one 32 MiB mapping, the one being carved, outlives its buffers).
 fn carve<T>(bytes: usize) -> Option<Backing<T>> {
     let mut carving = CARVING
         .lock()
