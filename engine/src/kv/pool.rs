@@ -236,16 +236,40 @@ fn write_slot<T: KvElement>(
     k: &[f32],
     v: &[f32],
 ) {
+    scatter(
+        l,
+        block,
+        slot,
+        k,
+        v,
+        |i, x| keys[i] = x,
+        |i, x| values[i] = x,
+    );
+}
+
+/// Where one token's K and V go: `put_key(index, value)` for each element of its key
+/// (transposed within the block: a row of `block_size` per dimension), `put_value` for each
+/// of its value (`head_dim` in a row), in the store's element type.
+#[inline(always)]
+fn scatter<T: KvElement>(
+    l: KvLayout,
+    block: usize,
+    slot: usize,
+    k: &[f32],
+    v: &[f32],
+    mut put_key: impl FnMut(usize, T),
+    mut put_value: impl FnMut(usize, T),
+) {
     for (head, k) in k.chunks_exact(l.head_dim).enumerate() {
         let base = l.key_index(block, slot, head);
         for (d, &x) in k.iter().enumerate() {
-            keys[base + d * l.block_size] = T::from_f32(x);
+            put_key(base + d * l.block_size, T::from_f32(x));
         }
     }
     for (head, v) in v.chunks_exact(l.head_dim).enumerate() {
         let off = l.value_index(block, slot, head);
-        for (dst, &x) in values[off..off + l.head_dim].iter_mut().zip(v) {
-            *dst = T::from_f32(x);
+        for (i, &x) in v.iter().enumerate() {
+            put_value(off + i, T::from_f32(x));
         }
     }
 }
@@ -278,23 +302,18 @@ fn write_rows<T: KvElement>(
         .with_min_len(WRITE_ROWS_PER_TASK)
         .for_each(|((&(block, slot), k), v)| {
             let (kp, vp) = (&kp, &vp);
-            for (head, k) in k.chunks_exact(l.head_dim).enumerate() {
-                let base = l.key_index(block, slot, head);
-                for (d, &x) in k.iter().enumerate() {
-                    // Safety: in bounds (`token_slots` checked each block and slot against
-                    // this layout); no other row writes this slot's elements (the slots are
-                    // distinct), and nothing reads the store during the loop (`&mut` to it
-                    // is held).
-                    unsafe { *kp.0.add(base + d * l.block_size) = T::from_f32(x) };
-                }
-            }
-            for (head, v) in v.chunks_exact(l.head_dim).enumerate() {
-                let off = l.value_index(block, slot, head);
-                for (i, &x) in v.iter().enumerate() {
-                    // Safety: as for the keys.
-                    unsafe { *vp.0.add(off + i) = T::from_f32(x) };
-                }
-            }
+            // Safety (both writes): in bounds (`token_slots` checked each block and slot
+            // against this layout); no other row writes this slot's elements (the slots are
+            // distinct), and nothing reads the store during the loop (`&mut` to it is held).
+            scatter(
+                l,
+                block,
+                slot,
+                k,
+                v,
+                |i, x| unsafe { *kp.0.add(i) = x },
+                |i, x| unsafe { *vp.0.add(i) = x },
+            );
         });
 }
 

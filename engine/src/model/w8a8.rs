@@ -439,9 +439,9 @@ mod vnni {
         if acts.planes == 1 {
             // The first of several rows' tiles over a block reads it from memory, and asking
             // 2 KiB ahead there took 5% off the 32-row product with the demo's output head
-            // and gave 32 streams 5% more tokens (benchmarks/README.md). One row keeps up
-            // with the memory without it.
-            let ask = first && rows > 1;
+            // and gave 32 streams 5% more tokens (benchmarks/README.md). (One row, above,
+            // keeps up with the memory without it.)
+            let ask = first;
             return unsafe { tile_shapes!(tile_rc, rows, panels, (w, acts, i0, panel0, ask, out)) };
         }
         // Three planes: two rows of four panels hold 24 accumulators, as six rows do with one.
