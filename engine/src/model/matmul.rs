@@ -38,9 +38,10 @@ const ROW_TILE: usize = 6;
 /// Blocks per thread a product needs before its rows are split too (narrow matrices).
 const TASKS_PER_THREAD: usize = 4;
 
-/// Asks for the line 2 KiB past `at` in a panel's stream into L2, once per line loaded: the
-/// hardware prefetcher alone keeps too few lines in flight across a tile's several panel
-/// streams to reach the memory's bandwidth. A hint: it never faults, even past the end.
+/// Asks for the line `ahead` bytes past `at` in a panel's stream into L2, once per line
+/// loaded: the hardware prefetcher alone keeps too few lines in flight across a tile's
+/// several panel streams to reach the memory's bandwidth. A hint: it never faults, even past
+/// the end.
 ///
 /// Into L2 (`T1`), not L1 (`T0`): on a Zen 4 EPYC, whose L1 is 32 KiB and 8-way (Zen 5's is
 /// 48 KiB and 12-way), the lines 2 KiB ahead of eight streams fill half of L1, and asking
@@ -49,24 +50,40 @@ const TASKS_PER_THREAD: usize = 4;
 /// both hints gave the same speed, ahead of nothing (benchmarks/README.md).
 ///
 /// Only the single-row tiles (decode) that spend long on each line ask: w4a8's (the
-/// nibbles) and int8's (three digit planes per line). On Zen 5 w4a8's one-stream decode
-/// gained 6–20% from it in alternated runs, the kernels alone 8–40%; on Zen 4 int8's decode
-/// of the demo model gained 7–12 points of the bound (benchmarks/README.md). f32, bf16,
-/// w16a16 and w8a8 keep up with the memory without it, and gained nothing or lost up to 12%
-/// with it on Zen 5. A tile of several rows computes long enough per line for the hardware
-/// prefetcher (w4a8's took twice as long with it in every such tile); only w8a8 asks in the
-/// first of a block's row tiles, the one that reads the block from memory (on Zen 4, 5% off
-/// its 32-row product; w4a8 and int8 gained nothing from it).
+/// nibbles) and int8's (three digit planes per line), as far ahead as [`row_ahead`] says. On
+/// Zen 5 w4a8's one-stream decode gained 6–20% from it in alternated runs, the kernels alone
+/// 8–40%; on Zen 4 int8's decode of the demo model gained 7–12 points of the bandwidth bound
+/// (benchmarks/README.md). f32, bf16, w16a16 and w8a8 keep up with the memory without it,
+/// and gained nothing or lost up to 12% with it on Zen 5. A tile of several rows computes
+/// long enough per line for the hardware prefetcher (w4a8's took twice as long with it in
+/// every such tile); only w8a8 asks, [`AHEAD`] on, in the first of a block's row tiles, the
+/// one that reads the block from memory (on Zen 4, 5% off its 32-row product; w4a8 and int8
+/// gained nothing from it).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(super) fn prefetch_ahead<T>(at: *const T) {
-    /// 2 KiB: int8 (widening) gained two thirds as much at 1 KiB, and 4 KiB nothing more.
-    const AHEAD: usize = 2048;
+pub(super) fn prefetch_ahead<T>(at: *const T, ahead: usize) {
     // Safety: a prefetch reads nothing and cannot fault, whatever the address.
     unsafe {
         std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
-            (at as *const i8).wrapping_add(AHEAD),
+            (at as *const i8).wrapping_add(ahead),
         )
+    }
+}
+
+/// How far ahead [`prefetch_ahead`] asks by default: int8 (widening, on Zen 5, demo model)
+/// gained two thirds as much at 1 KiB, and 4 KiB nothing more.
+pub(super) const AHEAD: usize = 2048;
+
+/// How far ahead a single-row tile asks in a product over `k` columns. Where k is 2048 or
+/// more (models of 1B parameters and up), 1 KiB took w4a8's and int8's one-stream decode of
+/// Llama-3.2-1B's shape 1–4 points of the bandwidth bound nearer it than 2 KiB, in every one
+/// of a dozen runs switched token by token; on the demo model (k of 576 and 1536) 1 KiB lost
+/// 1–2 points and 512 bytes up to 6 (Zen 4 EPYC, benchmarks/README.md).
+pub(super) fn row_ahead(k: usize) -> usize {
+    if k >= 2048 {
+        1024
+    } else {
+        AHEAD
     }
 }
 
@@ -273,8 +290,9 @@ impl Matrix {
         kernel: impl Fn(&Block, *mut f32) + Sync,
     ) -> Vec<f32> {
         let (n, k) = (self.rows, self.cols);
-        // One row has one accumulator per panel: eight panels at a time keep eight FMA chains
-        // in flight instead of four (each output is still one chain over k in order).
+        // One row has one accumulator per panel: a call of eight panels keeps eight FMA
+        // chains in flight on the portable path (each output is still one chain over k in
+        // order); the AVX-512 kernel walks them two at a time, the AVX2 one four.
         let panels_per_call = if m == 1 {
             PANELS_PER_ROW
         } else {
@@ -458,6 +476,20 @@ struct Block<'a> {
     n: usize,
     panel0: usize,
     panels: usize,
+}
+
+impl Block<'_> {
+    /// The same rows against `panels` of this block's panels from its `p`-th.
+    fn panels_from(&self, p: usize, panels: usize) -> Self {
+        Block {
+            x: self.x,
+            rows: self.rows.clone(),
+            k: self.k,
+            n: self.n,
+            panel0: self.panel0 + p,
+            panels,
+        }
+    }
 }
 
 pub(super) trait Fma {
@@ -701,10 +733,26 @@ mod avx512 {
 
     use super::{for_each_tile, Block, PANEL};
 
+    /// Panels a single row reads side by side: on a Zen 4 EPYC one stream per panel pair
+    /// decoded a 1B model's f32 weights 2–5 points of the bandwidth bound nearer it than
+    /// eight streams did (two FMA chains still outrun the memory).
+    const ROW_PAIR: usize = 2;
+
     /// Safety: needs AVX-512F; see [`super::dispatch`].
     #[target_feature(enable = "avx512f")]
     pub unsafe fn kernel(block: &Block, w: &[f32], out: *mut f32) {
         let c = block.panels;
+        if block.rows.len() == 1 {
+            // One row walks its panels two at a time: two streams of weights instead of
+            // eight, each output still one chain over k (benchmarks/README.md).
+            for p in (0..c).step_by(ROW_PAIR) {
+                let pair = block.panels_from(p, ROW_PAIR.min(c - p));
+                let i = block.rows.start;
+                // Safety: forwarded; the pair lies inside the block.
+                unsafe { row_tile_shapes!(tile, 1, pair.panels, (&pair, w, out, i)) };
+            }
+            return;
+        }
         for_each_tile(block, |i, r| {
             // Safety: forwarded; the tile lies inside x, w and the block's columns.
             unsafe { row_tile_shapes!(tile, r, c, (block, w, out, i)) }

@@ -322,6 +322,7 @@ mod vnni {
         let wp = w.units.as_ptr();
         let xp = acts.bytes.as_ptr();
         let low = _mm512_set1_epi8(0x0f);
+        let ahead = super::super::matmul::row_ahead(w.cols);
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         for b in 0..blocks {
             // S independent integer sums per output vector (added exactly at the end).
@@ -335,7 +336,7 @@ mod vnni {
                     for c in 0..C {
                         let at = ((panel0 + c) * blocks + b) * UNIT + v * PANEL * GROUP;
                         if R == 1 {
-                            super::super::matmul::prefetch_ahead(wp.add(at));
+                            super::super::matmul::prefetch_ahead(wp.add(at), ahead);
                         }
                         let bytes = _mm512_loadu_si512(wp.add(at) as *const __m512i);
                         first[c] = _mm512_and_si512(bytes, low);
@@ -359,7 +360,7 @@ mod vnni {
                 let at = unsafe { wp.add(((panel0 + c) * blocks + b) * UNIT + NIBBLE_BYTES) };
                 // The scales' line of the panel's stream.
                 if R == 1 {
-                    super::super::matmul::prefetch_ahead(at);
+                    super::super::matmul::prefetch_ahead(at, ahead);
                 }
                 let scale = unsafe { _mm512_loadu_ps(at as *const f32) };
                 for r in 0..R {

@@ -441,7 +441,7 @@ mod vnni {
             // 2 KiB ahead there took 5% off the 32-row product with the demo's output head
             // and gave 32 streams 5% more tokens (benchmarks/README.md). (One row, above,
             // keeps up with the memory without it.)
-            let ask = first;
+            let ask = first.then_some(super::super::matmul::AHEAD);
             return unsafe { tile_shapes!(tile_rc, rows, panels, (w, acts, i0, panel0, ask, out)) };
         }
         // Three planes: two rows of four panels hold 24 accumulators, as six rows do with one.
@@ -449,7 +449,7 @@ mod vnni {
             let r = (i0 + rows - i).min(2);
             unsafe {
                 // One row of three planes spends three instructions per line: it asks ahead.
-                let ask = r == 1;
+                let ask = (r == 1).then(|| super::super::matmul::row_ahead(w.cols));
                 match (r, panels) {
                     (2, 4) => tile_planes::<3, 2, 4>(w, acts, i, panel0, ask, out),
                     (2, 3) => tile_planes::<3, 2, 3>(w, acts, i, panel0, ask, out),
@@ -522,7 +522,7 @@ mod vnni {
         acts: &Activations,
         i0: usize,
         panel0: usize,
-        ask: bool,
+        ask: Option<usize>,
         out: *mut f32,
     ) {
         // Safety: forwarded.
@@ -533,13 +533,14 @@ mod vnni {
     #[allow(clippy::needless_range_loop)]
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    /// `ask`: ask for each panel's lines 2 KiB ahead, into L2 (see `prefetch_ahead`).
+    /// `ask`: ask for each panel's lines this many bytes ahead, into L2 (see
+    /// `prefetch_ahead`).
     unsafe fn tile_planes<const P: usize, const R: usize, const C: usize>(
         w: &W8a8,
         acts: &Activations,
         i0: usize,
         panel0: usize,
-        ask: bool,
+        ask: Option<usize>,
         out: *mut f32,
     ) {
         let groups = w.groups;
@@ -554,8 +555,8 @@ mod vnni {
             unsafe {
                 for c in 0..C {
                     let at = ((panel0 + c) * groups + g) * PANEL * GROUP;
-                    if ask {
-                        super::super::matmul::prefetch_ahead(wp.add(at));
+                    if let Some(ahead) = ask {
+                        super::super::matmul::prefetch_ahead(wp.add(at), ahead);
                     }
                     wv[c] = _mm512_loadu_si512(wp.add(at) as *const __m512i);
                 }
