@@ -733,9 +733,9 @@ mod avx512 {
 
     use super::{for_each_tile, Block, PANEL};
 
-    /// Panels a single row reads side by side: on a Zen 4 EPYC one stream per panel pair
-    /// decoded a 1B model's f32 weights 2–5 points of the bandwidth bound nearer it than
-    /// eight streams did (two FMA chains still outrun the memory).
+    /// Panels a single row reads side by side, each its own stream of weights: on a Zen 4
+    /// EPYC two decoded a 1B model's f32 weights 2–5 points of the bandwidth bound nearer it
+    /// than eight did, and the demo model's as fast (two FMA chains still outrun the memory).
     const ROW_PAIR: usize = 2;
 
     /// Safety: needs AVX-512F; see [`super::dispatch`].
