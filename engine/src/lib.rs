@@ -1,6 +1,7 @@
 //! Rosetta's native inference engine: the Llama-family decoder on candle, a paged KV cache,
 //! the sampler, tokenization and chat templates, the engine loop, and the demo-model generator.
 
+pub mod cpu;
 pub mod demo;
 pub mod encoder;
 mod engine;

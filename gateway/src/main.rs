@@ -28,6 +28,9 @@ struct Cli {
 enum Command {
     /// Serve the OpenAI-compatible API. Without --config, serves the embedded default: a
     /// generated demo model (made on first start, then reused) on 127.0.0.1:8080.
+    ///
+    /// Environment: ROSETTA_MAX_CPU_ISA=avx2|portable caps the CPU kernels' instruction set
+    /// (AVX2 gives the same answers; the portable f32 and bf16 products agree to rounding).
     Serve {
         /// A YAML config file (see `rosetta config schema` and config/examples/).
         #[arg(long, short, env = "ROSETTA_CONFIG")]
@@ -186,6 +189,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             engine_only,
         } => {
+            // A cap that names no instruction set is refused before anything loads.
+            let isa_cap = rosetta_engine::cpu::cap_from_env().map_err(anyhow::Error::msg)?;
             let embedded = config.is_none();
             let source = config.clone();
             let mut config = match config {
@@ -201,6 +206,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             runtime.block_on(async {
                 telemetry::init(config.server.log_format, &config.server.tracing)?;
+                if let Some(isa) = isa_cap {
+                    tracing::info!(?isa, "CPU kernels capped by {}", rosetta_engine::cpu::ENV);
+                }
                 if embedded {
                     tracing::info!(
                         "no --config given: serving the embedded default (a generated demo model)"

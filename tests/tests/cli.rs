@@ -387,6 +387,96 @@ fn a_cuda_device_without_the_cuda_build_exits_with_the_fix() {
 }
 
 #[test]
+fn serve_with_an_unknown_cpu_isa_cap_exits_naming_it() {
+    let d = tempfile::tempdir().unwrap();
+    let f = write(d.path(), "ok.yaml", VALID);
+    let out = run_with_timeout(
+        rosetta_cmd()
+            .args(["serve", "--config", &f, "--listen", "127.0.0.1:0"])
+            .env("ROSETTA_MAX_CPU_ISA", "sse4"),
+        Duration::from_secs(30),
+    );
+    assert!(!out.success(), "{out:?}");
+    assert!(!out.stdout.contains("listening on"), "{out:?}");
+    assert!(
+        out.stderr.contains("ROSETTA_MAX_CPU_ISA=\"sse4\"")
+            && out.stderr.contains("avx512, avx2 or portable"),
+        "the error names the variable and the choices: {out:?}"
+    );
+}
+
+/// Every token's chosen and top-5 log-probabilities, in order.
+fn logprobs(reply: &Value) -> Vec<f64> {
+    let tokens = reply["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no logprobs: {reply}"));
+    tokens
+        .iter()
+        .flat_map(|t| {
+            let top = t["top_logprobs"].as_array().cloned().unwrap_or_default();
+            std::iter::once(t["logprob"].clone())
+                .chain(top.into_iter().map(|e| e["logprob"].clone()))
+        })
+        .map(|l| l.as_f64().unwrap_or_else(|| panic!("logprob {l}")))
+        .collect()
+}
+
+/// Capping the kernels' instruction set (`ROSETTA_MAX_CPU_ISA`) changes no answer in any
+/// weight format: the AVX2 kernels compute the AVX-512 kernels' bits, and so do the portable
+/// integer ones (int8, w8a8, w4a8) and w16a16's; the portable f32 and bf16 products round
+/// after each multiply (no FMA), so they agree to rounding. (Where the CPU lacks AVX-512 or
+/// AVX2, a cap above what it has changes nothing, and the servers agree trivially.)
+#[tokio::test]
+async fn capping_the_cpu_instruction_set_changes_no_answer() {
+    let formats = ["f32", "bf16", "int8", "w8a8", "w16a16", "w4a8"];
+    let mut yaml = String::from(
+        "auth: { allow_unauthenticated: true, anonymous_tenant: local }\n\
+         tenants: [{ id: local, accepted_licences: [apache-2.0] }]\nmodels:\n",
+    );
+    for f in formats {
+        yaml += &format!(
+            "  - {{ id: {f}, demo: {{ arch: qwen2, size: tiny, seed: 1 }}, licence: apache-2.0, \
+             dtype: {f} }}\n"
+        );
+    }
+    let widest = Server::start(&yaml);
+    for cap in ["avx2", "portable"] {
+        let capped = Server::start_with_env(&yaml, &[("ROSETTA_MAX_CPU_ISA", cap)]);
+        assert!(
+            capped.logs().contains("CPU kernels capped"),
+            "{}",
+            capped.logs()
+        );
+        for f in formats {
+            for prompt in [MULTILINGUAL, "Hello"] {
+                // Each token's log-probabilities, printed in full: any bit that differs in
+                // the logits shows, not only a different greedy token.
+                let body = json!({
+                    "model": f,
+                    "messages": [{"role": "user", "content": prompt}],
+                    "temperature": 0, "max_tokens": 12, "ignore_eos": true,
+                    "logprobs": true, "top_logprobs": 5,
+                });
+                let a = widest.chat(body.clone()).await;
+                let b = capped.chat(body).await;
+                let what = format!("{f} capped at {cap}: {prompt}");
+                assert_eq!(content(&a), content(&b), "{what}");
+                let (la, lb) = (logprobs(&a), logprobs(&b));
+                assert_eq!(la.len(), 12 * 6, "{a}");
+                if cap == "portable" && matches!(f, "f32" | "bf16") {
+                    // Without FMA these round after each multiply: equal to rounding only.
+                    for (x, y) in la.iter().zip(&lb) {
+                        assert!((x - y).abs() < 1e-3, "{what}: {la:?} against {lb:?}");
+                    }
+                } else {
+                    assert_eq!(la, lb, "{what}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn help_lists_the_commands() {
     let out = run_cli(&["--help"], None, T);
     assert!(out.success(), "{out:?}");

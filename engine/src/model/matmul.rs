@@ -115,9 +115,10 @@ impl WeightFormat {
     pub fn slow_on_this_cpu(self) -> Option<&'static str> {
         #[cfg(target_arch = "x86_64")]
         {
-            let avx2 = std::is_x86_feature_detected!("avx2");
+            use crate::cpu::{allows, Isa};
+            let avx2 = allows(Isa::Avx2) && std::is_x86_feature_detected!("avx2");
             let fma = std::is_x86_feature_detected!("fma");
-            let avx512 = std::is_x86_feature_detected!("avx512f");
+            let avx512 = allows(Isa::Avx512) && std::is_x86_feature_detected!("avx512f");
             let fits = match self {
                 Self::F32 | Self::Bf16 => avx512 || (avx2 && fma),
                 Self::Int8 | Self::W8a8 => super::w8a8::vnni_available() || avx2,
@@ -127,12 +128,14 @@ impl WeightFormat {
             if !fits {
                 return Some(match self {
                     Self::W16a16 => {
-                        "this CPU lacks AVX-512 BF16, so w16a16 takes its portable path, 85 to \
+                        "AVX-512 BF16 is not available (this CPU lacks it, or \
+                         ROSETTA_MAX_CPU_ISA caps it), so w16a16 takes its portable path, 85 to \
                          240 times slower: bf16 reads the same bytes and has AVX-512 and AVX2 \
                          kernels"
                     }
                     _ => {
-                        "this CPU has neither AVX-512 nor AVX2, so this weight format takes its \
+                        "neither AVX-512 nor AVX2 is available (this CPU lacks them, or \
+                         ROSETTA_MAX_CPU_ISA caps them), so this weight format takes its \
                          portable path"
                     }
                 });
@@ -523,11 +526,14 @@ impl Fma for Plain {
 unsafe fn dispatch(block: &Block, w: &[f32], out: *mut f32) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") {
+        if crate::cpu::allows(crate::cpu::Isa::Avx512) && std::is_x86_feature_detected!("avx512f") {
             // Safety: the CPU supports the features the function is compiled for.
             return unsafe { avx512::kernel(block, w, out) };
         }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if crate::cpu::allows(crate::cpu::Isa::Avx2)
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+        {
             // Safety: as above.
             return unsafe { avx2::kernel(block, w, out) };
         }

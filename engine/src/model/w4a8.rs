@@ -179,7 +179,10 @@ impl W4a8 {
                 // Safety: the CPU has the features; forwarded.
                 return unsafe { vnni::tile(self, acts, i0, rows, panel0, panels, out) };
             }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if crate::cpu::allows(crate::cpu::Isa::Avx2)
+                && std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+            {
                 // Safety: as above.
                 return unsafe { avx2::tile(self, acts, i0, rows, panel0, panels, out) };
             }

@@ -121,7 +121,10 @@ fn split_digit(x: i32) -> (i32, i32) {
 /// is exact per element, so every path gives the same bytes.
 fn quantize_into(row: &[f32], dst: &mut [u8], width: usize, activation: Activation) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
+    if crate::cpu::allows(crate::cpu::Isa::Avx512)
+        && std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+    {
         // Safety: the CPU has the features.
         return unsafe { quantize_avx512(row, dst, width, activation) };
     }
@@ -335,7 +338,7 @@ impl W8a8 {
                 // Safety: the CPU has the features; forwarded.
                 return unsafe { vnni::tile(self, acts, i0, rows, panel0, panels, first, out) };
             }
-            if std::is_x86_feature_detected!("avx2") {
+            if crate::cpu::allows(crate::cpu::Isa::Avx2) && std::is_x86_feature_detected!("avx2") {
                 // Safety: the CPU has the feature; forwarded.
                 return unsafe { avx2::tile(self, acts, i0, rows, panel0, panels, out) };
             }
@@ -398,7 +401,8 @@ fn index(groups: usize, r: usize, c: usize) -> usize {
 
 #[cfg(target_arch = "x86_64")]
 pub(super) fn vnni_available() -> bool {
-    std::is_x86_feature_detected!("avx512f")
+    crate::cpu::allows(crate::cpu::Isa::Avx512)
+        && std::is_x86_feature_detected!("avx512f")
         && std::is_x86_feature_detected!("avx512bw")
         && std::is_x86_feature_detected!("avx512vnni")
 }
