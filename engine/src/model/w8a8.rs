@@ -77,6 +77,9 @@ struct Activations {
     bytes: Vec<u8>,
     scales: Vec<f32>,
     planes: usize,
+    /// For the AVX2 kernel of three planes: each row's exact integers again, as
+    /// `lo + 4096 × hi`, `[m][2][width]` (see `avx2::widen`); empty elsewhere.
+    wide: Vec<i16>,
 }
 
 /// The scale that maps a row's largest magnitude `max` to `levels`.
@@ -310,10 +313,20 @@ impl W8a8 {
             .zip(scales.par_iter_mut())
             .with_min_len(rows_per_thread(m, k))
             .for_each(|((row, dst), scale)| *scale = quantize_into(row, dst, width, activation));
+        #[cfg(target_arch = "x86_64")]
+        let wide = if planes == 3 && !vnni_available() && avx2::usable() {
+            // Safety: the CPU has AVX2.
+            unsafe { avx2::widen(&bytes, width) }
+        } else {
+            Vec::new()
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let wide = Vec::new();
         Activations {
             bytes,
             scales,
             planes,
+            wide,
         }
     }
 
@@ -338,7 +351,7 @@ impl W8a8 {
                 // Safety: the CPU has the features; forwarded.
                 return unsafe { vnni::tile(self, acts, i0, rows, panel0, panels, first, out) };
             }
-            if crate::cpu::allows(crate::cpu::Isa::Avx2) && std::is_x86_feature_detected!("avx2") {
+            if avx2::usable() {
                 // Safety: the CPU has the feature; forwarded.
                 return unsafe { avx2::tile(self, acts, i0, rows, panel0, panels, out) };
             }
@@ -635,6 +648,47 @@ mod avx2 {
 
     use super::{finish, Activations, W8a8, GROUP, PANEL};
 
+    /// Whether this kernel may run: the CPU has AVX2 and no cap forbids it.
+    pub(super) fn usable() -> bool {
+        crate::cpu::allows(crate::cpu::Isa::Avx2) && std::is_x86_feature_detected!("avx2")
+    }
+
+    /// Half the range of the low part of a widened activation.
+    const HALF: i32 = 2048;
+
+    /// Each row's activations (three planes of digits, `[m][3][width]` bytes offset by 128)
+    /// as exact integers `lo + 4096 × hi`, `|lo| ≤ 2048`, `|hi| ≤ 2049`: two i16 planes per
+    /// row, `[m][2][width]`.
+    ///
+    /// Safety: needs AVX2.
+    pub(super) unsafe fn widen(bytes: &[u8], width: usize) -> Vec<i16> {
+        let mut wide = vec![0i16; bytes.len() / 3 * 2];
+        for (row, dst) in bytes
+            .chunks_exact(3 * width)
+            .zip(wide.chunks_exact_mut(2 * width))
+        {
+            let (lo, hi) = dst.split_at_mut(width);
+            let (d0, rest) = row.split_at(width);
+            let (d1, d2) = rest.split_at(width);
+            // Safety: the caller's promise.
+            unsafe { widen_row(d0, d1, d2, lo, hi) };
+        }
+        wide
+    }
+
+    /// Compiled for AVX2, so that the loop runs eight values at a time.
+    #[target_feature(enable = "avx2")]
+    unsafe fn widen_row(d0: &[u8], d1: &[u8], d2: &[u8], lo: &mut [i16], hi: &mut [i16]) {
+        let digit = |b: u8| i32::from((b ^ 0x80) as i8);
+        for ((((&a, &b), &c), l), h) in d0.iter().zip(d1).zip(d2).zip(lo).zip(hi) {
+            let x = digit(a) + super::BASE * (digit(b) + super::BASE * digit(c));
+            // x = low + 4096 × high, low in -2048..2048.
+            let low = ((x + HALF) & (2 * HALF - 1)) - HALF;
+            *l = low as i16;
+            *h = ((x - low) >> (2 * HALF).trailing_zeros()) as i16;
+        }
+    }
+
     /// Safety: needs AVX2; see `W8a8::tile`.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn tile(
@@ -652,10 +706,105 @@ mod avx2 {
                 unsafe {
                     match acts.planes {
                         1 => row_panel::<1>(w, acts, i, panel, out),
+                        _ if !acts.wide.is_empty() => {
+                            // The tile's first row reads its panels from memory.
+                            let ahead = (i == i0).then_some(WIDE_AHEAD);
+                            row_panel_wide(w, acts, i, panel, ahead, out)
+                        }
                         _ => row_panel::<3>(w, acts, i, panel, out),
                     }
                 }
             }
+        }
+    }
+
+    /// Groups summed in i32 before the sums move to i64: each lane gains at most
+    /// 2 × 127 × 2025 per group (the largest 24-bit activation's high part is 2025).
+    const GROUPS_PER_FLUSH: usize = 4096;
+
+    /// How far ahead the widening kernel asks for its weights. It spends little on each
+    /// line, and on Zen 4 running AVX2 its one-stream decode of Llama-3.2-1B's shape took
+    /// 85 and 87% of the bandwidth bound asking 8 KiB ahead, against 62–67% asking nothing
+    /// and 63–83% at 2 or 4 KiB; the demo model was level (benchmarks/README.md).
+    const WIDE_AHEAD: usize = 8192;
+
+    /// Three planes as two of i16 (`acts.wide`): weights widened to i16 once per group and
+    /// multiplied by `vpmaddwd`, eight multiplies per 64 weights where the digits took twelve.
+    /// The same exact integers, so the same bits.
+    // Index loops over register tiles read clearer than iterator chains here.
+    #[allow(clippy::needless_range_loop)]
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn row_panel_wide(
+        w: &W8a8,
+        acts: &Activations,
+        i: usize,
+        panel: usize,
+        ahead: Option<usize>,
+        out: *mut f32,
+    ) {
+        let groups = w.groups;
+        let width = groups * GROUP;
+        let wp = w.values.as_ptr();
+        let lo = acts.wide.as_ptr().wrapping_add(i * 2 * width);
+        let hi = lo.wrapping_add(width);
+        // Per column, its two pair sums (k 0+1 and 2+3 of each group), low and high part.
+        let mut totals = [[0i64; 2 * PANEL]; 2];
+        let mut g0 = 0;
+        while g0 < groups {
+            let g1 = (g0 + GROUPS_PER_FLUSH).min(groups);
+            // Per part, columns 4q..4q+4, two lanes each.
+            let mut acc = [[_mm256_setzero_si256(); 4]; 2];
+            for g in g0..g1 {
+                // Safety: the panel has `groups` groups of 64 bytes; each wide plane of the
+                // row has `width` values.
+                unsafe {
+                    let at = (panel * groups + g) * PANEL * GROUP;
+                    if let Some(ahead) = ahead {
+                        super::super::matmul::prefetch_ahead(wp.add(at), ahead);
+                    }
+                    let halves = [
+                        _mm256_loadu_si256(wp.add(at) as *const __m256i),
+                        _mm256_loadu_si256(wp.add(at + 32) as *const __m256i),
+                    ];
+                    let wv = [
+                        _mm256_cvtepi8_epi16(_mm256_castsi256_si128(halves[0])),
+                        _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(halves[0])),
+                        _mm256_cvtepi8_epi16(_mm256_castsi256_si128(halves[1])),
+                        _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(halves[1])),
+                    ];
+                    for (part, base) in [lo, hi].into_iter().enumerate() {
+                        let x = _mm256_set1_epi64x(
+                            (base.add(g * GROUP) as *const i64).read_unaligned(),
+                        );
+                        for q in 0..4 {
+                            acc[part][q] =
+                                _mm256_add_epi32(acc[part][q], _mm256_madd_epi16(wv[q], x));
+                        }
+                    }
+                }
+            }
+            for part in 0..2 {
+                for q in 0..4 {
+                    let mut lanes = [0i32; 8];
+                    // Safety: eight i32 lanes into eight.
+                    unsafe {
+                        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, acc[part][q])
+                    };
+                    for (l, v) in lanes.into_iter().enumerate() {
+                        totals[part][8 * q + l] += i64::from(v);
+                    }
+                }
+            }
+            g0 = g1;
+        }
+        let col = panel * PANEL;
+        for l in 0..w.rows.saturating_sub(col).min(PANEL) {
+            let part = |p: usize| totals[p][2 * l] + totals[p][2 * l + 1];
+            let total = part(0) + 2 * i64::from(HALF) * part(1);
+            let v = (total as f32) * acts.scales[i] * w.scales[col + l];
+            // Safety: a valid column of this row, inside the tile.
+            unsafe { *out.add(i * w.rows + col + l) = v };
         }
     }
 
@@ -730,6 +879,57 @@ mod tests {
     }
 
     const BOTH: [Activation; 2] = [Activation::Int8, Activation::Int24];
+
+    /// Three planes through the AVX2 kernel's widened path (the one a CPU without VNNI
+    /// takes), the whole product and each row alone as a one-row tile, against `want`.
+    #[cfg(target_arch = "x86_64")]
+    fn assert_avx2_wide_matches(w: &W8a8, mut acts: Activations, want: &[f32], a: Activation) {
+        if acts.planes != 3 || !std::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let (m, n) = (acts.scales.len(), w.rows);
+        // Safety: the CPU has AVX2.
+        acts.wide = unsafe { avx2::widen(&acts.bytes, w.groups * GROUP) };
+        let panels = n.div_ceil(PANEL);
+        let mut all = vec![0.0; m * n];
+        let mut alone = vec![0.0; m * n];
+        for panel0 in (0..panels).step_by(4) {
+            let count = 4.min(panels - panel0);
+            unsafe { avx2::tile(w, &acts, 0, m, panel0, count, all.as_mut_ptr()) };
+            for i in 0..m {
+                unsafe { avx2::tile(w, &acts, i, 1, panel0, count, alone.as_mut_ptr()) };
+            }
+        }
+        assert_eq!(all, want, "{m}x{n}x{}: AVX2 widened path ({a:?})", w.cols);
+        assert_eq!(
+            alone, want,
+            "{m}x{n}x{}: AVX2 widened, one row ({a:?})",
+            w.cols
+        );
+    }
+
+    /// The widened kernel's sums at their largest, over more groups than it adds in i32
+    /// before moving them to i64: every weight and activation at its extreme, so a flush
+    /// too late would overflow and differ from the plain integers.
+    #[test]
+    fn the_widened_avx2_path_is_exact_at_the_largest_sums() {
+        // 8300 groups: twice what i32 holds at these sums.
+        let (m, n, k) = (2, 20, 4 * 8300 + 3);
+        let data: Vec<f32> = (0..n * k)
+            .map(|i| if i < 3 * k { -1.0 } else { 1.0 })
+            .collect();
+        let x: Vec<f32> = (0..m * k).map(|i| if i < k { 1.0 } else { -1.0 }).collect();
+        let w = W8a8::quantize(n, k, &data);
+        let want = integer_reference(&w, &x, m, Activation::Int24);
+        assert_eq!(w.matmul(&x, m, Activation::Int24), want);
+        #[cfg(target_arch = "x86_64")]
+        assert_avx2_wide_matches(
+            &w,
+            w.quantize_activations(&x, m, k, Activation::Int24),
+            &want,
+            Activation::Int24,
+        );
+    }
 
     /// What the integers say, computed the plain way from the quantized values: each
     /// activation rebuilt from its digits, one i64 sum.
@@ -902,6 +1102,7 @@ mod tests {
                     unsafe { avx2::tile(&w, &acts, 0, m, panel0, panels, avx2.as_mut_ptr()) };
                 }
                 assert_eq!(avx2, got, "{m}x{n}x{k}: AVX2 path");
+                assert_avx2_wide_matches(&w, acts, &got, activation);
             }
             // Within the two quantizations of f32's answer.
             for i in 0..m {
