@@ -657,22 +657,25 @@ mod avx2 {
     const HALF: i32 = 2048;
 
     /// Each row's activations (three planes of digits, `[m][3][width]` bytes offset by 128)
-    /// as exact integers `lo + 4096 × hi`, `|lo| ≤ 2048`, `|hi| ≤ 2049`: two i16 planes per
+    /// as exact integers `lo + 4096 × hi`, `|lo| ≤ 2048`, `|hi| ≤ 2025`: two i16 planes per
     /// row, `[m][2][width]`.
     ///
     /// Safety: needs AVX2.
     pub(super) unsafe fn widen(bytes: &[u8], width: usize) -> Vec<i16> {
+        use rayon::prelude::*;
         let mut wide = vec![0i16; bytes.len() / 3 * 2];
-        for (row, dst) in bytes
-            .chunks_exact(3 * width)
-            .zip(wide.chunks_exact_mut(2 * width))
-        {
-            let (lo, hi) = dst.split_at_mut(width);
-            let (d0, rest) = row.split_at(width);
-            let (d1, d2) = rest.split_at(width);
-            // Safety: the caller's promise.
-            unsafe { widen_row(d0, d1, d2, lo, hi) };
-        }
+        let rows = bytes.len() / (3 * width).max(1);
+        // Rows spread over the threads as the quantization spreads them.
+        wide.par_chunks_exact_mut((2 * width).max(1))
+            .zip(bytes.par_chunks_exact((3 * width).max(1)))
+            .with_min_len(super::super::matmul::rows_per_thread(rows, width))
+            .for_each(|(dst, row)| {
+                let (lo, hi) = dst.split_at_mut(width);
+                let (d0, rest) = row.split_at(width);
+                let (d1, d2) = rest.split_at(width);
+                // Safety: the caller's promise (the CPU has AVX2).
+                unsafe { widen_row(d0, d1, d2, lo, hi) };
+            });
         wide
     }
 
@@ -711,6 +714,7 @@ mod avx2 {
                             let ahead = (i == i0).then_some(WIDE_AHEAD);
                             row_panel_wide(w, acts, i, panel, ahead, out)
                         }
+                        // Activations made without the i16 planes (the tests).
                         _ => row_panel::<3>(w, acts, i, panel, out),
                     }
                 }
@@ -725,12 +729,14 @@ mod avx2 {
     /// How far ahead the widening kernel asks for its weights. It spends little on each
     /// line, and on Zen 4 running AVX2 its one-stream decode of Llama-3.2-1B's shape took
     /// 85 and 87% of the bandwidth bound asking 8 KiB ahead, against 62–67% asking nothing
-    /// and 63–83% at 2 or 4 KiB; the demo model was level (benchmarks/README.md).
+    /// and 63–85% at 2 or 4 KiB; the demo model was level (benchmarks/README.md).
     const WIDE_AHEAD: usize = 8192;
 
     /// Three planes as two of i16 (`acts.wide`): weights widened to i16 once per group and
     /// multiplied by `vpmaddwd`, eight multiplies per 64 weights where the digits took twelve.
     /// The same exact integers, so the same bits.
+    ///
+    /// Safety: needs AVX2; `acts.wide` holds row `i`'s two planes; see `W8a8::tile`.
     // Index loops over register tiles read clearer than iterator chains here.
     #[allow(clippy::needless_range_loop)]
     #[inline]
