@@ -404,6 +404,12 @@ fn finish(sums: &[i32], x_scale: f32, w_scale: f32) -> f32 {
         .iter()
         .rev()
         .fold(0i64, |t, &s| t * i64::from(BASE) + i64::from(s));
+    scaled(total, x_scale, w_scale)
+}
+
+/// A row-column product's exact integer total as f32, scaled: the one rounding every path
+/// makes, in one order, so paths that sum the same integer differently give the same bits.
+fn scaled(total: i64, x_scale: f32, w_scale: f32) -> f32 {
     (total as f32) * x_scale * w_scale
 }
 
@@ -808,7 +814,7 @@ mod avx2 {
         for l in 0..w.rows.saturating_sub(col).min(PANEL) {
             let part = |p: usize| totals[p][2 * l] + totals[p][2 * l + 1];
             let total = part(0) + 2 * i64::from(HALF) * part(1);
-            let v = (total as f32) * acts.scales[i] * w.scales[col + l];
+            let v = super::scaled(total, acts.scales[i], w.scales[col + l]);
             // Safety: a valid column of this row, inside the tile.
             unsafe { *out.add(i * w.rows + col + l) = v };
         }
