@@ -6,8 +6,8 @@
 //! multiply (a CPU without FMA), so they agree to rounding. It serves hosts where AVX-512
 //! slows the clock, and measuring the AVX2 kernels on a CPU that has AVX-512.
 //!
-//! Each kernel's dispatch still asks the CPU for the exact features it is compiled for; this
-//! only says which levels it may try.
+//! Each kernel's dispatch asks [`has!`] for its level and the exact features it is compiled
+//! for.
 
 use std::sync::OnceLock;
 
@@ -56,6 +56,19 @@ pub fn allows(level: Isa) -> bool {
     static CAP: OnceLock<Isa> = OnceLock::new();
     level <= *CAP.get_or_init(|| cap_from_env().ok().flatten().unwrap_or(Isa::Avx512))
 }
+
+/// Whether kernels of `level` may run here: no cap forbids them and the CPU has every named
+/// feature, e.g. `has!(Avx2: "avx2", "fma")`. Every dispatch asks this one question, so no
+/// kernel can skip the operator's cap.
+#[cfg(target_arch = "x86_64")]
+macro_rules! has {
+    ($level:ident: $($feature:tt),+ $(,)?) => {
+        $crate::cpu::allows($crate::cpu::Isa::$level)
+            $(&& std::is_x86_feature_detected!($feature))+
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use has;
 
 #[cfg(test)]
 mod tests {

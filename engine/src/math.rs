@@ -61,14 +61,11 @@ pub(crate) fn silu_gate(gate_up: &[f32], inter: usize, out: &mut [f32]) {
 fn silu_row(gate_up: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::cpu::allows(crate::cpu::Isa::Avx512) && std::is_x86_feature_detected!("avx512f") {
+        if crate::cpu::has!(Avx512: "avx512f") {
             // Safety: the CPU has the features the function is compiled for.
             return unsafe { silu_row_avx512(gate_up, out) };
         }
-        if crate::cpu::allows(crate::cpu::Isa::Avx2)
-            && std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-        {
+        if crate::cpu::has!(Avx2: "avx2", "fma") {
             // Safety: as above.
             return unsafe { silu_row_avx2(gate_up, out) };
         }

@@ -259,19 +259,11 @@ impl Iterator for KeyChunks<'_> {
 fn attend<T: KvElement>(job: &Job<'_, T>) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     {
-        if job.rows() <= MAX_ROWS
-            && crate::cpu::allows(crate::cpu::Isa::Avx512)
-            && std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vl")
-        {
+        if job.rows() <= MAX_ROWS && crate::cpu::has!(Avx512: "avx512f", "avx512bw", "avx512vl") {
             // Safety: the CPU has the features the function is compiled for.
             return unsafe { attend_avx512(job) };
         }
-        if crate::cpu::allows(crate::cpu::Isa::Avx2)
-            && std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-        {
+        if crate::cpu::has!(Avx2: "avx2", "fma") {
             // Safety: as above.
             return unsafe { attend_avx2(job) };
         }

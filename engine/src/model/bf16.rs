@@ -100,16 +100,11 @@ impl Bf16Weights {
     ) {
         #[cfg(target_arch = "x86_64")]
         {
-            if crate::cpu::allows(crate::cpu::Isa::Avx512)
-                && std::is_x86_feature_detected!("avx512f")
-            {
+            if crate::cpu::has!(Avx512: "avx512f") {
                 // Safety: the CPU has the feature; forwarded.
                 return unsafe { exact::tile(self, x, i0, rows, panel0, panels, out) };
             }
-            if crate::cpu::allows(crate::cpu::Isa::Avx2)
-                && std::is_x86_feature_detected!("avx2")
-                && std::is_x86_feature_detected!("fma")
-            {
+            if crate::cpu::has!(Avx2: "avx2", "fma") {
                 // Safety: as above.
                 return unsafe { exact_avx2::tile(self, x, i0, rows, panel0, panels, out) };
             }
@@ -257,9 +252,7 @@ fn index(pairs: usize, r: usize, c: usize) -> usize {
 
 #[cfg(target_arch = "x86_64")]
 pub(super) fn dot_available() -> bool {
-    crate::cpu::allows(crate::cpu::Isa::Avx512)
-        && std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512bf16")
+    crate::cpu::has!(Avx512: "avx512f", "avx512bf16")
 }
 
 /// The exact product's AVX-512 kernel: per pair of k, C 64-byte loads widened by a shift

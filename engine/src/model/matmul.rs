@@ -115,14 +115,13 @@ impl WeightFormat {
     pub fn slow_on_this_cpu(self) -> Option<&'static str> {
         #[cfg(target_arch = "x86_64")]
         {
-            use crate::cpu::{allows, Isa};
-            let avx2 = allows(Isa::Avx2) && std::is_x86_feature_detected!("avx2");
-            let fma = std::is_x86_feature_detected!("fma");
-            let avx512 = allows(Isa::Avx512) && std::is_x86_feature_detected!("avx512f");
+            let avx2_fma = crate::cpu::has!(Avx2: "avx2", "fma");
             let fits = match self {
-                Self::F32 | Self::Bf16 => avx512 || (avx2 && fma),
-                Self::Int8 | Self::W8a8 => super::w8a8::vnni_available() || avx2,
-                Self::W4a8 => super::w8a8::vnni_available() || (avx2 && fma),
+                Self::F32 | Self::Bf16 => crate::cpu::has!(Avx512: "avx512f") || avx2_fma,
+                Self::Int8 | Self::W8a8 => {
+                    super::w8a8::vnni_available() || super::w8a8::avx2_usable()
+                }
+                Self::W4a8 => super::w8a8::vnni_available() || avx2_fma,
                 Self::W16a16 => super::bf16::dot_available(),
             };
             if !fits {
@@ -526,14 +525,11 @@ impl Fma for Plain {
 unsafe fn dispatch(block: &Block, w: &[f32], out: *mut f32) {
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::cpu::allows(crate::cpu::Isa::Avx512) && std::is_x86_feature_detected!("avx512f") {
+        if crate::cpu::has!(Avx512: "avx512f") {
             // Safety: the CPU supports the features the function is compiled for.
             return unsafe { avx512::kernel(block, w, out) };
         }
-        if crate::cpu::allows(crate::cpu::Isa::Avx2)
-            && std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-        {
+        if crate::cpu::has!(Avx2: "avx2", "fma") {
             // Safety: as above.
             return unsafe { avx2::kernel(block, w, out) };
         }

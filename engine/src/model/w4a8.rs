@@ -179,10 +179,7 @@ impl W4a8 {
                 // Safety: the CPU has the features; forwarded.
                 return unsafe { vnni::tile(self, acts, i0, rows, panel0, panels, out) };
             }
-            if crate::cpu::allows(crate::cpu::Isa::Avx2)
-                && std::is_x86_feature_detected!("avx2")
-                && std::is_x86_feature_detected!("fma")
-            {
+            if crate::cpu::has!(Avx2: "avx2", "fma") {
                 // Safety: as above.
                 return unsafe { avx2::tile(self, acts, i0, rows, panel0, panels, out) };
             }

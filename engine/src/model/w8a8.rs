@@ -124,10 +124,7 @@ fn split_digit(x: i32) -> (i32, i32) {
 /// is exact per element, so every path gives the same bytes.
 fn quantize_into(row: &[f32], dst: &mut [u8], width: usize, activation: Activation) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::allows(crate::cpu::Isa::Avx512)
-        && std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512bw")
-    {
+    if crate::cpu::has!(Avx512: "avx512f", "avx512bw") {
         // Safety: the CPU has the features.
         return unsafe { quantize_avx512(row, dst, width, activation) };
     }
@@ -314,7 +311,7 @@ impl W8a8 {
             .with_min_len(rows_per_thread(m, k))
             .for_each(|((row, dst), scale)| *scale = quantize_into(row, dst, width, activation));
         #[cfg(target_arch = "x86_64")]
-        let wide = if planes == 3 && !vnni_available() && avx2::usable() {
+        let wide = if planes == 3 && !vnni_available() && avx2_usable() {
             // Safety: the CPU has AVX2.
             unsafe { avx2::widen(&bytes, width) }
         } else {
@@ -351,7 +348,7 @@ impl W8a8 {
                 // Safety: the CPU has the features; forwarded.
                 return unsafe { vnni::tile(self, acts, i0, rows, panel0, panels, first, out) };
             }
-            if avx2::usable() {
+            if avx2_usable() {
                 // Safety: the CPU has the feature; forwarded.
                 return unsafe { avx2::tile(self, acts, i0, rows, panel0, panels, out) };
             }
@@ -418,12 +415,15 @@ fn index(groups: usize, r: usize, c: usize) -> usize {
     ((r / PANEL) * groups + c / GROUP) * PANEL * GROUP + (r % PANEL) * GROUP + c % GROUP
 }
 
+/// Whether the AVX2 kernel may run: the CPU has AVX2 and no cap forbids it.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn avx2_usable() -> bool {
+    crate::cpu::has!(Avx2: "avx2")
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(super) fn vnni_available() -> bool {
-    crate::cpu::allows(crate::cpu::Isa::Avx512)
-        && std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512bw")
-        && std::is_x86_feature_detected!("avx512vnni")
+    crate::cpu::has!(Avx512: "avx512f", "avx512bw", "avx512vnni")
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -653,11 +653,6 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{finish, Activations, W8a8, GROUP, PANEL};
-
-    /// Whether this kernel may run: the CPU has AVX2 and no cap forbids it.
-    pub(super) fn usable() -> bool {
-        crate::cpu::allows(crate::cpu::Isa::Avx2) && std::is_x86_feature_detected!("avx2")
-    }
 
     /// Half the range of the low part of a widened activation.
     const HALF: i32 = 2048;
