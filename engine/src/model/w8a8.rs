@@ -80,6 +80,9 @@ struct Activations {
     /// For the AVX2 kernel of three planes: each row's exact integers again, as
     /// `lo + 4096 × hi`, `[m][2][width]` (see `avx2::widen`); empty elsewhere.
     wide: Vec<i16>,
+    /// For the AVX2 kernel of one plane: each row's magnitudes and signed values,
+    /// `[m][2][width]` (see `avx2::split_signs`); empty elsewhere.
+    signed: Vec<u8>,
 }
 
 /// The scale that maps a row's largest magnitude `max` to `levels`.
@@ -310,20 +313,22 @@ impl W8a8 {
             .zip(scales.par_iter_mut())
             .with_min_len(rows_per_thread(m, k))
             .for_each(|((row, dst), scale)| *scale = quantize_into(row, dst, width, activation));
+        let (mut wide, mut signed) = (Vec::new(), Vec::new());
         #[cfg(target_arch = "x86_64")]
-        let wide = if planes == 3 && !vnni_available() && avx2_usable() {
-            // Safety: the CPU has AVX2.
-            unsafe { avx2::widen(&bytes, width) }
-        } else {
-            Vec::new()
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let wide = Vec::new();
+        if !vnni_available() && avx2_usable() {
+            // Safety (both): the CPU has AVX2.
+            if planes == 3 {
+                wide = unsafe { avx2::widen(&bytes, width) };
+            } else {
+                signed = unsafe { avx2::split_signs(&bytes, width) };
+            }
+        }
         Activations {
             bytes,
             scales,
             planes,
             wide,
+            signed,
         }
     }
 
@@ -643,16 +648,22 @@ mod vnni {
 }
 
 /// CPUs with AVX2 but not AVX-512 VNNI (Zen 2 and 3, Intel's client cores): the same
-/// integers from `vpmaddubsw`, which multiplies unsigned by signed bytes into i16 pairs. With
-/// the stored digits (1..=255) those pairs could pass i16's range (2 × 255 × 127), so each
-/// digit's magnitude is the unsigned operand and its sign moves onto the weight (`vpsignb`),
-/// as llama.cpp's AVX2 dot products do: a pair stays within 2 × 127², and `vpmaddwd` sums
-/// pairs into i32. These sums carry no offset; the output is `finish`'s, as the portable one.
+/// integers, from activations prepared once per product (`Activations::signed` or `wide`).
+/// - One plane: `vpmaddubsw` multiplies unsigned by signed bytes into i16 pairs. With the
+///   stored bytes (1..=255) those pairs could pass i16's range (2 × 255 × 127), so each
+///   activation's magnitude is the unsigned operand and its sign moves onto the weight
+///   (`vpsignb`), as llama.cpp's AVX2 dot products do: a pair stays within 2 × 127², and
+///   `vpmaddwd` sums pairs into i32. Several rows share each load of the weights.
+/// - Three planes: each row's 24-bit integers as two i16 planes against the weights widened
+///   to i16 (`vpmaddwd`), summed in i32 and then i64.
+///
+/// These sums carry no offset; the output is `finish`'s, as the portable one.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{finish, Activations, W8a8, GROUP, PANEL};
+    use super::super::matmul::store_half_panel;
+    use super::{Activations, W8a8, GROUP, PANEL};
 
     /// Half the range of the low part of a widened activation.
     const HALF: i32 = 2048;
@@ -704,21 +715,136 @@ mod avx2 {
         panels: usize,
         out: *mut f32,
     ) {
-        for i in i0..i0 + rows {
+        if !acts.signed.is_empty() {
             for panel in panel0..panel0 + panels {
-                // Safety: forwarded; the row and panel lie inside the tile.
-                unsafe {
-                    match acts.planes {
-                        1 => row_panel::<1>(w, acts, i, panel, out),
-                        _ if !acts.wide.is_empty() => {
-                            // The tile's first row reads its panels from memory.
-                            let ahead = (i == i0).then_some(WIDE_AHEAD);
-                            row_panel_wide(w, acts, i, panel, ahead, out)
+                for i in (i0..i0 + rows).step_by(ROWS) {
+                    // Safety: forwarded; the rows and the panel lie inside the tile.
+                    unsafe {
+                        match (i0 + rows - i).min(ROWS) {
+                            1 => rows_panel_signed::<1>(w, acts, i, panel, out),
+                            2 => rows_panel_signed::<2>(w, acts, i, panel, out),
+                            3 => rows_panel_signed::<3>(w, acts, i, panel, out),
+                            _ => rows_panel_signed::<ROWS>(w, acts, i, panel, out),
                         }
-                        // Activations made without the i16 planes (the tests).
-                        _ => row_panel::<3>(w, acts, i, panel, out),
                     }
                 }
+            }
+            return;
+        }
+        if acts.wide.is_empty() {
+            // Activations not prepared for these kernels (a test's): the same integers.
+            // Safety: forwarded.
+            return unsafe { w.tile_portable(acts, i0, rows, panel0, panels, out) };
+        }
+        for i in i0..i0 + rows {
+            // The tile's first row reads its panels from memory.
+            let ahead = (i == i0).then_some(WIDE_AHEAD);
+            for panel in panel0..panel0 + panels {
+                // Safety: forwarded; the row and panel lie inside the tile.
+                unsafe { row_panel_wide(w, acts, i, panel, ahead, out) };
+            }
+        }
+    }
+
+    /// Rows of the one-plane kernel's register tile: two sums each, beside the two weight
+    /// vectors and each row's two broadcasts. On Zen 4 running AVX2 the 32-row product of a
+    /// 4096 × 2048 matrix went from 169 to 202 GOP/s with four rows, 188 with three, 179 with
+    /// two (medians of six; benchmarks/README.md).
+    const ROWS: usize = 4;
+
+    /// Each row's bytes (one plane, offset by 128) as `vpmaddubsw` takes them: the
+    /// magnitudes, then the signed values, `[m][2][width]`, so that the kernel does not
+    /// rederive them for every panel.
+    ///
+    /// Safety: needs AVX2.
+    pub(super) unsafe fn split_signs(bytes: &[u8], width: usize) -> Vec<u8> {
+        use rayon::prelude::*;
+        let mut signed = vec![0u8; bytes.len() * 2];
+        let rows = bytes.len() / width.max(1);
+        signed
+            .par_chunks_exact_mut((2 * width).max(1))
+            .zip(bytes.par_chunks_exact(width.max(1)))
+            .with_min_len(super::super::matmul::rows_per_thread(rows, width))
+            // Safety: the caller's promise (the CPU has AVX2).
+            .for_each(|(dst, row)| unsafe { split_row(row, dst) });
+        signed
+    }
+
+    /// Compiled for AVX2, so that the loop runs 32 bytes at a time.
+    #[target_feature(enable = "avx2")]
+    unsafe fn split_row(row: &[u8], dst: &mut [u8]) {
+        let (magnitudes, values) = dst.split_at_mut(row.len());
+        for ((&b, m), v) in row.iter().zip(magnitudes).zip(values) {
+            let x = (b ^ 0x80) as i8;
+            *m = x.unsigned_abs();
+            *v = x as u8;
+        }
+    }
+
+    /// Rows `i..i + R` of one plane against one panel: each group's weights loaded once for
+    /// all the rows, the sign of each row's activation moved onto them (`vpsignb`).
+    ///
+    /// Safety: needs AVX2; `acts.signed` holds the rows; they and the panel lie inside the
+    /// activations, the weights and `out` (the `[m, rows]` output), of which only their
+    /// columns are written.
+    // Index loops over register tiles read clearer than iterator chains here.
+    #[allow(clippy::needless_range_loop)]
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn rows_panel_signed<const R: usize>(
+        w: &W8a8,
+        acts: &Activations,
+        i: usize,
+        panel: usize,
+        out: *mut f32,
+    ) {
+        let groups = w.groups;
+        let width = groups * GROUP;
+        let ones = _mm256_set1_epi16(1);
+        // Safety: the panel's groups lie inside the weights.
+        let wp = unsafe { w.values.as_ptr().add(panel * groups * PANEL * GROUP) };
+        let sp = acts.signed.as_ptr();
+        let broadcast = |r: usize, part: usize, g: usize| {
+            // Safety: row i + r's two parts of `width` bytes lie inside `acts.signed`.
+            let at = unsafe { sp.add(((i + r) * 2 + part) * width + g * GROUP) };
+            _mm256_set1_epi32(unsafe { (at as *const i32).read_unaligned() })
+        };
+        // Per row, the panel's columns 0..8 and 8..16.
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        for g in 0..groups {
+            // Safety: the panel has `groups` groups of 64 bytes.
+            let wv: [__m256i; 2] = std::array::from_fn(|h| unsafe {
+                _mm256_loadu_si256(wp.add(g * PANEL * GROUP + h * 32) as *const __m256i)
+            });
+            for r in 0..R {
+                let (magnitude, x) = (broadcast(r, 0, g), broadcast(r, 1, g));
+                for h in 0..2 {
+                    let pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(wv[h], x));
+                    acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(pairs, ones));
+                }
+            }
+        }
+        let col = panel * PANEL;
+        for r in 0..R {
+            let x_scale = _mm256_set1_ps(acts.scales[i + r]);
+            let row = out.wrapping_add((i + r) * w.rows);
+            for h in 0..2 {
+                // `finish` of one plane: the integer rounded to f32, then the two scales.
+                let lanes = col + 8 * h;
+                let valid = w.rows.saturating_sub(lanes).min(8);
+                if valid == 0 {
+                    break;
+                }
+                let mut scales = [0.0f32; 8];
+                scales[..valid].copy_from_slice(&w.scales[lanes..lanes + valid]);
+                // Safety: eight f32 read from eight.
+                let scales = unsafe { _mm256_loadu_ps(scales.as_ptr()) };
+                let v = _mm256_mul_ps(
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][h]), x_scale),
+                    scales,
+                );
+                // Safety: row i + r of the output; only its valid columns are written.
+                unsafe { store_half_panel(row, w.rows, lanes, v) };
             }
         }
     }
@@ -814,64 +940,6 @@ mod avx2 {
             unsafe { *out.add(i * w.rows + col + l) = v };
         }
     }
-
-    // Index loops over register tiles read clearer than iterator chains here.
-    #[allow(clippy::needless_range_loop)]
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn row_panel<const P: usize>(
-        w: &W8a8,
-        acts: &Activations,
-        i: usize,
-        panel: usize,
-        out: *mut f32,
-    ) {
-        let groups = w.groups;
-        let width = groups * GROUP;
-        let wp = w.values.as_ptr();
-        let xp = acts.bytes.as_ptr();
-        let ones = _mm256_set1_epi16(1);
-        // Per plane, the panel's columns 0..8 and 8..16.
-        let mut acc = [[_mm256_setzero_si256(); 2]; P];
-        for g in 0..groups {
-            // Safety: the panel has `groups` groups of 64 bytes; each plane of row i has
-            // `width` bytes.
-            unsafe {
-                let at = (panel * groups + g) * PANEL * GROUP;
-                let wv = [
-                    _mm256_loadu_si256(wp.add(at) as *const __m256i),
-                    _mm256_loadu_si256(wp.add(at + 32) as *const __m256i),
-                ];
-                for p in 0..P {
-                    let plane = (i * P + p) * width + g * GROUP;
-                    let four = (xp.add(plane) as *const i32).read_unaligned();
-                    // The stored bytes less 128: the signed digits.
-                    let x = _mm256_set1_epi32(four ^ 0x8080_8080u32 as i32);
-                    let magnitude = _mm256_abs_epi8(x);
-                    for h in 0..2 {
-                        let pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(wv[h], x));
-                        acc[p][h] = _mm256_add_epi32(acc[p][h], _mm256_madd_epi16(pairs, ones));
-                    }
-                }
-            }
-        }
-        let mut sums = [[0i32; PANEL]; P];
-        for p in 0..P {
-            for h in 0..2 {
-                // Safety: eight i32 lanes into eight of the row's sixteen.
-                unsafe {
-                    _mm256_storeu_si256(sums[p][h * 8..].as_mut_ptr() as *mut __m256i, acc[p][h])
-                };
-            }
-        }
-        let col = panel * PANEL;
-        for l in 0..w.rows.saturating_sub(col).min(PANEL) {
-            let lane: [i32; P] = std::array::from_fn(|p| sums[p][l]);
-            let v = finish(&lane, acts.scales[i], w.scales[col + l]);
-            // Safety: a valid column of this row, inside the tile.
-            unsafe { *out.add(i * w.rows + col + l) = v };
-        }
-    }
 }
 
 #[cfg(test)]
@@ -887,16 +955,21 @@ mod tests {
 
     const BOTH: [Activation; 2] = [Activation::Int8, Activation::Int24];
 
-    /// Three planes through the AVX2 kernel's widened path (the one a CPU without VNNI
-    /// takes), the whole product and each row alone as a one-row tile, against `want`.
+    /// The AVX2 kernels on the activations they are given where the CPU lacks VNNI (three
+    /// planes widened, one plane's signs apart), the whole product and each row alone as a
+    /// one-row tile, against `want`.
     #[cfg(target_arch = "x86_64")]
-    fn assert_avx2_wide_matches(w: &W8a8, mut acts: Activations, want: &[f32], a: Activation) {
-        if acts.planes != 3 || !std::is_x86_feature_detected!("avx2") {
+    fn assert_avx2_prepared_matches(w: &W8a8, mut acts: Activations, want: &[f32], a: Activation) {
+        if !std::is_x86_feature_detected!("avx2") {
             return;
         }
         let (m, n) = (acts.scales.len(), w.rows);
-        // Safety: the CPU has AVX2.
-        acts.wide = unsafe { avx2::widen(&acts.bytes, w.groups * GROUP) };
+        // Safety (both): the CPU has AVX2.
+        if acts.planes == 3 {
+            acts.wide = unsafe { avx2::widen(&acts.bytes, w.groups * GROUP) };
+        } else {
+            acts.signed = unsafe { avx2::split_signs(&acts.bytes, w.groups * GROUP) };
+        }
         let panels = n.div_ceil(PANEL);
         let mut all = vec![0.0; m * n];
         let mut alone = vec![0.0; m * n];
@@ -907,35 +980,33 @@ mod tests {
                 unsafe { avx2::tile(w, &acts, i, 1, panel0, count, alone.as_mut_ptr()) };
             }
         }
-        assert_eq!(all, want, "{m}x{n}x{}: AVX2 widened path ({a:?})", w.cols);
+        assert_eq!(all, want, "{m}x{n}x{}: AVX2 prepared path ({a:?})", w.cols);
         assert_eq!(
             alone, want,
-            "{m}x{n}x{}: AVX2 widened, one row ({a:?})",
+            "{m}x{n}x{}: AVX2 prepared, one row ({a:?})",
             w.cols
         );
     }
 
-    /// The widened kernel's sums at their largest, over more groups than it adds in i32
-    /// before moving them to i64: every weight and activation at its extreme, so a flush
-    /// too late would overflow and differ from the plain integers.
+    /// The AVX2 kernels' sums at their largest: every weight and activation at its extreme.
+    /// For three planes, over more groups than the widened kernel adds in i32 before moving
+    /// them to i64, so a flush too late would overflow; for one, every `vpmaddubsw` pair at
+    /// 2 × 127².
     #[test]
-    fn the_widened_avx2_path_is_exact_at_the_largest_sums() {
-        // 8300 groups: twice what i32 holds at these sums.
+    fn the_avx2_paths_are_exact_at_the_largest_sums() {
+        // 8300 groups: twice what i32 holds at the three planes' sums.
         let (m, n, k) = (2, 20, 4 * 8300 + 3);
         let data: Vec<f32> = (0..n * k)
             .map(|i| if i < 3 * k { -1.0 } else { 1.0 })
             .collect();
         let x: Vec<f32> = (0..m * k).map(|i| if i < k { 1.0 } else { -1.0 }).collect();
         let w = W8a8::quantize(n, k, &data);
-        let want = integer_reference(&w, &x, m, Activation::Int24);
-        assert_eq!(w.matmul(&x, m, Activation::Int24), want);
-        #[cfg(target_arch = "x86_64")]
-        assert_avx2_wide_matches(
-            &w,
-            w.quantize_activations(&x, m, k, Activation::Int24),
-            &want,
-            Activation::Int24,
-        );
+        for a in BOTH {
+            let want = integer_reference(&w, &x, m, a);
+            assert_eq!(w.matmul(&x, m, a), want);
+            #[cfg(target_arch = "x86_64")]
+            assert_avx2_prepared_matches(&w, w.quantize_activations(&x, m, k, a), &want, a);
+        }
     }
 
     /// What the integers say, computed the plain way from the quantized values: each
@@ -1102,15 +1173,7 @@ mod tests {
             }
             assert_eq!(portable, got, "{m}x{n}x{k}: portable path");
             #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") {
-                let mut avx2 = vec![0.0; m * n];
-                for panel0 in (0..n.div_ceil(PANEL)).step_by(4) {
-                    let panels = 4.min(n.div_ceil(PANEL) - panel0);
-                    unsafe { avx2::tile(&w, &acts, 0, m, panel0, panels, avx2.as_mut_ptr()) };
-                }
-                assert_eq!(avx2, got, "{m}x{n}x{k}: AVX2 path");
-                assert_avx2_wide_matches(&w, acts, &got, activation);
-            }
+            assert_avx2_prepared_matches(&w, acts, &got, activation);
             // Within the two quantizations of f32's answer.
             for i in 0..m {
                 let xs = scale_from(row_max(&x[i * k..(i + 1) * k]), activation.levels());
