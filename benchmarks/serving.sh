@@ -24,6 +24,8 @@
 #                                         # (rows rosetta-w8a8-kvfp8), same server
 #   LLAMA_FORMATS=f32,q8_0,q4_k_m benchmarks/serving.sh  # llama.cpp in each GGUF format
 #                                             # (quantized from the f32 GGUF by llama-quantize)
+#   ROSETTA_MAX_CPU_ISA=avx2 LLAMA_ISA=avx2 benchmarks/serving.sh   # both capped at AVX2, as on
+#                                             # an AVX2-only host (build llama.cpp with ISA=avx2)
 #   LONG_PROMPT=4096 benchmarks/serving.sh   # then the time to first token of one prompt of
 #                                             # this many tokens, alone, on each target (llama.cpp
 #                                             # restarted with one slot that holds it); 0 skips it
@@ -125,7 +127,8 @@ for row in "${kv_rows[@]}"; do
     targets+=(--target "rosetta-$fmt-kv$kv=$rosetta_url=small-$fmt-kv$kv")
 done
 
-llama_server=$(ls "$work"/build-llama-server-*/bin/llama-server 2>/dev/null | head -n 1 || true)
+# LLAMA_ISA=avx2 takes the build of `ISA=avx2 benchmarks/llama_cpp/build.sh`.
+llama_server=$(ls "$work"/build-llama-server-*-"${LLAMA_ISA:-avx512}"/bin/llama-server 2>/dev/null | head -n 1 || true)
 llama_pids=()
 llama_targets=()
 # Starts llama-server on the GGUF of format $1 with $2 slots sharing a context of $3 tokens.

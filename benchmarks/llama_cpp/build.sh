@@ -10,6 +10,9 @@
 #   LLAMA_CPP_PYTHON_VERSION  PyPI version of llama-cpp-python (default below)
 #   JOBS                      parallel build jobs (default 2)
 #   WORK                      work directory (default benchmarks/.work)
+#   ISA                       avx512 (default) or avx2: the widest kernels llama.cpp may
+#                             use; avx2 builds what an AVX2-only host runs (Zen 2 and 3),
+#                             beside the default build, for runs with ROSETTA_MAX_CPU_ISA=avx2
 set -euo pipefail
 
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
@@ -21,7 +24,13 @@ VENV="$WORK/venv"
 SDIST="$WORK/llama_cpp_python-$VERSION.tar.gz"
 SRC="$WORK/llama_cpp_python-$VERSION"
 TREE="$SRC/vendor/llama.cpp"
-BUILD="$WORK/build-llama-server-$VERSION-avx512"
+ISA="${ISA:-avx512}"
+case "$ISA" in
+    avx512) WIDE=(-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX512_VBMI=ON) ;;
+    avx2) WIDE=(-DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX512_VBMI=OFF) ;;
+    *) echo "[build.sh] ISA=$ISA: use avx512 or avx2" >&2; exit 2 ;;
+esac
+BUILD="$WORK/build-llama-server-$VERSION-$ISA"
 BIN="$BUILD/bin/llama-server"
 
 log() { printf '[build.sh] %s\n' "$*" >&2; }
@@ -72,7 +81,7 @@ CMAKE="$VENV/bin/cmake"
 #    - LLAMA_OPENSSL=OFF: no HTTPS needed for a loopback benchmark.
 #    - GGML_NATIVE=OFF with the features named: -march=native builds die with SIGILL on
 #      this VM (it advertises more than it runs), so AVX2/FMA/F16C and AVX-512 with VNNI,
-#      BF16 and VBMI are enabled one by one, and AMX (which the kernel does not grant
+#      BF16 and VBMI (ISA=avx512) are enabled one by one, and AMX (which the kernel does not grant
 #      here) stays off. llama-quantize is built beside the server, for Q8_0 and Q4_K_M.
 if [[ ! -f "$BUILD/CMakeCache.txt" ]]; then
     log "configuring $BUILD"
@@ -90,7 +99,7 @@ if [[ ! -f "$BUILD/CMakeCache.txt" ]]; then
         -DLLAMA_OPENSSL=OFF \
         -DGGML_NATIVE=OFF \
         -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
-        -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX512_VBMI=ON \
+        "${WIDE[@]}" \
         -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 fi
 if [[ ! -x "$BIN" || ! -x "$BUILD/bin/llama-quantize" ]]; then
