@@ -131,6 +131,11 @@ fn quantize_into(row: &[f32], dst: &mut [u8], width: usize, activation: Activati
         // Safety: the CPU has the features.
         return unsafe { quantize_avx512(row, dst, width, activation) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::has!(Avx2: "avx2") {
+        // Safety: the CPU has the feature.
+        return unsafe { quantize_avx2(row, dst, width, activation) };
+    }
     quantize_portable(row, dst, width, activation)
 }
 
@@ -219,11 +224,125 @@ fn split_digit_avx512(
     (d, q)
 }
 
+/// [`quantize_avx512`] in AVX2, 32 values at a time, the rest by [`quantize_portable`]'s
+/// loop: the same operations per element, so the same bytes. (The portable loop was 5% of a
+/// 32-stream decode step with the AVX2 kernels.)
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_avx2(row: &[f32], dst: &mut [u8], width: usize, a: Activation) -> f32 {
+    use std::arch::x86_64::*;
+    let n = row.len().min(width);
+    let whole = n / 32 * 32;
+    let src = row.as_ptr();
+    // Lanes never hold NaN (`max_ps` returns its second operand when either is NaN), so a
+    // NaN element is skipped, as `f32::max` skips it.
+    let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
+    let mut lanes = _mm256_setzero_ps();
+    for at in (0..n / 8 * 8).step_by(8) {
+        // Safety: 8 values from `at < n / 8 * 8` lie inside the row.
+        let v = unsafe { _mm256_loadu_ps(src.add(at)) };
+        lanes = _mm256_max_ps(_mm256_and_ps(v, magnitude), lanes);
+    }
+    let mut max = [0.0f32; 8];
+    // Safety: eight f32 into eight.
+    unsafe { _mm256_storeu_ps(max.as_mut_ptr(), lanes) };
+    let max = row[n / 8 * 8..n]
+        .iter()
+        .chain(&max)
+        .fold(0.0f32, |m, &v| m.max(v.abs()));
+    let scale = scale_from(max, a.levels());
+    let inverse = _mm256_set1_ps(1.0 / scale);
+    let sign = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
+    let half = _mm256_set1_ps(0.5);
+    let levels = a.levels() as f32;
+    let (lo, hi) = (_mm256_set1_ps(-levels), _mm256_set1_ps(levels));
+    let offset = _mm256_set1_epi32(128);
+    // packs/packus interleave 128-bit lanes; this puts the 32 bytes back in order.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for at in (0..whole).step_by(32) {
+        let mut q: [__m256i; 4] = std::array::from_fn(|j| {
+            // Safety: 32 values from `at < whole` lie inside the row.
+            let v = unsafe { _mm256_loadu_ps(src.add(at + 8 * j)) };
+            let t = _mm256_add_ps(
+                _mm256_mul_ps(v, inverse),
+                _mm256_or_ps(_mm256_and_ps(v, sign), half),
+            );
+            // NaN to 0, as `as i32` maps it; clamping first keeps truncation in range.
+            let t = _mm256_and_ps(t, _mm256_cmp_ps::<_CMP_ORD_Q>(t, t));
+            _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(t, lo), hi))
+        });
+        for p in 0..a.planes() {
+            let digits: [__m256i; 4] = std::array::from_fn(|j| {
+                let digit = if p + 1 < a.planes() {
+                    let (d, rest) = split_digit_avx2(q[j]);
+                    q[j] = rest;
+                    d
+                } else {
+                    q[j]
+                };
+                _mm256_add_epi32(digit, offset)
+            });
+            // Every byte is 1..=255: the saturating packs keep it.
+            let bytes = _mm256_packus_epi16(
+                _mm256_packs_epi32(digits[0], digits[1]),
+                _mm256_packs_epi32(digits[2], digits[3]),
+            );
+            let bytes = _mm256_permutevar8x32_epi32(bytes, order);
+            // Safety: 32 bytes of plane p from `at < whole ≤ width`.
+            unsafe {
+                _mm256_storeu_si256(dst.as_mut_ptr().add(p * width + at) as *mut __m256i, bytes)
+            };
+        }
+    }
+    quantize_values(&row[whole..n], dst, width, whole, 1.0 / scale, a);
+    scale
+}
+
+/// [`split_digit`] on 8 lanes, as [`split_digit_avx512`] does it.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+fn split_digit_avx2(
+    x: std::arch::x86_64::__m256i,
+) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::*;
+    let base = _mm256_set1_epi32(BASE);
+    let q = _mm256_cvtps_epi32(_mm256_mul_ps(
+        _mm256_cvtepi32_ps(x),
+        _mm256_set1_ps(1.0 / BASE as f32),
+    ));
+    let d = _mm256_sub_epi32(x, _mm256_mullo_epi32(q, base));
+    // All ones where the digit is past the balanced range on either side.
+    let over = _mm256_cmpgt_epi32(d, _mm256_set1_epi32(BASE / 2));
+    let under = _mm256_cmpgt_epi32(_mm256_set1_epi32(-(BASE / 2)), d);
+    let d = _mm256_add_epi32(
+        _mm256_sub_epi32(d, _mm256_and_si256(over, base)),
+        _mm256_and_si256(under, base),
+    );
+    // `over` is -1 where a carry goes up, `under` where one comes down.
+    let q = _mm256_add_epi32(_mm256_sub_epi32(q, over), under);
+    (d, q)
+}
+
 #[inline(always)]
 fn quantize_portable(row: &[f32], dst: &mut [u8], width: usize, a: Activation) -> f32 {
     let scale = scale_from(row_max(row), a.levels());
-    let inverse = 1.0 / scale;
-    for (c, v) in row.iter().enumerate().take(width) {
+    quantize_values(&row[..row.len().min(width)], dst, width, 0, 1.0 / scale, a);
+    scale
+}
+
+/// `values` (the row's from column `first`) quantized with `inverse` (1 / the row's scale)
+/// into their columns of each plane of `dst`.
+#[inline(always)]
+fn quantize_values(
+    values: &[f32],
+    dst: &mut [u8],
+    width: usize,
+    first: usize,
+    inverse: f32,
+    a: Activation,
+) {
+    for (c, v) in (first..).zip(values) {
         // Round half away from zero with plain arithmetic (no libm call: this runs for every
         // activation of every product); the digits are offset: each byte is 1..=255.
         let mut q = ((v * inverse + 0.5f32.copysign(*v)) as i32).clamp(-a.levels(), a.levels());
@@ -238,7 +357,6 @@ fn quantize_portable(row: &[f32], dst: &mut [u8], width: usize, a: Activation) -
             dst[p * width + c] = (digit + 128) as u8;
         }
     }
-    scale
 }
 
 impl W8a8 {
@@ -1072,9 +1190,9 @@ mod tests {
         }
     }
 
-    /// The vector quantizer gives the portable one's bytes and scale on every length (masked
-    /// tails) and on values a request can produce: NaN, infinities, signed zeros, halves that
-    /// round away from zero, subnormals, an all-zero row.
+    /// The vector quantizers give the portable one's bytes and scale on every length (tails)
+    /// and on values a request can produce: NaN, infinities, signed zeros, halves that round
+    /// away from zero, subnormals, an all-zero row.
     #[test]
     fn vector_quantizer_equals_the_portable_one() {
         let special = [
@@ -1092,7 +1210,7 @@ mod tests {
             63.5,
         ];
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        for (len, activation) in [1usize, 5, 15, 16, 17, 33, 576]
+        for (len, activation) in [1usize, 5, 15, 16, 17, 33, 64, 95, 576]
             .into_iter()
             .flat_map(|len| BOTH.map(|a| (len, a)))
         {
@@ -1119,6 +1237,17 @@ mod tests {
                     (sb.to_bits(), &b),
                     "{len} {case} {activation:?} {row:?}"
                 );
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx2") {
+                    let mut c = vec![128u8; len * planes];
+                    // Safety: the CPU has AVX2.
+                    let sc = unsafe { quantize_avx2(&row, &mut c, len, activation) };
+                    assert_eq!(
+                        (sa.to_bits(), &a),
+                        (sc.to_bits(), &c),
+                        "AVX2: {len} {case} {activation:?} {row:?}"
+                    );
+                }
             }
         }
     }
