@@ -433,7 +433,7 @@ mod avx2 {
         }
     }
 
-    /// Rows `i..i + R` against one panel, one 8-column half at a time.
+    /// Rows `i..i + R` against one panel (both 8-column halves).
     ///
     /// Safety: needs AVX2 and FMA; the rows and the panel lie inside the activations, the
     /// weights and `out` (the `[m, rows]` output), of which only their columns are written.
@@ -598,8 +598,6 @@ mod tests {
         }
     }
 
-    /// Q4_0's rounding: the largest magnitude is exactly -8 steps, the rest to the nearest
-    /// step within -8..=7; zeros, NaN and infinities quantize without a panic.
     /// Blocks whose stored nibbles are all 15 (but the one weight each block's scale maps to
     /// -8) against activations all 127: the AVX2 kernel's i16 pair sums reach their largest,
     /// 16 × 15 × 127, and must still give the plain integers.
@@ -625,6 +623,8 @@ mod tests {
         assert_eq!(avx2, reference(&w, &x, m));
     }
 
+    /// Q4_0's rounding: the largest magnitude is exactly -8 steps, the rest to the nearest
+    /// step within -8..=7; zeros, NaN and infinities quantize without a panic.
     #[test]
     fn blocks_round_as_q4_0_does() {
         let mut row: Vec<f32> = (0..40).map(|i| (i as f32 - 20.0) / 10.0).collect();
