@@ -99,7 +99,9 @@ fn scale_of(row: &[f32]) -> f32 {
     scale_from(row_max(row), 127)
 }
 
-/// A row's largest magnitude (NaN skipped).
+/// A row's largest magnitude (NaN skipped). Inlined, so that it is vectorised with the
+/// caller's instruction set (the AVX2 quantizer's).
+#[inline(always)]
 fn row_max(row: &[f32]) -> f32 {
     // In 16 lanes so it vectorises; a maximum does not depend on the order.
     let mut lanes = [0.0f32; 16];
@@ -132,7 +134,7 @@ fn quantize_into(row: &[f32], dst: &mut [u8], width: usize, activation: Activati
         return unsafe { quantize_avx512(row, dst, width, activation) };
     }
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::has!(Avx2: "avx2") {
+    if avx2_usable() {
         // Safety: the CPU has the feature.
         return unsafe { quantize_avx2(row, dst, width, activation) };
     }
@@ -234,22 +236,7 @@ unsafe fn quantize_avx2(row: &[f32], dst: &mut [u8], width: usize, a: Activation
     let n = row.len().min(width);
     let whole = n / 32 * 32;
     let src = row.as_ptr();
-    // Lanes never hold NaN (`max_ps` returns its second operand when either is NaN), so a
-    // NaN element is skipped, as `f32::max` skips it.
-    let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
-    let mut lanes = _mm256_setzero_ps();
-    for at in (0..n / 8 * 8).step_by(8) {
-        // Safety: 8 values from `at < n / 8 * 8` lie inside the row.
-        let v = unsafe { _mm256_loadu_ps(src.add(at)) };
-        lanes = _mm256_max_ps(_mm256_and_ps(v, magnitude), lanes);
-    }
-    let mut max = [0.0f32; 8];
-    // Safety: eight f32 into eight.
-    unsafe { _mm256_storeu_ps(max.as_mut_ptr(), lanes) };
-    let max = row[n / 8 * 8..n]
-        .iter()
-        .chain(&max)
-        .fold(0.0f32, |m, &v| m.max(v.abs()));
+    let max = row_max(&row[..n]);
     let scale = scale_from(max, a.levels());
     let inverse = _mm256_set1_ps(1.0 / scale);
     let sign = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
@@ -792,21 +779,32 @@ mod avx2 {
     ///
     /// Safety: needs AVX2.
     pub(super) unsafe fn widen(bytes: &[u8], width: usize) -> Vec<i16> {
+        per_row(bytes, 3, 2, width, |row, dst| {
+            let (lo, hi) = dst.split_at_mut(width);
+            let (d0, rest) = row.split_at(width);
+            let (d1, d2) = rest.split_at(width);
+            // Safety: the caller's promise (the CPU has AVX2).
+            unsafe { widen_row(d0, d1, d2, lo, hi) };
+        })
+    }
+
+    /// Each row of `bytes` (`from` planes of `width`) made by `f` into `to` planes of
+    /// `width` values, the rows spread over the threads as the quantization spreads them.
+    fn per_row<T: Copy + Default + Send>(
+        bytes: &[u8],
+        from: usize,
+        to: usize,
+        width: usize,
+        f: impl Fn(&[u8], &mut [T]) + Sync,
+    ) -> Vec<T> {
         use rayon::prelude::*;
-        let mut wide = vec![0i16; bytes.len() / 3 * 2];
-        let rows = bytes.len() / (3 * width).max(1);
-        // Rows spread over the threads as the quantization spreads them.
-        wide.par_chunks_exact_mut((2 * width).max(1))
-            .zip(bytes.par_chunks_exact((3 * width).max(1)))
+        let rows = bytes.len() / (from * width).max(1);
+        let mut out = vec![T::default(); rows * to * width];
+        out.par_chunks_exact_mut((to * width).max(1))
+            .zip(bytes.par_chunks_exact((from * width).max(1)))
             .with_min_len(super::super::matmul::rows_per_thread(rows, width))
-            .for_each(|(dst, row)| {
-                let (lo, hi) = dst.split_at_mut(width);
-                let (d0, rest) = row.split_at(width);
-                let (d1, d2) = rest.split_at(width);
-                // Safety: the caller's promise (the CPU has AVX2).
-                unsafe { widen_row(d0, d1, d2, lo, hi) };
-            });
-        wide
+            .for_each(|(dst, row)| f(row, dst));
+        out
     }
 
     /// Compiled for AVX2, so that the loop runs eight values at a time.
@@ -876,16 +874,10 @@ mod avx2 {
     ///
     /// Safety: needs AVX2.
     pub(super) unsafe fn split_signs(bytes: &[u8], width: usize) -> Vec<u8> {
-        use rayon::prelude::*;
-        let mut signed = vec![0u8; bytes.len() * 2];
-        let rows = bytes.len() / width.max(1);
-        signed
-            .par_chunks_exact_mut((2 * width).max(1))
-            .zip(bytes.par_chunks_exact(width.max(1)))
-            .with_min_len(super::super::matmul::rows_per_thread(rows, width))
-            // Safety: the caller's promise (the CPU has AVX2).
-            .for_each(|(dst, row)| unsafe { split_row(row, dst) });
-        signed
+        // Safety: the caller's promise (the CPU has AVX2).
+        per_row(bytes, 1, 2, width, |row, dst| unsafe {
+            split_row(row, dst)
+        })
     }
 
     /// Compiled for AVX2, so that the loop runs 32 bytes at a time.
