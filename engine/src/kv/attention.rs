@@ -15,6 +15,12 @@
 //!   weights in 16 interleaved lanes reduced by a fixed tree;
 //! - each output is a fused multiply-add chain over the visible keys in position order,
 //!   multiplied by 1 / Σ weights at the end.
+//!
+//! When there are fewer tasks than threads can share evenly (one sequence decoding: the
+//! model's few KV heads), each task is cut in two steps that keep those operations: its
+//! scores by ranges of keys (each score stands alone), then its softmax and values by ranges
+//! of head dimensions (each output is its own chain). So no thread waits on another's whole
+//! head, and no key or value is read twice.
 
 use rayon::prelude::*;
 
@@ -65,7 +71,7 @@ pub fn paged_attention<T: KvElement>(
         scale,
         alibi,
     };
-    batch.run(attend)
+    batch.run(Kernels::BEST)
 }
 
 /// [`paged_attention`] over one layer of a [`KvPool`](super::KvPool), whatever element type
@@ -107,10 +113,21 @@ struct Batch<'a, T> {
     alibi: Option<&'a [f32]>,
 }
 
-impl<T: KvElement> Batch<'_, T> {
-    /// Splits the batch into tiles, runs `kernel` on each in parallel and assembles the
-    /// output.
-    fn run(&self, kernel: fn(&Job<'_, T>) -> Vec<f32>) -> Vec<f32> {
+/// Fewest keys a task must span before it is cut across threads: below it the second
+/// fork-join costs more than the idle thread's share.
+const MIN_SPLIT_KEYS: usize = 768;
+
+impl<'a, T: KvElement> Batch<'a, T> {
+    /// Runs every task with `kernels`, cut across threads where there are too few of them
+    /// ([`split_parts`]), and assembles the output.
+    fn run(&self, kernels: Kernels<T>) -> Vec<f32> {
+        let jobs = self.jobs();
+        let parts = split_parts(&jobs, self.layout, rayon::current_num_threads());
+        self.run_in_parts(&jobs, kernels, parts)
+    }
+
+    /// The tasks: tiles of one sequence's consecutive query tokens, one per KV head.
+    fn jobs(&self) -> Vec<Job<'a, T>> {
         let l = self.layout;
         let hd = l.head_dim;
         let group = self.num_heads / l.kv_heads;
@@ -136,26 +153,182 @@ impl<T: KvElement> Batch<'_, T> {
                         alibi: self
                             .alibi
                             .map(|slopes| &slopes[kv_head * group..(kv_head + 1) * group]),
+                        keys: None,
+                        dims: (0, hd),
                     });
                 }
             }
         }
-        let parts: Vec<Vec<f32>> = jobs.par_iter().map(kernel).collect();
+        jobs
+    }
+
+    /// Runs the tasks whole (`parts` = 1) or each cut into `parts` key ranges, then `parts`
+    /// dimension ranges; the bits are the same either way.
+    fn run_in_parts(&self, jobs: &[Job<'_, T>], kernels: Kernels<T>, parts: usize) -> Vec<f32> {
+        let pieces: Vec<(Job<'_, T>, Vec<f32>)> = if parts <= 1 {
+            jobs.par_iter()
+                .map(|job| (*job, attend(job, kernels)))
+                .collect()
+        } else {
+            let cuts: Vec<Job<'_, T>> = jobs.iter().flat_map(|j| j.key_parts(parts)).collect();
+            let weighed: Vec<Weights> = jobs.iter().map(|j| Weights::new(j, parts)).collect();
+            cuts.par_iter().enumerate().for_each(|(i, cut)| {
+                let job = &jobs[i / parts];
+                let mut scores = vec![0.0f32; cut.rows() * cut.width()];
+                (kernels.scores)(cut, &mut scores);
+                weighed[i / parts].add_cut(job, cut, &scores, kernels);
+            });
+            let weighed: Vec<WeightsState> = weighed.into_iter().map(Weights::landed).collect();
+            (0..jobs.len() * parts)
+                .into_par_iter()
+                .map(|i| {
+                    let job = jobs[i / parts].dim_part(i % parts, parts);
+                    let w = &weighed[i / parts];
+                    let out = (kernels.values)(&job, &w.weights, &w.inv);
+                    (job, out)
+                })
+                .collect()
+        };
         let total_tokens = self
             .seqs
             .iter()
             .map(|s| s.first_token + s.num_tokens)
             .max()
             .unwrap_or(0);
+        let hd = self.layout.head_dim;
         let mut out = vec![0.0f32; total_tokens * self.num_heads * hd];
-        // A job's rows are its tokens' group heads, which sit together in each token's row.
-        for (job, part) in jobs.iter().zip(parts) {
-            for (t, rows) in part.chunks_exact(group * hd).enumerate() {
-                let at = job.q_first + t * job.q_stride;
-                out[at..at + group * hd].copy_from_slice(rows);
+        // A task's rows are its tokens' group heads, which sit together in each token's row.
+        for (job, part) in &pieces {
+            let (d0, d1) = job.dims;
+            for (r, row) in part.chunks_exact(hd).enumerate() {
+                let (t, h) = (r / job.group, r % job.group);
+                let at = job.q_first + t * job.q_stride + h * hd;
+                out[at + d0..at + d1].copy_from_slice(&row[d0..d1]);
             }
         }
         out
+    }
+}
+
+/// Into how many parts to cut each task so that the threads share them evenly: 1 (none)
+/// where there are tasks enough, where the keys are few, or where a head's values cannot be
+/// cut into whole cache lines (so that no line is read by two threads).
+fn split_parts<T>(jobs: &[Job<'_, T>], layout: KvLayout, threads: usize) -> usize {
+    if threads < 2 || jobs.is_empty() || jobs.len() >= 2 * threads {
+        return 1;
+    }
+    if jobs.iter().any(|j| j.width() < MIN_SPLIT_KEYS) {
+        return 1;
+    }
+    let unit = LANES.max(64 / std::mem::size_of::<T>());
+    let hd = layout.head_dim;
+    if !hd.is_multiple_of(unit) {
+        return 1;
+    }
+    (threads / gcd(jobs.len(), threads)).min(hd / unit)
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Computes `rows × head_dim` outputs from weights and each row's 1 / Σ weights, written
+/// only in the job's `dims`.
+type ValuesKernel<T> = fn(&Job<'_, T>, &[f32], &[f32]) -> Vec<f32>;
+
+/// One CPU path's three steps of a task: its scores, softmax, and the weighted values.
+struct Kernels<T> {
+    scores: fn(&Job<'_, T>, &mut [f32]),
+    /// Turns `rows × width` scores into weights in place; returns each row's 1 / Σ weights.
+    softmax: fn(&Job<'_, T>, &mut [f32]) -> Vec<f32>,
+    values: ValuesKernel<T>,
+}
+
+impl<T> Clone for Kernels<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Kernels<T> {}
+
+impl<T: KvElement> Kernels<T> {
+    /// The fastest this CPU has, chosen per task.
+    const BEST: Self = Kernels {
+        scores: scores_best,
+        softmax: softmax_best,
+        values: values_best,
+    };
+    /// The portable loops, on every CPU.
+    #[cfg(test)]
+    const PORTABLE: Self = Kernels {
+        scores: scores_generic,
+        softmax,
+        values: values_generic,
+    };
+}
+
+/// A whole task: its scores in this thread's buffer, then weighed.
+fn attend<T>(job: &Job<'_, T>, kernels: Kernels<T>) -> Vec<f32> {
+    let mut weights = take_scores(job.rows() * job.width());
+    (kernels.scores)(job, &mut weights);
+    let inv = (kernels.softmax)(job, &mut weights);
+    let out = (kernels.values)(job, &weights, &inv);
+    SCORES.set(weights);
+    out
+}
+
+/// A cut task's weights: each key range's scores land here, and the range that lands last
+/// runs the softmax, once, for the parts that weigh the values.
+struct Weights {
+    state: std::sync::Mutex<WeightsState>,
+}
+
+struct WeightsState {
+    /// Key ranges not yet landed.
+    pending: usize,
+    /// `rows × width` scores; weights once `pending` is 0.
+    weights: Vec<f32>,
+    inv: Vec<f32>,
+}
+
+impl Weights {
+    fn new<T>(job: &Job<'_, T>, parts: usize) -> Self {
+        Weights {
+            state: std::sync::Mutex::new(WeightsState {
+                pending: parts,
+                weights: vec![0.0; job.rows() * job.width()],
+                inv: Vec::new(),
+            }),
+        }
+    }
+
+    /// Lands `cut`'s scores (`rows × cut.width()`); the job's last cut runs softmax.
+    fn add_cut<T>(&self, job: &Job<'_, T>, cut: &Job<'_, T>, scores: &[f32], k: Kernels<T>) {
+        // Poisoned only if another cut panicked here, and rayon passes that panic on.
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (lo, width, w) = (job.lo(), job.width(), cut.width());
+        if w > 0 {
+            for (r, row) in scores.chunks_exact(w).enumerate() {
+                state.weights[r * width + cut.lo() - lo..][..w].copy_from_slice(row);
+            }
+        }
+        state.pending -= 1;
+        if state.pending == 0 {
+            let state = &mut *state;
+            state.inv = (k.softmax)(job, &mut state.weights);
+        }
+    }
+
+    /// The weights, once every cut has landed.
+    fn landed(self) -> WeightsState {
+        let state = self.state.into_inner().unwrap_or_else(|e| e.into_inner());
+        debug_assert_eq!(state.pending, 0);
+        state
     }
 }
 
@@ -179,7 +352,19 @@ struct Job<'a, T> {
     scale: f32,
     /// ALiBi slopes of the group's query heads: each score gains `slope × (key − query)`.
     alibi: Option<&'a [f32]>,
+    /// The keys `first..end` a cut of the task scores; `None`: all the tile spans.
+    keys: Option<(usize, usize)>,
+    /// The head dimensions `first..end` whose outputs the task computes.
+    dims: (usize, usize),
 }
+
+impl<T> Clone for Job<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Job<'_, T> {}
 
 impl<T> Job<'_, T> {
     fn rows(&self) -> usize {
@@ -198,15 +383,21 @@ impl<T> Job<'_, T> {
         (self.window.map_or(0, |w| (pos + 1).saturating_sub(w)), pos)
     }
 
-    /// First key any row sees.
+    /// First key any row sees (or the first of a cut's keys).
     fn lo(&self) -> usize {
-        self.visible(0).0
+        self.keys
+            .map_or_else(|| self.visible(0).0, |(first, _)| first)
+    }
+
+    /// One past the last key the tile spans (or a cut's).
+    fn end(&self) -> usize {
+        self.keys.map_or(self.pos0 + self.tokens, |(_, end)| end)
     }
 
     /// Keys the tile spans (`lo..=` the last token's position): each row's scores are kept
     /// at `row × width + key − lo`.
     fn width(&self) -> usize {
-        self.pos0 + self.tokens - self.lo()
+        self.end() - self.lo()
     }
 
     fn chunks(&self) -> KeyChunks<'_> {
@@ -214,7 +405,35 @@ impl<T> Job<'_, T> {
             table: self.block_table,
             block_size: self.layout.block_size,
             pos: self.lo(),
-            end: self.pos0 + self.tokens,
+            end: self.end(),
+        }
+    }
+
+    /// The task's keys in `parts` consecutive ranges, cut at multiples of `LANES` keys so
+    /// that each range's chunks are as long as the whole task's.
+    fn key_parts(&self, parts: usize) -> impl Iterator<Item = Self> + '_ {
+        let (lo, end) = (self.lo(), self.end());
+        let cut = move |i: usize| {
+            if i == parts {
+                end
+            } else {
+                ((lo + (end - lo) * i / parts) / LANES * LANES).max(lo)
+            }
+        };
+        (0..parts).map(move |i| Job {
+            keys: Some((cut(i), cut(i + 1))),
+            ..*self
+        })
+    }
+
+    /// The `part`-th of `parts` ranges of head dimensions, cut at multiples of `LANES`.
+    fn dim_part(&self, part: usize, parts: usize) -> Self {
+        let hd = self.layout.head_dim;
+        let vectors = hd.div_ceil(LANES);
+        let cut = |i: usize| (vectors * i / parts * LANES).min(hd);
+        Job {
+            dims: (cut(part), cut(part + 1)),
+            ..*self
         }
     }
 }
@@ -256,58 +475,67 @@ impl Iterator for KeyChunks<'_> {
     }
 }
 
-fn attend<T: KvElement>(job: &Job<'_, T>) -> Vec<f32> {
+/// The scores with the fastest kernel this CPU has for the job.
+fn scores_best<T: KvElement>(job: &Job<'_, T>, scores: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if job.rows() <= MAX_ROWS && crate::cpu::has!(Avx512: "avx512f", "avx512bw", "avx512vl") {
             // Safety: the CPU has the features the function is compiled for.
-            return unsafe { attend_avx512(job) };
+            return unsafe { avx512::scores(job, scores) };
         }
         if crate::cpu::has!(Avx2: "avx2", "fma") {
             // Safety: as above.
-            return unsafe { attend_avx2(job) };
+            return unsafe { avx2::scores(job, scores) };
         }
     }
-    attend_generic(job)
+    scores_generic(job, scores)
+}
+
+/// Softmax compiled for the widest vector extension this CPU has (the same bits on each).
+fn softmax_best<T: KvElement>(job: &Job<'_, T>, scores: &mut [f32]) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::cpu::has!(Avx512: "avx512f", "avx512bw", "avx512vl") {
+            // Safety: the CPU has the features the function is compiled for.
+            return unsafe { softmax_avx512(job, scores) };
+        }
+        if crate::cpu::has!(Avx2: "avx2", "fma") {
+            // Safety: as above.
+            return unsafe { softmax_avx2(job, scores) };
+        }
+    }
+    softmax(job, scores)
+}
+
+/// The values with the fastest kernel this CPU has for the job.
+fn values_best<T: KvElement>(job: &Job<'_, T>, weights: &[f32], inv: &[f32]) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if job.rows() <= MAX_ROWS && crate::cpu::has!(Avx512: "avx512f", "avx512bw", "avx512vl") {
+            // Safety: the CPU has the features the function is compiled for.
+            return unsafe { avx512::values(job, weights, inv) };
+        }
+        if crate::cpu::has!(Avx2: "avx2", "fma") {
+            // Safety: as above.
+            return unsafe { avx2::values(job, weights, inv) };
+        }
+    }
+    values_generic(job, weights, inv)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-unsafe fn attend_avx512<T: KvElement>(job: &Job<'_, T>) -> Vec<f32> {
-    let mut weights = take_scores(job);
-    // Safety: AVX-512F is enabled and the job has at most MAX_ROWS rows.
-    unsafe { avx512::scores(job, &mut weights) };
-    let inv = softmax(job, &mut weights);
-    // Safety: as above.
-    let out = unsafe { avx512::values(job, &weights, &inv) };
-    SCORES.set(weights);
-    out
+unsafe fn softmax_avx512<T>(job: &Job<'_, T>, scores: &mut [f32]) -> Vec<f32> {
+    softmax(job, scores)
 }
 
-/// The AVX2 kernels, softmax between them compiled for AVX2 and FMA. It must be reached with
-/// no closure between: a closure is compiled without its caller's target features, and the
-/// multiply-adds in one became calls to libm's `fmaf`, 50–115 times slower (benchmarks/README.md).
+/// Softmax compiled for AVX2 and FMA. It must be reached with no closure between: a closure
+/// is compiled without its caller's target features, and the multiply-adds in one became
+/// calls to libm's `fmaf`, 50–115 times slower (benchmarks/README.md).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2<T: KvElement>(job: &Job<'_, T>) -> Vec<f32> {
-    let mut weights = take_scores(job);
-    // Safety: AVX2 and FMA are enabled.
-    unsafe { avx2::scores(job, &mut weights) };
-    let inv = softmax(job, &mut weights);
-    // Safety: as above.
-    let out = unsafe { avx2::values(job, &weights, &inv) };
-    SCORES.set(weights);
-    out
-}
-
-#[inline(always)]
-fn attend_generic<T: KvElement>(job: &Job<'_, T>) -> Vec<f32> {
-    let mut weights = take_scores(job);
-    scores_generic(job, &mut weights);
-    let inv = softmax(job, &mut weights);
-    let out = values_generic(job, &weights, &inv);
-    SCORES.set(weights);
-    out
+unsafe fn softmax_avx2<T>(job: &Job<'_, T>, scores: &mut [f32]) -> Vec<f32> {
+    softmax(job, scores)
 }
 
 thread_local! {
@@ -316,17 +544,16 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// This thread's score buffer, zeroed to `rows × width`; give it back with `SCORES.set`.
+/// This thread's score buffer, zeroed to `len`; give it back with `SCORES.set`.
 #[inline(always)]
-fn take_scores<T>(job: &Job<'_, T>) -> Vec<f32> {
+fn take_scores(len: usize) -> Vec<f32> {
     let mut buffer = SCORES.take();
     buffer.clear();
-    buffer.resize(job.rows() * job.width(), 0.0);
+    buffer.resize(len, 0.0);
     buffer
 }
 
 /// Every row's score for every key of the tile (visible or not; softmax drops the others).
-#[inline(always)]
 fn scores_generic<T: KvElement>(job: &Job<'_, T>, scores: &mut [f32]) {
     let l = job.layout;
     let (hd, bs) = (l.head_dim, l.block_size);
@@ -386,8 +613,10 @@ fn values_generic<T: KvElement>(job: &Job<'_, T>, weights: &[f32], inv: &[f32]) 
     let l = job.layout;
     let hd = l.head_dim;
     let (lo, width) = (job.lo(), job.width());
+    let (d0, d1) = job.dims;
     let mut out = vec![0.0f32; job.rows() * hd];
     for (r, o) in out.chunks_exact_mut(hd).enumerate() {
+        let o = &mut o[d0..d1];
         let (first, last) = job.visible(r);
         for c in job.chunks() {
             for i in 0..c.len {
@@ -395,7 +624,8 @@ fn values_generic<T: KvElement>(job: &Job<'_, T>, weights: &[f32], inv: &[f32]) 
                 if p < first || p > last {
                     continue;
                 }
-                let v = &job.v_cache[l.value_index(c.block, c.slot + i, job.kv_head)..][..hd];
+                let at = l.value_index(c.block, c.slot + i, job.kv_head);
+                let v = &job.v_cache[at + d0..at + d1];
                 let w = weights[r * width + p - lo];
                 for (o, &x) in o.iter_mut().zip(v) {
                     *o = w.mul_add(x.to_f32(), *o);
@@ -443,35 +673,55 @@ mod ahead {
 
     use super::Job;
 
-    /// A run of cache lines to ask for ahead of use, a part at a time: spread over the loop
-    /// that computes the chunk before them, the requests keep memory busy without a burst of
-    /// them waiting on the few line-fill buffers a core has (with a burst per chunk, a
-    /// 32-sequence decode step took 18–31% longer: `attention_speed`).
+    /// Cache lines to ask for ahead of use, a part at a time: spread over the loop that
+    /// computes the chunk before them, the requests keep memory busy without a burst of them
+    /// waiting on the few line-fill buffers a core has (with a burst per chunk, a 32-sequence
+    /// decode step took 18–31% longer: `attention_speed`). They lie in `runs` runs of
+    /// `run_lines` lines, `stride` bytes apart: one run per line where the memory is
+    /// contiguous, one per key where a task weighs only some of each value's dimensions.
     #[derive(Clone, Copy)]
     pub(super) struct Lines {
         start: *const i8,
-        lines: usize,
+        runs: usize,
+        run_lines: usize,
+        stride: usize,
     }
 
     impl Lines {
         const NONE: Lines = Lines {
             start: std::ptr::null(),
-            lines: 0,
+            runs: 0,
+            run_lines: 0,
+            stride: 0,
         };
 
+        /// `len` contiguous elements from `at`.
         fn of<T>(at: *const T, len: usize) -> Self {
             Lines {
                 start: at as *const i8,
-                lines: (len * std::mem::size_of::<T>()).div_ceil(64),
+                runs: (len * std::mem::size_of::<T>()).div_ceil(64),
+                run_lines: 1,
+                stride: 64,
             }
         }
 
-        /// Split into parts of `per_part` lines, the last perhaps shorter or empty.
+        /// `runs` runs of `len` elements, the first at `at`, each `stride` elements on.
+        fn strided<T>(at: *const T, runs: usize, len: usize, stride: usize) -> Self {
+            let size = std::mem::size_of::<T>();
+            Lines {
+                start: at as *const i8,
+                runs,
+                run_lines: (len * size).div_ceil(64),
+                stride: stride * size,
+            }
+        }
+
+        /// Split into parts of `per_part` runs, the last perhaps shorter or empty.
         #[inline(always)]
         pub(super) fn in_parts(self, parts: usize) -> Parts {
             Parts {
                 lines: self,
-                per_part: self.lines.div_ceil(parts.max(1)),
+                per_part: self.runs.div_ceil(parts.max(1)),
             }
         }
 
@@ -493,10 +743,14 @@ mod ahead {
         /// Asks for part `i` (a hint: never faults).
         #[inline(always)]
         pub(super) fn ask(self, i: usize) {
+            let l = self.lines;
             let first = i * self.per_part;
-            for line in first..(first + self.per_part).min(self.lines.lines) {
-                // Safety: a prefetch reads nothing and cannot fault, whatever the address.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(self.lines.start.wrapping_add(line * 64)) };
+            for run in first..(first + self.per_part).min(l.runs) {
+                let at = l.start.wrapping_add(run * l.stride);
+                for line in 0..l.run_lines {
+                    // Safety: a prefetch reads nothing and cannot fault, whatever the address.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(line * 64)) };
+                }
             }
         }
     }
@@ -578,12 +832,19 @@ mod ahead {
         )
     }
 
-    /// One chunk's values of the job's head (contiguous: `len` vectors of `head_dim`).
+    /// One chunk's values of the job's head (contiguous: `len` vectors of `head_dim`), or of
+    /// the job's dimensions of each.
     #[inline(always)]
     fn value_lines<T>(job: &Job<'_, T>, n: &super::KeyChunk) -> Lines {
         let l = job.layout;
-        let at = l.value_index(n.block, n.slot, job.kv_head);
-        Lines::of(job.v_cache.as_ptr().wrapping_add(at), n.len * l.head_dim)
+        let at = job
+            .v_cache
+            .as_ptr()
+            .wrapping_add(l.value_index(n.block, n.slot, job.kv_head));
+        match job.dims {
+            (0, end) if end == l.head_dim => Lines::of(at, n.len * l.head_dim),
+            (first, end) => Lines::strided(at.wrapping_add(first), n.len, end - first, l.head_dim),
+        }
     }
 }
 
@@ -699,10 +960,13 @@ mod avx512 {
         weights: &[f32],
         inv: &[f32],
     ) -> Vec<f32> {
-        // Column vectors per pass over the keys: as many as fit in registers beside R rows.
+        // Column vectors per pass over the keys: as many as fit in registers beside R rows,
+        // and no more than the job's dimensions fill.
+        let (d0, d1) = job.dims;
+        let vectors = d1.div_ceil(LANES) - d0 / LANES;
         // Safety: passed on from the caller.
         unsafe {
-            if R <= 6 {
+            if R <= 6 && vectors > 2 {
                 values_passes::<T, R, 4>(job, weights, inv)
             } else {
                 values_passes::<T, R, 2>(job, weights, inv)
@@ -710,7 +974,8 @@ mod avx512 {
         }
     }
 
-    /// `V` output vectors of every row per pass; lanes past `head_dim` are masked off.
+    /// `V` output vectors of every row per pass over the job's dimensions; lanes past them
+    /// are masked off.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn values_passes<T: KvElement, const R: usize, const V: usize>(
@@ -721,26 +986,29 @@ mod avx512 {
         let l = job.layout;
         let hd = l.head_dim;
         let (lo, width) = (job.lo(), job.width());
+        let (d0, d1) = job.dims;
         let mut out = vec![0.0f32; R * hd];
         let vp = job.v_cache.as_ptr();
         let wp: [*const f32; R] = std::array::from_fn(|r| weights[r * width..].as_ptr());
-        for first in (0..hd.div_ceil(LANES)).step_by(V) {
+        for first in (d0 / LANES..d1.div_ceil(LANES)).step_by(V) {
             let masks: [__mmask16; V] =
-                std::array::from_fn(|j| mask((hd - ((first + j) * LANES).min(hd)).min(LANES)));
+                std::array::from_fn(|j| mask((d1 - ((first + j) * LANES).min(d1)).min(LANES)));
             let mut acc = [[_mm512_setzero_ps(); V]; R];
             // The first pass over the keys asks for values ahead; the later passes find them
             // in cache.
-            let mut ahead = WhileWeighing::start(job, first == 0);
+            let mut ahead = WhileWeighing::start(job, first == d0 / LANES);
             for c in job.chunks() {
                 let ahead = ahead.next_lines().in_parts(c.len);
                 let mut at = l.value_index(c.block, c.slot, job.kv_head) + first * LANES;
                 for (i, key) in (c.pos - lo..c.pos - lo + c.len).enumerate() {
                     ahead.ask(i);
-                    // Safety: the masks keep each load inside this key's `hd` values; each
-                    // weights row is `width` long and `key` < width.
+                    // Safety: the masks keep each load inside this key's `hd` values (below
+                    // `d1` ≤ hd; a vector past them reads nothing, where the pointer may lie
+                    // outside the cache); each weights row is `width` long and `key` < width.
                     unsafe {
-                        let v: [__m512; V] =
-                            std::array::from_fn(|j| T::load16(masks[j], vp.add(at + j * LANES)));
+                        let v: [__m512; V] = std::array::from_fn(|j| {
+                            T::load16(masks[j], vp.wrapping_add(at + j * LANES))
+                        });
                         for r in 0..R {
                             let w = _mm512_set1_ps(*wp[r].add(key));
                             for j in 0..V {
@@ -755,10 +1023,11 @@ mod avx512 {
                 let scale = _mm512_set1_ps(inv[r]);
                 for j in 0..V {
                     let o = _mm512_mul_ps(acc[r][j], scale);
-                    // Safety: the mask keeps the store inside row r's `hd` outputs.
+                    // Safety: the mask keeps the store inside row r's outputs below `d1` ≤ hd
+                    // (none at all past them, where the pointer may lie outside `out`).
                     unsafe {
                         _mm512_mask_storeu_ps(
-                            out.as_mut_ptr().add(r * hd + (first + j) * LANES),
+                            out.as_mut_ptr().wrapping_add(r * hd + (first + j) * LANES),
                             masks[j],
                             o,
                         )
@@ -922,20 +1191,21 @@ mod avx2 {
         let l = job.layout;
         let hd = l.head_dim;
         let (lo, width) = (job.lo(), job.width());
+        let (d0, d1) = job.dims;
         let vp = job.v_cache.as_ptr();
         let wp: [*const f32; R] = std::array::from_fn(|r| weights[(r0 + r) * width..].as_ptr());
-        for first in (0..hd.div_ceil(LANES)).step_by(V) {
+        for first in (d0 / LANES..d1.div_ceil(LANES)).step_by(V) {
             let lens: [usize; V] =
-                std::array::from_fn(|j| hd.saturating_sub((first + j) * LANES).min(LANES));
+                std::array::from_fn(|j| d1.saturating_sub((first + j) * LANES).min(LANES));
             let mut acc = [[_mm256_setzero_ps(); V]; R];
-            let mut ahead = WhileWeighing::start(job, r0 == 0 && first == 0);
+            let mut ahead = WhileWeighing::start(job, r0 == 0 && first == d0 / LANES);
             for c in job.chunks() {
                 let ask = ahead.next_lines().in_parts(c.len);
                 let mut at = l.value_index(c.block, c.slot, job.kv_head) + first * LANES;
                 for (i, key) in (c.pos - lo..c.pos - lo + c.len).enumerate() {
                     ask.ask(i);
-                    // Safety: each load reads only this key's values (`lens`; none past `hd`,
-                    // where the pointer may lie outside the cache); each weights row is
+                    // Safety: each load reads only this key's values (`lens`; none past `d1`
+                    // ≤ hd, where the pointer may lie outside the cache); each weights row is
                     // `width` long and `key` < width.
                     unsafe {
                         let v: [__m256; V] = std::array::from_fn(|j| {
@@ -955,8 +1225,8 @@ mod avx2 {
                 let scale = _mm256_set1_ps(inv[r0 + r]);
                 for j in 0..V {
                     let o = _mm256_mul_ps(acc[r][j], scale);
-                    // Safety: the mask keeps the store inside row r's `hd` outputs (none at
-                    // all past them, where the pointer may lie outside `out`).
+                    // Safety: the mask keeps the store inside row r's outputs below `d1` ≤ hd
+                    // (none at all past them, where the pointer may lie outside `out`).
                     unsafe {
                         _mm256_maskstore_ps(
                             out.as_mut_ptr()
@@ -1164,6 +1434,55 @@ mod tests {
         }
     }
 
+    /// Tasks are cut only where threads would wait, the keys are many, and each thread's
+    /// values are whole cache lines of its own.
+    #[test]
+    fn few_long_tasks_are_cut_across_threads() {
+        use half::bf16;
+        let layout = |head_dim| KvLayout {
+            num_blocks: 64,
+            block_size: 16,
+            kv_heads: 3,
+            head_dim,
+        };
+        let table: Vec<u32> = (0..MIN_SPLIT_KEYS as u32).collect();
+        let q = vec![0.0f32; 2 * 9 * 128];
+        let (k, v) = (vec![bf16::ZERO; 1], vec![bf16::ZERO; 1]);
+        let parts = |sequences: usize, context: usize, threads: usize, hd: usize| {
+            let seqs: Vec<AttentionSeq<'_>> = (0..sequences)
+                .map(|s| AttentionSeq {
+                    first_token: s,
+                    num_tokens: 1,
+                    start_pos: context - 1,
+                    block_table: &table,
+                })
+                .collect();
+            let batch = Batch {
+                q: &q,
+                num_heads: 9,
+                layout: layout(hd),
+                k_cache: &k,
+                v_cache: &v,
+                seqs: &seqs,
+                window: None,
+                scale: 1.0,
+                alibi: None,
+            };
+            split_parts(&batch.jobs(), layout(hd), threads)
+        };
+        let long = MIN_SPLIT_KEYS;
+        // One sequence's three KV heads on two threads: each cut in two.
+        assert_eq!(parts(1, long, 2, 64), 2);
+        // On 16 threads, as many parts as whole lines of bf16 values allow.
+        assert_eq!(parts(1, long, 16, 128), 4);
+        // Short contexts, one thread, or enough tasks: whole.
+        assert_eq!(parts(1, long - 1, 2, 64), 1);
+        assert_eq!(parts(1, long, 1, 64), 1);
+        assert_eq!(parts(2, long, 2, 64), 1);
+        // 48 bf16 dimensions are not whole lines in two parts.
+        assert_eq!(parts(1, long, 2, 48), 1);
+    }
+
     /// One case of `cpu_paths_and_tilings_agree_exactly`, for either cache element type.
     struct Check<'a> {
         q: &'a [f32],
@@ -1192,8 +1511,9 @@ mod tests {
                     block_table: self.table,
                 })
                 .collect();
-            let run = |seqs: &[AttentionSeq<'_>], kernel: fn(&Job<'_, T>) -> Vec<f32>| {
-                Batch {
+            // Tasks whole (1 part), and cut across threads into 2 and 3 parts.
+            let run = |seqs: &[AttentionSeq<'_>], kernels: Kernels<T>, parts: usize| {
+                let batch = Batch {
                     q: self.q,
                     num_heads: self.nh,
                     layout: self.layout,
@@ -1203,18 +1523,23 @@ mod tests {
                     window: self.window,
                     scale: 0.2,
                     alibi: self.alibi,
-                }
-                .run(kernel)
+                };
+                batch.run_in_parts(&batch.jobs(), kernels, parts)
             };
             let what = format!("{:?} {}", self.layout, std::any::type_name::<T>());
-            let generic = run(&whole, attend_generic);
-            let decoded = run(&one_by_one, attend_generic);
+            let generic = run(&whole, Kernels::PORTABLE, 1);
+            let decoded = run(&one_by_one, Kernels::PORTABLE, 1);
             assert_eq!(generic, decoded, "tiling changed bits: {what}");
-            assert_eq!(run(&whole, attend), generic, "{what}");
+            #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+            let mut paths = vec![("portable", Kernels::PORTABLE), ("best", Kernels::BEST)];
             #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                let avx2: fn(&Job<'_, T>) -> Vec<f32> = |j| unsafe { attend_avx2(j) };
-                assert_eq!(run(&whole, avx2), generic, "AVX2: {what}");
+                let avx2 = Kernels {
+                    scores: |j, s| unsafe { avx2::scores(j, s) },
+                    softmax: |j, s| unsafe { softmax_avx2(j, s) },
+                    values: |j, w, inv| unsafe { avx2::values(j, w, inv) },
+                };
+                paths.push(("AVX2", avx2));
             }
             #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx512f")
@@ -1222,9 +1547,26 @@ mod tests {
                 && std::is_x86_feature_detected!("avx512vl")
                 && self.nh / self.layout.kv_heads <= MAX_ROWS
             {
-                let fast: fn(&Job<'_, T>) -> Vec<f32> = |j| unsafe { attend_avx512(j) };
-                assert_eq!(run(&whole, fast), generic, "{what}");
-                assert_eq!(run(&one_by_one, fast), generic, "{what}");
+                let avx512 = Kernels {
+                    scores: |j, s| unsafe { avx512::scores(j, s) },
+                    softmax: |j, s| unsafe { softmax_avx512(j, s) },
+                    values: |j, w, inv| unsafe { avx512::values(j, w, inv) },
+                };
+                paths.push(("AVX-512", avx512));
+            }
+            for (name, kernels) in paths {
+                for parts in 1..=3 {
+                    assert_eq!(
+                        run(&whole, kernels, parts),
+                        generic,
+                        "{name} {parts}: {what}"
+                    );
+                    assert_eq!(
+                        run(&one_by_one, kernels, parts),
+                        generic,
+                        "{name} {parts}, one by one: {what}"
+                    );
+                }
             }
         }
     }

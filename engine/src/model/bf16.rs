@@ -25,7 +25,7 @@ use rayon::prelude::*;
 #[cfg(test)]
 use super::matmul::Fused;
 use super::matmul::{
-    rows_per_thread, tiled_product, Fma, Plain, PANEL, PANELS_PER_ROW, PANELS_PER_TASK,
+    rows_per_thread, tiled_product, Fma, Portable, PANEL, PANELS_PER_ROW, PANELS_PER_TASK,
 };
 
 /// k values per 32-bit lane.
@@ -110,7 +110,7 @@ impl Bf16Weights {
             }
         }
         // Safety: forwarded.
-        unsafe { self.exact_tile_portable::<Plain>(x, i0, rows, panel0, panels, out) }
+        unsafe { self.exact_tile_portable::<Portable>(x, i0, rows, panel0, panels, out) }
     }
 
     /// One chain per output over k in order, one output at a time (vectorised by the compiler

@@ -72,6 +72,7 @@ pub(super) fn prefetch_ahead<T>(at: *const T, ahead: usize) {
 
 /// How far ahead [`prefetch_ahead`] asks by default: int8 (widening, on Zen 5, demo model)
 /// gained two thirds as much at 1 KiB, and 4 KiB nothing more.
+#[cfg(target_arch = "x86_64")]
 pub(super) const AHEAD: usize = 2048;
 
 /// How far ahead a single-row tile asks in a product over `k` columns. Where k is 2048 or
@@ -79,6 +80,7 @@ pub(super) const AHEAD: usize = 2048;
 /// Llama-3.2-1B's shape 1–4 points of the bandwidth bound nearer it than 2 KiB, in every one
 /// of a dozen runs switched token by token; on the demo model (k of 576 and 1536) 1 KiB lost
 /// 1–2 points and 512 bytes up to 6 (Zen 4 EPYC, benchmarks/README.md).
+#[cfg(target_arch = "x86_64")]
 pub(super) fn row_ahead(k: usize) -> usize {
     if k >= 2048 {
         1024
@@ -465,6 +467,7 @@ pub(super) fn rows_per_thread(m: usize, k: usize) -> usize {
 }
 
 /// The lanes of the 16-column panel starting at column `col` that hold one of `n` outputs.
+#[cfg(target_arch = "x86_64")]
 pub(super) fn panel_mask(n: usize, col: usize) -> u16 {
     let valid = n.saturating_sub(col).min(PANEL);
     ((1u32 << valid) - 1) as u16
@@ -482,6 +485,7 @@ struct Block<'a> {
 
 impl Block<'_> {
     /// The same rows against `panels` of this block's panels from its `p`-th.
+    #[cfg(target_arch = "x86_64")]
     fn panels_from(&self, p: usize, panels: usize) -> Self {
         Block {
             x: self.x,
@@ -499,10 +503,11 @@ pub(super) trait Fma {
 }
 
 /// Fused multiply-add: the chain every vector kernel computes per lane, which the tests
-/// check them against (outside tests `mul_add` without FMA would be a slow libm call).
-#[cfg(test)]
+/// check them against. Outside tests only where every CPU of the target has it in hardware:
+/// on an x86 CPU without FMA, `mul_add` is a slow libm call.
+#[cfg(any(test, target_arch = "aarch64"))]
 pub(super) struct Fused;
-#[cfg(test)]
+#[cfg(any(test, target_arch = "aarch64"))]
 impl Fma for Fused {
     #[inline(always)]
     fn fma(a: f32, b: f32, c: f32) -> f32 {
@@ -510,15 +515,24 @@ impl Fma for Fused {
     }
 }
 
-/// Machines without FMA: the same order, rounded after each multiply (not bit-identical to
+/// x86 CPUs without FMA: the same order, rounded after each multiply (not bit-identical to
 /// the fused paths, but batch-invariant on that machine).
+#[cfg(not(target_arch = "aarch64"))]
 pub(super) struct Plain;
+#[cfg(not(target_arch = "aarch64"))]
 impl Fma for Plain {
     #[inline(always)]
     fn fma(a: f32, b: f32, c: f32) -> f32 {
         a * b + c
     }
 }
+
+/// The multiply-add of the portable kernels: fused on aarch64 (every such CPU has `fmadd`),
+/// so there they give the vector kernels' bits.
+#[cfg(target_arch = "aarch64")]
+pub(super) type Portable = Fused;
+#[cfg(not(target_arch = "aarch64"))]
+pub(super) type Portable = Plain;
 
 /// Safety: `w` is the whole packed matrix; `out` is the `[m, n]` output of which this call
 /// writes only its block's columns.
@@ -534,7 +548,7 @@ unsafe fn dispatch(block: &Block, w: &[f32], out: *mut f32) {
             return unsafe { avx2::kernel(block, w, out) };
         }
     }
-    unsafe { kernel::<Plain>(block, w, out) }
+    unsafe { kernel::<Portable>(block, w, out) }
 }
 
 /// The AVX2 kernels' register tiles over `rows` and `panels` panels (counted from the
@@ -714,6 +728,7 @@ macro_rules! row_tile_shapes {
         }
     };
 }
+#[cfg(target_arch = "x86_64")]
 pub(super) use row_tile_shapes;
 
 /// Walks a block in register tiles: rows of x in sixes, the block's panels all at once.
@@ -938,6 +953,7 @@ mod tests {
 
     /// Every CPU path with FMA computes the same chain per output, so they agree bit for bit.
     #[test]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn cpu_paths_agree_exactly() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
         let (m, n, k) = (9, 61, 83);

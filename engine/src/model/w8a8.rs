@@ -79,9 +79,11 @@ struct Activations {
     planes: usize,
     /// For the AVX2 kernel of three planes: each row's exact integers again, as
     /// `lo + 4096 × hi`, `[m][2][width]` (see `avx2::widen`); empty elsewhere.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     wide: Vec<i16>,
     /// For the AVX2 kernel of one plane: each row's magnitudes and signed values,
     /// `[m][2][width]` (see `avx2::split_signs`); empty elsewhere.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     signed: Vec<u8>,
 }
 
@@ -442,6 +444,7 @@ impl W8a8 {
     ///
     /// Safety: `out` is the `[m, rows]` output; only this tile's elements are written.
     #[allow(clippy::too_many_arguments)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     unsafe fn tile(
         &self,
         acts: &Activations,
