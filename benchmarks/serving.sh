@@ -28,7 +28,8 @@
 #                                             # an AVX2-only host (build llama.cpp with ISA=avx2)
 #   LONG_PROMPT=4096 benchmarks/serving.sh   # then the time to first token of one prompt of
 #                                             # this many tokens, alone, on each target (llama.cpp
-#                                             # restarted with one slot that holds it); 0 skips it
+#                                             # restarted with one slot that holds it), and the ms
+#                                             # per token of the decode after it; 0 skips it
 #   DEVICE=cuda DTYPE=f32 ROSETTA_BIN_DIR=/path/to/bin benchmarks/serving.sh
 #       # Rosetta's engine on a GPU, with binaries built elsewhere (scripts/cuda-device-bundle.sh)
 set -euo pipefail

@@ -38,7 +38,8 @@ struct Args {
     overhead: Option<usize>,
     /// Instead of the throughput levels: time to first token of one prompt of about this many
     /// tokens at a time on an idle server, per target, three rounds interleaved (new text
-    /// each time, so no prefix-cache hits), with the median and ratios against the first.
+    /// each time, so no prefix-cache hits), with the median and ratios against the first; and
+    /// the time per token of the 64-token decode that follows, at that context.
     #[arg(long)]
     long_prompt: Option<usize>,
     /// Send `Authorization: Bearer KEY` to every target (servers that need API keys).
@@ -428,7 +429,8 @@ fn filler(seed: usize, count: usize) -> String {
         .join(" ")
 }
 
-/// Time to first token of a long prompt, alone, per target (see `--long-prompt`).
+/// Time to first token of a long prompt, alone, per target, and the time per token of the
+/// decode that follows it at that context (see `--long-prompt`).
 async fn long_prompt(
     client: &reqwest::Client,
     targets: &[Target],
@@ -444,6 +446,7 @@ async fn long_prompt(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| (d.as_secs() % 100_000) as usize);
     let mut ttft = vec![Vec::new(); targets.len()];
+    let mut itl = vec![Vec::new(); targets.len()];
     let mut prompt_tokens = vec![0; targets.len()];
     for round in 0..ROUNDS {
         for (i, t) in targets.iter().enumerate() {
@@ -452,34 +455,41 @@ async fn long_prompt(
             let text = format!("{run}-{seed}: {}", filler(seed, words));
             // Several tokens, not one: with random weights the first greedy tokens may carry
             // no text (partial UTF-8 sequences; four once gave none from llama.cpp), and the
-            // time to the first text is what is measured.
-            let r = stream_chat(client, t, &text, 16).await?;
+            // time to the first text is what is measured. 64 also time one stream's decode
+            // at this context, where attention reads the whole prompt's keys and values.
+            let r = stream_chat(client, t, &text, 64).await?;
+            let per_token = r.itl.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
             eprintln!(
-                "{}: prompt {} tokens, TTFT {:.1} ms",
+                "{}: prompt {} tokens, TTFT {:.1} ms, then {per_token:.2} ms a token",
                 t.name,
                 r.prompt_tokens,
                 r.ttft.as_secs_f64() * 1e3
             );
             ttft[i].push(r.ttft.as_secs_f64() * 1e3);
+            itl[i].push(per_token);
             prompt_tokens[i] = r.prompt_tokens;
         }
     }
     let medians: Vec<f64> = ttft.iter().map(|v| percentile(v, 0.5)).collect();
+    let decode: Vec<f64> = itl.iter().map(|v| percentile(v, 0.5)).collect();
     println!(
-        "| target | prompt tokens | TTFT median ms ({ROUNDS} rounds) | min / max ms | TTFT vs {} |",
+        "| target | prompt tokens | TTFT median ms ({ROUNDS} rounds) | min / max ms | TTFT vs {0} \
+         | then ms per token (median) | per token vs {0} |",
         targets[0].name
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for (i, t) in targets.iter().enumerate() {
         let (min, max) = ttft[i]
             .iter()
             .fold((f64::MAX, 0.0f64), |(a, b), &x| (a.min(x), b.max(x)));
         println!(
-            "| {} | {} | {:.0} | {min:.0} / {max:.0} | {:.2}x |",
+            "| {} | {} | {:.0} | {min:.0} / {max:.0} | {:.2}x | {:.2} | {:.2}x |",
             t.name,
             prompt_tokens[i],
             medians[i],
-            medians[i] / medians[0]
+            medians[i] / medians[0],
+            decode[i],
+            decode[i] / decode[0]
         );
     }
     Ok(())
