@@ -19,15 +19,8 @@ rustup target list --installed | grep -qx "$target" || rustup target add "$targe
 missing=()
 command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-aarch64-linux-gnu)
 command -v qemu-aarch64 >/dev/null 2>&1 || missing+=(qemu-user)
-if ((${#missing[@]})); then
-    echo "installing Debian packages: ${missing[*]}" >&2
-    sudo=()
-    [[ "$(id -u)" -ne 0 ]] && sudo=(sudo)
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null \
-        || { "${sudo[@]}" apt-get update -qq \
-            && "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
-fi
+source scripts/apt-install.sh
+apt_install "${missing[@]}"
 
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"

@@ -33,15 +33,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # node and npm run the openai npm package and the Vercel AI SDK (tests/clients/js).
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
-if ((${#missing[@]})); then
-    echo "installing Debian packages: ${missing[*]}" >&2
-    sudo=()
-    [[ "$(id -u)" -ne 0 ]] && sudo=(sudo)
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null \
-        || { "${sudo[@]}" apt-get update -qq \
-            && "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
-fi
+source scripts/apt-install.sh
+apt_install "${missing[@]}"
 
 # The JavaScript clients, exactly as locked (package-lock.json), from npm.
 js="$clients/js"
