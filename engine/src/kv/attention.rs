@@ -113,8 +113,10 @@ struct Batch<'a, T> {
     alibi: Option<&'a [f32]>,
 }
 
-/// Fewest keys a task must span before it is cut across threads: below it the second
-/// fork-join costs more than the idle thread's share.
+/// Fewest keys a task must span before it is cut across threads. A cut task does more work
+/// (each dimension range broadcasts every weight again; the scores are gathered) and waits
+/// at a second fork-join: below about 700 keys that cost more than the idle thread's share
+/// (demo model, Zen 4, benchmarks/README.md).
 const MIN_SPLIT_KEYS: usize = 768;
 
 impl<'a, T: KvElement> Batch<'a, T> {
