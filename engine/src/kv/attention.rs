@@ -71,7 +71,7 @@ pub fn paged_attention<T: KvElement>(
         scale,
         alibi,
     };
-    batch.run(Kernels::BEST)
+    batch.run()
 }
 
 /// [`paged_attention`] over one layer of a [`KvPool`](super::KvPool), whatever element type
@@ -115,17 +115,19 @@ struct Batch<'a, T> {
 
 /// Fewest keys a task must span before it is cut across threads. A cut task does more work
 /// (each dimension range broadcasts every weight again; the scores are gathered) and waits
-/// at a second fork-join: below about 700 keys that cost more than the idle thread's share
-/// (demo model, Zen 4, benchmarks/README.md).
-const MIN_SPLIT_KEYS: usize = 768;
+/// at a second fork-join. A thread left idle for longer falls asleep, and waking it for the
+/// next product costs more than the cut: from about 250 keys a cut is ahead, and between
+/// 400 and 768 it saves a fifth of a token (demo model, Zen 4, benchmarks/README.md).
+const MIN_SPLIT_KEYS: usize = 256;
 
 impl<'a, T: KvElement> Batch<'a, T> {
-    /// Runs every task with `kernels`, cut across threads where there are too few of them
-    /// ([`split_parts`]), and assembles the output.
-    fn run(&self, kernels: Kernels<T>) -> Vec<f32> {
+    /// Runs every task with the fastest kernels this CPU has, cut across threads where there
+    /// are too few of them ([`Split::of`]), and assembles the output.
+    fn run(&self) -> Vec<f32> {
         let jobs = self.jobs();
-        let parts = split_parts(&jobs, self.layout, rayon::current_num_threads());
-        self.run_in_parts(&jobs, kernels, parts)
+        let split = Split::of(&jobs, self.layout, rayon::current_num_threads());
+        let kernels = Kernels::best(self.num_heads / self.layout.kv_heads);
+        self.run_split(&jobs, kernels, split)
     }
 
     /// The tasks: tiles of one sequence's consecutive query tokens, one per KV head.
@@ -164,33 +166,46 @@ impl<'a, T: KvElement> Batch<'a, T> {
         jobs
     }
 
-    /// Runs the tasks whole (`parts` = 1) or each cut into `parts` key ranges, then `parts`
-    /// dimension ranges; the bits are the same either way.
-    fn run_in_parts(&self, jobs: &[Job<'_, T>], kernels: Kernels<T>, parts: usize) -> Vec<f32> {
-        let pieces: Vec<(Job<'_, T>, Vec<f32>)> = if parts <= 1 {
-            jobs.par_iter()
-                .map(|job| (*job, attend(job, kernels)))
-                .collect()
-        } else {
-            let cuts: Vec<Job<'_, T>> = jobs.iter().flat_map(|j| j.key_parts(parts)).collect();
-            let weighed: Vec<Weights> = jobs.iter().map(|j| Weights::new(j, parts)).collect();
-            cuts.par_iter().enumerate().for_each(|(i, cut)| {
-                let job = &jobs[i / parts];
-                let mut scores = vec![0.0f32; cut.rows() * cut.width()];
-                (kernels.scores)(cut, &mut scores);
-                weighed[i / parts].add_cut(job, cut, &scores, kernels);
-            });
+    /// Runs the first `split.whole` tasks whole and cuts each of the others into
+    /// `split.parts` key ranges, then as many dimension ranges; the bits are the same either
+    /// way.
+    fn run_split(&self, jobs: &[Job<'_, T>], kernels: Kernels<T>, split: Split) -> Vec<f32> {
+        let (whole, cut) = jobs.split_at(split.whole.min(jobs.len()));
+        let parts = split.parts.max(1);
+        let weighed: Vec<Weights> = cut.iter().map(|j| Weights::new(j, parts)).collect();
+        // Each thread's share of the first pass lies together, whole tasks beside key ranges,
+        // as rayon halves the range among threads.
+        let threads = rayon::current_num_threads().max(1);
+        let items = Split::interleave(whole.len(), cut.len() * parts, threads);
+        let mut pieces: Vec<(Job<'_, T>, Vec<f32>)> = items
+            .par_iter()
+            .with_max_len(1)
+            .filter_map(|item| match *item {
+                Item::Whole(i) => Some((whole[i], attend(&whole[i], kernels))),
+                Item::Keys(i) => {
+                    let (job, w) = (&cut[i / parts], &weighed[i / parts]);
+                    let range = job.key_part(i % parts, parts);
+                    let mut scores = vec![0.0f32; range.rows() * range.width()];
+                    (kernels.scores)(&range, &mut scores);
+                    w.add_cut(job, &range, &scores, kernels);
+                    None
+                }
+            })
+            .collect();
+        if !cut.is_empty() {
             let weighed: Vec<WeightsState> = weighed.into_iter().map(Weights::landed).collect();
-            (0..jobs.len() * parts)
-                .into_par_iter()
-                .map(|i| {
-                    let job = jobs[i / parts].dim_part(i % parts, parts);
-                    let w = &weighed[i / parts];
-                    let out = (kernels.values)(&job, &w.weights, &w.inv);
-                    (job, out)
-                })
-                .collect()
-        };
+            pieces.par_extend(
+                (0..cut.len() * parts)
+                    .into_par_iter()
+                    .with_max_len(1)
+                    .map(|i| {
+                        let job = cut[i / parts].dim_part(i % parts, parts);
+                        let w = &weighed[i / parts];
+                        let out = (kernels.values)(&job, &w.weights, &w.inv);
+                        (job, out)
+                    }),
+            );
+        }
         let total_tokens = self
             .seqs
             .iter()
@@ -212,22 +227,61 @@ impl<'a, T: KvElement> Batch<'a, T> {
     }
 }
 
-/// Into how many parts to cut each task so that the threads share them evenly: 1 (none)
-/// where there are tasks enough, where the keys are few, or where a head's values cannot be
-/// cut into whole cache lines (so that no line is read by two threads).
-fn split_parts<T>(jobs: &[Job<'_, T>], layout: KvLayout, threads: usize) -> usize {
-    if threads < 2 || jobs.is_empty() || jobs.len() >= 2 * threads {
-        return 1;
+/// How a call's tasks share the threads: the first `whole` run whole, and each of the
+/// others is cut into `parts`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Split {
+    whole: usize,
+    parts: usize,
+}
+
+/// One piece of a split call's first pass.
+enum Item {
+    /// A whole task, by its index among the whole ones.
+    Whole(usize),
+    /// A key range: `cut task × parts + part`.
+    Keys(usize),
+}
+
+impl Split {
+    /// Whole tasks where the threads share them evenly. Where they do not, the tasks left
+    /// over after an even share are cut, so that each thread ends at the same time — only
+    /// where the keys are many, and where a head's values can be cut into whole cache lines
+    /// (so that no line is read by two threads).
+    fn of<T>(jobs: &[Job<'_, T>], layout: KvLayout, threads: usize) -> Self {
+        let n = jobs.len();
+        let whole = Split { whole: n, parts: 1 };
+        if threads < 2 || n >= 2 * threads {
+            return whole;
+        }
+        let left = n % threads;
+        if left == 0 || jobs[n - left..].iter().any(|j| j.width() < MIN_SPLIT_KEYS) {
+            return whole;
+        }
+        let unit = LANES.max(64 / std::mem::size_of::<T>());
+        let hd = layout.head_dim;
+        if !hd.is_multiple_of(unit) {
+            return whole;
+        }
+        let parts = (threads / gcd(left, threads)).min(hd / unit);
+        if parts < 2 {
+            return whole;
+        }
+        Split {
+            whole: n - left,
+            parts,
+        }
     }
-    if jobs.iter().any(|j| j.width() < MIN_SPLIT_KEYS) {
-        return 1;
+
+    /// The first pass's pieces in `threads` groups of as many whole tasks and key ranges each.
+    fn interleave(whole: usize, ranges: usize, threads: usize) -> Vec<Item> {
+        let mut items = Vec::with_capacity(whole + ranges);
+        for g in 0..threads {
+            items.extend((whole * g / threads..whole * (g + 1) / threads).map(Item::Whole));
+            items.extend((ranges * g / threads..ranges * (g + 1) / threads).map(Item::Keys));
+        }
+        items
     }
-    let unit = LANES.max(64 / std::mem::size_of::<T>());
-    let hd = layout.head_dim;
-    if !hd.is_multiple_of(unit) {
-        return 1;
-    }
-    (threads / gcd(jobs.len(), threads)).min(hd / unit)
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -259,18 +313,48 @@ impl<T> Clone for Kernels<T> {
 impl<T> Copy for Kernels<T> {}
 
 impl<T: KvElement> Kernels<T> {
-    /// The fastest this CPU has, chosen per task.
-    const BEST: Self = Kernels {
-        scores: scores_best,
-        softmax: softmax_best,
-        values: values_best,
-    };
+    /// The fastest this CPU has for tasks of `group` query heads per KV head: the AVX-512
+    /// kernels take tiles of up to `MAX_ROWS` rows, and tiles hold that many where a group
+    /// fits ([`Batch::jobs`]).
+    fn best(group: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if group <= MAX_ROWS && crate::cpu::has!(Avx512: "avx512f", "avx512bw", "avx512vl") {
+                return Self::AVX512;
+            }
+            if crate::cpu::has!(Avx2: "avx2", "fma") {
+                return Self::AVX2;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = group;
+        Self::PORTABLE
+    }
+
     /// The portable loops, on every CPU.
-    #[cfg(test)]
     const PORTABLE: Self = Kernels {
         scores: scores_generic,
         softmax,
         values: values_generic,
+    };
+
+    /// Only for a CPU with AVX-512 F, BW and VL ([`Kernels::best`] asks), and tiles of at
+    /// most `MAX_ROWS` rows.
+    #[cfg(target_arch = "x86_64")]
+    const AVX512: Self = Kernels {
+        // Safety, for all three: chosen only where the CPU has the features they need.
+        scores: |j, s| unsafe { avx512::scores(j, s) },
+        softmax: |j, s| unsafe { softmax_avx512(j, s) },
+        values: |j, w, inv| unsafe { avx512::values(j, w, inv) },
+    };
+
+    /// Only for a CPU with AVX2 and FMA ([`Kernels::best`] asks).
+    #[cfg(target_arch = "x86_64")]
+    const AVX2: Self = Kernels {
+        // Safety, for all three: chosen only where the CPU has the features they need.
+        scores: |j, s| unsafe { avx2::scores(j, s) },
+        softmax: |j, s| unsafe { softmax_avx2(j, s) },
+        values: |j, w, inv| unsafe { avx2::values(j, w, inv) },
     };
 }
 
@@ -411,21 +495,21 @@ impl<T> Job<'_, T> {
         }
     }
 
-    /// The task's keys in `parts` consecutive ranges, cut at multiples of `LANES` keys so
-    /// that each range's chunks are as long as the whole task's.
-    fn key_parts(&self, parts: usize) -> impl Iterator<Item = Self> + '_ {
+    /// The `part`-th of the task's keys in `parts` consecutive ranges, cut at multiples of
+    /// `LANES` keys so that each range's chunks are as long as the whole task's.
+    fn key_part(&self, part: usize, parts: usize) -> Self {
         let (lo, end) = (self.lo(), self.end());
-        let cut = move |i: usize| {
-            if i == parts {
+        let cut = |i: usize| {
+            if i >= parts {
                 end
             } else {
                 ((lo + (end - lo) * i / parts) / LANES * LANES).max(lo)
             }
         };
-        (0..parts).map(move |i| Job {
-            keys: Some((cut(i), cut(i + 1))),
+        Job {
+            keys: Some((cut(part), cut(part + 1))),
             ..*self
-        })
+        }
     }
 
     /// The `part`-th of `parts` ranges of head dimensions, cut at multiples of `LANES`.
@@ -475,54 +559,6 @@ impl Iterator for KeyChunks<'_> {
         self.pos += len;
         Some(chunk)
     }
-}
-
-/// The scores with the fastest kernel this CPU has for the job.
-fn scores_best<T: KvElement>(job: &Job<'_, T>, scores: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if job.rows() <= MAX_ROWS && crate::cpu::has!(Avx512: "avx512f", "avx512bw", "avx512vl") {
-            // Safety: the CPU has the features the function is compiled for.
-            return unsafe { avx512::scores(job, scores) };
-        }
-        if crate::cpu::has!(Avx2: "avx2", "fma") {
-            // Safety: as above.
-            return unsafe { avx2::scores(job, scores) };
-        }
-    }
-    scores_generic(job, scores)
-}
-
-/// Softmax compiled for the widest vector extension this CPU has (the same bits on each).
-fn softmax_best<T: KvElement>(job: &Job<'_, T>, scores: &mut [f32]) -> Vec<f32> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::cpu::has!(Avx512: "avx512f", "avx512bw", "avx512vl") {
-            // Safety: the CPU has the features the function is compiled for.
-            return unsafe { softmax_avx512(job, scores) };
-        }
-        if crate::cpu::has!(Avx2: "avx2", "fma") {
-            // Safety: as above.
-            return unsafe { softmax_avx2(job, scores) };
-        }
-    }
-    softmax(job, scores)
-}
-
-/// The values with the fastest kernel this CPU has for the job.
-fn values_best<T: KvElement>(job: &Job<'_, T>, weights: &[f32], inv: &[f32]) -> Vec<f32> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if job.rows() <= MAX_ROWS && crate::cpu::has!(Avx512: "avx512f", "avx512bw", "avx512vl") {
-            // Safety: the CPU has the features the function is compiled for.
-            return unsafe { avx512::values(job, weights, inv) };
-        }
-        if crate::cpu::has!(Avx2: "avx2", "fma") {
-            // Safety: as above.
-            return unsafe { avx2::values(job, weights, inv) };
-        }
-    }
-    values_generic(job, weights, inv)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1436,21 +1472,22 @@ mod tests {
         }
     }
 
-    /// Tasks are cut only where threads would wait, the keys are many, and each thread's
-    /// values are whole cache lines of its own.
+    /// Tasks are cut only where threads would wait, only those left over after an even
+    /// share, only where the keys are many, and only where each thread's values are whole
+    /// cache lines of its own.
     #[test]
     fn few_long_tasks_are_cut_across_threads() {
         use half::bf16;
-        let layout = |head_dim| KvLayout {
+        let layout = |kv_heads, head_dim| KvLayout {
             num_blocks: 64,
             block_size: 16,
-            kv_heads: 3,
+            kv_heads,
             head_dim,
         };
         let table: Vec<u32> = (0..MIN_SPLIT_KEYS as u32).collect();
         let q = vec![0.0f32; 2 * 9 * 128];
         let (k, v) = (vec![bf16::ZERO; 1], vec![bf16::ZERO; 1]);
-        let parts = |sequences: usize, context: usize, threads: usize, hd: usize| {
+        let split = |sequences: usize, context: usize, threads: usize, kv: usize, hd: usize| {
             let seqs: Vec<AttentionSeq<'_>> = (0..sequences)
                 .map(|s| AttentionSeq {
                     first_token: s,
@@ -1462,7 +1499,7 @@ mod tests {
             let batch = Batch {
                 q: &q,
                 num_heads: 9,
-                layout: layout(hd),
+                layout: layout(kv, hd),
                 k_cache: &k,
                 v_cache: &v,
                 seqs: &seqs,
@@ -1470,19 +1507,23 @@ mod tests {
                 scale: 1.0,
                 alibi: None,
             };
-            split_parts(&batch.jobs(), layout(hd), threads)
+            Split::of(&batch.jobs(), layout(kv, hd), threads)
         };
         let long = MIN_SPLIT_KEYS;
-        // One sequence's three KV heads on two threads: each cut in two.
-        assert_eq!(parts(1, long, 2, 64), 2);
-        // On 16 threads, as many parts as whole lines of bf16 values allow.
-        assert_eq!(parts(1, long, 16, 128), 4);
-        // Short contexts, one thread, or enough tasks: whole.
-        assert_eq!(parts(1, long - 1, 2, 64), 1);
-        assert_eq!(parts(1, long, 1, 64), 1);
-        assert_eq!(parts(2, long, 2, 64), 1);
+        let whole = |n| Split { whole: n, parts: 1 };
+        // One sequence's three KV heads on two threads: one each, the third cut in two.
+        assert_eq!(split(1, long, 2, 3, 64), Split { whole: 2, parts: 2 });
+        // One KV head: cut in two.
+        assert_eq!(split(1, long, 2, 1, 64), Split { whole: 0, parts: 2 });
+        // On 16 threads, all three cut into as many parts as whole lines of bf16 values allow.
+        assert_eq!(split(1, long, 16, 3, 128), Split { whole: 0, parts: 4 });
+        // Short contexts, one thread, or tasks that share out evenly or are many: whole.
+        assert_eq!(split(1, long - 1, 2, 3, 64), whole(3));
+        assert_eq!(split(1, long, 1, 3, 64), whole(3));
+        assert_eq!(split(2, long, 2, 1, 64), whole(2));
+        assert_eq!(split(2, long, 2, 3, 64), whole(6));
         // 48 bf16 dimensions are not whole lines in two parts.
-        assert_eq!(parts(1, long, 2, 48), 1);
+        assert_eq!(split(1, long, 2, 3, 48), whole(3));
     }
 
     /// One case of `cpu_paths_and_tilings_agree_exactly`, for either cache element type.
@@ -1513,8 +1554,18 @@ mod tests {
                     block_table: self.table,
                 })
                 .collect();
-            // Tasks whole (1 part), and cut across threads into 2 and 3 parts.
-            let run = |seqs: &[AttentionSeq<'_>], kernels: Kernels<T>, parts: usize| {
+            // Tasks whole, all cut across threads into 2 and 3 parts, and all but the first
+            // cut into 2.
+            let splits = [
+                Split {
+                    whole: usize::MAX,
+                    parts: 1,
+                },
+                Split { whole: 0, parts: 2 },
+                Split { whole: 0, parts: 3 },
+                Split { whole: 1, parts: 2 },
+            ];
+            let run = |seqs: &[AttentionSeq<'_>], kernels: Kernels<T>, split: Split| {
                 let batch = Batch {
                     q: self.q,
                     num_heads: self.nh,
@@ -1526,22 +1577,18 @@ mod tests {
                     scale: 0.2,
                     alibi: self.alibi,
                 };
-                batch.run_in_parts(&batch.jobs(), kernels, parts)
+                batch.run_split(&batch.jobs(), kernels, split)
             };
             let what = format!("{:?} {}", self.layout, std::any::type_name::<T>());
-            let generic = run(&whole, Kernels::PORTABLE, 1);
-            let decoded = run(&one_by_one, Kernels::PORTABLE, 1);
+            let generic = run(&whole, Kernels::PORTABLE, splits[0]);
+            let decoded = run(&one_by_one, Kernels::PORTABLE, splits[0]);
             assert_eq!(generic, decoded, "tiling changed bits: {what}");
+            let best = Kernels::best(self.nh / self.layout.kv_heads);
             #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-            let mut paths = vec![("portable", Kernels::PORTABLE), ("best", Kernels::BEST)];
+            let mut paths = vec![("portable", Kernels::PORTABLE), ("best", best)];
             #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                let avx2 = Kernels {
-                    scores: |j, s| unsafe { avx2::scores(j, s) },
-                    softmax: |j, s| unsafe { softmax_avx2(j, s) },
-                    values: |j, w, inv| unsafe { avx2::values(j, w, inv) },
-                };
-                paths.push(("AVX2", avx2));
+                paths.push(("AVX2", Kernels::AVX2));
             }
             #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx512f")
@@ -1549,24 +1596,19 @@ mod tests {
                 && std::is_x86_feature_detected!("avx512vl")
                 && self.nh / self.layout.kv_heads <= MAX_ROWS
             {
-                let avx512 = Kernels {
-                    scores: |j, s| unsafe { avx512::scores(j, s) },
-                    softmax: |j, s| unsafe { softmax_avx512(j, s) },
-                    values: |j, w, inv| unsafe { avx512::values(j, w, inv) },
-                };
-                paths.push(("AVX-512", avx512));
+                paths.push(("AVX-512", Kernels::AVX512));
             }
             for (name, kernels) in paths {
-                for parts in 1..=3 {
+                for split in splits {
                     assert_eq!(
-                        run(&whole, kernels, parts),
+                        run(&whole, kernels, split),
                         generic,
-                        "{name} {parts}: {what}"
+                        "{name} {split:?}: {what}"
                     );
                     assert_eq!(
-                        run(&one_by_one, kernels, parts),
+                        run(&one_by_one, kernels, split),
                         generic,
-                        "{name} {parts}, one by one: {what}"
+                        "{name} {split:?}, one by one: {what}"
                     );
                 }
             }
