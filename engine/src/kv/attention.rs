@@ -115,9 +115,10 @@ struct Batch<'a, T> {
 
 /// Fewest keys a task must span before it is cut across threads. A cut task does more work
 /// (each dimension range broadcasts every weight again; the scores are gathered) and waits
-/// at a second fork-join. A thread left idle for longer falls asleep, and waking it for the
-/// next product costs more than the cut: from about 250 keys a cut is ahead, and between
-/// 400 and 768 it saves a fifth of a token (demo model, Zen 4, benchmarks/README.md).
+/// at a second fork-join. But a thread left idle for long falls asleep, and waking it for
+/// the next product costs more than the cut: from about 250 keys (one sequence) to 330
+/// (three) a cut is ahead, and between 400 and 768 keys it saves a fifth of one sequence's
+/// token (demo model, Zen 4, benchmarks/README.md).
 const MIN_SPLIT_KEYS: usize = 256;
 
 impl<'a, T: KvElement> Batch<'a, T> {
@@ -179,7 +180,6 @@ impl<'a, T: KvElement> Batch<'a, T> {
         let items = Split::interleave(whole.len(), cut.len() * parts, threads);
         let mut pieces: Vec<(Job<'_, T>, Vec<f32>)> = items
             .par_iter()
-            .with_max_len(1)
             .filter_map(|item| match *item {
                 Item::Whole(i) => Some((whole[i], attend(&whole[i], kernels))),
                 Item::Keys(i) => {
@@ -194,17 +194,12 @@ impl<'a, T: KvElement> Batch<'a, T> {
             .collect();
         if !cut.is_empty() {
             let weighed: Vec<WeightsState> = weighed.into_iter().map(Weights::landed).collect();
-            pieces.par_extend(
-                (0..cut.len() * parts)
-                    .into_par_iter()
-                    .with_max_len(1)
-                    .map(|i| {
-                        let job = cut[i / parts].dim_part(i % parts, parts);
-                        let w = &weighed[i / parts];
-                        let out = (kernels.values)(&job, &w.weights, &w.inv);
-                        (job, out)
-                    }),
-            );
+            pieces.par_extend((0..cut.len() * parts).into_par_iter().map(|i| {
+                let job = cut[i / parts].dim_part(i % parts, parts);
+                let w = &weighed[i / parts];
+                let out = (kernels.values)(&job, &w.weights, &w.inv);
+                (job, out)
+            }));
         }
         let total_tokens = self
             .seqs
@@ -245,13 +240,14 @@ enum Item {
 
 impl Split {
     /// Whole tasks where the threads share them evenly. Where they do not, the tasks left
-    /// over after an even share are cut, so that each thread ends at the same time — only
-    /// where the keys are many, and where a head's values can be cut into whole cache lines
-    /// (so that no line is read by two threads).
+    /// over after an even share are cut, so that each thread ends at the same time: one
+    /// sequence's three KV heads on two threads, or three sequences' nine. Only where the
+    /// keys are many, and where a head's values can be cut into whole cache lines (so that no
+    /// line is read by two threads).
     fn of<T>(jobs: &[Job<'_, T>], layout: KvLayout, threads: usize) -> Self {
         let n = jobs.len();
         let whole = Split { whole: n, parts: 1 };
-        if threads < 2 || n >= 2 * threads {
+        if threads < 2 {
             return whole;
         }
         let left = n % threads;
@@ -1485,7 +1481,7 @@ mod tests {
             head_dim,
         };
         let table: Vec<u32> = (0..MIN_SPLIT_KEYS as u32).collect();
-        let q = vec![0.0f32; 2 * 9 * 128];
+        let q = vec![0.0f32; 32 * 9 * 128];
         let (k, v) = (vec![bf16::ZERO; 1], vec![bf16::ZERO; 1]);
         let split = |sequences: usize, context: usize, threads: usize, kv: usize, hd: usize| {
             let seqs: Vec<AttentionSeq<'_>> = (0..sequences)
@@ -1517,11 +1513,14 @@ mod tests {
         assert_eq!(split(1, long, 2, 1, 64), Split { whole: 0, parts: 2 });
         // On 16 threads, all three cut into as many parts as whole lines of bf16 values allow.
         assert_eq!(split(1, long, 16, 3, 128), Split { whole: 0, parts: 4 });
-        // Short contexts, one thread, or tasks that share out evenly or are many: whole.
+        // Three sequences: eight whole, the ninth cut in two.
+        assert_eq!(split(3, long, 2, 3, 64), Split { whole: 8, parts: 2 });
+        // Short contexts, one thread, or tasks that share out evenly: whole.
         assert_eq!(split(1, long - 1, 2, 3, 64), whole(3));
         assert_eq!(split(1, long, 1, 3, 64), whole(3));
         assert_eq!(split(2, long, 2, 1, 64), whole(2));
         assert_eq!(split(2, long, 2, 3, 64), whole(6));
+        assert_eq!(split(32, long, 2, 3, 64), whole(96));
         // 48 bf16 dimensions are not whole lines in two parts.
         assert_eq!(split(1, long, 2, 3, 48), whole(3));
     }
