@@ -172,35 +172,43 @@ impl<'a, T: KvElement> Batch<'a, T> {
     /// way.
     fn run_split(&self, jobs: &[Job<'_, T>], kernels: Kernels<T>, split: Split) -> Vec<f32> {
         let (whole, cut) = jobs.split_at(split.whole.min(jobs.len()));
-        let parts = split.parts.max(1);
-        let weighed: Vec<Weights> = cut.iter().map(|j| Weights::new(j, parts)).collect();
-        // Each thread's share of the first pass lies together, whole tasks beside key ranges,
-        // as rayon halves the range among threads.
-        let threads = rayon::current_num_threads().max(1);
-        let items = Split::interleave(whole.len(), cut.len() * parts, threads);
-        let mut pieces: Vec<(Job<'_, T>, Vec<f32>)> = items
-            .par_iter()
-            .filter_map(|item| match *item {
-                Item::Whole(i) => Some((whole[i], attend(&whole[i], kernels))),
-                Item::Keys(i) => {
-                    let (job, w) = (&cut[i / parts], &weighed[i / parts]);
-                    let range = job.key_part(i % parts, parts);
-                    let mut scores = vec![0.0f32; range.rows() * range.width()];
-                    (kernels.scores)(&range, &mut scores);
-                    w.add_cut(job, &range, &scores, kernels);
-                    None
-                }
-            })
-            .collect();
-        if !cut.is_empty() {
+        let pieces: Vec<(Job<'_, T>, Vec<f32>)> = if cut.is_empty() {
+            jobs.par_iter()
+                .map(|job| (*job, attend(job, kernels)))
+                .collect()
+        } else {
+            let parts = split.parts.max(1);
+            let weighed: Vec<Weights> = cut.iter().map(|j| Weights::new(j, parts)).collect();
+            // Each thread's share of the first pass lies together, whole tasks beside key
+            // ranges, as rayon halves the range among threads.
+            let threads = rayon::current_num_threads().max(1);
+            let items = Split::interleave(whole.len(), cut.len() * parts, threads);
+            let first: Vec<Option<(Job<'_, T>, Vec<f32>)>> = items
+                .par_iter()
+                .map(|item| match *item {
+                    Item::Whole(i) => Some((whole[i], attend(&whole[i], kernels))),
+                    Item::Keys(i) => {
+                        let (job, w) = (&cut[i / parts], &weighed[i / parts]);
+                        let range = job.key_part(i % parts, parts);
+                        let mut scores = vec![0.0f32; range.rows() * range.width()];
+                        (kernels.scores)(&range, &mut scores);
+                        w.add_cut(job, &range, &scores, kernels);
+                        None
+                    }
+                })
+                .collect();
             let weighed: Vec<WeightsState> = weighed.into_iter().map(Weights::landed).collect();
-            pieces.par_extend((0..cut.len() * parts).into_par_iter().map(|i| {
-                let job = cut[i / parts].dim_part(i % parts, parts);
-                let w = &weighed[i / parts];
-                let out = (kernels.values)(&job, &w.weights, &w.inv);
-                (job, out)
-            }));
-        }
+            let values: Vec<(Job<'_, T>, Vec<f32>)> = (0..cut.len() * parts)
+                .into_par_iter()
+                .map(|i| {
+                    let job = cut[i / parts].dim_part(i % parts, parts);
+                    let w = &weighed[i / parts];
+                    let out = (kernels.values)(&job, &w.weights, &w.inv);
+                    (job, out)
+                })
+                .collect();
+            first.into_iter().flatten().chain(values).collect()
+        };
         let total_tokens = self
             .seqs
             .iter()
