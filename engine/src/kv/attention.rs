@@ -250,8 +250,10 @@ impl Split {
     /// Whole tasks where the threads share them evenly. Where they do not, the tasks left
     /// over after an even share are cut, so that each thread ends at the same time: one
     /// sequence's three KV heads on two threads, or three sequences' nine. Only where the
-    /// keys are many, and where a head's values can be cut into whole cache lines (so that no
-    /// line is read by two threads).
+    /// keys are many, and where a head's values can be cut at `LANES` dimensions: at whole
+    /// cache lines where a row has two or more (so that no line is read by two threads), in
+    /// halves of a line where a row is one (fp8 at head size 64; only the tasks cut read it
+    /// twice).
     fn of<T>(jobs: &[Job<'_, T>], layout: KvLayout, threads: usize) -> Self {
         let n = jobs.len();
         let whole = Split { whole: n, parts: 1 };
@@ -262,8 +264,13 @@ impl Split {
         if left == 0 || jobs[n - left..].iter().any(|j| j.width() < MIN_SPLIT_KEYS) {
             return whole;
         }
-        let unit = LANES.max(64 / std::mem::size_of::<T>());
         let hd = layout.head_dim;
+        let line = LANES.max(64 / std::mem::size_of::<T>());
+        let unit = if hd / line >= 2 {
+            line
+        } else {
+            (hd / 2).next_multiple_of(LANES)
+        };
         if !hd.is_multiple_of(unit) {
             return whole;
         }
@@ -1482,16 +1489,20 @@ mod tests {
     #[test]
     fn few_long_tasks_are_cut_across_threads() {
         use half::bf16;
-        let layout = |kv_heads, head_dim| KvLayout {
-            num_blocks: 64,
-            block_size: 16,
-            kv_heads,
-            head_dim,
-        };
-        let table: Vec<u32> = (0..MIN_SPLIT_KEYS as u32).collect();
-        let q = vec![0.0f32; 32 * 9 * 128];
-        let (k, v) = (vec![bf16::ZERO; 1], vec![bf16::ZERO; 1]);
-        let split = |sequences: usize, context: usize, threads: usize, kv: usize, hd: usize| {
+        /// How `sequences` decoding at `context` over `kv` heads of `hd` dimensions are split.
+        fn split_in<T: KvElement>(
+            cache: &[T],
+            (sequences, context, threads): (usize, usize, usize),
+            (kv, hd): (usize, usize),
+        ) -> Split {
+            let layout = KvLayout {
+                num_blocks: 64,
+                block_size: 16,
+                kv_heads: kv,
+                head_dim: hd,
+            };
+            let table: Vec<u32> = (0..MIN_SPLIT_KEYS as u32).collect();
+            let q = vec![0.0f32; 32 * 9 * 128];
             let seqs: Vec<AttentionSeq<'_>> = (0..sequences)
                 .map(|s| AttentionSeq {
                     first_token: s,
@@ -1503,15 +1514,18 @@ mod tests {
             let batch = Batch {
                 q: &q,
                 num_heads: 9,
-                layout: layout(kv, hd),
-                k_cache: &k,
-                v_cache: &v,
+                layout,
+                k_cache: cache,
+                v_cache: cache,
                 seqs: &seqs,
                 window: None,
                 scale: 1.0,
                 alibi: None,
             };
-            Split::of(&batch.jobs(), layout(kv, hd), threads)
+            Split::of(&batch.jobs(), layout, threads)
+        }
+        let split = |sequences, context, threads, kv, hd| {
+            split_in(&[bf16::ZERO], (sequences, context, threads), (kv, hd))
         };
         let long = MIN_SPLIT_KEYS;
         let whole = |n| Split { whole: n, parts: 1 };
@@ -1531,6 +1545,16 @@ mod tests {
         assert_eq!(split(32, long, 2, 3, 64), whole(96));
         // 48 bf16 dimensions are not whole lines in two parts.
         assert_eq!(split(1, long, 2, 3, 48), whole(3));
+        // An fp8 value row of 64 dimensions is one line: cut in halves of it all the same.
+        let fp8 = [crate::kv::Fp8(0)];
+        assert_eq!(
+            split_in(&fp8, (1, long, 2), (3, 64)),
+            Split { whole: 2, parts: 2 }
+        );
+        assert_eq!(
+            split_in(&fp8, (1, long, 4), (3, 64)),
+            Split { whole: 0, parts: 2 }
+        );
     }
 
     /// One case of `cpu_paths_and_tilings_agree_exactly`, for either cache element type.
